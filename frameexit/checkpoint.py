@@ -1,0 +1,175 @@
+"""Reading and writing checkpoints in the official format (SEMANTICS 9).
+
+The released checkpoints are ``torch.save`` of the state dict of
+``nn.DataParallel(model)``: every key starts with ``module.``. We read them
+with ``weights_only=True`` (no code runs from a checkpoint file), accept keys
+with or without the prefix, and write the same format so that the official
+code can load our checkpoints too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .atomic import atomic_write
+from .backbone import build_backbone
+from .errors import CheckpointError
+from .head import FrameExit
+
+PREFIX = "module."
+BACKBONE = "backbone."
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict stored in a checkpoint file, keys without the ``module.`` prefix.
+
+    Raises :class:`CheckpointError` naming the file if it is missing, unreadable,
+    holds anything but tensors (``weights_only=True``), or is not a state dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot load checkpoint {path} with weights_only=True ({reason}); "
+            "a checkpoint must be a torch.save'd state dict of tensors"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict (a mapping of names to tensors)")
+    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """Sizes of a FrameExit head read from a state dict."""
+
+    feat_dim: int
+    hidden_dim: int
+    num_class: int
+    num_steps: int
+    has_backbone: bool
+
+
+def head_shape(state: Mapping[str, torch.Tensor], *, path: str = "checkpoint") -> HeadShape:
+    """Read the head's sizes from its state dict (keys without ``module.``)."""
+    proj = state.get("mlp.layers.0.weight")
+    cls0 = state.get("classifiers.0.weight")
+    if proj is None or cls0 is None or proj.dim() != 2 or cls0.dim() != 2:
+        missing = [k for k in ("mlp.layers.0.weight", "classifiers.0.weight") if k not in state]
+        raise CheckpointError(
+            f"{path} is not a FrameExit checkpoint: "
+            + (f"missing key(s) {', '.join(PREFIX + k for k in missing)}" if missing else "unexpected shapes")
+        )
+    steps = 0
+    while f"classifiers.{steps}.weight" in state:
+        steps += 1
+    return HeadShape(
+        feat_dim=int(proj.shape[1]),
+        hidden_dim=int(proj.shape[0]),
+        num_class=int(cls0.shape[0]),
+        num_steps=steps,
+        has_backbone=any(k.startswith(BACKBONE) for k in state),
+    )
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(PREFIX + k for k in keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` (which may live on the meta device), requiring an exact match.
+
+    Raises
+    ------
+    CheckpointError
+        Listing the missing and unexpected keys, or the keys whose shapes differ.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        raise CheckpointError(f"checkpoint {path} does not match the configured model; " + "; ".join(parts))
+    wrong = [
+        f"{PREFIX}{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the configured model; shapes differ: {'; '.join(wrong[:8])}"
+            + (f" ... ({len(wrong) - 8} more)" if len(wrong) > 8 else "")
+        )
+    model.load_state_dict(dict(state), strict=True, assign=True)
+
+
+def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as the official code saves it: ``module.``-prefixed CPU tensors."""
+    return {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model`` in the official checkpoint format, atomically."""
+    with atomic_write(path) as handle:
+        torch.save(official_state_dict(model), handle)
+
+
+def backbone_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the backbone weights in a state dict (keys, dtypes, shapes and bytes, in key order).
+
+    Two checkpoints share backbone features exactly when their digests are equal.
+    """
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith(BACKBONE)):
+        tensor = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_model(
+    state: Mapping[str, torch.Tensor],
+    *,
+    backbone_name: str | None,
+    truncate_modules: int = -1,
+    path: str = "checkpoint",
+) -> FrameExit:
+    """A FrameExit model in eval mode holding the weights of ``state`` (keys without ``module.``).
+
+    Parameters
+    ----------
+    state : mapping of str to Tensor
+        From :func:`read_state_dict`.
+    backbone_name : str or None
+        ``torchvision.<model>``; ``None`` builds the head alone (for cached
+        features) and ignores the checkpoint's backbone weights.
+    truncate_modules : int, default=-1
+    path : str
+        Named in error messages.
+    """
+    shape = head_shape(state, path=path)
+    if backbone_name is not None and not shape.has_backbone:
+        raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
+    backbone = None if backbone_name is None else build_backbone(backbone_name, truncate_modules=truncate_modules)
+    with torch.device("meta"):
+        model = FrameExit(backbone, shape.feat_dim, shape.num_class, shape.num_steps, shape.hidden_dim)
+    if backbone_name is None:
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+    load_state(model, state, path=path)
+    return model.eval()

@@ -1,0 +1,133 @@
+"""Compute cost of early exiting (SEMANTICS 8), in two conventions.
+
+*Paper convention* (``gflops``): ``mean((exit_step + 1) * per_frame)`` with the
+per-frame cost hard-coded by the official code: 4.12 for ResNet-50, 1.8 for
+EfficientNet-B3. The paper calls it GFLOPs, but 4.12 is ResNet-50's count of
+multiply-accumulates (GMACs) at 224x224; gates, projection and classifiers are
+ignored. This is how 24.7 (ActivityNet) and 19.7 (Mini-Kinetics) come out.
+
+*Measured* (``gmacs_measured``): multiply-accumulates of the actual backbone at
+the actual input size plus the head, counted by
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products;
+element-wise operations are not counted). GFLOPs = 2 x GMACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbone import build_backbone, model_name
+from .head import HIDDEN_DIM, FrameExit
+
+#: Per-frame cost the official code charges, in "GFLOPs" (really GMACs at 224x224).
+PAPER_PER_FRAME = {"resnet50": 4.12, "efficientnet_b3": 1.8}
+
+
+def paper_per_frame(backbone_name: str) -> float | None:
+    """The official per-frame cost for a backbone, or ``None`` where the official code has none (it uses 0)."""
+    return PAPER_PER_FRAME.get(model_name(backbone_name))
+
+
+def paper_gflops(exit_step: npt.ArrayLike, per_frame: float | None) -> float:
+    """Mean over videos of ``(exit_step + 1) * per_frame``; NaN when ``per_frame`` is ``None``.
+
+    Parameters
+    ----------
+    exit_step : array-like of shape (n_videos,), dtype=int
+    per_frame : float or None
+        Paper-convention cost of one frame (:func:`paper_per_frame`).
+    """
+    steps = np.asarray(exit_step, dtype=np.float64)
+    if per_frame is None or steps.size == 0:
+        return float("nan")
+    return float(np.mean((steps + 1.0) * per_frame))
+
+
+def exit_histogram(exit_step: npt.ArrayLike, num_steps: int = 10) -> np.ndarray:
+    """Share of videos exiting at each step: shape (num_steps,), fractions summing to 1 (zeros if no video)."""
+    steps = np.asarray(exit_step, dtype=np.int64)
+    counts = np.bincount(steps, minlength=num_steps).astype(np.float64)
+    return counts / max(len(steps), 1)
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Measured GMACs of each part of the network for one video.
+
+    Attributes
+    ----------
+    backbone : float
+        One frame through the truncated backbone at the configured input size.
+    projection : float
+        One frame's features through the projection.
+    classifier : float
+        One classifier on pooled features.
+    gate : float
+        One gate (its branch twice, then the linear layer).
+    """
+
+    backbone: float
+    projection: float
+    classifier: float
+    gate: float
+
+    def video_gmacs(self, exit_step: npt.ArrayLike) -> np.ndarray:
+        """GMACs spent on each video by sequential early exit.
+
+        A video exiting at step t reads t + 1 frames (backbone and projection),
+        evaluates classifier 0 for the step-0 rule, gates 1..t, and, if t > 0,
+        the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
+        """
+        t = np.asarray(exit_step, dtype=np.float64)
+        return (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
+
+
+def _gmacs(fn, *args) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() / 2e9
+
+
+def measure_step_costs(
+    backbone_name: str,
+    *,
+    input_size: int,
+    num_class: int,
+    truncate_modules: int = -1,
+    hidden_dim: int = HIDDEN_DIM,
+) -> StepCosts:
+    """Count the GMACs of each part of a FrameExit model.
+
+    Builds the model on the meta device and runs meta tensors through it, so it
+    costs no compute or memory whatever the backbone.
+
+    Parameters
+    ----------
+    backbone_name : str
+        ``torchvision.<model>`` or ``<model>``.
+    input_size : int
+        Side in pixels of the square frame the backbone sees (the centre crop).
+    num_class : int
+    truncate_modules : int, default=-1
+    hidden_dim : int, default=4096
+    """
+    meta = torch.device("meta")
+    backbone = build_backbone(backbone_name, truncate_modules=truncate_modules, device=meta).eval()
+    frame = torch.empty(1, 3, input_size, input_size, device=meta)
+    with torch.no_grad():
+        feat_dim = backbone(frame).shape[1]
+        with meta:
+            model = FrameExit(None, feat_dim, num_class, hidden_dim=hidden_dim).eval()
+        feats = torch.empty(1, feat_dim, device=meta)
+        z = torch.empty(1, hidden_dim, device=meta)
+        return StepCosts(
+            backbone=_gmacs(backbone, frame),
+            projection=_gmacs(model.mlp, feats),
+            classifier=_gmacs(model.classifiers[0], z),
+            gate=_gmacs(model.exit_selector[0], z, z),
+        )

@@ -1,0 +1,128 @@
+"""The FrameExit network on top of the per-frame backbone (SEMANTICS 5).
+
+Module names follow the official model, so ``state_dict()`` keys are those of
+the released checkpoints (without the ``module.`` prefix of ``DataParallel``):
+``backbone.<i>.*``, ``mlp.layers.{0,1}.*``, ``exit_selector.<g>.*``,
+``classifiers.<t>.*``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone
+
+HIDDEN_DIM = 4096
+NUM_STEPS = 10
+
+
+class Projection(nn.Module):
+    """``h = ReLU(BatchNorm1d(Linear(feat_dim -> hidden_dim)(x)))``, as ``mlp.layers.{0,1,2}``."""
+
+    def __init__(self, feat_dim: int, hidden_dim: int = HIDDEN_DIM):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(feat_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class Gate(nn.Module):
+    """Exit gate: a shared two-layer branch on ``z_t`` and ``z_{t-1}``, concatenated, linear, sigmoid.
+
+    The branch uses 1x1 convolutions on a ``hidden_dim x 1 x 1`` map, as the
+    official code does, so the arithmetic (and the checkpoint keys) match it.
+    """
+
+    def __init__(self, hidden_dim: int = HIDDEN_DIM):
+        super().__init__()
+        self.conv1 = nn.Conv2d(hidden_dim, 128, kernel_size=1)
+        self.bn1 = nn.BatchNorm2d(128)
+        self.conv2 = nn.Conv2d(128, 64, kernel_size=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.linear = nn.Linear(128, 1)
+
+    def branch(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(z[:, :, None, None])))
+        return F.relu(self.bn2(self.conv2(x))).flatten(1)
+
+    def forward(self, z_t: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+        """``s_t`` of shape (n,), probabilities in [0, 1]; in the released checkpoints 1 means *continue*."""
+        both = torch.cat([self.branch(z_t), self.branch(z_prev)], dim=1)
+        return torch.sigmoid(self.linear(both))[:, 0]
+
+
+class FrameExit(nn.Module):
+    """Backbone (optional), projection, accumulated max pooling, ``num_steps`` classifiers and ``num_steps - 1`` gates.
+
+    Parameters
+    ----------
+    backbone : Backbone or None
+        The truncated per-frame feature network; ``None`` for a head that runs
+        on cached features.
+    feat_dim : int
+        Length of a backbone feature vector (2048 for ResNet-50).
+    num_class : int
+    num_steps : int, default=10
+        ``T``, the largest number of frames read per video.
+    hidden_dim : int, default=4096
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | None,
+        feat_dim: int,
+        num_class: int,
+        num_steps: int = NUM_STEPS,
+        hidden_dim: int = HIDDEN_DIM,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.mlp = Projection(feat_dim, hidden_dim)
+        self.exit_selector = nn.ModuleList(Gate(hidden_dim) for _ in range(num_steps - 1))
+        self.classifiers = nn.ModuleList(nn.Linear(hidden_dim, num_class) for _ in range(num_steps))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.classifiers)
+
+    @property
+    def num_class(self) -> int:
+        return self.classifiers[0].out_features
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-frame projection ``h``: (n, feat_dim) -> (n, hidden_dim)."""
+        return self.mlp(features)
+
+    def logits(self, step: int, z: torch.Tensor) -> torch.Tensor:
+        """Classifier ``step`` on pooled features ``z_t``: (n, hidden_dim) -> (n, num_class)."""
+        return self.classifiers[step](z)
+
+    def gate(self, step: int, z_t: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+        """``s_t`` for ``step`` in 1..T-1 (gate ``step - 1``): probabilities of shape (n,)."""
+        return self.exit_selector[step - 1](z_t, z_prev)
+
+    def exit_tables(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything any exit threshold needs, for features already in policy order.
+
+        Parameters
+        ----------
+        features : Tensor of shape (n_videos, n_steps, feat_dim)
+            Backbone features, step t holding the frame read at step t.
+
+        Returns
+        -------
+        probs : Tensor of shape (n_videos, n_steps, num_class), dtype=float32
+            ``softmax(logits_t(z_t))`` for every step.
+        gates : Tensor of shape (n_videos, n_steps - 1), dtype=float32
+            ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
+            to the final step, where a video always exits, and is only informative.
+        """
+        n, steps, dim = features.shape
+        h = self.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
+        z = torch.cummax(h, dim=1).values
+        probs = torch.stack([F.softmax(self.logits(t, z[:, t]), dim=1) for t in range(steps)], dim=1)
+        gates = torch.stack([self.gate(t, z[:, t], z[:, t - 1]) for t in range(1, steps)], dim=1)
+        return probs, gates

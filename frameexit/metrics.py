@@ -1,0 +1,158 @@
+"""Video-level accuracy metrics (SEMANTICS 7): per-class AP, mAP and top-1.
+
+One prediction per video. Rows are matched by video key, never by position or
+by a name cut from a frame path. Ties in a class's scores are ranked by video
+key, ascending (the official code's order for ties depends on its input order):
+on tie-free data this equals scikit-learn's ``average_precision_score``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import DatasetError
+
+
+def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> np.ndarray:
+    """Non-interpolated average precision of every class.
+
+    ``AP_c = sum_k precision@k * y_k / n_positives``, ranking videos by ``scores[:, c]``
+    descending; ties keep the row order (rows are in key order in this project).
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_videos, n_classes)
+        Class probabilities of each video's prediction.
+    labels : array-like of shape (n_videos, n_classes)
+        Multi-hot ground truth (0 or 1); videos without labels are negatives for every class.
+
+    Returns
+    -------
+    ap : ndarray of shape (n_classes,), dtype=float64
+        NaN for classes without a positive video.
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, dtype=np.float64)
+    if scores.shape != labels.shape or scores.ndim != 2:
+        raise ValueError(f"scores and labels must both be (n_videos, n_classes), got {scores.shape} and {labels.shape}")
+    n = scores.shape[0]
+    order = np.argsort(-scores, axis=0, kind="stable")
+    hits = np.take_along_axis(labels, order, axis=0)
+    precision = np.cumsum(hits, axis=0) / np.arange(1, n + 1, dtype=np.float64)[:, None]
+    positives = labels.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * hits).sum(axis=0) / positives
+    ap[positives == 0] = np.nan
+    return ap
+
+
+def mean_average_precision(ap: npt.ArrayLike) -> float:
+    """Mean of the per-class APs ignoring NaN (classes without positives); NaN if every class is NaN."""
+    ap = np.asarray(ap, dtype=np.float64)
+    if np.isnan(ap).all():
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(ap))
+
+
+def top1_accuracy(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Hit@1: over videos with at least one label, the share whose predicted class is one of them.
+
+    Parameters
+    ----------
+    predictions : array-like of shape (n_videos,), dtype=int
+        Predicted class index (argmax of the probabilities).
+    labels : array-like of shape (n_videos, n_classes)
+        Multi-hot ground truth.
+
+    Returns
+    -------
+    top1 : float in [0, 1], NaN if no video has a label.
+    """
+    predictions = np.asarray(predictions, dtype=np.int64)
+    labels = np.asarray(labels)
+    labelled = labels.sum(axis=1) > 0
+    if not labelled.any():
+        return float("nan")
+    hit = labels[np.arange(len(predictions)), predictions] > 0
+    return float(hit[labelled].mean())
+
+
+def multi_hot(label_indices: Sequence[Sequence[int]], num_class: int) -> np.ndarray:
+    """(n_videos, num_class) float32 multi-hot matrix from lists of class indices."""
+    out = np.zeros((len(label_indices), num_class), dtype=np.float32)
+    for row, classes in enumerate(label_indices):
+        out[row, list(classes)] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Accuracy of one prediction per video.
+
+    Attributes
+    ----------
+    map : float
+        Mean over classes with a positive video of the per-class AP, in [0, 1].
+    top1 : float
+        Hit@1 over videos with at least one label, in [0, 1].
+    ap : ndarray of shape (n_classes,)
+        Per-class AP, NaN where a class has no positive video.
+    n_videos : int
+        Videos evaluated.
+    n_labelled : int
+        Videos with at least one label (the top-1 denominator).
+    """
+
+    map: float
+    top1: float
+    ap: np.ndarray
+    n_videos: int
+    n_labelled: int
+
+
+def evaluate(
+    keys: Sequence[str],
+    scores: npt.ArrayLike,
+    labels_by_key: Mapping[str, Sequence[int]],
+    num_class: int,
+) -> Metrics:
+    """mAP and top-1 of per-video scores, matched to the ground truth by video key.
+
+    Parameters
+    ----------
+    keys : sequence of str of length n_videos
+        Video keys (split-file entries), one per row of ``scores``; must be unique.
+    scores : array-like of shape (n_videos, num_class)
+        Probabilities at each video's exit step.
+    labels_by_key : mapping of str to sequence of int
+        Class indices of every video (an empty list for a video without labels).
+    num_class : int
+    """
+    scores = np.asarray(scores)
+    keys = list(keys)
+    if len(set(keys)) != len(keys):
+        raise ValueError("video keys must be unique")
+    if scores.shape != (len(keys), num_class):
+        raise ValueError(f"scores must have shape ({len(keys)}, {num_class}), got {scores.shape}")
+    missing = [k for k in keys if k not in labels_by_key]
+    if missing:
+        raise DatasetError(f"no ground truth for {len(missing)} video(s): {', '.join(missing[:5])}")
+    order = np.argsort(np.asarray(keys, dtype=object), kind="stable")
+    sorted_keys = [keys[i] for i in order]
+    scores = scores[order]
+    labels = multi_hot([labels_by_key[k] for k in sorted_keys], num_class)
+    ap = average_precision(scores, labels)
+    return Metrics(
+        map=mean_average_precision(ap),
+        top1=top1_accuracy(scores.argmax(axis=1), labels),
+        ap=ap,
+        n_videos=len(keys),
+        n_labelled=int((labels.sum(axis=1) > 0).sum()),
+    )

@@ -1,0 +1,72 @@
+"""Which frames a video contributes, and in which order the model reads them (SEMANTICS 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+#: The official coarse-to-fine policy over T=10 sampled frames: step t reads sampled frame ``ORDER[t]``.
+COARSE_TO_FINE: tuple[int, ...] = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
+
+
+def sample_indices(n_files: int, num_frames: int = 10) -> np.ndarray:
+    """Indices of the frame files a video contributes, in temporal order.
+
+    ``int(clip(linspace(0, L, T), 0, L - 1))``: both ends of ``linspace`` are
+    included and the cast truncates toward zero, so the first and the last file
+    are always sampled and short videos repeat frames.
+
+    Parameters
+    ----------
+    n_files : int
+        ``L``, the number of frame files of the video (sorted by path), at least 1.
+    num_frames : int, default=10
+        ``T``, the number of sampled frames.
+
+    Returns
+    -------
+    indices : ndarray of shape (num_frames,), dtype=int64
+        Positions in the sorted list of frame files.
+    """
+    if n_files < 1:
+        raise ValueError(f"a video needs at least one frame file to be sampled, got {n_files}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    return np.clip(np.linspace(0, n_files, num_frames), 0, n_files - 1).astype(np.int64)
+
+
+def policy_order(order: Sequence[int] | str | None, num_frames: int = 10) -> tuple[int, ...]:
+    """The reading order of the sampled frames: step t reads sampled frame ``order[t]``.
+
+    Parameters
+    ----------
+    order : sequence of int, {'coarse_to_fine', 'sequential'} or None
+        An explicit permutation of ``range(num_frames)``, or a named order.
+        ``None`` and ``'coarse_to_fine'`` give the official order (only defined
+        for ``num_frames=10``); ``'sequential'`` gives ``0, 1, ..., T-1``.
+    num_frames : int, default=10
+
+    Returns
+    -------
+    order : tuple of int of length num_frames
+    """
+    if order is None or order == "coarse_to_fine":
+        if num_frames != len(COARSE_TO_FINE):
+            raise ConfigError(
+                f"the coarse-to-fine order is defined for {len(COARSE_TO_FINE)} frames, "
+                f"not {num_frames}; give model.adaptive.input_order explicitly"
+            )
+        return COARSE_TO_FINE
+    if order == "sequential":
+        return tuple(range(num_frames))
+    if isinstance(order, str):
+        raise ConfigError(f"unknown policy order {order!r}; use 'coarse_to_fine', 'sequential' or a list")
+    result = tuple(int(i) for i in order)
+    if sorted(result) != list(range(num_frames)):
+        raise ConfigError(
+            f"model.adaptive.input_order must be a permutation of 0..{num_frames - 1}, got {list(result)}"
+        )
+    return result

@@ -1,0 +1,402 @@
+"""Job files: the official FrameExit YAML configs (and any file in their format) plus overrides.
+
+A job file is validated against :data:`SCHEMA`: an unknown key, a wrong type
+or an unsupported value is a :class:`~frameexit.errors.ConfigError` naming the
+key. Overrides use the official syntax, ``--data.path_frame DIR`` or
+``--model.first_threshold=0.9``; their values are read as YAML scalars or
+lists. Relative paths are relative to the working directory, as in the
+official code.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from frameexit.errors import ConfigError
+from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
+from frameexit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from frameexit.sampling import COARSE_TO_FINE, policy_order
+
+DATASETS = ("activitynet1.3", "minikinetics")
+PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf of the job schema: its type, default and whether the user must give it."""
+
+    kind: str  # 'bool' | 'int' | 'float' | 'str' | 'floats' | 'ints' | 'strs' | 'any'
+    default: Any = None
+    required: bool = False
+    choices: tuple = ()
+    doc: str = ""
+
+
+REQ = dict(required=True)
+
+#: Every key a job file may hold. Keys marked "official" are those of the official configs.
+SCHEMA: dict[str, Any] = {
+    "help": Field("bool", False, doc="official; ignored"),
+    "checkpoint": {
+        "init": Field("strs", None, doc="FrameExit checkpoint file (official DataParallel format)"),
+    },
+    "data": {
+        "name": Field("str", **REQ, choices=DATASETS, doc="dataset; picks the label-file reader"),
+        "path_frame": Field("str", None, doc="root of the frame folders <root>/<video key>/*.jpeg"),
+        "path_split": Field("str", None, doc="split file, one video key per line"),
+        "path_label": Field("str", None, doc="ActivityNet JSON or Mini-Kinetics CSV"),
+        "path_classid": Field("str", None, doc="class list, one name per line"),
+        "preprocessing": {
+            "to_tensor": Field("bool", True),
+            "resize": Field("int", 224, doc="shorter side after resizing, pixels"),
+            "crop_center": Field("int", 224, doc="side of the centre crop, pixels"),
+            "normalize": {
+                "mean": Field("floats", list(IMAGENET_MEAN)),
+                "std": Field("floats", list(IMAGENET_STD)),
+            },
+        },
+        "preprocessing_label": {
+            "video_multihot_labels": Field("any", "", doc="official; labels are always multi-hot"),
+            "one_hot_encoding": Field("int", None, doc="official; must equal model.num_class"),
+        },
+        "num_frames": Field("int", 10, doc="T, frames sampled per video"),
+        "num_workers": Field("int", 0, doc="frame-decoding worker processes"),
+        "shuffle": Field("bool", False, doc="official; ignored (videos run in key order)"),
+    },
+    "model": {
+        "first_threshold": Field("float", **REQ, doc="exit at step 0 if top probability > this"),
+        "gate_threshold": Field("float", DEFAULT_GATE_THRESHOLD, doc="exit at a gate if s_t < this (ours)"),
+        "backbone": {
+            "type": Field("str", "2d", choices=("2d",)),
+            "name": Field("str", **REQ, doc="torchvision.<model>"),
+            "pretrained": Field("bool", False, doc="ImageNet weights when no checkpoint gives the backbone"),
+            "requires_grad": Field("bool", False, doc="official; ignored at inference"),
+            "truncate_modules": Field("int", -1, doc="keep children[:truncate_modules]"),
+            "output_dim": Field("int", **REQ, doc="feature length of the truncated backbone"),
+        },
+        "pooling": {"name": Field("str", "max", choices=("max",))},
+        "name": Field("str", "adaptive", choices=("adaptive",)),
+        "adaptive": {"input_order": Field("ints", list(COARSE_TO_FINE), doc="policy order of the sampled frames")},
+        "num_class": Field("int", 200),
+    },
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset lives and how frames are sampled and preprocessed."""
+
+    name: str
+    path_frame: str | None
+    path_split: str | None
+    path_label: str | None
+    path_classid: str | None
+    num_frames: int
+    num_workers: int
+    preprocessing: Preprocessing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and its exit rule."""
+
+    backbone_name: str
+    truncate_modules: int
+    output_dim: int
+    pretrained: bool
+    num_class: int
+    first_threshold: float
+    gate_threshold: float
+    input_order: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A fully resolved job: the file it came from, its overrides and typed sections."""
+
+    source: str
+    data: DataConfig
+    model: ModelConfig
+    checkpoints: tuple[str, ...]
+    resolved: Mapping[str, Any] = field(repr=False)
+
+    def require(self, *dotted: str) -> None:
+        """Raise :class:`ConfigError` for every listed key that has no value."""
+        missing = [key for key in dotted if _get(self.resolved, key) in (None, [], "")]
+        if missing:
+            raise ConfigError(
+                f"{self.source}: this command needs {', '.join(missing)}; "
+                f"set {'it' if len(missing) == 1 else 'them'} in the job file or as --{missing[0]} VALUE"
+            )
+
+
+def bundled_jobs() -> dict[str, str]:
+    """Job files shipped in the ``jobs`` package, by file name."""
+    root = resources.files("jobs")
+    return {p.name: str(p) for p in root.iterdir() if p.name.endswith((".yml", ".yaml"))}
+
+
+def resolve_job_path(path: str) -> str:
+    """``path`` if it is a file, else the bundled job of that name."""
+    if os.path.isfile(path):
+        return path
+    bundled = bundled_jobs()
+    name = os.path.basename(path)
+    if name in bundled:
+        return bundled[name]
+    hint = f" Bundled jobs: {', '.join(sorted(bundled))}." if bundled else ""
+    raise ConfigError(f"job file not found: {path}.{hint}")
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, spec in schema.items():
+        dotted = prefix + key
+        out.extend(_keys(spec, dotted + ".") if isinstance(spec, Mapping) else [dotted])
+    return out
+
+
+def _unknown(dotted: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(dotted, _keys(SCHEMA), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"{source}: unknown key {dotted}{hint}")
+
+
+_TYPE_NAMES = {
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "floats": "a list of numbers",
+    "ints": "a list of integers",
+    "strs": "a string or a list of strings",
+}
+
+
+def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | None = None) -> Any:
+    """Check ``value`` against ``spec``; ``raw`` is the override's text, kept verbatim for strings."""
+    kind = spec.kind
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{source}: {dotted} must be {_TYPE_NAMES[kind]}, got {value!r}")
+
+    if value is None:
+        if spec.required:
+            raise ConfigError(f"{source}: {dotted} must be set, got an empty value")
+        return None
+    if kind == "any":
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+    elif kind == "str":
+        if raw is not None:
+            value = raw
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise bad()
+    elif kind == "strs":
+        if raw is not None and not raw.lstrip().startswith("["):
+            value = raw
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad()
+    elif kind in ("floats", "ints"):
+        item = int if kind == "ints" else (int, float)
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise bad()
+        value = [float(v) for v in value] if kind == "floats" else list(value)
+    if spec.choices and value not in spec.choices:
+        raise ConfigError(
+            f"{source}: {dotted} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}"
+        )
+    return value
+
+
+def _validate(tree: Any, schema: Mapping[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the job'} must be a mapping of keys, got {tree!r}")
+    for key in tree:
+        if key not in schema:
+            raise _unknown(prefix + str(key), source)
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        dotted = prefix + key
+        if isinstance(spec, Mapping):
+            out[key] = _validate(tree.get(key), spec, dotted + ".", source)
+        elif key in tree:
+            out[key] = _coerce(tree[key], spec, dotted, source)
+        elif spec.required:
+            raise ConfigError(f"{source}: {dotted} is required")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
+    """``['--a.b', 'v', '--c.d=w']`` -> ``[('a.b', 'v'), ('c.d', 'w')]``, in order."""
+    pairs = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(
+                f"unexpected argument {arg!r}: overrides look like --data.path_frame DIR or --model.first_threshold=0.9"
+            )
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
+    spec: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(spec, Mapping) or part not in spec:
+            raise _unknown(dotted, "override")
+        spec = spec[part]
+    if isinstance(spec, Mapping):
+        raise ConfigError(f"override --{dotted} names a section; give one of its keys, e.g. --{_keys(spec, dotted + '.')[0]}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    value = _coerce(value, spec, dotted, f"override --{dotted}", raw=text if spec.kind in ("str", "strs") else None)
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
+    """Read, override and validate a job file.
+
+    Parameters
+    ----------
+    path : str
+        A YAML file in the official config format, or the name of a bundled job.
+    overrides : sequence of str
+        Command-line words such as ``['--data.path_frame', 'DIR', '--model.first_threshold=0.9']``.
+    """
+    path = resolve_job_path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read job file {path}: {exc.strerror}") from None
+    if isinstance(raw, Mapping):
+        pre = _get(raw, "data.preprocessing")
+        if isinstance(pre, Mapping):
+            given = [k for k in pre if k in PREPROCESSING_ORDER]
+            if given != [k for k in PREPROCESSING_ORDER if k in pre]:
+                raise ConfigError(
+                    f"{path}: data.preprocessing runs its keys in file order; only "
+                    f"{', '.join(PREPROCESSING_ORDER)} (in that order) is supported, got {', '.join(given)}"
+                )
+    tree = _validate(raw, SCHEMA, "", path)
+    for dotted, text in parse_overrides(overrides):
+        _apply_override(tree, dotted, text)
+    return _build(tree, path)
+
+
+def _build(tree: dict[str, Any], source: str) -> Job:
+    data, model = tree["data"], tree["model"]
+    pre = data["preprocessing"]
+    if not pre["to_tensor"]:
+        raise ConfigError(f"{source}: data.preprocessing.to_tensor must be True (frames are resized as tensors)")
+    for key in ("resize", "crop_center"):
+        if pre[key] is None or pre[key] < 1:
+            raise ConfigError(f"{source}: data.preprocessing.{key} must be a positive number of pixels, got {pre[key]!r}")
+    if pre["crop_center"] > pre["resize"]:
+        raise ConfigError(
+            f"{source}: data.preprocessing.crop_center ({pre['crop_center']}) cannot exceed resize ({pre['resize']})"
+        )
+    norm = pre["normalize"]
+    for key in ("mean", "std"):
+        if len(norm[key]) != 3:
+            raise ConfigError(f"{source}: data.preprocessing.normalize.{key} must hold 3 numbers, got {norm[key]}")
+    if any(s <= 0 for s in norm["std"]):
+        raise ConfigError(f"{source}: data.preprocessing.normalize.std must be positive, got {norm['std']}")
+    if data["num_frames"] < 1:
+        raise ConfigError(f"{source}: data.num_frames must be at least 1, got {data['num_frames']}")
+    if data["num_workers"] < 0:
+        raise ConfigError(f"{source}: data.num_workers must be 0 or more, got {data['num_workers']}")
+    if model["num_class"] < 1:
+        raise ConfigError(f"{source}: model.num_class must be at least 1, got {model['num_class']}")
+    one_hot = data["preprocessing_label"]["one_hot_encoding"]
+    if one_hot is not None and one_hot != model["num_class"]:
+        raise ConfigError(
+            f"{source}: data.preprocessing_label.one_hot_encoding ({one_hot}) must equal model.num_class ({model['num_class']})"
+        )
+    try:
+        check_thresholds(model["first_threshold"], model["gate_threshold"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: model.{exc}") from None
+    order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
+    backbone = model["backbone"]
+    return Job(
+        source=source,
+        data=DataConfig(
+            name=data["name"],
+            path_frame=data["path_frame"],
+            path_split=data["path_split"],
+            path_label=data["path_label"],
+            path_classid=data["path_classid"],
+            num_frames=data["num_frames"],
+            num_workers=data["num_workers"],
+            preprocessing=Preprocessing(
+                resize=pre["resize"],
+                crop=pre["crop_center"],
+                mean=tuple(norm["mean"]),
+                std=tuple(norm["std"]),
+            ),
+        ),
+        model=ModelConfig(
+            backbone_name=backbone["name"],
+            truncate_modules=backbone["truncate_modules"],
+            output_dim=backbone["output_dim"],
+            pretrained=backbone["pretrained"],
+            num_class=model["num_class"],
+            first_threshold=model["first_threshold"],
+            gate_threshold=model["gate_threshold"],
+            input_order=order,
+        ),
+        checkpoints=tuple(tree["checkpoint"]["init"] or ()),
+        resolved=tree,
+    )

@@ -1,0 +1,205 @@
+"""Dataset files in the official layouts (SEMANTICS 1-3).
+
+- class list: one class name per line; the class index is the 0-based line number;
+- split file: one video key per line (``v_<id>.mp4``, ``<ytid>_<start>_<end>.mp4``);
+- labels: the ActivityNet-1.3 JSON or the Mini-Kinetics CSV;
+- frames: ``<frames root>/<video key>/*.jpeg``, sorted by path.
+
+A split video that cannot be evaluated is not dropped silently: it is listed in
+``Dataset.skipped`` with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from frameexit.errors import DatasetError, DatasetFileNotFoundError
+
+
+@dataclass(frozen=True)
+class Video:
+    """A split video that can be evaluated.
+
+    Attributes
+    ----------
+    key : str
+        The split-file entry, e.g. ``v_abc.mp4``.
+    frames : tuple of str
+        Its ``*.jpeg`` files, sorted by path.
+    labels : tuple of int
+        Class indices (empty for a video without annotations).
+    """
+
+    key: str
+    frames: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A split video left out of the evaluation, and why."""
+
+    video: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Evaluated videos (sorted by key), skipped videos, and the class names."""
+
+    videos: tuple[Video, ...]
+    skipped: tuple[Skipped, ...]
+    class_names: tuple[str, ...]
+    n_listed: int
+
+    @property
+    def labels_by_key(self) -> dict[str, tuple[int, ...]]:
+        return {v.key: v.labels for v in self.videos}
+
+
+def _open(path: str, what: str, key: str):
+    if not path:
+        raise DatasetError(f"no {what} given: set {key}")
+    if not os.path.isfile(path):
+        raise DatasetFileNotFoundError(f"{what} not found: {path} (from {key})")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_class_list(path: str) -> list[str]:
+    """Class names in file order (lines stripped; blank lines at the end ignored)."""
+    with _open(path, "class list", "data.path_classid") as handle:
+        names = [line.strip() for line in handle.read().splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise DatasetError(f"class list {path} is empty")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            raise DatasetError(f"class list {path}: line {i + 1} is blank")
+        if name in seen:
+            raise DatasetError(f"class list {path}: {name!r} appears on lines {seen[name] + 1} and {i + 1}")
+        seen[name] = i
+    return names
+
+
+def read_split(path: str) -> list[str]:
+    """Video keys of a split file, in file order, without blank lines or duplicates."""
+    with _open(path, "split file", "data.path_split") as handle:
+        keys = [line.strip() for line in handle.read().splitlines()]
+    return list(dict.fromkeys(k for k in keys if k))
+
+
+def read_activitynet_labels(path: str) -> dict[str, list[str]]:
+    """``{'v_<id>.mp4': [label, ...]}`` from ``database[<id>]['annotations'][*]['label']``."""
+    with _open(path, "ActivityNet label file", "data.path_label") as handle:
+        try:
+            doc = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"ActivityNet label file {path} is not valid JSON: {exc}") from None
+    database = doc.get("database") if isinstance(doc, Mapping) else None
+    if not isinstance(database, Mapping):
+        raise DatasetError(f"ActivityNet label file {path} has no 'database' mapping")
+    labels = {}
+    for vid, entry in database.items():
+        annotations = entry.get("annotations", []) if isinstance(entry, Mapping) else None
+        if not isinstance(annotations, list) or not all(isinstance(a, Mapping) and "label" in a for a in annotations):
+            raise DatasetError(f"ActivityNet label file {path}: database[{vid!r}] has malformed 'annotations'")
+        labels[f"v_{vid}.mp4"] = [str(a["label"]) for a in annotations]
+    return labels
+
+
+MINIKINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split", "is_cc")
+
+
+def minikinetics_key(youtube_id: str, time_start: str, time_end: str) -> str:
+    """``<youtube_id>_<int(time_start):06d>_<int(time_end):06d>.mp4`` from the CSV's text fields."""
+    return f"{youtube_id}_{time_start.split('.')[0].zfill(6)}_{time_end.split('.')[0].zfill(6)}.mp4"
+
+
+def read_minikinetics_labels(path: str) -> dict[str, list[str]]:
+    """``{key: [label]}`` from a Kinetics CSV (header ``label,youtube_id,time_start,time_end,split,is_cc``)."""
+    with _open(path, "Mini-Kinetics label file", "data.path_label") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(c.strip() for c in rows[0][: len(MINIKINETICS_COLUMNS)]) != MINIKINETICS_COLUMNS:
+        raise DatasetError(
+            f"Mini-Kinetics label file {path} must start with the header {','.join(MINIKINETICS_COLUMNS)}"
+        )
+    labels: dict[str, list[str]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) < 4:
+            raise DatasetError(f"Mini-Kinetics label file {path}, line {line}: expected 6 columns, got {row}")
+        label, youtube_id, start, end = (c.strip() for c in row[:4])
+        labels.setdefault(minikinetics_key(youtube_id, start, end), []).append(label.strip('"'))
+    return labels
+
+
+def read_labels(name: str, path: str) -> dict[str, list[str]]:
+    """Labels by video key for ``data.name`` ``activitynet1.3`` or ``minikinetics``."""
+    if name == "activitynet1.3":
+        return read_activitynet_labels(path)
+    if name == "minikinetics":
+        return read_minikinetics_labels(path)
+    raise DatasetError(f"data.name must be 'activitynet1.3' or 'minikinetics', got {name!r}")
+
+
+def list_frames(frames_root: str, key: str) -> list[str]:
+    """The video's ``*.jpeg`` files sorted by path (empty if the folder is missing or has none)."""
+    return sorted(glob.glob(os.path.join(glob.escape(os.path.join(frames_root, key)), "*.jpeg")))
+
+
+def load_dataset(
+    name: str,
+    *,
+    path_frame: str | None,
+    path_split: str | None,
+    path_label: str | None,
+    path_classid: str | None,
+    num_class: int,
+) -> Dataset:
+    """Read the split, labels and class list, and find every video's frames.
+
+    Raises :class:`DatasetError` for a missing file, a label that is not in the
+    class list (naming video, label and file) or a class list whose length is
+    not ``num_class``. Videos without a frame folder, without ``*.jpeg`` files
+    or without an entry in the label file are skipped with their reason.
+    """
+    classes = read_class_list(path_classid or "")
+    if len(classes) != num_class:
+        raise DatasetError(
+            f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    keys = read_split(path_split or "")
+    labels = read_labels(name, path_label or "")
+    if not path_frame:
+        raise DatasetError("no frames root given: set data.path_frame")
+    if not os.path.isdir(path_frame):
+        raise DatasetFileNotFoundError(f"frames root not found: {path_frame} (from data.path_frame)")
+    videos, skipped = [], []
+    for key in sorted(keys):
+        if key not in labels:
+            skipped.append(Skipped(key, f"no entry in the label file {path_label}"))
+            continue
+        unknown = [lab for lab in labels[key] if lab not in index]
+        if unknown:
+            raise DatasetError(
+                f"video {key}: label {unknown[0]!r} from {path_label} is not in the class list {path_classid}"
+            )
+        folder = os.path.join(path_frame, key)
+        if not os.path.isdir(folder):
+            skipped.append(Skipped(key, f"no frame folder {folder}"))
+            continue
+        frames = list_frames(path_frame, key)
+        if not frames:
+            skipped.append(Skipped(key, f"no *.jpeg frames in {folder}"))
+            continue
+        videos.append(Video(key, tuple(frames), tuple(sorted({index[lab] for lab in labels[key]}))))
+    return Dataset(tuple(videos), tuple(skipped), tuple(classes), len(keys))

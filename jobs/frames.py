@@ -1,0 +1,31 @@
+"""Reading JPEG frames from disk into preprocessed tensors."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from frameexit.errors import FrameExitError
+from frameexit.preprocess import Preprocessing, preprocess_image
+
+
+class FrameReadError(FrameExitError, OSError):
+    """A frame file that cannot be decoded; the video is skipped with this reason."""
+
+
+def read_frame(path: str, params: Preprocessing) -> torch.Tensor:
+    """Decode ``path`` with PIL (converted to RGB) and preprocess it: (3, crop, crop) float32.
+
+    Raises :class:`FrameReadError` naming the file if it is missing, truncated or not an image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return preprocess_image(image, params)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise FrameReadError(f"cannot read frame {path}: {reason}") from None

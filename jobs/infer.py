@@ -1,0 +1,213 @@
+"""`frameexit infer`: sequential early exit over a split, reading only the frames each video needs."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import hashlib
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+import frameexit
+from frameexit.cost import exit_histogram, measure_step_costs, paper_gflops, paper_per_frame
+from frameexit.errors import ConfigError
+from frameexit.inference import infer_video
+from frameexit.metrics import evaluate
+from frameexit.sampling import sample_indices
+from reports.schema import VIDEOS
+from reports.write import write_json, write_table
+
+from .config import Job
+from .datasets import Skipped, load_dataset
+from .frames import FrameReadError, read_frame
+from .model import load_model, resolve_device
+from .progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+VIDEOS_FILE = "videos.parquet"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Where the outputs went and what they say (the content of ``metrics.json``)."""
+
+    out_dir: str
+    videos_path: str
+    metrics_path: str
+    metrics: dict[str, Any]
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
+    """Evaluate the job's checkpoint on its split with sequential early exit.
+
+    Writes ``<out_dir>/videos.parquet`` (one row per evaluated video) and
+    ``<out_dir>/metrics.json``; both are written only once every video is done,
+    and stale copies are removed first, so an interrupted run leaves nothing
+    that looks complete.
+
+    Parameters
+    ----------
+    job : Job
+        Needs ``checkpoint.init`` (exactly one) and the four ``data.path_*`` keys.
+    out_dir : str
+    device : {'auto', 'cpu', 'cuda', 'cuda:N'}, default='auto'
+    progress : bool or None
+        Progress bar on stderr; ``None`` shows it on a terminal only.
+    """
+    job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
+    if len(job.checkpoints) != 1:
+        raise ConfigError(f"infer evaluates one checkpoint, but checkpoint.init lists {len(job.checkpoints)}")
+    checkpoint = job.checkpoints[0]
+    data, model_cfg = job.data, job.model
+    torch_device = resolve_device(device)
+
+    videos_path = os.path.join(out_dir, VIDEOS_FILE)
+    metrics_path = os.path.join(out_dir, METRICS_FILE)
+    for stale in (videos_path, metrics_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+
+    dataset = load_dataset(
+        data.name,
+        path_frame=data.path_frame,
+        path_split=data.path_split,
+        path_label=data.path_label,
+        path_classid=data.path_classid,
+        num_class=model_cfg.num_class,
+    )
+    model = load_model(job, checkpoint, torch_device)
+    log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
+
+    keys, exits, predictions, confidences, probs, labels = [], [], [], [], [], []
+    skipped = list(dataset.skipped)
+    started = time.perf_counter()
+    bar = progress_bar(dataset.videos, desc="infer", total=len(dataset.videos), enabled=progress)
+    for video in bar:
+        indices = sample_indices(len(video.frames), data.num_frames)
+
+        def reader(position: int, _frames=video.frames, _indices=indices) -> torch.Tensor:
+            return read_frame(_frames[_indices[position]], data.preprocessing)
+
+        try:
+            decision = infer_video(
+                model,
+                reader,
+                model_cfg.input_order,
+                first_threshold=model_cfg.first_threshold,
+                gate_threshold=model_cfg.gate_threshold,
+                device=torch_device,
+            )
+        except FrameReadError as exc:
+            skipped.append(Skipped(video.key, str(exc)))
+            continue
+        keys.append(video.key)
+        exits.append(decision.exit_step)
+        predictions.append(decision.prediction)
+        confidences.append(decision.confidence)
+        probs.append(decision.probs)
+        labels.append(list(video.labels))
+    seconds = time.perf_counter() - started
+
+    if len(keys) + len(skipped) != dataset.n_listed:
+        raise RuntimeError(f"accounted for {len(keys) + len(skipped)} videos of {dataset.n_listed} listed")
+    skipped.sort(key=lambda s: s.video)
+
+    exits_arr = np.asarray(exits, dtype=np.int64)
+    scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
+    metrics = evaluate(keys, scores, dict(zip(keys, labels)), model_cfg.num_class)
+    costs = _step_costs(
+        model_cfg.backbone_name,
+        model_cfg.truncate_modules,
+        data.preprocessing.crop,
+        model_cfg.num_class,
+        model.mlp.layers[0].out_features,
+    )
+    per_frame = paper_per_frame(model_cfg.backbone_name)
+    document = {
+        "map": metrics.map,
+        "top1": metrics.top1,
+        "gflops": paper_gflops(exits_arr, per_frame),
+        "gflops_per_frame": per_frame,
+        "gmacs_measured": float(costs.video_gmacs(exits_arr).mean()) if len(exits_arr) else float("nan"),
+        "gmacs_measured_parts": costs.__dict__,
+        "mean_frames": float((exits_arr + 1).mean()) if len(exits_arr) else float("nan"),
+        "exit_histogram": exit_histogram(exits_arr, data.num_frames).tolist(),
+        "ap_per_class": metrics.ap.tolist(),
+        "n_videos": metrics.n_videos,
+        "n_videos_labelled": metrics.n_labelled,
+        "n_videos_listed": dataset.n_listed,
+        "skipped": [{"video": s.video, "reason": s.reason} for s in skipped],
+        "first_threshold": model_cfg.first_threshold,
+        "gate_threshold": model_cfg.gate_threshold,
+        "input_order": list(model_cfg.input_order),
+        "checkpoint": {"path": os.path.abspath(checkpoint), "sha256": file_sha256(checkpoint)},
+        "dataset": {
+            "name": data.name,
+            "split": os.path.abspath(data.path_split),
+            "labels": os.path.abspath(data.path_label),
+            "classes": os.path.abspath(data.path_classid),
+            "frames": os.path.abspath(data.path_frame),
+        },
+        "backbone": model_cfg.backbone_name,
+        "runtime": {
+            "device": str(torch_device),
+            "seconds": seconds,
+            "frames_read": int((exits_arr + 1).sum()),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "frameexit": frameexit.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "units": {
+            "map": "fraction in [0, 1], mean over classes with a positive video",
+            "top1": "fraction in [0, 1] of videos with a label",
+            "gflops": "paper convention: per-frame GMACs of the backbone x frames read; null if the backbone has none",
+            "gmacs_measured": "multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
+        },
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    name = os.path.basename(checkpoint)
+    write_table(
+        videos_path,
+        {
+            "video": keys,
+            "exit_step": exits,
+            "prediction": predictions,
+            "confidence": confidences,
+            "labels": labels,
+            "first_threshold": [model_cfg.first_threshold] * len(keys),
+            "gate_threshold": [model_cfg.gate_threshold] * len(keys),
+            "checkpoint": [name] * len(keys),
+        },
+        VIDEOS,
+    )
+    write_json(metrics_path, document)
+    return InferResult(out_dir, videos_path, metrics_path, document)
+
+
+@functools.lru_cache(maxsize=8)
+def _step_costs(backbone: str, truncate: int, crop: int, num_class: int, hidden: int):
+    return measure_step_costs(
+        backbone, input_size=crop, num_class=num_class, truncate_modules=truncate, hidden_dim=hidden
+    )

@@ -1,0 +1,77 @@
+"""Building a FrameExit model from a job and its checkpoint, with every mismatch named."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+
+from frameexit.backbone import feature_dim, imagenet_state_dict
+from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
+from frameexit.errors import CheckpointError, ConfigError
+from frameexit.head import FrameExit
+
+from .config import Job
+
+
+def resolve_device(device: str) -> torch.device:
+    """``'auto'`` is CUDA when available, else CPU; ``'cuda'`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def check_state(job: Job, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Raise if the checkpoint's head does not fit the job (classes, steps, feature length)."""
+    shape = head_shape(state, path=path)
+    model = job.model
+    if shape.num_class != model.num_class:
+        raise CheckpointError(
+            f"checkpoint {path} has {shape.num_class} classes but model.num_class is {model.num_class}"
+        )
+    if shape.num_steps != job.data.num_frames:
+        raise CheckpointError(
+            f"checkpoint {path} has {shape.num_steps} classifiers (steps) but data.num_frames is {job.data.num_frames}"
+        )
+    if shape.feat_dim != model.output_dim:
+        raise CheckpointError(
+            f"checkpoint {path} projects {shape.feat_dim}-d backbone features "
+            f"but model.backbone.output_dim is {model.output_dim}"
+        )
+
+
+def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
+    """The job's model with the checkpoint's weights, in eval mode on ``device``.
+
+    The backbone comes from the checkpoint when it has one (the released ones
+    do, fine-tuned); otherwise from ImageNet weights already on disk if
+    ``model.backbone.pretrained`` is true. Nothing is downloaded.
+    """
+    model_cfg = job.model
+    dim = feature_dim(
+        model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules, input_size=job.data.preprocessing.crop
+    )
+    if dim != model_cfg.output_dim:
+        raise ConfigError(
+            f"{job.source}: {model_cfg.backbone_name} truncated at {model_cfg.truncate_modules} gives "
+            f"{dim}-d features but model.backbone.output_dim is {model_cfg.output_dim}"
+        )
+    state = read_state_dict(checkpoint)
+    check_state(job, state, checkpoint)
+    if not any(k.startswith(BACKBONE) for k in state):
+        if not model_cfg.pretrained:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} has no backbone weights and model.backbone.pretrained is False"
+            )
+        backbone = imagenet_state_dict(model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules)
+        state = {**{BACKBONE + k: v for k, v in backbone.items()}, **state}
+    model = build_model(
+        state,
+        backbone_name=model_cfg.backbone_name,
+        truncate_modules=model_cfg.truncate_modules,
+        path=os.fspath(checkpoint),
+    )
+    return model.to(device)

@@ -1,0 +1,26 @@
+"""The columns of every table frameexit writes, in one place.
+
+Units and conventions: ``map`` and ``top1`` are fractions in [0, 1];
+``confidence`` is a softmax probability in [0, 1]; ``exit_step`` is 0-based
+(0..9), so a video read ``exit_step + 1`` frames; ``gflops`` is the paper's
+convention (per-frame multiply-accumulates x frames read, called GFLOPs in the
+paper, really GMACs); ``gmacs_measured`` is counted by torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: ``videos.parquet``: one row per evaluated video.
+VIDEOS = pa.schema(
+    [
+        pa.field("video", pa.string(), nullable=False),  # split-file key, e.g. v_<id>.mp4
+        pa.field("exit_step", pa.int32(), nullable=False),  # 0-based step at which the video exited
+        pa.field("prediction", pa.int32(), nullable=False),  # class index (line of the class list)
+        pa.field("confidence", pa.float64(), nullable=False),  # softmax probability of the prediction
+        pa.field("labels", pa.list_(pa.int32()), nullable=False),  # ground-truth class indices
+        pa.field("first_threshold", pa.float64(), nullable=False),
+        pa.field("gate_threshold", pa.float64(), nullable=False),
+        pa.field("checkpoint", pa.string(), nullable=False),  # checkpoint file name
+    ]
+)

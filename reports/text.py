@@ -1,0 +1,44 @@
+"""Plain-text summaries printed at the end of a command (stdout)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def render_infer_summary(metrics: Mapping[str, Any], paths: Mapping[str, str]) -> str:
+    """The closing lines of ``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs."""
+    per_frame = metrics.get("gflops_per_frame")
+    gflops = _num(metrics.get("gflops"), 2)
+    gflops_note = (
+        f"(paper convention: {per_frame} per frame x frames read)"
+        if per_frame is not None
+        else "(paper convention defined for resnet50 and efficientnet_b3 only)"
+    )
+    hist = metrics.get("exit_histogram", [])
+    lines = [
+        f"FrameExit infer: {metrics['n_videos']} videos evaluated, {len(metrics['skipped'])} skipped "
+        f"(of {metrics['n_videos_listed']} listed); "
+        f"first_threshold={metrics['first_threshold']:g} gate_threshold={metrics['gate_threshold']:g}",
+        f"  mAP            {_num(metrics.get('map'))}",
+        f"  top-1          {_num(metrics.get('top1'))}",
+        f"  GFLOPs         {gflops} {gflops_note}",
+        f"  GMACs measured {_num(metrics.get('gmacs_measured'), 2)} per video (backbone + head; GFLOPs = 2 x GMACs)",
+        f"  mean frames    {_num(metrics.get('mean_frames'), 2)}",
+        "  exits per step " + " ".join(f"{i}:{100 * f:.1f}%" for i, f in enumerate(hist)),
+    ]
+    skipped = metrics.get("skipped", [])
+    if skipped:
+        lines.append("  skipped:")
+        lines.extend(f"    {s['video']}: {s['reason']}" for s in skipped[:20])
+        if len(skipped) > 20:
+            lines.append(f"    ... and {len(skipped) - 20} more (see metrics.json)")
+    lines.append("  wrote " + ", ".join(paths.values()))
+    return "\n".join(lines)
