@@ -1,0 +1,213 @@
+"""Test fixtures generated on the fly: JPEG folders in the official layouts and
+random checkpoints in the official key format (written here from the official
+names, independently of frameexit's own model classes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+NUM_CLASS = 200
+HIDDEN = 4096
+
+
+def class_names(n: int = NUM_CLASS) -> list[str]:
+    return [f"Class {i:03d}, with punctuation (x)" for i in range(n)]
+
+
+def write_frames(folder: str, n: int, size: tuple[int, int], seed: int, colour: tuple[int, int, int] = (200, 40, 40)):
+    """``n`` JPEG frames ``img_00001.jpeg ...`` of ``size`` (width, height): noise plus a moving coloured square."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    w, h = size
+    for k in range(n):
+        img = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+        x = (k * 17) % max(w - 60, 1)
+        img[40:100, x : x + 60] = colour
+        Image.fromarray(img).save(os.path.join(folder, f"img_{k + 1:05d}.jpeg"), quality=90)
+
+
+# (key stem, number of frames, (width, height), labels); labels index into class_names()
+VIDEOS = [
+    ("alpha", 23, (320, 240), [3]),
+    ("bravo", 4, (240, 320), [7]),  # fewer than 10 frames: frames repeat
+    ("charlie", 12, (300, 300), [3, 7]),  # multi-label
+    ("delta", 1, (224, 260), []),  # no labels; shorter side already 224
+    ("echo", 15, (260, 224), [11]),
+    ("foxtrot", 9, (330, 250), [7]),
+]
+
+
+def activitynet_dataset(root: str) -> dict[str, str]:
+    """Official ActivityNet-1.3 layout: JSON labels, class list, split file, frame folders.
+
+    Besides VIDEOS: ``v_empty.mp4`` (empty folder), ``v_nofolder.mp4`` (split entry without a folder).
+    """
+    names = class_names()
+    frames = os.path.join(root, "frames")
+    database = {}
+    for i, (stem, n, size, labels) in enumerate(VIDEOS):
+        write_frames(os.path.join(frames, f"v_{stem}.mp4"), n, size, seed=i)
+        database[stem] = {
+            "subset": "validation",
+            "duration": 30.0,
+            "annotations": [{"label": names[c], "segment": [1.0, 5.0]} for c in labels],
+        }
+    os.makedirs(os.path.join(frames, "v_empty.mp4"))
+    for stem in ("empty", "nofolder"):
+        database[stem] = {"subset": "validation", "annotations": [{"label": names[3], "segment": [0, 1]}]}
+    database["trainonly"] = {"subset": "training", "annotations": [{"label": names[5], "segment": [0, 1]}]}
+    paths = {
+        "frames": frames,
+        "split": os.path.join(root, "split_val.txt"),
+        "labels": os.path.join(root, "activity_net.v1-3.min.json"),
+        "classes": os.path.join(root, "classes.txt"),
+    }
+    with open(paths["labels"], "w") as f:
+        json.dump({"version": "VERSION 1.3", "database": database}, f)
+    with open(paths["classes"], "w") as f:
+        f.write("\n".join(names) + "\n")
+    keys = [f"v_{stem}.mp4" for stem, *_ in VIDEOS] + ["v_empty.mp4", "v_nofolder.mp4"]
+    with open(paths["split"], "w") as f:
+        f.write("\n".join(reversed(keys)) + "\n")  # unsorted on purpose
+    return paths
+
+
+def minikinetics_dataset(root: str) -> dict[str, str]:
+    """Official Mini-Kinetics layout: Kinetics CSV with quoted labels, class list, split file, frame folders."""
+    names = class_names()
+    frames = os.path.join(root, "frames")
+    lines = ["label,youtube_id,time_start,time_end,split,is_cc"]
+    keys = []
+    for i, (stem, n, size, labels) in enumerate(VIDEOS[:4]):
+        start = 7 * i + 1
+        key = f"yt{stem}_{start:06d}_{start + 10:06d}.mp4"
+        write_frames(os.path.join(frames, key), n, size, seed=10 + i)
+        lines.append(f'"{names[labels[0] if labels else 0]}",yt{stem},{start}.0,{start + 10}.0,val,0')
+        keys.append(key)
+    lines.append(f'"{names[4]}",ytnofolder,5.0,15.0,val,0')
+    keys.append("ytnofolder_000005_000015.mp4")
+    paths = {
+        "frames": frames,
+        "split": os.path.join(root, "split_val_minikinetics.txt"),
+        "labels": os.path.join(root, "kinetics_val.csv"),
+        "classes": os.path.join(root, "minik_classInd.txt"),
+    }
+    with open(paths["labels"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(paths["classes"], "w") as f:
+        f.write("\n".join(names) + "\n")
+    with open(paths["split"], "w") as f:
+        f.write("\n".join(keys) + "\n")
+    return paths
+
+
+def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int = HIDDEN, steps: int = 10):
+    """Names and shapes of the official head parameters (without ``module.``), from SEMANTICS 9."""
+    shapes = {
+        "mlp.layers.0.weight": (hidden, feat_dim),
+        "mlp.layers.0.bias": (hidden,),
+        "mlp.layers.1.weight": (hidden,),
+        "mlp.layers.1.bias": (hidden,),
+        "mlp.layers.1.running_mean": (hidden,),
+        "mlp.layers.1.running_var": (hidden,),
+        "mlp.layers.1.num_batches_tracked": (),
+    }
+    for g in range(steps - 1):
+        p = f"exit_selector.{g}."
+        shapes.update({p + "conv1.weight": (128, hidden, 1, 1), p + "conv1.bias": (128,)})
+        shapes.update({p + "conv2.weight": (64, 128, 1, 1), p + "conv2.bias": (64,)})
+        for bn, c in (("bn1", 128), ("bn2", 64)):
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                shapes[p + f"{bn}.{leaf}"] = (c,)
+            shapes[p + f"{bn}.num_batches_tracked"] = ()
+        shapes.update({p + "linear.weight": (1, 128), p + "linear.bias": (1,)})
+    for t in range(steps):
+        shapes.update({f"classifiers.{t}.weight": (num_class, hidden), f"classifiers.{t}.bias": (num_class,)})
+    return shapes
+
+
+def official_state(backbone: str = "resnet18", *, seed: int = 0, num_class: int = NUM_CLASS, prefix: bool = True,
+                   logit_scale: float = 4.0) -> dict[str, torch.Tensor]:
+    """A random FrameExit state dict in the official format (``module.`` keys unless ``prefix=False``)."""
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model(backbone, weights=None)
+    state = {}
+    children = list(net.children())[:-1]
+    for i, child in enumerate(children):
+        for k, v in child.state_dict().items():
+            state[f"backbone.{i}.{k}"] = v.clone()
+    feat_dim = {"resnet18": 512, "resnet34": 512}.get(backbone, 2048)
+    rng = np.random.default_rng(seed)
+    for name, shape in official_head_shapes(feat_dim, num_class).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            state[name] = torch.tensor(0, dtype=torch.int64)
+            continue
+        if leaf == "running_mean":
+            arr = rng.normal(0, 0.1, size=shape)
+        elif leaf == "running_var":
+            arr = rng.uniform(0.5, 1.5, size=shape)
+        elif ".bn" in name or "layers.1" in name:
+            arr = rng.uniform(0.8, 1.2, size=shape) if leaf == "weight" else rng.normal(0, 0.1, size=shape)
+        elif leaf == "bias":
+            arr = rng.normal(0, 0.1, size=shape)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            scale = logit_scale if name.startswith("classifiers") else 1.0
+            arr = rng.normal(0, scale * np.sqrt(2.0 / fan_in), size=shape)
+        state[name] = torch.from_numpy(arr.astype(np.float32))
+    if prefix:
+        state = {"module." + k: v for k, v in state.items()}
+    return state
+
+
+def write_job(path: str, paths: dict[str, str], checkpoint: str, *, name: str = "activitynet1.3",
+              backbone: str = "torchvision.resnet18", output_dim: int = 512, first_threshold: float = 0.99) -> str:
+    """A job file in the official config format."""
+    text = f"""help: False
+checkpoint:
+  init: {checkpoint}
+data:
+  name: {name}
+  path_frame: {paths['frames']}
+  path_split: {paths['split']}
+  path_label: {paths['labels']}
+  path_classid: {paths['classes']}
+  preprocessing:
+    to_tensor: True
+    resize: 224
+    crop_center: 224
+    normalize:
+      mean: [0.485, 0.456, 0.406]
+      std: [0.229, 0.224, 0.225]
+  preprocessing_label:
+    video_multihot_labels: ""
+    one_hot_encoding: 200
+  num_frames: 10
+  num_workers: 0
+  shuffle: False
+model:
+  first_threshold: {first_threshold}
+  backbone:
+    type: 2d
+    name: {backbone}
+    pretrained: True
+    requires_grad: False
+    truncate_modules: -1
+    output_dim: {output_dim}
+  pooling:
+    name: max
+  name: adaptive
+  adaptive:
+    input_order: [5, 0, 9, 2, 7, 4, 6, 3, 8, 1]
+  num_class: 200
+"""
+    with open(path, "w") as f:
+        f.write(text)
+    return path
