@@ -61,7 +61,7 @@ class HeadShape:
     has_backbone: bool
 
 
-def head_shape(state: Mapping[str, torch.Tensor], *, path: str = "checkpoint") -> HeadShape:
+def head_shape(state: Mapping[str, torch.Tensor], *, path: str = "(state dict)") -> HeadShape:
     """Read the head's sizes from its state dict (keys without ``module.``)."""
     proj = state.get("mlp.layers.0.weight")
     cls0 = state.get("classifiers.0.weight")
@@ -88,7 +88,7 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "checkpoint") -> None:
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "(state dict)") -> None:
     """Load ``state`` into ``model`` (which may live on the meta device), requiring an exact match.
 
     Raises
@@ -148,7 +148,7 @@ def build_model(
     *,
     backbone_name: str | None,
     truncate_modules: int = -1,
-    path: str = "checkpoint",
+    path: str = "(state dict)",
 ) -> FrameExit:
     """A FrameExit model in eval mode holding the weights of ``state`` (keys without ``module.``).
 

@@ -1,0 +1,111 @@
+"""SEMANTICS 11: the official config files, their overrides and clear errors for bad keys and types."""
+
+import os
+
+import pytest
+import yaml
+
+from frameexit.errors import ConfigError
+from jobs.config import bundled_jobs, load_job, parse_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANET = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
+MINIK = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
+
+
+def test_official_files_are_valid_with_the_official_values():
+    a, m = load_job(ANET), load_job(MINIK)
+    assert a.data.name == "activitynet1.3" and m.data.name == "minikinetics"
+    assert a.model.first_threshold == 0.99 and m.model.first_threshold == 0.95
+    assert a.model.gate_threshold == 0.5
+    assert a.checkpoints == ("resources/checkpoints/activitynet_checkpoint_25gmac.pth",)
+    assert m.data.path_frame == "/minikinetics/fps5_res256_hq/"
+    for job in (a, m):
+        assert job.model.backbone_name == "torchvision.resnet50" and job.model.output_dim == 2048
+        assert job.model.input_order == (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
+        assert job.model.num_class == 200 and job.data.num_frames == 10
+        assert (job.data.preprocessing.resize, job.data.preprocessing.crop) == (224, 224)
+        assert job.data.preprocessing.mean == (0.485, 0.456, 0.406)
+        assert job.model.pretrained is True and job.model.truncate_modules == -1
+    raw = yaml.safe_load(open(ANET))
+    assert list(raw["data"]["preprocessing"]) == ["to_tensor", "resize", "crop_center", "normalize"]
+
+
+def test_bundled_jobs_found_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"activitynet_inference_2d.yml", "minikinetics_inference_2d.yml"} <= set(bundled_jobs())
+    assert load_job("activitynet_inference_2d.yml").data.name == "activitynet1.3"
+    with pytest.raises(ConfigError, match="job file not found: nope.yml. Bundled jobs: activitynet"):
+        load_job("nope.yml")
+
+
+def test_official_override_syntax():
+    job = load_job(ANET, ["--data.path_frame", "/data/123", "--checkpoint.init", "ck.pth",
+                          "--model.first_threshold", "0.9", "--model.gate_threshold=0.25",
+                          "--model.adaptive.input_order", "[0,1,2,3,4,5,6,7,8,9]"])
+    assert job.data.path_frame == "/data/123"
+    assert job.checkpoints == ("ck.pth",)
+    assert job.model.first_threshold == 0.9 and job.model.gate_threshold == 0.25
+    assert job.model.input_order == tuple(range(10))
+    assert load_job(ANET, ["--data.path_split", "0123"]).data.path_split == "0123"  # strings stay verbatim
+    assert load_job(ANET, ["--model.first_threshold", "1"]).model.first_threshold == 1.0
+    assert parse_overrides(["--a.b", "x", "--c.d=y=z"]) == [("a.b", "x"), ("c.d", "y=z")]
+
+
+def test_misspelled_keys_are_named(tmp_path):
+    text = open(ANET).read().replace("first_threshold", "first_treshold")
+    path = tmp_path / "job.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"job.yml: unknown key model.first_treshold; did you mean model.first_threshold\?"):
+        load_job(str(path))
+    with pytest.raises(ConfigError, match=r"unknown key data.path_frames; did you mean data.path_frame\?"):
+        load_job(ANET, ["--data.path_frames", "x"])
+    with pytest.raises(ConfigError, match="names a section"):
+        load_job(ANET, ["--data.preprocessing", "x"])
+    with pytest.raises(ConfigError, match="override --data.path_frame needs a value"):
+        load_job(ANET, ["--data.path_frame"])
+    with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
+        load_job(ANET, ["stray"])
+
+
+def test_wrong_types_are_named(tmp_path):
+    path = tmp_path / "job.yml"
+    path.write_text(open(ANET).read().replace("num_frames: 10", "num_frames: ten"))
+    with pytest.raises(ConfigError, match="data.num_frames must be an integer, got 'ten'"):
+        load_job(str(path))
+    with pytest.raises(ConfigError, match="override --model.first_threshold: model.first_threshold must be a number"):
+        load_job(ANET, ["--model.first_threshold", "high"])
+    with pytest.raises(ConfigError, match="data.preprocessing.to_tensor must be a boolean"):
+        load_job(ANET, ["--data.preprocessing.to_tensor", "7"])
+    with pytest.raises(ConfigError, match="model.pooling.name must be one of 'max', got 'avg'"):
+        load_job(ANET, ["--model.pooling.name", "avg"])
+    with pytest.raises(ConfigError, match=r"model.first_threshold must be in \[0, 1\]"):
+        load_job(ANET, ["--model.first_threshold", "1.5"])
+    with pytest.raises(ConfigError, match="one_hot_encoding \\(100\\) must equal model.num_class \\(200\\)"):
+        load_job(ANET, ["--data.preprocessing_label.one_hot_encoding", "100"])
+
+
+def test_required_keys_and_preprocessing_order(tmp_path):
+    path = tmp_path / "job.yml"
+    path.write_text("data:\n  name: minikinetics\nmodel:\n  first_threshold: 0.9\n  backbone:\n    output_dim: 2048\n")
+    with pytest.raises(ConfigError, match="model.backbone.name is required"):
+        load_job(str(path))
+    raw = yaml.safe_load(open(ANET))
+    pre = raw["data"]["preprocessing"]
+    raw["data"]["preprocessing"] = {"resize": pre["resize"], "to_tensor": True, "crop_center": 224,
+                                    "normalize": pre["normalize"]}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="runs its keys in file order.*got resize, to_tensor"):
+        load_job(str(path))
+    path.write_text("data: {name: minikinetics}\nmodel: [1, 2]\n")
+    with pytest.raises(ConfigError, match="model must be a mapping"):
+        load_job(str(path))
+    path.write_text("data: {name: x\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_job(str(path))
+
+
+def test_require_names_missing_keys():
+    job = load_job(ANET, ["--checkpoint.init", ""])
+    with pytest.raises(ConfigError, match="this command needs checkpoint.init; set it in the job file or as --checkpoint.init"):
+        job.require("checkpoint.init", "data.path_frame")
