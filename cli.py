@@ -26,6 +26,13 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    head, _, index = value.partition(":")
+    if value in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return value
+    raise click.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+
+
 @click.group(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.version_option(package_name="frameexit")
 @click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
@@ -48,7 +55,7 @@ Example:
 """)
 @click.argument("job", metavar="JOB")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory for videos.parquet and metrics.json.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal).")
 @click.pass_context
 def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: bool | None) -> None:
