@@ -46,17 +46,34 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-@main.command(context_settings=OVERRIDES, epilog="""\b
+@main.command(
+    context_settings=OVERRIDES,
+    epilog="""\b
 Example:
   frameexit infer jobs/activitynet_inference_2d.yml \\
       --data.path_frame frames/ --data.path_split split_val.txt \\
       --data.path_label activity_net.v1-3.min.json --data.path_classid classes.txt \\
       --checkpoint.init activitynet_checkpoint_25gmac.pth --out runs/anet
-""")
+""",
+)
 @click.argument("job", metavar="JOB")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory for videos.parquet and metrics.json.")
-@click.option("--device", default="auto", show_default=True, callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory for videos.parquet and metrics.json.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=_device,
+    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal)."
+)
 @click.pass_context
 def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: bool | None) -> None:
     """Sequential early-exit inference, as the official script computes it.

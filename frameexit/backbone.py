@@ -24,14 +24,12 @@ PREFIX = "torchvision."
 
 def model_name(name: str) -> str:
     """The torchvision model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``)."""
-    short = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    short = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     known = torchvision.models.list_models(module=torchvision.models)
     if short not in known:
         close = difflib.get_close_matches(short, known, n=3)
         hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
-        raise BackboneError(
-            f"model.backbone.name {name!r} is not a torchvision classification model.{hint}"
-        )
+        raise BackboneError(f"model.backbone.name {name!r} is not a torchvision classification model.{hint}")
     return short
 
 

@@ -47,7 +47,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict (a mapping of names to tensors)")
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
+    return {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,9 @@ class StepCosts:
         the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
         """
         t = np.asarray(exit_step, dtype=np.float64)
-        return (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
+        return (
+            (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
+        )
 
 
 def _gmacs(fn, *args) -> float:

@@ -48,7 +48,7 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
 
 def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
     """``(top, left)`` of the centre crop; Python's ``round`` (halves to even), as the official code."""
-    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return round((height - crop) / 2.0), round((width - crop) / 2.0)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -81,9 +81,7 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = Preprocessing
         frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
         height, width = size
     if height < params.crop or width < params.crop:
-        raise ValueError(
-            f"a frame of {height}x{width} pixels after resizing cannot be centre-cropped to {params.crop}"
-        )
+        raise ValueError(f"a frame of {height}x{width} pixels after resizing cannot be centre-cropped to {params.crop}")
     top, left = crop_offsets(height, width, params.crop)
     frame = frame[:, top : top + params.crop, left : left + params.crop]
     mean = torch.as_tensor(params.mean, dtype=frame.dtype)[:, None, None]

@@ -233,9 +233,7 @@ def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | Non
             raise bad()
         value = [float(v) for v in value] if kind == "floats" else list(value)
     if spec.choices and value not in spec.choices:
-        raise ConfigError(
-            f"{source}: {dotted} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}"
-        )
+        raise ConfigError(f"{source}: {dotted} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}")
     return value
 
 
@@ -289,7 +287,9 @@ def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
             raise _unknown(dotted, "override")
         spec = spec[part]
     if isinstance(spec, Mapping):
-        raise ConfigError(f"override --{dotted} names a section; give one of its keys, e.g. --{_keys(spec, dotted + '.')[0]}")
+        raise ConfigError(
+            f"override --{dotted} names a section; give one of its keys, e.g. --{_keys(spec, dotted + '.')[0]}"
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -342,7 +342,9 @@ def _build(tree: dict[str, Any], source: str) -> Job:
         raise ConfigError(f"{source}: data.preprocessing.to_tensor must be True (frames are resized as tensors)")
     for key in ("resize", "crop_center"):
         if pre[key] is None or pre[key] < 1:
-            raise ConfigError(f"{source}: data.preprocessing.{key} must be a positive number of pixels, got {pre[key]!r}")
+            raise ConfigError(
+                f"{source}: data.preprocessing.{key} must be a positive number of pixels, got {pre[key]!r}"
+            )
     if pre["crop_center"] > pre["resize"]:
         raise ConfigError(
             f"{source}: data.preprocessing.crop_center ({pre['crop_center']}) cannot exceed resize ({pre['resize']})"

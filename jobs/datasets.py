@@ -173,9 +173,7 @@ def load_dataset(
     """
     classes = read_class_list(path_classid or "")
     if len(classes) != num_class:
-        raise DatasetError(
-            f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}"
-        )
+        raise DatasetError(f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}")
     index = {c: i for i, c in enumerate(classes)}
     keys = read_split(path_split or "")
     labels = read_labels(name, path_label or "")

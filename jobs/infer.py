@@ -134,7 +134,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
 
     exits_arr = np.asarray(exits, dtype=np.int64)
     scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
-    metrics = evaluate(keys, scores, dict(zip(keys, labels)), model_cfg.num_class)
+    metrics = evaluate(keys, scores, dict(zip(keys, labels, strict=True)), model_cfg.num_class)
     costs = _step_costs(
         model_cfg.backbone_name,
         model_cfg.truncate_modules,

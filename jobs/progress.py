@@ -26,4 +26,6 @@ def progress(
     ``True``/``False`` force it on or off (``--progress/--no-progress``).
     """
     disable = None if enabled is None else not enabled
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial, dynamic_ncols=True)
+    return tqdm(
+        iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial, dynamic_ncols=True
+    )

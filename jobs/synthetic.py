@@ -66,7 +66,9 @@ def make_dataset(out: str, *, kind: str = "activitynet", n_videos: int = 24, see
         folder = os.path.join(frames, key)
         os.makedirs(folder, exist_ok=True)
         for k in range(int(rng.integers(4, 25))):
-            _frame(rng, labels[0] if labels else 0, size).save(os.path.join(folder, f"img_{k + 1:05d}.jpeg"), quality=90)
+            _frame(rng, labels[0] if labels else 0, size).save(
+                os.path.join(folder, f"img_{k + 1:05d}.jpeg"), quality=90
+            )
         rows.append((key, f"synth{i:03d}", start, labels))
     empty = "v_empty.mp4" if kind == "activitynet" else "empty_000000_000010.mp4"
     missing = "v_missing.mp4" if kind == "activitynet" else "missing_000000_000010.mp4"

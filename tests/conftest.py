@@ -2,7 +2,6 @@ import os
 
 import pytest
 import torch
-
 from helpers import activitynet_dataset, minikinetics_dataset, official_state
 
 

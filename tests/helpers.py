@@ -132,8 +132,14 @@ def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int 
     return shapes
 
 
-def official_state(backbone: str = "resnet18", *, seed: int = 0, num_class: int = NUM_CLASS, prefix: bool = True,
-                   logit_scale: float = 4.0) -> dict[str, torch.Tensor]:
+def official_state(
+    backbone: str = "resnet18",
+    *,
+    seed: int = 0,
+    num_class: int = NUM_CLASS,
+    prefix: bool = True,
+    logit_scale: float = 4.0,
+) -> dict[str, torch.Tensor]:
     """A random FrameExit state dict in the official format (``module.`` keys unless ``prefix=False``)."""
     torch.manual_seed(seed)
     net = torchvision.models.get_model(backbone, weights=None)
@@ -167,18 +173,26 @@ def official_state(backbone: str = "resnet18", *, seed: int = 0, num_class: int 
     return state
 
 
-def write_job(path: str, paths: dict[str, str], checkpoint: str, *, name: str = "activitynet1.3",
-              backbone: str = "torchvision.resnet18", output_dim: int = 512, first_threshold: float = 0.99) -> str:
+def write_job(
+    path: str,
+    paths: dict[str, str],
+    checkpoint: str,
+    *,
+    name: str = "activitynet1.3",
+    backbone: str = "torchvision.resnet18",
+    output_dim: int = 512,
+    first_threshold: float = 0.99,
+) -> str:
     """A job file in the official config format."""
     text = f"""help: False
 checkpoint:
   init: {checkpoint}
 data:
   name: {name}
-  path_frame: {paths['frames']}
-  path_split: {paths['split']}
-  path_label: {paths['labels']}
-  path_classid: {paths['classes']}
+  path_frame: {paths["frames"]}
+  path_split: {paths["split"]}
+  path_label: {paths["labels"]}
+  path_classid: {paths["classes"]}
   preprocessing:
     to_tensor: True
     resize: 224

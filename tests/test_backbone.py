@@ -26,7 +26,11 @@ def test_names_as_in_the_official_configs():
 
 @pytest.mark.parametrize(
     "name, dim, size",
-    [("torchvision.resnet50", 2048, 224), ("torchvision.efficientnet_b3", 1536, 300), ("torchvision.resnet18", 512, 224)],
+    [
+        ("torchvision.resnet50", 2048, 224),
+        ("torchvision.efficientnet_b3", 1536, 300),
+        ("torchvision.resnet18", 512, 224),
+    ],
 )
 def test_truncated_feature_dims(name, dim, size):
     assert feature_dim(name, input_size=size) == dim

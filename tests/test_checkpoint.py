@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 import torchvision
+from helpers import official_head_shapes, official_state
 
 from frameexit.backbone import build_backbone
 from frameexit.checkpoint import (
@@ -18,14 +19,13 @@ from frameexit.checkpoint import (
 )
 from frameexit.errors import CheckpointError
 from frameexit.head import FrameExit
-from helpers import official_head_shapes, official_state
 
 
 def test_reads_with_and_without_module_prefix(tmp_path):
     state = official_state("resnet18", seed=4)
     with_prefix, without = tmp_path / "a.pth", tmp_path / "b.pth"
     torch.save(state, with_prefix)
-    torch.save({k[len("module."):]: v for k, v in state.items()}, without)
+    torch.save({k[len("module.") :]: v for k, v in state.items()}, without)
     a, b = read_state_dict(with_prefix), read_state_dict(without)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert "mlp.layers.0.weight" in a
@@ -37,7 +37,7 @@ def test_reads_with_and_without_module_prefix(tmp_path):
 
 
 def test_mismatch_lists_missing_and_unexpected_keys():
-    state = {k[len("module."):]: v for k, v in official_state("resnet18", seed=4).items()}
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=4).items()}
     del state["classifiers.9.bias"]
     state["exit_selector.0.extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
@@ -49,7 +49,7 @@ def test_mismatch_lists_missing_and_unexpected_keys():
 
 
 def test_wrong_backbone_is_named():
-    state = {k[len("module."):]: v for k, v in official_state("resnet18", seed=4).items()}
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=4).items()}
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): .*module.backbone.4.0.conv3.weight"):
         build_model(state, backbone_name="torchvision.resnet50")
     state["classifiers.2.weight"] = torch.zeros(200, 1000)
@@ -106,8 +106,11 @@ def test_resnet50_key_layout_is_the_official_one():
         model = FrameExit(build_backbone("torchvision.resnet50"), 2048, 200)
         net = torchvision.models.resnet50()
     keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    expected = {f"backbone.{i}.{k}": tuple(v.shape) for i, c in enumerate(list(net.children())[:-1])
-                for k, v in c.state_dict().items()}
+    expected = {
+        f"backbone.{i}.{k}": tuple(v.shape)
+        for i, c in enumerate(list(net.children())[:-1])
+        for k, v in c.state_dict().items()
+    }
     expected.update(official_head_shapes(2048))
     assert keys == expected
     # spot checks from SEMANTICS 9: 0 conv1, 1 bn1, 4..7 layer1..4
@@ -118,14 +121,14 @@ def test_resnet50_key_layout_is_the_official_one():
 
 
 def test_official_state_dict_prefixes_every_key():
-    state = {k[len("module."):]: v for k, v in official_state("resnet18", seed=6).items()}
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=6).items()}
     model = build_model(state, backbone_name=None)
     assert all(k.startswith("module.") for k in official_state_dict(model))
     assert not any(k.startswith("module.backbone.") for k in official_state_dict(model))
 
 
 def test_backbone_digest_depends_on_backbone_weights_only():
-    a = {k[len("module."):]: v for k, v in official_state("resnet18", seed=7).items()}
+    a = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=7).items()}
     b = dict(a)
     b["classifiers.0.bias"] = b["classifiers.0.bias"] + 1
     assert backbone_digest(a) == backbone_digest(b)

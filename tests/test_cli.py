@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import official_state, write_job
 
 from cli import main
-from helpers import official_state, write_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
@@ -22,8 +22,16 @@ MINIK_JOB = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
 
 
 def _paths(p):
-    return ["--data.path_frame", p["frames"], "--data.path_split", p["split"], "--data.path_label", p["labels"],
-            "--data.path_classid", p["classes"]]
+    return [
+        "--data.path_frame",
+        p["frames"],
+        "--data.path_split",
+        p["split"],
+        "--data.path_label",
+        p["labels"],
+        "--data.path_classid",
+        p["classes"],
+    ]
 
 
 def invoke(*args):
@@ -65,9 +73,22 @@ def test_official_activitynet_job_with_resnet50_end_to_end(anet, resnet50_checkp
 
 def test_minikinetics_job_with_overrides(minik, checkpoint, tmp_path):
     out = tmp_path / "out"
-    r = invoke("infer", MINIK_JOB, *_paths(minik), "--checkpoint.init", checkpoint, "--model.backbone.name",
-               "torchvision.resnet18", "--model.backbone.output_dim=512", "--model.first_threshold", "1",
-               "--model.gate_threshold", "0", "--out", out)
+    r = invoke(
+        "infer",
+        MINIK_JOB,
+        *_paths(minik),
+        "--checkpoint.init",
+        checkpoint,
+        "--model.backbone.name",
+        "torchvision.resnet18",
+        "--model.backbone.output_dim=512",
+        "--model.first_threshold",
+        "1",
+        "--model.gate_threshold",
+        "0",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     m = json.load(open(out / "metrics.json"))
     assert m["exit_histogram"][9] == 1.0  # nothing exits before the last step with these thresholds
@@ -126,8 +147,17 @@ def test_mismatched_checkpoint_is_named(anet, checkpoint, tmp_path):
     r = invoke("infer", ANET_JOB, *_paths(anet), "--checkpoint.init", checkpoint, "--out", tmp_path / "o")
     assert r.exit_code == 1
     assert "projects 512-d backbone features but model.backbone.output_dim is 2048" in r.output
-    r = invoke("infer", ANET_JOB, *_paths(anet), "--checkpoint.init", checkpoint, "--model.backbone.output_dim", "512",
-               "--out", tmp_path / "o")
+    r = invoke(
+        "infer",
+        ANET_JOB,
+        *_paths(anet),
+        "--checkpoint.init",
+        checkpoint,
+        "--model.backbone.output_dim",
+        "512",
+        "--out",
+        tmp_path / "o",
+    )
     assert r.exit_code == 1 and "torchvision.resnet50 truncated at -1 gives 2048-d features" in r.output
 
 
@@ -156,8 +186,12 @@ def test_no_partial_outputs_after_a_failure(anet, checkpoint, tmp_path, monkeypa
 def test_console_script_runs(anet, checkpoint, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "frameexit")
     job = write_job(str(tmp_path / "job.yml"), anet, checkpoint, first_threshold=0.0)
-    p = subprocess.run([exe, "infer", job, "--out", str(tmp_path / "o"), "--device", "cpu"], capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [exe, "infer", job, "--out", str(tmp_path / "o"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "exits per step 0:100.0%" in p.stdout  # first_threshold 0: every video exits at the first frame
     m = json.load(open(tmp_path / "o" / "metrics.json"))

@@ -40,9 +40,20 @@ def test_bundled_jobs_found_by_name(tmp_path, monkeypatch):
 
 
 def test_official_override_syntax():
-    job = load_job(ANET, ["--data.path_frame", "/data/123", "--checkpoint.init", "ck.pth",
-                          "--model.first_threshold", "0.9", "--model.gate_threshold=0.25",
-                          "--model.adaptive.input_order", "[0,1,2,3,4,5,6,7,8,9]"])
+    job = load_job(
+        ANET,
+        [
+            "--data.path_frame",
+            "/data/123",
+            "--checkpoint.init",
+            "ck.pth",
+            "--model.first_threshold",
+            "0.9",
+            "--model.gate_threshold=0.25",
+            "--model.adaptive.input_order",
+            "[0,1,2,3,4,5,6,7,8,9]",
+        ],
+    )
     assert job.data.path_frame == "/data/123"
     assert job.checkpoints == ("ck.pth",)
     assert job.model.first_threshold == 0.9 and job.model.gate_threshold == 0.25
@@ -56,7 +67,9 @@ def test_misspelled_keys_are_named(tmp_path):
     text = open(ANET).read().replace("first_threshold", "first_treshold")
     path = tmp_path / "job.yml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"job.yml: unknown key model.first_treshold; did you mean model.first_threshold\?"):
+    with pytest.raises(
+        ConfigError, match=r"job.yml: unknown key model.first_treshold; did you mean model.first_threshold\?"
+    ):
         load_job(str(path))
     with pytest.raises(ConfigError, match=r"unknown key data.path_frames; did you mean data.path_frame\?"):
         load_job(ANET, ["--data.path_frames", "x"])
@@ -92,8 +105,12 @@ def test_required_keys_and_preprocessing_order(tmp_path):
         load_job(str(path))
     raw = yaml.safe_load(open(ANET))
     pre = raw["data"]["preprocessing"]
-    raw["data"]["preprocessing"] = {"resize": pre["resize"], "to_tensor": True, "crop_center": 224,
-                                    "normalize": pre["normalize"]}
+    raw["data"]["preprocessing"] = {
+        "resize": pre["resize"],
+        "to_tensor": True,
+        "crop_center": 224,
+        "normalize": pre["normalize"],
+    }
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match="runs its keys in file order.*got resize, to_tensor"):
         load_job(str(path))
@@ -107,5 +124,7 @@ def test_required_keys_and_preprocessing_order(tmp_path):
 
 def test_require_names_missing_keys():
     job = load_job(ANET, ["--checkpoint.init", ""])
-    with pytest.raises(ConfigError, match="this command needs checkpoint.init; set it in the job file or as --checkpoint.init"):
+    with pytest.raises(
+        ConfigError, match="this command needs checkpoint.init; set it in the job file or as --checkpoint.init"
+    ):
         job.require("checkpoint.init", "data.path_frame")

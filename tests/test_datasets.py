@@ -18,15 +18,24 @@ from jobs.datasets import (
 
 
 def _load(paths, name="activitynet1.3", num_class=200):
-    return load_dataset(name, path_frame=paths["frames"], path_split=paths["split"], path_label=paths["labels"],
-                        path_classid=paths["classes"], num_class=num_class)
+    return load_dataset(
+        name,
+        path_frame=paths["frames"],
+        path_split=paths["split"],
+        path_label=paths["labels"],
+        path_classid=paths["classes"],
+        num_class=num_class,
+    )
 
 
 def test_activitynet_layout(anet):
     ds = _load(anet)
     keys = [v.key for v in ds.videos]
-    assert keys == sorted(keys) == ["v_alpha.mp4", "v_bravo.mp4", "v_charlie.mp4", "v_delta.mp4", "v_echo.mp4",
-                                    "v_foxtrot.mp4"]
+    assert (
+        keys
+        == sorted(keys)
+        == ["v_alpha.mp4", "v_bravo.mp4", "v_charlie.mp4", "v_delta.mp4", "v_echo.mp4", "v_foxtrot.mp4"]
+    )
     by_key = {v.key: v for v in ds.videos}
     assert by_key["v_charlie.mp4"].labels == (3, 7)  # multi-label
     assert by_key["v_delta.mp4"].labels == ()  # annotated with no label
@@ -41,8 +50,12 @@ def test_activitynet_layout(anet):
 
 def test_minikinetics_layout(minik):
     ds = _load(minik, name="minikinetics")
-    assert [v.key for v in ds.videos] == ["ytalpha_000001_000011.mp4", "ytbravo_000008_000018.mp4",
-                                          "ytcharlie_000015_000025.mp4", "ytdelta_000022_000032.mp4"]
+    assert [v.key for v in ds.videos] == [
+        "ytalpha_000001_000011.mp4",
+        "ytbravo_000008_000018.mp4",
+        "ytcharlie_000015_000025.mp4",
+        "ytdelta_000022_000032.mp4",
+    ]
     assert [v.labels for v in ds.videos] == [(3,), (7,), (3,), (0,)]
     assert [s.video for s in ds.skipped] == ["ytnofolder_000005_000015.mp4"]
 
@@ -51,10 +64,14 @@ def test_minikinetics_key_and_quotes(tmp_path):
     assert minikinetics_key("abc", "5.0", "15.0") == "abc_000005_000015.mp4"
     assert minikinetics_key("-x_y", "123.7", "133.2") == "-x_y_000123_000133.mp4"  # integer part, not rounded
     csv = tmp_path / "k.csv"
-    csv.write_text('label,youtube_id,time_start,time_end,split,is_cc\n"playing chess",ab,1.0,11.0,val,0\n'
-                   'ice skating,cd,20,30,val,0\n')
-    assert read_minikinetics_labels(str(csv)) == {"ab_000001_000011.mp4": ["playing chess"],
-                                                  "cd_000020_000030.mp4": ["ice skating"]}
+    csv.write_text(
+        'label,youtube_id,time_start,time_end,split,is_cc\n"playing chess",ab,1.0,11.0,val,0\n'
+        "ice skating,cd,20,30,val,0\n"
+    )
+    assert read_minikinetics_labels(str(csv)) == {
+        "ab_000001_000011.mp4": ["playing chess"],
+        "cd_000020_000030.mp4": ["ice skating"],
+    }
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n")
     with pytest.raises(DatasetError, match="bad.csv must start with the header label,youtube_id"):
@@ -63,8 +80,16 @@ def test_minikinetics_key_and_quotes(tmp_path):
 
 def test_activitynet_json(tmp_path):
     path = tmp_path / "a.json"
-    path.write_text(json.dumps({"database": {"x1": {"annotations": [{"label": "A"}, {"label": "B"}, {"label": "A"}]},
-                                             "x2": {"annotations": []}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "database": {
+                    "x1": {"annotations": [{"label": "A"}, {"label": "B"}, {"label": "A"}]},
+                    "x2": {"annotations": []},
+                }
+            }
+        )
+    )
     assert read_activitynet_labels(str(path)) == {"v_x1.mp4": ["A", "B", "A"], "v_x2.mp4": []}
     path.write_text("{")
     with pytest.raises(DatasetError, match="a.json is not valid JSON"):
@@ -101,8 +126,11 @@ def test_unknown_label_names_video_label_and_file(anet, tmp_path):
     doc["database"]["bravo"]["annotations"][0]["label"] = "Underwater basket weaving"
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(doc))
-    with pytest.raises(DatasetError, match=r"video v_bravo.mp4: label 'Underwater basket weaving' from .*labels.json "
-                                           r"is not in the class list .*classes.txt"):
+    with pytest.raises(
+        DatasetError,
+        match=r"video v_bravo.mp4: label 'Underwater basket weaving' from .*labels.json "
+        r"is not in the class list .*classes.txt",
+    ):
         _load({**anet, "labels": str(labels)})
 
 

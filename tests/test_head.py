@@ -2,26 +2,38 @@
 
 import torch
 import torch.nn.functional as F
+from helpers import official_state
 
 from frameexit.checkpoint import build_model
-from helpers import official_state
 
 
 def _bn(x, state, p):
-    return F.batch_norm(x, state[p + ".running_mean"], state[p + ".running_var"], state[p + ".weight"],
-                        state[p + ".bias"], training=False, eps=1e-5)
+    return F.batch_norm(
+        x,
+        state[p + ".running_mean"],
+        state[p + ".running_var"],
+        state[p + ".weight"],
+        state[p + ".bias"],
+        training=False,
+        eps=1e-5,
+    )
 
 
 def test_exit_tables_match_the_equations_written_out():
-    state = {k[len("module."):]: v for k, v in official_state("resnet18", seed=3).items()}
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=3).items()}
     model = build_model(state, backbone_name=None)
     torch.manual_seed(0)
     feats = torch.randn(5, 10, 512).abs()
     with torch.no_grad():
         probs, gates = model.exit_tables(feats)
 
-        h = F.relu(_bn(F.linear(feats, state["mlp.layers.0.weight"], state["mlp.layers.0.bias"]).reshape(50, -1),
-                       state, "mlp.layers.1")).reshape(5, 10, -1)
+        h = F.relu(
+            _bn(
+                F.linear(feats, state["mlp.layers.0.weight"], state["mlp.layers.0.bias"]).reshape(50, -1),
+                state,
+                "mlp.layers.1",
+            )
+        ).reshape(5, 10, -1)
         z = [h[:, 0]]
         for t in range(1, 10):
             z.append(torch.maximum(z[-1], h[:, t]))  # z_t = max(z_{t-1}, h_t)
@@ -30,8 +42,12 @@ def test_exit_tables_match_the_equations_written_out():
             torch.testing.assert_close(probs[:, t], F.softmax(logits, 1), rtol=1e-5, atol=1e-6)
 
         def phi(v, p):
-            x = F.relu(_bn(F.conv2d(v[:, :, None, None], state[p + "conv1.weight"], state[p + "conv1.bias"]), state, p + "bn1"))
-            return F.relu(_bn(F.conv2d(x, state[p + "conv2.weight"], state[p + "conv2.bias"]), state, p + "bn2")).flatten(1)
+            x = F.relu(
+                _bn(F.conv2d(v[:, :, None, None], state[p + "conv1.weight"], state[p + "conv1.bias"]), state, p + "bn1")
+            )
+            return F.relu(
+                _bn(F.conv2d(x, state[p + "conv2.weight"], state[p + "conv2.bias"]), state, p + "bn2")
+            ).flatten(1)
 
         for t in range(1, 10):
             p = f"exit_selector.{t - 1}."
@@ -42,7 +58,7 @@ def test_exit_tables_match_the_equations_written_out():
 
 
 def test_batchnorm_runs_in_eval_mode():
-    state = {k[len("module."):]: v for k, v in official_state("resnet18", seed=3).items()}
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=3).items()}
     model = build_model(state, backbone_name=None)
     assert not model.training and not any(m.training for m in model.modules())
     one = model.exit_tables(torch.rand(1, 10, 512))[0]  # a batch of one works only with running statistics

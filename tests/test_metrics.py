@@ -39,7 +39,7 @@ def test_metrics_are_keyed_by_video_not_by_row_order():
     m = evaluate([KEYS[i] for i in perm], SCORES[perm], LABELS, 3)
     assert m.map == pytest.approx(19 / 24) and m.top1 == pytest.approx(2 / 3)
     with pytest.raises(DatasetError, match="no ground truth.*e"):
-        evaluate(KEYS + ["e"], np.vstack([SCORES, SCORES[:1]]), LABELS, 3)
+        evaluate([*KEYS, "e"], np.vstack([SCORES, SCORES[:1]]), LABELS, 3)
     with pytest.raises(ValueError, match="unique"):
         evaluate(["a", "a"], SCORES[:2], LABELS, 3)
 

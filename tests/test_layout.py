@@ -1,0 +1,52 @@
+"""Project rules that keep the code base honest: layering and lint."""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imports(package):
+    found = {}
+    for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                for node in ast.walk(ast.parse(open(path).read())):
+                    if isinstance(node, ast.Import):
+                        mods = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        mods = [node.module]
+                    else:
+                        continue
+                    for mod in mods:
+                        found.setdefault(mod.split(".")[0], set()).add(os.path.relpath(path, ROOT))
+    return found
+
+
+def test_method_package_knows_no_stages_formats_or_schedulers():
+    imported = _imports("frameexit")
+    forbidden = {"cli", "jobs", "cache", "reports", "click", "tqdm", "dask", "distributed", "h5py", "pyarrow", "yaml"}
+    assert not forbidden & set(imported), {m: imported[m] for m in forbidden & set(imported)}
+
+
+def test_dependencies_point_one_way():
+    for package in ("cache", "reports"):
+        imported = _imports(package)
+        assert not {"cli", "jobs"} & set(imported), package
+    assert "cli" not in _imports("jobs")
+
+
+RUFF = os.path.join(os.path.dirname(sys.executable), "ruff")
+RUFF = RUFF if os.path.exists(RUFF) else shutil.which("ruff")
+
+
+@pytest.mark.skipif(RUFF is None, reason="ruff is not installed (it comes with the test extras)")
+def test_ruff_clean():
+    p = subprocess.run([RUFF, "check", "--no-cache", ROOT], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
