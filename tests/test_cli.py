@@ -197,3 +197,15 @@ def test_console_script_runs(anet, checkpoint, tmp_path):
     m = json.load(open(tmp_path / "o" / "metrics.json"))
     assert m["runtime"]["frames_read"] == 6 and m["mean_frames"] == 1.0
     assert not math.isnan(m["gmacs_measured"])
+
+
+def test_head_only_checkpoint_needs_imagenet_weights_on_disk(anet, tmp_path):
+    state = {k: v for k, v in official_state("resnet18", seed=1).items() if not k.startswith("module.backbone.")}
+    ckpt = tmp_path / "head.pth"
+    torch.save(state, ckpt)
+    job = write_job(str(tmp_path / "job.yml"), anet, str(ckpt))
+    r = invoke("infer", job, "--out", tmp_path / "o")  # pretrained: True, but nothing on disk
+    assert r.exit_code == 1 and "ImageNet weights for torchvision.resnet18 are not on disk" in r.output
+    assert "never downloads" in r.output
+    r = invoke("infer", job, "--model.backbone.pretrained", "False", "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "has no backbone weights and model.backbone.pretrained is False" in r.output
