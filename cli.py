@@ -7,6 +7,7 @@ Heavy imports (torch, torchvision, pyarrow) happen inside the commands so that
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -101,6 +102,143 @@ def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: boo
 
 
 infer.help = (infer.help or "") + "\n" + JOB_HELP
+
+
+def default_cache_root() -> str:
+    """``~/.cache/frameexit`` (the convention of torch and Hugging Face); ``$FRAMEEXIT_CACHE`` overrides it."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
+
+
+@main.command(
+    context_settings=OVERRIDES,
+    epilog="""\b
+Examples:
+  frameexit extract jobs/activitynet_inference_2d.yml --data.path_frame frames/ \\
+      --checkpoint.init activitynet_checkpoint_25gmac.pth --data.num_workers 8
+  frameexit extract JOB --scheduler tcp://10.0.0.5:8786     # shards on a dask cluster
+""",
+)
+@click.argument("job", metavar="JOB")
+@click.option(
+    "--cache",
+    "cache_root",
+    envvar="FRAMEEXIT_CACHE",
+    default=default_cache_root,
+    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
+    type=click.Path(file_okay=False),
+    help="Cache root; features go to CACHE/<key>/.",
+)
+@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Videos per shard.")
+@click.option(
+    "--batch-videos",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Videos per backbone batch (x 10 frames).",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader processes decoding JPEGs [default: data.num_workers of the job].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Storage type of the features.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key).",
+)
+@click.option(
+    "--channels-last/--no-channels-last", default=False, show_default=True, help="Channels-last memory format."
+)
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--scheduler", default=None, metavar="ADDRESS", help="Send shard tasks to this dask.distributed scheduler."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run shard tasks on a local dask cluster of N worker processes.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal)."
+)
+@click.pass_context
+def extract(
+    ctx: click.Context,
+    job: str,
+    cache_root: str,
+    shard_size: int,
+    batch_videos: int,
+    num_workers: int | None,
+    dtype: str,
+    precision: str,
+    channels_last: bool,
+    device: str,
+    scheduler: str | None,
+    workers: int | None,
+    progress: bool | None,
+) -> None:
+    """Cache per-frame backbone features of every sampled frame in HDF5 shards.
+
+    All 10 sampled frames of every video go through the backbone once, in
+    batches of several videos, on CUDA when present. The cache directory is
+    named by a key of everything the features depend on (backbone weights,
+    preprocessing, sampling, dtype, precision, dataset files), so a rerun over a
+    complete cache does no backbone work, an interrupted run resumes from its
+    finished shards, and a changed input gets a new directory. Videos without
+    frames or with unreadable JPEGs are recorded with the reason in
+    manifest.json and listed at the end. With several GPUs, shards are spread
+    over one dask-cuda worker per GPU (pip install '.[gpu]').
+    """
+    if job.startswith("--"):
+        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
+    from frameexit.errors import FrameExitError
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions
+    from jobs.extract import extract as run_extract
+    from reports.text import render_extract_summary
+
+    options = ExtractOptions(
+        cache_root=cache_root,
+        shard_size=shard_size,
+        batch_videos=batch_videos,
+        dtype=dtype,
+        precision=precision,
+        channels_last=channels_last,
+        device=device,
+        num_workers=num_workers,
+        scheduler=scheduler,
+        workers=workers,
+    )
+    try:
+        result = run_extract(load_job(job, ctx.args), options, progress=progress)
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        render_extract_summary(
+            cache_dir=result.cache_dir,
+            key=result.key,
+            n_videos=result.n_videos,
+            n_shards=result.n_shards,
+            shards_written=result.shards_written,
+            frames=result.frames,
+            seconds=result.seconds,
+            skipped=result.skipped,
+        )
+    )
+
+
+extract.help = (extract.help or "") + "\n" + JOB_HELP
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The feature store: HDF5 shards of per-frame backbone features, a manifest, and the cache key."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .backbone import build_backbone
+from .backbone import Backbone, build_backbone
 from .errors import CheckpointError
 from .head import FrameExit
 
@@ -84,12 +84,16 @@ def head_shape(state: Mapping[str, torch.Tensor], *, path: str = "(state dict)")
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(PREFIX + k for k in keys[:limit])
+    shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "(state dict)") -> None:
+def load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "(state dict)", key_prefix: str = ""
+) -> None:
     """Load ``state`` into ``model`` (which may live on the meta device), requiring an exact match.
+
+    ``key_prefix`` is prepended to key names in messages (``backbone.`` for a backbone alone).
 
     Raises
     ------
@@ -97,8 +101,9 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str
         Listing the missing and unexpected keys, or the keys whose shapes differ.
     """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    named = PREFIX + key_prefix
+    missing = sorted(named + k for k in set(expected) - set(state))
+    unexpected = sorted(named + k for k in set(state) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -107,7 +112,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str
             parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
         raise CheckpointError(f"checkpoint {path} does not match the configured model; " + "; ".join(parts))
     wrong = [
-        f"{PREFIX}{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
+        f"{named}{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
         for k, v in expected.items()
         if tuple(state[k].shape) != tuple(v.shape)
     ]
@@ -173,3 +178,19 @@ def build_model(
         state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
     load_state(model, state, path=path)
     return model.eval()
+
+
+def build_backbone_from_state(
+    state: Mapping[str, torch.Tensor],
+    *,
+    backbone_name: str,
+    truncate_modules: int = -1,
+    path: str = "(state dict)",
+) -> Backbone:
+    """The truncated backbone alone, in eval mode, with the ``backbone.*`` weights of ``state``."""
+    weights = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
+    if not weights:
+        raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
+    backbone = build_backbone(backbone_name, truncate_modules=truncate_modules)
+    load_state(backbone, weights, path=path, key_prefix=BACKBONE)
+    return backbone.eval()

@@ -8,6 +8,8 @@ normalised pixels by up to 0.67, enough to flip gate decisions.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,23 @@ def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
     return round((height - crop) / 2.0), round((width - crop) / 2.0)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    # CPU bilinear interpolation rounds differently where its work is split between threads
+    # (vector and scalar code meet at chunk borders), so frames would depend on the thread
+    # count of the process: DataLoader workers run 1 thread, dask workers 1, the main process
+    # all cores. One thread gives the same tensor everywhere.
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB float tensor of shape (3, height, width) with values in [0, 1].
 
@@ -78,7 +97,8 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = Preprocessing
     _, height, width = frame.shape
     if min(height, width) != params.resize:
         size = resized_size(height, width, params.resize)
-        frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
+        with _one_thread():
+            frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
         height, width = size
     if height < params.crop or width < params.crop:
         raise ValueError(f"a frame of {height}x{width} pixels after resizing cannot be centre-cropped to {params.crop}")

@@ -43,13 +43,8 @@ def check_state(job: Job, state: Mapping[str, torch.Tensor], path: str) -> None:
         )
 
 
-def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
-    """The job's model with the checkpoint's weights, in eval mode on ``device``.
-
-    The backbone comes from the checkpoint when it has one (the released ones
-    do, fine-tuned); otherwise from ImageNet weights already on disk if
-    ``model.backbone.pretrained`` is true. Nothing is downloaded.
-    """
+def check_backbone_dim(job: Job) -> None:
+    """Raise unless the configured backbone really gives ``model.backbone.output_dim`` features."""
     model_cfg = job.model
     dim = feature_dim(
         model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules, input_size=job.data.preprocessing.crop
@@ -59,19 +54,35 @@ def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
             f"{job.source}: {model_cfg.backbone_name} truncated at {model_cfg.truncate_modules} gives "
             f"{dim}-d features but model.backbone.output_dim is {model_cfg.output_dim}"
         )
+
+
+def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict, checked against the job, with backbone weights.
+
+    The backbone comes from the checkpoint when it has one (the released ones
+    do, fine-tuned); otherwise from ImageNet weights already on disk if
+    ``model.backbone.pretrained`` is true. Nothing is downloaded.
+    """
+    check_backbone_dim(job)
     state = read_state_dict(checkpoint)
     check_state(job, state, checkpoint)
     if not any(k.startswith(BACKBONE) for k in state):
+        model_cfg = job.model
         if not model_cfg.pretrained:
             raise CheckpointError(
                 f"checkpoint {checkpoint} has no backbone weights and model.backbone.pretrained is False"
             )
         backbone = imagenet_state_dict(model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules)
         state = {**{BACKBONE + k: v for k, v in backbone.items()}, **state}
+    return state
+
+
+def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
+    """The job's model with the checkpoint's weights (see :func:`checkpoint_state`), in eval mode on ``device``."""
     model = build_model(
-        state,
-        backbone_name=model_cfg.backbone_name,
-        truncate_modules=model_cfg.truncate_modules,
+        checkpoint_state(job, checkpoint),
+        backbone_name=job.model.backbone_name,
+        truncate_modules=job.model.truncate_modules,
         path=os.fspath(checkpoint),
     )
     return model.to(device)

@@ -42,3 +42,32 @@ def render_infer_summary(metrics: Mapping[str, Any], paths: Mapping[str, str]) -
             lines.append(f"    ... and {len(skipped) - 20} more (see metrics.json)")
     lines.append("  wrote " + ", ".join(paths.values()))
     return "\n".join(lines)
+
+
+def render_extract_summary(
+    *,
+    cache_dir: str,
+    key: str,
+    n_videos: int,
+    n_shards: int,
+    shards_written: int,
+    frames: int,
+    seconds: float,
+    skipped: list[Mapping[str, str]],
+) -> str:
+    """The closing lines of ``frameexit extract``: what was computed or reused, skipped videos, where the cache is."""
+    if shards_written == 0:
+        head = f"FrameExit extract: cache complete, nothing to do (no backbone work): {n_videos} videos in {n_shards} shards"
+    else:
+        rate = frames / seconds if seconds > 0 else float("nan")
+        head = (
+            f"FrameExit extract: wrote {shards_written} of {n_shards} shards ({n_shards - shards_written} reused); "
+            f"{frames} frames in {seconds:.1f} s ({rate:.1f} frames/s); {n_videos} videos cached"
+        )
+    lines = [head, f"  cache  {cache_dir}", f"  key    {key}"]
+    if skipped:
+        lines.append(f"  skipped {len(skipped)}:")
+        lines.extend(f"    {s['video']}: {s['reason']}" for s in skipped[:20])
+        if len(skipped) > 20:
+            lines.append(f"    ... and {len(skipped) - 20} more (see manifest.json)")
+    return "\n".join(lines)

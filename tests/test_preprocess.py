@@ -72,9 +72,14 @@ def test_equals_torchvision_tensor_transforms_bit_for_bit_and_differs_from_pil_r
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, size=(350, 466, 3), dtype=np.uint8))
     ours = preprocess_image(img)
-    t = TF.to_tensor(img)
-    t = TF.resize(t, [224, int(224 * 466 / 350)], antialias=False)
-    t = TF.normalize(TF.center_crop(t, [224, 224]), IMAGENET_MEAN, IMAGENET_STD)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ours resizes on one thread (see test_same_tensor_whatever_the_thread_count)
+    try:
+        t = TF.to_tensor(img)
+        t = TF.resize(t, [224, int(224 * 466 / 350)], antialias=False)
+        t = TF.normalize(TF.center_crop(t, [224, 224]), IMAGENET_MEAN, IMAGENET_STD)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(ours, t)
     pil = TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(img, 224), 224)), IMAGENET_MEAN, IMAGENET_STD)
     assert (ours - pil).abs().max().item() > 0.1  # a PIL (antialiased) resize is not equivalent
@@ -94,3 +99,17 @@ def test_other_sizes():
     out = preprocess_image(img, Preprocessing(resize=256, crop=240))
     assert out.shape == (3, 240, 240)
     assert out[0, 0, 0].item() == pytest.approx((10 / 255 - 0.485) / 0.229, abs=1e-6)
+
+
+def test_same_tensor_whatever_the_thread_count():
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, size=(350, 466, 3), dtype=np.uint8))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(preprocess_image(img))
+            assert torch.get_num_threads() == n  # left as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])

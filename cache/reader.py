@@ -1,0 +1,71 @@
+"""Reading a feature cache: shards are verified against the manifest before use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .manifest import CacheCorruptError, CacheError, Manifest, read_manifest
+from .shard import Shard, file_sha256, read_shard
+
+
+def verify_shard(path: str, expected: str) -> None:
+    """Raise :class:`CacheCorruptError` naming the shard and both checksums unless they match."""
+    if not os.path.exists(path):
+        raise CacheCorruptError(f"shard {path} is listed in the manifest but missing; run extract again to rebuild it")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CacheCorruptError(
+            f"shard {path} is corrupt: its SHA-256 is {actual}, the manifest says {expected}; "
+            "it will not be read. Run extract again to rebuild it"
+        )
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """A complete cache directory: its manifest and verified access to its shards."""
+
+    directory: str
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, directory: str) -> FeatureCache:
+        """Open a cache written by ``frameexit extract``; it must be complete."""
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise CacheError(f"{directory} is not a frameexit feature cache (no manifest.json)")
+        if not manifest.complete:
+            raise CacheError(f"cache {directory} is incomplete (an extraction was interrupted); run extract again")
+        return cls(directory, manifest)
+
+    def shard_paths(self) -> list[str]:
+        return [os.path.join(self.directory, entry.name) for entry in self.manifest.shards]
+
+    def read(self, index: int) -> Shard:
+        """Shard ``index``, after checking its checksum."""
+        entry = self.manifest.shards[index]
+        path = os.path.join(self.directory, entry.name)
+        verify_shard(path, entry.sha256 or "")
+        return read_shard(path)
+
+    def iter_shards(self) -> Iterator[Shard]:
+        for index in range(len(self.manifest.shards)):
+            yield self.read(index)
+
+    @property
+    def videos(self) -> list[str]:
+        """Every cached video key, in shard order (sorted)."""
+        return [v for shard in self.iter_shards() for v in shard.videos]
+
+    def lookup(self, video: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features (n_frames, feat_dim), labels (num_class,), frame_indices (n_frames,))`` of one video."""
+        for index, entry in enumerate(self.manifest.shards):
+            if video in entry.videos:
+                shard = self.read(index)
+                if video in shard.videos:
+                    row = shard.videos.index(video)
+                    return shard.features[row], shard.labels[row], shard.frame_indices[row]
+        raise KeyError(f"video {video!r} is not in cache {self.directory}")

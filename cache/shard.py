@@ -1,0 +1,97 @@
+"""One shard: an HDF5 file holding a fixed run of videos' features.
+
+Layout (readable with plain h5py)::
+
+    features       (n_videos, n_frames, feat_dim) float32|float16  sampled temporal order
+    videos         (n_videos,) UTF-8 strings                       split keys
+    labels         (n_videos, num_class) uint8                     multi-hot ground truth
+    frame_indices  (n_videos, n_frames) int32                      sampled frame-file positions
+    attrs: key, inputs (JSON of the cache-key inputs), format_version
+
+Files are written under a temporary name, fsynced and renamed; dataset
+timestamps are off so the same content gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from frameexit.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The arrays of one shard, in memory."""
+
+    videos: list[str]
+    features: np.ndarray
+    labels: np.ndarray
+    frame_indices: np.ndarray
+    attrs: dict[str, Any]
+
+
+def write_shard(
+    path: str,
+    *,
+    videos: Sequence[str],
+    features: np.ndarray,
+    labels: np.ndarray,
+    frame_indices: np.ndarray,
+    attrs: dict[str, Any],
+) -> str:
+    """Write a shard atomically; returns the SHA-256 of the file written."""
+    n = len(videos)
+    if features.shape[0] != n or labels.shape[0] != n or frame_indices.shape[0] != n:
+        raise ValueError(
+            f"shard arrays disagree on the number of videos: {n} keys, features {features.shape}, "
+            f"labels {labels.shape}, frame_indices {frame_indices.shape}"
+        )
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+            f.create_dataset("features", data=features, track_times=False)
+            f.create_dataset(
+                "videos", data=np.asarray(list(videos), dtype=object), dtype=h5py.string_dtype(), track_times=False
+            )
+            f.create_dataset("labels", data=labels.astype(np.uint8), track_times=False)
+            f.create_dataset("frame_indices", data=frame_indices.astype(np.int32), track_times=False)
+            for name, value in attrs.items():
+                f.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        digest = file_sha256(tmp)
+    return digest
+
+
+def read_shard(path: str) -> Shard:
+    """Read a whole shard (checksums are the reader's job, see :mod:`cache.reader`)."""
+    with h5py.File(path, "r") as f:
+        return Shard(
+            videos=[v.decode() if isinstance(v, bytes) else str(v) for v in f["videos"][()]],
+            features=f["features"][()],
+            labels=f["labels"][()],
+            frame_indices=f["frame_indices"][()],
+            attrs={k: _attr(v) for k, v in f.attrs.items()},
+        )
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
