@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import official_state, write_frames, write_job
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -22,7 +23,6 @@ from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import sample_indices
-from helpers import official_state, write_frames, write_job
 from jobs.config import load_job
 from jobs.datasets import load_dataset
 from jobs.extract import ExtractOptions, extract
