@@ -125,8 +125,11 @@ def load_state(
 
 
 def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as the official code saves it: ``module.``-prefixed CPU tensors."""
-    return {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    """The model's state dict as the official code saves it: ``module.``-prefixed float32 CPU tensors."""
+    return {
+        PREFIX + k: (v.float() if v.is_floating_point() else v).detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+    }
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
@@ -177,7 +180,7 @@ def build_model(
     if backbone_name is None:
         state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
     load_state(model, state, path=path)
-    return model.eval()
+    return model.set_head_dtype().eval()
 
 
 def build_backbone_from_state(

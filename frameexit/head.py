@@ -17,6 +17,12 @@ from .backbone import Backbone
 HIDDEN_DIM = 4096
 NUM_STEPS = 10
 
+#: The head computes in float64 and rounds its outputs to float32. A float32 matrix product's
+#: rounding depends on how the library splits the work (one row in sequential inference, thousands
+#: in replay), so the same video would get slightly different probabilities in the two paths; the
+#: float32 rounding of a float64 result is, all but always, the same whatever the split.
+HEAD_DTYPE = torch.float64
+
 
 class Projection(nn.Module):
     """``h = ReLU(BatchNorm1d(Linear(feat_dim -> hidden_dim)(x)))``, as ``mlp.layers.{0,1,2}``."""
@@ -84,6 +90,19 @@ class FrameExit(nn.Module):
         self.exit_selector = nn.ModuleList(Gate(hidden_dim) for _ in range(num_steps - 1))
         self.classifiers = nn.ModuleList(nn.Linear(hidden_dim, num_class) for _ in range(num_steps))
 
+    def head_modules(self) -> list[nn.Module]:
+        return [self.mlp, self.exit_selector, self.classifiers]
+
+    def set_head_dtype(self, dtype: torch.dtype = HEAD_DTYPE) -> FrameExit:
+        """Compute the head (projection, gates, classifiers) in ``dtype``; the backbone is untouched."""
+        for module in self.head_modules():
+            module.to(dtype)
+        return self
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        return self.mlp.layers[0].weight.dtype
+
     @property
     def num_steps(self) -> int:
         return len(self.classifiers)
@@ -93,8 +112,8 @@ class FrameExit(nn.Module):
         return self.classifiers[0].out_features
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-frame projection ``h``: (n, feat_dim) -> (n, hidden_dim)."""
-        return self.mlp(features)
+        """Per-frame projection ``h``: (n, feat_dim) -> (n, hidden_dim), in the head's dtype."""
+        return self.mlp(features.to(self.head_dtype))
 
     def logits(self, step: int, z: torch.Tensor) -> torch.Tensor:
         """Classifier ``step`` on pooled features ``z_t``: (n, hidden_dim) -> (n, num_class)."""
@@ -115,7 +134,7 @@ class FrameExit(nn.Module):
         Returns
         -------
         probs : Tensor of shape (n_videos, n_steps, num_class), dtype=float32
-            ``softmax(logits_t(z_t))`` for every step.
+            ``softmax(logits_t(z_t))`` for every step (computed in the head's dtype, rounded to float32).
         gates : Tensor of shape (n_videos, n_steps - 1), dtype=float32
             ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
             to the final step, where a video always exits, and is only informative.
@@ -123,6 +142,6 @@ class FrameExit(nn.Module):
         n, steps, dim = features.shape
         h = self.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
         z = torch.cummax(h, dim=1).values
-        probs = torch.stack([F.softmax(self.logits(t, z[:, t]), dim=1) for t in range(steps)], dim=1)
-        gates = torch.stack([self.gate(t, z[:, t], z[:, t - 1]) for t in range(1, steps)], dim=1)
+        probs = torch.stack([F.softmax(self.logits(t, z[:, t]), dim=1).float() for t in range(steps)], dim=1)
+        gates = torch.stack([self.gate(t, z[:, t], z[:, t - 1]).float() for t in range(1, steps)], dim=1)
         return probs, gates

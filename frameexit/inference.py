@@ -87,10 +87,10 @@ def infer_video(
         h = model.project(model.backbone(frame))
         z = h if z_prev is None else torch.maximum(z_prev, h)
         if step == 0:
-            probs = F.softmax(model.logits(0, z), dim=1)
+            probs = F.softmax(model.logits(0, z), dim=1).float()
             if bool(first_step_exits(probs.max().item(), first_threshold)) or step == last:
                 return _decision(step, probs)
-        elif step == last or bool(gate_exits(model.gate(step, z, z_prev).item(), gate_threshold)):
-            return _decision(step, F.softmax(model.logits(step, z), dim=1))
+        elif step == last or bool(gate_exits(model.gate(step, z, z_prev).float().item(), gate_threshold)):
+            return _decision(step, F.softmax(model.logits(step, z), dim=1).float())
         z_prev = z
     raise ValueError("order must not be empty")

@@ -63,9 +63,10 @@ def test_sequential_equals_full_computation_and_reads_only_needed_frames(setup, 
         assert decision.exit_step == expected, key
         assert reads == list(COARSE_TO_FINE[: expected + 1]), key  # frames after the exit are never read
         assert decision.prediction == int(probs[expected].argmax())
-        # one frame per backbone call in both; the head sees 1 row here, 60 there: float32 rounding differs
-        assert decision.confidence == pytest.approx(float(probs[expected].max()), abs=1e-5)
-        np.testing.assert_allclose(decision.probs, probs[expected], rtol=1e-4, atol=1e-6)
+        # the head sees one row at a time here and ten there; computed in float64, its float32
+        # outputs are the same bits either way
+        assert decision.confidence == float(probs[expected].max())
+        np.testing.assert_array_equal(decision.probs, probs[expected])
         assert decision.probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 
