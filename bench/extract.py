@@ -59,14 +59,32 @@ def main() -> None:
         dim = backbone(torch.zeros(1, 3, 64, 64)).shape[1]
     ckpt = os.path.join(tmp, "ckpt.pth")
     save_checkpoint(FrameExit(backbone, dim, 200).eval(), ckpt)
-    overrides = ["--data.path_frame", paths["frames"], "--data.path_split", paths["split"],
-                 "--data.path_label", paths["labels"], "--data.path_classid", paths["classes"],
-                 "--checkpoint.init", ckpt, "--model.backbone.name", f"torchvision.{a.backbone}",
-                 "--model.backbone.output_dim", str(dim)]
+    overrides = [
+        "--data.path_frame",
+        paths["frames"],
+        "--data.path_split",
+        paths["split"],
+        "--data.path_label",
+        paths["labels"],
+        "--data.path_classid",
+        paths["classes"],
+        "--checkpoint.init",
+        ckpt,
+        "--model.backbone.name",
+        f"torchvision.{a.backbone}",
+        "--model.backbone.output_dim",
+        str(dim),
+    ]
     job = load_job(os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml"), overrides)
     data = job.data
-    ds = load_dataset(data.name, path_frame=data.path_frame, path_split=data.path_split, path_label=data.path_label,
-                      path_classid=data.path_classid, num_class=200)
+    ds = load_dataset(
+        data.name,
+        path_frame=data.path_frame,
+        path_split=data.path_split,
+        path_label=data.path_label,
+        path_classid=data.path_classid,
+        num_class=200,
+    )
     clips = ClipDataset(ds.videos, job)
     frames = torch.cat([clips[i][1] for i in range(len(clips))])
     n_frames = frames.shape[0]
@@ -88,23 +106,36 @@ def main() -> None:
         _sync(device)
         backbone_fps = n_frames / (time.perf_counter() - t0)
 
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{a.backbone}, {len(ds.videos)} videos, {n_frames} frames, batch {a.batch_videos} videos ({batch} frames), "
-          f"precision {a.precision}{', channels_last' if a.channels_last else ''}")
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{a.backbone}, {len(ds.videos)} videos, {n_frames} frames, batch {a.batch_videos} videos ({batch} frames), "
+        f"precision {a.precision}{', channels_last' if a.channels_last else ''}"
+    )
     print(f"backbone only: {backbone_fps:.1f} frames/s")
     for workers in a.num_workers:
         cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
-        options = ExtractOptions(cache_root=cache, shard_size=64, batch_videos=a.batch_videos, device=str(device),
-                                 num_workers=workers, precision=a.precision, channels_last=a.channels_last)
+        options = ExtractOptions(
+            cache_root=cache,
+            shard_size=64,
+            batch_videos=a.batch_videos,
+            device=str(device),
+            num_workers=workers,
+            precision=a.precision,
+            channels_last=a.channels_last,
+        )
         t0 = time.perf_counter()
         result = extract(job, options, progress=False)
         _sync(device)
         seconds = time.perf_counter() - t0
         e2e = result.frames / seconds
-        print(f"end to end, {workers} loader workers: {e2e:.1f} frames/s "
-              f"(ratio to backbone only: {e2e / backbone_fps:.3f})")
+        print(
+            f"end to end, {workers} loader workers: {e2e:.1f} frames/s "
+            f"(ratio to backbone only: {e2e / backbone_fps:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -275,6 +275,29 @@ def test_two_process_local_cluster_gives_the_same_cache(job_file, extracted, tmp
     assert _shas(result.cache_dir) == _shas(extracted.cache_dir)
 
 
+def test_existing_scheduler_by_address(job_file, extracted, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        r = CliRunner().invoke(
+            main,
+            [
+                "extract",
+                job_file,
+                "--cache",
+                str(tmp_path),
+                "--shard-size",
+                "4",
+                "--batch-videos",
+                "3",
+                "--scheduler",
+                cluster.scheduler_address,
+            ],
+        )
+    assert r.exit_code == 0, r.output
+    assert _shas(str(tmp_path / extracted.key)) == _shas(extracted.cache_dir)
+
+
 def test_extract_cli_help_and_errors(job_file, tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["extract", "--help"])
