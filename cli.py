@@ -241,5 +241,169 @@ def extract(
 extract.help = (extract.help or "") + "\n" + JOB_HELP
 
 
+def _grid(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    from frameexit.errors import ConfigError
+    from jobs.grid import parse_grid
+
+    try:
+        return tuple(parse_grid(value, name=param.opts[0]))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command(
+    context_settings=OVERRIDES,
+    epilog="""\b
+Examples:
+  frameexit replay JOB --out runs/sweep --first-thresholds 0.9,0.95,0.99 --gate-thresholds 0.1:0.9:33
+  frameexit replay JOB --out runs/ablation --order sequential
+  frameexit replay JOB --checkpoint.init '[beta1e-3.pth, beta1e-5.pth]' --out runs/betas
+""",
+)
+@click.argument("job", metavar="JOB")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory for sweep.parquet, videos.parquet and replay.json.",
+)
+@click.option(
+    "--cache",
+    "cache_root",
+    envvar="FRAMEEXIT_CACHE",
+    default=default_cache_root,
+    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
+    type=click.Path(file_okay=False),
+    help="Cache root written by frameexit extract; the job's cache is found by key.",
+)
+@click.option(
+    "--features",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Use this cache directory (CACHE/<key>) as it is, without computing the key.",
+)
+@click.option(
+    "--first-thresholds",
+    callback=_grid,
+    default=None,
+    metavar="LIST|START:STOP:COUNT",
+    help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) [default: replay.first_thresholds of the job, else model.first_threshold].",
+)
+@click.option(
+    "--gate-thresholds",
+    callback=_grid,
+    default=None,
+    metavar="LIST|START:STOP:COUNT",
+    help="gate_threshold values, e.g. 0.1:0.9:33 [default: replay.gate_thresholds, else model.gate_threshold].",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["coarse_to_fine", "sequential"]),
+    default=None,
+    help="Policy order of the frames [default: model.adaptive.input_order of the job].",
+)
+@click.option(
+    "--per-video",
+    type=click.Choice(["default", "all"]),
+    default="default",
+    show_default=True,
+    help="Per-video rows for the job's default setting only, or for every setting.",
+)
+@click.option(
+    "--scheduler",
+    default="threads",
+    show_default=True,
+    metavar="threads|sync|ADDRESS",
+    help="dask's local threaded or synchronous scheduler, or a dask.distributed scheduler address (tcp://HOST:PORT).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Start a local dask cluster of N worker processes."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Feature dtype the cache was extracted with.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Backbone precision the cache was extracted with.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Force the progress bars on or off (default: only on a terminal)."
+)
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    job: str,
+    out_dir: str,
+    cache_root: str,
+    features: str | None,
+    first_thresholds: tuple | None,
+    gate_thresholds: tuple | None,
+    order: str | None,
+    per_video: str,
+    scheduler: str,
+    workers: int | None,
+    dtype: str,
+    precision: str,
+    progress: bool | None,
+) -> None:
+    """Sweep exit thresholds over cached features: milliseconds per operating point.
+
+    Reads the feature cache of JOB (written by frameexit extract), computes
+    once per shard and checkpoint head everything any threshold needs
+    (projection, pooling in policy order, all classifiers and gates), then
+    every setting of the grid FIRST_THRESHOLDS x GATE_THRESHOLDS: exit steps,
+    mAP, top-1, GFLOPs (paper convention), measured GMACs, mean frames and the
+    exit histogram. Several checkpoints (checkpoint.init as a list) replay over
+    one cache when they share its backbone weights. Results equal those of
+    frameexit infer with the same thresholds, video by video.
+    """
+    if job.startswith("--"):
+        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
+    from frameexit.errors import FrameExitError
+    from jobs.config import load_job
+    from jobs.replay import ReplayOptions
+    from jobs.replay import replay as run_replay
+    from reports.text import render_replay_summary
+
+    if workers and scheduler != "threads":
+        raise click.UsageError("give either --scheduler or --workers, not both")
+    options = ReplayOptions(
+        cache_root=cache_root,
+        features=features,
+        first_thresholds=first_thresholds,
+        gate_thresholds=gate_thresholds,
+        order=order,
+        per_video=per_video,
+        scheduler=scheduler,
+        workers=workers,
+        dtype=dtype,
+        precision=precision,
+    )
+    try:
+        result = run_replay(load_job(job, ctx.args), out_dir, options, progress=progress)
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        render_replay_summary(
+            result.summary,
+            result.summary["default_metrics"],
+            {"sweep": result.sweep_path, "videos": result.videos_path, "replay": result.replay_path},
+        )
+    )
+
+
+replay.help = (replay.help or "") + "\n" + JOB_HELP
+
+
 if __name__ == "__main__":
     main()

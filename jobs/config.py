@@ -25,6 +25,8 @@ from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
 from frameexit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 
+from .grid import parse_grid
+
 DATASETS = ("activitynet1.3", "minikinetics")
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 
@@ -87,6 +89,10 @@ SCHEMA: dict[str, Any] = {
         "adaptive": {"input_order": Field("ints", list(COARSE_TO_FINE), doc="policy order of the sampled frames")},
         "num_class": Field("int", 200),
     },
+    "replay": {
+        "first_thresholds": Field("grid", None, doc="grid of first_threshold values: list or 'start:stop:count'"),
+        "gate_thresholds": Field("grid", None, doc="grid of gate_threshold values: list or 'start:stop:count'"),
+    },
 }
 
 
@@ -119,6 +125,14 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """The threshold grid of a sweep (ours); each defaults to the model's single threshold."""
+
+    first_thresholds: tuple[float, ...]
+    gate_thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Job:
     """A fully resolved job: the file it came from, its overrides and typed sections."""
 
@@ -126,6 +140,7 @@ class Job:
     data: DataConfig
     model: ModelConfig
     checkpoints: tuple[str, ...]
+    replay: ReplayConfig
     resolved: Mapping[str, Any] = field(repr=False)
 
     def require(self, *dotted: str) -> None:
@@ -203,6 +218,9 @@ def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | Non
         return None
     if kind == "any":
         return value
+    if kind == "grid":
+        # YAML 1.1 reads an unquoted 0:1:5 as a base-60 integer: keep the override's text as typed
+        return raw if raw is not None and not raw.lstrip().startswith("[") else value
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad()
@@ -294,7 +312,9 @@ def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    value = _coerce(value, spec, dotted, f"override --{dotted}", raw=text if spec.kind in ("str", "strs") else None)
+    value = _coerce(
+        value, spec, dotted, f"override --{dotted}", raw=text if spec.kind in ("str", "strs", "grid") else None
+    )
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -400,5 +420,17 @@ def _build(tree: dict[str, Any], source: str) -> Job:
             input_order=order,
         ),
         checkpoints=tuple(tree["checkpoint"]["init"] or ()),
+        replay=ReplayConfig(
+            first_thresholds=tuple(
+                parse_grid(tree["replay"]["first_thresholds"], name=f"{source}: replay.first_thresholds")
+                if tree["replay"]["first_thresholds"] is not None
+                else [model["first_threshold"]]
+            ),
+            gate_thresholds=tuple(
+                parse_grid(tree["replay"]["gate_thresholds"], name=f"{source}: replay.gate_thresholds")
+                if tree["replay"]["gate_thresholds"] is not None
+                else [model["gate_threshold"]]
+            ),
+        ),
         resolved=tree,
     )

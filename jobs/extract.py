@@ -200,6 +200,26 @@ def key_inputs(
     )
 
 
+def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = None):
+    """Key inputs, key and dataset of the cache that ``job`` (with ``checkpoint``'s backbone) reads or writes.
+
+    Returns ``(inputs, key, dataset, state)``; reads the split, labels and the
+    frame listing, and the checkpoint, but runs no backbone.
+    """
+    data = job.data
+    dataset = load_dataset(
+        data.name,
+        path_frame=data.path_frame,
+        path_split=data.path_split,
+        path_label=data.path_label,
+        path_classid=data.path_classid,
+        num_class=job.model.num_class,
+    )
+    state = checkpoint_state(job, checkpoint or job.checkpoints[0])
+    inputs = key_inputs(job, options, state, dataset.videos)
+    return inputs, cache_key(inputs), dataset, state
+
+
 def _check_options(options: ExtractOptions) -> None:
     if options.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
@@ -230,18 +250,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             "checkpoints that share a backbone share one cache"
         )
     checkpoint = job.checkpoints[0]
-    data = job.data
-    dataset = load_dataset(
-        data.name,
-        path_frame=data.path_frame,
-        path_split=data.path_split,
-        path_label=data.path_label,
-        path_classid=data.path_classid,
-        num_class=job.model.num_class,
-    )
-    state = checkpoint_state(job, checkpoint)
-    inputs = key_inputs(job, options, state, dataset.videos)
-    key = cache_key(inputs)
+    inputs, key, dataset, state = locate_cache(job, options, checkpoint)
     cache_dir = os.path.join(options.cache_root, key)
     os.makedirs(cache_dir, exist_ok=True)
     started = time.perf_counter()

@@ -24,3 +24,20 @@ VIDEOS = pa.schema(
         pa.field("checkpoint", pa.string(), nullable=False),  # checkpoint file name
     ]
 )
+
+#: ``sweep.parquet``: one row per checkpoint and setting of a replay.
+SWEEP = pa.schema(
+    [
+        pa.field("checkpoint", pa.string(), nullable=False),  # checkpoint file name
+        pa.field("order", pa.string(), nullable=False),  # policy order: coarse_to_fine, sequential or the list
+        pa.field("first_threshold", pa.float64(), nullable=False),
+        pa.field("gate_threshold", pa.float64(), nullable=False),
+        pa.field("map", pa.float64()),  # fraction in [0, 1]; NaN without any positive label
+        pa.field("top1", pa.float64()),  # fraction in [0, 1] of labelled videos
+        pa.field("gflops", pa.float64()),  # paper convention (GMACs really); NaN for backbones without a figure
+        pa.field("gmacs_measured", pa.float64()),  # mean per video, backbone + head, FlopCounterMode
+        pa.field("mean_frames", pa.float64()),  # mean frames read per video (exit_step + 1)
+        pa.field("exit_histogram", pa.list_(pa.float64()), nullable=False),  # share of videos per exit step
+        pa.field("n_videos", pa.int64(), nullable=False),  # videos replayed
+    ]
+)

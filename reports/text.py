@@ -71,3 +71,24 @@ def render_extract_summary(
         if len(skipped) > 20:
             lines.append(f"    ... and {len(skipped) - 20} more (see manifest.json)")
     return "\n".join(lines)
+
+
+def render_replay_summary(
+    summary: Mapping[str, Any], default_rows: list[Mapping[str, Any]], paths: Mapping[str, str]
+) -> str:
+    """The closing lines of ``frameexit replay``: grid size, each checkpoint at the default setting, outputs."""
+    d = summary["default_setting"]
+    lines = [
+        f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {summary['n_settings']} settings "
+        f"over {summary['n_videos']} videos ({len(summary['skipped'])} skipped), order {summary['order_name']}",
+        f"  cache {summary['cache']['directory']}",
+        f"  default setting first_threshold={d['first_threshold']:g} gate_threshold={d['gate_threshold']:g}:",
+        "    checkpoint                          mAP     top-1   GFLOPs  GMACs   frames",
+    ]
+    for row in default_rows:
+        lines.append(
+            f"    {row['checkpoint'][:34]:<34} {_num(row['map']):>7} {_num(row['top1']):>7} "
+            f"{_num(row['gflops'], 2):>7} {_num(row['gmacs_measured'], 2):>7} {_num(row['mean_frames'], 2):>6}"
+        )
+    lines.append("  wrote " + ", ".join(paths.values()))
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Threshold grids: lists (``0.9,0.95,0.99``) or ranges ``start:stop:count`` with both ends included."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from frameexit.errors import ConfigError
+
+
+def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float]:
+    """Threshold values in [0, 1] from a list, a comma-separated string or a ``start:stop:count`` range.
+
+    Raises :class:`ConfigError` naming ``name`` and the bad value.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = [float(value)]
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            if ":" in text:
+                parts = text.split(":")
+                if len(parts) != 3:
+                    raise ValueError
+                start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+                if count < 1:
+                    raise ConfigError(f"{name}: a range needs a count of at least 1, got {value!r}")
+                values = np.linspace(start, stop, count).tolist()
+            else:
+                values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be numbers separated by commas (0.9,0.95) or a range start:stop:count "
+                f"(0.1:0.9:33), got {value!r}"
+            ) from None
+    elif isinstance(value, Sequence) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        values = [float(v) for v in value]
+    else:
+        raise ConfigError(f"{name} must be a list of numbers or a string, got {value!r}")
+    if not values:
+        raise ConfigError(f"{name} is empty")
+    bad = [v for v in values if math.isnan(v) or not 0.0 <= v <= 1.0]
+    if bad:
+        raise ConfigError(f"{name}: thresholds are probabilities in [0, 1]; got {bad[0]!r} in {value!r}")
+    return values
