@@ -25,9 +25,7 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
                 if len(parts) != 3:
                     raise ValueError
                 start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-                if count < 1:
-                    raise ConfigError(f"{name}: a range needs a count of at least 1, got {value!r}")
-                values = np.linspace(start, stop, count).tolist()
+                values = np.linspace(start, stop, max(count, 0)).tolist()
             else:
                 values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
@@ -40,7 +38,7 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
     else:
         raise ConfigError(f"{name} must be a list of numbers or a string, got {value!r}")
     if not values:
-        raise ConfigError(f"{name} is empty")
+        raise ConfigError(f"{name} is empty (a range needs a count of at least 1), got {value!r}")
     bad = [v for v in values if math.isnan(v) or not 0.0 <= v <= 1.0]
     if bad:
         raise ConfigError(f"{name}: thresholds are probabilities in [0, 1]; got {bad[0]!r} in {value!r}")

@@ -213,7 +213,11 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
         blocks = [gate[i : i + block] for i in range(0, len(gate), block)]
         tables_tasks, outputs = {}, {}
         for i, (_, sha, head_state) in enumerate(heads):
-            head = dask.delayed(head_state, name=f"head-{i}-{sha[:16]}", traverse=False)
+            # the head weights (tens of MB) travel once per worker, not once per task
+            if client is not None:
+                head = client.scatter(head_state, broadcast=True, hash=False)
+            else:
+                head = dask.delayed(head_state, name=f"head-{i}-{sha[:16]}", traverse=False)
             parts = [
                 dask.delayed(shard_exit_tables)(
                     path, digest, f"{sha}:{order}", head, order, dask_key_name=f"tables-{i}-{s}"
@@ -269,7 +273,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
                     sweep_cols["gate_threshold"].append(gt)
                     sweep_cols["map"].append(float(m.map[g, f]))
                     sweep_cols["top1"].append(float(m.top1[g, f]))
-                    sweep_cols["gflops"].append(frames * per_frame if per_frame is not None else float("nan"))
+                    sweep_cols["gflops"].append(frames * per_frame if per_frame is not None else None)
                     sweep_cols["gmacs_measured"].append(_mean_gmacs(costs, frames, float(hist[0])))
                     sweep_cols["mean_frames"].append(frames)
                     sweep_cols["exit_histogram"].append(hist.tolist())
@@ -290,7 +294,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
                 "gate_threshold": default[1],
                 "map": float(m.map[0, 0]),
                 "top1": float(m.top1[0, 0]),
-                "gflops": frames * per_frame if per_frame is not None else float("nan"),
+                "gflops": frames * per_frame if per_frame is not None else None,
                 "gmacs_measured": _mean_gmacs(costs, frames, float(hist[0])),
                 "mean_frames": frames,
                 "exit_histogram": hist.tolist(),
@@ -371,8 +375,8 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     directory = os.path.join(options.cache_root, key)
     if not os.path.isdir(directory):
         raise CacheError(
-            f"no feature cache for this job under {options.cache_root} (key {key}); "
-            "run frameexit extract with the same job first"
+            f"no feature cache for this job under {options.cache_root} (key {key}, for the backbone of "
+            f"{job.checkpoints[0]}); run frameexit extract with the same job and checkpoint first"
         )
     return FeatureCache.open(directory)
 

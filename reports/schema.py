@@ -34,7 +34,7 @@ SWEEP = pa.schema(
         pa.field("gate_threshold", pa.float64(), nullable=False),
         pa.field("map", pa.float64()),  # fraction in [0, 1]; NaN without any positive label
         pa.field("top1", pa.float64()),  # fraction in [0, 1] of labelled videos
-        pa.field("gflops", pa.float64()),  # paper convention (GMACs really); NaN for backbones without a figure
+        pa.field("gflops", pa.float64()),  # paper convention (GMACs really); null for backbones without a figure
         pa.field("gmacs_measured", pa.float64()),  # mean per video, backbone + head, FlopCounterMode
         pa.field("mean_frames", pa.float64()),  # mean frames read per video (exit_step + 1)
         pa.field("exit_histogram", pa.list_(pa.float64()), nullable=False),  # share of videos per exit step

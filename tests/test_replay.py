@@ -1,0 +1,220 @@
+"""`frameexit replay` agrees with `frameexit infer` video by video; results do not depend on how it runs."""
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import official_state, write_job
+
+from cache.reader import FeatureCache
+from cli import main
+from frameexit.checkpoint import build_model, read_state_dict
+from frameexit.sampling import COARSE_TO_FINE
+from frameexit.sweep import concat_tables, exit_tables
+from jobs.config import load_job
+from jobs.extract import ExtractOptions, extract
+from jobs.infer import infer
+from jobs.replay import ReplayOptions, replay
+
+SEQUENTIAL = "[0,1,2,3,4,5,6,7,8,9]"
+
+
+@pytest.fixture(scope="module")
+def setup(anet, checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay")
+    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
+    result = extract(load_job(job_file), ExtractOptions(cache_root=str(root / "cache"), shard_size=4))
+    return job_file, str(root / "cache"), result.cache_dir
+
+
+def _tables(cache_dir, checkpoint, order):
+    model = build_model(read_state_dict(checkpoint), backbone_name=None)
+    cache = FeatureCache.open(cache_dir)
+    return concat_tables(
+        [exit_tables(model, s.features, order, videos=s.videos, labels=s.labels) for s in cache.iter_shards()]
+    )
+
+
+def _rows(path):
+    return {(r["first_threshold"], r["gate_threshold"], r["video"]): r for r in pq.read_table(path).to_pylist()}
+
+
+def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, tmp_path):
+    job_file, cache_root, cache_dir = setup
+    t = _tables(cache_dir, checkpoint, COARSE_TO_FINE)
+    conf0, gates = t.confidence0, t.gates
+    # exact boundary values: a video's own step-0 confidence and gate output, and the float32 just beside them
+    c = float(np.sort(conf0)[len(conf0) // 2])
+    s = float(gates[2, 2])
+    first = [0.0, float(np.nextafter(np.float32(c), np.float32(0))), c, 1.0]
+    gate = [0.0, s, float(np.nextafter(np.float32(s), np.float32(1))), 0.5, 1.0]
+    out = tmp_path / "replay"
+    replay(
+        load_job(job_file),
+        str(out),
+        ReplayOptions(
+            cache_root=cache_root, first_thresholds=tuple(first), gate_thresholds=tuple(gate), per_video="all"
+        ),
+    )
+    rows = _rows(out / "videos.parquet")
+    sweep = {(r["first_threshold"], r["gate_threshold"]): r for r in pq.read_table(out / "sweep.parquet").to_pylist()}
+    assert len(sweep) == 20 and len(rows) == 20 * 6
+    exits_seen = set()
+    for ft in first:
+        for gt in gate:
+            res = infer(
+                load_job(job_file, ["--model.first_threshold", repr(ft), "--model.gate_threshold", repr(gt)]),
+                str(tmp_path / "infer"),
+                device="cpu",
+            )
+            for r in pq.read_table(res.videos_path).to_pylist():
+                mine = rows[(ft, gt, r["video"])]
+                assert (mine["exit_step"], mine["prediction"]) == (r["exit_step"], r["prediction"]), (
+                    ft,
+                    gt,
+                    r["video"],
+                )
+                assert mine["confidence"] == r["confidence"]  # bit for bit
+                exits_seen.add(r["exit_step"])
+            m, row = res.metrics, sweep[(ft, gt)]
+            for key in ("map", "top1", "gmacs_measured", "mean_frames"):
+                assert row[key] == pytest.approx(m[key], abs=1e-9), key
+            assert row["exit_histogram"] == pytest.approx(m["exit_histogram"], abs=1e-12)
+    assert len(exits_seen) >= 4  # the grid really moves the exits around
+    # the boundary values decide: equal confidence does not exit (strict), the float32 below does
+    at_c = [rows[(c, 1.0, v)]["exit_step"] for v in t.videos]
+    below_c = [rows[(first[1], 1.0, v)]["exit_step"] for v in t.videos]
+    assert at_c != below_c
+
+
+@pytest.mark.slow
+def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, tmp_path):
+    job_file, cache_root, _ = setup
+    grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
+    tables = {}
+    for name, options in {
+        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync", **grid),
+        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", gate_block=1, **grid),
+        "cluster": ReplayOptions(cache_root=cache_root, workers=2, **grid),
+    }.items():
+        replay(load_job(job_file), str(tmp_path / name), options)
+        tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
+    for size in (1, 3, 64):
+        root = str(tmp_path / f"cache-{size}")
+        extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
+        replay(load_job(job_file), str(tmp_path / f"shards-{size}"), ReplayOptions(cache_root=root, **grid))
+        tables[f"shards-{size}"] = pq.read_table(tmp_path / f"shards-{size}" / "sweep.parquet")
+    reference = tables.pop("sync")
+    assert reference.num_rows == 25
+    for name, table in tables.items():
+        assert table.equals(reference), name
+
+
+def test_sequential_order_differs_and_equals_infer_with_that_order(setup, checkpoint, tmp_path):
+    job_file, cache_root, _ = setup
+    # step 0 reads sampled frame 5 in one order and frame 0 in the other: different confidences
+    grid = dict(first_thresholds=(0.57,), gate_thresholds=(0.025,))
+    job = load_job(job_file, ["--model.first_threshold", "0.57", "--model.gate_threshold", "0.025"])
+    replay(job, str(tmp_path / "c2f"), ReplayOptions(cache_root=cache_root, **grid))
+    replay(job, str(tmp_path / "seq"), ReplayOptions(cache_root=cache_root, order="sequential", **grid))
+    c2f, seq = _rows(tmp_path / "c2f" / "videos.parquet"), _rows(tmp_path / "seq" / "videos.parquet")
+    assert [r["exit_step"] for r in c2f.values()] != [r["exit_step"] for r in seq.values()]
+    assert pq.read_table(tmp_path / "seq" / "sweep.parquet").column("order").to_pylist() == ["sequential"]
+    res = infer(
+        load_job(
+            job_file,
+            [
+                "--model.first_threshold",
+                "0.57",
+                "--model.gate_threshold",
+                "0.025",
+                "--model.adaptive.input_order",
+                SEQUENTIAL,
+            ],
+        ),
+        str(tmp_path / "infer"),
+        device="cpu",
+    )
+    for r in pq.read_table(res.videos_path).to_pylist():
+        mine = seq[(0.57, 0.025, r["video"])]
+        assert (mine["exit_step"], mine["prediction"], mine["confidence"]) == (
+            r["exit_step"],
+            r["prediction"],
+            r["confidence"],
+        )
+
+
+def test_several_checkpoints_share_one_cache(setup, checkpoint, tmp_path):
+    job_file, cache_root, _ = setup
+    state = torch.load(checkpoint, weights_only=True)
+    other = {k: (v * 1.5 if k.startswith("module.classifiers") else v) for k, v in state.items()}
+    torch.save(other, tmp_path / "beta_b.pth")
+    job = load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {tmp_path / 'beta_b.pth'}]"])
+    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root, gate_thresholds=(0.1, 0.5)))
+    sweep = pq.read_table(result.sweep_path).to_pylist()
+    assert sorted({r["checkpoint"] for r in sweep}) == sorted([os.path.basename(checkpoint), "beta_b.pth"])
+    assert len(sweep) == 4 and len(result.summary["default_metrics"]) == 2
+    videos = pq.read_table(result.videos_path).to_pylist()
+    assert len(videos) == 12 and {r["checkpoint"] for r in videos} == {os.path.basename(checkpoint), "beta_b.pth"}
+
+
+def test_checkpoint_with_another_backbone_is_named(setup, tmp_path):
+    job_file, cache_root, _ = setup
+    torch.save(official_state("resnet18", seed=9), tmp_path / "other_backbone.pth")
+    both = f"[{load_job(job_file).checkpoints[0]}, {tmp_path / 'other_backbone.pth'}]"
+    r = CliRunner().invoke(
+        main, ["replay", job_file, "--cache", cache_root, "--out", str(tmp_path / "o"), "--checkpoint.init", both]
+    )
+    assert r.exit_code == 1
+    assert "other_backbone.pth has other backbone weights than the feature cache" in r.output
+    assert "run frameexit extract with --checkpoint.init" in r.output and "Traceback" not in r.output
+
+
+def test_replay_cli(setup, tmp_path):
+    job_file, cache_root, _ = setup
+    runner = CliRunner()
+    r = runner.invoke(main, ["replay", "--help"])
+    assert r.exit_code == 0 and "--first-thresholds" in r.output and "START:STOP:COUNT" in r.output
+    r = runner.invoke(
+        main, ["replay", job_file, "--cache", cache_root, "--out", str(tmp_path / "o"), "--first-thresholds", "0.5,1.5"]
+    )
+    assert r.exit_code == 2 and "thresholds are probabilities in [0, 1]; got 1.5" in r.output
+    r = runner.invoke(main, ["replay", job_file, "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "no feature cache for this job" in r.output and "run frameexit extract" in r.output
+    r = runner.invoke(
+        main,
+        [
+            "replay",
+            job_file,
+            "--cache",
+            cache_root,
+            "--out",
+            str(tmp_path / "o"),
+            "--first-thresholds",
+            "0.5:1:3",
+            "--gate-thresholds",
+            "0.5",
+            "--scheduler",
+            "sync",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "1 checkpoint(s) x 3 settings over 6 videos (2 skipped)" in r.output
+    sweep = pq.read_table(tmp_path / "o" / "sweep.parquet")
+    assert sweep.column("first_threshold").to_pylist() == [0.5, 0.75, 1.0]
+    assert {
+        "checkpoint",
+        "first_threshold",
+        "gate_threshold",
+        "map",
+        "top1",
+        "gflops",
+        "gmacs_measured",
+        "mean_frames",
+        "exit_histogram",
+    } <= set(sweep.column_names)
+    videos = pq.read_table(tmp_path / "o" / "videos.parquet")  # the job's default setting only
+    assert set(videos.column("first_threshold").to_pylist()) == {0.99}
