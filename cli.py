@@ -405,5 +405,291 @@ def replay(
 replay.help = (replay.help or "") + "\n" + JOB_HELP
 
 
+def _report_options(f):
+    for decorator in reversed(
+        [
+            click.option(
+                "--budget",
+                type=click.FloatRange(min=0),
+                default=None,
+                metavar="GFLOPS",
+                help="Report the most accurate setting costing at most GFLOPS per video.",
+            ),
+            click.option(
+                "--calibrate-on",
+                type=click.Path(file_okay=False, exists=True),
+                default=None,
+                metavar="RUN_DIR",
+                help="Choose the budget setting on another run's sweep (e.g. a held-out split), evaluate it here.",
+            ),
+            click.option(
+                "--baseline",
+                type=click.Path(dir_okay=False, exists=True),
+                default=None,
+                metavar="SUMMARY_JSON",
+                help="Compare the job's setting with an earlier summary.json.",
+            ),
+            click.option(
+                "--max-drop",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="Largest accepted drop of mAP or top-1 (fraction, e.g. 0.005) against the baseline.",
+            ),
+            click.option(
+                "--max-cost-rise",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="Largest accepted rise of GFLOPs per video against the baseline.",
+            ),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+def _finish_report(result) -> None:
+    from jobs.report import REGRESSION_EXIT
+
+    paths = result.paths
+    click.echo(f"  report: {paths['summary.md']}\n          {paths['summary.json']}\n          {paths['curve.png']}")
+    if result.regressed:
+        for line in result.summary["baseline"]["regressions"]:
+            click.echo(f"REGRESSION: {line}", err=True)
+        raise SystemExit(REGRESSION_EXIT)
+
+
+@main.command(
+    epilog="""\b
+Exit status: 0, or 3 when --baseline with --max-drop / --max-cost-rise finds a
+regression (1 for errors, 2 for usage errors).
+\b
+Examples:
+  frameexit report --out runs/anet
+  frameexit report --out runs/anet --budget 20 --calibrate-on runs/anet-heldout
+  frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --max-cost-rise 0.5
+"""
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Directory of a replay (sweep.parquet, replay.json); the report is written there too.",
+)
+@_report_options
+def report(
+    out_dir: str,
+    budget: float | None,
+    calibrate_on: str | None,
+    baseline: str | None,
+    max_drop: float | None,
+    max_cost_rise: float | None,
+) -> None:
+    """Write summary.md, summary.json and curve.png from a replay's outputs.
+
+    summary.md holds the results table at the job's setting, the Pareto
+    frontier of the sweep, the exit histogram, the evaluated and skipped videos
+    and the provenance (checkpoint digests, cache key, dataset files,
+    versions); summary.json the same facts for machines; curve.png accuracy
+    (mAP for ActivityNet, top-1 for Mini-Kinetics) against GFLOPs, with the
+    published FrameExit curve for the ResNet-50 ActivityNet job.
+    """
+    from frameexit.errors import FrameExitError
+    from jobs.report import report as run_report
+
+    try:
+        result = run_report(
+            out_dir,
+            budget=budget,
+            calibrate_on=calibrate_on,
+            baseline=baseline,
+            max_drop=max_drop,
+            max_cost_rise=max_cost_rise,
+        )
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        f"FrameExit report: {result.summary['n_settings']} settings, {len(result.summary['frontier'])} on the frontier"
+    )
+    _finish_report(result)
+
+
+@main.command(
+    context_settings=OVERRIDES,
+    epilog="""\b
+Exit status: 0, or 3 when the baseline gate finds a regression.
+\b
+Example:
+  frameexit run jobs/activitynet_inference_2d.yml --data.path_frame ... --checkpoint.init ... \\
+      --gate-thresholds 0:1:21 --first-thresholds 0.5:1:11 --out runs/anet
+""",
+)
+@click.argument("job", metavar="JOB")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory for every artefact."
+)
+@click.option(
+    "--cache",
+    "cache_root",
+    envvar="FRAMEEXIT_CACHE",
+    default=default_cache_root,
+    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
+    type=click.Path(file_okay=False),
+    help="Cache root.",
+)
+@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Videos per shard.")
+@click.option(
+    "--batch-videos", default=8, show_default=True, type=click.IntRange(min=1), help="Videos per backbone batch."
+)
+@click.option(
+    "--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes [default: data.num_workers]."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Feature storage type.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Backbone arithmetic.",
+)
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--first-thresholds", callback=_grid, default=None, metavar="LIST|START:STOP:COUNT", help="first_threshold grid."
+)
+@click.option(
+    "--gate-thresholds", callback=_grid, default=None, metavar="LIST|START:STOP:COUNT", help="gate_threshold grid."
+)
+@click.option("--order", type=click.Choice(["coarse_to_fine", "sequential"]), default=None, help="Policy order.")
+@click.option(
+    "--per-video",
+    type=click.Choice(["default", "all"]),
+    default="default",
+    show_default=True,
+    help="Per-video rows for the job's setting or every setting.",
+)
+@click.option(
+    "--scheduler", default=None, metavar="ADDRESS", help="A dask.distributed scheduler for extraction and replay."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Local dask cluster of N processes for both stages."
+)
+@_report_options
+@click.option("--progress/--no-progress", default=None, help="Force the progress bars on or off.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    job: str,
+    out_dir: str,
+    cache_root: str,
+    shard_size: int,
+    batch_videos: int,
+    num_workers: int | None,
+    dtype: str,
+    precision: str,
+    device: str,
+    first_thresholds,
+    gate_thresholds,
+    order: str | None,
+    per_video: str,
+    scheduler: str | None,
+    workers: int | None,
+    budget,
+    calibrate_on,
+    baseline,
+    max_drop,
+    max_cost_rise,
+    progress: bool | None,
+) -> None:
+    """The whole job: extract (reusing the cache), replay, report.
+
+    Accepts the options of the three stages and the official config files
+    as job files; prints one progress display per stage and, at the end,
+    where the artefacts are: OUT/sweep.parquet, OUT/videos.parquet,
+    OUT/replay.json, OUT/summary.md, OUT/summary.json and OUT/curve.png.
+    """
+    if job.startswith("--"):
+        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
+    from frameexit.errors import FrameExitError
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions
+    from jobs.replay import ReplayOptions
+    from jobs.run import run as run_job
+    from reports.text import render_extract_summary, render_replay_summary
+
+    extract_options = ExtractOptions(
+        cache_root=cache_root,
+        shard_size=shard_size,
+        batch_videos=batch_videos,
+        dtype=dtype,
+        precision=precision,
+        device=device,
+        num_workers=num_workers,
+        scheduler=scheduler,
+        workers=workers,
+    )
+    replay_options = ReplayOptions(
+        cache_root=cache_root,
+        first_thresholds=first_thresholds,
+        gate_thresholds=gate_thresholds,
+        order=order,
+        per_video=per_video,
+        scheduler=scheduler or "threads",
+        workers=workers,
+        dtype=dtype,
+        precision=precision,
+    )
+
+    def on_stage(name, result) -> None:
+        if name == "extract":
+            click.echo(
+                render_extract_summary(
+                    cache_dir=result.cache_dir,
+                    key=result.key,
+                    n_videos=result.n_videos,
+                    n_shards=result.n_shards,
+                    shards_written=result.shards_written,
+                    frames=result.frames,
+                    seconds=result.seconds,
+                    skipped=result.skipped,
+                )
+            )
+        elif name == "replay":
+            click.echo(
+                render_replay_summary(
+                    result.summary,
+                    result.summary["default_metrics"],
+                    {"sweep": result.sweep_path, "videos": result.videos_path, "replay": result.replay_path},
+                )
+            )
+
+    try:
+        result = run_job(
+            load_job(job, ctx.args),
+            out_dir,
+            extract_options=extract_options,
+            replay_options=replay_options,
+            budget=budget,
+            calibrate_on=calibrate_on,
+            baseline=baseline,
+            max_drop=max_drop,
+            max_cost_rise=max_cost_rise,
+            progress=progress,
+            on_stage=on_stage,
+        )
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(f"FrameExit run: artefacts in {out_dir}")
+    _finish_report(result.report)
+
+
+run.help = (run.help or "") + "\n" + JOB_HELP
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,197 @@
+"""``summary.md``: the report as a person (or a CI job summary) reads it. A pure function of the summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
+MAX_SKIPPED_SHOWN = 50
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _arrow(key: str, higher: Mapping[str, bool]) -> str:
+    return "" if key not in higher else (" ↑" if higher[key] else " ↓")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """``summary.md`` from a :class:`reports.summary.Summary`."""
+    higher = summary.get("higher_is_better", {})
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    lines: list[str] = []
+    baseline = summary.get("baseline")
+    if baseline and not baseline["passed"]:
+        lines += ["> [!CAUTION]", "> **Regression against the baseline**", ">"]
+        lines += [f"> - {r}" for r in baseline["regressions"]]
+        lines.append("")
+    lines += [f"# FrameExit report: {summary['dataset']}", ""]
+    lines.append(
+        f"{summary['n_videos_evaluated']} videos evaluated, {summary['n_videos_skipped']} skipped "
+        f"(of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
+        f"Accuracy metric: {NAMES[acc]}; cost: {summary['cost_label']}."
+    )
+    lines.append("")
+
+    default = summary["default"]
+    if default:
+        d = default[0]
+        lines += [
+            f"## Results at the job's setting (first_threshold={d['first_threshold']:g}, "
+            f"gate_threshold={d['gate_threshold']:g})",
+            "",
+        ]
+        lines += _table(
+            [
+                "Name",
+                "mAP" + _arrow("map", higher),
+                "Top-1" + _arrow("top1", higher),
+                "GFLOPs" + _arrow("gflops", higher),
+                "GMACs measured" + _arrow("gmacs_measured", higher),
+                "Frames",
+            ],
+            [
+                [
+                    r["checkpoint"],
+                    _f(r["map"]),
+                    _f(r["top1"]),
+                    _f(r.get("gflops"), 2),
+                    _f(r.get("gmacs_measured"), 2),
+                    _f(r.get("mean_frames"), 2),
+                ]
+                for r in default
+            ],
+        )
+        lines += [
+            "",
+            "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for "
+            "ResNet-50, 1.8 for EfficientNet-B3; n/a for other backbones); GMACs measured counts the actual "
+            "backbone and head with torch's FLOP counter (GFLOPs = 2 x GMACs).",
+            "",
+        ]
+
+    frontier = summary.get("frontier", [])
+    lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
+    if frontier:
+        lines += _table(
+            ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc] + " ↑", NAMES[cost] + " ↓", "Frames"],
+            [
+                [
+                    r["checkpoint"],
+                    f"{r['first_threshold']:.4g}",
+                    f"{r['gate_threshold']:.4g}",
+                    _f(r[acc]),
+                    _f(r[cost], 2),
+                    _f(r.get("mean_frames"), 2),
+                ]
+                for r in frontier
+            ],
+        )
+    else:
+        lines.append("No setting has both an accuracy and a cost.")
+    lines.append("")
+
+    budget = summary.get("budget")
+    if budget:
+        how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
+        lines += [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", ""]
+        rows = []
+        for b in budget["checkpoints"]:
+            s, e = b.get("setting"), b.get("evaluated")
+            if s is None or e is None:
+                rows.append([b["checkpoint"], "-", "-", "-", "-", b.get("note", "")])
+            else:
+                cal = b.get("calibration")
+                note = f"calibration: {NAMES[acc]} {_f(cal[acc])} at {_f(cal[cost], 2)}" if cal else ""
+                rows.append(
+                    [
+                        b["checkpoint"],
+                        f"{s['first_threshold']:.4g}",
+                        f"{s['gate_threshold']:.4g}",
+                        _f(e[acc]),
+                        _f(e[cost], 2),
+                        note,
+                    ]
+                )
+        lines += _table(["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc], NAMES[cost], "Note"], rows)
+        lines.append("")
+
+    if baseline:
+        lines += [
+            "## Baseline comparison",
+            "",
+            f"Passed: **{'yes' if baseline['passed'] else 'no'}** (max drop {baseline['max_drop']}, "
+            f"max cost rise {baseline['max_cost_rise']})",
+            "",
+        ]
+        rows = []
+        for c in baseline["checks"]:
+            if "note" in c:
+                rows.append([c["checkpoint"], c["note"], "", ""])
+                continue
+            cells = [c["checkpoint"]]
+            for key in ("map", "top1", cost):
+                v = c.get(key)
+                if v is None:
+                    cells.append("n/a")
+                else:
+                    delta = -v["drop"] if "drop" in v else v["rise"]
+                    digits = 4 if key != cost else 2
+                    cells.append(f"{_f(v['baseline'], digits)} → {_f(v['current'], digits)} ({delta:+.{digits}f})")
+            rows.append(cells)
+        lines += _table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows)
+        lines.append("")
+
+    if default:
+        steps = len(default[0]["exit_histogram"])
+        lines += ["## Exit histogram at the job's setting (% of videos per exit step)", ""]
+        lines += _table(
+            ["Checkpoint", *[str(t) for t in range(steps)]],
+            [[r["checkpoint"], *[f"{100 * v:.1f}" for v in r["exit_histogram"]]] for r in default],
+        )
+        lines.append("")
+
+    skipped = summary.get("skipped", [])
+    lines += [
+        "## Videos",
+        "",
+        f"{summary['n_videos_listed']} listed in the split, {summary['n_videos_evaluated']} "
+        f"evaluated, {summary['n_videos_skipped']} skipped.",
+        "",
+    ]
+    if skipped:
+        lines += _table(["Skipped video", "Reason"], [[s["video"], s["reason"]] for s in skipped[:MAX_SKIPPED_SHOWN]])
+        if len(skipped) > MAX_SKIPPED_SHOWN:
+            lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_SHOWN} more in summary.json.")
+        lines.append("")
+
+    p = summary.get("provenance", {})
+    lines += ["## Provenance", ""]
+    cache = p.get("cache", {})
+    if cache:
+        lines.append(
+            f"- feature cache: `{cache.get('key')}` (backbone {cache.get('inputs', {}).get('backbone')}, "
+            f"backbone weights SHA-256 `{str(cache.get('inputs', {}).get('backbone_digest'))[:16]}...`)"
+        )
+    for c in p.get("checkpoints", []):
+        lines.append(f"- checkpoint `{c['name']}`: SHA-256 `{c['sha256']}`")
+    for name, path in p.get("dataset_files", {}).items():
+        lines.append(f"- {name}: `{path}`")
+    versions = p.get("versions", {})
+    if versions:
+        lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines.append(
+        f"- created {summary.get('created')}" + (f", git {summary['git_hash'][:12]}" if summary.get("git_hash") else "")
+    )
+    return "\n".join(lines) + "\n"

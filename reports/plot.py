@@ -1,0 +1,76 @@
+"""``curve.png``: accuracy against cost, every setting a point, the frontier a line, the job's setting marked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .summary import PUBLISHED_ACTIVITYNET_RESNET50
+
+ACCURACY_LABELS = {"map": "mAP (fraction of 1)", "top1": "top-1 accuracy (fraction of 1)"}
+
+
+def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *, published: bool = False) -> Figure:
+    """The accuracy-versus-cost figure (not saved; the caller writes and closes it).
+
+    Parameters
+    ----------
+    summary : Summary
+        Gives the metrics (``accuracy_metric``, ``cost_metric``, ``cost_label``),
+        the frontier and the job's default setting.
+    rows : sequence of dict
+        Every setting of the sweep (with ``gflops_measured`` added).
+    published : bool, default=False
+        Also draw the published FrameExit ResNet-50 ActivityNet curve (only
+        meaningful for that job, in paper-convention GFLOPs).
+    """
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    ax = fig.add_subplot()
+    names = sorted({r["checkpoint"] for r in rows})
+    colours = [f"C{i % 10}" for i in range(len(names))]
+    for name, colour in zip(names, colours, strict=True):
+        pts = [
+            (r[cost], r[acc])
+            for r in rows
+            if r["checkpoint"] == name and r.get(cost) is not None and r.get(acc) is not None
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, s=14, alpha=0.45, color=colour, label=f"{name}: every setting")
+    frontier = summary.get("frontier", [])
+    if frontier:
+        ax.plot(
+            [r[cost] for r in frontier],
+            [r[acc] for r in frontier],
+            "-",
+            color="black",
+            lw=1.6,
+            drawstyle="steps-post",
+            label="Pareto frontier",
+        )
+    for r in summary.get("default", []):
+        if r.get(cost) is not None and r.get(acc) is not None:
+            colour = colours[names.index(r["checkpoint"])] if r["checkpoint"] in names else "black"
+            ax.plot(
+                [r[cost]],
+                [r[acc]],
+                marker="*",
+                ms=16,
+                color=colour,
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"{r['checkpoint']}: job setting (first {r['first_threshold']:g}, gate {r['gate_threshold']:g})",
+            )
+    if published:
+        gx, gy = zip(*PUBLISHED_ACTIVITYNET_RESNET50, strict=True)
+        ax.plot(gx, [y / 100 for y in gy], "o--", color="grey", lw=1.2, ms=5, label="FrameExit ResNet-50, published")
+    ax.set_xlabel(summary["cost_label"])
+    ax.set_ylabel(ACCURACY_LABELS[acc])
+    ax.set_title(f"FrameExit on {summary['dataset']}: {'mAP' if acc == 'map' else 'top-1'} against cost")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

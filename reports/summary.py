@@ -1,0 +1,211 @@
+"""The facts of a report, computed from replay outputs: headline, Pareto frontier, budgets, baseline gate.
+
+Pure functions over plain rows (dicts as read from ``sweep.parquet``); the
+JSON document they build is ``summary.json`` (:class:`Summary` documents every
+key) and the input of the Markdown and plot renderers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypedDict
+
+SCHEMA_VERSION = 1
+
+#: FrameExit ResNet-50 on ActivityNet-1.3, from the official README: (GFLOPs, mAP in %).
+PUBLISHED_ACTIVITYNET_RESNET50 = (
+    (17.96, 72.72),
+    (19.89, 73.90),
+    (23.78, 75.37),
+    (26.56, 76.05),
+    (29.09, 76.41),
+    (41.2, 77.30),
+)
+
+HIGHER_IS_BETTER = {
+    "map": True,
+    "top1": True,
+    "gflops": False,
+    "gflops_measured": False,
+    "gmacs_measured": False,
+    "mean_frames": False,
+}
+
+Row = Mapping[str, Any]
+
+
+class Summary(TypedDict, total=False):
+    """``summary.json``. Metrics are fractions in [0, 1]; costs are per video."""
+
+    schema_version: int  # bumped when a key changes meaning
+    frameexit_version: str
+    git_hash: str | None  # of the source tree, when it is a git checkout
+    created: str  # ISO 8601, UTC
+    dataset: str  # data.name of the job
+    accuracy_metric: str  # 'map' (ActivityNet) or 'top1' (Mini-Kinetics): what the frontier and budget optimise
+    cost_metric: str  # 'gflops' (paper convention) or 'gflops_measured' (2 x measured GMACs) when the backbone has no paper figure
+    cost_label: str  # axis / column label of the cost metric, with its unit
+    higher_is_better: dict[str, bool]
+    default: list[dict[str, Any]]  # per checkpoint: the job's own setting and its metrics
+    frontier: list[dict[str, Any]]  # Pareto frontier over every checkpoint and setting, cheapest first
+    n_settings: int  # rows of sweep.parquet
+    budget: dict[str, Any] | None  # --budget: chosen setting per checkpoint (and calibration run)
+    baseline: dict[str, Any] | None  # --baseline: comparison and verdict
+    n_videos_listed: int
+    n_videos_evaluated: int
+    n_videos_skipped: int
+    skipped: list[dict[str, str]]  # video and reason
+    provenance: dict[str, Any]  # cache key and inputs, checkpoints with SHA-256, dataset files, versions, job
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def cost_metric(rows: Iterable[Row]) -> str:
+    """``gflops`` when every row has the paper-convention figure, else ``gflops_measured``."""
+    return "gflops" if all(_finite(r.get("gflops")) for r in rows) else "gflops_measured"
+
+
+COST_LABELS = {
+    "gflops": "GFLOPs per video (paper convention: backbone GMACs per frame x frames read)",
+    "gflops_measured": "measured GFLOPs per video (2 x GMACs, backbone + head)",
+}
+
+
+def with_cost(row: Row) -> dict[str, Any]:
+    """A copy of the row with ``gflops_measured`` (2 x ``gmacs_measured``) added."""
+    out = dict(row)
+    gmacs = row.get("gmacs_measured")
+    out["gflops_measured"] = 2.0 * gmacs if _finite(gmacs) else None
+    return out
+
+
+def pareto_frontier(rows: Sequence[Row], *, accuracy: str, cost: str) -> list[dict[str, Any]]:
+    """Settings no other setting beats: strictly more accurate than every cheaper-or-equal one.
+
+    Sorted by cost ascending (ties: higher accuracy first); rows without a
+    finite accuracy or cost are ignored. Returns copies of the rows.
+    """
+    usable = [dict(r) for r in rows if _finite(r.get(accuracy)) and _finite(r.get(cost))]
+    usable.sort(
+        key=lambda r: (
+            r[cost],
+            -r[accuracy],
+            r.get("checkpoint", ""),
+            r.get("first_threshold", 0),
+            r.get("gate_threshold", 0),
+        )
+    )
+    frontier, best = [], -math.inf
+    for r in usable:
+        if r[accuracy] > best:
+            frontier.append(r)
+            best = r[accuracy]
+    return frontier
+
+
+def best_within_budget(rows: Sequence[Row], budget: float, *, accuracy: str, cost: str) -> dict[str, Any] | None:
+    """The most accurate row with ``cost <= budget`` (ties: cheaper, then smaller thresholds); ``None`` if none fits."""
+    fits = [r for r in rows if _finite(r.get(cost)) and _finite(r.get(accuracy)) and r[cost] <= budget]
+    if not fits:
+        return None
+    return dict(min(fits, key=lambda r: (-r[accuracy], r[cost], r["first_threshold"], r["gate_threshold"])))
+
+
+def choose_budget(
+    rows: Sequence[Row],
+    budget: float,
+    *,
+    accuracy: str,
+    cost: str,
+    calibration_rows: Sequence[Row] | None = None,
+) -> dict[str, Any]:
+    """Per checkpoint, the setting chosen for a compute budget, evaluated on ``rows``.
+
+    Without calibration the choice is made on ``rows`` themselves. With
+    ``calibration_rows`` (another split's sweep, e.g. held-out training videos)
+    the thresholds are chosen there and looked up in ``rows``, so the reported
+    accuracy is not tuned on the evaluated split.
+    """
+    by_ckpt: dict[str, list[Row]] = {}
+    for r in rows:
+        by_ckpt.setdefault(r["checkpoint"], []).append(r)
+    chosen = []
+    for name, own in by_ckpt.items():
+        source = own if calibration_rows is None else [r for r in calibration_rows if r["checkpoint"] == name]
+        pick = best_within_budget(source, budget, accuracy=accuracy, cost=cost)
+        entry: dict[str, Any] = {
+            "checkpoint": name,
+            "chosen_on": "this run" if calibration_rows is None else "calibration run",
+        }
+        if pick is None:
+            entry["setting"] = None
+            entry["note"] = "no setting fits the budget" if source else "checkpoint not in the calibration run"
+        else:
+            entry["setting"] = {"first_threshold": pick["first_threshold"], "gate_threshold": pick["gate_threshold"]}
+            match = [
+                r
+                for r in own
+                if r["first_threshold"] == pick["first_threshold"] and r["gate_threshold"] == pick["gate_threshold"]
+            ]
+            entry["evaluated"] = dict(match[0]) if match else None
+            if calibration_rows is not None:
+                entry["calibration"] = pick
+                if not match:
+                    entry["note"] = "the chosen setting is not in this run's grid; replay with the calibration grid"
+        chosen.append(entry)
+    return {
+        "budget": budget,
+        "cost_metric": cost,
+        "accuracy_metric": accuracy,
+        "calibrated": calibration_rows is not None,
+        "checkpoints": chosen,
+    }
+
+
+def compare_baseline(
+    current: Sequence[Row],
+    baseline: Sequence[Row],
+    *,
+    max_drop: float | None,
+    max_cost_rise: float | None,
+    cost: str,
+) -> dict[str, Any]:
+    """Compare the default setting's mAP, top-1 and cost of each checkpoint with a baseline's.
+
+    A regression is an accuracy drop above ``max_drop`` (fraction) or a cost
+    rise above ``max_cost_rise`` (GFLOPs); ``None`` disables that check.
+    """
+    base = {r["checkpoint"]: r for r in baseline}
+    checks, regressions = [], []
+    for r in current:
+        b = base.get(r["checkpoint"])
+        if b is None:
+            checks.append({"checkpoint": r["checkpoint"], "note": "not in the baseline"})
+            continue
+        entry: dict[str, Any] = {"checkpoint": r["checkpoint"]}
+        for key in ("map", "top1"):
+            if _finite(r.get(key)) and _finite(b.get(key)):
+                drop = b[key] - r[key]
+                entry[key] = {"baseline": b[key], "current": r[key], "drop": drop}
+                if max_drop is not None and drop > max_drop:
+                    regressions.append(
+                        f"{r['checkpoint']}: {key} fell by {drop:.4f} ({b[key]:.4f} -> {r[key]:.4f}), more than {max_drop}"
+                    )
+        if _finite(r.get(cost)) and _finite(b.get(cost)):
+            rise = r[cost] - b[cost]
+            entry[cost] = {"baseline": b[cost], "current": r[cost], "rise": rise}
+            if max_cost_rise is not None and rise > max_cost_rise:
+                regressions.append(
+                    f"{r['checkpoint']}: {cost} rose by {rise:.2f} ({b[cost]:.2f} -> {r[cost]:.2f}), more than {max_cost_rise}"
+                )
+        checks.append(entry)
+    return {
+        "max_drop": max_drop,
+        "max_cost_rise": max_cost_rise,
+        "checks": checks,
+        "regressions": regressions,
+        "passed": not regressions,
+    }
