@@ -24,6 +24,7 @@ from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
 from frameexit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, policy_order
+from frameexit.train import TrainConfig
 
 from .grid import parse_grid
 
@@ -89,6 +90,19 @@ SCHEMA: dict[str, Any] = {
         "adaptive": {"input_order": Field("ints", list(COARSE_TO_FINE), doc="policy order of the sampled frames")},
         "num_class": Field("int", 200),
     },
+    "train": {
+        "epochs_classifier": Field("int", 20, doc="stage 1 epochs (projection + classifiers)"),
+        "epochs_gates": Field("int", 10, doc="stage 2 epochs (gates)"),
+        "batch_size": Field("int", 64, doc="videos per mini-batch"),
+        "lr": Field("float", 1e-3, doc="Adam learning rate, stage 1"),
+        "lr_gates": Field("float", 1e-3, doc="Adam learning rate, stage 2"),
+        "weight_decay": Field("float", 0.0),
+        "beta": Field("float", 1e-3, doc="exit at step t when the loss <= beta * exp(t / 2)"),
+        "loss": Field("str", "softmax", choices=("softmax", "bce")),
+        "seed": Field("int", 0),
+        "hidden_dim": Field("int", 4096, doc="projection width"),
+        "val_path_split": Field("str", None, doc="split file of a validation set for per-epoch accuracy"),
+    },
     "replay": {
         "first_thresholds": Field("grid", None, doc="grid of first_threshold values: list or 'start:stop:count'"),
         "gate_thresholds": Field("grid", None, doc="grid of gate_threshold values: list or 'start:stop:count'"),
@@ -133,6 +147,14 @@ class ReplayConfig:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """``train`` keys of the job (ours): hyper-parameters and an optional validation split."""
+
+    config: TrainConfig
+    val_path_split: str | None
+
+
+@dataclass(frozen=True)
 class Job:
     """A fully resolved job: the file it came from, its overrides and typed sections."""
 
@@ -141,6 +163,7 @@ class Job:
     model: ModelConfig
     checkpoints: tuple[str, ...]
     replay: ReplayConfig
+    train: TrainSection
     resolved: Mapping[str, Any] = field(repr=False)
 
     def require(self, *dotted: str) -> None:
@@ -432,5 +455,17 @@ def _build(tree: dict[str, Any], source: str) -> Job:
                 else [model["gate_threshold"]]
             ),
         ),
+        train=_train_section(tree["train"], source),
         resolved=tree,
     )
+
+
+def _train_section(section: dict[str, Any], source: str) -> TrainSection:
+    for key in ("epochs_classifier", "epochs_gates", "batch_size", "hidden_dim"):
+        if section[key] < (0 if key.startswith("epochs") else 1):
+            raise ConfigError(f"{source}: train.{key} must be positive, got {section[key]}")
+    for key in ("lr", "lr_gates", "beta"):
+        if not section[key] > 0:
+            raise ConfigError(f"{source}: train.{key} must be above 0, got {section[key]}")
+    values = {k: v for k, v in section.items() if k != "val_path_split"}
+    return TrainSection(TrainConfig(**values), section["val_path_split"])

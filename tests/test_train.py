@@ -1,0 +1,108 @@
+"""Training on cached features: pseudo-labels, loss, export format, and the effect of beta."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import official_head_shapes, write_job
+
+from frameexit.exit_rule import exit_steps
+from frameexit.sampling import COARSE_TO_FINE
+from frameexit.sweep import exit_tables
+from frameexit.train import TrainConfig, exit_tolerance, pseudo_exit_labels, train_head
+from jobs.config import load_job
+from jobs.extract import ExtractOptions
+from jobs.infer import infer
+from jobs.replay import ReplayOptions, replay
+from jobs.train import train
+
+
+def test_pseudo_label_rule_on_hand_made_losses():
+    beta = 0.01
+    # tolerance beta * exp(t / 2) for t = 1, 2, 3: 0.016487, 0.027183, 0.044817
+    assert exit_tolerance(beta, 3) == pytest.approx([0.0164872, 0.0271828, 0.0448169], rel=1e-5)
+    losses = np.array(
+        [
+            [0.0164872, 0.03, 0.04],  # t=1 just under its tolerance; t=2 above; t=3 under
+            [0.0165, 0.0271, 0.5],  # t=1 above; t=2 under
+            [np.nan, 0.0, 0.0],  # no label: never an exit target
+        ]
+    )
+    assert pseudo_exit_labels(losses, beta).tolist() == [[True, False, True], [False, True, False], [False, True, True]]
+    assert pseudo_exit_labels(np.array([[0.027]]), 0.01).tolist() == [[False]]  # t=1: 0.027 > 0.0165
+
+
+def _synthetic(seed=0, n=240, dim=32, n_class=4):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_class, n)
+    labels = np.zeros((n, n_class), dtype=np.float32)
+    labels[np.arange(n), y] = 1
+    proto = np.abs(rng.normal(size=(n_class, dim))) * 2
+    feats = np.abs(rng.normal(size=(n, 10, dim))).astype(np.float32) * 0.5
+    for i in range(n):
+        shown = range(10) if i % 2 else rng.choice(10, 3, replace=False)
+        for t in shown:
+            feats[i, t] += proto[y[i]]
+    return feats, labels
+
+
+def test_larger_beta_gives_fewer_frames():
+    feats, labels = _synthetic()
+    frames = {}
+    for beta in (1e-4, 1e-1):
+        log = []
+        model = train_head(
+            feats,
+            labels,
+            COARSE_TO_FINE,
+            TrainConfig(epochs_classifier=15, epochs_gates=15, hidden_dim=128, beta=beta),
+            on_epoch=lambda s, e, loss, m, _log=log: _log.append((s, loss)),
+        )
+        model.set_head_dtype()
+        t = exit_tables(model, feats, COARSE_TO_FINE, videos=[f"v{i:03d}" for i in range(len(feats))], labels=labels)
+        frames[beta] = (exit_steps(t.confidence0, t.gates, 1.0, 0.5) + 1).mean()
+        stage1 = [loss for s, loss in log if s == "classifier"]
+        assert stage1[-1] < 0.5 * stage1[0]  # the classification loss goes down
+    assert frames[1e-1] < frames[1e-4]
+
+
+def test_training_from_a_cache_exports_an_official_checkpoint(anet, checkpoint, tmp_path):
+    job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint, first_threshold=0.5)
+    overrides = [
+        "--train.epochs_classifier",
+        "8",
+        "--train.epochs_gates",
+        "4",
+        "--train.hidden_dim",
+        "64",
+        "--train.batch_size",
+        "4",
+        "--train.val_path_split",
+        anet["split"],
+    ]
+    out = tmp_path / "trained.pth"
+    options = ExtractOptions(cache_root=str(tmp_path / "cache"))
+    result = train(load_job(job_file, overrides), str(out), extract_options=options)
+    losses = [e["loss"] for e in result.history if e["stage"] == "classifier"]
+    assert losses[-1] < losses[0]
+    assert len(result.validation["top1"]) == 10 and result.n_videos == 6
+    state = torch.load(out, weights_only=True)
+    original = torch.load(checkpoint, weights_only=True)
+    expected = {"module." + k for k in official_head_shapes(512, hidden=64)}
+    expected |= {k for k in original if k.startswith("module.backbone.")}
+    assert set(state) == expected  # the official key set, module.-prefixed, with the backbone
+    assert all(torch.equal(state[k], original[k]) for k in original if k.startswith("module.backbone."))
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    # the checkpoint loads in infer and replay, with identical exits
+    trained_job = load_job(job_file, ["--checkpoint.init", str(out)])
+    inferred = infer(trained_job, str(tmp_path / "infer"), device="cpu")
+    replay(trained_job, str(tmp_path / "replay"), ReplayOptions(cache_root=str(tmp_path / "cache")))
+    a = {
+        r["video"]: (r["exit_step"], r["prediction"], r["confidence"])
+        for r in pq.read_table(inferred.videos_path).to_pylist()
+    }
+    b = {
+        r["video"]: (r["exit_step"], r["prediction"], r["confidence"])
+        for r in pq.read_table(tmp_path / "replay" / "videos.parquet").to_pylist()
+    }
+    assert a == b and len(a) == 6
