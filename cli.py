@@ -441,6 +441,12 @@ def _report_options(f):
                 default=None,
                 help="Largest accepted rise of GFLOPs per video against the baseline.",
             ),
+            click.option(
+                "--metric",
+                type=click.Choice(["map", "top1"]),
+                default=None,
+                help="Accuracy for the frontier, budget and curve [default: map for ActivityNet, top1 for Mini-Kinetics].",
+            ),
         ]
     ):
         f = decorator(f)
@@ -484,6 +490,7 @@ def report(
     baseline: str | None,
     max_drop: float | None,
     max_cost_rise: float | None,
+    metric: str | None,
 ) -> None:
     """Write summary.md, summary.json and curve.png from a replay's outputs.
 
@@ -505,6 +512,7 @@ def report(
             baseline=baseline,
             max_drop=max_drop,
             max_cost_rise=max_cost_rise,
+            metric=metric,
         )
     except FrameExitError as exc:
         raise _fail(exc) from None
@@ -604,6 +612,7 @@ def run(
     baseline,
     max_drop,
     max_cost_rise,
+    metric,
     progress: bool | None,
 ) -> None:
     """The whole job: extract (reusing the cache), replay, report.
@@ -679,6 +688,7 @@ def run(
             baseline=baseline,
             max_drop=max_drop,
             max_cost_rise=max_cost_rise,
+            metric=metric,
             progress=progress,
             on_stage=on_stage,
         )

@@ -106,9 +106,10 @@ def build_summary(
     baseline_rows: list[dict[str, Any]] | None = None,
     max_drop: float | None = None,
     max_cost_rise: float | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` document (see :class:`reports.summary.Summary`)."""
-    accuracy = ACCURACY.get(replay.get("dataset"), "map")
+    accuracy = metric or ACCURACY.get(replay.get("dataset"), "map")
     default = [with_cost(r) for r in replay.get("default_metrics", [])]
     cost = cost_metric([*rows, *default])
     skipped = replay.get("skipped", [])
@@ -168,6 +169,7 @@ def report(
     baseline: str | None = None,
     max_drop: float | None = None,
     max_cost_rise: float | None = None,
+    metric: str | None = None,
 ) -> ReportResult:
     """Write ``summary.md``, ``summary.json`` and ``curve.png`` into ``run_dir`` from its replay outputs.
 
@@ -183,7 +185,11 @@ def report(
         An earlier ``summary.json`` to compare the job's setting with.
     max_drop, max_cost_rise : float, optional
         Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
+    metric : {'map', 'top1'}, optional
+        Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
     """
+    if metric not in (None, "map", "top1"):
+        raise ReportInputError(f"metric must be 'map' or 'top1', got {metric!r}")
     if calibrate_on is not None and budget is None:
         raise ReportInputError("--calibrate-on chooses a setting for a budget: give --budget too")
     if (max_drop is not None or max_cost_rise is not None) and baseline is None:
@@ -203,6 +209,7 @@ def report(
         baseline_rows=baseline_rows,
         max_drop=max_drop,
         max_cost_rise=max_cost_rise,
+        metric=metric,
     )
     if calibrate_on:
         summary["budget"]["calibration_run"] = os.path.abspath(calibrate_on)

@@ -32,6 +32,7 @@ def run(
     baseline: str | None = None,
     max_drop: float | None = None,
     max_cost_rise: float | None = None,
+    metric: str | None = None,
     progress: bool | None = None,
     on_stage=None,
 ) -> RunResult:
@@ -54,6 +55,7 @@ def run(
         baseline=baseline,
         max_drop=max_drop,
         max_cost_rise=max_cost_rise,
+        metric=metric,
     )
     if on_stage:
         on_stage("report", reported)

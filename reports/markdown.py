@@ -8,6 +8,15 @@ from typing import Any
 
 NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
 MAX_SKIPPED_SHOWN = 50
+MAX_FRONTIER_SHOWN = 24
+
+
+def thin(rows: list, limit: int) -> list:
+    """At most ``limit`` rows evenly spread over the list, first and last included."""
+    if len(rows) <= limit:
+        return rows
+    picks = sorted({round(i * (len(rows) - 1) / (limit - 1)) for i in range(limit)})
+    return [rows[i] for i in picks]
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -84,6 +93,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     frontier = summary.get("frontier", [])
     lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
     if frontier:
+        shown = thin(frontier, MAX_FRONTIER_SHOWN)
         lines += _table(
             ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc] + " ↑", NAMES[cost] + " ↓", "Frames"],
             [
@@ -95,9 +105,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                     _f(r[cost], 2),
                     _f(r.get("mean_frames"), 2),
                 ]
-                for r in frontier
+                for r in shown
             ],
         )
+        if len(shown) < len(frontier):
+            lines.append(
+                f"\n{len(shown)} of the {len(frontier)} frontier settings, evenly spread; all in summary.json."
+            )
     else:
         lines.append("No setting has both an accuracy and a cost.")
     lines.append("")

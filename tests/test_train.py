@@ -106,3 +106,34 @@ def test_training_from_a_cache_exports_an_official_checkpoint(anet, checkpoint, 
         for r in pq.read_table(tmp_path / "replay" / "videos.parquet").to_pylist()
     }
     assert a == b and len(a) == 6
+
+
+def test_demo_dataset_layout(tmp_path):
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from cli import main
+    from jobs.datasets import load_dataset
+    from jobs.demo import CLASSES, HARD_SHOWN, make_dataset
+
+    paths = make_dataset(str(tmp_path), n_train=8, n_val=4, seed=1)
+    db = json.load(open(paths["labels"]))["database"]
+    assert sorted({v["subset"] for v in db.values()}) == ["training", "validation"]
+    for split, n in (("split_train", 8), ("split_val", 4)):
+        ds = load_dataset(
+            "activitynet1.3",
+            path_frame=paths["frames"],
+            path_split=paths[split],
+            path_label=paths["labels"],
+            path_classid=paths["classes"],
+            num_class=len(CLASSES),
+        )
+        assert len(ds.videos) == n and not ds.skipped
+        assert all(12 <= len(v.frames) <= 20 and len(v.labels) == 1 for v in ds.videos)
+    assert len(CLASSES) == 12 and HARD_SHOWN < 10
+    assert all(os.path.getsize(p) > 0 for p in ds.videos[0].frames)
+    for command in ("train", "demo"):
+        r = CliRunner().invoke(main, [command, "--help"])
+        assert r.exit_code == 0 and "--out" in r.output
