@@ -811,5 +811,135 @@ def demo(out_dir: str, progress: bool | None) -> None:
     )
 
 
+@main.group()
+def prepare() -> None:
+    """From raw videos and annotation files to the official frame folders and split files."""
+
+
+@prepare.command(
+    "frames",
+    epilog="""\b
+Examples:
+  frameexit prepare frames videos/ activitynet_v1.3/fps1_res350_hq --dataset activitynet --workers 8
+  frameexit prepare frames kinetics_val/ minikinetics/fps5_res256_hq --dataset minikinetics
+""",
+)
+@click.argument("videos_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("frames_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--dataset",
+    type=click.Choice(["activitynet", "minikinetics"]),
+    required=True,
+    help="activitynet: 1 frame/s, both sides >= 350; minikinetics: 5 frames/s, both sides >= 256.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Videos decoded in parallel.")
+@click.option("--prefix", default="img", show_default=True, help="Frame file names: PREFIX_00001.jpeg ...")
+@click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+def prepare_frames(
+    videos_dir: str, frames_dir: str, dataset: str, workers: int, prefix: str, progress: bool | None
+) -> None:
+    """Decode every video of VIDEOS_DIR into FRAMES_DIR/<video file name>/PREFIX_NNNNN.jpeg.
+
+    Uses FFmpeg's own filters and JPEG encoder through PyAV, with the official
+    parameters (ffmpeg -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
+    -q:v 2). Resumable: videos whose folder has frames are skipped, half-written
+    folders of a killed run are redone; each folder is renamed into place when
+    complete. Videos that cannot be decoded are reported and do not stop the run.
+    """
+    from frameexit.errors import FrameExitError
+    from jobs.prepare import PRESETS, ffmpeg_filter
+    from jobs.prepare import prepare_frames as run_frames
+    from jobs.progress import progress as bar
+
+    try:
+        result = run_frames(
+            videos_dir,
+            frames_dir,
+            dataset=dataset,
+            workers=workers,
+            prefix=prefix,
+            progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
+        )
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        f"FrameExit prepare frames ({ffmpeg_filter(**PRESETS[dataset])}, -q:v 2): "
+        f"{len(result.written)} videos written ({sum(result.written.values())} frames), "
+        f"{len(result.already_done)} already done, {len(result.failed)} failed"
+    )
+    for f in result.failed:
+        click.echo(f"  could not decode {f['video']}: {f['reason']}")
+    click.echo(f"  frames in {frames_dir}")
+
+
+@prepare.command("splits")
+@click.argument("annotation", type=click.Path(dir_okay=False, exists=True))
+@click.option("--dataset", type=click.Choice(["activitynet", "minikinetics"]), required=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Split file to write.")
+@click.option(
+    "--val-list",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Mini-Kinetics: mini_val_videofolder.txt (first column: video ids).",
+)
+@click.option(
+    "--classes",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Class list to check the split's labels against.",
+)
+def prepare_splits(annotation: str, dataset: str, out_path: str, val_list: str | None, classes: str | None) -> None:
+    """Build the validation split file from the annotation file, as the official help text describes.
+
+    ActivityNet: every video whose subset is validation, as v_<id>.mp4.
+    Mini-Kinetics: the videos of mini_val_videofolder.txt found in the Kinetics CSV.
+    With --classes, labels missing from the class list are listed.
+    """
+    from frameexit.atomic import atomic_write
+    from frameexit.errors import FrameExitError
+    from jobs.prepare import build_split
+
+    try:
+        keys, missing = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    with atomic_write(out_path, "w") as handle:
+        handle.write("".join(k + "\n" for k in keys))
+    click.echo(f"FrameExit prepare splits: {len(keys)} videos written to {out_path}")
+    if missing:
+        click.echo(f"  {len(missing)} label(s) missing from {classes}: " + "; ".join(missing[:20]))
+
+
+@prepare.command("check", context_settings=OVERRIDES)
+@click.argument("job", metavar="JOB")
+@click.pass_context
+def prepare_check(ctx: click.Context, job: str) -> None:
+    """Before a long run: split videos with frames, missing or empty folders, unknown labels, frame counts."""
+    from frameexit.errors import FrameExitError
+    from jobs.config import load_job
+    from jobs.prepare import check
+
+    try:
+        r = check(load_job(job, ctx.args))
+    except FrameExitError as exc:
+        raise _fail(exc) from None
+    click.echo(
+        f"FrameExit prepare check: {r.with_frames} of {r.n_listed} split videos have frames; "
+        f"{len(r.missing)} missing, {len(r.empty)} empty; {len(r.unknown_labels)} label(s) not in the class list"
+    )
+    if r.frame_counts:
+        c = r.frame_counts
+        click.echo(
+            f"  frames per video: min {c['min']:g}, p10 {c['p10']:g}, median {c['median']:g}, p90 {c['p90']:g}, "
+            f"max {c['max']:g}; {c['under_10']:g} videos with fewer than 10 (frames repeat)"
+        )
+    for key in r.missing[:10]:
+        click.echo(f"  missing: {key}")
+    for key in r.empty[:10]:
+        click.echo(f"  empty: {key}")
+    for label, keys in list(r.unknown_labels.items())[:10]:
+        click.echo(f"  unknown label {label!r} ({len(keys)} videos, e.g. {keys[0]})")
+
+
 if __name__ == "__main__":
     main()
