@@ -34,6 +34,149 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     raise click.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
 
 
+def default_cache_root() -> str:
+    """``~/.cache/frameexit`` (the convention of torch and Hugging Face); ``$FRAMEEXIT_CACHE`` overrides it."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
+
+
+def _grid(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    from frameexit.errors import ConfigError
+    from jobs.grid import parse_grid
+
+    try:
+        return tuple(parse_grid(value, name=param.opts[0]))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _options(*decorators):
+    """Several click options applied as one decorator (shared by the commands that take them)."""
+
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+CACHE_OPTION = click.option(
+    "--cache",
+    "cache_root",
+    envvar="FRAMEEXIT_CACHE",
+    default=default_cache_root,
+    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
+    type=click.Path(file_okay=False),
+    help="Cache root; the job's features live in CACHE/<key>/.",
+)
+PROGRESS_OPTION = click.option(
+    "--progress/--no-progress", default=None, help="Force the progress bars on or off (default: only on a terminal)."
+)
+DEVICE_OPTION = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=_device,
+    help="auto (CUDA when available), cpu, cuda or cuda:N.",
+)
+FEATURE_OPTIONS = _options(
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float16"]),
+        default="float32",
+        show_default=True,
+        help="Storage type of the features (part of the cache key).",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key).",
+    ),
+)
+EXTRACT_OPTIONS = _options(
+    click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Videos per shard."),
+    click.option(
+        "--batch-videos",
+        default=8,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Videos per backbone batch (x 10 frames).",
+    ),
+    click.option(
+        "--num-workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="DataLoader processes decoding JPEGs [default: data.num_workers of the job].",
+    ),
+    FEATURE_OPTIONS,
+    click.option(
+        "--channels-last/--no-channels-last", default=False, show_default=True, help="Channels-last memory format."
+    ),
+    DEVICE_OPTION,
+)
+GRID_OPTIONS = _options(
+    click.option(
+        "--first-thresholds",
+        callback=_grid,
+        default=None,
+        metavar="LIST|START:STOP:COUNT",
+        help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) "
+        "[default: replay.first_thresholds of the job, else model.first_threshold].",
+    ),
+    click.option(
+        "--gate-thresholds",
+        callback=_grid,
+        default=None,
+        metavar="LIST|START:STOP:COUNT",
+        help="gate_threshold values, e.g. 0.1:0.9:33 [default: replay.gate_thresholds, else model.gate_threshold].",
+    ),
+    click.option(
+        "--order",
+        type=click.Choice(["coarse_to_fine", "sequential"]),
+        default=None,
+        help="Policy order of the frames [default: model.adaptive.input_order of the job].",
+    ),
+    click.option(
+        "--per-video",
+        type=click.Choice(["default", "all"]),
+        default="default",
+        show_default=True,
+        help="Per-video rows for the job's default setting only, or for every setting.",
+    ),
+)
+WORKERS_OPTION = click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Run the tasks on a local dask cluster of N processes."
+)
+
+
+def _echo_extract(result) -> None:
+    from reports.text import render_extract_summary
+
+    click.echo(
+        render_extract_summary(
+            cache_dir=result.cache_dir,
+            key=result.key,
+            n_videos=result.n_videos,
+            n_shards=result.n_shards,
+            shards_written=result.shards_written,
+            frames=result.frames,
+            seconds=result.seconds,
+            skipped=result.skipped,
+        )
+    )
+
+
+def _echo_replay(result) -> None:
+    from reports.text import render_replay_summary
+
+    paths = {"sweep": result.sweep_path, "videos": result.videos_path, "replay": result.replay_path}
+    click.echo(render_replay_summary(result.summary, result.summary["default_metrics"], paths))
+
+
 @click.group(context_settings=dict(help_option_names=["-h", "--help"]))
 @click.version_option(package_name="frameexit")
 @click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
@@ -104,11 +247,6 @@ def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: boo
 infer.help = (infer.help or "") + "\n" + JOB_HELP
 
 
-def default_cache_root() -> str:
-    """``~/.cache/frameexit`` (the convention of torch and Hugging Face); ``$FRAMEEXIT_CACHE`` overrides it."""
-    return os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
-
-
 @main.command(
     context_settings=OVERRIDES,
     epilog="""\b
@@ -119,59 +257,13 @@ Examples:
 """,
 )
 @click.argument("job", metavar="JOB")
-@click.option(
-    "--cache",
-    "cache_root",
-    envvar="FRAMEEXIT_CACHE",
-    default=default_cache_root,
-    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
-    type=click.Path(file_okay=False),
-    help="Cache root; features go to CACHE/<key>/.",
-)
-@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Videos per shard.")
-@click.option(
-    "--batch-videos",
-    default=8,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Videos per backbone batch (x 10 frames).",
-)
-@click.option(
-    "--num-workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="DataLoader processes decoding JPEGs [default: data.num_workers of the job].",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Storage type of the features.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key).",
-)
-@click.option(
-    "--channels-last/--no-channels-last", default=False, show_default=True, help="Channels-last memory format."
-)
-@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
+@CACHE_OPTION
+@EXTRACT_OPTIONS
 @click.option(
     "--scheduler", default=None, metavar="ADDRESS", help="Send shard tasks to this dask.distributed scheduler."
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Run shard tasks on a local dask cluster of N worker processes.",
-)
-@click.option(
-    "--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal)."
-)
+@WORKERS_OPTION
+@PROGRESS_OPTION
 @click.pass_context
 def extract(
     ctx: click.Context,
@@ -206,7 +298,6 @@ def extract(
     from jobs.config import load_job
     from jobs.extract import ExtractOptions
     from jobs.extract import extract as run_extract
-    from reports.text import render_extract_summary
 
     options = ExtractOptions(
         cache_root=cache_root,
@@ -224,33 +315,10 @@ def extract(
         result = run_extract(load_job(job, ctx.args), options, progress=progress)
     except FrameExitError as exc:
         raise _fail(exc) from None
-    click.echo(
-        render_extract_summary(
-            cache_dir=result.cache_dir,
-            key=result.key,
-            n_videos=result.n_videos,
-            n_shards=result.n_shards,
-            shards_written=result.shards_written,
-            frames=result.frames,
-            seconds=result.seconds,
-            skipped=result.skipped,
-        )
-    )
+    _echo_extract(result)
 
 
 extract.help = (extract.help or "") + "\n" + JOB_HELP
-
-
-def _grid(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    from frameexit.errors import ConfigError
-    from jobs.grid import parse_grid
-
-    try:
-        return tuple(parse_grid(value, name=param.opts[0]))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @main.command(
@@ -270,48 +338,14 @@ Examples:
     type=click.Path(file_okay=False),
     help="Output directory for sweep.parquet, videos.parquet and replay.json.",
 )
-@click.option(
-    "--cache",
-    "cache_root",
-    envvar="FRAMEEXIT_CACHE",
-    default=default_cache_root,
-    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
-    type=click.Path(file_okay=False),
-    help="Cache root written by frameexit extract; the job's cache is found by key.",
-)
+@CACHE_OPTION
 @click.option(
     "--features",
     type=click.Path(file_okay=False, exists=True),
     default=None,
     help="Use this cache directory (CACHE/<key>) as it is, without computing the key.",
 )
-@click.option(
-    "--first-thresholds",
-    callback=_grid,
-    default=None,
-    metavar="LIST|START:STOP:COUNT",
-    help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) [default: replay.first_thresholds of the job, else model.first_threshold].",
-)
-@click.option(
-    "--gate-thresholds",
-    callback=_grid,
-    default=None,
-    metavar="LIST|START:STOP:COUNT",
-    help="gate_threshold values, e.g. 0.1:0.9:33 [default: replay.gate_thresholds, else model.gate_threshold].",
-)
-@click.option(
-    "--order",
-    type=click.Choice(["coarse_to_fine", "sequential"]),
-    default=None,
-    help="Policy order of the frames [default: model.adaptive.input_order of the job].",
-)
-@click.option(
-    "--per-video",
-    type=click.Choice(["default", "all"]),
-    default="default",
-    show_default=True,
-    help="Per-video rows for the job's default setting only, or for every setting.",
-)
+@GRID_OPTIONS
 @click.option(
     "--scheduler",
     default="threads",
@@ -319,26 +353,9 @@ Examples:
     metavar="threads|sync|ADDRESS",
     help="dask's local threaded or synchronous scheduler, or a dask.distributed scheduler address (tcp://HOST:PORT).",
 )
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="Start a local dask cluster of N worker processes."
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Feature dtype the cache was extracted with.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Backbone precision the cache was extracted with.",
-)
-@click.option(
-    "--progress/--no-progress", default=None, help="Force the progress bars on or off (default: only on a terminal)."
-)
+@WORKERS_OPTION
+@FEATURE_OPTIONS
+@PROGRESS_OPTION
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -373,7 +390,6 @@ def replay(
     from jobs.config import load_job
     from jobs.replay import ReplayOptions
     from jobs.replay import replay as run_replay
-    from reports.text import render_replay_summary
 
     if workers and scheduler != "threads":
         raise click.UsageError("give either --scheduler or --workers, not both")
@@ -393,13 +409,7 @@ def replay(
         result = run_replay(load_job(job, ctx.args), out_dir, options, progress=progress)
     except FrameExitError as exc:
         raise _fail(exc) from None
-    click.echo(
-        render_replay_summary(
-            result.summary,
-            result.summary["default_metrics"],
-            {"sweep": result.sweep_path, "videos": result.videos_path, "replay": result.replay_path},
-        )
-    )
+    _echo_replay(result)
 
 
 replay.help = (replay.help or "") + "\n" + JOB_HELP
@@ -536,59 +546,15 @@ Example:
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory for every artefact."
 )
-@click.option(
-    "--cache",
-    "cache_root",
-    envvar="FRAMEEXIT_CACHE",
-    default=default_cache_root,
-    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
-    type=click.Path(file_okay=False),
-    help="Cache root.",
-)
-@click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Videos per shard.")
-@click.option(
-    "--batch-videos", default=8, show_default=True, type=click.IntRange(min=1), help="Videos per backbone batch."
-)
-@click.option(
-    "--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes [default: data.num_workers]."
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Feature storage type.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Backbone arithmetic.",
-)
-@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--first-thresholds", callback=_grid, default=None, metavar="LIST|START:STOP:COUNT", help="first_threshold grid."
-)
-@click.option(
-    "--gate-thresholds", callback=_grid, default=None, metavar="LIST|START:STOP:COUNT", help="gate_threshold grid."
-)
-@click.option("--order", type=click.Choice(["coarse_to_fine", "sequential"]), default=None, help="Policy order.")
-@click.option(
-    "--per-video",
-    type=click.Choice(["default", "all"]),
-    default="default",
-    show_default=True,
-    help="Per-video rows for the job's setting or every setting.",
-)
+@CACHE_OPTION
+@EXTRACT_OPTIONS
+@GRID_OPTIONS
 @click.option(
     "--scheduler", default=None, metavar="ADDRESS", help="A dask.distributed scheduler for extraction and replay."
 )
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="Local dask cluster of N processes for both stages."
-)
+@WORKERS_OPTION
 @_report_options
-@click.option("--progress/--no-progress", default=None, help="Force the progress bars on or off.")
+@PROGRESS_OPTION
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -600,6 +566,7 @@ def run(
     num_workers: int | None,
     dtype: str,
     precision: str,
+    channels_last: bool,
     device: str,
     first_thresholds,
     gate_thresholds,
@@ -629,7 +596,6 @@ def run(
     from jobs.extract import ExtractOptions
     from jobs.replay import ReplayOptions
     from jobs.run import run as run_job
-    from reports.text import render_extract_summary, render_replay_summary
 
     extract_options = ExtractOptions(
         cache_root=cache_root,
@@ -637,6 +603,7 @@ def run(
         batch_videos=batch_videos,
         dtype=dtype,
         precision=precision,
+        channels_last=channels_last,
         device=device,
         num_workers=num_workers,
         scheduler=scheduler,
@@ -656,26 +623,9 @@ def run(
 
     def on_stage(name, result) -> None:
         if name == "extract":
-            click.echo(
-                render_extract_summary(
-                    cache_dir=result.cache_dir,
-                    key=result.key,
-                    n_videos=result.n_videos,
-                    n_shards=result.n_shards,
-                    shards_written=result.shards_written,
-                    frames=result.frames,
-                    seconds=result.seconds,
-                    skipped=result.skipped,
-                )
-            )
+            _echo_extract(result)
         elif name == "replay":
-            click.echo(
-                render_replay_summary(
-                    result.summary,
-                    result.summary["default_metrics"],
-                    {"sweep": result.sweep_path, "videos": result.videos_path, "replay": result.replay_path},
-                )
-            )
+            _echo_replay(result)
 
     try:
         result = run_job(
@@ -712,18 +662,10 @@ Examples:
 )
 @click.argument("job", metavar="JOB")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
-@click.option(
-    "--cache",
-    "cache_root",
-    envvar="FRAMEEXIT_CACHE",
-    default=default_cache_root,
-    show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit",
-    type=click.Path(file_okay=False),
-    help="Cache root.",
-)
+@CACHE_OPTION
 @click.option("--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes for extraction.")
-@click.option("--device", default="auto", show_default=True, callback=_device, help="Device for extraction.")
-@click.option("--progress/--no-progress", default=None, help="Force the progress bars on or off.")
+@DEVICE_OPTION
+@PROGRESS_OPTION
 @click.pass_context
 def train(
     ctx: click.Context,

@@ -201,3 +201,15 @@ def load_dataset(
             continue
         videos.append(Video(key, tuple(frames), tuple(sorted({index[lab] for lab in labels[key]}))))
     return Dataset(tuple(videos), tuple(skipped), tuple(classes), len(keys))
+
+
+def load_job_dataset(data, num_class: int) -> Dataset:
+    """:func:`load_dataset` for a job's ``data`` section (a :class:`jobs.config.DataConfig`)."""
+    return load_dataset(
+        data.name,
+        path_frame=data.path_frame,
+        path_split=data.path_split,
+        path_label=data.path_label,
+        path_classid=data.path_classid,
+        num_class=num_class,
+    )

@@ -44,7 +44,7 @@ from frameexit.metrics import multi_hot
 from frameexit.sampling import sample_indices
 
 from .config import Job
-from .datasets import Video, load_dataset
+from .datasets import Video, load_job_dataset
 from .frames import FrameReadError, read_frame
 from .model import checkpoint_state, resolve_device
 from .progress import progress as progress_bar
@@ -207,14 +207,7 @@ def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = Non
     frame listing, and the checkpoint, but runs no backbone.
     """
     data = job.data
-    dataset = load_dataset(
-        data.name,
-        path_frame=data.path_frame,
-        path_split=data.path_split,
-        path_label=data.path_label,
-        path_classid=data.path_classid,
-        num_class=job.model.num_class,
-    )
+    dataset = load_job_dataset(data, job.model.num_class)
     state = checkpoint_state(job, checkpoint or job.checkpoints[0])
     inputs = key_inputs(job, options, state, dataset.videos)
     return inputs, cache_key(inputs), dataset, state

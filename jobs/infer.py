@@ -27,7 +27,7 @@ from reports.schema import VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
-from .datasets import Skipped, load_dataset
+from .datasets import Skipped, load_job_dataset
 from .frames import FrameReadError, read_frame
 from .model import load_model, resolve_device
 from .progress import progress as progress_bar
@@ -87,14 +87,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
 
-    dataset = load_dataset(
-        data.name,
-        path_frame=data.path_frame,
-        path_split=data.path_split,
-        path_label=data.path_label,
-        path_classid=data.path_classid,
-        num_class=model_cfg.num_class,
-    )
+    dataset = load_job_dataset(data, model_cfg.num_class)
     model = load_model(job, checkpoint, torch_device)
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
 
