@@ -164,7 +164,7 @@ def recalibrate_batchnorm(module: torch.nn.Module, forward: Callable[[torch.Tens
     projection's pre-activations vary little between frames, so that lag is
     amplified many times in eval mode. A pass with the final weights fixes it.
     """
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in module.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
     saved = [(m, m.momentum, m.training) for m in norms]
     for m in norms:
         m.reset_running_stats()
