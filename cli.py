@@ -181,8 +181,12 @@ def _echo_replay(result) -> None:
 @click.version_option(package_name="frameexit")
 @click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
 def main(verbose: int) -> None:
-    """Evaluate FrameExit early-exit video models: sequential inference now;
-    cached-feature extraction, threshold sweeps and reports as the stages land.
+    """Evaluate FrameExit early-exit video models on whole validation sets.
+
+    Sequential inference (infer), cached per-frame features (extract),
+    threshold sweeps over them (replay), reports (report), all three at once
+    (run), head training (train), the embedded demo (demo) and data
+    preparation from raw videos (prepare).
 
     Nothing is ever downloaded: weights come from checkpoints or files already on disk.
     """

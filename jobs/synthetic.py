@@ -1,4 +1,5 @@
-"""A small synthetic dataset in the official layouts plus a random checkpoint (for the demo and smoke runs).
+"""A small synthetic dataset in the official layouts plus a random checkpoint (for benchmarks and smoke runs;
+the demo has its own learnable dataset in :mod:`jobs.demo`).
 
 ``python -m jobs.synthetic OUT [--kind activitynet|minikinetics] [--videos N] [--seed S]`` writes
 
