@@ -225,3 +225,17 @@ model:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def load_fixture(paths: dict[str, str], name: str = "activitynet1.3", num_class: int = NUM_CLASS):
+    """The dataset of a generated fixture (paths from activitynet_dataset / minikinetics_dataset)."""
+    from jobs.datasets import load_dataset
+
+    return load_dataset(
+        name,
+        path_frame=paths["frames"],
+        path_split=paths["split"],
+        path_label=paths["labels"],
+        path_classid=paths["classes"],
+        num_class=num_class,
+    )

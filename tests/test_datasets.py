@@ -4,11 +4,11 @@ import json
 import os
 
 import pytest
+from helpers import load_fixture
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
 from jobs.datasets import (
     list_frames,
-    load_dataset,
     minikinetics_key,
     read_activitynet_labels,
     read_class_list,
@@ -18,14 +18,7 @@ from jobs.datasets import (
 
 
 def _load(paths, name="activitynet1.3", num_class=200):
-    return load_dataset(
-        name,
-        path_frame=paths["frames"],
-        path_split=paths["split"],
-        path_label=paths["labels"],
-        path_classid=paths["classes"],
-        num_class=num_class,
-    )
+    return load_fixture(paths, name, num_class)
 
 
 def test_activitynet_layout(anet):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import official_state, write_frames, write_job
+from helpers import load_fixture, official_state, write_frames, write_job
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -51,14 +51,7 @@ def test_features_equal_the_sequential_inference_path(extracted, anet, checkpoin
     cache = FeatureCache.open(extracted.cache_dir)
     assert len(cache.manifest.shards) == 2 and extracted.n_videos == 6
     model = build_model(read_state_dict(checkpoint), backbone_name="torchvision.resnet18")
-    ds = load_dataset(
-        "activitynet1.3",
-        path_frame=anet["frames"],
-        path_split=anet["split"],
-        path_label=anet["labels"],
-        path_classid=anet["classes"],
-        num_class=200,
-    )
+    ds = load_fixture(anet)
     assert cache.videos == [v.key for v in ds.videos]
     for video in ds.videos:
         feats, labels, indices = cache.lookup(video.key)

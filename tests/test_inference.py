@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import load_fixture
 
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.exit_rule import exit_steps
 from frameexit.inference import infer_video
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices
-from jobs.datasets import load_dataset
 from jobs.frames import read_frame
 
 PRE = Preprocessing()
@@ -17,14 +17,7 @@ PRE = Preprocessing()
 
 @pytest.fixture(scope="module")
 def setup(anet, checkpoint):
-    ds = load_dataset(
-        "activitynet1.3",
-        path_frame=anet["frames"],
-        path_split=anet["split"],
-        path_label=anet["labels"],
-        path_classid=anet["classes"],
-        num_class=200,
-    )
+    ds = load_fixture(anet)
     model = build_model(read_state_dict(checkpoint), backbone_name="torchvision.resnet18")
     frames, full = {}, {}
     for v in ds.videos:
