@@ -8,9 +8,74 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import click
+
+from frameexit.errors import FrameExitError, UsageError
+
+#: Exit status of every command (the README's "Exit status" section says the same).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks and temporary-file clean-up run."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+class FrameExitGroup(click.Group):
+    """Maps every outcome to one exit status: a :class:`FrameExitError` is one ``Error:`` line and 1, a
+    :class:`UsageError` 2 (as click's own usage errors), Ctrl-C 130, SIGTERM 143, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        if ctx.parent is None:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from None
+        except FrameExitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: no output of this command was completed beyond what it reported.", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except _Terminated:
+            click.echo(
+                "\nTerminated (SIGTERM): no output of this command was completed beyond what it reported.", err=True
+            )
+            raise click.exceptions.Exit(EXIT_TERMINATED) from None
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``-v`` before or after the command: the larger count wins (0 warnings, 1 info, 2 debug)."""
+    root = ctx.find_root()
+    verbose = max(root.meta.get("frameexit.verbose", 0), value or 0)
+    root.meta["frameexit.verbose"] = verbose
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    # dask.distributed logs every worker start and stop at INFO, in this process and in the worker processes
+    # (they read the environment): quiet unless asked for
+    dask_level = "error" if verbose == 0 else ("info" if verbose == 1 else "debug")
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level
+    if "distributed" in sys.modules:
+        logging.getLogger("distributed").setLevel(dask_level.upper())
+    return verbose
+
+
+VERBOSE_OPTION = click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_verbosity,
+    help="More log messages on stderr (-vv for debug); also accepted before the command.",
+)
 
 OVERRIDES = dict(ignore_unknown_options=True, allow_extra_args=True, help_option_names=["-h", "--help"])
 
@@ -23,8 +88,13 @@ overridden after JOB with the official syntax, e.g. --data.path_frame DIR
 """
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
+def _job_first(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.startswith("--"):
+        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR", ctx)
+    return value
+
+
+JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 
 
 def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -177,10 +247,10 @@ def _echo_replay(result) -> None:
     click.echo(render_replay_summary(result.summary, result.summary["default_metrics"], paths))
 
 
-@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.group(cls=FrameExitGroup, context_settings=dict(help_option_names=["-h", "--help"]))
 @click.version_option(package_name="frameexit")
-@click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
-def main(verbose: int) -> None:
+@VERBOSE_OPTION
+def main() -> None:
     """Evaluate FrameExit early-exit video models on whole validation sets.
 
     Sequential inference (infer), cached per-frame features (extract),
@@ -189,9 +259,11 @@ def main(verbose: int) -> None:
     preparation from raw videos (prepare).
 
     Nothing is ever downloaded: weights come from checkpoints or files already on disk.
+
+    Exit status of every command: 0 success, 1 error (one line naming the
+    file, video or key), 2 usage error, 3 baseline gate failed (report, run),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 @main.command(
@@ -204,7 +276,7 @@ Example:
       --checkpoint.init activitynet_checkpoint_25gmac.pth --out runs/anet
 """,
 )
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
 @click.option(
     "--out",
     "out_dir",
@@ -222,6 +294,7 @@ Example:
 @click.option(
     "--progress/--no-progress", default=None, help="Force the progress bar on or off (default: only on a terminal)."
 )
+@VERBOSE_OPTION
 @click.pass_context
 def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: bool | None) -> None:
     """Sequential early-exit inference, as the official script computes it.
@@ -233,18 +306,13 @@ def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: boo
     video) and OUT/metrics.json. Split videos without frames are skipped and
     listed with the reason.
     """
-    if job.startswith("--"):
-        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
+
+    loaded = load_job(job, ctx.args)  # a typo in the job is reported before torch is imported
     from jobs.infer import infer as run_infer
     from reports.text import render_infer_summary
 
-    try:
-        resolved = load_job(job, ctx.args)
-        result = run_infer(resolved, out_dir, device=device, progress=progress)
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_infer(loaded, out_dir, device=device, progress=progress)
     click.echo(render_infer_summary(result.metrics, {"videos": result.videos_path, "metrics": result.metrics_path}))
 
 
@@ -260,7 +328,7 @@ Examples:
   frameexit extract JOB --scheduler tcp://10.0.0.5:8786     # shards on a dask cluster
 """,
 )
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
 @CACHE_OPTION
 @EXTRACT_OPTIONS
 @click.option(
@@ -268,6 +336,7 @@ Examples:
 )
 @WORKERS_OPTION
 @PROGRESS_OPTION
+@VERBOSE_OPTION
 @click.pass_context
 def extract(
     ctx: click.Context,
@@ -296,10 +365,9 @@ def extract(
     manifest.json and listed at the end. With several GPUs, shards are spread
     over one dask-cuda worker per GPU (pip install '.[gpu]').
     """
-    if job.startswith("--"):
-        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
+
+    loaded = load_job(job, ctx.args)
     from jobs.extract import ExtractOptions
     from jobs.extract import extract as run_extract
 
@@ -315,10 +383,7 @@ def extract(
         scheduler=scheduler,
         workers=workers,
     )
-    try:
-        result = run_extract(load_job(job, ctx.args), options, progress=progress)
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_extract(loaded, options, progress=progress)
     _echo_extract(result)
 
 
@@ -334,7 +399,7 @@ Examples:
   frameexit replay JOB --checkpoint.init '[beta1e-3.pth, beta1e-5.pth]' --out runs/betas
 """,
 )
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
 @click.option(
     "--out",
     "out_dir",
@@ -360,6 +425,7 @@ Examples:
 @WORKERS_OPTION
 @FEATURE_OPTIONS
 @PROGRESS_OPTION
+@VERBOSE_OPTION
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -388,10 +454,9 @@ def replay(
     one cache when they share its backbone weights. Results equal those of
     frameexit infer with the same thresholds, video by video.
     """
-    if job.startswith("--"):
-        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
+
+    loaded = load_job(job, ctx.args)
     from jobs.replay import ReplayOptions
     from jobs.replay import replay as run_replay
 
@@ -409,10 +474,7 @@ def replay(
         dtype=dtype,
         precision=precision,
     )
-    try:
-        result = run_replay(load_job(job, ctx.args), out_dir, options, progress=progress)
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_replay(loaded, out_dir, options, progress=progress)
     _echo_replay(result)
 
 
@@ -497,6 +559,7 @@ Examples:
     help="Directory of a replay (sweep.parquet, replay.json); the report is written there too.",
 )
 @_report_options
+@VERBOSE_OPTION
 def report(
     out_dir: str,
     budget: float | None,
@@ -515,21 +578,17 @@ def report(
     (mAP for ActivityNet, top-1 for Mini-Kinetics) against GFLOPs, with the
     published FrameExit curve for the ResNet-50 ActivityNet job.
     """
-    from frameexit.errors import FrameExitError
     from jobs.report import report as run_report
 
-    try:
-        result = run_report(
-            out_dir,
-            budget=budget,
-            calibrate_on=calibrate_on,
-            baseline=baseline,
-            max_drop=max_drop,
-            max_cost_rise=max_cost_rise,
-            metric=metric,
-        )
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_report(
+        out_dir,
+        budget=budget,
+        calibrate_on=calibrate_on,
+        baseline=baseline,
+        max_drop=max_drop,
+        max_cost_rise=max_cost_rise,
+        metric=metric,
+    )
     click.echo(
         f"FrameExit report: {result.summary['n_settings']} settings, {len(result.summary['frontier'])} on the frontier"
     )
@@ -546,7 +605,7 @@ Example:
       --gate-thresholds 0:1:21 --first-thresholds 0.5:1:11 --out runs/anet
 """,
 )
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory for every artefact."
 )
@@ -559,6 +618,7 @@ Example:
 @WORKERS_OPTION
 @_report_options
 @PROGRESS_OPTION
+@VERBOSE_OPTION
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -593,10 +653,9 @@ def run(
     where the artefacts are: OUT/sweep.parquet, OUT/videos.parquet,
     OUT/replay.json, OUT/summary.md, OUT/summary.json and OUT/curve.png.
     """
-    if job.startswith("--"):
-        raise click.UsageError("JOB must come first, before overrides such as --data.path_frame DIR")
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
+
+    loaded = load_job(job, ctx.args)
     from jobs.extract import ExtractOptions
     from jobs.replay import ReplayOptions
     from jobs.run import run as run_job
@@ -631,23 +690,20 @@ def run(
         elif name == "replay":
             _echo_replay(result)
 
-    try:
-        result = run_job(
-            load_job(job, ctx.args),
-            out_dir,
-            extract_options=extract_options,
-            replay_options=replay_options,
-            budget=budget,
-            calibrate_on=calibrate_on,
-            baseline=baseline,
-            max_drop=max_drop,
-            max_cost_rise=max_cost_rise,
-            metric=metric,
-            progress=progress,
-            on_stage=on_stage,
-        )
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_job(
+        loaded,
+        out_dir,
+        extract_options=extract_options,
+        replay_options=replay_options,
+        budget=budget,
+        calibrate_on=calibrate_on,
+        baseline=baseline,
+        max_drop=max_drop,
+        max_cost_rise=max_cost_rise,
+        metric=metric,
+        progress=progress,
+        on_stage=on_stage,
+    )
     click.echo(f"FrameExit run: artefacts in {out_dir}")
     _finish_report(result.report)
 
@@ -664,12 +720,13 @@ Examples:
   frameexit train JOB --train.val_path_split split_val.txt --train.epochs_classifier 40 --out head.pth
 """,
 )
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
 @CACHE_OPTION
 @click.option("--num-workers", type=click.IntRange(min=0), default=None, help="DataLoader processes for extraction.")
 @DEVICE_OPTION
 @PROGRESS_OPTION
+@VERBOSE_OPTION
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -693,18 +750,14 @@ def train(
     lr_gates (1e-3), weight_decay (0), beta (1e-3), loss (softmax|bce),
     seed (0), hidden_dim (4096), val_path_split (none: no validation).
     """
-    if job.startswith("--"):
-        raise click.UsageError("JOB must come first, before overrides such as --train.beta 0.01")
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
+
+    loaded = load_job(job, ctx.args)
     from jobs.extract import ExtractOptions
     from jobs.train import train as run_train
 
     options = ExtractOptions(cache_root=cache_root, device=device, num_workers=num_workers)
-    try:
-        result = run_train(load_job(job, ctx.args), out_path, extract_options=options, progress=progress)
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_train(loaded, out_path, extract_options=options, progress=progress)
     last = {e["stage"]: e for e in result.history}
     click.echo(
         f"FrameExit train: {result.n_videos} videos; final loss classifiers "
@@ -728,6 +781,7 @@ train.help = (train.help or "") + "\n" + JOB_HELP
     help="Directory for the demo's data, cache, checkpoints and report.",
 )
 @click.option("--progress/--no-progress", default=None, help="Force the progress bars on or off.")
+@VERBOSE_OPTION
 def demo(out_dir: str, progress: bool | None) -> None:
     """The whole method on an embedded synthetic dataset; needs nothing but this package.
 
@@ -757,7 +811,8 @@ def demo(out_dir: str, progress: bool | None) -> None:
     )
 
 
-@main.group()
+@main.group(cls=FrameExitGroup)
+@VERBOSE_OPTION
 def prepare() -> None:
     """From raw videos and annotation files to the official frame folders and split files."""
 
@@ -781,6 +836,7 @@ Examples:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Videos decoded in parallel.")
 @click.option("--prefix", default="img", show_default=True, help="Frame file names: PREFIX_00001.jpeg ...")
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
+@VERBOSE_OPTION
 def prepare_frames(
     videos_dir: str, frames_dir: str, dataset: str, workers: int, prefix: str, progress: bool | None
 ) -> None:
@@ -792,22 +848,18 @@ def prepare_frames(
     folders of a killed run are redone; each folder is renamed into place when
     complete. Videos that cannot be decoded are reported and do not stop the run.
     """
-    from frameexit.errors import FrameExitError
     from jobs.prepare import PRESETS, ffmpeg_filter
     from jobs.prepare import prepare_frames as run_frames
     from jobs.progress import progress as bar
 
-    try:
-        result = run_frames(
-            videos_dir,
-            frames_dir,
-            dataset=dataset,
-            workers=workers,
-            prefix=prefix,
-            progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
-        )
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    result = run_frames(
+        videos_dir,
+        frames_dir,
+        dataset=dataset,
+        workers=workers,
+        prefix=prefix,
+        progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
+    )
     click.echo(
         f"FrameExit prepare frames ({ffmpeg_filter(**PRESETS[dataset])}, -q:v 2): "
         f"{len(result.written)} videos written ({sum(result.written.values())} frames), "
@@ -834,6 +886,7 @@ def prepare_frames(
     default=None,
     help="Class list to check the split's labels against.",
 )
+@VERBOSE_OPTION
 def prepare_splits(annotation: str, dataset: str, out_path: str, val_list: str | None, classes: str | None) -> None:
     """Build the validation split file from the annotation file, as the official help text describes.
 
@@ -842,13 +895,9 @@ def prepare_splits(annotation: str, dataset: str, out_path: str, val_list: str |
     With --classes, labels missing from the class list are listed.
     """
     from frameexit.atomic import atomic_write
-    from frameexit.errors import FrameExitError
     from jobs.prepare import build_split
 
-    try:
-        keys, missing = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    keys, missing = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
     with atomic_write(out_path, "w") as handle:
         handle.write("".join(k + "\n" for k in keys))
     click.echo(f"FrameExit prepare splits: {len(keys)} videos written to {out_path}")
@@ -857,18 +906,15 @@ def prepare_splits(annotation: str, dataset: str, out_path: str, val_list: str |
 
 
 @prepare.command("check", context_settings=OVERRIDES)
-@click.argument("job", metavar="JOB")
+@JOB_ARGUMENT
+@VERBOSE_OPTION
 @click.pass_context
 def prepare_check(ctx: click.Context, job: str) -> None:
     """Before a long run: split videos with frames, missing or empty folders, unknown labels, frame counts."""
-    from frameexit.errors import FrameExitError
     from jobs.config import load_job
     from jobs.prepare import check
 
-    try:
-        r = check(load_job(job, ctx.args))
-    except FrameExitError as exc:
-        raise _fail(exc) from None
+    r = check(load_job(job, ctx.args))
     click.echo(
         f"FrameExit prepare check: {r.with_frames} of {r.n_listed} split videos have frames; "
         f"{len(r.missing)} missing, {len(r.empty)} empty; {len(r.unknown_labels)} label(s) not in the class list"

@@ -8,7 +8,39 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+from .errors import OutputError
+
 TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back (no thread of ours creates files meanwhile)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits ``open(path, 'w')`` would give a new file under the current umask (e.g. 0o644)."""
+    return 0o666 & ~_umask()
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> str:
+    """Create directory ``path`` if needed and prove that a file can be written in it, before any work.
+
+    ``what`` names the option it came from (``--out``, ``--cache``) in the
+    error. Raises :class:`~frameexit.errors.OutputError`; returns ``path``.
+    """
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".frameexit-write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"{what} {path} is not a writable directory: {reason}") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -24,6 +56,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory)
     os.close(fd)
     try:
+        # mkstemp creates 0600 files; the renamed file must be readable as any other file the user writes
+        os.chmod(tmp, file_mode())
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -2,8 +2,9 @@
 
 Each class also inherits the matching builtin, so callers that already catch
 ``ValueError`` or ``FileNotFoundError`` keep working. ``cli.py`` turns any
-:class:`FrameExitError` into a one-line ``Error: ...`` message and exit code 1;
-any other exception is a bug and keeps its traceback.
+:class:`FrameExitError` into a one-line ``Error: ...`` message and exit code 1
+(:class:`UsageError`: exit code 2, as click's own usage errors); any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -35,3 +36,11 @@ class BackboneError(FrameExitError, ValueError):
 
 class ThresholdError(FrameExitError, ValueError):
     """An exit threshold outside the range in which it means anything."""
+
+
+class UsageError(FrameExitError, ValueError):
+    """Options that contradict each other or cannot mean anything (exit code 2), found before any work."""
+
+
+class OutputError(FrameExitError, OSError):
+    """An output or cache directory that cannot be created or written to."""

@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
-from frameexit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.train import TrainConfig
 
 from .grid import parse_grid
 
+if TYPE_CHECKING:
+    from frameexit.preprocess import Preprocessing
+
 DATASETS = ("activitynet1.3", "minikinetics")
+# the official configs' values (frameexit.preprocess holds the same; importing it would import torch,
+# and a typo in a job must be reported in a fraction of a second)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 
 
@@ -228,6 +235,24 @@ _TYPE_NAMES = {
 }
 
 
+def _number(value: Any) -> float | None:
+    """A finite float from a YAML number or from text such as ``1e-3``, else ``None``.
+
+    YAML 1.1 (PyYAML) reads ``1e-3`` and ``1E5`` as strings (it wants ``1.0e-3``), yet
+    everyone writes them, so text that Python reads as a finite number is accepted.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | None = None) -> Any:
     """Check ``value`` against ``spec``; ``raw`` is the override's text, kept verbatim for strings."""
     kind = spec.kind
@@ -251,9 +276,9 @@ def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | Non
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = _number(value)
+        if value is None:
             raise bad()
-        value = float(value)
     elif kind == "str":
         if raw is not None:
             value = raw
@@ -268,11 +293,15 @@ def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | Non
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad()
-    elif kind in ("floats", "ints"):
-        item = int if kind == "ints" else (int, float)
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+    elif kind == "ints":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad()
-        value = [float(v) for v in value] if kind == "floats" else list(value)
+        value = list(value)
+    elif kind == "floats":
+        numbers = [_number(v) for v in value] if isinstance(value, list) else [None]
+        if any(v is None for v in numbers):
+            raise bad()
+        value = numbers
     if spec.choices and value not in spec.choices:
         raise ConfigError(f"{source}: {dotted} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}")
     return value
@@ -379,6 +408,8 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
 
 
 def _build(tree: dict[str, Any], source: str) -> Job:
+    from frameexit.preprocess import Preprocessing
+
     data, model = tree["data"], tree["model"]
     pre = data["preprocessing"]
     if not pre["to_tensor"]:
