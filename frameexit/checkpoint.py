@@ -30,7 +30,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict stored in a checkpoint file, keys without the ``module.`` prefix.
 
     Raises :class:`CheckpointError` naming the file if it is missing, unreadable,
-    holds anything but tensors (``weights_only=True``), or is not a state dict.
+    holds anything but tensors (``weights_only=True``), is not a state dict, or
+    holds NaN or infinite values (see :func:`check_finite`).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -47,7 +48,55 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict (a mapping of names to tensors)")
-    return {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
+    state = {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
+    check_finite(state, path=path)
+    return state
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """``(key, n_nan, n_inf)`` of every floating tensor of ``state`` holding NaN or +-inf, in key order.
+
+    Integer tensors (BatchNorm ``num_batches_tracked``) cannot hold either and are skipped.
+    """
+    found = []
+    for key, tensor in state.items():
+        # one reduction per tensor in the common case; counting only for the offending ones
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            found.append((key, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())))
+    return found
+
+
+def check_finite(state: Mapping[str, torch.Tensor], *, path: str = "(state dict)", action: str = "checkpoint") -> None:
+    """Refuse a state dict with NaN or infinite weights, naming the first offending keys.
+
+    A diverged training run leaves such values; loading them would give
+    predictions without meaning (NaN confidences never pass a threshold) rather
+    than an error.
+
+    Parameters
+    ----------
+    state : mapping of str to Tensor
+        Keys with or without ``module.`` (messages always show it).
+    path : str
+        The file, named in the message.
+    action : str, default='checkpoint'
+        How the message starts, e.g. ``refusing to write checkpoint``.
+
+    Raises
+    ------
+    CheckpointError
+        ``checkpoint X.pth: non-finite values in module.classifiers.3.weight (12 NaN), ...``.
+    """
+    found = nonfinite_tensors(state)
+    if not found:
+        return
+    limit = 5
+    parts = []
+    for key, n_nan, n_inf in found[:limit]:
+        counts = ", ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+        parts.append(f"{key if key.startswith(PREFIX) else PREFIX + key} ({counts})")
+    more = f", ... ({len(found) - limit} more tensors)" if len(found) > limit else ""
+    raise CheckpointError(f"{action} {path}: non-finite values in {', '.join(parts)}{more}")
 
 
 @dataclass(frozen=True)
@@ -133,9 +182,15 @@ def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model`` in the official checkpoint format, atomically."""
+    """Write ``model`` in the official checkpoint format, atomically.
+
+    Raises :class:`CheckpointError` (and writes nothing) if any weight is NaN or
+    infinite: such a file would be refused when it is read back.
+    """
+    state = official_state_dict(model)
+    check_finite(state, path=os.fspath(path), action="refusing to write checkpoint")
     with atomic_write(path) as handle:
-        torch.save(official_state_dict(model), handle)
+        torch.save(state, handle)
 
 
 def backbone_digest(state: Mapping[str, torch.Tensor]) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError, DatasetError, FrameExitError
 from .head import HIDDEN_DIM, FrameExit
 from .metrics import average_precision, mean_average_precision, top1_accuracy
 
@@ -68,6 +69,54 @@ class TrainConfig:
     loss: str = "softmax"
     seed: int = 0
     hidden_dim: int = HIDDEN_DIM
+
+
+class TrainingError(FrameExitError, FloatingPointError):
+    """Training met or produced NaN or infinite values (non-finite features, a diverged loss); no head comes out."""
+
+
+# why each lower bound: a setting below it trains nothing, or trains without meaning, yet would run
+_AT_LEAST = {
+    "epochs_classifier": (1, "without stage 1 the classifiers keep their random initialisation"),
+    "epochs_gates": (1, "without stage 2 the gates keep their random initialisation and exit at random"),
+    "batch_size": (2, "BatchNorm needs two videos per mini-batch; smaller batches are skipped"),
+    "hidden_dim": (1, "the width of the projection"),
+}
+
+
+def config_problem(config: TrainConfig) -> str | None:
+    """The first hyper-parameter that cannot give a trained head, as ``train.<key> must be ..., got ...``.
+
+    ``None`` when every setting is usable. Shared by the job loader and :func:`train_head`.
+    """
+    for key, (least, why) in _AT_LEAST.items():
+        value = getattr(config, key)
+        if value < least:
+            return f"train.{key} must be at least {least}, got {value} ({why})"
+    for key in ("lr", "lr_gates", "beta"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and value > 0):
+            return f"train.{key} must be a finite number above 0, got {value:g}"
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        return f"train.weight_decay must be a finite number of at least 0, got {config.weight_decay:g}"
+    if config.loss not in LOSSES:
+        return f"train.loss must be one of {', '.join(LOSSES)}, got {config.loss!r}"
+    return None
+
+
+def _nonfinite_weights(module: torch.nn.Module) -> list[str]:
+    """Names of the floating parameters and buffers of ``module`` holding NaN or +-inf."""
+    return [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _diverged(stage: str, epoch: int, config: TrainConfig, what: str) -> TrainingError:
+    """The error for ``stage`` diverging in ``epoch`` (0-based), naming the learning rate to lower."""
+    lr_key = "lr" if stage.startswith("stage 1") else "lr_gates"
+    epochs = config.epochs_classifier if lr_key == "lr" else config.epochs_gates
+    return TrainingError(
+        f"training diverged in {stage}, epoch {epoch + 1} of {epochs}: {what}; "
+        f"lower train.{lr_key} ({getattr(config, lr_key):g})"
+    )
 
 
 def exit_tolerance(beta: float, num_steps: int) -> np.ndarray:
@@ -185,6 +234,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield order[i : i + batch_size]
 
 
+def _chunks(n: int, batch_size: int) -> list[torch.Tensor]:
+    """Consecutive indices ``0..n-1`` in chunks of ``batch_size``; a last chunk of one joins the one before.
+
+    BatchNorm in training mode refuses a batch of one video, so recalibration must not see one.
+    """
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [torch.arange(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+
 def train_head(
     features: np.ndarray,
     labels: np.ndarray,
@@ -206,24 +266,47 @@ def train_head(
     config : TrainConfig
     on_epoch : callable, optional
         ``on_epoch(stage, epoch, mean_loss, model)`` after every epoch; ``stage`` is 'classifier' or
-        'gates'. It may evaluate the model; training mode is restored afterwards.
+        'gates'; ``mean_loss`` is the per-video mean over the epoch's trained mini-batches, always finite.
+        It may evaluate the model; training mode is restored afterwards.
 
     Returns
     -------
     model : FrameExit
-        Head only (``backbone`` is None), float32, eval mode.
+        Head only (``backbone`` is None), float32, eval mode, every weight finite.
+
+    Raises
+    ------
+    ConfigError
+        A setting that cannot train (see :func:`config_problem`).
+    DatasetError
+        Fewer than two videos with labels.
+    TrainingError
+        Non-finite features, or a loss or weights that became NaN or infinite (naming the stage and epoch).
     """
-    if config.loss not in LOSSES:
-        raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
+    problem = config_problem(config)
+    if problem:
+        raise ConfigError(problem)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(features, dtype=np.float32)[:, list(order)]))
     y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
     n, steps, dim = x.shape
-    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
+    bad_rows = (~torch.isfinite(x)).reshape(n, -1).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        shown = ", ".join(map(str, bad_rows[:8])) + (", ..." if len(bad_rows) > 8 else "")
+        raise TrainingError(f"non-finite values in the features of {len(bad_rows)} videos (rows {shown})")
     labelled = (y.sum(dim=1) > 0).nonzero().flatten()
+    if len(labelled) < 2:
+        # every mini-batch would be skipped, and the epochs would report a loss of nothing
+        raise DatasetError(
+            f"{len(labelled)} video with labels; training needs at least 2 (BatchNorm needs two per mini-batch)"
+            if len(labelled) == 1
+            else f"{len(labelled)} videos with labels; training needs at least 2"
+        )
+    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
 
     # stage 1: projection and classifiers, every step's loss, videos with labels
+    stage = "stage 1 (classifiers)"
     params = list(model.mlp.parameters()) + list(model.classifiers.parameters())
     optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     for epoch in range(config.epochs_classifier):
@@ -237,21 +320,27 @@ def train_head(
             loss = torch.stack(
                 [classification_loss(logits[:, t], y[batch], config.loss) for t in range(steps)], 1
             ).mean()
+            if not torch.isfinite(loss):  # a step on it would spread NaN to every weight
+                raise _diverged(stage, epoch, config, f"the loss is {float(loss.detach())}")
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
+        bad = _nonfinite_weights(model)
+        if bad:
+            raise _diverged(stage, epoch, config, f"non-finite weights in {', '.join(bad[:5])}")
         if on_epoch:
-            on_epoch("classifier", epoch, total / max(count, 1), model)
+            on_epoch("classifier", epoch, total / count, model)  # count > 0: two labelled videos, batches >= 2
 
     model.eval()
-    recalibrate_batchnorm(
-        model.mlp,
-        lambda b: model.project(x[b].reshape(-1, dim)),
-        [torch.arange(i, min(i + config.batch_size, n)) for i in range(0, n, config.batch_size)],
-    )
+    chunks = _chunks(n, config.batch_size)
+    recalibrate_batchnorm(model.mlp, lambda b: model.project(x[b].reshape(-1, dim)), chunks)
+    bad = _nonfinite_weights(model)
+    if bad:
+        raise _diverged(stage, config.epochs_classifier - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
 
     # stage 2: gates on frozen stage 1, pseudo-labels from each step's loss
+    stage = "stage 2 (gates)"
     losses = step_losses(model, x, y, config.loss)
     exit_labels = pseudo_exit_labels(losses, config.beta)
     target = torch.from_numpy((~exit_labels[:, 1:]).astype(np.float32))  # 1 = continue, as released
@@ -272,13 +361,20 @@ def train_head(
             mask = usable[batch]
             if not mask.any():
                 continue
+            if not bool(torch.isfinite(s[mask]).all()):  # binary_cross_entropy would fail on NaN with a traceback
+                raise _diverged(stage, epoch, config, "the gates output NaN")
             loss = F.binary_cross_entropy(s[mask], target[batch][mask])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
+        bad = _nonfinite_weights(model)  # stage 1 is frozen: anything non-finite is in the gates
+        if bad:
+            raise _diverged(stage, epoch, config, f"non-finite weights in {', '.join(bad[:5])}")
+        if count == 0:  # cannot happen with two labelled videos; a loss of 0.0 here would be a made-up number
+            raise TrainingError(f"{stage}, epoch {epoch + 1}: no mini-batch had a video with labels")
         if on_epoch:
-            on_epoch("gates", epoch, total / max(count, 1), model)
+            on_epoch("gates", epoch, total / count, model)
     model.eval()
 
     def gates_forward(batch: torch.Tensor) -> None:
@@ -286,10 +382,9 @@ def train_head(
         for t in range(1, steps):
             model.gate(t, z[:, t], z[:, t - 1])
 
-    recalibrate_batchnorm(
-        model.exit_selector,
-        gates_forward,
-        [torch.arange(i, min(i + config.batch_size, n)) for i in range(0, n, config.batch_size)],
-    )
+    recalibrate_batchnorm(model.exit_selector, gates_forward, chunks)
+    bad = _nonfinite_weights(model)
+    if bad:
+        raise _diverged(stage, config.epochs_gates - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
     model.requires_grad_(False)
     return model.eval()

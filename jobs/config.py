@@ -492,11 +492,17 @@ def _build(tree: dict[str, Any], source: str) -> Job:
 
 
 def _train_section(section: dict[str, Any], source: str) -> TrainSection:
-    for key in ("epochs_classifier", "epochs_gates", "batch_size", "hidden_dim"):
-        if section[key] < (0 if key.startswith("epochs") else 1):
-            raise ConfigError(f"{source}: train.{key} must be positive, got {section[key]}")
-    for key in ("lr", "lr_gates", "beta"):
-        if not section[key] > 0:
-            raise ConfigError(f"{source}: train.{key} must be above 0, got {section[key]}")
+    """The ``train`` keys as a :class:`TrainSection`, refusing settings that cannot give a trained head.
+
+    Every setting that would run yet train nothing (0 epochs of a stage, mini-batches
+    of one video that BatchNorm skips) or diverge at once (an infinite learning rate)
+    is a :class:`ConfigError` naming the key, here, before any feature is extracted.
+    """
+    from frameexit.train import config_problem
+
     values = {k: v for k, v in section.items() if k != "val_path_split"}
-    return TrainSection(TrainConfig(**values), section["val_path_split"])
+    config = TrainConfig(**values)
+    problem = config_problem(config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    return TrainSection(config, section["val_path_split"])

@@ -12,12 +12,16 @@ import torch
 
 from cache.reader import FeatureCache
 from frameexit.checkpoint import build_backbone_from_state, save_checkpoint
-from frameexit.train import step_accuracy, train_head
+from frameexit.errors import DatasetError, DatasetFileNotFoundError
+from frameexit.train import TrainingError, step_accuracy, train_head
 
 from .config import Job
-from .extract import ExtractOptions, extract
+from .extract import ExtractOptions, ExtractResult, extract
 from .model import checkpoint_state
 from .progress import progress as progress_bar
+
+TRAIN_SPLIT = "data.path_split"
+VAL_SPLIT = "train.val_path_split"
 
 
 @dataclass(frozen=True)
@@ -46,21 +50,101 @@ def with_split(job: Job, split: str) -> Job:
     return dataclasses.replace(job, data=dataclasses.replace(job.data, path_split=split))
 
 
+def check_split_file(path: str, key: str) -> None:
+    """Refuse a split file that is missing, unreadable, not UTF-8 text or lists no video.
+
+    Every message names the file and ``key``, the job key it came from: the
+    dataset readers name ``data.path_split`` whichever split they read.
+    """
+    if not os.path.isfile(path):
+        raise DatasetFileNotFoundError(f"split file not found: {path} (from {key})")
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            listed = [line.strip() for line in handle.read().splitlines()]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"split file {path} (from {key}) is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "a split file lists one video key per line"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(f"split file {path} (from {key}) cannot be read: {exc.strerror or exc}") from None
+    if not any(listed):
+        raise DatasetError(f"split file {path} (from {key}) lists no video")
+
+
+def _extract_split(
+    job: Job, key: str, options: ExtractOptions, progress: bool | None
+) -> tuple[ExtractResult, list[str], np.ndarray, np.ndarray]:
+    """Extract (or reuse) the features of the job's split, which came from ``key``; refuse a split without videos.
+
+    Returns the extraction result and ``(videos, features, labels)`` as :func:`cached_arrays`.
+    """
+    path = job.data.path_split or ""
+    try:
+        result = extract(job, options, progress=progress)
+    except DatasetError as exc:
+        # the readers name data.path_split for whichever split they read, or the file alone
+        message = str(exc).replace(TRAIN_SPLIT, key)
+        if key not in message:
+            if path and path in message:
+                message = message.replace(path, f"{path} (from {key})", 1)
+            elif key != TRAIN_SPLIT:  # the training split was read first: this error is the other split's
+                message += f" (reading the split file {path} from {key})"
+        raise type(exc)(message) from None
+    if result.n_videos == 0:
+        shown = "; ".join(f"{s['video']}: {s['reason']}" for s in result.skipped[:5])
+        more = f"; ... ({len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
+        raise DatasetError(
+            f"split file {path} (from {key}) has no video that can be used; "
+            f"all {len(result.skipped)} were left out ({shown}{more})"
+        )
+    videos, features, labels = cached_arrays(result.cache_dir)
+    bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
+    if bad.any():
+        names = [v for v, b in zip(videos, bad, strict=True) if b]
+        raise TrainingError(
+            f"the cached features of {len(names)} videos of the split file {path} (from {key}) hold NaN or "
+            f"infinite values ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); cache {result.cache_dir}"
+        )
+    return result, videos, features, labels
+
+
 def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress: bool | None = None) -> TrainResult:
     """Extract (or reuse) the training split's features, train a head, export it with the backbone.
 
     The checkpoint is written in the official format (``module.``-prefixed,
     gate polarity of the released checkpoints) and carries the backbone of
     ``checkpoint.init``, so ``infer``, ``replay`` and the official code load it.
+    Nothing is written when training fails; a head with NaN or infinite weights
+    is refused (:class:`frameexit.train.TrainingError`, naming the stage).
+
+    Raises
+    ------
+    DatasetError
+        A split file (``data.path_split`` or ``train.val_path_split``, named) that is
+        missing, unreadable or has no usable video, or fewer than 2 training videos with labels.
+    TrainingError
+        Non-finite features, or training that diverged.
     """
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     config = job.train.config
-    extracted = extract(job, extract_options, progress=progress)
-    _, features, labels = cached_arrays(extracted.cache_dir)
+    val_split = job.train.val_path_split
+    # both split files before any extraction, which can take hours
+    check_split_file(job.data.path_split or "", TRAIN_SPLIT)
+    if val_split:
+        check_split_file(val_split, VAL_SPLIT)
+    extracted, _, features, labels = _extract_split(job, TRAIN_SPLIT, extract_options, progress)
+    n_labelled = int((labels.sum(axis=1) > 0).sum())
+    if n_labelled < 2:
+        raise DatasetError(
+            f"split file {job.data.path_split} (from {TRAIN_SPLIT}) has {n_labelled} video(s) with labels "
+            f"in {job.data.path_label}; training needs at least 2"
+        )
     val = None
-    if job.train.val_path_split:
-        val_cache = extract(with_split(job, job.train.val_path_split), extract_options, progress=progress)
-        _, val_features, val_labels = cached_arrays(val_cache.cache_dir)
+    if val_split:
+        _, _, val_features, val_labels = _extract_split(
+            with_split(job, val_split), VAL_SPLIT, extract_options, progress
+        )
         order = list(job.model.input_order)
         val = (torch.from_numpy(np.ascontiguousarray(val_features[:, order])), val_labels)
 
@@ -87,5 +171,5 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
         path=job.checkpoints[0],
     )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_checkpoint(head, out_path)
+    save_checkpoint(head, out_path)  # refuses non-finite weights, writing nothing
     return TrainResult(out_path, history, validation, len(features), extracted.cache_dir)

@@ -135,3 +135,53 @@ def test_backbone_digest_depends_on_backbone_weights_only():
     b["backbone.0.weight"] = b["backbone.0.weight"].clone()
     b["backbone.0.weight"][0, 0, 0, 0] += 1e-3
     assert backbone_digest(a) != backbone_digest(b)
+
+
+def test_non_finite_weights_are_refused_naming_file_and_keys(tmp_path):
+    state = official_state("resnet18", seed=8)
+    state["module.classifiers.3.weight"][0, :12] = float("nan")
+    state["module.mlp.layers.0.bias"][:2] = float("inf")
+    state["module.mlp.layers.0.bias"][2] = float("-inf")
+    state["module.mlp.layers.0.bias"][3] = float("nan")
+    path = _save(tmp_path / "diverged.pth", state)
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(path)
+    msg = str(err.value)
+    assert f"checkpoint {path}: non-finite values in " in msg
+    assert "module.classifiers.3.weight (12 NaN)" in msg
+    assert "module.mlp.layers.0.bias (1 NaN, 3 inf)" in msg
+    assert "backbone" not in msg  # only the offending tensors are named
+
+    # half precision is checked too; integer counters (num_batches_tracked) are not floating and pass
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in official_state("resnet18", seed=8).items()}
+    assert half["module.exit_selector.0.bn1.num_batches_tracked"].dtype == torch.int64
+    read_state_dict(_save(tmp_path / "half.pth", half))
+    half["module.backbone.0.weight"][0, 0, 0, 0] = 70000.0  # overflows float16 to inf
+    with pytest.raises(CheckpointError, match=r"half.pth: non-finite values in module.backbone.0.weight \(1 inf\)"):
+        read_state_dict(_save(tmp_path / "half.pth", half))
+
+
+def test_non_finite_listing_is_bounded():
+    from frameexit.checkpoint import check_finite
+
+    state = {f"classifiers.{i}.weight": torch.full((2, 2), float("nan")) for i in range(9)}
+    with pytest.raises(CheckpointError) as err:
+        check_finite(state, path="many.pth")
+    msg = str(err.value)
+    assert msg.startswith("checkpoint many.pth: non-finite values in module.classifiers.0.weight (4 NaN)")
+    assert "module.classifiers.4.weight" in msg and "module.classifiers.5.weight" not in msg
+    assert "(4 more tensors)" in msg
+    check_finite({"mlp.layers.1.num_batches_tracked": torch.tensor(3)}, path="ok.pth")  # integers pass
+
+
+def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
+    state = {k[len("module.") :]: v for k, v in official_state("resnet18", seed=9).items()}
+    model = build_model(state, backbone_name=None)
+    with torch.no_grad():
+        model.exit_selector[2].linear.weight[0, 0] = float("nan")
+    out = tmp_path / "out.pth"
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(model, out)
+    msg = str(err.value)
+    assert str(out) in msg and "module.exit_selector.2.linear.weight (1 NaN)" in msg
+    assert not out.exists() and os.listdir(tmp_path) == []  # nothing written, no temporary left

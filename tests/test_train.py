@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import official_head_shapes, write_job
 
+from frameexit.errors import ConfigError, DatasetError
 from frameexit.exit_rule import exit_steps
 from frameexit.sampling import COARSE_TO_FINE
 from frameexit.sweep import exit_tables
@@ -137,3 +138,127 @@ def test_demo_dataset_layout(tmp_path):
     for command in ("train", "demo"):
         r = CliRunner().invoke(main, [command, "--help"])
         assert r.exit_code == 0 and "--out" in r.output
+
+
+def _train_job(anet, checkpoint, tmp_path, *extra: str):
+    """A small training job on the fixture (split ``anet['split']``) with overrides ``extra``."""
+    job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint, first_threshold=0.5)
+    small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "2", "--train.hidden_dim", "16"]
+    return load_job(job_file, [*small, "--train.batch_size", "4", *extra])
+
+
+def test_broken_split_files_name_their_own_key(anet, checkpoint, tmp_path):
+    missing = tmp_path / "absent_val.txt"
+    binary = tmp_path / "binary_val.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 20)
+    blank = tmp_path / "blank_val.txt"
+    blank.write_text("\n  \n")
+    unknown = tmp_path / "unknown_val.txt"
+    unknown.write_text("v_nobody.mp4\nv_nofolder.mp4\n")  # not in the labels; in the labels without frames
+    options = ExtractOptions(cache_root=str(tmp_path / "cache"))
+    out = tmp_path / "trained.pth"
+    for split, reason in (
+        (missing, "not found"),
+        (tmp_path, "not found"),  # a directory
+        (binary, "not UTF-8 text"),
+        (blank, "lists no video"),
+        (unknown, "v_nofolder.mp4: no frame folder"),  # why each video was left out
+    ):
+        with pytest.raises(DatasetError) as err:
+            train(
+                _train_job(anet, checkpoint, tmp_path, "--train.val_path_split", str(split)),
+                str(out),
+                extract_options=options,
+            )
+        msg = str(err.value)
+        assert "train.val_path_split" in msg and str(split) in msg and reason in msg, msg
+        assert "data.path_split" not in msg, msg
+        assert not out.exists()
+    assert "v_nobody.mp4" in msg
+    # the training split itself: its own key, and no traceback for an empty or undecodable file
+    for split, reason in (
+        (blank, "lists no video"),
+        (binary, "not UTF-8 text"),
+        (unknown, "v_nobody.mp4"),
+    ):
+        with pytest.raises(DatasetError) as err:
+            train(
+                _train_job(anet, checkpoint, tmp_path, "--data.path_split", str(split)),
+                str(out),
+                extract_options=options,
+            )
+        msg = str(err.value)
+        assert "data.path_split" in msg and str(split) in msg and reason in msg, msg
+        assert "train.val_path_split" not in msg
+        assert not out.exists()
+
+
+def test_training_settings_that_cannot_train_are_refused(anet, checkpoint, tmp_path):
+    job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
+    for override, expected in (
+        (["--train.epochs_classifier", "0"], "train.epochs_classifier must be at least 1, got 0"),
+        (["--train.epochs_gates", "0"], "train.epochs_gates must be at least 1, got 0"),
+        (["--train.epochs_gates", "-3"], "train.epochs_gates must be at least 1, got -3"),
+        (["--train.batch_size", "1"], "train.batch_size must be at least 2, got 1"),
+        (["--train.hidden_dim", "0"], "train.hidden_dim must be at least 1, got 0"),
+        (["--train.lr_gates", "0"], "train.lr_gates must be a finite number above 0, got 0"),
+        (["--train.weight_decay", "-1e-4"], "train.weight_decay must be a finite number of at least 0, got -0.0001"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_job(job_file, override)
+        assert expected in str(err.value) and "job.yml" in str(err.value)
+    load_job(job_file, ["--train.epochs_gates", "1", "--train.batch_size", "2", "--train.weight_decay", "0"])
+    # the library function refuses the same settings (it is called without a job file too)
+    feats, labels = _synthetic(n=16, dim=8)
+    for config, expected in (
+        (TrainConfig(epochs_classifier=0, hidden_dim=8), "train.epochs_classifier"),
+        (TrainConfig(epochs_gates=0, hidden_dim=8), "train.epochs_gates"),
+        (TrainConfig(batch_size=1, hidden_dim=8), "train.batch_size"),
+        (TrainConfig(lr=float("inf"), hidden_dim=8), r"train.lr must be a finite number above 0, got inf"),
+        (TrainConfig(beta=float("nan"), hidden_dim=8), r"train.beta must be a finite number above 0, got nan"),
+        (TrainConfig(loss="hinge", hidden_dim=8), r"train.loss must be one of softmax, bce, got 'hinge'"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            train_head(feats, labels, COARSE_TO_FINE, config)
+    one = np.zeros_like(labels)
+    one[3, 0] = 1  # a single labelled video: no mini-batch of two for BatchNorm
+    with pytest.raises(DatasetError, match="1 video with labels; training needs at least 2"):
+        train_head(feats, one, COARSE_TO_FINE, TrainConfig(epochs_classifier=1, epochs_gates=1, hidden_dim=8))
+
+
+def test_every_reported_loss_is_finite_and_from_trained_batches():
+    feats, labels = _synthetic(n=21, dim=8)  # 21 = 2 * 10 + 1: the last batch of one is left out
+    log = []
+    train_head(
+        feats,
+        labels,
+        COARSE_TO_FINE,
+        TrainConfig(epochs_classifier=2, epochs_gates=2, batch_size=10, hidden_dim=8),
+        on_epoch=lambda s, e, loss, m: log.append((s, e, loss)),
+    )
+    assert [(s, e) for s, e, _ in log] == [("classifier", 0), ("classifier", 1), ("gates", 0), ("gates", 1)]
+    assert all(np.isfinite(loss) and loss > 0 for *_, loss in log)
+
+
+def test_diverging_training_is_refused_naming_the_stage(anet, checkpoint, tmp_path):
+    from frameexit.errors import FrameExitError
+    from frameexit.train import TrainingError
+
+    feats, labels = _synthetic(n=40, dim=16)
+    small = {"epochs_classifier": 2, "epochs_gates": 2, "hidden_dim": 16, "batch_size": 8}
+    with pytest.raises(TrainingError, match=r"stage 1 \(classifiers\).*epoch 1 of 2.*train\.lr \(1e\+30\)"):
+        train_head(feats, labels, COARSE_TO_FINE, TrainConfig(lr=1e30, **small))
+    with pytest.raises(TrainingError, match=r"stage 2 \(gates\).*epoch 1 of 2.*train\.lr_gates \(1e\+30\)"):
+        train_head(feats, labels, COARSE_TO_FINE, TrainConfig(lr_gates=1e30, **small))
+    bad = feats.copy()
+    bad[[4, 9], 2, 0] = np.nan
+    bad[11, 0, 1] = np.inf
+    with pytest.raises(TrainingError, match=r"non-finite values in the features of 3 videos \(rows 4, 9, 11\)"):
+        train_head(bad, labels, COARSE_TO_FINE, TrainConfig(**small))
+    assert issubclass(TrainingError, FrameExitError)
+    # through the job: the error names the stage and no checkpoint is written
+    out = tmp_path / "diverged.pth"
+    job = _train_job(anet, checkpoint, tmp_path, "--train.lr", "1e30")
+    with pytest.raises(TrainingError, match=r"stage 1 \(classifiers\)"):
+        train(job, str(out), extract_options=ExtractOptions(cache_root=str(tmp_path / "cache")))
+    assert not out.exists()
