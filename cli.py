@@ -6,6 +6,7 @@ Heavy imports (torch, torchvision, pyarrow) happen inside the commands so that
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -86,6 +87,11 @@ found by file name alone) or any file in their format. Any key can be
 overridden after JOB with the official syntax, e.g. --data.path_frame DIR
 --checkpoint.init FILE --model.first_threshold 0.9 (or --key=value).
 """
+
+
+def _with_job_help(command: click.Command) -> None:
+    # the docstring is indented and JOB_HELP is not: clean both before joining, or click keeps the indent
+    command.help = inspect.cleandoc(command.help or "") + "\n\n" + inspect.cleandoc(JOB_HELP)
 
 
 def _job_first(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -301,7 +307,9 @@ def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: boo
 
     Reads each video's frames one at a time in the coarse-to-fine order and
     stops at the first step whose exit rule fires, so frames after the exit
-    are never decoded. Prints mAP, top-1, GFLOPs (paper convention), measured
+    never go through the backbone (they are only decoded, to check that they
+    can be read: a video with an unreadable sampled frame is skipped here as
+    in extract, so both evaluate the same videos). Prints mAP, top-1, GFLOPs (paper convention), measured
     GMACs and the exit histogram, and writes OUT/videos.parquet (one row per
     video) and OUT/metrics.json. Split videos without frames are skipped and
     listed with the reason.
@@ -316,7 +324,7 @@ def infer(ctx: click.Context, job: str, out_dir: str, device: str, progress: boo
     click.echo(render_infer_summary(result.metrics, {"videos": result.videos_path, "metrics": result.metrics_path}))
 
 
-infer.help = (infer.help or "") + "\n" + JOB_HELP
+_with_job_help(infer)
 
 
 @main.command(
@@ -387,7 +395,7 @@ def extract(
     _echo_extract(result)
 
 
-extract.help = (extract.help or "") + "\n" + JOB_HELP
+_with_job_help(extract)
 
 
 @main.command(
@@ -478,7 +486,7 @@ def replay(
     _echo_replay(result)
 
 
-replay.help = (replay.help or "") + "\n" + JOB_HELP
+_with_job_help(replay)
 
 
 def _report_options(f):
@@ -708,7 +716,7 @@ def run(
     _finish_report(result.report)
 
 
-run.help = (run.help or "") + "\n" + JOB_HELP
+_with_job_help(run)
 
 
 @main.command(
@@ -768,7 +776,7 @@ def train(
     click.echo(f"  wrote {result.checkpoint}")
 
 
-train.help = (train.help or "") + "\n" + JOB_HELP
+_with_job_help(train)
 
 
 @main.command()
@@ -785,9 +793,9 @@ train.help = (train.help or "") + "\n" + JOB_HELP
 def demo(out_dir: str, progress: bool | None) -> None:
     """The whole method on an embedded synthetic dataset; needs nothing but this package.
 
-    Generates 900 short videos in the ActivityNet layout (12 classes: a shape
-    in a colour; easy videos show it in every frame, hard ones in two of ten),
-    uses a ResNet-18 with a fixed-seed random initialisation (no pretrained
+    Generates 1,500 short videos in the ActivityNet layout (1,200 training,
+    300 validation; 12 classes: a shape in a colour; easy videos show it in
+    every frame, hard ones, 30 %, in 4 of the 10 sampled frames), uses a ResNet-18 with a fixed-seed random initialisation (no pretrained
     weights are downloaded), extracts features of both splits, trains FrameExit
     heads for two values of beta, replays a threshold sweep on the validation
     split for each, and writes the report with the accuracy/GFLOPs curve.
@@ -819,10 +827,13 @@ def prepare() -> None:
 
 @prepare.command(
     "frames",
+    short_help="Videos to the official frame folders, with FFmpeg's filters.",
     epilog="""\b
 Examples:
-  frameexit prepare frames videos/ activitynet_v1.3/fps1_res350_hq --dataset activitynet --workers 8
-  frameexit prepare frames kinetics_val/ minikinetics/fps5_res256_hq --dataset minikinetics
+  frameexit prepare frames videos/activitynet/ \\
+      data/activitynet_v1.3/fps1_res350_hq --dataset activitynet --workers 8
+  frameexit prepare frames videos/kinetics_val/ \\
+      data/minikinetics/fps5_res256_hq --dataset minikinetics
 """,
 )
 @click.argument("videos_dir", type=click.Path(file_okay=False, exists=True))
@@ -831,24 +842,33 @@ Examples:
     "--dataset",
     type=click.Choice(["activitynet", "minikinetics"]),
     required=True,
-    help="activitynet: 1 frame/s, both sides >= 350; minikinetics: 5 frames/s, both sides >= 256.",
+    help="activitynet: 1 frame/s, both sides >= 350 pixels; minikinetics: 5 frames/s, both sides >= 256 pixels.",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Videos decoded in parallel.")
-@click.option("--prefix", default="img", show_default=True, help="Frame file names: PREFIX_00001.jpeg ...")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Videos decoded at once, one process each (they end with this command, even if it is killed).",
+)
+@click.option("--prefix", default="img", show_default=True, help="Frame file names: PREFIX_00001.jpeg, ...")
 @click.option("--progress/--no-progress", default=None, help="Force the progress bar on or off.")
 @VERBOSE_OPTION
 def prepare_frames(
     videos_dir: str, frames_dir: str, dataset: str, workers: int, prefix: str, progress: bool | None
 ) -> None:
-    """Decode every video of VIDEOS_DIR into FRAMES_DIR/<video file name>/PREFIX_NNNNN.jpeg.
+    """Decode every video of VIDEOS_DIR into FRAMES_DIR/KEY/PREFIX_00001.jpeg, ...
 
+    KEY is the video's split key, its file name with the extension .mp4
+    (v_abc.mkv is written to v_abc.mp4/), as the split files name videos.
     Uses FFmpeg's own filters and JPEG encoder through PyAV, with the official
-    parameters (ffmpeg -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
-    -q:v 2). Resumable: videos whose folder has frames are skipped, half-written
-    folders of a killed run are redone; each folder is renamed into place when
-    complete. Videos that cannot be decoded are reported and do not stop the run.
+    parameters: ffmpeg -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
+    -q:v 2. Resumable: videos whose folder has frames are skipped, folders that
+    a killed run left half written are redone; each folder is renamed into
+    place when complete. A video that cannot be decoded does not stop the
+    others: the failures are listed at the end, with exit status 1.
     """
-    from jobs.prepare import PRESETS, ffmpeg_filter
+    from jobs.prepare import PRESETS, PrepareError, ffmpeg_filter
     from jobs.prepare import prepare_frames as run_frames
     from jobs.progress import progress as bar
 
@@ -868,11 +888,18 @@ def prepare_frames(
     for f in result.failed:
         click.echo(f"  could not decode {f['video']}: {f['reason']}")
     click.echo(f"  frames in {frames_dir}")
+    if result.failed:
+        raise PrepareError(f"{len(result.failed)} video(s) could not be decoded (listed above)")
 
 
-@prepare.command("splits")
+@prepare.command("splits", short_help="The validation split file and a class list from annotations.")
 @click.argument("annotation", type=click.Path(dir_okay=False, exists=True))
-@click.option("--dataset", type=click.Choice(["activitynet", "minikinetics"]), required=True)
+@click.option(
+    "--dataset",
+    type=click.Choice(["activitynet", "minikinetics"]),
+    required=True,
+    help="ANNOTATION is the ActivityNet-1.3 JSON or the Kinetics CSV.",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Split file to write.")
 @click.option(
     "--val-list",
@@ -884,35 +911,75 @@ def prepare_frames(
     "--classes",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="Class list to check the split's labels against.",
+    help="A class list to check the split's labels against (e.g. the official one).",
+)
+@click.option(
+    "--classes-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Class list to write: the label names, sorted, one per line (data.path_classid).",
 )
 @VERBOSE_OPTION
-def prepare_splits(annotation: str, dataset: str, out_path: str, val_list: str | None, classes: str | None) -> None:
-    """Build the validation split file from the annotation file, as the official help text describes.
+def prepare_splits(
+    annotation: str, dataset: str, out_path: str, val_list: str | None, classes: str | None, classes_out: str | None
+) -> None:
+    """Build the validation split file from ANNOTATION, as the official help text describes.
 
     ActivityNet: every video whose subset is validation, as v_<id>.mp4.
-    Mini-Kinetics: the videos of mini_val_videofolder.txt found in the Kinetics CSV.
-    With --classes, labels missing from the class list are listed.
+
+    Mini-Kinetics: the videos of mini_val_videofolder.txt found in the
+    Kinetics CSV.
+
+    With --classes, labels missing from that class list are listed. With
+    --classes-out, the class list is written: ActivityNet, every label of
+    the JSON (200); Mini-Kinetics, the labels of the split's videos (the CSV
+    holds all 400 Kinetics classes), sorted by Python string order. The class
+    index is the line number, and a checkpoint's outputs follow the class list
+    it was trained with; the official repository does not publish its lists,
+    so with the released checkpoints use the official list if you have it
+    (check it with --classes).
     """
     from frameexit.atomic import atomic_write
+    from frameexit.errors import UsageError
     from jobs.prepare import build_split
 
-    keys, missing = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
+    if classes and classes_out:
+        raise UsageError("--classes and --classes-out exclude each other: check against a list, or write one")
+    split = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
     with atomic_write(out_path, "w") as handle:
-        handle.write("".join(k + "\n" for k in keys))
-    click.echo(f"FrameExit prepare splits: {len(keys)} videos written to {out_path}")
-    if missing:
-        click.echo(f"  {len(missing)} label(s) missing from {classes}: " + "; ".join(missing[:20]))
+        handle.write("".join(k + "\n" for k in split.keys))
+    click.echo(f"FrameExit prepare splits: {len(split.keys)} videos written to {out_path}")
+    if split.missing:
+        click.echo(f"  {len(split.missing)} label(s) missing from {classes}: " + "; ".join(split.missing[:20]))
+    if classes_out:
+        with atomic_write(classes_out, "w") as handle:
+            handle.write("".join(name + "\n" for name in split.classes))
+        click.echo(f"  {len(split.classes)} classes written to {classes_out} (sorted)")
+        if len(split.classes) != 200:
+            click.echo("  note: the official job files' model.num_class is 200")
 
 
-@prepare.command("check", context_settings=OVERRIDES)
+@prepare.command(
+    "check", context_settings=OVERRIDES, short_help="Before a long run: is every split video ready to evaluate?"
+)
 @JOB_ARGUMENT
+@click.option(
+    "--max-missing",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Split videos without frames allowed (some can no longer be downloaded).",
+)
 @VERBOSE_OPTION
 @click.pass_context
-def prepare_check(ctx: click.Context, job: str) -> None:
-    """Before a long run: split videos with frames, missing or empty folders, unknown labels, frame counts."""
+def prepare_check(ctx: click.Context, job: str, max_missing: int) -> None:
+    """Before a long run: split videos with frames, missing or empty folders, unknown labels, frame counts.
+
+    Prints a summary, then fails (exit status 1) if more than --max-missing
+    split videos have no frames or if a label is not in the class list.
+    """
     from jobs.config import load_job
-    from jobs.prepare import check
+    from jobs.prepare import PrepareError, check
 
     r = check(load_job(job, ctx.args))
     click.echo(
@@ -926,11 +993,17 @@ def prepare_check(ctx: click.Context, job: str) -> None:
             f"max {c['max']:g}; {c['under_10']:g} videos with fewer than 10 (frames repeat)"
         )
     for key in r.missing[:10]:
-        click.echo(f"  missing: {key}")
+        click.echo(f"  missing: {key}" + (f" {r.hints[key]}" if key in r.hints else ""))
     for key in r.empty[:10]:
         click.echo(f"  empty: {key}")
     for label, keys in list(r.unknown_labels.items())[:10]:
         click.echo(f"  unknown label {label!r} ({len(keys)} videos, e.g. {keys[0]})")
+    failure = r.failure(max_missing)
+    if failure:
+        raise PrepareError(failure)
+
+
+_with_job_help(prepare_check)
 
 
 if __name__ == "__main__":

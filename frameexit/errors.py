@@ -44,3 +44,7 @@ class UsageError(FrameExitError, ValueError):
 
 class OutputError(FrameExitError, OSError):
     """An output or cache directory that cannot be created or written to."""
+
+
+class TrainingError(FrameExitError, FloatingPointError):
+    """Training met or produced NaN or infinite values (non-finite features, a diverged loss); no head comes out."""

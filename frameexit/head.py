@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .train_config import HIDDEN_DIM
 
-HIDDEN_DIM = 4096
 NUM_STEPS = 10
 
 #: The head computes in float64 and rounds its outputs to float32. A float32 matrix product's

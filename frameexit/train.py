@@ -19,89 +19,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DatasetError, FrameExitError
-from .head import HIDDEN_DIM, FrameExit
+from .errors import ConfigError, DatasetError, TrainingError
+from .head import FrameExit
 from .metrics import average_precision, mean_average_precision, top1_accuracy
-
-LOSSES = ("softmax", "bce")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters (all in the job file under ``train``).
-
-    Attributes
-    ----------
-    epochs_classifier : int, default=20
-        Epochs of stage 1 (projection and classifiers).
-    epochs_gates : int, default=10
-        Epochs of stage 2 (gates).
-    batch_size : int, default=64
-        Videos per mini-batch.
-    lr : float, default=1e-3
-        Adam learning rate of stage 1.
-    lr_gates : float, default=1e-3
-        Adam learning rate of stage 2.
-    weight_decay : float, default=0.0
-    beta : float, default=1e-3
-        Pseudo-label tolerance: exit at step t when the loss is at most ``beta * exp(t / 2)``.
-    loss : {'softmax', 'bce'}, default='softmax'
-        Classification loss; 'bce' treats classes independently (multi-label data).
-    seed : int, default=0
-        Initialisation and mini-batch order.
-    hidden_dim : int, default=4096
-        Width of the projection (4096 in the released checkpoints).
-    """
-
-    epochs_classifier: int = 20
-    epochs_gates: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_gates: float = 1e-3
-    weight_decay: float = 0.0
-    beta: float = 1e-3
-    loss: str = "softmax"
-    seed: int = 0
-    hidden_dim: int = HIDDEN_DIM
-
-
-class TrainingError(FrameExitError, FloatingPointError):
-    """Training met or produced NaN or infinite values (non-finite features, a diverged loss); no head comes out."""
-
-
-# why each lower bound: a setting below it trains nothing, or trains without meaning, yet would run
-_AT_LEAST = {
-    "epochs_classifier": (1, "without stage 1 the classifiers keep their random initialisation"),
-    "epochs_gates": (1, "without stage 2 the gates keep their random initialisation and exit at random"),
-    "batch_size": (2, "BatchNorm needs two videos per mini-batch; smaller batches are skipped"),
-    "hidden_dim": (1, "the width of the projection"),
-}
-
-
-def config_problem(config: TrainConfig) -> str | None:
-    """The first hyper-parameter that cannot give a trained head, as ``train.<key> must be ..., got ...``.
-
-    ``None`` when every setting is usable. Shared by the job loader and :func:`train_head`.
-    """
-    for key, (least, why) in _AT_LEAST.items():
-        value = getattr(config, key)
-        if value < least:
-            return f"train.{key} must be at least {least}, got {value} ({why})"
-    for key in ("lr", "lr_gates", "beta"):
-        value = getattr(config, key)
-        if not (math.isfinite(value) and value > 0):
-            return f"train.{key} must be a finite number above 0, got {value:g}"
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        return f"train.weight_decay must be a finite number of at least 0, got {config.weight_decay:g}"
-    if config.loss not in LOSSES:
-        return f"train.loss must be one of {', '.join(LOSSES)}, got {config.loss!r}"
-    return None
+from .train_config import LOSSES, TrainConfig, config_problem  # noqa: F401  (re-exported)
 
 
 def _nonfinite_weights(module: torch.nn.Module) -> list[str]:

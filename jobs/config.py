@@ -24,7 +24,7 @@ import yaml
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
 from frameexit.sampling import COARSE_TO_FINE, policy_order
-from frameexit.train import TrainConfig
+from frameexit.train_config import TrainConfig, config_problem
 
 from .grid import parse_grid
 
@@ -276,9 +276,10 @@ def _coerce(value: Any, spec: Field, dotted: str, source: str, *, raw: str | Non
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif kind == "float":
-        value = _number(value)
-        if value is None:
+        number = _number(value)
+        if number is None:
             raise bad()
+        value = number
     elif kind == "str":
         if raw is not None:
             value = raw
@@ -498,7 +499,6 @@ def _train_section(section: dict[str, Any], source: str) -> TrainSection:
     of one video that BatchNorm skips) or diverge at once (an infinite learning rate)
     is a :class:`ConfigError` naming the key, here, before any feature is extracted.
     """
-    from frameexit.train import config_problem
 
     values = {k: v for k, v in section.items() if k != "val_path_split"}
     config = TrainConfig(**values)

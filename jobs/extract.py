@@ -36,15 +36,15 @@ from cache.key import FORMAT_VERSION, CacheKeyInputs, cache_key
 from cache.manifest import CacheError, Manifest, ShardEntry, read_manifest, write_manifest
 from cache.reader import verify_shard
 from cache.shard import file_sha256, write_shard
-from frameexit.atomic import TMP_SUFFIX
+from frameexit.atomic import TMP_SUFFIX, check_writable_dir
 from frameexit.backbone import Backbone, model_name
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
-from frameexit.errors import ConfigError, FrameExitError
+from frameexit.errors import ConfigError, FrameExitError, UsageError
 from frameexit.metrics import multi_hot
 from frameexit.sampling import sample_indices
 
 from .config import Job
-from .datasets import Video, load_job_dataset
+from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, read_frame
 from .model import checkpoint_state, resolve_device
 from .progress import progress as progress_bar
@@ -222,7 +222,7 @@ def _check_options(options: ExtractOptions) -> None:
         if getattr(options, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
     if options.scheduler and options.workers:
-        raise ConfigError("give either a scheduler address or a number of local workers, not both")
+        raise UsageError("give either --scheduler or --workers, not both")
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -243,7 +243,9 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             "checkpoints that share a backbone share one cache"
         )
     checkpoint = job.checkpoints[0]
+    check_writable_dir(options.cache_root, "--cache")
     inputs, key, dataset, state = locate_cache(job, options, checkpoint)
+    require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
     cache_dir = os.path.join(options.cache_root, key)
     os.makedirs(cache_dir, exist_ok=True)
     started = time.perf_counter()
@@ -257,7 +259,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         pending = _pending_shards(cache_dir, manifest)
         if not pending and manifest.complete:
             log.info("cache %s is complete; nothing to do", cache_dir)
-            return _result(cache_dir, manifest, 0, 0, time.perf_counter() - started)
+            return _checked(job, _result(cache_dir, manifest, 0, 0, time.perf_counter() - started))
         if options.shard_size != manifest.shard_size:
             log.warning("resuming with the shard size the cache was started with (%d)", manifest.shard_size)
         manifest.provenance = _provenance(job, checkpoint, options)
@@ -283,7 +285,13 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             write_manifest(cache_dir, manifest)
         manifest.complete = all(entry.done for entry in manifest.shards)
         write_manifest(cache_dir, manifest)
-    return _result(cache_dir, manifest, len(tasks), frames, time.perf_counter() - started)
+    return _checked(job, _result(cache_dir, manifest, len(tasks), frames, time.perf_counter() - started))
+
+
+def _checked(job: Job, result: ExtractResult) -> ExtractResult:
+    # every video can fail at decoding time (corrupt JPEGs): the cache is complete, but holds nothing to evaluate
+    require_videos(result.n_videos, result.skipped, job.data.path_split)
+    return result
 
 
 def _plan(key: str, inputs: CacheKeyInputs, options: ExtractOptions, dataset) -> Manifest:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from frameexit.errors import FrameExitError
 from frameexit.preprocess import Preprocessing, preprocess_image
+
+T = TypeVar("T")
 
 
 class FrameReadError(FrameExitError, OSError):
@@ -20,12 +24,21 @@ def read_frame(path: str, params: Preprocessing) -> torch.Tensor:
 
     Raises :class:`FrameReadError` naming the file if it is missing, truncated or not an image.
     """
+    return _decoded(path, lambda image: preprocess_image(image, params))
+
+
+def check_frame(path: str) -> None:
+    """Decode ``path`` as :func:`read_frame` does, without preprocessing; :class:`FrameReadError` if it cannot."""
+    _decoded(path, lambda image: None)
+
+
+def _decoded(path: str, use: Callable[[Image.Image], T]) -> T:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return preprocess_image(image, params)
+                return use(image)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         reason = str(exc) or type(exc).__name__
         raise FrameReadError(f"cannot read frame {path}: {reason}") from None

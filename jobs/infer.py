@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 import frameexit
+from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram, measure_step_costs, paper_gflops, paper_per_frame
 from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
@@ -27,8 +28,8 @@ from reports.schema import VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
-from .datasets import Skipped, load_job_dataset
-from .frames import FrameReadError, read_frame
+from .datasets import Skipped, load_job_dataset, require_videos
+from .frames import FrameReadError, check_frame, read_frame
 from .model import load_model, resolve_device
 from .progress import progress as progress_bar
 
@@ -81,6 +82,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     data, model_cfg = job.data, job.model
     torch_device = resolve_device(device)
 
+    check_writable_dir(out_dir, "--out")
     videos_path = os.path.join(out_dir, VIDEOS_FILE)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     for stale in (videos_path, metrics_path):
@@ -88,6 +90,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
             os.unlink(stale)
 
     dataset = load_job_dataset(data, model_cfg.num_class)
+    require_videos(len(dataset.videos), dataset.skipped, data.path_split)
     model = load_model(job, checkpoint, torch_device)
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
 
@@ -110,6 +113,12 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
                 gate_threshold=model_cfg.gate_threshold,
                 device=torch_device,
             )
+            # extract caches all sampled frames, so it skips a video with any unreadable one; decoding the
+            # frames after the exit (without the backbone) makes both paths evaluate the same videos
+            order = model_cfg.input_order
+            read = {int(indices[p]) for p in order[: decision.exit_step + 1]}
+            for index in sorted({int(indices[p]) for p in order[decision.exit_step + 1 :]} - read):
+                check_frame(video.frames[index])
         except FrameReadError as exc:
             skipped.append(Skipped(video.key, str(exc)))
             continue
@@ -124,6 +133,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     if len(keys) + len(skipped) != dataset.n_listed:
         raise RuntimeError(f"accounted for {len(keys) + len(skipped)} videos of {dataset.n_listed} listed")
     skipped.sort(key=lambda s: s.video)
+    require_videos(len(keys), skipped, data.path_split)
 
     exits_arr = np.asarray(exits, dtype=np.int64)
     scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)

@@ -6,10 +6,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from frameexit.atomic import check_writable_dir
+
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
 from .replay import ReplayOptions, ReplayResult, replay
-from .report import ReportResult, report
+from .report import ReportResult, check_report_options, report
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,19 @@ def run(
     """The whole job: every stage's artefacts in ``out_dir`` (the features in the cache).
 
     ``on_stage(name, result)`` is called after each stage (the CLI prints a line).
+    Every option is checked before any work: a mistake in a report option must
+    not surface after an hour of extraction.
     """
+    check_writable_dir(out_dir, "--out")
+    check_report_options(
+        out_dir,
+        budget=budget,
+        calibrate_on=calibrate_on,
+        baseline=baseline,
+        max_drop=max_drop,
+        max_cost_rise=max_cost_rise,
+        metric=metric,
+    )
     extracted = extract(job, extract_options, progress=progress)
     if on_stage:
         on_stage("extract", extracted)

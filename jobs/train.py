@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from cache.reader import FeatureCache
+from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import build_backbone_from_state, save_checkpoint
-from frameexit.errors import DatasetError, DatasetFileNotFoundError
-from frameexit.train import TrainingError, step_accuracy, train_head
+from frameexit.errors import DatasetError, DatasetFileNotFoundError, OutputError, TrainingError
+from frameexit.train import step_accuracy, train_head
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
@@ -131,6 +132,9 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
     val_split = job.train.val_path_split
     # both split files before any extraction, which can take hours
     check_split_file(job.data.path_split or "", TRAIN_SPLIT)
+    check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "the folder of --out")
+    if os.path.isdir(out_path):
+        raise OutputError(f"--out {out_path} is a directory; give the checkpoint file to write")
     if val_split:
         check_split_file(val_split, VAL_SPLIT)
     extracted, _, features, labels = _extract_split(job, TRAIN_SPLIT, extract_options, progress)
