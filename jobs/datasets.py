@@ -89,10 +89,22 @@ def read_class_list(path: str) -> list[str]:
 
 
 def read_split(path: str) -> list[str]:
-    """Video keys of a split file, in file order, without blank lines or duplicates."""
+    """Video keys of a split file, in file order (lines stripped, blank lines ignored).
+
+    A key listed twice is an error naming both lines: dropping the copy would
+    evaluate something other than what the file says, and counting it twice
+    would weigh that video double.
+    """
     with _open(path, "split file", "data.path_split") as handle:
-        keys = [line.strip() for line in handle.read().splitlines()]
-    return list(dict.fromkeys(k for k in keys if k))
+        lines = [line.strip() for line in handle.read().splitlines()]
+    seen: dict[str, int] = {}
+    for number, key in enumerate(lines, start=1):
+        if not key:
+            continue
+        if key in seen:
+            raise DatasetError(f"split file {path}: {key!r} appears on lines {seen[key]} and {number}")
+        seen[key] = number
+    return list(seen)
 
 
 def read_activitynet_labels(path: str) -> dict[str, list[str]]:
@@ -150,6 +162,44 @@ def read_labels(name: str, path: str) -> dict[str, list[str]]:
     raise DatasetError(f"data.name must be 'activitynet1.3' or 'minikinetics', got {name!r}")
 
 
+#: File name extensions of videos: a frame folder named ``<stem><one of these>`` is a video's folder.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp")
+
+
+def split_key(video_file: str) -> str:
+    """The split key, hence the frame folder name, of a video file: its stem plus ``.mp4``.
+
+    Split keys always end in ``.mp4`` (``v_<id>.mp4``, ``<ytid>_<start>_<end>.mp4``)
+    whatever container a downloader saved, e.g. ``v_abc.mkv`` -> ``v_abc.mp4``.
+    """
+    return os.path.splitext(os.path.basename(video_file))[0] + ".mp4"
+
+
+class FolderHints:
+    """Why a split key has no frame folder, when a folder of the same video exists under another extension.
+
+    Frame roots written by other tools (or by older versions of ``prepare
+    frames``) name folders after the video file, e.g. ``v_abc.mkv`` for the key
+    ``v_abc.mp4``. The root is listed once, on the first question.
+    """
+
+    def __init__(self, frames_root: str) -> None:
+        self.frames_root = frames_root
+        self._by_key: dict[str, str] | None = None
+
+    def __call__(self, key: str) -> str:
+        """`` (found <folder>: ...)`` for a misnamed folder of ``key``, else an empty string."""
+        if self._by_key is None:
+            self._by_key = {}
+            for entry in sorted(os.listdir(self.frames_root)):
+                if entry.lower().endswith(VIDEO_SUFFIXES) and split_key(entry) != entry:
+                    self._by_key.setdefault(split_key(entry), entry)
+        found = self._by_key.get(key)
+        if found is None:
+            return ""
+        return f" (found {found}: frame folders are named by split key; rename it to {key})"
+
+
 def list_frames(frames_root: str, key: str) -> list[str]:
     """The video's ``*.jpeg`` files sorted by path (empty if the folder is missing or has none)."""
     return sorted(glob.glob(os.path.join(glob.escape(os.path.join(frames_root, key)), "*.jpeg")))
@@ -182,6 +232,7 @@ def load_dataset(
     if not os.path.isdir(path_frame):
         raise DatasetFileNotFoundError(f"frames root not found: {path_frame} (from data.path_frame)")
     videos, skipped = [], []
+    hint = FolderHints(path_frame)
     for key in sorted(keys):
         if key not in labels:
             skipped.append(Skipped(key, f"no entry in the label file {path_label}"))
@@ -193,7 +244,7 @@ def load_dataset(
             )
         folder = os.path.join(path_frame, key)
         if not os.path.isdir(folder):
-            skipped.append(Skipped(key, f"no frame folder {folder}"))
+            skipped.append(Skipped(key, f"no frame folder {folder}{hint(key)}"))
             continue
         frames = list_frames(path_frame, key)
         if not frames:
@@ -212,4 +263,27 @@ def load_job_dataset(data, num_class: int) -> Dataset:
         path_label=data.path_label,
         path_classid=data.path_classid,
         num_class=num_class,
+    )
+
+
+def require_videos(n_videos: int, skipped, path_split: str | None) -> None:
+    """Raise :class:`DatasetError` when no video of the split can be evaluated, with the first reasons.
+
+    An evaluation of nothing has no mAP or top-1; it must not pass as a run that "evaluated 0 videos".
+    ``skipped`` holds :class:`Skipped` entries (or ``{'video', 'reason'}`` mappings).
+    """
+    if n_videos > 0:
+        return
+    entries = [(s["video"], s["reason"]) if isinstance(s, Mapping) else (s.video, s.reason) for s in skipped]
+    if not entries:
+        raise DatasetError(f"split file {path_split} lists no video")
+    reasons = "; ".join(f"{video}: {reason}" for video, reason in entries[:3])
+    more = f" (and {len(entries) - 3} more)" if len(entries) > 3 else ""
+    hint = ""
+    if any(any(c.isspace() for c in video) for video, _ in entries):
+        hint = (
+            " The split's lines hold spaces: a split file lists one video key per line (e.g. v_<id>.mp4), nothing else."
+        )
+    raise DatasetError(
+        f"no video of split {path_split} can be evaluated: all {len(entries)} listed are skipped: {reasons}{more}.{hint}"
     )

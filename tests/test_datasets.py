@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from helpers import load_fixture
@@ -100,10 +101,29 @@ def test_class_list_and_split(tmp_path):
     with pytest.raises(DatasetError, match="'A' appears on lines 1 and 3"):
         read_class_list(str(classes))
     split = tmp_path / "s.txt"
-    split.write_text("v_b.mp4\n\nv_a.mp4\nv_b.mp4\n")
-    assert read_split(str(split)) == ["v_b.mp4", "v_a.mp4"]
+    split.write_text(" v_b.mp4\n\nv_a.mp4\n")
+    assert read_split(str(split)) == ["v_b.mp4", "v_a.mp4"]  # file order, stripped, blank lines ignored
     with pytest.raises(DatasetFileNotFoundError, match=r"split file not found: .*nope.txt \(from data.path_split\)"):
         read_split(str(tmp_path / "nope.txt"))
+
+
+def test_duplicate_split_key_is_an_error(tmp_path):
+    split = tmp_path / "s.txt"
+    split.write_text("v_b.mp4\n\nv_a.mp4\nv_b.mp4 \n")
+    # the evaluation must not silently differ from what the file says
+    with pytest.raises(DatasetError, match=r"split file .*s.txt: 'v_b.mp4' appears on lines 1 and 4"):
+        read_split(str(split))
+
+
+def test_folder_named_after_the_video_file_is_hinted(anet, tmp_path):
+    frames = tmp_path / "frames"
+    shutil.copytree(anet["frames"], frames)
+    os.rename(frames / "v_alpha.mp4", frames / "v_alpha.webm")  # named after the downloaded file
+    ds = _load({**anet, "frames": str(frames)})
+    reason = {s.video: s.reason for s in ds.skipped}["v_alpha.mp4"]
+    assert reason.startswith("no frame folder ")
+    assert reason.endswith("(found v_alpha.webm: frame folders are named by split key; rename it to v_alpha.mp4)")
+    assert {s.video: s.reason for s in ds.skipped}["v_nofolder.mp4"].endswith("v_nofolder.mp4")  # no hint
 
 
 def test_only_jpeg_files_count(tmp_path):
