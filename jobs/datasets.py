@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -62,12 +63,19 @@ class Dataset:
         return {v.key: v.labels for v in self.videos}
 
 
-def _open(path: str, what: str, key: str):
+def _open(path: str, what: str, key: str) -> io.StringIO:
+    """The file's text as a handle; a missing, unreadable or non-UTF-8 file is a :class:`DatasetError` naming it."""
     if not path:
         raise DatasetError(f"no {what} given: set {key}")
     if not os.path.isfile(path):
         raise DatasetFileNotFoundError(f"{what} not found: {path} (from {key})")
-    return open(path, encoding="utf-8-sig", newline="")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            return io.StringIO(handle.read(), newline="")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{what} {path} (from {key}) is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path} (from {key}): {exc.strerror or exc}") from None
 
 
 def read_class_list(path: str) -> list[str]:

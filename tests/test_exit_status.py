@@ -367,3 +367,15 @@ def test_train_with_unwritable_out_fails_before_extracting(anet, checkpoint, tmp
     assert r.exit_code == 1 and f"{UNWRITABLE} is not a writable directory" in r.output
     r = invoke("train", job, "--out", tmp_path, "--cache", tmp_path / "cache")
     assert r.exit_code == 2 and "is a directory" in r.output
+
+
+@pytest.mark.parametrize("which", ["split", "labels", "classes"])
+def test_dataset_file_that_is_not_utf8_is_named(anet, checkpoint, tmp_path, which):
+    paths = dict(anet)
+    paths[which] = str(tmp_path / f"{which}.bin")
+    with open(paths[which], "wb") as f:
+        f.write(b"\xff\xfe\x00binary\x80\x81")
+    job = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+    r = invoke("infer", job, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{paths[which]}" in r.output and "is not UTF-8 text" in r.output
