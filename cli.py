@@ -490,12 +490,21 @@ _with_job_help(replay)
 
 
 def _report_options(f):
+    import math
+
+    def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+        # FloatRange(min=0) lets nan and inf through, and every comparison with nan is false
+        if value is not None and not math.isfinite(value):
+            raise click.BadParameter(f"must be a finite number, got {value}")
+        return value
+
     for decorator in reversed(
         [
             click.option(
                 "--budget",
                 type=click.FloatRange(min=0),
                 default=None,
+                callback=finite,
                 metavar="GFLOPS",
                 help="Report the most accurate setting costing at most GFLOPS per video.",
             ),
@@ -511,18 +520,21 @@ def _report_options(f):
                 type=click.Path(dir_okay=False, exists=True),
                 default=None,
                 metavar="SUMMARY_JSON",
-                help="Compare the job's setting with an earlier summary.json.",
+                help="Compare the job's setting with an earlier summary.json of the same dataset, split and "
+                "metrics; every checkpoint in it must be in this run.",
             ),
             click.option(
                 "--max-drop",
                 type=click.FloatRange(min=0),
                 default=None,
+                callback=finite,
                 help="Largest accepted drop of mAP or top-1 (fraction, e.g. 0.005) against the baseline.",
             ),
             click.option(
                 "--max-cost-rise",
                 type=click.FloatRange(min=0),
                 default=None,
+                callback=finite,
                 help="Largest accepted rise of GFLOPs per video against the baseline.",
             ),
             click.option(
@@ -550,8 +562,9 @@ def _finish_report(result) -> None:
 
 @main.command(
     epilog="""\b
-Exit status: 0, or 3 when --baseline with --max-drop / --max-cost-rise finds a
-regression (1 for errors, 2 for usage errors).
+Exit status: 0, or 3 when the --baseline gate fails: a drop or rise beyond
+--max-drop / --max-cost-rise, a baseline checkpoint missing from this run, or
+nothing compared (1 for errors, 2 for usage errors).
 \b
 Examples:
   frameexit report --out runs/anet

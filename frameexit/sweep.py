@@ -18,6 +18,7 @@ segment.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,13 @@ import torch
 
 from .exit_rule import check_thresholds, first_step_exits, gate_exits
 from .head import FrameExit
+
+#: Bytes :func:`average_precision_grid` may hold at once for comparing the positives of a chunk of classes
+#: (it works through the first thresholds in slices to stay within this).
+AP_MAX_BYTES = 256 * 2**20
+#: Peak bytes of :func:`sweep_metrics` per setting and video (exit steps in int64, their shifted copy, the
+#: top-1 hits and one histogram bin at a time), measured with tracemalloc at about 17, rounded up.
+BYTES_PER_SETTING_VIDEO = 24
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,7 @@ def average_precision_grid(
     *,
     ranks: np.ndarray | None = None,
     class_chunk: int = 16,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
     """Per-class AP at every setting: shape (n_gate, n_first, num_class), float64, NaN without positives.
 
@@ -186,13 +195,43 @@ def average_precision_grid(
         :func:`candidate_ranks` of ``tables.probs`` if already computed.
     class_chunk : int, default=16
         Classes handled together (bounds memory).
+    max_bytes : int, optional
+        Memory for comparing positives, in bytes (default :data:`AP_MAX_BYTES`): the
+        comparisons grow with ``class_chunk x positives^2 x n_first``, so a long list of
+        first thresholds is worked through in slices. Results do not depend on it.
     """
+    n, _, n_class = tables.probs.shape
+    n_first = len(first_mask)
+    if n == 0:
+        return np.full((len(gate_steps), n_first, n_class), np.nan)
+    ranks = candidate_ranks(tables.probs) if ranks is None else ranks
+    width = int(tables.labels.sum(axis=0).max()) if n_class else 0
+    # three bool/int arrays of class_chunk x width x width per first threshold, and a dozen of class_chunk x width
+    per_first = class_chunk * width * (3 * width + 96)
+    step = max(2, (AP_MAX_BYTES if max_bytes is None else max_bytes) // max(per_first, 1))
+    if n_first <= step:
+        return _average_precision_slice(tables, gate_steps, first_mask, ranks, class_chunk)
+    bounds = [*range(0, n_first, step), n_first]
+    if bounds[-1] - bounds[-2] == 1:
+        # never a slice of one threshold: numpy sums a (k, width, 1) array along width pairwise, a wider one
+        # sequentially, and the last bits of AP would then depend on the slicing
+        del bounds[-2]
+    return np.concatenate(
+        [
+            _average_precision_slice(tables, gate_steps, first_mask[lo:hi], ranks, class_chunk)
+            for lo, hi in itertools.pairwise(bounds)
+        ],
+        axis=1,
+    )
+
+
+def _average_precision_slice(
+    tables: ExitTables, gate_steps: np.ndarray, first_mask: np.ndarray, ranks: np.ndarray, class_chunk: int
+) -> np.ndarray:
+    """:func:`average_precision_grid` for every first threshold of ``first_mask`` at once."""
     n, _, n_class = tables.probs.shape
     n_gate, n_first = len(gate_steps), len(first_mask)
     ap = np.full((n_gate, n_first, n_class), np.nan)
-    if n == 0:
-        return ap
-    ranks = candidate_ranks(tables.probs) if ranks is None else ranks
     conf0 = tables.confidence0
     perm = np.argsort(-conf0, kind="stable")  # videos exiting at step 0 form a prefix of this order
     position = np.empty(n, dtype=np.int64)
@@ -268,6 +307,17 @@ class SweepMetrics:
     top1: np.ndarray
     mean_frames: np.ndarray
     exit_histogram: np.ndarray
+
+
+def sweep_block_bytes(n_videos: int, n_first: int, n_gate: int, num_class: int, n_steps: int = 10) -> int:
+    """Estimated peak memory of :func:`sweep_metrics` on ``n_gate x n_first`` settings, in bytes.
+
+    The exit tables and ranks it reads are not counted (they exist before and
+    after); the estimate is an upper bound of what tracemalloc measures (tested).
+    """
+    settings = n_first * n_gate
+    per_setting = BYTES_PER_SETTING_VIDEO * n_videos + 16 * num_class + 16 * n_steps
+    return settings * per_setting + 2 * n_first * n_videos + AP_MAX_BYTES
 
 
 def sweep_metrics(

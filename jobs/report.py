@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -13,14 +15,15 @@ from typing import Any
 import pyarrow.parquet as pq
 
 import frameexit
-from frameexit.atomic import atomic_write
-from frameexit.errors import FrameExitError
+from frameexit.atomic import atomic_write, check_writable_dir
+from frameexit.errors import FrameExitError, UsageError
 from reports.markdown import render_markdown
 from reports.plot import plot_curve
 from reports.summary import (
     COST_LABELS,
     HIGHER_IS_BETTER,
     SCHEMA_VERSION,
+    baseline_mismatches,
     choose_budget,
     compare_baseline,
     cost_metric,
@@ -29,9 +32,9 @@ from reports.summary import (
 )
 from reports.write import jsonable, write_json
 
-from .replay import REPLAY_FILE, SWEEP_FILE
+from .replay import REPLAY_FILE, REPORT_FILES, SWEEP_FILE
 
-SUMMARY_MD, SUMMARY_JSON, CURVE_PNG = "summary.md", "summary.json", "curve.png"
+SUMMARY_MD, SUMMARY_JSON, CURVE_PNG = REPORT_FILES
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
 REGRESSION_EXIT = 3
 ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
@@ -52,14 +55,41 @@ class ReportResult:
         return bool(baseline) and not baseline["passed"]
 
 
-def read_run(run_dir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory."""
+@dataclass(frozen=True)
+class Baseline:
+    """An earlier ``summary.json``, read and checked (:func:`read_baseline`).
+
+    Attributes
+    ----------
+    path : str
+        Where it was read from.
+    document : dict
+        The whole document (dataset, metrics and provenance are compared with the run's).
+    """
+
+    path: str
+    document: dict[str, Any]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Its default-setting rows, one per checkpoint."""
+        return self.document["default"]
+
+
+def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
+    """Paths of ``sweep.parquet`` and ``replay.json`` in ``run_dir``; :class:`ReportInputError` if one is missing."""
     sweep, meta = os.path.join(run_dir, SWEEP_FILE), os.path.join(run_dir, REPLAY_FILE)
     for path in (sweep, meta):
         if not os.path.isfile(path):
             raise ReportInputError(
                 f"{path} not found: run frameexit replay (or frameexit run) with --out {run_dir} first"
             )
+    return sweep, meta
+
+
+def read_run(run_dir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory."""
+    sweep, meta = _require_replay_outputs(run_dir)
     try:
         rows = [with_cost(r) for r in pq.read_table(sweep).to_pylist()]
         with open(meta, encoding="utf-8") as handle:
@@ -69,8 +99,12 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, replay
 
 
-def read_baseline(path: str) -> list[dict[str, Any]]:
-    """The default-setting rows of an earlier ``summary.json``."""
+def read_baseline(path: str) -> Baseline:
+    """An earlier ``summary.json`` as a :class:`Baseline`; :class:`ReportInputError` if it cannot be one.
+
+    Read it before anything in its directory is replaced: ``frameexit run``
+    reads it before replay removes the stale report of ``--out``, which may be it.
+    """
     try:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
@@ -80,11 +114,70 @@ def read_baseline(path: str) -> list[dict[str, Any]]:
         not isinstance(doc, dict)
         or doc.get("schema_version") != SCHEMA_VERSION
         or not isinstance(doc.get("default"), list)
+        or not all(isinstance(r, dict) and "checkpoint" in r for r in doc["default"])
+        or not all(isinstance(doc.get(k), str) for k in ("dataset", "accuracy_metric", "cost_metric"))
     ):
         raise ReportInputError(
-            f"{path} is not a frameexit summary.json (schema_version {SCHEMA_VERSION} with 'default')"
+            f"{path} is not a frameexit summary.json (schema_version {SCHEMA_VERSION} with 'default', "
+            "'dataset', 'accuracy_metric' and 'cost_metric')"
         )
-    return doc["default"]
+    return Baseline(path, doc)
+
+
+def check_report_options(
+    out_dir: str,
+    *,
+    budget: float | None = None,
+    calibrate_on: str | None = None,
+    baseline: str | Baseline | None = None,
+    max_drop: float | None = None,
+    max_cost_rise: float | None = None,
+    metric: str | None = None,
+) -> None:
+    """Check every report option that needs no replay output, before any work or deletion.
+
+    Raises :class:`UsageError` (exit status 2) for options that contradict each
+    other or mean nothing (a budget or limit that is negative, NaN or infinite;
+    ``calibrate_on`` without ``budget`` or naming ``out_dir`` itself; ``max_drop``
+    or ``max_cost_rise`` without ``baseline``; an unknown ``metric``);
+    :class:`ReportInputError` for a calibration directory without replay outputs
+    or a baseline that is not a readable ``summary.json`` (or was made with
+    another ``metric``); :class:`~frameexit.errors.OutputError` when ``out_dir``
+    cannot be created or written to. ``frameexit run`` calls it before extracting.
+    """
+    if metric not in (None, "map", "top1"):
+        raise UsageError(f"--metric must be 'map' or 'top1', got {metric!r}")
+    for name, value in (("--budget", budget), ("--max-drop", max_drop), ("--max-cost-rise", max_cost_rise)):
+        # click's FloatRange(min=0) lets NaN and infinity through: every comparison with NaN is false
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {value}")
+    if calibrate_on is not None and budget is None:
+        raise UsageError("--calibrate-on chooses a setting for a budget: give --budget too")
+    if (max_drop is not None or max_cost_rise is not None) and baseline is None:
+        raise UsageError("--max-drop and --max-cost-rise compare against a baseline: give --baseline too")
+    if calibrate_on is not None and os.path.realpath(calibrate_on) == os.path.realpath(out_dir):
+        raise UsageError(
+            "--calibrate-on names the --out directory itself: the setting would be chosen on the videos it is "
+            "evaluated on; give another run's directory (e.g. a held-out split), or leave --calibrate-on out"
+        )
+    if calibrate_on is not None:
+        _require_replay_outputs(calibrate_on)
+    if baseline is not None:
+        base = baseline if isinstance(baseline, Baseline) else read_baseline(baseline)
+        if metric is not None and base.document["accuracy_metric"] != metric:
+            raise ReportInputError(_not_comparable(base, [_metric_mismatch(base, metric)]))
+    check_writable_dir(out_dir, "--out")
+
+
+def _metric_mismatch(base: Baseline, metric: str) -> str:
+    return f"accuracy metric {base.document['accuracy_metric']!r} in the baseline, {metric!r} in this run"
+
+
+def _not_comparable(base: Baseline, mismatches: list[str]) -> str:
+    return (
+        f"baseline {base.path} is not comparable with this run: {'; '.join(mismatches)}. Compare with a "
+        "baseline of the same dataset, split and metrics (pass --metric to match), or make a new one"
+    )
 
 
 def git_hash() -> str | None:
@@ -166,12 +259,18 @@ def report(
     *,
     budget: float | None = None,
     calibrate_on: str | None = None,
-    baseline: str | None = None,
+    baseline: str | Baseline | None = None,
     max_drop: float | None = None,
     max_cost_rise: float | None = None,
     metric: str | None = None,
 ) -> ReportResult:
     """Write ``summary.md``, ``summary.json`` and ``curve.png`` into ``run_dir`` from its replay outputs.
+
+    Every option is checked first (:func:`check_report_options`) and every input
+    read before anything is written; nothing is deleted beforehand: the three
+    files are replaced atomically, so a baseline inside ``run_dir`` (the previous
+    report) is read intact and a failed report leaves the previous one as it was.
+    If writing fails midway, the three files are removed rather than left mixed.
 
     Parameters
     ----------
@@ -181,49 +280,64 @@ def report(
         Cost budget (in the summary's cost metric, GFLOPs per video) for choosing a setting.
     calibrate_on : str, optional
         Another replay output directory (e.g. a held-out split) on which the budget setting is chosen.
-    baseline : str, optional
-        An earlier ``summary.json`` to compare the job's setting with.
+    baseline : str or Baseline, optional
+        An earlier ``summary.json`` (path, or already read with :func:`read_baseline`) to compare the
+        job's setting with. It must come from the same dataset, split file, accuracy and cost metric,
+        else :class:`ReportInputError`; see :func:`reports.summary.compare_baseline` for the verdict.
     max_drop, max_cost_rise : float, optional
         Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
     metric : {'map', 'top1'}, optional
         Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
     """
-    if metric not in (None, "map", "top1"):
-        raise ReportInputError(f"metric must be 'map' or 'top1', got {metric!r}")
-    if calibrate_on is not None and budget is None:
-        raise ReportInputError("--calibrate-on chooses a setting for a budget: give --budget too")
-    if (max_drop is not None or max_cost_rise is not None) and baseline is None:
-        raise ReportInputError("--max-drop and --max-cost-rise compare against a baseline: give --baseline too")
+    check_report_options(
+        run_dir,
+        budget=budget,
+        calibrate_on=calibrate_on,
+        baseline=baseline,
+        max_drop=max_drop,
+        max_cost_rise=max_cost_rise,
+        metric=metric,
+    )
     paths = {name: os.path.join(run_dir, name) for name in (SUMMARY_MD, SUMMARY_JSON, CURVE_PNG)}
-    for stale in paths.values():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
     rows, replay = read_run(run_dir)
     calibration = read_run(calibrate_on)[0] if calibrate_on else None
-    baseline_rows = read_baseline(baseline) if baseline else None
+    base = read_baseline(baseline) if isinstance(baseline, str) else baseline
     summary = build_summary(
         rows,
         replay,
         budget=budget,
         calibration_rows=calibration,
-        baseline_rows=baseline_rows,
+        baseline_rows=base.rows if base else None,
         max_drop=max_drop,
         max_cost_rise=max_cost_rise,
         metric=metric,
     )
+    if base:
+        mismatches = baseline_mismatches(summary, base.document)
+        if mismatches:
+            raise ReportInputError(_not_comparable(base, mismatches))
+        summary["baseline"]["file"] = os.path.abspath(base.path)
     if calibrate_on:
         summary["budget"]["calibration_run"] = os.path.abspath(calibrate_on)
-    if baseline:
-        summary["baseline"]["file"] = os.path.abspath(baseline)
     published = (
         summary["dataset"] == "activitynet1.3"
         and summary["cost_metric"] == "gflops"
         and str(replay.get("backbone", "")).endswith("resnet50")
     )
     figure = plot_curve(summary, rows, published=published)
-    with atomic_write(paths[CURVE_PNG]) as handle:
-        figure.savefig(handle, format="png")
-    with atomic_write(paths[SUMMARY_MD], "w") as handle:
-        handle.write(render_markdown(jsonable(summary)))
-    write_json(paths[SUMMARY_JSON], summary)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    markdown = render_markdown(jsonable(summary))
+    try:
+        with atomic_write(paths[CURVE_PNG]) as handle:
+            handle.write(png.getvalue())
+        with atomic_write(paths[SUMMARY_MD], "w") as handle:
+            handle.write(markdown)
+        write_json(paths[SUMMARY_JSON], summary)  # last: what CI reads appears once the others are in place
+    except BaseException:
+        # a report half old and half new would look complete: leave none
+        for path in paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
     return ReportResult(summary, paths)

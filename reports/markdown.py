@@ -145,8 +145,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines += [
             "## Baseline comparison",
             "",
-            f"Passed: **{'yes' if baseline['passed'] else 'no'}** (max drop {baseline['max_drop']}, "
-            f"max cost rise {baseline['max_cost_rise']})",
+            f"Passed: **{'yes' if baseline['passed'] else 'no'}** ({baseline.get('n_compared', 0)} checkpoint(s) "
+            f"compared; max drop {baseline['max_drop']}, max cost rise {baseline['max_cost_rise']})",
             "",
         ]
         rows = []
@@ -159,6 +159,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 v = c.get(key)
                 if v is None:
                     cells.append("n/a")
+                elif v.get("current") is None:  # the baseline has it, this run does not: a failure, shown as such
+                    cells.append(f"{_f(v['baseline'], 4 if key != cost else 2)} → n/a")
                 else:
                     delta = -v["drop"] if "drop" in v else v["rise"]
                     digits = 4 if key != cost else 2

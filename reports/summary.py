@@ -51,7 +51,7 @@ class Summary(TypedDict, total=False):
     frontier: list[dict[str, Any]]  # Pareto frontier over every checkpoint and setting, cheapest first
     n_settings: int  # rows of sweep.parquet
     budget: dict[str, Any] | None  # --budget: chosen setting per checkpoint (and calibration run)
-    baseline: dict[str, Any] | None  # --baseline: comparison and verdict
+    baseline: dict[str, Any] | None  # --baseline: per-checkpoint checks, n_compared, regressions, passed
     n_videos_listed: int
     n_videos_evaluated: int
     n_videos_skipped: int
@@ -177,35 +177,88 @@ def compare_baseline(
 
     A regression is an accuracy drop above ``max_drop`` (fraction) or a cost
     rise above ``max_cost_rise`` (GFLOPs); ``None`` disables that check.
+    Checkpoints are matched by name. The comparison fails (``passed`` false,
+    the reason among ``regressions``) whatever the limits when it cannot vouch
+    for the run: a baseline checkpoint missing from the run, a value the
+    baseline has that the run lacks (NaN), or nothing compared at all. A
+    checkpoint new in the run is listed as not in the baseline and passes.
+    ``n_compared`` counts the checkpoints with at least one value compared.
     """
     base = {r["checkpoint"]: r for r in baseline}
-    checks, regressions = [], []
+    ours = {r["checkpoint"] for r in current}
+    checks, regressions, n_compared = [], [], 0
     for r in current:
         b = base.get(r["checkpoint"])
         if b is None:
             checks.append({"checkpoint": r["checkpoint"], "note": "not in the baseline"})
             continue
         entry: dict[str, Any] = {"checkpoint": r["checkpoint"]}
-        for key in ("map", "top1"):
-            if _finite(r.get(key)) and _finite(b.get(key)):
+        compared = False
+        for key, limit, higher in (("map", max_drop, True), ("top1", max_drop, True), (cost, max_cost_rise, False)):
+            if not _finite(b.get(key)):
+                continue  # nothing to hold the run to
+            if not _finite(r.get(key)):
+                entry[key] = {"baseline": b[key], "current": None}
+                regressions.append(f"{r['checkpoint']}: {key} is not defined in this run (baseline {b[key]:.4f})")
+                compared = True
+                continue
+            compared = True
+            if higher:
                 drop = b[key] - r[key]
                 entry[key] = {"baseline": b[key], "current": r[key], "drop": drop}
-                if max_drop is not None and drop > max_drop:
+                if limit is not None and drop > limit:
                     regressions.append(
-                        f"{r['checkpoint']}: {key} fell by {drop:.4f} ({b[key]:.4f} -> {r[key]:.4f}), more than {max_drop}"
+                        f"{r['checkpoint']}: {key} fell by {drop:.4f} ({b[key]:.4f} -> {r[key]:.4f}), more than {limit}"
                     )
-        if _finite(r.get(cost)) and _finite(b.get(cost)):
-            rise = r[cost] - b[cost]
-            entry[cost] = {"baseline": b[cost], "current": r[cost], "rise": rise}
-            if max_cost_rise is not None and rise > max_cost_rise:
-                regressions.append(
-                    f"{r['checkpoint']}: {cost} rose by {rise:.2f} ({b[cost]:.2f} -> {r[cost]:.2f}), more than {max_cost_rise}"
-                )
+            else:
+                rise = r[key] - b[key]
+                entry[key] = {"baseline": b[key], "current": r[key], "rise": rise}
+                if limit is not None and rise > limit:
+                    regressions.append(
+                        f"{r['checkpoint']}: {key} rose by {rise:.2f} ({b[key]:.2f} -> {r[key]:.2f}), more than {limit}"
+                    )
+        n_compared += compared
         checks.append(entry)
+    for name in base:
+        if name not in ours:
+            # a dropped or renamed checkpoint would otherwise leave the gate comparing less than it did
+            checks.append({"checkpoint": name, "note": "in the baseline, not in this run"})
+            regressions.append(f"{name}: in the baseline but not in this run (checkpoints are matched by file name)")
+    if n_compared == 0:
+        regressions.insert(
+            0,
+            "nothing was compared: no checkpoint of this run is in the baseline with a value to compare "
+            f"(baseline: {', '.join(base) or 'no checkpoint'}; this run: {', '.join(sorted(ours)) or 'no checkpoint'})",
+        )
     return {
         "max_drop": max_drop,
         "max_cost_rise": max_cost_rise,
         "checks": checks,
+        "n_compared": n_compared,
         "regressions": regressions,
         "passed": not regressions,
     }
+
+
+def baseline_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """Why two ``summary.json`` documents cannot be compared: dataset, metrics or split file differ.
+
+    An empty list when they can. The split file is compared by the SHA-256 the
+    feature cache records (``provenance.cache.inputs.split_digest``), where both
+    documents have it.
+    """
+    out = []
+    for key, label in (("dataset", "dataset"), ("accuracy_metric", "accuracy metric"), ("cost_metric", "cost metric")):
+        theirs, ours = baseline.get(key), current.get(key)
+        if theirs != ours:
+            out.append(f"{label} {theirs!r} in the baseline, {ours!r} in this run")
+    theirs, ours = _split_digest(baseline), _split_digest(current)
+    if theirs and ours and theirs != ours:
+        out.append(f"split file SHA-256 {theirs[:12]}... in the baseline, {ours[:12]}... in this run")
+    return out
+
+
+def _split_digest(summary: Mapping[str, Any]) -> str | None:
+    inputs = summary.get("provenance", {}).get("cache", {}).get("inputs", {})
+    digest = inputs.get("split_digest") if isinstance(inputs, Mapping) else None
+    return digest if isinstance(digest, str) else None

@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import official_state, write_job
+from helpers import official_head_shapes, official_state, write_job
 
 from cache.reader import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
+from frameexit.cost import measure_step_costs
 from frameexit.sampling import COARSE_TO_FINE
 from frameexit.sweep import concat_tables, exit_tables
 from jobs.config import load_job
@@ -218,3 +219,60 @@ def test_replay_cli(setup, tmp_path):
     } <= set(sweep.column_names)
     videos = pq.read_table(tmp_path / "o" / "videos.parquet")  # the job's default setting only
     assert set(videos.column("first_threshold").to_pylist()) == {0.99}
+
+
+def _with_head(state, *, hidden, seed):
+    """``state`` (official format) with its head replaced by random weights of width ``hidden``; same backbone."""
+    rng = np.random.default_rng(seed)
+    out = {k: v for k, v in state.items() if k.startswith("module.backbone.")}
+    for name, shape in official_head_shapes(512, hidden=hidden).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            out["module." + name] = torch.tensor(0, dtype=torch.int64)
+            continue
+        if leaf == "running_var" or (leaf == "weight" and (".bn" in name or "layers.1" in name)):
+            arr = rng.uniform(0.5, 1.5, size=shape)
+        elif leaf in ("bias", "running_mean"):
+            arr = rng.normal(0, 0.1, size=shape)
+        else:
+            scale = 4.0 if name.startswith("classifiers") else 1.0
+            arr = rng.normal(0, scale * np.sqrt(2.0 / int(np.prod(shape[1:]))), size=shape)
+        out["module." + name] = torch.from_numpy(arr.astype(np.float32))
+    return out
+
+
+@pytest.mark.slow
+def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, tmp_path):
+    """Two worker processes, three heads over one backbone: the second head has the first one's parameter names
+    and shapes, the third a narrower projection; each checkpoint's rows equal a threads replay of it alone,
+    measured GMACs (which depend on the head's width) included."""
+    job_file, cache_root, _ = setup
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(_with_head(state, hidden=4096, seed=21), tmp_path / "same_width.pth")
+    torch.save(_with_head(state, hidden=64, seed=22), tmp_path / "narrow.pth")
+    checkpoints = [checkpoint, str(tmp_path / "same_width.pth"), str(tmp_path / "narrow.pth")]
+    grid = dict(first_thresholds=(0.0, 0.5, 0.9, 1.0), gate_thresholds=(0.0, 0.3, 0.6, 1.0), per_video="all")
+    job = load_job(job_file, ["--checkpoint.init", f"[{', '.join(checkpoints)}]"])
+    together = replay(job, str(tmp_path / "cluster"), ReplayOptions(cache_root=cache_root, workers=2, **grid))
+    sweep = pq.read_table(together.sweep_path).to_pylist()
+    videos = pq.read_table(together.videos_path).to_pylist()
+    by_name = {}
+    for path in checkpoints:
+        name = os.path.basename(path)
+        alone = replay(
+            load_job(job_file, ["--checkpoint.init", path]),
+            str(tmp_path / f"alone-{name}"),
+            ReplayOptions(cache_root=cache_root, scheduler="threads", **grid),
+        )
+        expected = pq.read_table(alone.sweep_path).to_pylist()
+        assert [r for r in sweep if r["checkpoint"] == name] == expected, name
+        assert [r for r in videos if r["checkpoint"] == name] == pq.read_table(alone.videos_path).to_pylist(), name
+        by_name[name] = expected
+    # the heads really differ
+    assert len({tuple(r["map"] for r in rows) for rows in by_name.values()}) == 3
+    # measured GMACs of each checkpoint count its own head: the mean over exit steps of the sequential cost
+    for name, hidden in ((os.path.basename(checkpoint), 4096), ("narrow.pth", 64)):
+        costs = measure_step_costs("torchvision.resnet18", input_size=224, num_class=200, hidden_dim=hidden)
+        per_step = costs.video_gmacs(np.arange(10))
+        for r in by_name[name]:
+            assert r["gmacs_measured"] == pytest.approx(float(np.dot(r["exit_histogram"], per_step)), rel=1e-9)

@@ -6,11 +6,14 @@ import math
 import os
 
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from helpers import write_job
 from PIL import Image
 
 from cli import main
+from frameexit.errors import OutputError, UsageError
+from jobs.report import ReportInputError, check_report_options, report
 from reports.schema import SWEEP
 from reports.summary import best_within_budget, choose_budget, compare_baseline, pareto_frontier
 from reports.write import write_json, write_table
@@ -77,15 +80,16 @@ def test_baseline_comparison():
     assert compare_baseline(small, base, max_drop=0.005, max_cost_rise=0.5, cost="gflops")["passed"]
 
 
-def _fake_run(path, spec=HAND, default=(0.2, 0.1)):
+def _fake_run(path, spec=HAND, default=(0.2, 0.1), *, names=("a.pth",), dataset="activitynet1.3", split="1" * 64):
+    """Replay outputs of ``spec`` for each checkpoint of ``names``, from the dataset and split file given."""
     os.makedirs(path, exist_ok=True)
-    rows = _rows(spec)
+    rows = [{**r, "checkpoint": name} for name in names for r in _rows(spec)]
     write_table(os.path.join(path, "sweep.parquet"), {k: [r[k] for r in rows] for k in SWEEP.names}, SWEEP)
-    d = next(r for r in rows if (r["first_threshold"], r["gate_threshold"]) == default)
+    defaults = [r for r in rows if (r["first_threshold"], r["gate_threshold"]) == default]
     write_json(
         os.path.join(path, "replay.json"),
         {
-            "dataset": "activitynet1.3",
+            "dataset": dataset,
             "backbone": "torchvision.resnet50",
             "n_videos": 10,
             "n_videos_listed": 11,
@@ -106,9 +110,13 @@ def _fake_run(path, spec=HAND, default=(0.2, 0.1)):
                         "exit_histogram",
                     )
                 }
+                for d in defaults
             ],
-            "cache": {"key": "k" * 20, "inputs": {"backbone": "resnet50", "backbone_digest": "d" * 64}},
-            "checkpoints": [{"name": "a.pth", "path": "/x/a.pth", "sha256": "s" * 64}],
+            "cache": {
+                "key": "k" * 20,
+                "inputs": {"backbone": "resnet50", "backbone_digest": "d" * 64, "split_digest": split},
+            },
+            "checkpoints": [{"name": name, "path": f"/x/{name}", "sha256": "s" * 64} for name in names],
             "runtime": {"frameexit": "0.1.0", "torch": "2.14.1", "date": "2026-11-24T00:00:00+00:00"},
             "job": {"data": {"path_split": "split.txt"}},
         },
@@ -172,7 +180,7 @@ def test_calibrated_budget_through_the_cli(tmp_path):
     md = open(os.path.join(run, "summary.md")).read()
     assert "## Best setting within 2.5 GFLOPs (chosen on the calibration run, evaluated here)" in md
     r = CliRunner().invoke(main, ["report", "--out", run, "--calibrate-on", held_out])
-    assert r.exit_code == 1 and "give --budget too" in r.output
+    assert r.exit_code == 2 and "give --budget too" in r.output
 
 
 def test_report_errors(tmp_path):
@@ -234,3 +242,142 @@ def test_run_produces_every_artefact_with_the_sweep_numbers(anet, checkpoint, tm
     assert f"| {d['checkpoint']} | {d['map']:.4f} | {d['top1']:.4f} | n/a | {d['gmacs_measured']:.2f} |" in md
     assert "v_nofolder.mp4" in md and "## Provenance" in md and summary["provenance"]["cache"]["key"]
     assert not math.isnan(d["map"])
+
+
+# ------------------------------------------------------------------------------ the gate compares something, or fails
+
+
+def _gate(run, baseline, *extra):
+    args = ["report", "--out", run, "--baseline", baseline, "--max-drop", "0.005", "--max-cost-rise", "0.5", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def _baseline(tmp_path, name="base", **kwargs):
+    base = _fake_run(tmp_path / name, **kwargs)
+    assert CliRunner().invoke(main, ["report", "--out", base]).exit_code == 0
+    return os.path.join(base, "summary.json")
+
+
+def test_gate_fails_when_the_baseline_has_no_checkpoint_of_the_run(tmp_path):
+    baseline = _baseline(tmp_path, names=("old.pth",))
+    run = _fake_run(tmp_path / "run", names=("new.pth",))
+    r = _gate(run, baseline)
+    assert r.exit_code == 3, r.output
+    assert "REGRESSION: nothing was compared: no checkpoint of this run is in the baseline" in r.output
+    assert "REGRESSION: old.pth: in the baseline but not in this run" in r.output
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["baseline"]["passed"] is False and summary["baseline"]["n_compared"] == 0
+    md = open(os.path.join(run, "summary.md")).read()
+    assert md.startswith("> [!CAUTION]") and "Passed: **no**" in md and "| new.pth | not in the baseline |" in md
+
+
+def test_gate_needs_every_baseline_checkpoint_and_accepts_new_ones(tmp_path):
+    baseline = _baseline(tmp_path, names=("a.pth", "b.pth"))
+    r = _gate(_fake_run(tmp_path / "fewer", names=("a.pth",)), baseline)
+    assert r.exit_code == 3 and "REGRESSION: b.pth: in the baseline but not in this run" in r.output, r.output
+    more = _fake_run(tmp_path / "more", names=("a.pth", "b.pth", "c.pth"))
+    r = _gate(more, baseline)
+    assert r.exit_code == 0, r.output
+    checks = json.load(open(os.path.join(more, "summary.json")))["baseline"]["checks"]
+    assert {c["checkpoint"]: c.get("note") for c in checks} == {
+        "a.pth": None,
+        "b.pth": None,
+        "c.pth": "not in the baseline",
+    }
+
+
+def test_gate_refuses_a_baseline_of_another_dataset_split_or_metric(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    before = open(_baseline(tmp_path, "run-report")).read()  # a report already beside another run's outputs
+    cases = [
+        (dict(dataset="minikinetics"), "dataset 'minikinetics' in the baseline, 'activitynet1.3' in this run"),
+        (dict(split="2" * 64), "split file SHA-256 222222222222... in the baseline, 111111111111... in this run"),
+    ]
+    for i, (kwargs, message) in enumerate(cases):
+        r = _gate(run, _baseline(tmp_path, f"other-{i}", **kwargs))
+        assert r.exit_code == 1, r.output
+        assert "is not comparable with this run" in r.output and message in r.output
+    # another accuracy metric: this run reports top-1, the baseline mAP
+    r = _gate(run, _baseline(tmp_path, "map-base"), "--metric", "top1")
+    assert r.exit_code == 1 and "accuracy metric 'map' in the baseline, 'top1' in this run" in r.output, r.output
+    # another cost metric (a backbone with the paper's figure against one without)
+    doc = json.load(open(_baseline(tmp_path, "cost-base")))
+    doc["cost_metric"] = "gflops_measured"
+    with open(tmp_path / "cost.json", "w") as f:
+        json.dump(doc, f)
+    r = _gate(run, str(tmp_path / "cost.json"))
+    assert r.exit_code == 1 and "cost metric 'gflops_measured' in the baseline, 'gflops' in this run" in r.output
+    assert open(os.path.join(tmp_path / "run-report", "summary.json")).read() == before
+
+
+def test_baseline_comparison_counts_what_it_compares():
+    base = [{"checkpoint": "a.pth", "map": 0.70, "top1": 0.80, "gflops": 20.0}]
+    gone = [{"checkpoint": "a.pth", "map": float("nan"), "top1": 0.80, "gflops": 20.0}]
+    result = compare_baseline(gone, base, max_drop=0.005, max_cost_rise=0.5, cost="gflops")
+    assert not result["passed"] and result["n_compared"] == 1
+    assert result["regressions"] == ["a.pth: map is not defined in this run (baseline 0.7000)"]
+    nothing = compare_baseline(base, [], max_drop=0.005, max_cost_rise=0.5, cost="gflops")
+    assert not nothing["passed"] and "nothing was compared" in nothing["regressions"][0]
+
+
+# ------------------------------------------------------------------------------ options checked before anything is touched
+
+
+def test_baseline_inside_out_is_read_before_the_report_is_replaced(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert CliRunner().invoke(main, ["report", "--out", run]).exit_code == 0
+    previous = os.path.join(run, "summary.json")
+    r = _gate(run, previous)  # CI: compare with the report of the previous run in the same directory
+    assert r.exit_code == 0, r.output
+    summary = json.load(open(previous))
+    assert summary["baseline"]["passed"] is True and summary["baseline"]["n_compared"] == 1
+
+
+def test_report_options_are_checked_before_anything_is_deleted(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    held_out = _fake_run(tmp_path / "heldout")
+    assert CliRunner().invoke(main, ["report", "--out", run]).exit_code == 0
+    before = {name: open(os.path.join(run, name), "rb").read() for name in ("summary.md", "summary.json", "curve.png")}
+    not_a_summary = tmp_path / "other.json"
+    not_a_summary.write_text('{"map": 0.7}')
+    usage = [
+        (["--budget", "nan"], "--budget"),
+        (["--budget", "inf"], "--budget"),
+        (["--calibrate-on", held_out], "give --budget too"),
+        (["--max-drop", "0.01"], "give --baseline too"),
+        (["--max-cost-rise", "0.5"], "give --baseline too"),
+        (["--baseline", str(not_a_summary), "--max-drop", "nan"], "--max-drop"),
+        (["--budget", "3", "--calibrate-on", run], "--calibrate-on names the --out directory itself"),
+    ]
+    for args, message in usage:
+        r = CliRunner().invoke(main, ["report", "--out", run, *map(str, args)])
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output and "Traceback" not in r.output, (args, r.output)
+    errors = [
+        (["--baseline", str(not_a_summary)], "is not a frameexit summary.json"),
+        (["--budget", "3", "--calibrate-on", tmp_path], "sweep.parquet not found"),
+    ]
+    for args, message in errors:
+        r = CliRunner().invoke(main, ["report", "--out", run, *map(str, args)])
+        assert r.exit_code == 1 and message in r.output, (args, r.output)
+    for name, content in before.items():
+        assert open(os.path.join(run, name), "rb").read() == content, name
+
+
+def test_check_report_options_for_run(tmp_path):
+    """What `frameexit run` checks before extracting: everything that needs no replay output."""
+    out = str(tmp_path / "new-out")
+    check_report_options(out, budget=3.0, baseline=_baseline(tmp_path), max_drop=0.01)
+    assert os.path.isdir(out)  # created and proven writable
+    with pytest.raises(UsageError, match="finite"):
+        check_report_options(out, budget=float("inf"))
+    with pytest.raises(UsageError, match="give --baseline too"):
+        check_report_options(out, max_cost_rise=1.0)
+    with pytest.raises(UsageError, match="metric"):
+        check_report_options(out, metric="ap")
+    with pytest.raises(ReportInputError, match="cannot read baseline"):
+        check_report_options(out, baseline=str(tmp_path / "missing.json"))
+    with pytest.raises(OutputError, match="--out /proc/frameexit-test/out is not a writable directory"):
+        check_report_options("/proc/frameexit-test/out", budget=3.0)
+    with pytest.raises(OutputError, match="is not a writable directory"):
+        report("/proc/frameexit-test/out")

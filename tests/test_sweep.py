@@ -1,12 +1,23 @@
 """frameexit.sweep: the grid computation equals the per-setting definitions, ties included."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from frameexit import sweep
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import exit_steps
 from frameexit.metrics import average_precision, mean_average_precision, top1_accuracy
-from frameexit.sweep import ExitTables, concat_tables, exit_steps_grid, sweep_metrics
+from frameexit.sweep import (
+    ExitTables,
+    average_precision_grid,
+    concat_tables,
+    exit_steps_grid,
+    first_exit_mask,
+    gate_exit_steps,
+    sweep_metrics,
+)
 from jobs.grid import parse_grid
 
 
@@ -68,3 +79,35 @@ def test_parse_grid():
         parse_grid("0.1:0.9", name="x")
     with pytest.raises(ConfigError, match="a range needs a count of at least 1"):
         parse_grid("0.1:0.9:0", name="x")
+
+
+@pytest.mark.parametrize("quantise", [None, 6])
+def test_average_precision_in_slices_of_first_thresholds_is_identical(quantise):
+    t = _tables(2, quantise=quantise)
+    first = [0.0, 0.2, 0.3, 0.45, 0.5, 0.7, 0.9]  # 7: slices of 2, 2 and 3 (never 1)
+    gate = [0.0, 0.3, 1.0]
+    gate_steps, mask = gate_exit_steps(t.gates, gate), first_exit_mask(t.confidence0, first)
+    whole = average_precision_grid(t, gate_steps, mask)
+    sliced = average_precision_grid(t, gate_steps, mask, max_bytes=1)
+    np.testing.assert_array_equal(sliced, whole)  # bit for bit, NaN where a class has no positive
+
+
+@pytest.mark.parametrize(
+    ("n", "n_first", "n_gate", "rate"), [(300, 40, 3, 0.12), (400, 600, 2, 0.12), (1500, 200, 4, 0.01)]
+)
+def test_memory_estimate_bounds_the_measured_peak(monkeypatch, n, n_first, n_gate, rate):
+    """sweep_block_bytes is what replay plans with: it must not be below what sweep_metrics really allocates,
+    also when the first thresholds need slicing (a small AP budget here, to make it happen on a small table)."""
+    monkeypatch.setattr(sweep, "AP_MAX_BYTES", 4 * 2**20)
+    rng = np.random.default_rng(3)
+    t = _tables(3, n=n, n_class=50)
+    t = ExitTables(t.videos, rng.random(t.labels.shape) < rate, t.probs, t.gates)
+    ranks = sweep.candidate_ranks(t.probs)
+    first, gate = np.linspace(0, 1, n_first), np.linspace(0, 1, n_gate)
+    tracemalloc.start()
+    try:
+        sweep_metrics(t, first, gate, ranks=ranks)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= sweep.sweep_block_bytes(n, n_first, n_gate, 50)
