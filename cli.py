@@ -782,7 +782,7 @@ def train(
     last = {e["stage"]: e for e in result.history}
     click.echo(
         f"FrameExit train: {result.n_videos} videos; final loss classifiers "
-        f"{last.get('classifier', {}).get('loss', float('nan')):.4f}, gates {last.get('gates', {}).get('loss', float('nan')):.4f}"
+        f"{last['classifier']['loss']:.4f}, gates {last['gates']['loss']:.4f}"
     )
     if result.validation:
         click.echo("  validation top-1 after 1..10 frames: " + " ".join(f"{v:.3f}" for v in result.validation["top1"]))

@@ -45,7 +45,7 @@ from frameexit.checkpoint import BACKBONE, backbone_digest, build_model, read_st
 from frameexit.head import FrameExit  # noqa: E402
 from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
-from jobs.replay import merge_tables, shard_exit_tables, sweep_block  # noqa: E402
+from jobs.replay import HeadState, merge_tables, shard_exit_tables, sweep_block  # noqa: E402
 
 
 def peak_mib() -> float:
@@ -116,9 +116,9 @@ def main() -> None:
     first = np.linspace(0.05, 1.0, 40).tolist()
     gate = np.linspace(0.0, 1.0, 25).tolist()
     order = tuple(COARSE_TO_FINE)
-    head_d = dask.delayed(head_state, name="bench-head", traverse=False)
+    head_d = dask.delayed(HeadState("bench", "bench", head_state), name="bench-head", traverse=False)
     parts = [
-        dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, "bench", head_d, order)
+        dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order)
         for e in shards
     ]
     t0 = time.perf_counter()
@@ -180,6 +180,7 @@ def main() -> None:
     )
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
+    del head_d, parts  # the benchmark's own head would otherwise stay alive during the whole job
     # the whole job, as a user runs it (writes sweep.parquet and videos.parquet)
     import yaml
 

@@ -11,7 +11,7 @@ from frameexit.atomic import check_writable_dir
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
 from .replay import ReplayOptions, ReplayResult, replay
-from .report import ReportResult, check_report_options, report
+from .report import ReportResult, check_report_options, read_baseline, report
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ def run(
         max_cost_rise=max_cost_rise,
         metric=metric,
     )
+    if isinstance(baseline, str):
+        # replay removes OUT/summary.json, which may be the baseline (the previous run's report): read it first
+        baseline = read_baseline(baseline)
     extracted = extract(job, extract_options, progress=progress)
     if on_stage:
         on_stage("extract", extracted)

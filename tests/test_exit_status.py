@@ -379,3 +379,14 @@ def test_dataset_file_that_is_not_utf8_is_named(anet, checkpoint, tmp_path, whic
     r = invoke("infer", job, "--out", tmp_path / "o")
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"{paths[which]}" in r.output and "is not UTF-8 text" in r.output
+
+
+def test_run_with_the_previous_report_of_out_as_baseline(anet, checkpoint, tmp_path):
+    job = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert invoke("run", job, "--out", out, "--cache", cache, "--device", "cpu").exit_code == 0
+    before = json.load(open(out / "summary.json"))
+    r = invoke("run", job, "--out", out, "--cache", cache, "--baseline", out / "summary.json", "--max-drop", "0")
+    assert r.exit_code == 0, r.output
+    gate = json.load(open(out / "summary.json"))["baseline"]
+    assert gate["passed"] and gate["checks"][0]["map"]["baseline"] == before["default"][0]["map"]
