@@ -117,10 +117,7 @@ def main() -> None:
     gate = np.linspace(0.0, 1.0, 25).tolist()
     order = tuple(COARSE_TO_FINE)
     head_d = dask.delayed(HeadState("bench", "bench", head_state), name="bench-head", traverse=False)
-    parts = [
-        dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order)
-        for e in shards
-    ]
+    parts = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
     t0 = time.perf_counter()
     (merged,) = dask.compute(dask.delayed(merge_tables)(parts), scheduler="threads")
     table_s = time.perf_counter() - t0
