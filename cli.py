@@ -489,8 +489,20 @@ def replay(
 _with_job_help(replay)
 
 
+REPORT_FIELDS = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "metric")
+
+
 def _report_options(f):
+    """The report's options, handed to the command as one ``report_options`` (a jobs.report.ReportOptions)."""
+    import functools
     import math
+
+    @functools.wraps(f)
+    def collect(*args, **kwargs):
+        from jobs.report import ReportOptions
+
+        options = ReportOptions(**{name: kwargs.pop(name) for name in REPORT_FIELDS})
+        return f(*args, report_options=options, **kwargs)
 
     def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
         # FloatRange(min=0) lets nan and inf through, and every comparison with nan is false
@@ -545,8 +557,8 @@ def _report_options(f):
             ),
         ]
     ):
-        f = decorator(f)
-    return f
+        collect = decorator(collect)
+    return collect
 
 
 def _finish_report(result) -> None:
@@ -581,15 +593,7 @@ Examples:
 )
 @_report_options
 @VERBOSE_OPTION
-def report(
-    out_dir: str,
-    budget: float | None,
-    calibrate_on: str | None,
-    baseline: str | None,
-    max_drop: float | None,
-    max_cost_rise: float | None,
-    metric: str | None,
-) -> None:
+def report(out_dir: str, report_options) -> None:
     """Write summary.md, summary.json and curve.png from a replay's outputs.
 
     summary.md holds the results table at the job's setting, the Pareto
@@ -601,15 +605,7 @@ def report(
     """
     from jobs.report import report as run_report
 
-    result = run_report(
-        out_dir,
-        budget=budget,
-        calibrate_on=calibrate_on,
-        baseline=baseline,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
-    )
+    result = run_report(out_dir, report_options)
     click.echo(
         f"FrameExit report: {result.summary['n_settings']} settings, {len(result.summary['frontier'])} on the frontier"
     )
@@ -659,12 +655,7 @@ def run(
     per_video: str,
     scheduler: str | None,
     workers: int | None,
-    budget,
-    calibrate_on,
-    baseline,
-    max_drop,
-    max_cost_rise,
-    metric,
+    report_options,
     progress: bool | None,
 ) -> None:
     """The whole job: extract (reusing the cache), replay, report.
@@ -716,12 +707,7 @@ def run(
         out_dir,
         extract_options=extract_options,
         replay_options=replay_options,
-        budget=budget,
-        calibrate_on=calibrate_on,
-        baseline=baseline,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
+        report_options=report_options,
         progress=progress,
         on_stage=on_stage,
     )

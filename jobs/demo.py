@@ -34,7 +34,7 @@ from frameexit.sampling import sample_indices
 from .config import load_job
 from .extract import ExtractOptions, extract
 from .replay import ReplayOptions, replay
-from .report import report
+from .report import ReportOptions, report
 from .train import train
 
 SHAPES = ("circle", "square", "triangle")
@@ -194,5 +194,5 @@ def demo(out: str, *, progress: bool | None = None, say: Callable[[str], None] =
         job_file, ["--data.path_split", paths["split_val"], "--checkpoint.init", "[" + ", ".join(checkpoints) + "]"]
     )
     replay(replay_job, run_dir, ReplayOptions(cache_root=cache), progress=progress)
-    reported = report(run_dir, metric="top1")  # one label per video: top-1 is the natural accuracy
+    reported = report(run_dir, ReportOptions(metric="top1"))  # one label per video: top-1 is the natural accuracy
     return DemoResult(out, run_dir, checkpoints, reported.summary, ten)

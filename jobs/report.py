@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import json
@@ -124,17 +125,39 @@ def read_baseline(path: str) -> Baseline:
     return Baseline(path, doc)
 
 
-def check_report_options(
-    out_dir: str,
-    *,
-    budget: float | None = None,
-    calibrate_on: str | None = None,
-    baseline: str | Baseline | None = None,
-    max_drop: float | None = None,
-    max_cost_rise: float | None = None,
-    metric: str | None = None,
-) -> None:
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a report chooses and compares: the options of ``frameexit report`` (and of ``run``).
+
+    Attributes
+    ----------
+    budget : float, optional
+        Cost budget (in the summary's cost metric, GFLOPs per video) for choosing a setting.
+    calibrate_on : str, optional
+        Another replay output directory (e.g. a held-out split) on which the budget setting is chosen.
+    baseline : str or Baseline, optional
+        An earlier ``summary.json`` (path, or already read with :func:`read_baseline`) to compare the
+        job's setting with. It must come from the same dataset, split file, accuracy and cost metric,
+        else :class:`ReportInputError`; see :func:`reports.summary.compare_baseline` for the verdict.
+    max_drop, max_cost_rise : float, optional
+        Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
+    metric : {'map', 'top1'}, optional
+        Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
+    """
+
+    budget: float | None = None
+    calibrate_on: str | None = None
+    baseline: str | Baseline | None = None
+    max_drop: float | None = None
+    max_cost_rise: float | None = None
+    metric: str | None = None
+
+
+def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
     """Check every report option that needs no replay output, before any work or deletion.
+
+    Returns ``options`` with the baseline read (a :class:`Baseline`), so that
+    a baseline inside ``out_dir`` survives what a later stage writes there.
 
     Raises :class:`UsageError` (exit status 2) for options that contradict each
     other or mean nothing (a budget or limit that is negative, NaN or infinite;
@@ -145,6 +168,8 @@ def check_report_options(
     another ``metric``); :class:`~frameexit.errors.OutputError` when ``out_dir``
     cannot be created or written to. ``frameexit run`` calls it before extracting.
     """
+    budget, calibrate_on, baseline = options.budget, options.calibrate_on, options.baseline
+    max_drop, max_cost_rise, metric = options.max_drop, options.max_cost_rise, options.metric
     if metric not in (None, "map", "top1"):
         raise UsageError(f"--metric must be 'map' or 'top1', got {metric!r}")
     for name, value in (("--budget", budget), ("--max-drop", max_drop), ("--max-cost-rise", max_cost_rise)):
@@ -163,10 +188,11 @@ def check_report_options(
     if calibrate_on is not None:
         _require_replay_outputs(calibrate_on)
     if baseline is not None:
-        base = baseline if isinstance(baseline, Baseline) else read_baseline(baseline)
-        if metric is not None and base.document["accuracy_metric"] != metric:
-            raise ReportInputError(_not_comparable(base, [_metric_mismatch(base, metric)]))
+        baseline = baseline if isinstance(baseline, Baseline) else read_baseline(baseline)
+        if metric is not None and baseline.document["accuracy_metric"] != metric:
+            raise ReportInputError(_not_comparable(baseline, [_metric_mismatch(baseline, metric)]))
     check_writable_dir(out_dir, "--out")
+    return dataclasses.replace(options, baseline=baseline)
 
 
 def _metric_mismatch(base: Baseline, metric: str) -> str:
@@ -254,16 +280,7 @@ def build_summary(
     return summary
 
 
-def report(
-    run_dir: str,
-    *,
-    budget: float | None = None,
-    calibrate_on: str | None = None,
-    baseline: str | Baseline | None = None,
-    max_drop: float | None = None,
-    max_cost_rise: float | None = None,
-    metric: str | None = None,
-) -> ReportResult:
+def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResult:
     """Write ``summary.md``, ``summary.json`` and ``curve.png`` into ``run_dir`` from its replay outputs.
 
     Every option is checked first (:func:`check_report_options`) and every input
@@ -272,45 +289,23 @@ def report(
     report) is read intact and a failed report leaves the previous one as it was.
     If writing fails midway, the three files are removed rather than left mixed.
 
-    Parameters
-    ----------
-    run_dir : str
-        Holds ``sweep.parquet`` and ``replay.json`` of ``frameexit replay``.
-    budget : float, optional
-        Cost budget (in the summary's cost metric, GFLOPs per video) for choosing a setting.
-    calibrate_on : str, optional
-        Another replay output directory (e.g. a held-out split) on which the budget setting is chosen.
-    baseline : str or Baseline, optional
-        An earlier ``summary.json`` (path, or already read with :func:`read_baseline`) to compare the
-        job's setting with. It must come from the same dataset, split file, accuracy and cost metric,
-        else :class:`ReportInputError`; see :func:`reports.summary.compare_baseline` for the verdict.
-    max_drop, max_cost_rise : float, optional
-        Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
-    metric : {'map', 'top1'}, optional
-        Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
+    ``run_dir`` holds ``sweep.parquet`` and ``replay.json`` of ``frameexit replay``;
+    ``options`` (:class:`ReportOptions`) the budget, calibration run, baseline and metric.
     """
-    check_report_options(
-        run_dir,
-        budget=budget,
-        calibrate_on=calibrate_on,
-        baseline=baseline,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
-    )
+    options = check_report_options(run_dir, options)
+    calibrate_on, base = options.calibrate_on, options.baseline
     paths = {name: os.path.join(run_dir, name) for name in (SUMMARY_MD, SUMMARY_JSON, CURVE_PNG)}
     rows, replay = read_run(run_dir)
     calibration = read_run(calibrate_on)[0] if calibrate_on else None
-    base = read_baseline(baseline) if isinstance(baseline, str) else baseline
     summary = build_summary(
         rows,
         replay,
-        budget=budget,
+        budget=options.budget,
         calibration_rows=calibration,
         baseline_rows=base.rows if base else None,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
+        max_drop=options.max_drop,
+        max_cost_rise=options.max_cost_rise,
+        metric=options.metric,
     )
     if base:
         mismatches = baseline_mismatches(summary, base.document)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from frameexit.atomic import check_writable_dir
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
 from .replay import ReplayOptions, ReplayResult, replay
-from .report import ReportResult, check_report_options, read_baseline, report
+from .report import ReportOptions, ReportResult, check_report_options, report
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,9 @@ def run(
     *,
     extract_options: ExtractOptions,
     replay_options: ReplayOptions,
-    budget: float | None = None,
-    calibrate_on: str | None = None,
-    baseline: str | None = None,
-    max_drop: float | None = None,
-    max_cost_rise: float | None = None,
-    metric: str | None = None,
+    report_options: ReportOptions | None = None,
     progress: bool | None = None,
-    on_stage=None,
+    on_stage: Callable[[str, Any], None] | None = None,
 ) -> RunResult:
     """The whole job: every stage's artefacts in ``out_dir`` (the features in the cache).
 
@@ -45,18 +42,8 @@ def run(
     not surface after an hour of extraction.
     """
     check_writable_dir(out_dir, "--out")
-    check_report_options(
-        out_dir,
-        budget=budget,
-        calibrate_on=calibrate_on,
-        baseline=baseline,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
-    )
-    if isinstance(baseline, str):
-        # replay removes OUT/summary.json, which may be the baseline (the previous run's report): read it first
-        baseline = read_baseline(baseline)
+    # the baseline is read here: replay removes OUT/summary.json, which may be it (the previous run's report)
+    report_options = check_report_options(out_dir, report_options or ReportOptions())
     extracted = extract(job, extract_options, progress=progress)
     if on_stage:
         on_stage("extract", extracted)
@@ -65,15 +52,7 @@ def run(
     replayed = replay(job, out_dir, replay_options, progress=progress)
     if on_stage:
         on_stage("replay", replayed)
-    reported = report(
-        out_dir,
-        budget=budget,
-        calibrate_on=calibrate_on,
-        baseline=baseline,
-        max_drop=max_drop,
-        max_cost_rise=max_cost_rise,
-        metric=metric,
-    )
+    reported = report(out_dir, report_options)
     if on_stage:
         on_stage("report", reported)
     return RunResult(extracted, replayed, reported)

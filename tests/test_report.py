@@ -13,7 +13,7 @@ from PIL import Image
 
 from cli import main
 from frameexit.errors import OutputError, UsageError
-from jobs.report import ReportInputError, check_report_options, report
+from jobs.report import ReportInputError, ReportOptions, check_report_options, report
 from reports.schema import SWEEP
 from reports.summary import best_within_budget, choose_budget, compare_baseline, pareto_frontier
 from reports.write import write_json, write_table
@@ -367,17 +367,17 @@ def test_report_options_are_checked_before_anything_is_deleted(tmp_path):
 def test_check_report_options_for_run(tmp_path):
     """What `frameexit run` checks before extracting: everything that needs no replay output."""
     out = str(tmp_path / "new-out")
-    check_report_options(out, budget=3.0, baseline=_baseline(tmp_path), max_drop=0.01)
+    check_report_options(out, ReportOptions(budget=3.0, baseline=_baseline(tmp_path), max_drop=0.01))
     assert os.path.isdir(out)  # created and proven writable
     with pytest.raises(UsageError, match="finite"):
-        check_report_options(out, budget=float("inf"))
+        check_report_options(out, ReportOptions(budget=float("inf")))
     with pytest.raises(UsageError, match="give --baseline too"):
-        check_report_options(out, max_cost_rise=1.0)
+        check_report_options(out, ReportOptions(max_cost_rise=1.0))
     with pytest.raises(UsageError, match="metric"):
-        check_report_options(out, metric="ap")
+        check_report_options(out, ReportOptions(metric="ap"))
     with pytest.raises(ReportInputError, match="cannot read baseline"):
-        check_report_options(out, baseline=str(tmp_path / "missing.json"))
+        check_report_options(out, ReportOptions(baseline=str(tmp_path / "missing.json")))
     with pytest.raises(OutputError, match="--out /proc/frameexit-test/out is not a writable directory"):
-        check_report_options("/proc/frameexit-test/out", budget=3.0)
+        check_report_options("/proc/frameexit-test/out", ReportOptions(budget=3.0))
     with pytest.raises(OutputError, match="is not a writable directory"):
         report("/proc/frameexit-test/out")
