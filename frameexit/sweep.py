@@ -63,10 +63,6 @@ class ExitTables:
         """Top probability at step 0, shape (n_videos,), float32."""
         return self.probs[:, 0].max(axis=1)
 
-    @property
-    def n_steps(self) -> int:
-        return self.probs.shape[1]
-
 
 @torch.inference_mode()
 def exit_tables(

@@ -131,27 +131,32 @@ def step_accuracy(
 EpochCallback = Callable[[str, int, float, FrameExit], None]
 
 
-@torch.no_grad()
+class _Through(torch.nn.Module):
+    """``module`` (whose BatchNorms are recalibrated) reached through another forward (the steps before it)."""
+
+    def __init__(self, module: torch.nn.Module, forward: Callable[[torch.Tensor], object]):
+        super().__init__()
+        self.module = module
+        self._forward = forward
+
+    def forward(self, batch: torch.Tensor) -> object:
+        return self._forward(batch)
+
+
 def recalibrate_batchnorm(module: torch.nn.Module, forward: Callable[[torch.Tensor], object], batches) -> None:
     """Replace the running statistics of every BatchNorm in ``module`` by their average over ``batches``.
 
     During training the running statistics trail weights that keep moving; the
     projection's pre-activations vary little between frames, so that lag is
     amplified many times in eval mode. A pass with the final weights fixes it.
+    ``forward(batch)`` runs whatever leads to ``module``; torch's
+    ``swa_utils.update_bn`` does the pass (cumulative average over the batches,
+    momenta and training mode restored), and only ``module`` is put in training mode.
     """
-    norms = [m for m in module.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
-    saved = [(m, m.momentum, m.training) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-        m.train()
-    try:
-        for batch in batches:
-            forward(batch)
-    finally:
-        for m, momentum, training in saved:
-            m.momentum = momentum
-            m.train(training)
+    modes = [(m, m.training) for m in module.modules()]
+    torch.optim.swa_utils.update_bn(batches, _Through(module, forward))
+    for m, training in modes:  # update_bn restores the mode of its (new) wrapper, not of each submodule
+        m.training = training
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -212,7 +217,19 @@ def train_head(
     problem = config_problem(config)
     if problem:
         raise ConfigError(problem)
-    torch.manual_seed(config.seed)
+    # the seed fixes the head's initialisation without changing the caller's random state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _train_head(features, labels, order, config, on_epoch)
+
+
+def _train_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    order: tuple[int, ...],
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+) -> FrameExit:
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(features, dtype=np.float32)[:, list(order)]))
     y = torch.from_numpy(np.asarray(labels, dtype=np.float32))

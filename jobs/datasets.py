@@ -51,16 +51,11 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Evaluated videos (sorted by key), skipped videos, and the class names."""
+    """Evaluated videos (sorted by key), skipped videos (sorted by key), and how many the split lists."""
 
     videos: tuple[Video, ...]
     skipped: tuple[Skipped, ...]
-    class_names: tuple[str, ...]
     n_listed: int
-
-    @property
-    def labels_by_key(self) -> dict[str, tuple[int, ...]]:
-        return {v.key: v.labels for v in self.videos}
 
 
 def _open(path: str, what: str, key: str) -> io.StringIO:
@@ -259,7 +254,7 @@ def load_dataset(
             skipped.append(Skipped(key, f"no *.jpeg frames in {folder}"))
             continue
         videos.append(Video(key, tuple(frames), tuple(sorted({index[lab] for lab in labels[key]}))))
-    return Dataset(tuple(videos), tuple(skipped), tuple(classes), len(keys))
+    return Dataset(tuple(videos), tuple(skipped), len(keys))
 
 
 def load_job_dataset(data, num_class: int) -> Dataset:

@@ -389,12 +389,14 @@ def check(job: Job) -> CheckResult:
     values = sorted(counts.values())
     stats: dict[str, float] = {}
     if values:
-        pick = lambda q: float(values[min(len(values) - 1, int(q * len(values)))])  # noqa: E731
+        import numpy as np
+
+        p10, median, p90 = np.percentile(values, [10, 50, 90]).tolist()  # linear interpolation
         stats = {
             "min": float(values[0]),
-            "p10": pick(0.1),
-            "median": pick(0.5),
-            "p90": pick(0.9),
+            "p10": p10,
+            "median": median,
+            "p90": p90,
             "max": float(values[-1]),
             "under_10": float(sum(v < 10 for v in values)),
         }

@@ -290,6 +290,8 @@ def test_splits_and_check(anet, tmp_path):
         "FrameExit prepare check: 6 of 8 split videos have frames; 1 missing, 1 empty; 0 label(s) not in the class list"
     )
     assert "min 1, " in r.output and "max 23" in r.output and "missing: v_nofolder.mp4" in r.output
+    # frame counts 1, 4, 9, 12, 15, 23: percentiles by linear interpolation between order statistics
+    assert "p10 2.5, median 10.5, p90 19, max 23" in r.output
     assert (
         lines[-1] == "Error: prepare check failed: 2 split video(s) without frames (at most 0 allowed by --max-missing)"
     )

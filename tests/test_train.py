@@ -262,3 +262,32 @@ def test_diverging_training_is_refused_naming_the_stage(anet, checkpoint, tmp_pa
     with pytest.raises(TrainingError, match=r"stage 1 \(classifiers\)"):
         train(job, str(out), extract_options=ExtractOptions(cache_root=str(tmp_path / "cache")))
     assert not out.exists()
+
+
+def test_training_leaves_the_callers_random_state_alone_and_repeats_bit_for_bit():
+    feats, labels = _synthetic()
+    config = TrainConfig(epochs_classifier=2, epochs_gates=2, hidden_dim=32)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    a = train_head(feats, labels, COARSE_TO_FINE, config)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = train_head(feats, labels, COARSE_TO_FINE, config)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_batchnorm_recalibration_is_the_average_over_the_batches():
+    from frameexit.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    pre = torch.nn.Linear(3, 4)
+    bn = torch.nn.BatchNorm1d(4)
+    x = torch.randn(10, 3) * 5 + 2
+    chunks = [torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 10)]
+    bn.eval()
+    recalibrate_batchnorm(bn, lambda b: bn(pre(x[b])), chunks)
+    with torch.no_grad():
+        h = [pre(x[c]) for c in chunks]
+    # cumulative average of the per-batch mean and unbiased variance (what eval mode then uses)
+    assert torch.allclose(bn.running_mean, torch.stack([v.mean(0) for v in h]).mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack([v.var(0, unbiased=True) for v in h]).mean(0), atol=1e-6)
+    assert not bn.training and bn.momentum == 0.1 and pre.training
