@@ -163,15 +163,35 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class Job:
-    """A fully resolved job: the file it came from, its overrides and typed sections."""
+    """A fully resolved job: the file it came from and its validated key tree, with typed sections.
+
+    ``resolved`` (every key of :data:`SCHEMA`, overrides applied) is the one
+    source of truth; the typed sections are computed from it on construction
+    and cannot be replaced on their own: :meth:`with_value` makes a new job.
+    """
 
     source: str
-    data: DataConfig
-    model: ModelConfig
-    checkpoints: tuple[str, ...]
-    replay: ReplayConfig
-    train: TrainSection
     resolved: Mapping[str, Any] = field(repr=False)
+    data: DataConfig = field(init=False)
+    model: ModelConfig = field(init=False)
+    checkpoints: tuple[str, ...] = field(init=False)
+    replay: ReplayConfig = field(init=False)
+    train: TrainSection = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, value in _sections(self.resolved, self.source).items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+    def with_value(self, dotted: str, value: Any) -> Job:
+        """The same job with key ``dotted`` (e.g. ``data.path_split``) set to ``value``, validated."""
+        spec = _spec(dotted)
+        tree = copy.deepcopy(dict(self.resolved))
+        node = tree
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = _coerce(value, spec, dotted, self.source)
+        return Job(self.source, tree)
 
     def require(self, *dotted: str) -> None:
         """Raise :class:`ConfigError` for every listed key that has no value."""
@@ -351,7 +371,8 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
+def _spec(dotted: str) -> Field:
+    """The schema field of a dotted key; :class:`ConfigError` for an unknown key or a section."""
     spec: Any = SCHEMA
     for part in dotted.split("."):
         if not isinstance(spec, Mapping) or part not in spec:
@@ -361,6 +382,11 @@ def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
         raise ConfigError(
             f"override --{dotted} names a section; give one of its keys, e.g. --{_keys(spec, dotted + '.')[0]}"
         )
+    return spec
+
+
+def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
+    spec = _spec(dotted)
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -405,10 +431,11 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
     tree = _validate(raw, SCHEMA, "", path)
     for dotted, text in parse_overrides(overrides):
         _apply_override(tree, dotted, text)
-    return _build(tree, path)
+    return Job(path, tree)
 
 
-def _build(tree: dict[str, Any], source: str) -> Job:
+def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The typed sections of a validated tree (see :class:`Job`); :class:`ConfigError` for values that do not fit."""
     from frameexit.preprocess import Preprocessing
 
     data, model = tree["data"], tree["model"]
@@ -447,8 +474,7 @@ def _build(tree: dict[str, Any], source: str) -> Job:
         raise ConfigError(f"{source}: model.{exc}") from None
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
     backbone = model["backbone"]
-    return Job(
-        source=source,
+    return dict(
         data=DataConfig(
             name=data["name"],
             path_frame=data["path_frame"],
@@ -488,7 +514,6 @@ def _build(tree: dict[str, Any], source: str) -> Job:
             ),
         ),
         train=_train_section(tree["train"], source),
-        resolved=tree,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,7 @@ def cached_arrays(cache_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def with_split(job: Job, split: str) -> Job:
     """The same job on another split file."""
-    return dataclasses.replace(job, data=dataclasses.replace(job.data, path_split=split))
+    return job.with_value("data.path_split", split)
 
 
 def check_split_file(path: str, key: str) -> None:

@@ -128,3 +128,21 @@ def test_require_names_missing_keys():
         ConfigError, match="this command needs checkpoint.init; set it in the job file or as --checkpoint.init"
     ):
         job.require("checkpoint.init", "data.path_frame")
+
+
+def test_a_job_has_one_source_of_truth(tmp_path):
+    import dataclasses
+    import pickle
+
+    from jobs.config import load_job
+
+    job = load_job("activitynet_inference_2d.yml", ["--data.path_split", "a.txt"])
+    other = job.with_value("data.path_split", str(tmp_path / "b.txt"))
+    # the typed section and the key tree (written to replay.json) move together
+    assert other.data.path_split == other.resolved["data"]["path_split"] == str(tmp_path / "b.txt")
+    assert job.data.path_split == job.resolved["data"]["path_split"] == "a.txt"
+    with pytest.raises(ValueError, match="init=False"):
+        dataclasses.replace(job, data=other.data)  # a section cannot drift from the tree
+    assert pickle.loads(pickle.dumps(other)) == other  # jobs travel to dask workers
+    with pytest.raises(ConfigError, match="data.num_frames must be an integer"):
+        job.with_value("data.num_frames", "ten")
