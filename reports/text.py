@@ -1,8 +1,13 @@
-"""Plain-text summaries printed at the end of a command (stdout)."""
+"""Plain-text summaries printed at the end of a command (stdout): one pure function per command.
+
+Each takes the command's result object (only the attributes its docstring names are read, so this
+module imports nothing of ``jobs``) and returns the lines to print, joined by newlines.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +18,22 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def render_infer_summary(metrics: Mapping[str, Any], paths: Mapping[str, str]) -> str:
-    """The closing lines of ``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs."""
+def _skipped(skipped: list[Mapping[str, str]], head: str, where: str) -> list[str]:
+    """At most 20 skipped videos with their reasons, under ``head``."""
+    if not skipped:
+        return []
+    lines = [head, *(f"    {s['video']}: {s['reason']}" for s in skipped[:20])]
+    if len(skipped) > 20:
+        lines.append(f"    ... and {len(skipped) - 20} more (see {where})")
+    return lines
+
+
+def render_infer_summary(result: Any) -> str:
+    """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs.
+
+    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``.
+    """
+    metrics = result.metrics
     per_frame = metrics.get("gflops_per_frame")
     gflops = _num(metrics.get("gflops"), 2)
     gflops_note = (
@@ -34,49 +53,40 @@ def render_infer_summary(metrics: Mapping[str, Any], paths: Mapping[str, str]) -
         f"  mean frames    {_num(metrics.get('mean_frames'), 2)}",
         "  exits per step " + " ".join(f"{i}:{100 * f:.1f}%" for i, f in enumerate(hist)),
     ]
-    skipped = metrics.get("skipped", [])
-    if skipped:
-        lines.append("  skipped:")
-        lines.extend(f"    {s['video']}: {s['reason']}" for s in skipped[:20])
-        if len(skipped) > 20:
-            lines.append(f"    ... and {len(skipped) - 20} more (see metrics.json)")
-    lines.append("  wrote " + ", ".join(paths.values()))
+    lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
+    lines.append(f"  wrote {result.videos_path}, {result.metrics_path}")
     return "\n".join(lines)
 
 
-def render_extract_summary(
-    *,
-    cache_dir: str,
-    key: str,
-    n_videos: int,
-    n_shards: int,
-    shards_written: int,
-    frames: int,
-    seconds: float,
-    skipped: list[Mapping[str, str]],
-) -> str:
-    """The closing lines of ``frameexit extract``: what was computed or reused, skipped videos, where the cache is."""
-    if shards_written == 0:
-        head = f"FrameExit extract: cache complete, nothing to do (no backbone work): {n_videos} videos in {n_shards} shards"
-    else:
-        rate = frames / seconds if seconds > 0 else float("nan")
+def render_extract_summary(result: Any) -> str:
+    """``frameexit extract`` (and run's first stage): what was computed or reused, skipped videos, the cache.
+
+    ``result``: ``cache_dir``, ``key``, ``n_videos``, ``n_shards``, ``shards_written``, ``frames``,
+    ``seconds``, ``skipped`` (``{'video', 'reason'}`` each).
+    """
+    n_shards, written = result.n_shards, result.shards_written
+    if written == 0:
         head = (
-            f"FrameExit extract: wrote {shards_written} of {n_shards} shards ({n_shards - shards_written} reused); "
-            f"{frames} frames in {seconds:.1f} s ({rate:.1f} frames/s); {n_videos} videos cached"
+            "FrameExit extract: cache complete, nothing to do (no backbone work): "
+            f"{result.n_videos} videos in {n_shards} shards"
         )
-    lines = [head, f"  cache  {cache_dir}", f"  key    {key}"]
-    if skipped:
-        lines.append(f"  skipped {len(skipped)}:")
-        lines.extend(f"    {s['video']}: {s['reason']}" for s in skipped[:20])
-        if len(skipped) > 20:
-            lines.append(f"    ... and {len(skipped) - 20} more (see manifest.json)")
+    else:
+        rate = result.frames / result.seconds if result.seconds > 0 else float("nan")
+        head = (
+            f"FrameExit extract: wrote {written} of {n_shards} shards ({n_shards - written} reused); "
+            f"{result.frames} frames in {result.seconds:.1f} s ({rate:.1f} frames/s); {result.n_videos} videos cached"
+        )
+    lines = [head, f"  cache  {result.cache_dir}", f"  key    {result.key}"]
+    lines += _skipped(result.skipped, f"  skipped {len(result.skipped)}:", "manifest.json")
     return "\n".join(lines)
 
 
-def render_replay_summary(
-    summary: Mapping[str, Any], default_rows: list[Mapping[str, Any]], paths: Mapping[str, str]
-) -> str:
-    """The closing lines of ``frameexit replay``: grid size, each checkpoint at the default setting, outputs."""
+def render_replay_summary(result: Any) -> str:
+    """``frameexit replay`` (and run's second stage): grid size, each checkpoint at the default setting, outputs.
+
+    ``result``: ``summary`` (the content of replay.json), ``sweep_path``, ``videos_path``, ``replay_path``.
+    """
+    summary = result.summary
     d = summary["default_setting"]
     lines = [
         f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {summary['n_settings']} settings "
@@ -85,10 +95,133 @@ def render_replay_summary(
         f"  default setting first_threshold={d['first_threshold']:g} gate_threshold={d['gate_threshold']:g}:",
         "    checkpoint                          mAP     top-1   GFLOPs  GMACs   frames",
     ]
-    for row in default_rows:
+    for row in summary["default_metrics"]:
         lines.append(
             f"    {row['checkpoint'][:34]:<34} {_num(row['map']):>7} {_num(row['top1']):>7} "
             f"{_num(row['gflops'], 2):>7} {_num(row['gmacs_measured'], 2):>7} {_num(row['mean_frames'], 2):>6}"
         )
-    lines.append("  wrote " + ", ".join(paths.values()))
+    lines.append(f"  wrote {result.sweep_path}, {result.videos_path}, {result.replay_path}")
+    return "\n".join(lines)
+
+
+def _report_paths(paths: Mapping[str, str]) -> str:
+    return f"  report: {paths['summary.md']}\n          {paths['summary.json']}\n          {paths['curve.png']}"
+
+
+def render_report_summary(result: Any) -> str:
+    """``frameexit report``: settings, frontier, where the report is.
+
+    ``result``: ``summary`` (the content of summary.json), ``paths`` (by file name).
+    """
+    n_frontier = len(result.summary["frontier"])
+    head = f"FrameExit report: {result.summary['n_settings']} settings, {n_frontier} on the frontier"
+    return head + "\n" + _report_paths(result.paths)
+
+
+def render_run_summary(out_dir: str, report: Any) -> str:
+    """``frameexit run``, after the stages' own summaries: where the artefacts are (``report`` as for
+    :func:`render_report_summary`)."""
+    return f"FrameExit run: artefacts in {out_dir}\n" + _report_paths(report.paths)
+
+
+def render_regressions(summary: Mapping[str, Any]) -> str:
+    """The baseline gate's regressions (stderr of report and run), one ``REGRESSION:`` line each."""
+    return "\n".join(f"REGRESSION: {line}" for line in summary["baseline"]["regressions"])
+
+
+def render_train_summary(result: Any) -> str:
+    """``frameexit train``: final losses, validation accuracy per step, the checkpoint.
+
+    ``result``: ``n_videos``, ``history`` (``{'stage', 'epoch', 'loss'}`` per epoch), ``validation``
+    (``{'top1': [10 values]}`` or None), ``checkpoint``.
+    """
+    last = {e["stage"]: e for e in result.history}
+    lines = [
+        f"FrameExit train: {result.n_videos} videos; final loss classifiers "
+        f"{last['classifier']['loss']:.4f}, gates {last['gates']['loss']:.4f}"
+    ]
+    if result.validation:
+        top1 = " ".join(f"{v:.3f}" for v in result.validation["top1"])
+        lines.append(f"  validation top-1 after 1..10 frames: {top1}")
+    lines.append(f"  wrote {result.checkpoint}")
+    return "\n".join(lines)
+
+
+def render_demo_summary(result: Any) -> str:
+    """``frameexit demo``: where the report is, each head's accuracy, the job's setting, the frontier.
+
+    ``result``: ``run_dir``, ``ten_frame_top1`` (by checkpoint name), ``summary`` (of the report).
+    """
+    summary = result.summary
+    report = os.path.join(result.run_dir, "summary.md")
+    lines = [f"FrameExit demo: report in {report} and {os.path.join(result.run_dir, 'curve.png')}"]
+    lines += [
+        f"  {name}: validation top-1 of the 10-frame classifier {top1:.3f}"
+        for name, top1 in result.ten_frame_top1.items()
+    ]
+    lines += [
+        f"  {row['checkpoint']} at first_threshold={row['first_threshold']:g}, "
+        f"gate_threshold={row['gate_threshold']:g}: top-1 {row['top1']:.3f}, {row['mean_frames']:.2f} frames, "
+        f"{row['gflops_measured']:.2f} measured GFLOPs per video"
+        for row in summary["default"]
+    ]
+    lines.append(
+        f"  {len(summary['frontier'])} settings on the Pareto frontier of {summary['n_settings']} (see summary.md)"
+    )
+    return "\n".join(lines)
+
+
+def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -> str:
+    """``frameexit prepare frames``: videos written, skipped and failed (with the reason), where the frames are.
+
+    ``result``: ``written`` (frames by split key), ``already_done``, ``failed`` (``{'video', 'reason'}``).
+    """
+    lines = [
+        f"FrameExit prepare frames ({ffmpeg_filter}, -q:v 2): "
+        f"{len(result.written)} videos written ({sum(result.written.values())} frames), "
+        f"{len(result.already_done)} already done, {len(result.failed)} failed",
+        *(f"  could not decode {f['video']}: {f['reason']}" for f in result.failed),
+        f"  frames in {frames_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def render_splits_summary(split: Any, *, out_path: str, classes: str | None, classes_out: str | None) -> str:
+    """``frameexit prepare splits``: videos in the split file, labels missing from ``classes``, the class list.
+
+    ``split``: ``keys``, ``missing`` (labels not in ``classes``), ``classes`` (written to ``classes_out``).
+    """
+    lines = [f"FrameExit prepare splits: {len(split.keys)} videos written to {out_path}"]
+    if split.missing:
+        lines.append(f"  {len(split.missing)} label(s) missing from {classes}: " + "; ".join(split.missing[:20]))
+    if classes_out:
+        lines.append(f"  {len(split.classes)} classes written to {classes_out} (sorted)")
+        if len(split.classes) != 200:
+            lines.append("  note: the official job files' model.num_class is 200")
+    return "\n".join(lines)
+
+
+def render_check_summary(result: Any) -> str:
+    """``frameexit prepare check``: videos with frames, frame counts, the first missing, empty and unknown.
+
+    ``result``: ``n_listed``, ``with_frames``, ``missing``, ``empty``, ``unknown_labels`` (keys by label),
+    ``frame_counts`` (min, p10, median, p90, max, under_10; empty without videos), ``hints`` (by key).
+    """
+    r = result
+    lines = [
+        f"FrameExit prepare check: {r.with_frames} of {r.n_listed} split videos have frames; "
+        f"{len(r.missing)} missing, {len(r.empty)} empty; {len(r.unknown_labels)} label(s) not in the class list"
+    ]
+    if r.frame_counts:
+        c = r.frame_counts
+        lines.append(
+            f"  frames per video: min {c['min']:g}, p10 {c['p10']:g}, median {c['median']:g}, p90 {c['p90']:g}, "
+            f"max {c['max']:g}; {c['under_10']:g} videos with fewer than 10 (frames repeat)"
+        )
+    lines += [f"  missing: {key}" + (f" {r.hints[key]}" if key in r.hints else "") for key in r.missing[:10]]
+    lines += [f"  empty: {key}" for key in r.empty[:10]]
+    lines += [
+        f"  unknown label {label!r} ({len(keys)} videos, e.g. {keys[0]})"
+        for label, keys in list(r.unknown_labels.items())[:10]
+    ]
     return "\n".join(lines)
