@@ -41,9 +41,6 @@ class FeatureCache:
             raise CacheError(f"cache {directory} is incomplete (an extraction was interrupted); run extract again")
         return cls(directory, manifest)
 
-    def shard_paths(self) -> list[str]:
-        return [os.path.join(self.directory, entry.name) for entry in self.manifest.shards]
-
     def read(self, index: int) -> Shard:
         """Shard ``index``, after checking its checksum."""
         entry = self.manifest.shards[index]

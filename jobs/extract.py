@@ -2,10 +2,15 @@
 
 The backbone is paid once per dataset: the 10 sampled frames of every video go
 through it in batches of several videos, and the features land in
-``<cache root>/<key>/shard-NNNNN.h5``. The key (:mod:`cache.key`) changes with
-anything the features depend on, so a changed backbone, preprocessing or split
-gets a new directory and old caches stay untouched. Batches never cross a shard
-boundary, so a resumed run computes every shard exactly as an uninterrupted one.
+``<cache root>/<key>/shard-NNNNN.h5``. The key (:mod:`cache.key`, its inputs
+:mod:`cache.inputs`) changes with anything the features depend on, so a changed
+backbone, preprocessing or split gets a new directory and old caches stay
+untouched. Batches never cross a shard boundary, so a resumed run computes
+every shard exactly as an uninterrupted one.
+
+This module wires the torch pipeline (frames -> backbone -> shard) and the
+scheduling (one process, or shard tasks on dask); the cache directory (key,
+lock, plan, manifest, checksums) is :mod:`cache.plan`'s.
 """
 
 from __future__ import annotations
@@ -13,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import fcntl
-import glob
-import hashlib
 import logging
 import multiprocessing
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,12 +35,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 import frameexit
-from cache.key import FORMAT_VERSION, CacheKeyInputs, cache_key
-from cache.manifest import CacheError, Manifest, ShardEntry, read_manifest, write_manifest
-from cache.reader import verify_shard
-from cache.shard import file_sha256, write_shard
-from frameexit.atomic import TMP_SUFFIX, check_writable_dir
-from frameexit.backbone import Backbone, model_name
+from cache.inputs import check_feature_options, frames_digest, key_inputs
+from cache.key import cache_key
+from cache.manifest import Manifest
+from cache.plan import CacheWriter, open_for_writing, usable_videos
+from cache.shard import write_shard
+from frameexit.atomic import check_writable_dir
+from frameexit.backbone import Backbone
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, FrameExitError, UsageError
 from frameexit.metrics import multi_hot
@@ -50,10 +54,6 @@ from .model import checkpoint_state, resolve_device
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-
-DTYPES = ("float32", "float16")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-SAMPLING = "linspace"  # int(clip(linspace(0, L, T), 0, L - 1)), SEMANTICS 3
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,6 @@ class ExtractResult:
     seconds: float
     skipped: list[dict[str, str]]
 
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else float("nan")
-
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -136,7 +132,6 @@ class ShardTask:
     path: str
     videos: tuple[Video, ...]
     job: Job
-    checkpoint: str
     options: ExtractOptions
     attrs: dict[str, Any]
     torch_threads: int | None = None
@@ -146,7 +141,6 @@ class ShardTask:
 class ShardResult:
     index: int
     sha256: str
-    videos: list[str]
     skipped: list[dict[str, str]]
     frames: int
 
@@ -154,70 +148,29 @@ class ShardResult:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _digest_file(path: str) -> str:
-    return file_sha256(path)
+def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = None):
+    """Key inputs, key and dataset of the cache that ``job`` (with ``checkpoint``'s backbone) writes.
 
-
-def frames_digest(videos: Sequence[Video], num_frames: int) -> str:
-    """SHA-256 of each video's key, frame count, and sampled file names and sizes (cheap: no pixels read)."""
-    h = hashlib.sha256()
-    for video in videos:
-        h.update(f"{video.key}|{len(video.frames)}".encode())
-        for i in sorted(set(sample_indices(len(video.frames), num_frames).tolist())):
-            path = video.frames[i]
-            try:
-                size = os.path.getsize(path)
-            except OSError:
-                size = -1
-            h.update(f"|{os.path.basename(path)}:{size}".encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def key_inputs(
-    job: Job, options: ExtractOptions, state: dict[str, torch.Tensor], videos: Sequence[Video]
-) -> CacheKeyInputs:
-    """The cache-key inputs of an extraction of ``job`` (see :class:`cache.key.CacheKeyInputs`)."""
-    pre = job.data.preprocessing
-    return CacheKeyInputs(
-        backbone=model_name(job.model.backbone_name),
-        truncate_modules=job.model.truncate_modules,
-        backbone_digest=backbone_digest(state),
-        resize=pre.resize,
-        crop=pre.crop,
-        mean=tuple(pre.mean),
-        std=tuple(pre.std),
-        num_frames=job.data.num_frames,
-        sampling=SAMPLING,
+    Returns ``(inputs, key, dataset, state)``; reads the split, labels, the
+    frame listing (the frames digest) and the checkpoint, but runs no backbone.
+    Readers find a cache without the frames: see :mod:`cache.locate`.
+    """
+    dataset = load_job_dataset(job.data, job.model.num_class)
+    state = checkpoint_state(job, checkpoint or job.checkpoints[0])
+    inputs = key_inputs(
+        job.data,
+        job.model,
         dtype=options.dtype,
         precision=options.precision,
         channels_last=options.channels_last,
-        dataset=job.data.name,
-        split_digest=_digest_file(job.data.path_split),
-        labels_digest=_digest_file(job.data.path_label),
-        classes_digest=_digest_file(job.data.path_classid),
-        frames_digest=frames_digest(videos, job.data.num_frames),
+        backbone_digest=backbone_digest(state),
+        frames_digest=frames_digest(dataset.videos, job.data.num_frames),
     )
-
-
-def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = None):
-    """Key inputs, key and dataset of the cache that ``job`` (with ``checkpoint``'s backbone) reads or writes.
-
-    Returns ``(inputs, key, dataset, state)``; reads the split, labels and the
-    frame listing, and the checkpoint, but runs no backbone.
-    """
-    data = job.data
-    dataset = load_job_dataset(data, job.model.num_class)
-    state = checkpoint_state(job, checkpoint or job.checkpoints[0])
-    inputs = key_inputs(job, options, state, dataset.videos)
     return inputs, cache_key(inputs), dataset, state
 
 
 def _check_options(options: ExtractOptions) -> None:
-    if options.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
-    if options.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+    check_feature_options(options.dtype, options.precision)
     for name in ("shard_size", "batch_videos"):
         if getattr(options, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
@@ -233,7 +186,8 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
 
     A complete cache whose shards all match their checksums is left as it is
     and no backbone work is done. Shards that are missing or corrupt are
-    (re)computed; everything else is reused.
+    (re)computed; everything else is reused. The directory itself (key, lock,
+    plan, manifest) is :func:`cache.plan.open_for_writing`'s.
     """
     _check_options(options)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
@@ -244,48 +198,42 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         )
     checkpoint = job.checkpoints[0]
     check_writable_dir(options.cache_root, "--cache")
-    inputs, key, dataset, state = locate_cache(job, options, checkpoint)
+    inputs, _, dataset, state = locate_cache(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
-    cache_dir = os.path.join(options.cache_root, key)
-    os.makedirs(cache_dir, exist_ok=True)
     started = time.perf_counter()
-    with _lock(cache_dir):
-        _remove_stale_temporaries(cache_dir)
-        manifest = read_manifest(cache_dir) or _plan(key, inputs, options, dataset)
-        if manifest.key != key:
-            raise CacheError(
-                f"{cache_dir}/manifest.json belongs to key {manifest.key}, not {key}; remove the directory"
-            )
-        pending = _pending_shards(cache_dir, manifest)
-        if not pending and manifest.complete:
-            log.info("cache %s is complete; nothing to do", cache_dir)
-            return _checked(job, _result(cache_dir, manifest, 0, 0, time.perf_counter() - started))
-        if options.shard_size != manifest.shard_size:
-            log.warning("resuming with the shard size the cache was started with (%d)", manifest.shard_size)
-        manifest.provenance = _provenance(job, checkpoint, options)
+    with open_for_writing(
+        options.cache_root,
+        inputs,
+        [v.key for v in dataset.videos],
+        shard_size=options.shard_size,
+        n_listed=dataset.n_listed,
+        skipped=[{"video": s.video, "reason": s.reason} for s in dataset.skipped],
+    ) as cache:
+        if cache.complete:
+            log.info("cache %s is complete; nothing to do", cache.directory)
+            return _checked(job, _result(cache, 0, 0, time.perf_counter() - started))
+        cache.set_provenance(_provenance(job, checkpoint, options))
         by_key = {v.key: v for v in dataset.videos}
-        attrs = {"key": key, "inputs": inputs.to_json(), "format_version": FORMAT_VERSION}
+        attrs = cache.attrs()
         tasks = [
             ShardTask(
                 index=i,
-                path=os.path.join(cache_dir, manifest.shards[i].name),
-                videos=tuple(by_key[k] for k in manifest.shards[i].videos),
+                path=cache.shard_path(i),
+                videos=tuple(by_key[k] for k in cache.manifest.shards[i].videos),
                 job=job,
-                checkpoint=checkpoint,
                 options=options,
                 attrs=attrs,
             )
-            for i in pending
+            for i in cache.pending
         ]
+        backbone = BackboneHolder(job, checkpoint, options.channels_last, state=state)
+        del state  # the holder drops it once the backbone is built
         frames = 0
-        for result in _run(tasks, state, options, manifest, progress):
-            entry = manifest.shards[result.index]
-            entry.sha256, entry.skipped = result.sha256, result.skipped
+        for result in _run(tasks, backbone, options, cache.manifest, progress):
+            cache.record(result.index, result.sha256, result.skipped)
             frames += result.frames
-            write_manifest(cache_dir, manifest)
-        manifest.complete = all(entry.done for entry in manifest.shards)
-        write_manifest(cache_dir, manifest)
-    return _checked(job, _result(cache_dir, manifest, len(tasks), frames, time.perf_counter() - started))
+        cache.finish()
+    return _checked(job, _result(cache, len(tasks), frames, time.perf_counter() - started))
 
 
 def _checked(job: Job, result: ExtractResult) -> ExtractResult:
@@ -294,45 +242,18 @@ def _checked(job: Job, result: ExtractResult) -> ExtractResult:
     return result
 
 
-def _plan(key: str, inputs: CacheKeyInputs, options: ExtractOptions, dataset) -> Manifest:
-    keys = [v.key for v in dataset.videos]
-    size = options.shard_size
-    shards = [
-        ShardEntry(name=f"shard-{i // size:05d}.h5", videos=keys[i : i + size]) for i in range(0, len(keys), size)
-    ]
-    return Manifest(
-        key=key,
-        inputs=inputs.to_json(),
-        format_version=FORMAT_VERSION,
-        shard_size=size,
-        n_listed=dataset.n_listed,
-        shards=shards,
-        skipped=[{"video": s.video, "reason": s.reason} for s in dataset.skipped],
+def _result(cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
+    manifest = cache.manifest
+    return ExtractResult(
+        cache.directory,
+        manifest.key,
+        usable_videos(manifest),
+        len(manifest.shards),
+        written,
+        frames,
+        seconds,
+        manifest.all_skipped(),
     )
-
-
-def _pending_shards(cache_dir: str, manifest: Manifest) -> list[int]:
-    """Shards not written yet, or whose file does not match its checksum (they are rebuilt)."""
-    pending = []
-    for i, entry in enumerate(manifest.shards):
-        if not entry.done:
-            pending.append(i)
-            continue
-        try:
-            verify_shard(os.path.join(cache_dir, entry.name), entry.sha256 or "")
-        except CacheError as exc:
-            log.warning("%s", exc)
-            entry.sha256, entry.skipped = None, []
-            manifest.complete = False
-            pending.append(i)
-    return pending
-
-
-def _result(cache_dir: str, manifest: Manifest, written: int, frames: int, seconds: float) -> ExtractResult:
-    skipped = manifest.all_skipped()
-    skipped_keys = {s["video"] for s in skipped}
-    n_videos = sum(len([v for v in e.videos if v not in skipped_keys]) for e in manifest.shards)
-    return ExtractResult(cache_dir, manifest.key, n_videos, len(manifest.shards), written, frames, seconds, skipped)
 
 
 def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str, Any]:
@@ -351,33 +272,65 @@ def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str,
     }
 
 
-@contextlib.contextmanager
-def _lock(cache_dir: str) -> Iterator[None]:
-    """One writer per cache directory."""
-    with open(os.path.join(cache_dir, ".lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CacheError(f"another frameexit extract is writing {cache_dir}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _remove_stale_temporaries(cache_dir: str) -> None:
-    # left by a run that was killed between creating a shard and renaming it
-    for path in glob.glob(os.path.join(glob.escape(cache_dir), f".*{TMP_SUFFIX}")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 # ---------------------------------------------------------------------------------------------- running
+
+
+class BackboneHolder:
+    """One checkpoint's backbone, built on first use and kept on this object: one build per process.
+
+    The shard tasks of a worker process share one instance: the object is
+    scattered once to the dask cluster, a worker deserializes it once and hands
+    that same instance to each of its tasks (as :class:`jobs.replay.HeadState`),
+    so no module-level cache is needed and none can hand out another
+    checkpoint's backbone. It pickles without the state dict or the built
+    backbone: a worker reads the checkpoint itself (the path must be readable
+    there, as the cache directory must be writable), instead of receiving its
+    weights from the client.
+
+    Parameters
+    ----------
+    job : Job
+    checkpoint : str
+    channels_last : bool
+        Put the backbone in channels-last memory format.
+    state : dict of str to Tensor, optional
+        The checkpoint's state dict when already read (this process only).
+    """
+
+    def __init__(self, job: Job, checkpoint: str, channels_last: bool, state: dict[str, torch.Tensor] | None = None):
+        self.job, self.checkpoint, self.channels_last = job, checkpoint, channels_last
+        self._state = state
+        self._built: tuple[str, Backbone] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, device: torch.device) -> Backbone:
+        """The backbone in eval mode on ``device``; threads of one process share it."""
+        with self._lock:
+            if self._built is None or self._built[0] != str(device):
+                state = self._state if self._state is not None else checkpoint_state(self.job, self.checkpoint)
+                backbone = build_backbone_from_state(
+                    state,
+                    backbone_name=self.job.model.backbone_name,
+                    truncate_modules=self.job.model.truncate_modules,
+                    path=self.checkpoint,
+                )
+                self._built = (str(device), _prepare_backbone(backbone, device, self.channels_last))
+                self._state = None
+            return self._built[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"job": self.job, "checkpoint": self.checkpoint, "channels_last": self.channels_last}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["job"], state["checkpoint"], state["channels_last"])
+
+    def __repr__(self) -> str:
+        return f"BackboneHolder({self.checkpoint!r}, channels_last={self.channels_last})"
 
 
 def _run(
     tasks: list[ShardTask],
-    state: dict[str, torch.Tensor],
+    backbone: BackboneHolder,
     options: ExtractOptions,
     manifest: Manifest,
     progress: bool | None,
@@ -386,20 +339,10 @@ def _run(
         return
     n_gpus = torch.cuda.device_count() if options.device in ("auto", "cuda") else 0
     if options.scheduler or options.workers or n_gpus > 1:
-        yield from _run_distributed(tasks, options, n_gpus, progress)
+        yield from _run_distributed(tasks, backbone, options, n_gpus, progress)
         return
     device = resolve_device(options.device)
     job = tasks[0].job
-    backbone = _prepare_backbone(
-        build_backbone_from_state(
-            state,
-            backbone_name=job.model.backbone_name,
-            truncate_modules=job.model.truncate_modules,
-            path=tasks[0].checkpoint,
-        ),
-        device,
-        options.channels_last,
-    )
     total = sum(len(e.videos) for e in manifest.shards)
     done = total - sum(len(t.videos) for t in tasks)
     bar = progress_bar(range(total), desc="extract", total=total, initial=done, enabled=progress)
@@ -413,13 +356,13 @@ def _run(
 
     num_workers = job.data.num_workers if options.num_workers is None else options.num_workers
     try:
-        yield from compute_shards(tasks, backbone, device, num_workers=num_workers, on_batch=on_batch)
+        yield from compute_shards(tasks, backbone.get(device), device, num_workers=num_workers, on_batch=on_batch)
     finally:
         bar.close()
 
 
 def _run_distributed(
-    tasks: list[ShardTask], options: ExtractOptions, n_gpus: int, progress: bool | None
+    tasks: list[ShardTask], backbone: BackboneHolder, options: ExtractOptions, n_gpus: int, progress: bool | None
 ) -> Iterator[ShardResult]:
     from distributed import Client, LocalCluster, as_completed
 
@@ -443,7 +386,9 @@ def _run_distributed(
                 ) from None
             cluster = stack.enter_context(LocalCUDACluster(dashboard_address=None))
             client = stack.enter_context(Client(cluster))
-        futures = client.map(run_shard_task, tasks, pure=False)
+        # one object under one key: each worker deserializes it once, and its tasks share the backbone built there
+        shipped = client.scatter(backbone, broadcast=True, hash=False)
+        futures = client.map(run_shard_task, tasks, backbone=shipped, pure=False)
         bar = progress_bar(
             as_completed(futures), desc="extract shards", total=len(futures), unit="shard", enabled=progress
         )
@@ -451,34 +396,17 @@ def _run_distributed(
             yield future.result()
 
 
-def run_shard_task(task: ShardTask) -> ShardResult:
-    """Compute and write one shard in a worker process (dask task): loads its own backbone, device-local."""
+def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:
+    """Compute and write one shard in a worker process (dask task), with this worker's backbone."""
     if task.torch_threads:
         torch.set_num_threads(task.torch_threads)
     # under LocalCUDACluster each worker sees exactly one GPU, so 'auto' means that one
     device = resolve_device(task.options.device)
-    backbone = _cached_backbone(task.job, task.checkpoint, device, task.options.channels_last)
     num_workers = task.job.data.num_workers if task.options.num_workers is None else task.options.num_workers
     if multiprocessing.current_process().daemon:
         num_workers = 0  # a daemonic worker process cannot start DataLoader processes
-    (result,) = compute_shards([task], backbone, device, num_workers=num_workers)
+    (result,) = compute_shards([task], backbone.get(device), device, num_workers=num_workers)
     return result
-
-
-_BACKBONES: dict[tuple, Backbone] = {}
-
-
-def _cached_backbone(job: Job, checkpoint: str, device: torch.device, channels_last: bool) -> Backbone:
-    """One backbone per worker process and checkpoint: shard tasks after the first reuse it."""
-    key = (os.path.abspath(checkpoint), job.model.backbone_name, job.model.truncate_modules, str(device), channels_last)
-    if key not in _BACKBONES:
-        _BACKBONES.clear()
-        state = checkpoint_state(job, checkpoint)
-        backbone = build_backbone_from_state(
-            state, backbone_name=job.model.backbone_name, truncate_modules=job.model.truncate_modules, path=checkpoint
-        )
-        _BACKBONES[key] = _prepare_backbone(backbone, device, channels_last)
-    return _BACKBONES[key]
 
 
 def _prepare_backbone(backbone: Backbone, device: torch.device, channels_last: bool) -> Backbone:
@@ -518,7 +446,12 @@ def _collate(items):
 
 @contextlib.contextmanager
 def _precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Backbone arithmetic: fp32 turns TF32 off (exact), tf32 on, bf16/fp16 autocast."""
+    """Backbone arithmetic around one forward pass: fp32 turns TF32 off (exact), tf32 on, bf16/fp16 autocast.
+
+    The TF32 switches are process-wide: they are set for the body only and
+    restored when it ends, so wrap the forward pass alone, never a ``yield``
+    (the caller would run with them changed).
+    """
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
@@ -570,22 +503,24 @@ def compute_shards(
     pending_empty = [t for t in range(len(tasks)) if last_batch[t] < 0]
     for t in pending_empty:
         yield _write(tasks[t], [], dtype, feat_dim)
-    with torch.inference_mode(), _precision(options.precision, device):
-        for b, items in enumerate(loader):
-            t = owner[b]
-            good = [item for item in items if item[1] is not None]
-            rows: dict[int, np.ndarray] = {}
-            if good:
-                x = torch.cat([item[1] for item in good]).to(device, non_blocking=True)
-                x = x.contiguous(memory_format=memory_format)
-                feats = backbone(x).float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
-                rows = {item[0]: feats[g] for g, item in enumerate(good)}
-            for i, _, indices, error in items:
-                parts[t].append((videos[i], rows.get(i), indices, error))
-            if on_batch:
-                on_batch(len(items), len(good) * job.data.num_frames)
-            if b == last_batch[t]:
-                yield _write(tasks[t], parts.pop(t), dtype, feat_dim)
+    for b, items in enumerate(loader):
+        t = owner[b]
+        good = [item for item in items if item[1] is not None]
+        rows: dict[int, np.ndarray] = {}
+        if good:
+            x = torch.cat([item[1] for item in good]).to(device, non_blocking=True)
+            x = x.contiguous(memory_format=memory_format)
+            with torch.inference_mode():
+                with _precision(options.precision, device):
+                    out = backbone(x)
+                feats = out.float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
+            rows = {item[0]: feats[g] for g, item in enumerate(good)}
+        for i, _, indices, error in items:
+            parts[t].append((videos[i], rows.get(i), indices, error))
+        if on_batch:
+            on_batch(len(items), len(good) * job.data.num_frames)
+        if b == last_batch[t]:
+            yield _write(tasks[t], parts.pop(t), dtype, feat_dim)
 
 
 def _write(task: ShardTask, rows: list, dtype: np.dtype, feat_dim: int) -> ShardResult:
@@ -601,4 +536,4 @@ def _write(task: ShardTask, rows: list, dtype: np.dtype, feat_dim: int) -> Shard
         frame_indices=np.stack([r[2] for r in ok]).astype(np.int32) if ok else np.zeros((0, T), dtype=np.int32),
         attrs=task.attrs,
     )
-    return ShardResult(task.index, sha, [r[0].key for r in ok], skipped, len(ok) * T)
+    return ShardResult(task.index, sha, skipped, len(ok) * T)

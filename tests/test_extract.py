@@ -214,7 +214,8 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
     )
     assert same.cache_dir == extracted.cache_dir and same.shards_written == 0
     # another backbone, preprocessing or split: a new key (computed without running the backbone)
-    from jobs.extract import key_inputs
+    from cache.inputs import frames_digest, key_inputs
+    from frameexit.checkpoint import backbone_digest
     from jobs.model import checkpoint_state
 
     def key_of(job, state):
@@ -226,7 +227,16 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
             path_classid=job.data.path_classid,
             num_class=200,
         )
-        return cache_key(key_inputs(job, ExtractOptions(cache_root=root), state, ds.videos))
+        inputs = key_inputs(
+            job.data,
+            job.model,
+            dtype="float32",
+            precision="fp32",
+            channels_last=False,
+            backbone_digest=backbone_digest(state),
+            frames_digest=frames_digest(ds.videos, job.data.num_frames),
+        )
+        return cache_key(inputs)
 
     job = load_job(job_file)
     base_key = os.path.basename(extracted.cache_dir)

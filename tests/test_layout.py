@@ -42,6 +42,19 @@ def test_dependencies_point_one_way():
     assert "cli" not in _imports("jobs")
 
 
+def test_the_cache_package_owns_its_directory():
+    # cache/ (key inputs, locate, lock, plan, manifest, shards, reader) runs no model and schedules nothing
+    imported = _imports("cache")
+    forbidden = {"torch", "torchvision", "dask", "distributed", "click", "tqdm", "fcntl"}
+    assert not forbidden & set(imported), {m: imported[m] for m in forbidden & set(imported)}
+    # a reader finds its cache through cache.locate, never through extract's key computation
+    for name in os.listdir(os.path.join(ROOT, "jobs")):
+        if name.endswith(".py") and name not in ("extract.py", "run.py", "train.py", "demo.py"):
+            tree = ast.parse(open(os.path.join(ROOT, "jobs", name)).read())
+            relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+            assert "extract" not in relative, name
+
+
 RUFF = os.path.join(os.path.dirname(sys.executable), "ruff")
 RUFF = RUFF if os.path.exists(RUFF) else shutil.which("ruff")
 
