@@ -237,13 +237,10 @@ def _build(keyword: str, values: dict):
 
         local = values.get("scheduler") in LOCAL_SCHEDULERS  # dask's local schedulers: extraction on this machine
         return ExtractOptions(**dict(values, scheduler=None) if local else values)
-    if keyword == "replay_options":
-        from jobs.replay import ReplayOptions
-
-        return ReplayOptions(**values)
+    from jobs.replay import ReplayOptions
     from jobs.report import ReportOptions
 
-    return ReportOptions(**values)
+    return {"replay_options": ReplayOptions, "report_options": ReportOptions}[keyword](**values)
 
 
 def _options(*plain: str, **objects: tuple[str, ...]):
