@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
-import frameexit
 from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram, measure_step_costs, paper_gflops, paper_per_frame
 from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
 from frameexit.sampling import sample_indices
+from reports.records import (
+    METRICS_FILE,
+    InferCheckpoint,
+    InferDataset,
+    InferMetrics,
+    InferRuntime,
+    InferUnits,
+    SkippedVideo,
+    StepCostsRecord,
+    runtime,
+)
 from reports.schema import VIDEOS
 from reports.write import write_json, write_table
 
@@ -36,7 +42,6 @@ from .progress import progress as progress_bar
 log = logging.getLogger(__name__)
 
 VIDEOS_FILE = "videos.parquet"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class InferResult:
     out_dir: str
     videos_path: str
     metrics_path: str
-    metrics: dict[str, Any]
+    metrics: InferMetrics
 
 
 def file_sha256(path: str) -> str:
@@ -146,49 +151,42 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
         model.mlp.layers[0].out_features,
     )
     per_frame = paper_per_frame(model_cfg.backbone_name)
-    document = {
-        "map": metrics.map,
-        "top1": metrics.top1,
-        "gflops": paper_gflops(exits_arr, per_frame),
-        "gflops_per_frame": per_frame,
-        "gmacs_measured": float(costs.video_gmacs(exits_arr).mean()) if len(exits_arr) else float("nan"),
-        "gmacs_measured_parts": costs.__dict__,
-        "mean_frames": float((exits_arr + 1).mean()) if len(exits_arr) else float("nan"),
-        "exit_histogram": exit_histogram(exits_arr, data.num_frames).tolist(),
-        "ap_per_class": metrics.ap.tolist(),
-        "n_videos": metrics.n_videos,
-        "n_videos_labelled": metrics.n_labelled,
-        "n_videos_listed": dataset.n_listed,
-        "skipped": [{"video": s.video, "reason": s.reason} for s in skipped],
-        "first_threshold": model_cfg.first_threshold,
-        "gate_threshold": model_cfg.gate_threshold,
-        "input_order": list(model_cfg.input_order),
-        "checkpoint": {"path": os.path.abspath(checkpoint), "sha256": file_sha256(checkpoint)},
-        "dataset": {
-            "name": data.name,
-            "split": os.path.abspath(data.path_split),
-            "labels": os.path.abspath(data.path_label),
-            "classes": os.path.abspath(data.path_classid),
-            "frames": os.path.abspath(data.path_frame),
-        },
-        "backbone": model_cfg.backbone_name,
-        "runtime": {
-            "device": str(torch_device),
-            "seconds": seconds,
-            "frames_read": int((exits_arr + 1).sum()),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "frameexit": frameexit.__version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
-        },
-        "units": {
-            "map": "fraction in [0, 1], mean over classes with a positive video",
-            "top1": "fraction in [0, 1] of videos with a label",
-            "gflops": "paper convention: per-frame GMACs of the backbone x frames read; null if the backbone has none",
-            "gmacs_measured": "multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
-        },
-    }
+    document = InferMetrics(
+        map=metrics.map,
+        top1=metrics.top1,
+        gflops=paper_gflops(exits_arr, per_frame),
+        gflops_per_frame=per_frame,
+        gmacs_measured=float(costs.video_gmacs(exits_arr).mean()) if len(exits_arr) else float("nan"),
+        gmacs_measured_parts=StepCostsRecord(**costs.__dict__),
+        mean_frames=float((exits_arr + 1).mean()) if len(exits_arr) else float("nan"),
+        exit_histogram=exit_histogram(exits_arr, data.num_frames).tolist(),
+        ap_per_class=metrics.ap.tolist(),
+        n_videos=metrics.n_videos,
+        n_videos_labelled=metrics.n_labelled,
+        n_videos_listed=dataset.n_listed,
+        skipped=[SkippedVideo(video=s.video, reason=s.reason) for s in skipped],
+        first_threshold=model_cfg.first_threshold,
+        gate_threshold=model_cfg.gate_threshold,
+        input_order=list(model_cfg.input_order),
+        checkpoint=InferCheckpoint(path=os.path.abspath(checkpoint), sha256=file_sha256(checkpoint)),
+        dataset=InferDataset(
+            name=data.name,
+            split=os.path.abspath(data.path_split),
+            labels=os.path.abspath(data.path_label),
+            classes=os.path.abspath(data.path_classid),
+            frames=os.path.abspath(data.path_frame),
+        ),
+        backbone=model_cfg.backbone_name,
+        runtime=InferRuntime(
+            **runtime(), device=str(torch_device), seconds=seconds, frames_read=int((exits_arr + 1).sum())
+        ),
+        units=InferUnits(
+            map="fraction in [0, 1], mean over classes with a positive video",
+            top1="fraction in [0, 1] of videos with a label",
+            gflops="paper convention: per-frame GMACs of the backbone x frames read; null if the backbone has none",
+            gmacs_measured="multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
+        ),
+    )
     os.makedirs(out_dir, exist_ok=True)
     name = os.path.basename(checkpoint)
     write_table(

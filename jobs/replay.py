@@ -12,24 +12,21 @@ made small enough for the memory available, and a grid that cannot fit is refuse
 from __future__ import annotations
 
 import contextlib
-import datetime
+import functools
 import logging
 import math
 import os
-import platform
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import numpy as np
 import torch
-import torchvision
-from dask.callbacks import Callback
+from tqdm.dask import TqdmCallback
 
-import frameexit
 from cache.inputs import cheap_inputs, check_job_files, differences, frames_digest
 from cache.locate import locate
 from cache.manifest import CacheError
@@ -44,11 +41,23 @@ from frameexit.head import FrameExit
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.sweep import (
     ExitTables,
+    SweepMetrics,
     candidate_ranks,
     concat_tables,
     exit_tables,
     sweep_block_bytes,
     sweep_metrics,
+)
+from reports.records import (
+    REPLAY_FILE,
+    CacheRecord,
+    CheckpointRecord,
+    MetricRow,
+    ReplayRecord,
+    ReplayRuntime,
+    Setting,
+    StepCostsRecord,
+    runtime,
 )
 from reports.schema import SWEEP, VIDEOS
 from reports.write import write_json, write_table
@@ -62,7 +71,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.parquet"
 VIDEOS_FILE = "videos.parquet"
-REPLAY_FILE = "replay.json"
 #: What ``frameexit report`` writes from a replay's outputs: stale once the replay changes.
 REPORT_FILES = ("summary.md", "summary.json", "curve.png")
 LOCAL_SCHEDULERS = ("sync", "threads")
@@ -125,7 +133,7 @@ class ReplayResult:
     sweep_path: str
     videos_path: str
     replay_path: str
-    summary: dict[str, Any]
+    summary: ReplayRecord  # what replay.json holds
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -230,7 +238,8 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     Writes ``sweep.parquet`` (one row per checkpoint and setting),
     ``videos.parquet`` (per-video rows for the default setting, or every
     setting with ``per_video='all'``) and ``replay.json`` (provenance, grid,
-    skipped videos) into ``out_dir``, once everything is computed.
+    skipped videos; :class:`reports.records.ReplayRecord`) into ``out_dir``,
+    once everything is computed.
 
     Everything that needs no computation is checked first (options, the
     memory the grid needs, a writable ``out_dir``, the cache against the job,
@@ -238,6 +247,80 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     its report* (``summary.md``, ``summary.json``, ``curve.png``) are removed,
     so a replay that fails while computing leaves nothing that looks complete.
     """
+    grid = _grid(job, options)
+    # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
+    plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, gate_block=1, limit=available_memory())
+    check_writable_dir(out_dir, "--out")
+    cache = _open_cache(job, options)
+    n_videos = _cached_videos(cache)
+    heads = _load_heads(job, cache)
+    largest_block = plan_memory(
+        **grid.memory_args(job),
+        n_videos=n_videos,
+        concurrency=_concurrency(options),
+        gate_block=options.gate_block or len(grid.gate),
+        limit=available_memory(),
+    )
+    paths = _remove_stale_outputs(out_dir)
+    graph, results = _sweep(grid, heads, cache, options, largest_block, progress=progress)
+
+    names = _checkpoint_names([h.name for h in heads])
+    by_width = _step_costs(job, heads)
+    costs = [by_width[h.hidden_dim] for h in heads]
+    per_frame = paper_per_frame(job.model.backbone_name)
+    sweep = _sweep_columns(graph, results, grid, names, costs, per_frame, n_videos)
+    videos = _video_columns(graph, results, grid, names, cache, n_videos)
+    default_metrics = _default_metrics(graph, results, grid, names, costs, per_frame)
+    write_table(paths[SWEEP_FILE], sweep, SWEEP)
+    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
+    record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
+    write_json(paths[REPLAY_FILE], record)
+    return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The settings a replay evaluates, checked: the grid, the job's own setting and the policy order."""
+
+    first: tuple[float, ...]
+    gate: tuple[float, ...]
+    default: tuple[float, float]  # (first, gate) of the job
+    order: tuple[int, ...]
+    per_video: str
+
+    @property
+    def order_name(self) -> str:
+        """The order's name in ``sweep.parquet`` and ``replay.json``: coarse_to_fine, sequential or the positions."""
+        if self.order == COARSE_TO_FINE:
+            return "coarse_to_fine"
+        if self.order == tuple(range(len(self.order))):
+            return "sequential"
+        return ",".join(map(str, self.order))
+
+    @property
+    def settings(self) -> list[tuple[float, float]]:
+        """Every ``(first, gate)`` of the grid, in the order of the sweep rows (gate-major)."""
+        return [(ft, gt) for gt in self.gate for ft in self.first]
+
+    @property
+    def per_video_settings(self) -> list[tuple[float, float]]:
+        """The settings with per-video rows: every one with ``per_video='all'``, else the job's own."""
+        return self.settings if self.per_video == "all" else [self.default]
+
+    def memory_args(self, job: Job) -> dict[str, Any]:
+        """The grid's arguments of :func:`plan_memory` / :func:`memory_estimate`."""
+        return dict(
+            n_first=len(self.first),
+            n_gate=len(self.gate),
+            n_checkpoints=len(job.checkpoints),
+            num_class=job.model.num_class,
+            per_video_all=self.per_video == "all",
+            n_steps=len(self.order),
+        )
+
+
+def _grid(job: Job, options: ReplayOptions) -> _Grid:
+    """The grid of ``options`` (else of the job), checked: thresholds are probabilities, ``per_video`` is known."""
     job.require("checkpoint.init")
     if options.per_video not in ("default", "all"):
         raise ConfigError(f"per_video must be 'default' or 'all', got {options.per_video!r}")
@@ -249,28 +332,13 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     for gt in gate:
         check_thresholds(default[0], gt)
     order = policy_order(options.order or job.model.input_order, job.data.num_frames)
-    if order == COARSE_TO_FINE:
-        order_name = "coarse_to_fine"
-    elif order == tuple(range(len(order))):
-        order_name = "sequential"
-    else:
-        order_name = ",".join(map(str, order))
-    grid = dict(
-        n_first=len(first),
-        n_gate=len(gate),
-        n_checkpoints=len(job.checkpoints),
-        num_class=job.model.num_class,
-        per_video_all=options.per_video == "all",
-        n_steps=len(order),
-    )
-    # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
-    plan_memory(**grid, n_videos=0, concurrency=1, gate_block=1, limit=available_memory())
-    check_writable_dir(out_dir, "--out")
+    return _Grid(first, gate, default, order, options.per_video)
 
-    cache = _open_cache(job, options)
-    n_videos = _cached_videos(cache)
+
+def _load_heads(job: Job, cache: FeatureCache) -> list[HeadState]:
+    """Every checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache."""
     cache_digest = cache.manifest.inputs.get("backbone_digest")
-    heads: list[HeadState] = []
+    heads = []
     for checkpoint in job.checkpoints:
         state = checkpoint_state(job, checkpoint)
         digest = backbone_digest(state)
@@ -282,178 +350,298 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
             )
         head_state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
         heads.append(HeadState(checkpoint, file_sha256(checkpoint), head_state))
-    names = _checkpoint_names([h.name for h in heads])
-    if options.workers:
-        concurrency = options.workers
-    elif options.scheduler in LOCAL_SCHEDULERS:
-        concurrency = 1 if options.scheduler == "sync" else (os.cpu_count() or 1)
-    else:
-        concurrency = 1  # a remote cluster's tasks use its own machines' memory
-    largest_block = plan_memory(
-        **grid,
-        n_videos=n_videos,
-        concurrency=concurrency,
-        gate_block=options.gate_block or len(gate),
-        limit=available_memory(),
-    )
+    return heads
 
+
+def _concurrency(options: ReplayOptions) -> int:
+    """Sweep tasks that run at once on this machine's memory."""
+    if options.workers:
+        return options.workers
+    if options.scheduler in LOCAL_SCHEDULERS:
+        return 1 if options.scheduler == "sync" else (os.cpu_count() or 1)
+    return 1  # a remote cluster's tasks use its own machines' memory
+
+
+def _remove_stale_outputs(out_dir: str) -> dict[str, str]:
+    """Remove an earlier replay's outputs and its report from ``out_dir``; the paths of all of them, by name."""
     paths = {name: os.path.join(out_dir, name) for name in (SWEEP_FILE, VIDEOS_FILE, REPLAY_FILE, *REPORT_FILES)}
     for stale in paths.values():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
+    return paths
 
-    settings_all = [(ft, gt) for gt in gate for ft in first]
-    per_video_settings = settings_all if options.per_video == "all" else [default]
-    n_shards = len(cache.manifest.shards)
+
+# ---------------------------------------------------------------------------------------------- the graph
+
+
+@dataclass
+class _Graph:
+    """A replay's dask tasks and the keys of their results, per checkpoint ``i``.
+
+    Keys carry a token of their own: on a shared dask scheduler, another client's ``merge-0`` must not be
+    taken for ours.
+    """
+
+    n_first: int  # first thresholds of the grid
+    blocks: list[tuple[float, ...]]  # the gate thresholds of each sweep task
+    tables: dict[str, Any] = field(default_factory=dict)  # per shard and checkpoint: its exit tables
+    outputs: dict[str, Any] = field(default_factory=dict)  # every task whose result is kept, by key
+    sweeps: list[list[str]] = field(default_factory=list)  # [i][b]: metrics of gate block b
+    videos: list[str] = field(default_factory=list)  # [i]: per-video rows
+    default: list[str] = field(default_factory=list)  # [i]: metrics at the job's own setting
+
+    def settings_of(self, key: str) -> int:
+        """Settings a task computes: those of its gate block for a sweep task, else 0."""
+        for keys in self.sweeps:
+            if key in keys:
+                return len(self.blocks[keys.index(key)]) * self.n_first
+        return 0
+
+
+def _sweep(
+    grid: _Grid,
+    heads: Sequence[HeadState],
+    cache: FeatureCache,
+    options: ReplayOptions,
+    largest_block: int,
+    *,
+    progress: bool | None,
+) -> tuple[_Graph, dict[str, Any]]:
+    """Build the graph and compute it on the scheduler of ``options``: the graph and its results by key."""
     shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
-    # graph keys of their own: on a shared dask scheduler, another client's "merge-0" must not be taken for ours
-    token = uuid.uuid4().hex[:12]
     with _scheduler(options) as (kind, client):
         workers = len(client.scheduler_info()["workers"]) if client is not None else (os.cpu_count() or 1)
-        block = options.gate_block or max(1, math.ceil(len(gate) / max(2 * workers, 1)))
+        block = options.gate_block or max(1, math.ceil(len(grid.gate) / max(2 * workers, 1)))
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
-        blocks = [gate[i : i + block] for i in range(0, len(gate), block)]
-        tables_tasks, outputs = {}, {}
-        for i, head in enumerate(heads):
-            # the head weights (tens of MB) travel once per worker, not once per task, as one object
-            if client is not None:
-                shipped = client.scatter(head, broadcast=True, hash=False)
-            else:
-                shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
-            parts = [
-                dask.delayed(shard_exit_tables)(path, digest, shipped, order, dask_key_name=f"tables-{i}-{s}-{token}")
-                for s, (path, digest) in enumerate(shards)
-            ]
-            tables_tasks.update({f"tables-{i}-{s}-{token}": p for s, p in enumerate(parts)})
-            merged = dask.delayed(merge_tables)(parts, dask_key_name=f"merge-{i}-{token}")
-            for b, gate_block in enumerate(blocks):
-                outputs[f"sweep-{i}-{b}-{token}"] = dask.delayed(sweep_block)(
-                    merged, first, gate_block, dask_key_name=f"sweep-{i}-{b}-{token}"
-                )
-            outputs[f"videos-{i}-{token}"] = dask.delayed(per_video_rows)(
-                merged, per_video_settings, dask_key_name=f"videos-{i}-{token}"
-            )
-            outputs[f"default-{i}-{token}"] = dask.delayed(sweep_block)(
-                merged, [default[0]], [default[1]], dask_key_name=f"default-{i}-{token}"
-            )
-        results = _compute(
-            kind,
-            client,
-            tables_tasks,
-            outputs,
-            progress=progress,
-            n_shards=n_shards * len(heads),
-            n_settings=len(settings_all) * len(heads),
-            block_sizes={
-                f"sweep-{i}-{b}-{token}": len(g) * len(first) for i in range(len(heads)) for b, g in enumerate(blocks)
-            },
-        )
+        blocks = [grid.gate[i : i + block] for i in range(0, len(grid.gate), block)]
+        graph = _build_graph(grid, heads, shards, blocks, client)
+        if client is None:
+            return graph, _compute_local(kind, graph, progress=progress)
+        n_settings = len(grid.settings) * len(heads)
+        return graph, _compute_distributed(client, graph, progress=progress, n_settings=n_settings)
 
-    # measured per checkpoint: the head's width changes the projection, gates and classifiers
-    step_costs: dict[int, StepCosts] = {}
+
+def _build_graph(
+    grid: _Grid, heads: Sequence[HeadState], shards: Sequence[tuple[str, str]], blocks: list[tuple[float, ...]], client
+) -> _Graph:
+    """Per checkpoint: exit tables per shard, one merge, a sweep task per gate block, per-video rows, the default."""
+    token = uuid.uuid4().hex[:12]
+    graph = _Graph(len(grid.first), blocks)
+    for i, head in enumerate(heads):
+        # the head weights (tens of MB) travel once per worker, not once per task, as one object
+        if client is not None:
+            shipped = client.scatter(head, broadcast=True, hash=False)
+        else:
+            shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
+        parts = []
+        for s, (path, digest) in enumerate(shards):
+            key = f"tables-{i}-{s}-{token}"
+            parts.append(dask.delayed(shard_exit_tables)(path, digest, shipped, grid.order, dask_key_name=key))
+            graph.tables[key] = parts[-1]
+        merged = dask.delayed(merge_tables)(parts, dask_key_name=f"merge-{i}-{token}")
+        graph.sweeps.append([f"sweep-{i}-{b}-{token}" for b in range(len(blocks))])
+        for key, gate_block in zip(graph.sweeps[i], blocks, strict=True):
+            graph.outputs[key] = dask.delayed(sweep_block)(merged, grid.first, gate_block, dask_key_name=key)
+        graph.videos.append(f"videos-{i}-{token}")
+        graph.outputs[graph.videos[i]] = dask.delayed(per_video_rows)(
+            merged, grid.per_video_settings, dask_key_name=graph.videos[i]
+        )
+        graph.default.append(f"default-{i}-{token}")
+        graph.outputs[graph.default[i]] = dask.delayed(sweep_block)(
+            merged, [grid.default[0]], [grid.default[1]], dask_key_name=graph.default[i]
+        )
+    return graph
+
+
+def _compute_local(kind: str, graph: _Graph, *, progress: bool | None) -> dict[str, Any]:
+    """Compute the graph on dask's local scheduler ``kind``, with one bar of its tasks (tqdm's dask callback)."""
+    bar = functools.partial(progress_bar, None, desc="replay tasks", unit="task", enabled=progress)
+    with TqdmCallback(tqdm_class=bar):
+        values = dask.compute(*graph.outputs.values(), scheduler=kind)
+    return dict(zip(graph.outputs, values, strict=True))
+
+
+def _compute_distributed(client, graph: _Graph, *, progress: bool | None, n_settings: int) -> dict[str, Any]:
+    """Compute the graph on a dask.distributed cluster, with a bar of the shards and one of the settings."""
+    from distributed import as_completed
+
+    n_shards = len(graph.tables)
+    shard_bar = progress_bar(range(n_shards), desc="replay shards", total=n_shards, unit="shard", enabled=progress)
+    setting_bar = progress_bar(
+        range(n_settings), desc="replay settings", total=n_settings, unit="setting", enabled=progress
+    )
+    try:
+        futures = client.compute(list(graph.tables.values()))
+        for future in as_completed(futures):
+            future.result()  # raise a task's error here, with its message
+            shard_bar.update(1)
+        results = client.compute(list(graph.outputs.values()))
+        by_future = dict(zip(results, graph.outputs, strict=True))
+        values = {}
+        for future in as_completed(results):
+            key = by_future[future]
+            values[key] = future.result()
+            if n := graph.settings_of(key):
+                setting_bar.update(n)
+        return values
+    finally:
+        shard_bar.close()
+        setting_bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- the outputs
+
+
+def _step_costs(job: Job, heads: Sequence[HeadState]) -> dict[int, StepCosts]:
+    """Measured GMACs per part, by head width: the width changes the projection, gates and classifiers."""
+    costs: dict[int, StepCosts] = {}
     for head in heads:
-        if head.hidden_dim not in step_costs:
-            step_costs[head.hidden_dim] = measure_step_costs(
+        if head.hidden_dim not in costs:
+            costs[head.hidden_dim] = measure_step_costs(
                 job.model.backbone_name,
                 input_size=job.data.preprocessing.crop,
                 num_class=job.model.num_class,
                 truncate_modules=job.model.truncate_modules,
                 hidden_dim=head.hidden_dim,
             )
-    per_frame = paper_per_frame(job.model.backbone_name)
-    sweep_cols = {k: [] for k in SWEEP.names}
-    videos_cols = {k: [] for k in VIDEOS.names}
+    return costs
+
+
+def _metric_row(
+    m: SweepMetrics,
+    g: int,
+    f: int,
+    checkpoint: str,
+    setting: tuple[float, float],
+    per_frame: float | None,
+    costs: StepCosts,
+) -> MetricRow:
+    """The one place a metric row is made: entry ``[g, f]`` of a sweep task's metrics, at ``setting`` (first, gate)."""
+    hist = m.exit_histogram[g, f]
+    frames = float(m.mean_frames[g, f])
+    return MetricRow(
+        checkpoint=checkpoint,
+        first_threshold=setting[0],
+        gate_threshold=setting[1],
+        map=float(m.map[g, f]),
+        top1=float(m.top1[g, f]),
+        gflops=frames * per_frame if per_frame is not None else None,
+        gmacs_measured=_mean_gmacs(costs, frames, float(hist[0])),
+        mean_frames=frames,
+        exit_histogram=hist.tolist(),
+    )
+
+
+def _sweep_columns(
+    graph: _Graph,
+    results: dict[str, Any],
+    grid: _Grid,
+    names: Sequence[str],
+    costs: Sequence[StepCosts],
+    per_frame: float | None,
+    n_videos: int,
+) -> dict[str, list]:
+    """The columns of ``sweep.parquet``: a metric row per checkpoint and setting, with the order and video count."""
+    columns: dict[str, list] = {k: [] for k in SWEEP.names}
     for i, name in enumerate(names):
-        costs = step_costs[heads[i].hidden_dim]
-        for b, gate_block in enumerate(blocks):
-            m = results[f"sweep-{i}-{b}-{token}"]
+        for key, gate_block in zip(graph.sweeps[i], graph.blocks, strict=True):
+            m = results[key]
             for g, gt in enumerate(gate_block):
-                for f, ft in enumerate(first):
-                    hist = m.exit_histogram[g, f]
-                    frames = float(m.mean_frames[g, f])
-                    sweep_cols["checkpoint"].append(name)
-                    sweep_cols["order"].append(order_name)
-                    sweep_cols["first_threshold"].append(ft)
-                    sweep_cols["gate_threshold"].append(gt)
-                    sweep_cols["map"].append(float(m.map[g, f]))
-                    sweep_cols["top1"].append(float(m.top1[g, f]))
-                    sweep_cols["gflops"].append(frames * per_frame if per_frame is not None else None)
-                    sweep_cols["gmacs_measured"].append(_mean_gmacs(costs, frames, float(hist[0])))
-                    sweep_cols["mean_frames"].append(frames)
-                    sweep_cols["exit_histogram"].append(hist.tolist())
-        rows = results[f"videos-{i}-{token}"]
-        if len(rows["video"]) != n_videos * len(per_video_settings):
+                for f, ft in enumerate(grid.first):
+                    for k, value in _metric_row(m, g, f, name, (ft, gt), per_frame, costs[i]).items():
+                        columns[k].append(value)
+    columns["order"] = [grid.order_name] * len(columns["checkpoint"])
+    columns["n_videos"] = [n_videos] * len(columns["checkpoint"])
+    return columns
+
+
+def _default_metrics(
+    graph: _Graph,
+    results: dict[str, Any],
+    grid: _Grid,
+    names: Sequence[str],
+    costs: Sequence[StepCosts],
+    per_frame: float | None,
+) -> list[MetricRow]:
+    """Per checkpoint, the metric row of the job's own setting."""
+    return [
+        _metric_row(results[graph.default[i]], 0, 0, name, grid.default, per_frame, costs[i])
+        for i, name in enumerate(names)
+    ]
+
+
+def _video_columns(
+    graph: _Graph, results: dict[str, Any], grid: _Grid, names: Sequence[str], cache: FeatureCache, n_videos: int
+) -> dict[str, list]:
+    """The columns of ``videos.parquet``: every checkpoint's per-video rows, with its name."""
+    columns: dict[str, list] = {k: [] for k in VIDEOS.names}
+    n_settings = len(grid.per_video_settings)
+    for i, name in enumerate(names):
+        rows = results[graph.videos[i]]
+        if len(rows["video"]) != n_videos * n_settings:
             # the shards were verified against the manifest, so only a hand-edited manifest gets here
             raise CacheError(
                 f"the manifest of {cache.directory} counts {n_videos} videos with features, its shards hold "
-                f"{len(rows['video']) // max(len(per_video_settings), 1)}; run frameexit extract again"
+                f"{len(rows['video']) // max(n_settings, 1)}; run frameexit extract again"
             )
         for key in rows:
-            videos_cols[key] += rows[key]
-        videos_cols["checkpoint"] += [name] * len(rows["video"])
-    sweep_cols["n_videos"] = [n_videos] * len(sweep_cols["checkpoint"])
-    default_metrics = []
-    for i, name in enumerate(names):
-        m = results[f"default-{i}-{token}"]
-        frames, hist = float(m.mean_frames[0, 0]), m.exit_histogram[0, 0]
-        default_metrics.append(
-            {
-                "checkpoint": name,
-                "first_threshold": default[0],
-                "gate_threshold": default[1],
-                "map": float(m.map[0, 0]),
-                "top1": float(m.top1[0, 0]),
-                "gflops": frames * per_frame if per_frame is not None else None,
-                "gmacs_measured": _mean_gmacs(step_costs[heads[i].hidden_dim], frames, float(hist[0])),
-                "mean_frames": frames,
-                "exit_histogram": hist.tolist(),
-            }
-        )
+            columns[key] += rows[key]
+        columns["checkpoint"] += [name] * len(rows["video"])
+    return columns
 
-    write_table(paths[SWEEP_FILE], sweep_cols, SWEEP)
-    write_table(paths[VIDEOS_FILE], videos_cols, VIDEOS)
-    summary = {
-        "cache": {
-            "directory": os.path.abspath(cache.directory),
-            "key": cache.manifest.key,
-            "inputs": cache.manifest.inputs,
-        },
-        "checkpoints": [
-            {
-                "name": n,
-                "path": os.path.abspath(h.name),
-                "sha256": h.sha256,
-                "hidden_dim": h.hidden_dim,
-                "gmacs_measured_parts": step_costs[h.hidden_dim].__dict__,
-            }
-            for n, h in zip(names, heads, strict=True)
+
+def _replay_record(
+    job: Job,
+    options: ReplayOptions,
+    grid: _Grid,
+    cache: FeatureCache,
+    n_videos: int,
+    names: Sequence[str],
+    heads: Sequence[HeadState],
+    costs: Sequence[StepCosts],
+    per_frame: float | None,
+    default_metrics: list[MetricRow],
+) -> ReplayRecord:
+    """``replay.json``: the cache, checkpoints, grid, the job's setting and its metrics, skipped videos, runtime."""
+    scheduler = options.scheduler if not options.workers else f"local cluster of {options.workers} processes"
+    return ReplayRecord(
+        cache=CacheRecord(
+            directory=os.path.abspath(cache.directory), key=cache.manifest.key, inputs=cache.manifest.inputs
+        ),
+        checkpoints=[
+            CheckpointRecord(
+                name=n,
+                path=os.path.abspath(h.name),
+                sha256=h.sha256,
+                hidden_dim=h.hidden_dim,
+                gmacs_measured_parts=StepCostsRecord(**c.__dict__),
+            )
+            for n, h, c in zip(names, heads, costs, strict=True)
         ],
-        "order": list(order),
-        "order_name": order_name,
-        "first_thresholds": list(first),
-        "gate_thresholds": list(gate),
-        "default_setting": {"first_threshold": default[0], "gate_threshold": default[1]},
-        "default_metrics": default_metrics,
-        "per_video": options.per_video,
-        "n_settings": len(settings_all),
-        "n_videos": n_videos,
-        "n_videos_listed": cache.manifest.n_listed,
-        "skipped": cache.manifest.all_skipped(),
-        "gflops_per_frame": per_frame,
-        "dataset": job.data.name,
-        "backbone": job.model.backbone_name,
-        "job": job.resolved,
-        "runtime": {
-            "scheduler": options.scheduler if not options.workers else f"local cluster of {options.workers} processes",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "frameexit": frameexit.__version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    write_json(paths[REPLAY_FILE], summary)
-    return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], summary)
+        order=list(grid.order),
+        order_name=grid.order_name,
+        first_thresholds=list(grid.first),
+        gate_thresholds=list(grid.gate),
+        default_setting=Setting(first_threshold=grid.default[0], gate_threshold=grid.default[1]),
+        default_metrics=default_metrics,
+        per_video=grid.per_video,
+        n_settings=len(grid.settings),
+        n_videos=n_videos,
+        n_videos_listed=cache.manifest.n_listed,
+        skipped=cache.manifest.all_skipped(),
+        gflops_per_frame=per_frame,
+        dataset=job.data.name,
+        dataset_files=_dataset_files(job),
+        backbone=job.model.backbone_name,
+        job=job.resolved,
+        runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
+    )
+
+
+def _dataset_files(job: Job) -> dict[str, str]:
+    """Absolute paths of the job's dataset files (those it sets), by job key: relative ones are taken from here."""
+    keys = ("path_split", "path_label", "path_classid", "path_frame")
+    return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -705,50 +893,3 @@ def _scheduler(options: ReplayOptions):
             raise ConfigError(f"cannot reach the dask scheduler {options.scheduler!r}: {exc}") from None
         with client:
             yield "distributed", client
-
-
-def _compute(kind, client, tables_tasks: dict, outputs: dict, *, progress, n_shards, n_settings, block_sizes) -> dict:
-    shard_bar = progress_bar(range(n_shards), desc="replay shards", total=n_shards, unit="shard", enabled=progress)
-    setting_bar = progress_bar(
-        range(n_settings), desc="replay settings", total=n_settings, unit="setting", enabled=progress
-    )
-
-    def done(key: str) -> None:
-        if key in tables_tasks:
-            shard_bar.update(1)
-        elif key in block_sizes:
-            setting_bar.update(block_sizes[key])
-
-    try:
-        if client is None:
-            with _Bars(done):
-                values = dask.compute(*outputs.values(), scheduler=kind)
-            return dict(zip(outputs, values, strict=True))
-        from distributed import as_completed
-
-        futures = client.compute(list(tables_tasks.values()))
-        for future in as_completed(futures):
-            future.result()  # raise a task's error here, with its message
-            shard_bar.update(1)
-        results = client.compute(list(outputs.values()))
-        by_future = dict(zip(results, outputs, strict=True))
-        values = {}
-        for future in as_completed(results):
-            key = by_future[future]
-            values[key] = future.result()
-            done(key)
-        return values
-    finally:
-        shard_bar.close()
-        setting_bar.close()
-
-
-class _Bars(Callback):
-    """Progress of a local dask computation, task by task."""
-
-    def __init__(self, on_done: Callable[[str], None]):
-        super().__init__()
-        self.on_done = on_done
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        self.on_done(key if isinstance(key, str) else str(key))

@@ -17,13 +17,25 @@ import pyarrow.parquet as pq
 
 import frameexit
 from frameexit.atomic import atomic_write, check_writable_dir
-from frameexit.errors import FrameExitError, UsageError
+from frameexit.errors import UsageError
 from reports.markdown import render_markdown
 from reports.plot import plot_curve
+from reports.records import (
+    SCHEMA_VERSION,
+    SUMMARY_FILE,
+    Provenance,
+    RecordError,
+    ReplayRecord,
+    Summary,
+    SummaryRow,
+    check_record,
+    read_record,
+    versions,
+)
+from reports.schema import SWEEP
 from reports.summary import (
     COST_LABELS,
     HIGHER_IS_BETTER,
-    SCHEMA_VERSION,
     baseline_mismatches,
     choose_budget,
     compare_baseline,
@@ -41,18 +53,18 @@ REGRESSION_EXIT = 3
 ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
 
 
-class ReportInputError(FrameExitError, ValueError):
-    """Replay outputs, a calibration run or a baseline that cannot be read."""
+class ReportInputError(RecordError):
+    """Replay outputs, a calibration run or a baseline that cannot be read (or lack a key of their record)."""
 
 
 @dataclass(frozen=True)
 class ReportResult:
-    summary: dict[str, Any]
+    summary: Summary
     paths: dict[str, str]
 
     @property
     def regressed(self) -> bool:
-        baseline = self.summary.get("baseline")
+        baseline = self.summary["baseline"]
         return bool(baseline) and not baseline["passed"]
 
 
@@ -69,10 +81,10 @@ class Baseline:
     """
 
     path: str
-    document: dict[str, Any]
+    document: Summary
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[SummaryRow]:
         """Its default-setting rows, one per checkpoint."""
         return self.document["default"]
 
@@ -88,40 +100,47 @@ def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
     return sweep, meta
 
 
-def read_run(run_dir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory."""
+def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
+    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory.
+
+    :class:`ReportInputError` when a file cannot be read, or ``replay.json`` lacks a key of
+    :class:`reports.records.ReplayRecord` (an older replay: replay again).
+    """
     sweep, meta = _require_replay_outputs(run_dir)
     try:
-        rows = [with_cost(r) for r in pq.read_table(sweep).to_pylist()]
-        with open(meta, encoding="utf-8") as handle:
-            replay = json.load(handle)
+        table = pq.read_table(sweep)
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read the replay outputs in {run_dir}: {exc}") from None
+    missing = [name for name in SWEEP.names if name not in table.column_names]
+    if missing:
+        raise ReportInputError(f"{sweep} is not a frameexit {SWEEP_FILE}: column {missing[0]!r} is missing")
+    rows = [with_cost(r) for r in table.to_pylist()]
+    replay = read_record(meta, ReplayRecord, error=ReportInputError, what="the replay outputs")
     return rows, replay
 
 
 def read_baseline(path: str) -> Baseline:
     """An earlier ``summary.json`` as a :class:`Baseline`; :class:`ReportInputError` if it cannot be one.
 
-    Read it before anything in its directory is replaced: ``frameexit run``
-    reads it before replay removes the stale report of ``--out``, which may be it.
+    It must have this version's ``schema_version`` and every key of
+    :class:`reports.records.Summary`. Read it before anything in its directory
+    is replaced: ``frameexit run`` reads it before replay removes the stale
+    report of ``--out``, which may be it.
     """
     try:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read baseline {path}: {exc}") from None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("schema_version") != SCHEMA_VERSION
-        or not isinstance(doc.get("default"), list)
-        or not all(isinstance(r, dict) and "checkpoint" in r for r in doc["default"])
-        or not all(isinstance(doc.get(k), str) for k in ("dataset", "accuracy_metric", "cost_metric"))
-    ):
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
         raise ReportInputError(
-            f"{path} is not a frameexit summary.json (schema_version {SCHEMA_VERSION} with 'default', "
-            "'dataset', 'accuracy_metric' and 'cost_metric')"
+            f"{path} is not a frameexit {SUMMARY_FILE} of schema_version {SCHEMA_VERSION} "
+            f"(schema_version {doc.get('schema_version') if isinstance(doc, dict) else None!r})"
         )
+    check_record(doc, Summary, path, error=ReportInputError)
+    for key in ("dataset", "accuracy_metric", "cost_metric"):
+        if not isinstance(doc[key], str):
+            raise ReportInputError(f"{path} is not a frameexit {SUMMARY_FILE}: {key} is {doc[key]!r}, not a name")
     return Baseline(path, doc)
 
 
@@ -218,59 +237,49 @@ def git_hash() -> str | None:
 
 def build_summary(
     rows: list[dict[str, Any]],
-    replay: dict[str, Any],
+    replay: ReplayRecord,
     *,
     budget: float | None = None,
     calibration_rows: list[dict[str, Any]] | None = None,
-    baseline_rows: list[dict[str, Any]] | None = None,
+    baseline_rows: list[SummaryRow] | None = None,
     max_drop: float | None = None,
     max_cost_rise: float | None = None,
     metric: str | None = None,
-) -> dict[str, Any]:
-    """The ``summary.json`` document (see :class:`reports.summary.Summary`)."""
-    accuracy = metric or ACCURACY.get(replay.get("dataset"), "map")
-    default = [with_cost(r) for r in replay.get("default_metrics", [])]
+) -> Summary:
+    """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows and ``replay.json``."""
+    accuracy = metric or ACCURACY.get(replay["dataset"], "map")
+    default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
-    skipped = replay.get("skipped", [])
-    job = replay.get("job", {})
-    data = job.get("data", {})
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "frameexit_version": frameexit.__version__,
-        "git_hash": git_hash(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": replay.get("dataset"),
-        "accuracy_metric": accuracy,
-        "cost_metric": cost,
-        "cost_label": COST_LABELS[cost],
-        "higher_is_better": HIGHER_IS_BETTER,
-        "default": default,
-        "frontier": pareto_frontier(rows, accuracy=accuracy, cost=cost),
-        "n_settings": len(rows),
-        "budget": None,
-        "baseline": None,
-        "n_videos_listed": replay.get("n_videos_listed"),
-        "n_videos_evaluated": replay.get("n_videos"),
-        "n_videos_skipped": len(skipped),
-        "skipped": skipped,
-        "provenance": {
-            "cache": replay.get("cache", {}),
-            "checkpoints": replay.get("checkpoints", []),
-            "dataset_files": {
-                k: os.path.abspath(data[k])
-                for k in ("path_split", "path_label", "path_classid", "path_frame")
-                if data.get(k)
-            },
-            "order": replay.get("order_name"),
-            "versions": {
-                k: v
-                for k, v in replay.get("runtime", {}).items()
-                if k in ("frameexit", "torch", "torchvision", "python")
-            },
-            "replayed": replay.get("runtime", {}).get("date"),
-            "job": job,
-        },
-    }
+    skipped = replay["skipped"]
+    summary = Summary(
+        schema_version=SCHEMA_VERSION,
+        frameexit_version=frameexit.__version__,
+        git_hash=git_hash(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        dataset=replay["dataset"],
+        accuracy_metric=accuracy,
+        cost_metric=cost,
+        cost_label=COST_LABELS[cost],
+        higher_is_better=HIGHER_IS_BETTER,
+        default=default,
+        frontier=pareto_frontier(rows, accuracy=accuracy, cost=cost),
+        n_settings=len(rows),
+        budget=None,
+        baseline=None,
+        n_videos_listed=replay["n_videos_listed"],
+        n_videos_evaluated=replay["n_videos"],
+        n_videos_skipped=len(skipped),
+        skipped=skipped,
+        provenance=Provenance(
+            cache=replay["cache"],
+            checkpoints=replay["checkpoints"],
+            dataset_files=replay["dataset_files"],  # made absolute where the replay ran
+            order=replay["order_name"],
+            versions=versions(replay["runtime"]),
+            replayed=replay["runtime"]["date"],
+            job=replay["job"],
+        ),
+    )
     if budget is not None:
         summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
     if baseline_rows is not None:
@@ -317,7 +326,7 @@ def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResu
     published = (
         summary["dataset"] == "activitynet1.3"
         and summary["cost_metric"] == "gflops"
-        and str(replay.get("backbone", "")).endswith("resnet50")
+        and replay["backbone"].endswith("resnet50")
     )
     figure = plot_curve(summary, rows, published=published)
     png = io.BytesIO()

@@ -36,11 +36,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
-    """``summary.md`` from a :class:`reports.summary.Summary`."""
-    higher = summary.get("higher_is_better", {})
+    """``summary.md`` from a :class:`reports.records.Summary`."""
+    higher = summary["higher_is_better"]
     acc, cost = summary["accuracy_metric"], summary["cost_metric"]
     lines: list[str] = []
-    baseline = summary.get("baseline")
+    baseline = summary["baseline"]
     if baseline and not baseline["passed"]:
         lines += ["> [!CAUTION]", "> **Regression against the baseline**", ">"]
         lines += [f"> - {r}" for r in baseline["regressions"]]
@@ -90,7 +90,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
         ]
 
-    frontier = summary.get("frontier", [])
+    frontier = summary["frontier"]
     lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
     if frontier:
         shown = thin(frontier, MAX_FRONTIER_SHOWN)
@@ -116,7 +116,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("No setting has both an accuracy and a cost.")
     lines.append("")
 
-    budget = summary.get("budget")
+    budget = summary["budget"]
     if budget:
         how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
         lines += [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", ""]
@@ -178,7 +178,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         )
         lines.append("")
 
-    skipped = summary.get("skipped", [])
+    skipped = summary["skipped"]
     lines += [
         "## Videos",
         "",
@@ -192,22 +192,22 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_SHOWN} more in summary.json.")
         lines.append("")
 
-    p = summary.get("provenance", {})
+    p = summary["provenance"]
     lines += ["## Provenance", ""]
-    cache = p.get("cache", {})
+    cache = p["cache"]
     if cache:
         lines.append(
-            f"- feature cache: `{cache.get('key')}` (backbone {cache.get('inputs', {}).get('backbone')}, "
-            f"backbone weights SHA-256 `{str(cache.get('inputs', {}).get('backbone_digest'))[:16]}...`)"
+            f"- feature cache: `{cache['key']}` (backbone {cache['inputs'].get('backbone')}, "
+            f"backbone weights SHA-256 `{str(cache['inputs'].get('backbone_digest'))[:16]}...`)"
         )
-    for c in p.get("checkpoints", []):
+    for c in p["checkpoints"]:
         lines.append(f"- checkpoint `{c['name']}`: SHA-256 `{c['sha256']}`")
-    for name, path in p.get("dataset_files", {}).items():
+    for name, path in p["dataset_files"].items():
         lines.append(f"- {name}: `{path}`")
-    versions = p.get("versions", {})
+    versions = p["versions"]
     if versions:
         lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines.append(
-        f"- created {summary.get('created')}" + (f", git {summary['git_hash'][:12]}" if summary.get("git_hash") else "")
+        f"- created {summary['created']}" + (f", git {summary['git_hash'][:12]}" if summary["git_hash"] else "")
     )
     return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *,
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.scatter(xs, ys, s=14, alpha=0.45, color=colour, label=f"{name}: every setting")
-    frontier = summary.get("frontier", [])
+    frontier = summary["frontier"]
     if frontier:
         ax.plot(
             [r[cost] for r in frontier],
@@ -51,7 +51,7 @@ def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *,
             drawstyle="steps-post",
             label="Pareto frontier",
         )
-    for r in summary.get("default", []):
+    for r in summary["default"]:
         if r.get(cost) is not None and r.get(acc) is not None:
             colour = colours[names.index(r["checkpoint"])] if r["checkpoint"] in names else "black"
             ax.plot(

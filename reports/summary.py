@@ -1,17 +1,15 @@
 """The facts of a report, computed from replay outputs: headline, Pareto frontier, budgets, baseline gate.
 
 Pure functions over plain rows (dicts as read from ``sweep.parquet``); the
-JSON document they build is ``summary.json`` (:class:`Summary` documents every
-key) and the input of the Markdown and plot renderers.
+JSON document they build is ``summary.json`` (:class:`reports.records.Summary`
+documents every key) and the input of the Markdown and plot renderers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypedDict
-
-SCHEMA_VERSION = 1
+from typing import Any
 
 #: FrameExit ResNet-50 on ActivityNet-1.3, from the official README: (GFLOPs, mAP in %).
 PUBLISHED_ACTIVITYNET_RESNET50 = (
@@ -33,30 +31,6 @@ HIGHER_IS_BETTER = {
 }
 
 Row = Mapping[str, Any]
-
-
-class Summary(TypedDict, total=False):
-    """``summary.json``. Metrics are fractions in [0, 1]; costs are per video."""
-
-    schema_version: int  # bumped when a key changes meaning
-    frameexit_version: str
-    git_hash: str | None  # of the source tree, when it is a git checkout
-    created: str  # ISO 8601, UTC
-    dataset: str  # data.name of the job
-    accuracy_metric: str  # 'map' (ActivityNet) or 'top1' (Mini-Kinetics): what the frontier and budget optimise
-    cost_metric: str  # 'gflops' (paper convention) or 'gflops_measured' (2 x measured GMACs) when the backbone has no paper figure
-    cost_label: str  # axis / column label of the cost metric, with its unit
-    higher_is_better: dict[str, bool]
-    default: list[dict[str, Any]]  # per checkpoint: the job's own setting and its metrics
-    frontier: list[dict[str, Any]]  # Pareto frontier over every checkpoint and setting, cheapest first
-    n_settings: int  # rows of sweep.parquet
-    budget: dict[str, Any] | None  # --budget: chosen setting per checkpoint (and calibration run)
-    baseline: dict[str, Any] | None  # --baseline: per-checkpoint checks, n_compared, regressions, passed
-    n_videos_listed: int
-    n_videos_evaluated: int
-    n_videos_skipped: int
-    skipped: list[dict[str, str]]  # video and reason
-    provenance: dict[str, Any]  # cache key and inputs, checkpoints with SHA-256, dataset files, versions, job
 
 
 def _finite(value: Any) -> bool:

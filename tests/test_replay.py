@@ -276,3 +276,17 @@ def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, tm
         per_step = costs.video_gmacs(np.arange(10))
         for r in by_name[name]:
             assert r["gmacs_measured"] == pytest.approx(float(np.dot(r["exit_histogram"], per_step)), rel=1e-9)
+
+
+def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
+    """--progress: tqdm's dask callback draws one bar of the graph's tasks on stderr; --no-progress and, off a
+    terminal, the default draw none."""
+    job_file, cache_root, _ = setup
+    options = ReplayOptions(cache_root=cache_root, first_thresholds=(0.5,), gate_thresholds=(0.5,))
+    for progress, shown in ((True, True), (False, False), (None, False)):
+        replay(load_job(job_file), str(tmp_path / str(progress)), options, progress=progress)
+        err = capsys.readouterr().err
+        assert ("replay tasks" in err) is shown, (progress, err)
+        if shown:
+            # 2 shards, their merge, one sweep block, the per-video rows and the default setting
+            assert "100%" in err and "6/6" in err, err

@@ -14,6 +14,7 @@ from PIL import Image
 from cli import main
 from frameexit.errors import OutputError, UsageError
 from jobs.report import ReportInputError, ReportOptions, check_report_options, report
+from reports.records import MetricRow, ReplayRecord, check_record
 from reports.schema import SWEEP
 from reports.summary import best_within_budget, choose_budget, compare_baseline, pareto_frontier
 from reports.write import write_json, write_table
@@ -86,41 +87,44 @@ def _fake_run(path, spec=HAND, default=(0.2, 0.1), *, names=("a.pth",), dataset=
     rows = [{**r, "checkpoint": name} for name in names for r in _rows(spec)]
     write_table(os.path.join(path, "sweep.parquet"), {k: [r[k] for r in rows] for k in SWEEP.names}, SWEEP)
     defaults = [r for r in rows if (r["first_threshold"], r["gate_threshold"]) == default]
-    write_json(
-        os.path.join(path, "replay.json"),
-        {
-            "dataset": dataset,
-            "backbone": "torchvision.resnet50",
-            "n_videos": 10,
-            "n_videos_listed": 11,
-            "skipped": [{"video": "v_x.mp4", "reason": "no frame folder frames/v_x.mp4"}],
-            "order_name": "coarse_to_fine",
-            "default_metrics": [
-                {
-                    k: d[k]
-                    for k in (
-                        "checkpoint",
-                        "first_threshold",
-                        "gate_threshold",
-                        "map",
-                        "top1",
-                        "gflops",
-                        "gmacs_measured",
-                        "mean_frames",
-                        "exit_histogram",
-                    )
-                }
-                for d in defaults
-            ],
-            "cache": {
-                "key": "k" * 20,
-                "inputs": {"backbone": "resnet50", "backbone_digest": "d" * 64, "split_digest": split},
-            },
-            "checkpoints": [{"name": name, "path": f"/x/{name}", "sha256": "s" * 64} for name in names],
-            "runtime": {"frameexit": "0.1.0", "torch": "2.14.1", "date": "2026-11-24T00:00:00+00:00"},
-            "job": {"data": {"path_split": "split.txt"}},
+    parts = {"backbone": 1.0, "projection": 0.1, "classifier": 0.01, "gate": 0.01}
+    record = ReplayRecord(
+        dataset=dataset,
+        dataset_files={"path_split": "/data/split.txt", "path_label": "/data/labels.json"},
+        backbone="torchvision.resnet50",
+        n_videos=10,
+        n_videos_listed=11,
+        skipped=[{"video": "v_x.mp4", "reason": "no frame folder frames/v_x.mp4"}],
+        order=[5, 0, 9, 2, 7, 1, 3, 4, 6, 8],
+        order_name="coarse_to_fine",
+        first_thresholds=sorted({f for _, f, _, _, _ in spec}),
+        gate_thresholds=sorted({g for _, _, g, _, _ in spec}),
+        default_setting={"first_threshold": default[0], "gate_threshold": default[1]},
+        default_metrics=[{k: d[k] for k in MetricRow.__annotations__} for d in defaults],
+        per_video="default",
+        n_settings=len(spec),
+        gflops_per_frame=4.1,
+        cache={
+            "directory": "/cache/" + "k" * 20,
+            "key": "k" * 20,
+            "inputs": {"backbone": "resnet50", "backbone_digest": "d" * 64, "split_digest": split},
         },
+        checkpoints=[
+            {"name": name, "path": f"/x/{name}", "sha256": "s" * 64, "hidden_dim": 4096, "gmacs_measured_parts": parts}
+            for name in names
+        ],
+        runtime={
+            "scheduler": "threads",
+            "frameexit": "0.1.0",
+            "torch": "2.14.1",
+            "torchvision": "0.29.1",
+            "python": "3.11.7",
+            "date": "2026-11-24T00:00:00+00:00",
+        },
+        job={"data": {"path_split": "split.txt"}},
     )
+    check_record(record, ReplayRecord, "the fake replay.json")  # every key, as replay writes them
+    write_json(os.path.join(path, "replay.json"), record)
     return str(path)
 
 
@@ -381,3 +385,32 @@ def test_check_report_options_for_run(tmp_path):
         check_report_options("/proc/frameexit-test/out", ReportOptions(budget=3.0))
     with pytest.raises(OutputError, match="is not a writable directory"):
         report("/proc/frameexit-test/out")
+
+
+# ------------------------------------------------------------------------------ provenance is the replay's
+
+
+def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, tmp_path, monkeypatch):
+    """A job with relative dataset paths, replayed in the dataset's directory and reported from another one: the
+    report names the files the replay read, not the same names under the report's directory."""
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions, extract
+    from jobs.replay import ReplayOptions, replay
+
+    files = {"path_frame": "frames", "path_split": "split", "path_label": "labels", "path_classid": "classes"}
+    root = os.path.dirname(anet["split"])
+    assert all(os.path.dirname(anet[k]) == root for k in files.values())
+    relative = {k: os.path.relpath(anet[k], root) for k in files.values()}
+    job_file = write_job(str(tmp_path / "job.yml"), relative, checkpoint)
+    out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    monkeypatch.chdir(root)
+    extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
+    replay(load_job(job_file), out, ReplayOptions(cache_root=cache, first_thresholds=(0.5,), gate_thresholds=(0.5,)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = report(out)
+    expected = {key: anet[name] for key, name in files.items()}
+    assert result.summary["provenance"]["dataset_files"] == expected
+    assert json.load(open(os.path.join(out, "summary.json")))["provenance"]["dataset_files"] == expected
+    assert all(os.path.exists(path) for path in expected.values())
