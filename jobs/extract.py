@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import logging
 import multiprocessing
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,11 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-import frameexit
 from cache.inputs import check_feature_options, frames_digest, key_inputs
 from cache.key import cache_key
 from cache.manifest import Manifest
@@ -46,6 +42,7 @@ from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, FrameExitError, UsageError
 from frameexit.metrics import multi_hot
 from frameexit.sampling import sample_indices
+from reports.records import runtime
 
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
@@ -264,11 +261,7 @@ def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str,
         "labels": os.path.abspath(job.data.path_label),
         "classes": os.path.abspath(job.data.path_classid),
         "device": options.device,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "frameexit": frameexit.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
+        **runtime(),
     }
 
 

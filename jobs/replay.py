@@ -93,9 +93,11 @@ class ReplayOptions:
     Attributes
     ----------
     cache_root : str
-        Cache root of ``frameexit extract``; the cache directory is found by key.
+        Cache root of ``frameexit extract``; the cache directory is the one whose manifest records the
+        job's inputs (see :mod:`cache.locate`), found without listing the frame folders.
     features : str or None
-        A cache directory (``<root>/<key>``) to use as it is, skipping the key computation.
+        A cache directory (``<root>/<key>``) to use instead of searching the root; its recorded
+        inputs are still compared with the job.
     first_thresholds, gate_thresholds : tuple of float or None
         The grid; ``None`` takes ``replay.*_thresholds`` of the job (default: the model's own thresholds).
     order : str or None
@@ -110,7 +112,8 @@ class ReplayOptions:
         Gate thresholds per sweep task (default: enough blocks to keep every worker busy); made
         smaller when the memory available requires it (results do not depend on it).
     dtype, precision, channels_last
-        Extraction settings the cache was written with (they are part of its key).
+        Extraction settings the cache was written with: dtype and precision must match the cache's;
+        channels_last (a memory format, the same features) only prefers one of two otherwise equal caches.
     """
 
     cache_root: str
