@@ -83,8 +83,9 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> in
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(logging.WARNING - 10 * min(verbose, 2))
     # dask.distributed logs every worker start and stop at INFO, in this process and in the worker processes
-    # (they read the environment): quiet unless asked for
-    dask_level = "error" if verbose == 0 else ("info" if verbose == 1 else "debug")
+    # (they read the environment), and a worker whose heartbeat races the cluster's shutdown logs an ERROR
+    # with a traceback: quiet unless asked for. A failing task still reaches us through its future.
+    dask_level = "critical" if verbose == 0 else ("info" if verbose == 1 else "debug")
     os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level
     if "distributed" in sys.modules:
         logging.getLogger("distributed").setLevel(dask_level.upper())
