@@ -162,7 +162,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 elif v.get("current") is None:  # the baseline has it, this run does not: a failure, shown as such
                     cells.append(f"{_f(v['baseline'], 4 if key != cost else 2)} → n/a")
                 else:
-                    delta = -v["drop"] if "drop" in v else v["rise"]
+                    delta = v["current"] - v["baseline"]  # not -drop: an unchanged value would print as -0.0000
                     digits = 4 if key != cost else 2
                     cells.append(f"{_f(v['baseline'], digits)} → {_f(v['current'], digits)} ({delta:+.{digits}f})")
             rows.append(cells)

@@ -390,3 +390,5 @@ def test_run_with_the_previous_report_of_out_as_baseline(anet, checkpoint, tmp_p
     assert r.exit_code == 0, r.output
     gate = json.load(open(out / "summary.json"))["baseline"]
     assert gate["passed"] and gate["checks"][0]["map"]["baseline"] == before["default"][0]["map"]
+    markdown = (out / "summary.md").read_text()
+    assert "(+0.0000)" in markdown and "-0.0000" not in markdown  # unchanged, not a drop of minus zero
