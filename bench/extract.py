@@ -31,9 +31,9 @@ from frameexit.checkpoint import save_checkpoint  # noqa: E402
 from frameexit.head import FrameExit  # noqa: E402
 from jobs.config import load_job  # noqa: E402
 from jobs.datasets import load_dataset  # noqa: E402
+from jobs.demo import CLASSES, make_dataset  # noqa: E402
 from jobs.extract import ClipDataset, ExtractOptions, extract  # noqa: E402
 from jobs.model import resolve_device  # noqa: E402
-from jobs.synthetic import make_dataset  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -53,17 +53,18 @@ def main() -> None:
     a = ap.parse_args()
     device = resolve_device(a.device)
     tmp = tempfile.mkdtemp(prefix="bench-extract-")
-    paths = make_dataset(os.path.join(tmp, "data"), n_videos=a.videos, seed=0)
+    # the project's synthetic generator at the official ActivityNet frame size (shorter side 350)
+    paths = make_dataset(os.path.join(tmp, "data"), n_train=0, n_val=a.videos, seed=0, size=350)
     backbone = random_backbone(f"torchvision.{a.backbone}", seed=0)
     with torch.no_grad():
         dim = backbone(torch.zeros(1, 3, 64, 64)).shape[1]
     ckpt = os.path.join(tmp, "ckpt.pth")
-    save_checkpoint(FrameExit(backbone, dim, 200).eval(), ckpt)
+    save_checkpoint(FrameExit(backbone, dim, len(CLASSES)).eval(), ckpt)
     overrides = [
         "--data.path_frame",
         paths["frames"],
         "--data.path_split",
-        paths["split"],
+        paths["split_val"],
         "--data.path_label",
         paths["labels"],
         "--data.path_classid",
@@ -74,6 +75,10 @@ def main() -> None:
         f"torchvision.{a.backbone}",
         "--model.backbone.output_dim",
         str(dim),
+        "--model.num_class",
+        str(len(CLASSES)),
+        "--data.preprocessing_label.one_hot_encoding",
+        str(len(CLASSES)),
     ]
     job = load_job(os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml"), overrides)
     data = job.data
@@ -83,7 +88,7 @@ def main() -> None:
         path_split=data.path_split,
         path_label=data.path_label,
         path_classid=data.path_classid,
-        num_class=200,
+        num_class=len(CLASSES),
     )
     clips = ClipDataset(ds.videos, job)
     frames = torch.cat([clips[i][1] for i in range(len(clips))])
