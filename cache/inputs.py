@@ -72,7 +72,9 @@ def check_job_files(data: Any) -> None:
     """Raise :class:`ConfigError` unless the split, label and class-list files (digested into the key) exist."""
     for name in FILES.values():
         path = getattr(data, name)
-        if not path or not os.path.isfile(path):
+        if not path:
+            raise ConfigError(f"data.{name} is not set: the file is compared with the feature cache's")
+        if not os.path.isfile(path):
             raise ConfigError(f"data.{name} {path} is not a file: it is compared with the feature cache's")
 
 

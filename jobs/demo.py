@@ -49,9 +49,7 @@ HARD_SHARE = 0.3  # share of hard videos
 HARD_SHOWN = 4  # sampled frames (of 10) showing the object in a hard video
 
 
-def _draw(
-    image: Image.Image, shape: str, colour: tuple[int, int, int], rng: np.random.Generator, size: int
-) -> None:
+def _draw(image: Image.Image, shape: str, colour: tuple[int, int, int], rng: np.random.Generator, size: int) -> None:
     r = int(rng.integers(22, 35))
     cx, cy = (int(rng.integers(r, size - r)) for _ in range(2))
     draw = ImageDraw.Draw(image)
@@ -93,7 +91,9 @@ def make_dataset(
         folder = os.path.join(frames, f"v_{vid}.mp4")
         os.makedirs(folder, exist_ok=True)
         for k in range(n_frames):
-            _frame(rng, cls if k in shown else None, size).save(os.path.join(folder, f"img_{k + 1:05d}.jpeg"), quality=90)
+            _frame(rng, cls if k in shown else None, size).save(
+                os.path.join(folder, f"img_{k + 1:05d}.jpeg"), quality=90
+            )
         database[vid] = {
             "subset": subset,
             "annotations": [{"label": CLASSES[cls], "segment": [0.0, float(n_frames)]}],

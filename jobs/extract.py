@@ -39,7 +39,7 @@ from cache.shard import write_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.backbone import Backbone
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
-from frameexit.errors import ConfigError, FrameExitError, UsageError
+from frameexit.errors import ConfigError, UsageError
 from frameexit.metrics import multi_hot
 from frameexit.sampling import sample_indices
 from reports.records import runtime
@@ -49,6 +49,7 @@ from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, read_frame
 from .model import checkpoint_state, resolve_device
 from .progress import progress as progress_bar
+from .scheduling import LOCAL_SCHEDULERS, dask_client
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class ExtractOptions:
     num_workers : int or None
         DataLoader worker processes decoding JPEGs; ``None`` takes ``data.num_workers`` from the job.
     scheduler : str or None
-        Address of an existing ``dask.distributed`` scheduler to send shard tasks to.
+        Address of an existing ``dask.distributed`` scheduler to send shard tasks to; ``None``,
+        ``threads`` or ``sync``: this process (the backbone batches videos itself).
     workers : int or None
         Start a local dask cluster of this many worker processes (CPU).
     """
@@ -89,7 +91,7 @@ class ExtractOptions:
     channels_last: bool = False
     device: str = "auto"
     num_workers: int | None = None
-    scheduler: str | None = None
+    scheduler: str | None = "threads"
     workers: int | None = None
 
 
@@ -171,7 +173,7 @@ def _check_options(options: ExtractOptions) -> None:
     for name in ("shard_size", "batch_videos"):
         if getattr(options, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
-    if options.scheduler and options.workers:
+    if options.scheduler not in (None, *LOCAL_SCHEDULERS) and options.workers:
         raise UsageError("give either --scheduler or --workers, not both")
 
 
@@ -331,7 +333,7 @@ def _run(
     if not tasks:
         return
     n_gpus = torch.cuda.device_count() if options.device in ("auto", "cuda") else 0
-    if options.scheduler or options.workers or n_gpus > 1:
+    if options.scheduler not in (None, *LOCAL_SCHEDULERS) or options.workers or n_gpus > 1:
         yield from _run_distributed(tasks, backbone, options, n_gpus, progress)
         return
     device = resolve_device(options.device)
@@ -357,28 +359,12 @@ def _run(
 def _run_distributed(
     tasks: list[ShardTask], backbone: BackboneHolder, options: ExtractOptions, n_gpus: int, progress: bool | None
 ) -> Iterator[ShardResult]:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    with contextlib.ExitStack() as stack:
-        if options.scheduler:
-            client = stack.enter_context(Client(options.scheduler))
-        elif options.workers:
-            threads = max(1, (os.cpu_count() or 1) // options.workers)
-            tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            )
-            client = stack.enter_context(Client(cluster))
-        else:
-            try:
-                from dask_cuda import LocalCUDACluster
-            except ImportError:
-                raise FrameExitError(
-                    f"{n_gpus} GPUs are visible: spreading shards over them needs dask-cuda "
-                    "(pip install '.[gpu]'); or pass --device cuda:0 to use one"
-                ) from None
-            cluster = stack.enter_context(LocalCUDACluster(dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
+    if options.workers:
+        threads = max(1, (os.cpu_count() or 1) // options.workers)
+        tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
+    with dask_client(options.scheduler, options.workers, gpus=n_gpus) as client:
         # one object under one key: each worker deserializes it once, and its tasks share the backbone built there
         shipped = client.scatter(backbone, broadcast=True, hash=False)
         futures = client.map(run_shard_task, tasks, backbone=shipped, pure=False)

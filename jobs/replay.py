@@ -27,15 +27,16 @@ import numpy as np
 import torch
 from tqdm.dask import TqdmCallback
 
-from cache.inputs import cheap_inputs, check_job_files, differences, frames_digest
-from cache.locate import locate
+from cache.find import find_cache
+from cache.inputs import frames_digest
 from cache.manifest import CacheError
+from cache.plan import usable_videos
 from cache.reader import FeatureCache, verify_shard
 from cache.shard import file_sha256, read_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest, build_model
 from frameexit.cost import StepCosts, measure_step_costs, paper_per_frame
-from frameexit.errors import ConfigError, UsageError
+from frameexit.errors import ConfigError
 from frameexit.exit_rule import check_thresholds, exit_steps
 from frameexit.head import FrameExit
 from frameexit.sampling import COARSE_TO_FINE, policy_order
@@ -45,7 +46,6 @@ from frameexit.sweep import (
     candidate_ranks,
     concat_tables,
     exit_tables,
-    sweep_block_bytes,
     sweep_metrics,
 )
 from reports.records import (
@@ -64,8 +64,10 @@ from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import load_job_dataset
+from .memory import available_memory, plan_memory
 from .model import checkpoint_state
 from .progress import progress as progress_bar
+from .scheduling import LOCAL_SCHEDULERS, dask_client
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +75,6 @@ SWEEP_FILE = "sweep.parquet"
 VIDEOS_FILE = "videos.parquet"
 #: What ``frameexit report`` writes from a replay's outputs: stale once the replay changes.
 REPORT_FILES = ("summary.md", "summary.json", "curve.png")
-LOCAL_SCHEDULERS = ("sync", "threads")
-#: Bytes per row of sweep.parquet while a replay assembles it: the metrics arrays, the Python row
-#: (a dozen objects and a list of 10 floats) and the Arrow table; measured at about 1 KB, rounded up.
-SWEEP_ROW_BYTES = 1500
-#: Bytes per per-video row (videos.parquet): built in a worker, sent here, copied into the columns and the
-#: Arrow table; measured at about 300, rounded up.
-VIDEO_ROW_BYTES = 500
-#: Cache-key inputs a replay over ``--features`` does not compare with the job: the backbone digest is
-#: compared per checkpoint (with its own message), the frame listing is what ``--features`` skips, and the
-#: storage options do not make the features belong to another dataset.
-NOT_COMPARED = ("backbone_digest", "frames_digest", "dtype", "precision", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -255,7 +246,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, gate_block=1, limit=available_memory())
     check_writable_dir(out_dir, "--out")
     cache = _open_cache(job, options)
-    n_videos = _cached_videos(cache)
+    n_videos = usable_videos(cache.manifest)
     heads = _load_heads(job, cache)
     largest_block = plan_memory(
         **grid.memory_args(job),
@@ -412,14 +403,14 @@ def _sweep(
 ) -> tuple[_Graph, dict[str, Any]]:
     """Build the graph and compute it on the scheduler of ``options``: the graph and its results by key."""
     shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
-    with _scheduler(options) as (kind, client):
+    with dask_client(options.scheduler, options.workers) as client:
         workers = len(client.scheduler_info()["workers"]) if client is not None else (os.cpu_count() or 1)
         block = options.gate_block or max(1, math.ceil(len(grid.gate) / max(2 * workers, 1)))
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
         blocks = [grid.gate[i : i + block] for i in range(0, len(grid.gate), block)]
         graph = _build_graph(grid, heads, shards, blocks, client)
         if client is None:
-            return graph, _compute_local(kind, graph, progress=progress)
+            return graph, _compute_local(options.scheduler, graph, progress=progress)
         n_settings = len(grid.settings) * len(heads)
         return graph, _compute_distributed(client, graph, progress=progress, n_settings=n_settings)
 
@@ -647,127 +638,6 @@ def _dataset_files(job: Job) -> dict[str, str]:
     return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 
 
-# ---------------------------------------------------------------------------------------------- memory
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Memory a replay is expected to hold at its peak, in bytes, by part.
-
-    Attributes
-    ----------
-    sweep_rows : int
-        The metrics of every checkpoint and setting, as arrays, Python rows and the Arrow table.
-    video_rows : int
-        The per-video rows (one per video, setting and checkpoint with ``per_video='all'``).
-    tables : int
-        Exit tables and candidate ranks of every checkpoint (float32 / int32, videos x steps x classes).
-    sweep_tasks : int
-        Working memory of the sweep tasks that run at once, each on ``gate_block`` gate thresholds.
-    n_settings, n_video_rows : int
-        Settings of the grid, and per-video rows, over all checkpoints.
-    """
-
-    sweep_rows: int
-    video_rows: int
-    tables: int
-    sweep_tasks: int
-    n_settings: int
-    n_video_rows: int
-
-    @property
-    def total(self) -> int:
-        return self.sweep_rows + self.video_rows + self.tables + self.sweep_tasks
-
-
-def memory_estimate(
-    *,
-    n_first: int,
-    n_gate: int,
-    n_checkpoints: int,
-    n_videos: int,
-    num_class: int,
-    per_video_all: bool = False,
-    n_steps: int = 10,
-    concurrency: int = 1,
-    gate_block: int = 1,
-) -> MemoryEstimate:
-    """What a replay of ``n_first x n_gate`` settings for ``n_checkpoints`` over ``n_videos`` needs (see
-    :class:`MemoryEstimate`); ``concurrency`` sweep tasks of ``gate_block`` gate thresholds run at once."""
-    settings = n_first * n_gate * n_checkpoints
-    video_rows = n_checkpoints * n_videos * (n_first * n_gate if per_video_all else 1)
-    block = max(1, min(gate_block, n_gate))
-    return MemoryEstimate(
-        sweep_rows=settings * SWEEP_ROW_BYTES,
-        video_rows=video_rows * VIDEO_ROW_BYTES,
-        tables=n_checkpoints * n_videos * n_steps * (num_class * 8 + 4),
-        sweep_tasks=concurrency * sweep_block_bytes(n_videos, n_first, block, num_class, n_steps) if n_videos else 0,
-        n_settings=settings,
-        n_video_rows=video_rows,
-    )
-
-
-def plan_memory(*, limit: int, gate_block: int, **grid: Any) -> int:
-    """The largest number of gate thresholds per sweep task (at most ``gate_block``) that fits in ``limit`` bytes.
-
-    Raises :class:`UsageError` with the estimate, the limit and how to shrink the
-    grid when even one gate threshold per task does not fit. ``grid`` holds the
-    other arguments of :func:`memory_estimate`.
-    """
-    one = memory_estimate(**grid, gate_block=1)
-    if one.total > limit:
-        raise UsageError(_too_large(one, limit, **grid))
-    if gate_block <= 1:
-        return 1
-    # memory grows linearly with the block: solve for the largest block that fits
-    two = memory_estimate(**grid, gate_block=2)
-    per_gate = max(two.total - one.total, 1)
-    return int(max(1, min(gate_block, 1 + (limit - one.total) // per_gate)))
-
-
-def _too_large(estimate: MemoryEstimate, limit: int, **grid: Any) -> str:
-    n_first, n_gate, n_videos = grid["n_first"], grid["n_gate"], grid["n_videos"]
-    over = f" over {n_videos:,} videos" if n_videos else ""
-    parts = [
-        f"sweep rows {_size(estimate.sweep_rows)}",
-        f"per-video rows {_size(estimate.video_rows)}",
-        f"exit tables {_size(estimate.tables)}",
-        f"sweep tasks {_size(estimate.sweep_tasks)}",
-    ]
-    advice = (
-        "use fewer thresholds (smaller COUNTs in --first-thresholds / --gate-thresholds START:STOP:COUNT; "
-        "e.g. 0.5:1:51 x 0:1:41 is 2,091 settings)"
-    )
-    if grid.get("per_video_all") and estimate.video_rows > estimate.sweep_rows:
-        advice = (
-            f"--per-video all writes {estimate.n_video_rows:,} per-video rows (one per video, setting and "
-            f"checkpoint): use --per-video default (the job's setting only), or {advice}"
-        )
-    return (
-        f"a grid of {n_first:,} first x {n_gate:,} gate thresholds ({n_first * n_gate:,} settings) for "
-        f"{grid['n_checkpoints']} checkpoint(s){over} needs about {_size(estimate.total)} of memory "
-        f"({', '.join(parts)}), more than the {_size(limit)} available; {advice}"
-    )
-
-
-def _size(n_bytes: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes / 1e3:.1f} kB"
-
-
-def available_memory() -> int:
-    """Memory a replay may use on this machine, in bytes: ``MemAvailable`` (Linux), else the physical memory."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return 2**62  # unknown: no limit
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -793,24 +663,14 @@ def _checkpoint_names(paths: Sequence[str]) -> list[str]:
 def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     """The job's cache: ``--features`` as given (checked against the job), else found under the root.
 
-    Neither way lists the frame folders nor computes the key: the caches under
-    the root are matched by the inputs their manifests record
-    (:func:`cache.locate.locate`, whose docstring gives the rules). The backbone
-    digest of the first checkpoint and the frame listing are computed only when
-    two matching caches differ in them. The memory format (``channels_last``) is
-    not required to match: it changes which convolution algorithm the backbone
-    runs, not what its features are, so a cache extracted with
-    ``--channels-last`` is this job's too (a replay has no such option).
+    Neither way lists the frame folders nor computes the key (:func:`cache.find.find_cache`).
+    The backbone digest of the first checkpoint and the frame listing are computed
+    only when two matching caches differ in them. The memory format
+    (``channels_last``) only breaks ties: a cache extracted with ``--channels-last``
+    holds the same features.
     """
-    if options.features:
-        cache = FeatureCache.open(options.features)
-        _check_cache_inputs(job, options, cache)
-        return cache
-    job.require("data.path_split", "data.path_label", "data.path_classid")
-    check_job_files(job.data)
-    wanted = cheap_inputs(
-        job.data, job.model, dtype=options.dtype, precision=options.precision, channels_last=options.channels_last
-    )
+    if not options.features:
+        job.require("data.path_split", "data.path_label", "data.path_classid")
     checkpoint = job.checkpoints[0]
 
     def backbone() -> str:
@@ -822,77 +682,14 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
         dataset = load_job_dataset(job.data, job.model.num_class)
         return frames_digest(dataset.videos, job.data.num_frames)
 
-    return locate(
+    return find_cache(
         options.cache_root,
-        wanted,
+        job.data,
+        job.model,
+        features=options.features,
+        dtype=options.dtype,
+        precision=options.precision,
+        channels_last=options.channels_last,
         resolve={"backbone_digest": backbone, "frames_digest": frames},
-        data=job.data,
         hint=f" (for the backbone of {checkpoint})",
     )
-
-
-def _check_cache_inputs(job: Job, options: ReplayOptions, cache: FeatureCache) -> None:
-    """Raise :class:`CacheError` when a cache given as it is was extracted for another dataset or preprocessing.
-
-    The inputs the manifest records are compared with the job's
-    (:func:`cache.inputs.cheap_inputs`: no frame listing, no key): the dataset
-    name, the digests of the split, label and class-list files, and the
-    backbone, preprocessing and sampling. Inputs a manifest does not record
-    (hand-made caches) are not compared, nor those in :data:`NOT_COMPARED`.
-    """
-    recorded = cache.manifest.inputs
-    compared = [k for k in recorded if k not in NOT_COMPARED]
-    if not compared:
-        return
-    job.require("data.path_split", "data.path_label", "data.path_classid")
-    check_job_files(job.data)
-    wanted = cheap_inputs(
-        job.data, job.model, dtype=options.dtype, precision=options.precision, channels_last=options.channels_last
-    )
-    found = differences(recorded, wanted, compared, job.data)
-    if found:
-        raise CacheError(
-            f"the feature cache {cache.directory} was extracted for other inputs than this job: "
-            f"{'; '.join(found)}. Give the cache of this job's dataset, or run frameexit extract with this job"
-        )
-
-
-def _cached_videos(cache: FeatureCache) -> int:
-    """Videos with features in the cache; raises :class:`CacheError` naming the cache when there are none."""
-    failed = {s["video"] for entry in cache.manifest.shards for s in entry.skipped}
-    n_videos = sum(1 for entry in cache.manifest.shards for v in entry.videos if v not in failed)
-    if n_videos == 0:
-        skipped = cache.manifest.all_skipped()
-        reasons = "; ".join(f"{s['video']}: {s['reason']}" for s in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        raise CacheError(
-            f"the feature cache {cache.directory} holds no video to evaluate: {cache.manifest.n_listed} listed in the "
-            f"split, {len(skipped)} skipped ({reasons or 'none'}{more}); fix the dataset (frameexit prepare check "
-            "lists what is missing) and run frameexit extract again"
-        )
-    return n_videos
-
-
-@contextlib.contextmanager
-def _scheduler(options: ReplayOptions):
-    if options.workers:
-        from distributed import Client, LocalCluster
-
-        with (
-            LocalCluster(
-                n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield "distributed", client
-    elif options.scheduler in LOCAL_SCHEDULERS:
-        yield options.scheduler, None
-    else:
-        from distributed import Client
-
-        try:
-            client = Client(options.scheduler, timeout=30)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot reach the dask scheduler {options.scheduler!r}: {exc}") from None
-        with client:
-            yield "distributed", client

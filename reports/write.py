@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,3 +40,9 @@ def write_json(path: str | os.PathLike, document: Mapping[str, Any]) -> None:
     text = json.dumps(jsonable(document), sort_keys=True, indent=2, allow_nan=False)
     with atomic_write(path, "w") as handle:
         handle.write(text + "\n")
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write ``lines`` as a text file, one per line (a split file, a class list)."""
+    with atomic_write(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))

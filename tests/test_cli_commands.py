@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from cli import OPTIONS, main
+from cli import main
+from cli_options import OPTIONS
 from reports import text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,8 +255,8 @@ def test_extract_replay_and_train_get_the_same_options_objects(captured, tmp_pat
     cache = str(tmp_path / "c")
     r = invoke("extract", ANET_JOB, "--cache", cache, "--precision", "bf16", "--scheduler", "sync")
     assert r.exit_code == 130, r.output
-    # dask's local schedulers mean: extract on this machine
-    assert captured["extract"][0][1] == ExtractOptions(cache_root=cache, precision="bf16", scheduler=None)
+    # dask's local schedulers mean: extract in this process (jobs.scheduling.LOCAL_SCHEDULERS)
+    assert captured["extract"][0][1] == ExtractOptions(cache_root=cache, precision="bf16", scheduler="sync")
     r = invoke(
         "replay", ANET_JOB, "--cache", cache, "--out", tmp_path / "o", "--channels-last", "--order", "sequential"
     )

@@ -301,6 +301,20 @@ def test_existing_scheduler_by_address(job_file, extracted, tmp_path):
     assert _shas(str(tmp_path / extracted.key)) == _shas(extracted.cache_dir)
 
 
+@pytest.mark.parametrize("command", ["extract", "replay"])
+def test_unreachable_scheduler_is_an_error_naming_it(job_file, extracted, tmp_path, monkeypatch, command):
+    import jobs.scheduling
+
+    monkeypatch.setattr(jobs.scheduling, "CONNECT_TIMEOUT", 0.5)
+    out = ["--out", str(tmp_path / "o"), "--features", extracted.cache_dir] if command == "replay" else []
+    r = CliRunner().invoke(
+        main, [command, job_file, "--cache", str(tmp_path), *out, "--scheduler", "tcp://127.0.0.1:1"]
+    )
+    assert r.exit_code == 1, r.output
+    assert "cannot reach the dask scheduler 'tcp://127.0.0.1:1'" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_extract_cli_help_and_errors(job_file, tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["extract", "--help"])
@@ -323,7 +337,7 @@ def test_cache_root_from_environment(job_file, tmp_path, monkeypatch, anet):
 
 
 def test_empty_frames_are_never_inside_the_source_tree():
-    from cli import default_cache_root
+    from cli_options import default_cache_root
 
     assert default_cache_root() == os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
     assert write_frames and official_state  # helpers used by other fixtures of this module

@@ -16,7 +16,8 @@ from cli import main
 from frameexit.errors import UsageError
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
-from jobs.replay import ReplayOptions, memory_estimate, replay
+from jobs.memory import memory_estimate
+from jobs.replay import ReplayOptions, replay
 
 REPORT_FILES = ("summary.md", "summary.json", "curve.png")
 

@@ -1,0 +1,136 @@
+"""How much memory a replay needs, planned before any work: blocks small enough, or a clear refusal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from frameexit.errors import UsageError
+from frameexit.sweep import sweep_block_bytes
+
+#: Bytes per row of sweep.parquet while a replay assembles it: the metrics arrays, the Python row
+#: (a dozen objects and a list of 10 floats) and the Arrow table; measured at about 1 KB, rounded up.
+SWEEP_ROW_BYTES = 1500
+#: Bytes per per-video row (videos.parquet): built in a worker, sent here, copied into the columns and the
+#: Arrow table; measured at about 300, rounded up.
+VIDEO_ROW_BYTES = 500
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory a replay is expected to hold at its peak, in bytes, by part.
+
+    Attributes
+    ----------
+    sweep_rows : int
+        The metrics of every checkpoint and setting, as arrays, Python rows and the Arrow table.
+    video_rows : int
+        The per-video rows (one per video, setting and checkpoint with ``per_video='all'``).
+    tables : int
+        Exit tables and candidate ranks of every checkpoint (float32 / int32, videos x steps x classes).
+    sweep_tasks : int
+        Working memory of the sweep tasks that run at once, each on ``gate_block`` gate thresholds.
+    n_settings, n_video_rows : int
+        Settings of the grid, and per-video rows, over all checkpoints.
+    """
+
+    sweep_rows: int
+    video_rows: int
+    tables: int
+    sweep_tasks: int
+    n_settings: int
+    n_video_rows: int
+
+    @property
+    def total(self) -> int:
+        return self.sweep_rows + self.video_rows + self.tables + self.sweep_tasks
+
+
+def memory_estimate(
+    *,
+    n_first: int,
+    n_gate: int,
+    n_checkpoints: int,
+    n_videos: int,
+    num_class: int,
+    per_video_all: bool = False,
+    n_steps: int = 10,
+    concurrency: int = 1,
+    gate_block: int = 1,
+) -> MemoryEstimate:
+    """What a replay of ``n_first x n_gate`` settings for ``n_checkpoints`` over ``n_videos`` needs (see
+    :class:`MemoryEstimate`); ``concurrency`` sweep tasks of ``gate_block`` gate thresholds run at once."""
+    settings = n_first * n_gate * n_checkpoints
+    video_rows = n_checkpoints * n_videos * (n_first * n_gate if per_video_all else 1)
+    block = max(1, min(gate_block, n_gate))
+    return MemoryEstimate(
+        sweep_rows=settings * SWEEP_ROW_BYTES,
+        video_rows=video_rows * VIDEO_ROW_BYTES,
+        tables=n_checkpoints * n_videos * n_steps * (num_class * 8 + 4),
+        sweep_tasks=concurrency * sweep_block_bytes(n_videos, n_first, block, num_class, n_steps) if n_videos else 0,
+        n_settings=settings,
+        n_video_rows=video_rows,
+    )
+
+
+def plan_memory(*, limit: int, gate_block: int, **grid: Any) -> int:
+    """The largest number of gate thresholds per sweep task (at most ``gate_block``) that fits in ``limit`` bytes.
+
+    Raises :class:`UsageError` with the estimate, the limit and how to shrink the
+    grid when even one gate threshold per task does not fit. ``grid`` holds the
+    other arguments of :func:`memory_estimate`.
+    """
+    one = memory_estimate(**grid, gate_block=1)
+    if one.total > limit:
+        raise UsageError(_too_large(one, limit, **grid))
+    if gate_block <= 1:
+        return 1
+    # memory grows linearly with the block: solve for the largest block that fits
+    two = memory_estimate(**grid, gate_block=2)
+    per_gate = max(two.total - one.total, 1)
+    return int(max(1, min(gate_block, 1 + (limit - one.total) // per_gate)))
+
+
+def _too_large(estimate: MemoryEstimate, limit: int, **grid: Any) -> str:
+    n_first, n_gate, n_videos = grid["n_first"], grid["n_gate"], grid["n_videos"]
+    over = f" over {n_videos:,} videos" if n_videos else ""
+    parts = [
+        f"sweep rows {_size(estimate.sweep_rows)}",
+        f"per-video rows {_size(estimate.video_rows)}",
+        f"exit tables {_size(estimate.tables)}",
+        f"sweep tasks {_size(estimate.sweep_tasks)}",
+    ]
+    advice = (
+        "use fewer thresholds (smaller COUNTs in --first-thresholds / --gate-thresholds START:STOP:COUNT; "
+        "e.g. 0.5:1:51 x 0:1:41 is 2,091 settings)"
+    )
+    if grid.get("per_video_all") and estimate.video_rows > estimate.sweep_rows:
+        advice = (
+            f"--per-video all writes {estimate.n_video_rows:,} per-video rows (one per video, setting and "
+            f"checkpoint): use --per-video default (the job's setting only), or {advice}"
+        )
+    return (
+        f"a grid of {n_first:,} first x {n_gate:,} gate thresholds ({n_first * n_gate:,} settings) for "
+        f"{grid['n_checkpoints']} checkpoint(s){over} needs about {_size(estimate.total)} of memory "
+        f"({', '.join(parts)}), more than the {_size(limit)} available; {advice}"
+    )
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1e3:.1f} kB"
+
+
+def available_memory() -> int:
+    """Memory a replay may use on this machine, in bytes: ``MemAvailable`` (Linux), else the physical memory."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 2**62  # unknown: no limit
