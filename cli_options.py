@@ -165,6 +165,9 @@ _option("--cache", "cache_root", type=click.Path(file_okay=False), default=defau
 _option("--features", type=ExistingPath(file_okay=False),
         help="Use this cache directory (CACHE/<key>) instead of searching --cache; its recorded inputs are "
         "still compared with the job's.")
+_option("--verify-frames/--no-verify-frames", default=False,
+        help="List the frame folders and refuse a cache extracted from other frames (re-prepared under the same "
+        "split file); without it, the frames are not read.")
 _option("--shard-size", type=click.IntRange(min=1), default=64, help="Videos per shard.")
 _option("--batch-videos", type=click.IntRange(min=1), default=8, help="Videos per backbone batch (x 10 frames).")
 _option("--num-workers", type=click.IntRange(min=0),
@@ -229,8 +232,9 @@ JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 FEATURES = ("dtype", "precision", "channels_last")  # the extraction settings in the cache key
 EXTRACT = ("cache_root", "shard_size", "batch_videos", "num_workers", *FEATURES, "device", "scheduler", "workers")
 GRID = ("first_thresholds", "gate_thresholds", "order", "per_video")
-REPLAY = ("cache_root", "features", *GRID, "scheduler", "workers", *FEATURES)
-RUN_REPLAY = tuple(n for n in REPLAY if n != "features")  # run replays the cache it has just extracted
+REPLAY = ("cache_root", "features", "verify_frames", *GRID, "scheduler", "workers", *FEATURES)
+# run replays the cache it has just extracted (and verified)
+RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames"))
 REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "metric")
 
 

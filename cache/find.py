@@ -33,6 +33,7 @@ def find_cache(
     precision: str = "fp32",
     channels_last: bool = False,
     resolve: Mapping[str, Callable[[], str | None]] | None = None,
+    verify: Mapping[str, Any] | None = None,
     hint: str = "",
 ) -> FeatureCache:
     """The complete cache of the job's features, holding at least one video to evaluate.
@@ -51,6 +52,10 @@ def find_cache(
     resolve : mapping of str to callable, optional
         The expensive inputs (``backbone_digest``, ``frames_digest``), computed only
         when two matching caches differ in them (:func:`cache.locate.locate`).
+    verify : mapping of str to value, optional
+        Expensive inputs the caller computed and wants compared whatever happens
+        (``frames_digest`` when asked to verify the frames): a cache recording
+        another value is refused, naming the input.
     hint : str
         Appended to the "no cache" message.
 
@@ -61,12 +66,20 @@ def find_cache(
         without any video to evaluate.
     """
     settings = dict(dtype=dtype, precision=precision, channels_last=channels_last)
+    verify = dict(verify or {})
     if features:
         cache = FeatureCache.open(features)
         check_recorded_inputs(cache, data, model, **settings)
     else:
         check_job_files(data)
-        cache = locate(root, cheap_inputs(data, model, **settings), resolve=resolve, data=data, hint=hint)
+        wanted = {**cheap_inputs(data, model, **settings), **verify}
+        cache = locate(root, wanted, resolve=resolve, data=data, hint=hint)
+    found = differences(cache.manifest.inputs, verify, list(verify), data)
+    if found:
+        raise CacheError(
+            f"the feature cache {cache.directory} was extracted from other inputs than this job's: "
+            f"{'; '.join(found)}. Run frameexit extract (or run) to extract them again"
+        )
     require_features(cache)
     return cache
 

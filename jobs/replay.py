@@ -105,6 +105,9 @@ class ReplayOptions:
     dtype, precision, channels_last
         Extraction settings the cache was written with: dtype and precision must match the cache's;
         channels_last (a memory format, the same features) only prefers one of two otherwise equal caches.
+    verify_frames : bool
+        List the frame folders and refuse a cache extracted from another frame listing (frames
+        re-prepared under the same split file); without it the frames are not read at all.
     """
 
     cache_root: str
@@ -119,6 +122,7 @@ class ReplayOptions:
     dtype: str = "float32"
     precision: str = "fp32"
     channels_last: bool = False
+    verify_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -672,6 +676,11 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     if not options.features:
         job.require("data.path_split", "data.path_label", "data.path_classid")
     checkpoint = job.checkpoints[0]
+    verify = {}
+    if options.verify_frames:
+        job.require("data.path_frame")
+        dataset = load_job_dataset(job.data, job.model.num_class)
+        verify["frames_digest"] = frames_digest(dataset.videos, job.data.num_frames)
 
     def backbone() -> str:
         return backbone_digest(checkpoint_state(job, checkpoint))
@@ -691,5 +700,6 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
         precision=options.precision,
         channels_last=options.channels_last,
         resolve={"backbone_digest": backbone, "frames_digest": frames},
+        verify=verify,
         hint=f" (for the backbone of {checkpoint})",
     )

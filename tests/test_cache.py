@@ -72,6 +72,29 @@ def test_replay_finds_its_cache_without_the_frames(dataset, checkpoint, tmp_path
     assert after.equals(before) and after.num_rows == 6
 
 
+def test_verify_frames_refuses_a_cache_of_re_prepared_frames(dataset, checkpoint, tmp_path):
+    top = os.path.dirname(dataset["frames"])
+    shutil.copytree(top, tmp_path / "data")
+    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in dataset.items()}
+    job_file = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+    root = str(tmp_path / "cache")
+    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4)).cache_dir
+    before = _sweep(job_file, root, tmp_path / "before", verify_frames=True)  # the same frames: accepted
+    # the frames are prepared again under the same split file (another frame rate): 23 frames become 22
+    os.remove(os.path.join(paths["frames"], "v_alpha.mp4", "img_00023.jpeg"))
+    assert _sweep(job_file, root, tmp_path / "unverified").equals(before)  # documented: frames not read
+    for features in (None, cache_dir):
+        with pytest.raises(CacheError, match="frame listing under data.path_frame: SHA-256") as info:
+            _sweep(job_file, root, tmp_path / "o", verify_frames=True, features=features)
+        assert "run frameexit extract" in str(info.value).lower()
+    r = CliRunner().invoke(
+        main,
+        ["replay", job_file, "--cache", root, "--out", str(tmp_path / "o"), "--verify-frames", "--scheduler", "sync"],
+    )
+    assert r.exit_code == 1 and "frame listing" in r.output, r.output
+    assert not (tmp_path / "o" / "sweep.parquet").exists()
+
+
 def test_replay_finds_a_channels_last_cache(dataset, checkpoint, tmp_path):
     # extract --channels-last, then replay (which has no such option): the cache is the job's
     job_file = write_job(str(tmp_path / "job.yml"), dataset, checkpoint)

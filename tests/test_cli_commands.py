@@ -62,8 +62,10 @@ def test_every_option_is_declared_once():
         blocks = {c: _option_help(h, option) for c, h in helps.items() if option in h}
         assert len(blocks) >= 2 and len(set(blocks.values())) == 1, blocks
     assert {"--channels-last / --no-channels-last", "--dtype", "--precision"} <= _options_of(helps["replay"])
+    # run replays the cache it has just extracted (and compared with the frames)
     assert _options_of(helps["run"]) == _options_of(helps["extract"]) | _options_of(helps["replay"]) - {
-        "--features"
+        "--features",
+        "--verify-frames / --no-verify-frames",
     } | _options_of(invoke("report", "--help").output) | {"--out"}
 
 
