@@ -14,6 +14,7 @@ element-wise operations are not counted). GFLOPs = 2 x GMACs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,23 @@ class StepCosts:
         t = np.asarray(exit_step, dtype=np.float64)
         return (
             (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
+        )
+
+    def mean_video_gmacs(self, mean_frames: float, share_step0: float) -> float:
+        """Mean of :meth:`video_gmacs` over videos, from their mean frames read and the share exiting at step 0.
+
+        The cost is linear in the exit step except for the exit classifier, which
+        every video that passes step 0 runs: these two figures determine the mean.
+        NaN when ``mean_frames`` is (no videos).
+        """
+        if math.isnan(mean_frames):
+            return float("nan")
+        t = mean_frames - 1.0  # mean exit step
+        return (
+            mean_frames * (self.backbone + self.projection)
+            + self.classifier
+            + t * self.gate
+            + (1.0 - share_step0) * self.classifier
         )
 
 

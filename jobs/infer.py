@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import os
 import time
@@ -13,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
-from frameexit.cost import exit_histogram, measure_step_costs, paper_gflops, paper_per_frame
+from frameexit.cost import exit_histogram, paper_gflops, paper_per_frame
 from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
@@ -36,7 +35,7 @@ from reports.write import write_json, write_table
 from .config import Job
 from .datasets import Skipped, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame
-from .model import load_model, resolve_device
+from .model import load_model, resolve_device, step_costs
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -52,15 +51,6 @@ class InferResult:
     videos_path: str
     metrics_path: str
     metrics: InferMetrics
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
@@ -143,13 +133,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     exits_arr = np.asarray(exits, dtype=np.int64)
     scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
     metrics = evaluate(keys, scores, dict(zip(keys, labels, strict=True)), model_cfg.num_class)
-    costs = _step_costs(
-        model_cfg.backbone_name,
-        model_cfg.truncate_modules,
-        data.preprocessing.crop,
-        model_cfg.num_class,
-        model.mlp.layers[0].out_features,
-    )
+    costs = step_costs(job, model.mlp.layers[0].out_features)
     per_frame = paper_per_frame(model_cfg.backbone_name)
     document = InferMetrics(
         map=metrics.map,
@@ -205,10 +189,3 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     )
     write_json(metrics_path, document)
     return InferResult(out_dir, videos_path, metrics_path, document)
-
-
-@functools.lru_cache(maxsize=8)
-def _step_costs(backbone: str, truncate: int, crop: int, num_class: int, hidden: int):
-    return measure_step_costs(
-        backbone, input_size=crop, num_class=num_class, truncate_modules=truncate, hidden_dim=hidden
-    )

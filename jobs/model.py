@@ -9,6 +9,7 @@ import torch
 
 from frameexit.backbone import feature_dim, imagenet_state_dict
 from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
+from frameexit.cost import StepCosts, measure_step_costs
 from frameexit.errors import CheckpointError, ConfigError
 from frameexit.head import FrameExit
 
@@ -86,3 +87,14 @@ def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
         path=os.fspath(checkpoint),
     )
     return model.to(device)
+
+
+def step_costs(job: Job, hidden_dim: int) -> StepCosts:
+    """Measured GMACs of each part of the job's model with a head ``hidden_dim`` wide, at the job's input size."""
+    return measure_step_costs(
+        job.model.backbone_name,
+        input_size=job.data.preprocessing.crop,
+        num_class=job.model.num_class,
+        truncate_modules=job.model.truncate_modules,
+        hidden_dim=hidden_dim,
+    )

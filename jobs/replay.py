@@ -35,7 +35,7 @@ from cache.reader import FeatureCache, verify_shard
 from cache.shard import file_sha256, read_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest, build_model
-from frameexit.cost import StepCosts, measure_step_costs, paper_per_frame
+from frameexit.cost import StepCosts, paper_per_frame
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import check_thresholds, exit_steps
 from frameexit.head import FrameExit
@@ -65,7 +65,7 @@ from reports.write import write_json, write_table
 from .config import Job
 from .datasets import load_job_dataset
 from .memory import available_memory, plan_memory
-from .model import checkpoint_state
+from .model import checkpoint_state, step_costs
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
@@ -492,17 +492,7 @@ def _compute_distributed(client, graph: _Graph, *, progress: bool | None, n_sett
 
 def _step_costs(job: Job, heads: Sequence[HeadState]) -> dict[int, StepCosts]:
     """Measured GMACs per part, by head width: the width changes the projection, gates and classifiers."""
-    costs: dict[int, StepCosts] = {}
-    for head in heads:
-        if head.hidden_dim not in costs:
-            costs[head.hidden_dim] = measure_step_costs(
-                job.model.backbone_name,
-                input_size=job.data.preprocessing.crop,
-                num_class=job.model.num_class,
-                truncate_modules=job.model.truncate_modules,
-                hidden_dim=head.hidden_dim,
-            )
-    return costs
+    return {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
 
 
 def _metric_row(
@@ -524,7 +514,7 @@ def _metric_row(
         map=float(m.map[g, f]),
         top1=float(m.top1[g, f]),
         gflops=frames * per_frame if per_frame is not None else None,
-        gmacs_measured=_mean_gmacs(costs, frames, float(hist[0])),
+        gmacs_measured=costs.mean_video_gmacs(frames, float(hist[0])),
         mean_frames=frames,
         exit_histogram=hist.tolist(),
     )
@@ -643,19 +633,6 @@ def _dataset_files(job: Job) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _mean_gmacs(costs, mean_frames: float, share_step0: float) -> float:
-    """Mean measured GMACs per video from the mean frames read and the share exiting at step 0."""
-    if math.isnan(mean_frames):
-        return float("nan")
-    steps = mean_frames - 1.0  # mean exit step
-    return (
-        mean_frames * (costs.backbone + costs.projection)
-        + costs.classifier
-        + steps * costs.gate
-        + (1.0 - share_step0) * costs.classifier
-    )
 
 
 def _checkpoint_names(paths: Sequence[str]) -> list[str]:

@@ -39,3 +39,12 @@ def test_exit_histogram():
     h = exit_histogram([0, 0, 3, 9], 10)
     assert h.tolist() == [0.5, 0, 0, 0.25, 0, 0, 0, 0, 0, 0.25]
     assert exit_histogram([], 10).tolist() == [0.0] * 10
+
+
+def test_mean_video_gmacs_is_the_mean_over_videos_from_two_figures():
+    # replay knows each setting's mean frames and step-0 share, not every video's exit: the mean must agree
+    costs = StepCosts(backbone=4.1, projection=0.008, classifier=0.0008, gate=0.0005)
+    exits = np.random.default_rng(0).integers(0, 10, size=1000)
+    mean = costs.mean_video_gmacs(float((exits + 1).mean()), float((exits == 0).mean()))
+    assert mean == pytest.approx(costs.video_gmacs(exits).mean(), rel=1e-12)
+    assert math.isnan(costs.mean_video_gmacs(float("nan"), 0.0))
