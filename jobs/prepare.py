@@ -316,7 +316,8 @@ def prepare_frames(
         if entry.startswith(PARTIAL):
             shutil.rmtree(os.path.join(frames_dir, entry), ignore_errors=True)
     done = [key for key in videos if list_frames(frames_dir, key)]
-    todo = [videos[key] for key in videos if key not in set(done)]
+    finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
+    todo = [path for key, path in videos.items() if key not in finished]
     manifest_path = os.path.join(frames_dir, MANIFEST) if manifest is not None else None
     if not todo:
         return FramesResult({}, sorted(done), manifest=manifest_path)

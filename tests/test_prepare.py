@@ -650,3 +650,18 @@ def test_prepare_help_texts():
     assert "--classes-out" in helps["splits"] and "sorted" in helps["splits"]
     assert "--max-missing" in helps["check"] and "--data.path_frame DIR" in helps["check"]
     assert "exit status 1" in helps["check"]
+
+
+def test_ffmpeg_log_reading():
+    from jobs.ffmpeg import input_duration, problems
+
+    log = (
+        "[info]   Duration: 00:01:02.50, start: 0.000000, bitrate: 75 kb/s\n"
+        "[in#0 @ 0x55d97080] [error] moov atom not found\n"
+        "[in#0 @ 0x55d96d40] [error] Error opening input: Invalid data found when processing input\n"
+        "[in#0 @ 0x55d96d40] [error] moov atom not found\n"
+        "[fatal] Error opening input files: Invalid data found when processing input\n"
+    )
+    assert input_duration(log) == 62.5 and input_duration("[info]   Duration: N/A, start: 0") is None
+    assert problems(log) == "moov atom not found; Error opening input: Invalid data found when processing input"
+    assert problems('Unrecognized option "x"\nInvalid loglevel "level+info"\n') == 'Invalid loglevel "level+info"'
