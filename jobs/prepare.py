@@ -218,8 +218,10 @@ def _check_command(manifest: dict[str, Any] | None, command: str, frames_dir: st
         )
 
 
-def _record(manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *, dataset: str, **preset: Any) -> None:
-    """Write the manifest before the first frame, or check that this run uses the FFmpeg it records.
+def _record(
+    manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *, dataset: str, **preset: Any
+) -> dict[str, Any]:
+    """Write the manifest before the first frame, or check that this run uses the FFmpeg it records; returns it.
 
     Frames of one FFmpeg version are equal byte for byte; another version may
     differ by a level here and there. One folder holds frames of one version.
@@ -234,7 +236,7 @@ def _record(manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *,
                 f"this run would use FFmpeg {ffmpeg.version} ({ffmpeg.path}, from {ffmpeg.source}): "
                 f"give --ffmpeg an FFmpeg {recorded}, or write to another FRAMES_DIR"
             )
-        return
+        return manifest
     done = sorted(e for e in os.listdir(frames_dir) if not e.startswith(".") and list_frames(frames_dir, e))
     record = {
         "official_command": official_command(**preset),
@@ -248,6 +250,7 @@ def _record(manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *,
     with atomic_write(path, "w") as handle:
         json.dump(record, handle, indent=1, sort_keys=True)
         handle.write("\n")
+    return record
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,9 @@ class FramesResult:
         The ffmpeg that ran (None when there was nothing to do).
     manifest : str or None
         Path of ``prepare-frames.json`` (None when none was written or read).
+    predating : int
+        Frame folders the manifest lists as already there when it was written: made
+        another way (another tool, an older frameexit), by an FFmpeg it cannot name.
     """
 
     written: dict[str, int]
@@ -277,6 +283,7 @@ class FramesResult:
     too_short: list[dict[str, str]] = field(default_factory=list)
     ffmpeg: FFmpeg | None = None
     manifest: str | None = None
+    predating: int = 0
 
 
 def prepare_frames(
@@ -318,11 +325,13 @@ def prepare_frames(
     done = [key for key in videos if list_frames(frames_dir, key)]
     finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
     todo = [path for key, path in videos.items() if key not in finished]
-    manifest_path = os.path.join(frames_dir, MANIFEST) if manifest is not None else None
     if not todo:
-        return FramesResult({}, sorted(done), manifest=manifest_path)
+        if manifest is None:
+            return FramesResult({}, sorted(done))
+        predating = len(manifest.get("folders_before_manifest", []))
+        return FramesResult({}, sorted(done), manifest=os.path.join(frames_dir, MANIFEST), predating=predating)
     binary = find_ffmpeg(ffmpeg)
-    _record(manifest, binary, frames_dir, dataset=dataset, **preset)
+    manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
     written: dict[str, int] = {}
     failed: list[dict[str, str]] = []
     too_short: list[dict[str, str]] = []
@@ -344,6 +353,7 @@ def prepare_frames(
         sorted(too_short, key=lambda f: f["video"]),
         ffmpeg=binary,
         manifest=os.path.join(frames_dir, MANIFEST),
+        predating=len(manifest.get("folders_before_manifest", [])),
     )
 
 

@@ -177,7 +177,7 @@ def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -
 
     ``result``: ``written`` (frames by split key), ``already_done``, ``too_short`` and ``failed``
     (``{'video', 'reason'}``), ``ffmpeg`` (``version``, ``source``, ``path``; None when none ran),
-    ``manifest`` (path or None).
+    ``manifest`` (path or None), ``predating`` (folders made before the manifest).
     """
     lines = [
         f"FrameExit prepare frames ({ffmpeg_filter}, -q:v 2): "
@@ -188,6 +188,11 @@ def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -
     ]
     if result.ffmpeg is not None:
         lines.append(f"  ffmpeg {result.ffmpeg.version} ({result.ffmpeg.source}): {result.ffmpeg.path}")
+    if result.predating:
+        lines.append(
+            f"  note: {result.predating} frame folder(s) were made before prepare frames recorded its command "
+            "(folders_before_manifest): another tool or an older frameexit made them; delete them to redo them"
+        )
     where = f" (command and FFmpeg version in {result.manifest})" if result.manifest else ""
     lines.append(f"  frames in {frames_dir}{where}")
     return "\n".join(lines)

@@ -328,7 +328,13 @@ def test_demo_summary():
 def test_prepare_summaries():
     ffmpeg = SimpleNamespace(version="n9.0.2", source="PATH", path="/usr/bin/ffmpeg")
     frames = SimpleNamespace(
-        written={"a.mp4": 3, "b.mp4": 4}, already_done=["c.mp4"], failed=[], too_short=[], ffmpeg=None, manifest=None
+        written={"a.mp4": 3, "b.mp4": 4},
+        already_done=["c.mp4"],
+        failed=[],
+        too_short=[],
+        ffmpeg=None,
+        manifest=None,
+        predating=0,
     )
     failed = [{"video": "x.mkv", "reason": "invalid data"}]
     short = [{"video": "s.mp4", "reason": "shorter than one frame at 1 fps (0.40 s)"}]
@@ -342,6 +348,10 @@ def test_prepare_summaries():
         "  ffmpeg n9.0.2 (PATH): /usr/bin/ffmpeg",
         "  frames in out (command and FFmpeg version in out/m.json)",
     ]
+    lines = text.render_frames_summary(
+        SimpleNamespace(**{**vars(frames), "predating": 2}), ffmpeg_filter="", frames_dir=""
+    )
+    assert lines.splitlines()[1].startswith("  note: 2 frame folder(s) were made before prepare frames recorded")
     assert text.render_frames_summary(frames, ffmpeg_filter="fps=1", frames_dir="out").splitlines()[1:] == [
         "  frames in out"
     ]

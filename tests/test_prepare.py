@@ -343,7 +343,8 @@ def test_the_manifest_records_the_command_and_one_folder_holds_one_ffmpegs_frame
         *("-vf", vf, "-q:v", "2", "FRAMES_DIR/KEY/img_%05d.jpeg")
     ]
     assert manifest["ffmpeg"]["version"] == version and manifest["dataset"] == "activitynet"
-    assert manifest["folders_before_manifest"] == ["v_old.mp4"]  # not vouched for
+    assert manifest["folders_before_manifest"] == ["v_old.mp4"]  # not vouched for, and said so
+    assert "note: 1 frame folder(s) were made before prepare frames recorded its command" in r.output
     # another command in the same folder is refused, even with nothing to do
     r = _prepare("frames", raw, out, "--dataset", "minikinetics")
     assert r.exit_code == 1 and f"were written by `ffmpeg -i VIDEO -vf {vf} -q:v 2" in r.output, r.output
