@@ -262,7 +262,7 @@ def prepare() -> None:
 
 @prepare.command(
     "frames",
-    short_help="Videos to the official frame folders, with FFmpeg's filters.",
+    short_help="Videos to the official frame folders, by the official ffmpeg command.",
     epilog="""\b
 Examples:
   frameexit prepare frames videos/activitynet/ \\
@@ -273,20 +273,29 @@ Examples:
 )
 @click.argument("videos_dir", type=ExistingPath(file_okay=False))
 @click.argument("frames_dir", type=click.Path(file_okay=False))
-@options("dataset", "decoders", "prefix", "progress", "verbose")
-def prepare_frames(videos_dir: str, frames_dir: str, dataset: str, decoders: int, prefix: str, progress) -> None:
+@options("dataset", "decoders", "prefix", "ffmpeg", "progress", "verbose")
+def prepare_frames(
+    videos_dir: str, frames_dir: str, dataset: str, decoders: int, prefix: str, ffmpeg: str | None, progress
+) -> None:
     """Decode every video of VIDEOS_DIR into FRAMES_DIR/KEY/PREFIX_00001.jpeg, ...
 
     KEY is the video's split key, its file name with the extension .mp4
     (v_abc.mkv is written to v_abc.mp4/), as the split files name videos.
-    Uses FFmpeg's own filters and JPEG encoder through PyAV, with the official
-    parameters: ffmpeg -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
-    -q:v 2. Resumable: videos whose folder has frames are skipped, folders that
-    a killed run left half written are redone; each folder is renamed into
-    place when complete. A video that cannot be decoded does not stop the
-    others: the failures are listed at the end, with exit status 1.
+    Runs the official command line itself for each video: ffmpeg -i VIDEO -vf
+    fps=R,scale=S:S:force_original_aspect_ratio=increase -q:v 2
+    FRAMES_DIR/KEY/PREFIX_%05d.jpeg, with --ffmpeg, else the ffmpeg on PATH,
+    else the one imageio-ffmpeg bundles. The command and the FFmpeg version
+    are recorded in FRAMES_DIR/prepare-frames.json; a run that would add
+    frames with another command or FFmpeg version stops before any work.
+    Resumable: videos whose folder has frames are skipped, folders that a
+    killed run left half written are redone; each folder is renamed into
+    place when complete. Videos shorter than one frame are listed (no
+    frames, as with the official command). A video that cannot be decoded
+    does not stop the others: the failures are listed at the end, with exit
+    status 1.
     """
-    from jobs.prepare import PRESETS, PrepareError, ffmpeg_filter, prepare_frames
+    from jobs.ffmpeg import ffmpeg_filter
+    from jobs.prepare import PRESETS, PrepareError, prepare_frames
     from jobs.progress import progress as bar
     from reports.text import render_frames_summary
 
@@ -296,6 +305,7 @@ def prepare_frames(videos_dir: str, frames_dir: str, dataset: str, decoders: int
         dataset=dataset,
         workers=decoders,
         prefix=prefix,
+        ffmpeg=ffmpeg,
         progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
     )
     click.echo(render_frames_summary(result, ffmpeg_filter=ffmpeg_filter(**PRESETS[dataset]), frames_dir=frames_dir))

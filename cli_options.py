@@ -213,6 +213,8 @@ _option("--dataset", type=click.Choice(["activitynet", "minikinetics"]), require
 _option("--workers", "decoders", type=click.IntRange(min=1), default=1,
         help="Videos decoded at once, one process each (they end with this command, even if it is killed).")
 _option("--prefix", default="img", help="Frame file names: PREFIX_00001.jpeg, ...")
+_option("--ffmpeg", type=ExistingPath(dir_okay=False),
+        help="The ffmpeg executable to run [default: ffmpeg on PATH, else the static one installed with frameexit].")
 _option("--val-list", type=ExistingPath(dir_okay=False),
         help="Mini-Kinetics: mini_val_videofolder.txt (first column: video ids).")
 _option("--classes", type=ExistingPath(dir_okay=False), callback=_not_with("classes_out", CLASSES_EXCLUSIVE),

@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the parameters live in a module without torch, so that loading a job stays fast
+from .preprocess_params import IMAGENET_MEAN as IMAGENET_MEAN
+from .preprocess_params import IMAGENET_STD as IMAGENET_STD
+from .preprocess_params import Preprocessing
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Parameters of the per-frame pipeline.
-
-    Attributes
-    ----------
-    resize : int, default=224
-        Length in pixels of the shorter side after resizing.
-    crop : int, default=224
-        Side in pixels of the square centre crop.
-    mean, std : tuple of 3 floats
-        Per-channel normalisation of the [0, 1] RGB tensor.
-    """
-
-    resize: int = 224
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+DEFAULT = Preprocessing()  # the official parameters
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -81,7 +64,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return TF.to_tensor(image)
 
 
-def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = Preprocessing()) -> torch.Tensor:
+def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> torch.Tensor:
     """Resize, centre-crop and normalise one frame.
 
     Parameters
@@ -109,6 +92,6 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = Preprocessing
     return (frame - mean) / std
 
 
-def preprocess_image(image: Image.Image, params: Preprocessing = Preprocessing()) -> torch.Tensor:
+def preprocess_image(image: Image.Image, params: Preprocessing = DEFAULT) -> torch.Tensor:
     """:func:`to_tensor` then :func:`preprocess_tensor`: shape (3, crop, crop), float32."""
     return preprocess_tensor(to_tensor(image), params)

@@ -17,25 +17,19 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
+from frameexit.preprocess_params import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.train_config import TrainConfig, config_problem
 
 from .grid import parse_grid
 
-if TYPE_CHECKING:
-    from frameexit.preprocess import Preprocessing
-
 DATASETS = ("activitynet1.3", "minikinetics")
-# the official configs' values (frameexit.preprocess holds the same; importing it would import torch,
-# and a typo in a job must be reported in a fraction of a second)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 
 
@@ -436,8 +430,6 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
 
 def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The typed sections of a validated tree (see :class:`Job`); :class:`ConfigError` for values that do not fit."""
-    from frameexit.preprocess import Preprocessing
-
     data, model = tree["data"], tree["model"]
     pre = data["preprocessing"]
     if not pre["to_tensor"]:

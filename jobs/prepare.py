@@ -1,36 +1,32 @@
 """`frameexit prepare`: from raw videos and annotation files to the official frame folders and split files.
 
-Frames are decoded and filtered by FFmpeg's own libraries through PyAV (its
-wheels carry FFmpeg, so no binary is needed): the filter graph
-``fps=<rate>,scale=<side>:<side>:force_original_aspect_ratio=increase`` and the
-mjpeg encoder at quantiser 2 are what ``ffmpeg -vf ... -q:v 2`` runs. Each
-video's folder is named by its split key (the file's stem plus ``.mp4``),
-written under a temporary name and renamed when complete.
+Frames are written by the official ffmpeg command line itself (:mod:`jobs.ffmpeg`):
+``ffmpeg -i VIDEO -vf fps=<rate>,scale=<side>:<side>:force_original_aspect_ratio=increase
+-q:v 2 <folder>/img_%05d.jpeg``, one process per video. Each video's folder is named by
+its split key (the file's stem plus ``.mp4``), written under a temporary name and renamed
+when complete. ``FRAMES_DIR/prepare-frames.json`` records the command and the FFmpeg
+version, and a later run refuses to add frames made another way.
 
-This module is imported by every decoding worker: it imports nothing heavy
-(no torch) at module level.
+This module imports nothing heavy (no torch) at module level: a rerun with nothing
+to do takes a fraction of a second.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fractions
-import itertools
+import contextlib
+import datetime
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
-import signal
-import sys
-import threading
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
-from frameexit.atomic import check_writable_dir
+from frameexit.atomic import atomic_write, check_writable_dir
 from frameexit.errors import DatasetError, FrameExitError
 
 from .datasets import (
@@ -42,70 +38,21 @@ from .datasets import (
     read_split,
     split_key,
 )
+from .ffmpeg import FFmpeg, command_line, find_ffmpeg, frames_argv, input_duration, official_command
+from .ffmpeg import problems as ffmpeg_problems
+from .ffmpeg import start as start_ffmpeg
 
-if TYPE_CHECKING:  # jobs.config imports torch: too slow for every worker process
+if TYPE_CHECKING:  # for check()'s annotation only: prepare frames needs no job
     from .config import Job
 
 PRESETS = {"activitynet": {"fps": 1, "min_side": 350}, "minikinetics": {"fps": 5, "min_side": 256}}
-QSCALE = 2  # ffmpeg -q:v 2
 PARTIAL = ".partial-"
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-PARENT_POLL_S = 0.2  # where prctl is missing: how often a worker checks that its parent lives, in seconds
+MANIFEST = "prepare-frames.json"
+POLL_S = 0.02  # how often the running ffmpeg processes are checked, in seconds
 
 
 class PrepareError(FrameExitError, ValueError):
     """Inputs of ``prepare`` that cannot be used (missing folder, unknown dataset, bad list), or failed videos."""
-
-
-def ffmpeg_filter(fps: int, min_side: int) -> str:
-    """The official ffmpeg ``-vf`` argument for a frame rate and a minimum side."""
-    return f"fps={fps},scale={min_side}:{min_side}:force_original_aspect_ratio=increase"
-
-
-def decode(video: str, *, fps: int, min_side: int) -> Iterator[Any]:
-    """Frames of ``video`` through FFmpeg's ``fps`` and ``scale`` filters, as yuvj420p ``av.VideoFrame``s."""
-    import av
-
-    with av.open(video) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        graph = av.filter.Graph()
-        chain = [
-            graph.add_buffer(template=stream),
-            graph.add("fps", str(fps)),
-            graph.add("scale", f"{min_side}:{min_side}:force_original_aspect_ratio=increase"),
-            graph.add("format", "yuvj420p"),
-            graph.add("buffersink"),
-        ]
-        for a, b in itertools.pairwise(chain):
-            a.link_to(b)
-        graph.configure()
-
-        def drain() -> Iterator[Any]:
-            while True:
-                try:
-                    yield graph.pull()
-                except (av.BlockingIOError, av.EOFError):
-                    return
-
-        for frame in container.decode(stream):
-            graph.push(frame)
-            yield from drain()
-        graph.push(None)
-        yield from drain()
-
-
-def encode_jpeg(frame: Any) -> bytes:
-    """One frame as a JPEG from FFmpeg's mjpeg encoder at quantiser 2 (``-q:v 2``)."""
-    import av
-
-    ctx = av.CodecContext.create("mjpeg", "w")
-    ctx.width, ctx.height, ctx.pix_fmt = frame.width, frame.height, "yuvj420p"
-    ctx.time_base = fractions.Fraction(1, 1)
-    ctx.options = {"qmin": str(QSCALE), "qmax": str(QSCALE)}
-    frame.pts = None
-    return b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(bytes(p) for p in ctx.encode(None))
 
 
 def _make_partial_dir(frames_dir: str, key: str) -> str:
@@ -123,60 +70,101 @@ def _make_partial_dir(frames_dir: str, key: str) -> str:
             continue
 
 
-def extract_video(
-    video: str, frames_dir: str, *, fps: int, min_side: int, prefix: str = "img"
-) -> tuple[str, int, str | None]:
-    """Write ``<frames_dir>/<split key>/<prefix>_00001.jpeg ...``; returns (split key, frames, error).
+@dataclass
+class _Running:
+    """One video's ffmpeg process, the temporary folder it writes into and its log."""
 
-    The split key is the file's stem plus ``.mp4`` (:func:`jobs.datasets.split_key`).
-    """
+    video: str
+    key: str
+    tmp: str
+    proc: subprocess.Popen
+    log: IO[bytes]
+
+    def stop(self) -> None:
+        """Kill the process if it still runs, and remove what it wrote."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    video: str
+    key: str
+    frames: int = 0
+    too_short: str | None = None  # why no frame, for a video that decodes but is shorter than one output frame
+    error: str | None = None
+
+
+def _start(ffmpeg: FFmpeg, video: str, frames_dir: str, *, fps: int, min_side: int, prefix: str) -> _Running:
     key = split_key(video)
-    final = os.path.join(frames_dir, key)
     tmp = _make_partial_dir(frames_dir, key)
+    # a file, not a pipe: a long log would fill a pipe and stall ffmpeg; closed by _finish or _Running.stop
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     try:
-        count = 0
-        for count, frame in enumerate(decode(video, fps=fps, min_side=min_side), start=1):
-            with open(os.path.join(tmp, f"{prefix}_{count:05d}.jpeg"), "wb") as handle:
-                handle.write(encode_jpeg(frame))
-        if count == 0:
-            raise ValueError("no frame decoded")
+        proc = start_ffmpeg(frames_argv(ffmpeg.path, video, tmp, fps=fps, min_side=min_side, prefix=prefix), log)
+    except BaseException:
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _Running(video, key, tmp, proc, log)
+
+
+def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
+    """Rename a complete folder into place, or say why there is none."""
+    status = task.proc.returncode
+    task.log.seek(0)
+    log = task.log.read().decode("utf-8", "replace")
+    task.log.close()
+    count = sum(name.endswith(".jpeg") for name in os.listdir(task.tmp))
+    if status == 0 and count:
+        final = os.path.join(frames_dir, task.key)
         if os.path.isdir(final):
             shutil.rmtree(final)  # a folder without frames, or left by another tool: redone
-        os.rename(tmp, final)
-        return key, count, None
-    except Exception as exc:  # FFmpeg raises many error types for broken files; each is this video's reason
-        shutil.rmtree(tmp, ignore_errors=True)
-        return key, 0, f"{type(exc).__name__}: {exc}"
+        os.rename(task.tmp, final)
+        return _Outcome(task.video, task.key, frames=count)
+    shutil.rmtree(task.tmp, ignore_errors=True)
+    duration = input_duration(log)
+    if count == 0 and duration is not None and duration * fps < 1:
+        # the official command writes nothing either (and fails, as the encoder never gets a frame)
+        return _Outcome(task.video, task.key, too_short=f"shorter than one frame at {fps} fps ({duration:.2f} s)")
+    reason = ffmpeg_problems(log) or "no error message"
+    if status < 0:
+        reason = f"ffmpeg was killed by signal {-status}"
+    elif status:
+        reason = f"ffmpeg exited with status {status}: {reason}"
+    else:
+        reason = f"ffmpeg wrote no frame: {reason}"
+    return _Outcome(task.video, task.key, error=reason)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker as soon as ``parent`` (the process that started it) dies.
+def _run(
+    ffmpeg: FFmpeg, videos: list[str], frames_dir: str, *, workers: int, fps: int, min_side: int, prefix: str
+) -> Iterator[_Outcome]:
+    """Run one ffmpeg per video, ``workers`` at once, and yield each video's outcome as it ends.
 
-    Without it the workers of a killed run (SIGKILL gives the parent no chance
-    to stop them) keep writing into the frames folder, then wait forever for
-    work. On Linux the kernel sends SIGKILL to the worker when its parent dies
-    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread polls the parent's pid.
-    The signal is tied to the thread that spawned the worker: the pool spawns
-    its workers from ``submit``, in the thread that runs :func:`prepare_frames`
-    and outlives the pool.
+    The processes are started from the thread that iterates (their parent-death
+    signal is tied to it). When the iteration stops early (an error, Ctrl-C,
+    SIGTERM, ``close()``), the running ones are killed and their folders removed.
     """
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    # the parent may have died before prctl ran: no signal would ever come, and this worker is already an orphan
-    if os.getppid() != parent:
-        os._exit(1)
-    if not armed:
-        threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_S)
-    os._exit(1)
+    pending = list(reversed(videos))
+    running: list[_Running] = []
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                running.append(_start(ffmpeg, pending.pop(), frames_dir, fps=fps, min_side=min_side, prefix=prefix))
+            ended = [task for task in running if task.proc.poll() is not None]
+            if not ended:
+                time.sleep(POLL_S)
+                continue
+            for task in ended:
+                running.remove(task)
+                yield _finish(task, frames_dir, fps=fps)
+    finally:
+        for task in running:
+            task.stop()
 
 
 def find_videos(videos_dir: str) -> dict[str, str]:
@@ -201,14 +189,101 @@ def find_videos(videos_dir: str) -> dict[str, str]:
     return by_key
 
 
+def read_manifest(frames_dir: str) -> dict[str, Any] | None:
+    """``FRAMES_DIR/prepare-frames.json`` (how the frames were made), or None where there is none."""
+    path = os.path.join(frames_dir, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PrepareError(f"cannot read {path}: {exc}; remove it only if every frame folder is redone") from None
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("official_command"), str)
+        and isinstance(manifest.get("ffmpeg"), dict)
+        and isinstance(manifest["ffmpeg"].get("version"), str)
+    ):
+        raise PrepareError(f"{path} is not a prepare frames manifest (no official_command or ffmpeg.version)")
+    return manifest
+
+
+def _check_command(manifest: dict[str, Any] | None, command: str, frames_dir: str) -> None:
+    if manifest is not None and manifest["official_command"] != command:
+        raise PrepareError(
+            f"the frames in {frames_dir} were written by `{manifest['official_command']}` "
+            f"(recorded in {os.path.join(frames_dir, MANIFEST)}), not by this run's `{command}`: "
+            "use the --dataset and --prefix they were written with, or another FRAMES_DIR"
+        )
+
+
+def _record(
+    manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *, dataset: str, **preset: Any
+) -> dict[str, Any]:
+    """Write the manifest before the first frame, or check that this run uses the FFmpeg it records; returns it.
+
+    Frames of one FFmpeg version are equal byte for byte; another version may
+    differ by a level here and there. One folder holds frames of one version.
+    """
+    path = os.path.join(frames_dir, MANIFEST)
+    if manifest is not None:
+        recorded = manifest["ffmpeg"]["version"]
+        if recorded != ffmpeg.version:
+            where = manifest["ffmpeg"].get("path", "?")
+            raise PrepareError(
+                f"the frames in {frames_dir} were written by FFmpeg {recorded} ({where}; recorded in {path}), "
+                f"this run would use FFmpeg {ffmpeg.version} ({ffmpeg.path}, from {ffmpeg.source}): "
+                f"give --ffmpeg an FFmpeg {recorded}, or write to another FRAMES_DIR"
+            )
+        return manifest
+    done = sorted(e for e in os.listdir(frames_dir) if not e.startswith(".") and list_frames(frames_dir, e))
+    record = {
+        "official_command": official_command(**preset),
+        "command": command_line(ffmpeg.path, **preset),
+        "dataset": dataset,
+        "ffmpeg": asdict(ffmpeg),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # folders already there when the manifest was first written: another tool (or an older frameexit) made them
+        "folders_before_manifest": done,
+    }
+    with atomic_write(path, "w") as handle:
+        json.dump(record, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    return record
+
+
 @dataclass(frozen=True)
 class FramesResult:
-    """``written``: frames per split key; ``already_done``: split keys skipped; ``failed``: ``{'video': file
-    name, 'reason': ...}`` per video that could not be decoded."""
+    """What :func:`prepare_frames` did.
+
+    Attributes
+    ----------
+    written : dict of str to int
+        Frames written, by split key.
+    already_done : list of str
+        Split keys whose folder already held frames (skipped).
+    failed : list of dict
+        ``{'video': file name, 'reason': ...}`` per video ffmpeg could not turn into frames.
+    too_short : list of dict
+        ``{'video': file name, 'reason': ...}`` per video shorter than one output frame
+        (it decodes, but the official command writes no frame either).
+    ffmpeg : FFmpeg or None
+        The ffmpeg that ran (None when there was nothing to do).
+    manifest : str or None
+        Path of ``prepare-frames.json`` (None when none was written or read).
+    predating : int
+        Frame folders the manifest lists as already there when it was written: made
+        another way (another tool, an older frameexit), by an FFmpeg it cannot name.
+    """
 
     written: dict[str, int]
     already_done: list[str]
     failed: list[dict[str, str]] = field(default_factory=list)
+    too_short: list[dict[str, str]] = field(default_factory=list)
+    ffmpeg: FFmpeg | None = None
+    manifest: str | None = None
+    predating: int = 0
 
 
 def prepare_frames(
@@ -218,54 +293,68 @@ def prepare_frames(
     dataset: str,
     workers: int = 1,
     prefix: str = "img",
+    ffmpeg: str | None = None,
     progress: Callable[[Any, int], Any] | None = None,
 ) -> FramesResult:
-    """Decode every video of ``videos_dir`` into the official frame folders, in parallel and resumably.
+    """Run the official ffmpeg command on every video of ``videos_dir``, in parallel and resumably.
 
     Each video goes to ``<frames_dir>/<split key>/`` (``v_x.mkv`` -> ``v_x.mp4/``).
     A video whose folder already holds frames is skipped; folders left half
     written by a killed run (temporary names) are removed and their videos
-    redone. ``workers`` processes decode at once; they die with this process.
-    ``FramesResult.written`` and ``already_done`` are by split key,
-    ``failed`` by video file name.
+    redone. ``workers`` ffmpeg processes run at once; they die with this
+    process. ``ffmpeg``: the executable (``--ffmpeg``), else ``ffmpeg`` on
+    ``PATH``, else imageio-ffmpeg's. The command and FFmpeg version are
+    recorded in ``<frames_dir>/prepare-frames.json``; a run with another
+    command or FFmpeg version that would write frames raises
+    :class:`PrepareError` before any work. ``FramesResult.written`` and
+    ``already_done`` are by split key, ``failed`` and ``too_short`` by video
+    file name.
     """
     if dataset not in PRESETS:
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
     if not os.path.isdir(videos_dir):
         raise PrepareError(f"videos folder not found: {videos_dir}")
+    preset = dict(PRESETS[dataset], prefix=prefix)
     videos = find_videos(videos_dir)
     check_writable_dir(frames_dir, "FRAMES_DIR")
+    manifest = read_manifest(frames_dir)
+    _check_command(manifest, official_command(**preset), frames_dir)
     for entry in os.listdir(frames_dir):
         if entry.startswith(PARTIAL):
             shutil.rmtree(os.path.join(frames_dir, entry), ignore_errors=True)
     done = [key for key in videos if list_frames(frames_dir, key)]
-    todo = [videos[key] for key in videos if key not in set(done)]
+    finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
+    todo = [path for key, path in videos.items() if key not in finished]
+    if not todo:
+        if manifest is None:
+            return FramesResult({}, sorted(done))
+        predating = len(manifest.get("folders_before_manifest", []))
+        return FramesResult({}, sorted(done), manifest=os.path.join(frames_dir, MANIFEST), predating=predating)
+    binary = find_ffmpeg(ffmpeg)
+    manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
     written: dict[str, int] = {}
     failed: list[dict[str, str]] = []
-    if todo:
-        # spawn, not fork: a worker's parent is this process whatever the platform's default (forkserver would
-        # be the parent otherwise), and forking a process that runs threads can deadlock
-        pool = ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_die_with_parent,
-            initargs=(os.getpid(),),
-        )
-        try:
-            futures = {pool.submit(extract_video, v, frames_dir, prefix=prefix, **PRESETS[dataset]): v for v in todo}
-            iterator = as_completed(futures)
-            if progress is not None:
-                iterator = progress(iterator, len(futures))
-            for future in iterator:
-                key, count, error = future.result()
-                if error:
-                    failed.append({"video": os.path.basename(futures[future]), "reason": error})
-                else:
-                    written[key] = count
-        finally:
-            # on Ctrl-C or SIGTERM, drop the videos not started instead of decoding them all before exiting
-            pool.shutdown(wait=True, cancel_futures=True)
-    return FramesResult(written, sorted(done), sorted(failed, key=lambda f: f["video"]))
+    too_short: list[dict[str, str]] = []
+    run = _run(binary, todo, frames_dir, workers=workers, **preset)
+    with contextlib.closing(run):
+        outcomes = run if progress is None else progress(run, len(todo))
+        for outcome in outcomes:
+            name = os.path.basename(outcome.video)
+            if outcome.error:
+                failed.append({"video": name, "reason": outcome.error})
+            elif outcome.too_short:
+                too_short.append({"video": name, "reason": outcome.too_short})
+            else:
+                written[outcome.key] = outcome.frames
+    return FramesResult(
+        written,
+        sorted(done),
+        sorted(failed, key=lambda f: f["video"]),
+        sorted(too_short, key=lambda f: f["video"]),
+        ffmpeg=binary,
+        manifest=os.path.join(frames_dir, MANIFEST),
+        predating=len(manifest.get("folders_before_manifest", [])),
+    )
 
 
 @dataclass(frozen=True)

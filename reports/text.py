@@ -172,17 +172,29 @@ def render_demo_summary(result: Any) -> str:
 
 
 def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -> str:
-    """``frameexit prepare frames``: videos written, skipped and failed (with the reason), where the frames are.
+    """``frameexit prepare frames``: videos written, skipped, too short and failed (with the reason), the
+    ffmpeg that ran, where the frames are.
 
-    ``result``: ``written`` (frames by split key), ``already_done``, ``failed`` (``{'video', 'reason'}``).
+    ``result``: ``written`` (frames by split key), ``already_done``, ``too_short`` and ``failed``
+    (``{'video', 'reason'}``), ``ffmpeg`` (``version``, ``source``, ``path``; None when none ran),
+    ``manifest`` (path or None), ``predating`` (folders made before the manifest).
     """
     lines = [
         f"FrameExit prepare frames ({ffmpeg_filter}, -q:v 2): "
         f"{len(result.written)} videos written ({sum(result.written.values())} frames), "
-        f"{len(result.already_done)} already done, {len(result.failed)} failed",
+        f"{len(result.already_done)} already done, {len(result.too_short)} too short, {len(result.failed)} failed",
+        *(f"  no frames from {f['video']}: {f['reason']}" for f in result.too_short),
         *(f"  could not decode {f['video']}: {f['reason']}" for f in result.failed),
-        f"  frames in {frames_dir}",
     ]
+    if result.ffmpeg is not None:
+        lines.append(f"  ffmpeg {result.ffmpeg.version} ({result.ffmpeg.source}): {result.ffmpeg.path}")
+    if result.predating:
+        lines.append(
+            f"  note: {result.predating} frame folder(s) were made before prepare frames recorded its command "
+            "(folders_before_manifest): another tool or an older frameexit made them; delete them to redo them"
+        )
+    where = f" (command and FFmpeg version in {result.manifest})" if result.manifest else ""
+    lines.append(f"  frames in {frames_dir}{where}")
     return "\n".join(lines)
 
 

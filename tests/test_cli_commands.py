@@ -329,14 +329,34 @@ def test_demo_summary():
 
 
 def test_prepare_summaries():
-    frames = SimpleNamespace(written={"a.mp4": 3, "b.mp4": 4}, already_done=["c.mp4"], failed=[])
+    ffmpeg = SimpleNamespace(version="n9.0.2", source="PATH", path="/usr/bin/ffmpeg")
+    frames = SimpleNamespace(
+        written={"a.mp4": 3, "b.mp4": 4},
+        already_done=["c.mp4"],
+        failed=[],
+        too_short=[],
+        ffmpeg=None,
+        manifest=None,
+        predating=0,
+    )
     failed = [{"video": "x.mkv", "reason": "invalid data"}]
-    assert text.render_frames_summary(
-        SimpleNamespace(**{**vars(frames), "failed": failed}), ffmpeg_filter="fps=1", frames_dir="out"
-    ).splitlines() == [
-        "FrameExit prepare frames (fps=1, -q:v 2): 2 videos written (7 frames), 1 already done, 1 failed",
+    short = [{"video": "s.mp4", "reason": "shorter than one frame at 1 fps (0.40 s)"}]
+    result = SimpleNamespace(
+        **{**vars(frames), "failed": failed, "too_short": short, "ffmpeg": ffmpeg, "manifest": "out/m.json"}
+    )
+    assert text.render_frames_summary(result, ffmpeg_filter="fps=1", frames_dir="out").splitlines() == [
+        "FrameExit prepare frames (fps=1, -q:v 2): 2 videos written (7 frames), 1 already done, 1 too short, 1 failed",
+        "  no frames from s.mp4: shorter than one frame at 1 fps (0.40 s)",
         "  could not decode x.mkv: invalid data",
-        "  frames in out",
+        "  ffmpeg n9.0.2 (PATH): /usr/bin/ffmpeg",
+        "  frames in out (command and FFmpeg version in out/m.json)",
+    ]
+    lines = text.render_frames_summary(
+        SimpleNamespace(**{**vars(frames), "predating": 2}), ffmpeg_filter="", frames_dir=""
+    )
+    assert lines.splitlines()[1].startswith("  note: 2 frame folder(s) were made before prepare frames recorded")
+    assert text.render_frames_summary(frames, ffmpeg_filter="fps=1", frames_dir="out").splitlines()[1:] == [
+        "  frames in out"
     ]
     split = SimpleNamespace(keys=["v_a.mp4"], missing=["Zumba"], classes=["a", "b"])
     assert text.render_splits_summary(split, out_path="s.txt", classes="c.txt", classes_out=None).splitlines() == [

@@ -1,4 +1,4 @@
-"""`frameexit prepare`: frames from videos with FFmpeg's filters, splits, checks."""
+"""`frameexit prepare`: frames from videos by the official ffmpeg command, splits, checks."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import imageio_ffmpeg
 import numpy as np
 import psutil  # installed with dask.distributed
 import pytest
@@ -19,27 +20,32 @@ from helpers import class_names, official_state, write_job
 from PIL import Image
 
 from cli import main
+from jobs.ffmpeg import ffmpeg_version, find_ffmpeg
 
-av = pytest.importorskip("av")
 EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()  # the static ffmpeg of the imageio-ffmpeg wheel
+MANIFEST = "prepare-frames.json"
 
 
-def make_video(path, *, fps, seconds, size):
-    """Moving colour blocks, mpeg4 at the given rate; size is (width, height)."""
+def ffmpeg_make(path, *args):
+    """Write ``path`` with the bundled ffmpeg (``args``: inputs and encoder options)."""
+    subprocess.run([BUNDLED, "-nostdin", "-loglevel", "error", "-y", *map(str, args), str(path)], check=True)
+
+
+def make_video(path, *, fps, seconds, size, codec="mpeg4", extra=()):
+    """FFmpeg's moving test pattern at ``fps`` for ``seconds``; ``size`` is (width, height)."""
     w, h = size
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(int(fps * seconds)):
-            img = np.zeros((h, w, 3), np.uint8)
-            x = (i * 7) % max(w - 40, 1)
-            img[:, x : x + 40] = (200, 60, 40)
-            img[h // 4 : h // 2, w // 4 : w // 2] = (40, (i * 9) % 255, 220)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    ffmpeg_make(path, "-f", "lavfi", "-i", f"testsrc=size={w}x{h}:rate={fps}:duration={seconds}", "-c:v", codec, *extra)
+
+
+def official_frames(video, out_dir, *, fps=1, side=350):
+    """The official command line, as written, with the bundled ffmpeg: ``out_dir/img_00001.jpeg, ...``."""
+    out_dir.mkdir(parents=True)
+    vf = f"fps={fps},scale={side}:{side}:force_original_aspect_ratio=increase"
+    argv = [BUNDLED, "-i", str(video), "-vf", vf, "-q:v", "2", str(out_dir / "img_%05d.jpeg")]
+    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)  # fails on a video too short for a frame
+    return sorted(os.listdir(out_dir))
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +124,11 @@ def _still_running(processes, timeout):
         time.sleep(0.05)
 
 
-def _kill_prepare_frames(src, out, *options):
-    """Start ``frameexit prepare frames`` in a subprocess and SIGKILL it as soon as a worker writes into ``out``.
+def _kill_prepare_frames(src, out, *options, running=1):
+    """Start ``frameexit prepare frames`` in a subprocess and SIGKILL it once ``running`` ffmpeg processes write
+    into ``out``.
 
-    Returns its descendant processes (the pool's workers), recorded just before the kill.
+    Returns its descendant processes (the ffmpeg processes), recorded just before the kill.
     """
     proc = subprocess.Popen(
         [EXE, "prepare", "frames", str(src), str(out), "--dataset", "minikinetics", *options],
@@ -130,16 +137,19 @@ def _kill_prepare_frames(src, out, *options):
     )
 
     def started():
-        # a folder being written (.partial-...) or finished; other dot files are the parent's write probe
+        # folders being written (.partial-...), or finished; other dot files are the parent's write probe
         names = os.listdir(out) if out.exists() else []
-        return any(n.startswith(".partial-") or not n.startswith(".") for n in names)
+        if not any(n.startswith(".partial-") or n.endswith(".mp4") for n in names):
+            return []
+        children = psutil.Process(proc.pid).children(recursive=True)
+        return children if len(children) >= running else []
 
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not started():
             time.sleep(0.005)
-        assert started(), "prepare frames wrote nothing within 60 s"
-        descendants = psutil.Process(proc.pid).children(recursive=True)
+        descendants = started()
+        assert descendants, f"prepare frames did not run {running} ffmpeg process(es) within 60 s"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -158,10 +168,10 @@ def test_killed_run_resumes(videos, tmp_path):
     finally:
         for p in _still_running(workers, 0):
             p.kill()
-    assert len([n for n in os.listdir(out) if not n.startswith(".")]) < 6  # killed part-way
+    assert len([n for n in os.listdir(out) if n.endswith(".mp4")]) < 6  # killed part-way
     r = CliRunner().invoke(main, ["prepare", "frames", str(many), str(out), "--dataset", "minikinetics"])
     assert r.exit_code == 0, r.output
-    assert sorted(os.listdir(out)) == [f"v_copy{i}.mp4" for i in range(6)]  # no partial folder left
+    assert sorted(os.listdir(out)) == [MANIFEST] + [f"v_copy{i}.mp4" for i in range(6)]  # no partial folder left
     assert all(len(_frames(out / f"v_copy{i}.mp4")) == 20 for i in range(6))
 
 
@@ -172,7 +182,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     for i in range(1, 40):  # about 4 s of work for 2 workers: they are busy when the parent is killed
         shutil.copy(many / "v_long00.mp4", many / f"v_long{i:02d}.mp4")
     out = tmp_path / "frames"
-    workers = _kill_prepare_frames(many, out, "--workers", "2")
+    workers = _kill_prepare_frames(many, out, "--workers", "2", running=2)
     try:
         assert len(workers) >= 2, workers
         alive = _still_running(workers, timeout=5)
@@ -180,52 +190,203 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         written = _tree(out)
         time.sleep(1)
         assert _tree(out) == written  # nothing more is written after the kill
-        assert len([n for n in os.listdir(out) if not n.startswith(".")]) < 40
+        assert len([n for n in os.listdir(out) if n.endswith(".mp4")]) < 40
     finally:
         for p in _still_running(workers, 0):
             p.kill()
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg binary on this machine to compare with")
-def test_same_frames_as_the_ffmpeg_command_line(videos, tmp_path):
-    """Our filter graph against the command line's; then the JPEG files.
+# the videos of real datasets whose frames an imitation of the command line got wrong (issue 12): name ->
+# (how it is made from a 3 s 96x64 test pattern at 15 fps, frames at 1 fps, size, chroma subsampling)
+CASES = {
+    "v_plain.mp4": ([], 3, (525, 350), "4:2:0"),
+    # H.264 with B-frames, no edit list: the stream starts at 0.133 s
+    "v_noedit.mp4": (
+        ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-pix_fmt", "yuv420p", "-use_editlist", "0"],
+        3,
+        (525, 350),
+        "4:2:0",
+    ),
+    "v_offset.mkv": (["-c:v", "mpeg4", "-output_ts_offset", "1.3"], 3, (525, 350), "4:2:0"),  # first pts 1.3 s
+    "v_rot90.mp4": (None, 3, (350, 525), "4:2:0"),  # display matrix 90 (v_plain's stream copied)
+    "v_rot180.mp4": (None, 3, (525, 350), "4:2:0"),
+    "v_444.mp4": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"], 3, (525, 350), "4:4:4"),
+    "v_422.mp4": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv422p"], 3, (525, 350), "4:2:2"),
+    "v_late.mp4": (None, 5, (525, 350), "4:2:0"),  # 4.5 s of audio, the video from 0.5 s to 4.5 s
+}
+PATTERN = ["-f", "lavfi", "-i", "testsrc=size=96x64:rate=15:duration=3"]
 
-    PyAV bundles its own FFmpeg, which may be another version than the binary: swscale's rounding of
-    the full-range chroma has changed between versions by one level, so planes are compared within 1.
-    """
-    from jobs.prepare import decode
 
+def _sampling(path):
+    """Chroma subsampling of a JPEG from its components' sampling factors."""
+    with Image.open(path) as img:
+        (_, yh, yv, _), (_, ch, cv, _), _ = img.layer
+    return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0"}[(yh // ch, yv // cv)]
+
+
+def _pixels(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """The case videos, their frames by ``prepare frames`` and by the official command (bundled ffmpeg)."""
+    root = tmp_path_factory.mktemp("cases")
+    src = root / "videos"
+    src.mkdir()
+    for name, (options, *_) in CASES.items():
+        if options is not None:
+            ffmpeg_make(src / name, *PATTERN, *(options or ["-c:v", "mpeg4"]))
+    for angle in (90, 180):
+        ffmpeg_make(src / f"v_rot{angle}.mp4", "-display_rotation", angle, "-i", src / "v_plain.mp4", "-c", "copy")
+    audio = ["-f", "lavfi", "-i", "sine=duration=4.5"]
+    video = ["-itsoffset", "0.5", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=15:duration=4"]
+    ffmpeg_make(src / "v_late.mp4", *audio, *video, "-c:v", "mpeg4", "-c:a", "aac")
+    make_video(src / "v_short.mp4", fps=25, seconds=0.4, size=(96, 64))
+    r = _prepare("frames", src, root / "ours", "--dataset", "activitynet", "--workers", "2")
+    official = {}
+    for name in [*CASES, "v_short.mp4"]:
+        official[name] = root / "official" / name
+        official_frames(src / name, official[name])
+    return {"src": src, "ours": root / "ours", "official": official, "result": r}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_frames_are_those_of_the_official_command(cases, name):
+    _, count, size, sampling = CASES[name]
+    ours = cases["ours"] / (name.rsplit(".", 1)[0] + ".mp4")  # v_offset.mkv -> v_offset.mp4/
+    official = cases["official"][name]
+    assert _frames(ours) == _frames(official) == [f"img_{i:05d}.jpeg" for i in range(1, count + 1)]
+    same_build = find_ffmpeg().version == ffmpeg_version(BUNDLED)  # an ffmpeg on PATH wins over the bundled one
+    for frame in _frames(ours):
+        with Image.open(ours / frame) as a, Image.open(official / frame) as b:
+            assert a.size == b.size == size
+        assert _sampling(ours / frame) == _sampling(official / frame) == sampling
+        if same_build:
+            assert (ours / frame).read_bytes() == (official / frame).read_bytes(), frame
+        else:  # another FFmpeg version: swscale's rounding may differ by a level
+            diff = np.abs(_pixels(ours / frame) - _pixels(official / frame))
+            assert diff.mean() <= 1 and np.percentile(diff, 99) <= 4, frame
+
+
+@pytest.mark.parametrize(("name", "turns"), [("v_rot90.mp4", 1), ("v_rot180.mp4", 2)])
+def test_rotated_videos_are_turned_upright(cases, name, turns):
+    """Display matrix 90 means 90 degrees counter-clockwise: the frames are the plain video's, turned."""
+    for frame in _frames(cases["ours"] / name):
+        plain = _pixels(cases["ours"] / "v_plain.mp4" / frame)
+        rotated = _pixels(cases["ours"] / name / frame)
+        right = np.abs(rotated - np.rot90(plain, turns)).mean()
+        wrong = np.abs(rotated - np.rot90(plain, -turns if turns == 1 else 0)).mean()
+        assert right < 3 and wrong > 10 * right, (frame, right, wrong)
+
+
+def test_a_late_video_repeats_its_first_frame_from_time_0(cases, tmp_path):
+    """Mini-Kinetics rate: the image2 muxer writes frames at a constant rate from time 0 of the file."""
+    src = tmp_path / "videos"
+    src.mkdir()
+    shutil.copy(cases["src"] / "v_late.mp4", src / "v_late.mp4")
+    r = _prepare("frames", src, tmp_path / "ours", "--dataset", "minikinetics")
+    assert r.exit_code == 0, r.output
+    ours = tmp_path / "ours" / "v_late.mp4"
+    official = official_frames(src / "v_late.mp4", tmp_path / "official", fps=5, side=256)
+    assert _frames(ours) == official and len(official) == 23  # 4.5 s at 5 frames/s, from 0 s
+    first = [(ours / n).read_bytes() for n in official[:3]]
+    assert first[0] == first[1] == first[2]  # 0, 0.2 and 0.4 s, before the video starts, show its first frame
+
+
+def test_a_video_shorter_than_one_frame_is_not_a_decode_failure(cases):
+    r = cases["result"]
+    assert r.exit_code == 0, r.output  # the official command writes no frame either: not a failure
+    assert "no frames from v_short.mp4: shorter than one frame at 1 fps (0.40 s)" in r.output
+    assert "could not decode" not in r.output and not os.path.exists(cases["ours"] / "v_short.mp4")
+    assert cases["official"]["v_short.mp4"].is_dir() and not _frames(cases["official"]["v_short.mp4"])
+
+
+def _fake_ffmpeg(folder, version=None):
+    """``folder/ffmpeg``, a script that runs the bundled ffmpeg (and says it is ``version`` when asked)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / "ffmpeg"
+    ask = f'if [ "$1" = -version ]; then echo "ffmpeg version {version} Copyright"; exit 0; fi\n' if version else ""
+    path.write_text(f'#!/bin/sh\n{ask}exec {shlex.quote(BUNDLED)} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_ffmpeg_given_wins_over_path_which_wins_over_the_bundled_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGEIO_FFMPEG_EXE", raising=False)
+    on_path = _fake_ffmpeg(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    found = find_ffmpeg()
+    assert (found.path, found.source, found.version) == (on_path, "PATH", ffmpeg_version(BUNDLED))
+    assert (find_ffmpeg(BUNDLED).path, find_ffmpeg(BUNDLED).source) == (BUNDLED, "--ffmpeg")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    bundled = find_ffmpeg()
+    assert bundled.path == BUNDLED and bundled.source == f"imageio-ffmpeg {imageio_ffmpeg.__version__}"
+
+
+def test_the_manifest_records_the_command_and_one_folder_holds_one_ffmpegs_frames(videos, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "frames"
+    raw.mkdir()
+    shutil.copy(videos / "v_land25.mp4", raw / "v_land25.mp4")
+    (out / "v_old.mp4").mkdir(parents=True)  # frames another tool wrote
+    (out / "v_old.mp4" / "img_00001.jpeg").write_bytes(b"")
+    r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", BUNDLED)
+    assert r.exit_code == 0, r.output
+    version = ffmpeg_version(BUNDLED)
+    assert f"  ffmpeg {version} (--ffmpeg): {BUNDLED}" in r.output and MANIFEST in r.output
+    manifest = json.loads((out / MANIFEST).read_text())
     vf = "fps=1,scale=350:350:force_original_aspect_ratio=increase"
-    video = str(videos / "v_land25.mp4")
-    raw = tmp_path / "ref.yuv"
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-i", video, "-vf", vf + ",format=yuvj420p", "-f", "rawvideo", str(raw)],
-        check=True,
+    assert manifest["official_command"] == f"ffmpeg -i VIDEO -vf {vf} -q:v 2 FRAMES_DIR/KEY/img_%05d.jpeg"
+    command = shlex.split(manifest["command"])
+    assert command[0] == BUNDLED and command[command.index("-vf") :] == [
+        *("-vf", vf, "-q:v", "2", "FRAMES_DIR/KEY/img_%05d.jpeg")
+    ]
+    assert manifest["ffmpeg"]["version"] == version and manifest["dataset"] == "activitynet"
+    assert manifest["folders_before_manifest"] == ["v_old.mp4"]  # not vouched for, and said so
+    assert "note: 1 frame folder(s) were made before prepare frames recorded its command" in r.output
+    # another command in the same folder is refused, even with nothing to do
+    r = _prepare("frames", raw, out, "--dataset", "minikinetics")
+    assert r.exit_code == 1 and f"were written by `ffmpeg -i VIDEO -vf {vf} -q:v 2" in r.output, r.output
+    # another FFmpeg version is refused before any frame is written
+    shutil.copy(videos / "v_port30.mp4", raw / "v_port30.mp4")
+    other = _fake_ffmpeg(tmp_path / "other", version="0.0-other")
+    r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", other)
+    assert r.exit_code == 1 and f"written by FFmpeg {version}" in r.output and "would use FFmpeg 0.0-other" in r.output
+    assert sorted(os.listdir(out)) == [MANIFEST, "v_land25.mp4", "v_old.mp4"]
+    # the same version elsewhere is the same FFmpeg
+    r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", _fake_ffmpeg(tmp_path / "same"))
+    assert r.exit_code == 0 and "1 videos written" in r.output and json.loads((out / MANIFEST).read_text()) == manifest
+    not_ffmpeg = tmp_path / "echo"
+    not_ffmpeg.write_text("#!/bin/sh\necho hello\n")
+    not_ffmpeg.chmod(0o755)
+    (raw / "v_land25.mp4").rename(raw / "v_new.mp4")
+    r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", not_ffmpeg)
+    assert (
+        r.exit_code == 1
+        and r.output == f"Error: {not_ffmpeg} (from --ffmpeg) is not an ffmpeg: -version printed ['hello']\n"
     )
-    ref = np.fromfile(raw, np.uint8)
-    ours = list(decode(video, fps=1, min_side=350))
-    w, h = ours[0].width, ours[0].height
-    cw, ch = (w + 1) // 2, (h + 1) // 2
-    size = w * h + 2 * cw * ch
-    assert len(ref) == size * len(ours)  # same number of frames, same size
-    for i, frame in enumerate(ours):
-        planes = np.split(ref[i * size : (i + 1) * size], [w * h, w * h + cw * ch])
-        for plane, (pw, ph), mine in zip(planes, ((w, h), (cw, ch), (cw, ch)), frame.planes, strict=True):
-            got = np.frombuffer(bytes(mine), np.uint8).reshape(-1, mine.line_size)[:ph, :pw].astype(int)
-            assert np.abs(got - plane.reshape(ph, pw).astype(int)).max() <= 1
-    out = tmp_path / "frames"
-    CliRunner().invoke(main, ["prepare", "frames", str(videos), str(out), "--dataset", "activitynet"])
-    jpegs = tmp_path / "jpegs"
-    jpegs.mkdir()
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-i", video, "-vf", vf, "-q:v", "2", str(jpegs / "img_%05d.jpeg")], check=True
+
+
+def test_prepare_imports_no_torch(videos, anet, tmp_path):
+    """A rerun with nothing to do, and prepare check, stay well under a second: no torch."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(videos / "v_land25.mp4", raw / "v_land25.mp4")
+    assert _prepare("frames", raw, tmp_path / "frames", "--dataset", "activitynet").exit_code == 0
+    job = write_job(str(tmp_path / "job.yml"), anet, "unused.pth")
+    frames = ["prepare", "frames", str(raw), str(tmp_path / "frames"), "--dataset", "activitynet"]
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "import cli\n"
+        f"r = CliRunner().invoke(cli.main, {frames!r})\n"
+        f"c = CliRunner().invoke(cli.main, ['prepare', 'check', {job!r}])\n"
+        "print(r.exit_code, c.exit_code, 'torch' in sys.modules, r.output.splitlines()[0])\n"
     )
-    assert _frames(jpegs) == _frames(out / "v_land25.mp4")
-    for name in _frames(jpegs):
-        with Image.open(jpegs / name) as a, Image.open(out / "v_land25.mp4" / name) as b:
-            assert a.size == b.size and a.quantization == b.quantization  # same quantiser (-q:v 2)
-            luma = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
-            assert luma.max() <= 3 and luma.mean() < 0.5
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("0 1 False FrameExit prepare frames"), out.stdout + out.stderr
+    assert "0 videos written (0 frames), 1 already done" in out.stdout
 
 
 def test_splits_and_check(anet, tmp_path):
@@ -355,7 +516,7 @@ def test_readme_preparing_commands_run_as_written(videos, tmp_path, monkeypatch)
         outputs.append(r.output)
     assert "2 of 2 split videos have frames; 0 missing, 0 empty" in outputs[2]
     assert "1 of 1 split videos have frames; 0 missing, 0 empty" in outputs[5]
-    assert sorted(os.listdir("data/activitynet_v1.3/fps1_res350_hq")) == ["v_land25.mp4", "v_port30.mp4"]
+    assert sorted(os.listdir("data/activitynet_v1.3/fps1_res350_hq")) == [MANIFEST, "v_land25.mp4", "v_port30.mp4"]
     with open("data/activitynet/classes.txt") as handle:
         assert handle.read().splitlines() == sorted(names)
     with open("data/minikinetics/minik_classInd.txt") as handle:
@@ -374,7 +535,7 @@ def test_frame_folders_are_named_by_split_key(videos, tmp_path):
     args = ["prepare", "frames", str(raw), str(out), "--dataset", "activitynet"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert sorted(os.listdir(out)) == ["abc_000001_000011.mp4", "v_land25.mp4"]  # the split keys
+    assert sorted(os.listdir(out)) == ["abc_000001_000011.mp4", MANIFEST, "v_land25.mp4"]  # the split keys
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "0 videos written" in r.output and "2 already done" in r.output
     shutil.copy(videos / "v_land25.mp4", raw / "v_land25.mp4")  # two videos for one split key
@@ -490,3 +651,18 @@ def test_prepare_help_texts():
     assert "--classes-out" in helps["splits"] and "sorted" in helps["splits"]
     assert "--max-missing" in helps["check"] and "--data.path_frame DIR" in helps["check"]
     assert "exit status 1" in helps["check"]
+
+
+def test_ffmpeg_log_reading():
+    from jobs.ffmpeg import input_duration, problems
+
+    log = (
+        "[info]   Duration: 00:01:02.50, start: 0.000000, bitrate: 75 kb/s\n"
+        "[in#0 @ 0x55d97080] [error] moov atom not found\n"
+        "[in#0 @ 0x55d96d40] [error] Error opening input: Invalid data found when processing input\n"
+        "[in#0 @ 0x55d96d40] [error] moov atom not found\n"
+        "[fatal] Error opening input files: Invalid data found when processing input\n"
+    )
+    assert input_duration(log) == 62.5 and input_duration("[info]   Duration: N/A, start: 0") is None
+    assert problems(log) == "moov atom not found; Error opening input: Invalid data found when processing input"
+    assert problems('Unrecognized option "x"\nInvalid loglevel "level+info"\n') == 'Invalid loglevel "level+info"'

@@ -1,0 +1,193 @@
+"""The ffmpeg command line that writes the official frame folders, run as it is.
+
+Frames are what ``ffmpeg -i VIDEO -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
+-q:v 2 DIR/img_%05d.jpeg`` writes, because that command is what runs: the command line's
+own behaviour (timestamps rebased to the file's start, autorotation, the image2 muxer's
+constant-rate output from time 0, the pixel format the mjpeg encoder negotiates) comes
+with it instead of being imitated. The only options added change what ffmpeg prints,
+not what it writes.
+
+Which ffmpeg: ``--ffmpeg PATH``, else an ``ffmpeg`` on ``PATH``, else the static binary
+that the ``imageio-ffmpeg`` wheel carries (so a fresh machine needs no system package).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import IO
+
+from frameexit.errors import FrameExitError
+
+QSCALE = 2  # ffmpeg -q:v 2
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# what ffmpeg prints; none of these options changes a frame
+QUIET = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info")
+_VERSION = re.compile(r"^ffmpeg version (\S+)")
+_DURATION = re.compile(r"^\[info\]\s+Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
+# "[ctx @ 0x...] [ctx2 @ 0x...] [error] message": the contexts hold addresses, which differ from run to run
+_PROBLEM = re.compile(r"^(?:\[[^\]]*\] )*\[(?:error|fatal)\] (.*)$", re.M)
+
+
+class FFmpegNotFoundError(FrameExitError, FileNotFoundError):
+    """No usable ffmpeg executable: ``--ffmpeg`` names something else, or none is installed."""
+
+
+@dataclass(frozen=True)
+class FFmpeg:
+    """An ffmpeg executable and what it says it is.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the executable.
+    version : str
+        The version of ``ffmpeg -version`` (e.g. ``n9.0.2-17-g2a571b6068-20260930``): frames are equal
+        byte for byte between two runs of the same version.
+    source : str
+        Why this one: ``--ffmpeg``, ``PATH``, or ``imageio-ffmpeg <version>`` (its bundled binary).
+    """
+
+    path: str
+    version: str
+    source: str
+
+
+def ffmpeg_filter(fps: int, min_side: int) -> str:
+    """The official ffmpeg ``-vf`` argument for a frame rate and a minimum side."""
+    return f"fps={fps},scale={min_side}:{min_side}:force_original_aspect_ratio=increase"
+
+
+def official_command(*, fps: int, min_side: int, prefix: str = "img") -> str:
+    """The official command line for one video, with ``VIDEO`` and ``FRAMES_DIR/KEY`` standing for the paths."""
+    return f"ffmpeg -i VIDEO -vf {ffmpeg_filter(fps, min_side)} -q:v {QSCALE} FRAMES_DIR/KEY/{prefix}_%05d.jpeg"
+
+
+def _argv(ffmpeg: str, video: str, pattern: str, fps: int, min_side: int) -> list[str]:
+    return [ffmpeg, *QUIET, "-i", video, "-vf", ffmpeg_filter(fps, min_side), "-q:v", str(QSCALE), pattern]
+
+
+def frames_argv(ffmpeg: str, video: str, out_dir: str, *, fps: int, min_side: int, prefix: str = "img") -> list[str]:
+    """The official command with ``ffmpeg`` as the executable, writing ``out_dir/<prefix>_00001.jpeg, ...``.
+
+    Paths are made absolute, so that a file name starting with ``-`` is not
+    taken for an option, and ``%`` in ``out_dir`` or ``prefix`` is escaped from
+    the image2 muxer's pattern.
+    """
+    pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}_").replace("%", "%%") + "%05d.jpeg"
+    return _argv(ffmpeg, os.path.abspath(video), pattern, fps, min_side)
+
+
+def command_line(ffmpeg: str, *, fps: int, min_side: int, prefix: str = "img") -> str:
+    """The command :func:`frames_argv` runs, with ``VIDEO`` and ``FRAMES_DIR/KEY`` standing for the paths."""
+    return shlex.join(_argv(ffmpeg, "VIDEO", f"FRAMES_DIR/KEY/{prefix}_%05d.jpeg", fps, min_side))
+
+
+def find_ffmpeg(explicit: str | None = None) -> FFmpeg:
+    """The ffmpeg to run: ``explicit`` (``--ffmpeg``), else ``ffmpeg`` on ``PATH``, else imageio-ffmpeg's binary.
+
+    An ffmpeg the user installed wins over the bundled one: it is the one the
+    official command would run on this machine. Raises
+    :class:`FFmpegNotFoundError` when none can be run.
+    """
+    if explicit:
+        path, source = explicit, "--ffmpeg"
+    elif shutil.which("ffmpeg"):
+        path, source = shutil.which("ffmpeg"), "PATH"
+    else:
+        try:
+            import imageio_ffmpeg
+
+            path = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError) as exc:
+            raise FFmpegNotFoundError(
+                f"no ffmpeg found: none on PATH and none bundled by imageio-ffmpeg ({exc}); "
+                "install imageio-ffmpeg or FFmpeg, or give --ffmpeg PATH"
+            ) from None
+        source = f"imageio-ffmpeg {imageio_ffmpeg.__version__}"
+    path = os.path.abspath(path)
+    return FFmpeg(path, ffmpeg_version(path, source), source)
+
+
+def ffmpeg_version(path: str, source: str = "--ffmpeg") -> str:
+    """The version ``path -version`` prints; :class:`FFmpegNotFoundError` if it is not an ffmpeg."""
+    try:
+        out = subprocess.run([path, "-version"], capture_output=True, text=True, errors="replace", timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FFmpegNotFoundError(f"ffmpeg {path} (from {source}) cannot be run: {exc}") from None
+    found = _VERSION.match(out.stdout)
+    if out.returncode != 0 or not found:
+        first = (out.stdout or out.stderr).strip().splitlines()[:1]
+        raise FFmpegNotFoundError(f"{path} (from {source}) is not an ffmpeg: -version printed {first}")
+    return found.group(1)
+
+
+def _arm_parent_death_signal(parent: int, prctl) -> None:
+    """Run in the child between fork and exec: SIGKILL it when this process dies, even by SIGKILL."""
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl: no signal would ever come
+        os._exit(1)
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def start(argv: list[str], log: IO[bytes]) -> subprocess.Popen:
+    """Start ``argv`` with stdout and stderr into ``log``; on Linux it is killed when this process dies.
+
+    Without the parent-death signal the ffmpeg processes of a killed run (SIGKILL
+    gives the parent no chance to stop them) would keep writing into the frames
+    folder. The signal is tied to the thread that starts the process: the
+    caller starts them from the thread that waits for them. Elsewhere an
+    ffmpeg outlives a killed parent by the rest of its one video, whose folder
+    keeps its temporary name.
+    """
+    preexec = None
+    if _PRCTL is not None:
+        parent, prctl = os.getpid(), _PRCTL
+
+        def preexec() -> None:
+            _arm_parent_death_signal(parent, prctl)
+
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=preexec)
+
+
+def input_duration(log: str) -> float | None:
+    """Seconds of the input file as ffmpeg printed them (``Duration: 00:00:00.40``), or None (``N/A``)."""
+    found = _DURATION.search(log)
+    if not found:
+        return None
+    hours, minutes, seconds = found.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def problems(log: str, limit: int = 2) -> str:
+    """The first ``limit`` distinct error messages of an ffmpeg log, without their addresses, joined by ``; ``.
+
+    A log without messages tagged ``[error]`` or ``[fatal]`` (an ffmpeg too old
+    for ``-loglevel level+...``) gives its last line.
+    """
+    messages: list[str] = []
+    for message in _PROBLEM.findall(log):
+        message = message.strip()
+        if message and message not in messages:
+            messages.append(message)
+    if not messages:
+        messages = [line.strip() for line in log.splitlines() if line.strip()][-1:]
+    return "; ".join(messages[:limit])
