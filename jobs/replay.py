@@ -506,6 +506,7 @@ def _step_costs(job: Job, heads: Sequence[HeadState]) -> dict[int, StepCosts]:
                 num_class=job.model.num_class,
                 truncate_modules=job.model.truncate_modules,
                 hidden_dim=head.hidden_dim,
+                clip_length=job.model.clip_length if job.model.clips else None,
             )
     return costs
 
@@ -820,7 +821,7 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
         if not job.data.path_frame or not os.path.isdir(job.data.path_frame):
             return None
         dataset = load_job_dataset(job.data, job.model.num_class)
-        return frames_digest(dataset.videos, job.data.num_frames)
+        return frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride)
 
     return locate(
         options.cache_root,
