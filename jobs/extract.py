@@ -106,10 +106,12 @@ class ExtractResult:
     n_shards, shards_written : int
         Shards in the cache, and how many this run computed (0: nothing to do).
     frames : int
-        Frames this run sent through the backbone.
+        Frames (for a 3D backbone: clips) this run sent through the backbone.
     seconds : float
     skipped : list of dict
         ``{'video', 'reason'}`` for every split video without features.
+    unit : {'frames', 'clips'}
+        What ``frames`` counts.
     """
 
     cache_dir: str
@@ -120,6 +122,7 @@ class ExtractResult:
     frames: int
     seconds: float
     skipped: list[dict[str, str]]
+    unit: str = "frames"
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     ) as cache:
         if cache.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(cache, 0, 0, time.perf_counter() - started))
+            return _checked(job, _result(job, cache, 0, 0, time.perf_counter() - started))
         cache.set_provenance(_provenance(job, checkpoint, options))
         by_key = {v.key: v for v in dataset.videos}
         attrs = cache.attrs()
@@ -231,7 +234,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(cache, len(tasks), frames, time.perf_counter() - started))
+    return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
 
 
 def _checked(job: Job, result: ExtractResult) -> ExtractResult:
@@ -240,7 +243,7 @@ def _checked(job: Job, result: ExtractResult) -> ExtractResult:
     return result
 
 
-def _result(cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
+def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
     manifest = cache.manifest
     return ExtractResult(
         cache.directory,
@@ -251,6 +254,7 @@ def _result(cache: CacheWriter, written: int, frames: int, seconds: float) -> Ex
         frames,
         seconds,
         manifest.all_skipped(),
+        "clips" if job.model.clips else "frames",
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -135,7 +136,10 @@ def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int 
 
 def x3d_s(seed: int = 0):
     """pytorchvideo's X3D-S (13 frames of 160 pixels), randomly initialised under ``seed``, in eval mode."""
-    from pytorchvideo.models.x3d import create_x3d
+    with warnings.catch_warnings():
+        # fvcore, imported by pytorchvideo, scripts a loss with the deprecated torch.jit.script at import
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        from pytorchvideo.models.x3d import create_x3d
 
     torch.manual_seed(seed)
     return create_x3d(input_clip_length=13, input_crop_size=160, depth_factor=2.2).eval()

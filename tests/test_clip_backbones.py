@@ -6,6 +6,7 @@ small videos: these backbones are not free on a CPU.
 
 import copy
 import os
+import sys
 
 import h5py
 import pyarrow.parquet as pq
@@ -101,6 +102,17 @@ def test_x3d_s_features_equal_create_x3d_bit_for_bit(tmp_path):
         BackboneError, match="'pytorchvideo.x3d_m' is not a known 3D backbone; known: pytorchvideo.x3d_s"
     ):
         model_name("pytorchvideo.x3d_m")
+
+
+def test_without_pytorchvideo_a_3d_job_says_what_to_install(monkeypatch):
+    from frameexit.backbone import build_backbone
+
+    monkeypatch.setitem(sys.modules, "pytorchvideo.models.x3d", None)  # as if it were not installed
+    with pytest.raises(
+        BackboneError, match=r"need pytorchvideo, which is not installed .*pip install 'frameexit\[x3d\]'"
+    ):
+        build_backbone("pytorchvideo.x3d_s")
+    assert build_backbone("torchvision.resnet18") is not None  # 2D backbones do not need it
 
 
 def test_costs_of_the_papers_backbones():
