@@ -139,7 +139,9 @@ def step_input(name: str, *, input_size: int, clip_length: int | None = None) ->
 
 
 def random_backbone(name: str, *, seed: int, truncate_modules: int = -1) -> Backbone:
-    """A backbone with torchvision's default random initialisation under a fixed seed (CPU)."""
+    """A backbone with torchvision's default random initialisation under a fixed seed (CPU; torchvision models)."""
+    if is_clip_backbone(name):
+        raise BackboneError(f"random_backbone builds torchvision models only, not {name}")
     short = model_name(name)
     generator_state = torch.random.get_rng_state()
     try:

@@ -135,7 +135,8 @@ def test_pytorchvideo_model_zoo_checkpoint_loads_without_downloads(small_anet, t
         pretrained_state_dict("pytorchvideo.x3d_s")
     path = zoo_weights_path("x3d_s")
     os.makedirs(os.path.dirname(path))
-    torch.save({"model_state": net.state_dict()}, path)  # the model zoo's format
+    # the model zoo's format: the network's state dict under model_state, beside training records
+    torch.save({"model_state": net.state_dict(), "epoch": 196, "cfg": "MODEL:\n  ARCH: x3d\n"}, path)
     state = pretrained_state_dict("pytorchvideo.x3d_s")
     assert set(state) == {k for k in net.state_dict() if not k.startswith("blocks.5.proj.")}
     # a FrameExit checkpoint without backbone weights takes them from the zoo file (model.backbone.pretrained)
