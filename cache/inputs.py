@@ -7,7 +7,8 @@ The one place that says which job setting feeds which input of
 - ``data`` with ``name``, ``num_frames``, ``preprocessing`` (a
   :class:`frameexit.preprocess.Preprocessing`), ``path_split``, ``path_label``
   and ``path_classid``;
-- ``model`` with ``backbone_name`` and ``truncate_modules``.
+- ``model`` with ``backbone_name``, ``truncate_modules``, ``clip_length`` and
+  ``clip_stride`` (1 and 1 for a 2D backbone: a step reads one frame).
 
 Two inputs are expensive: the backbone digest (the checkpoint must be read and
 its backbone weights hashed) and the frames digest (every frame folder of the
@@ -24,9 +25,9 @@ from typing import Any, Protocol
 
 from frameexit.backbone import model_name
 from frameexit.errors import ConfigError
-from frameexit.sampling import sample_indices
+from frameexit.sampling import clip_indices
 
-from .key import CacheKeyInputs
+from .key import OPTIONAL, CacheKeyInputs
 from .shard import file_sha256
 
 DTYPES = ("float32", "float16")
@@ -52,6 +53,9 @@ INPUT_NAMES = {
     "channels_last": "memory format (--channels-last)",
     "frames_digest": "frame listing under data.path_frame",
     "format_version": "cache format version",
+    "clip_length": "model.backbone.clip_length",
+    "clip_stride": "model.backbone.clip_stride",
+    "normalize_first": "normalisation before resizing (data.preprocessing key order)",
 }
 
 
@@ -78,12 +82,18 @@ def check_job_files(data: Any) -> None:
             raise ConfigError(f"data.{name} {path} is not a file: it is compared with the feature cache's")
 
 
-def frames_digest(videos: Sequence[Video], num_frames: int) -> str:
-    """SHA-256 of each video's key, frame count, and sampled file names and sizes (cheap: no pixels read)."""
+def frames_digest(videos: Sequence[Video], num_frames: int, clip_length: int = 1, clip_stride: int = 1) -> str:
+    """SHA-256 of each video's key, frame count, and the names and sizes of the files its steps read.
+
+    Cheap: no pixels are read. With ``clip_length`` 1 the files are the sampled
+    frames; otherwise every frame of every step's clip
+    (:func:`frameexit.sampling.clip_indices`).
+    """
     h = hashlib.sha256()
     for video in videos:
         h.update(f"{video.key}|{len(video.frames)}".encode())
-        for i in sorted(set(sample_indices(len(video.frames), num_frames).tolist())):
+        files = clip_indices(len(video.frames), num_frames, clip_length, clip_stride)
+        for i in sorted(set(files.ravel().tolist())):
             path = video.frames[i]
             try:
                 size = os.path.getsize(path)
@@ -106,6 +116,7 @@ def key_inputs(
 ) -> CacheKeyInputs:
     """Every input of the features of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`)."""
     pre = data.preprocessing
+    clip_length = model.clip_length
     return CacheKeyInputs(
         backbone=model_name(model.backbone_name),
         truncate_modules=model.truncate_modules,
@@ -124,17 +135,25 @@ def key_inputs(
         labels_digest=file_sha256(data.path_label),
         classes_digest=file_sha256(data.path_classid),
         frames_digest=frames_digest,
+        clip_length=clip_length,
+        # a clip of one frame has no stride: every stride gives the same features
+        clip_stride=model.clip_stride if clip_length > 1 else 1,
+        normalize_first=pre.normalize_first,
     )
 
 
 def cheap_inputs(data: Any, model: Any, *, dtype: str, precision: str, channels_last: bool) -> dict[str, Any]:
     """Every input but the :data:`EXPENSIVE` ones, as a manifest records them (JSON types).
 
-    Reads the split, label and class-list files (to digest them), nothing else.
+    :data:`cache.key.OPTIONAL` inputs are always present, at their default
+    when the job uses it; compare them with :func:`cache.key.with_defaults` of a
+    manifest's inputs. Reads the split, label and class-list files (to digest
+    them), nothing else.
     """
     inputs = key_inputs(
         data, model, dtype=dtype, precision=precision, channels_last=channels_last, backbone_digest="", frames_digest=""
     ).to_json()
+    inputs = {**OPTIONAL, **inputs}
     for name in EXPENSIVE:
         del inputs[name]
     return inputs

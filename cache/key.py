@@ -3,6 +3,12 @@
 Equal inputs give equal keys on any machine; paths, mtimes, host names, worker
 counts and batch sizes stay out. :data:`FORMAT_VERSION` is bumped whenever the
 extraction output changes, so old caches are not reused by mistake.
+
+Inputs added after the first format (:data:`OPTIONAL`: the clip of a 3D
+backbone, pytorchvideo's preprocessing order) enter the key only when they
+differ from their default, which is what every earlier cache was extracted
+with: caches of 2D backbones keep their keys, and a recorded input that is
+absent means its default (:func:`with_defaults`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,12 @@ class CacheKeyInputs:
     frames_digest : str
         SHA-256 of every evaluated video's key, frame count and sampled file names and sizes.
     format_version : int
+    clip_length : int, default=1
+        Frames each step reads (1: a frame, 2D backbones; X3D-S: 13).
+    clip_stride : int, default=1
+        Distance in frame files between the frames of a clip (1 when ``clip_length`` is 1).
+    normalize_first : bool, default=False
+        Normalisation before resizing and cropping (pytorchvideo's order) instead of after (the official one).
     """
 
     backbone: str
@@ -70,15 +82,37 @@ class CacheKeyInputs:
     classes_digest: str
     frames_digest: str
     format_version: int = FORMAT_VERSION
+    clip_length: int = 1
+    clip_stride: int = 1
+    normalize_first: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The inputs as plain JSON types (tuples become lists)."""
+        """The inputs as plain JSON types (tuples become lists), :data:`OPTIONAL` ones left out at their default."""
         return json.loads(canonical_json(self))
 
 
+#: Inputs added after the first format, with the value every cache made before them has.
+OPTIONAL: dict[str, Any] = {"clip_length": 1, "clip_stride": 1, "normalize_first": False}
+
+
+def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded inputs (a manifest's) with every absent :data:`OPTIONAL` input at its default."""
+    return {**OPTIONAL, **recorded}
+
+
+def without_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs as they are recorded: :data:`OPTIONAL` ones left out at their default (as in the key)."""
+    return {k: v for k, v in inputs.items() if k not in OPTIONAL or v != OPTIONAL[k]}
+
+
 def canonical_json(inputs: CacheKeyInputs) -> str:
-    """Sorted-key, compact JSON of the inputs; raises ``TypeError`` for anything not serialisable."""
-    return json.dumps(dataclasses.asdict(inputs), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Sorted-key, compact JSON of the inputs; raises ``TypeError`` for anything not serialisable.
+
+    :data:`OPTIONAL` inputs at their default are left out, so that the keys of
+    caches extracted before those inputs existed do not change.
+    """
+    fields = without_defaults(dataclasses.asdict(inputs))
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def cache_key(inputs: CacheKeyInputs) -> str:

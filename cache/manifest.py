@@ -15,6 +15,8 @@ from typing import Any
 from frameexit.atomic import atomic_write
 from frameexit.errors import FrameExitError
 
+from .key import with_defaults, without_defaults
+
 MANIFEST = "manifest.json"
 
 
@@ -42,7 +44,12 @@ class ShardEntry:
 
 @dataclass
 class Manifest:
-    """Contents of ``manifest.json``."""
+    """Contents of ``manifest.json``.
+
+    ``inputs`` holds every input of the key, those of :data:`cache.key.OPTIONAL`
+    included (at their default when the file leaves them out, as it does for
+    caches extracted before they existed); the file records them as the key does.
+    """
 
     key: str
     inputs: dict[str, Any]
@@ -66,7 +73,9 @@ def manifest_path(cache_dir: str) -> str:
 
 def write_manifest(cache_dir: str, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically."""
-    text = json.dumps(asdict(manifest), sort_keys=True, indent=1, allow_nan=False)
+    doc = asdict(manifest)
+    doc["inputs"] = without_defaults(doc["inputs"])
+    text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
     with atomic_write(manifest_path(cache_dir), "w") as handle:
         handle.write(text + "\n")
 
@@ -80,6 +89,7 @@ def read_manifest(cache_dir: str) -> Manifest | None:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
         shards = [ShardEntry(**entry) for entry in doc.pop("shards")]
+        doc["inputs"] = with_defaults(doc["inputs"])
         return Manifest(shards=shards, **doc)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CacheError(f"cannot read cache manifest {path}: {exc}; remove {cache_dir} to rebuild it") from None

@@ -1,9 +1,14 @@
-"""Per-frame feature extractors: torchvision classification models, truncated as the official code does.
+"""Per-step feature extractors: torchvision classification models, truncated as the official code does,
+and clip-level (3D) models from pytorchvideo.
 
 The official configs name a backbone as ``torchvision.<model>`` and keep
 ``children[:-1]`` (``truncate_modules: -1``), which drops the classifier. The
 output is global-average-pooled if it still has a spatial extent, then
-flattened: 2048 features for ResNet-50, 1536 for EfficientNet-B3.
+flattened: 2048 features for ResNet-50, 1536 for EfficientNet-B3. A step of
+such a 2D backbone reads one frame, ``(3, H, W)``.
+
+``pytorchvideo.x3d_s`` is X3D-S (:mod:`frameexit.x3d`): a step reads a clip,
+``(3, clip_length, H, W)``, and gives 2048 features.
 """
 
 from __future__ import annotations
@@ -17,13 +22,24 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from . import x3d
 from .errors import BackboneError
 
 PREFIX = "torchvision."
 
 
+def is_clip_backbone(name: str) -> bool:
+    """Whether ``model.backbone.name`` is a 3D backbone, whose steps read clips (``pytorchvideo.<model>``)."""
+    return name.startswith(x3d.PREFIX)
+
+
 def model_name(name: str) -> str:
-    """The torchvision model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``)."""
+    """The model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``,
+    ``pytorchvideo.x3d_s`` -> ``x3d_s``)."""
+    if is_clip_backbone(name):
+        short = name[len(x3d.PREFIX) :]
+        x3d.spec(short)
+        return short
     short = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     known = torchvision.models.list_models(module=torchvision.models)
     if short not in known:
@@ -68,21 +84,64 @@ def build_backbone(
     *,
     truncate_modules: int = -1,
     device: torch.device | str | None = None,
-) -> Backbone:
+    clip_length: int | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
     """An uninitialised truncated backbone (parameters on ``device``, default the meta device).
 
     Weights are meant to come from a checkpoint (``load_state_dict(..., assign=True)``)
-    or from :func:`imagenet_state_dict`; building on the meta device skips the
+    or from :func:`pretrained_state_dict`; building on the meta device skips the
     cost of a random initialisation that would be overwritten anyway.
+
+    Parameters
+    ----------
+    name : str
+        ``torchvision.<model>`` or ``pytorchvideo.x3d_s``.
+    truncate_modules : int, default=-1
+        Children kept (``children[:truncate_modules]``); a 3D backbone is always
+        cut before its classification projection and accepts only -1.
+    device : torch.device or str, optional
+    clip_length, input_size : int, optional
+        3D backbones only: the clip the backbone will see (frames, and the side
+        in pixels), which sizes the head's average pool; default the model's own
+        (X3D-S: 13 frames of 160 pixels). Ignored for 2D backbones.
+
+    Returns
+    -------
+    backbone : nn.Module
+        A :class:`Backbone` (2D) or :class:`frameexit.x3d.ClipBackbone` (3D).
     """
     short = model_name(name)
+    if is_clip_backbone(name):
+        if truncate_modules != -1:
+            raise BackboneError(
+                f"{name} is cut before its classification projection; "
+                f"model.backbone.truncate_modules must be -1, got {truncate_modules}"
+            )
+        spec = x3d.spec(short)
+        return x3d.build_x3d(
+            short,
+            clip_length=clip_length or spec.clip_length,
+            crop=input_size or spec.crop,
+            device=device or "meta",
+        )
     with torch.device(device or "meta"):
         net = torchvision.models.get_model(short, weights=None)
     return _truncate(net, truncate_modules)
 
 
+def step_input(name: str, *, input_size: int, clip_length: int | None = None) -> tuple[int, ...]:
+    """Shape of what one step feeds the backbone: ``(3, H, W)`` for a 2D backbone,
+    ``(3, clip_length, H, W)`` for a 3D one (``clip_length`` default the model's own)."""
+    if is_clip_backbone(name):
+        return (3, clip_length or x3d.spec(model_name(name)).clip_length, input_size, input_size)
+    return (3, input_size, input_size)
+
+
 def random_backbone(name: str, *, seed: int, truncate_modules: int = -1) -> Backbone:
-    """A backbone with torchvision's default random initialisation under a fixed seed (CPU)."""
+    """A backbone with torchvision's default random initialisation under a fixed seed (CPU; torchvision models)."""
+    if is_clip_backbone(name):
+        raise BackboneError(f"random_backbone builds torchvision models only, not {name}")
     short = model_name(name)
     generator_state = torch.random.get_rng_state()
     try:
@@ -93,12 +152,27 @@ def random_backbone(name: str, *, seed: int, truncate_modules: int = -1) -> Back
     return _truncate(net, truncate_modules)
 
 
-def feature_dim(name: str, *, truncate_modules: int = -1, input_size: int = 224) -> int:
-    """Length of the feature vector the truncated backbone gives for one ``input_size`` frame."""
-    backbone = build_backbone(name, truncate_modules=truncate_modules, device="meta")
+def feature_dim(name: str, *, truncate_modules: int = -1, input_size: int = 224, clip_length: int | None = None) -> int:
+    """Length of the feature vector the truncated backbone gives for one step (frame or clip) of ``input_size``."""
+    backbone = build_backbone(
+        name, truncate_modules=truncate_modules, device="meta", clip_length=clip_length, input_size=input_size
+    )
+    shape = step_input(name, input_size=input_size, clip_length=clip_length)
     with torch.no_grad():
-        out = backbone(torch.empty(1, 3, input_size, input_size, device="meta"))
+        out = backbone(torch.empty(1, *shape, device="meta"))
     return int(out.shape[1])
+
+
+def pretrained_state_dict(name: str, *, truncate_modules: int = -1) -> Mapping[str, torch.Tensor]:
+    """The published weights of the truncated backbone, read from torch's hub cache only.
+
+    torchvision models: ImageNet (:func:`imagenet_state_dict`); pytorchvideo
+    models: the Kinetics model-zoo checkpoint (:func:`frameexit.x3d.zoo_state_dict`).
+    Keys are those of :func:`build_backbone`'s module. Nothing is ever downloaded.
+    """
+    if is_clip_backbone(name):
+        return x3d.zoo_state_dict(model_name(name))
+    return imagenet_state_dict(name, truncate_modules=truncate_modules)
 
 
 def imagenet_weights_path(name: str) -> str:

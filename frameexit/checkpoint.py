@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
-from .backbone import Backbone, build_backbone
+from .backbone import build_backbone
 from .errors import CheckpointError
 from .head import FrameExit
 
@@ -212,6 +212,8 @@ def build_model(
     backbone_name: str | None,
     truncate_modules: int = -1,
     path: str = "(state dict)",
+    clip_length: int | None = None,
+    input_size: int | None = None,
 ) -> FrameExit:
     """A FrameExit model in eval mode holding the weights of ``state`` (keys without ``module.``).
 
@@ -220,16 +222,24 @@ def build_model(
     state : mapping of str to Tensor
         From :func:`read_state_dict`.
     backbone_name : str or None
-        ``torchvision.<model>``; ``None`` builds the head alone (for cached
-        features) and ignores the checkpoint's backbone weights.
+        ``torchvision.<model>`` or ``pytorchvideo.x3d_s``; ``None`` builds the
+        head alone (for cached features) and ignores the checkpoint's backbone weights.
     truncate_modules : int, default=-1
     path : str
         Named in error messages.
+    clip_length, input_size : int, optional
+        The clip a 3D backbone will see (:func:`frameexit.backbone.build_backbone`).
     """
     shape = head_shape(state, path=path)
     if backbone_name is not None and not shape.has_backbone:
         raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
-    backbone = None if backbone_name is None else build_backbone(backbone_name, truncate_modules=truncate_modules)
+    backbone = (
+        None
+        if backbone_name is None
+        else build_backbone(
+            backbone_name, truncate_modules=truncate_modules, clip_length=clip_length, input_size=input_size
+        )
+    )
     with torch.device("meta"):
         model = FrameExit(backbone, shape.feat_dim, shape.num_class, shape.num_steps, shape.hidden_dim)
     if backbone_name is None:
@@ -244,11 +254,18 @@ def build_backbone_from_state(
     backbone_name: str,
     truncate_modules: int = -1,
     path: str = "(state dict)",
-) -> Backbone:
-    """The truncated backbone alone, in eval mode, with the ``backbone.*`` weights of ``state``."""
+    clip_length: int | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
+    """The truncated backbone alone, in eval mode, with the ``backbone.*`` weights of ``state``.
+
+    ``clip_length`` and ``input_size``: the clip a 3D backbone will see (see :func:`build_model`).
+    """
     weights = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     if not weights:
         raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
-    backbone = build_backbone(backbone_name, truncate_modules=truncate_modules)
+    backbone = build_backbone(
+        backbone_name, truncate_modules=truncate_modules, clip_length=clip_length, input_size=input_size
+    )
     load_state(backbone, weights, path=path, key_prefix=BACKBONE)
     return backbone.eval()

@@ -1,13 +1,16 @@
 """Compute cost of early exiting (SEMANTICS 8), in two conventions.
 
 *Paper convention* (``gflops``): ``mean((exit_step + 1) * per_frame)`` with the
-per-frame cost hard-coded by the official code: 4.12 for ResNet-50, 1.8 for
-EfficientNet-B3. The paper calls it GFLOPs, but 4.12 is ResNet-50's count of
-multiply-accumulates (GMACs) at 224x224; gates, projection and classifiers are
-ignored. This is how 24.7 (ActivityNet) and 19.7 (Mini-Kinetics) come out.
+per-step cost hard-coded by the official code: 4.12 for ResNet-50, 1.8 for
+EfficientNet-B3; and 1.96 per clip for X3D-S, from the paper's table (19.6 for
+10 steps without exiting). The paper calls it GFLOPs, but 4.12 is ResNet-50's
+count of multiply-accumulates (GMACs) at 224x224, 1.8 EfficientNet-B3's at
+300x300 and 1.96 X3D-S's for a 13x160x160 clip; gates, projection and
+classifiers are ignored. This is how 24.7 (ActivityNet) and 19.7
+(Mini-Kinetics) come out.
 
 *Measured* (``gmacs_measured``): multiply-accumulates of the actual backbone at
-the actual input size plus the head, counted by
+the actual input size (one frame, or one clip for a 3D backbone) plus the head, counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products;
 element-wise operations are not counted). GFLOPs = 2 x GMACs.
 """
@@ -22,15 +25,17 @@ import numpy.typing as npt
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backbone import build_backbone, model_name
+from .backbone import build_backbone, model_name, step_input
 from .head import HIDDEN_DIM, FrameExit
 
-#: Per-frame cost the official code charges, in "GFLOPs" (really GMACs at 224x224).
-PAPER_PER_FRAME = {"resnet50": 4.12, "efficientnet_b3": 1.8}
+#: Per-step cost in the paper's convention, in "GFLOPs" (really GMACs): the official code's 4.12 and 1.8
+#: per frame, and X3D-S's 1.96 per clip (the paper's 19.6 GFLOPs for 10 clips without exiting).
+PAPER_PER_FRAME = {"resnet50": 4.12, "efficientnet_b3": 1.8, "x3d_s": 1.96}
 
 
 def paper_per_frame(backbone_name: str) -> float | None:
-    """The official per-frame cost for a backbone, or ``None`` where the official code has none (it uses 0)."""
+    """The paper-convention cost of one step (frame or clip), or ``None`` where the paper has none (the official
+    code uses 0)."""
     return PAPER_PER_FRAME.get(model_name(backbone_name))
 
 
@@ -63,7 +68,7 @@ class StepCosts:
     Attributes
     ----------
     backbone : float
-        One frame through the truncated backbone at the configured input size.
+        One step (a frame; a clip for a 3D backbone) through the truncated backbone at the configured input size.
     projection : float
         One frame's features through the projection.
     classifier : float
@@ -120,6 +125,7 @@ def measure_step_costs(
     num_class: int,
     truncate_modules: int = -1,
     hidden_dim: int = HIDDEN_DIM,
+    clip_length: int | None = None,
 ) -> StepCosts:
     """Count the GMACs of each part of a FrameExit model.
 
@@ -129,16 +135,24 @@ def measure_step_costs(
     Parameters
     ----------
     backbone_name : str
-        ``torchvision.<model>`` or ``<model>``.
+        ``torchvision.<model>``, ``<model>`` or ``pytorchvideo.x3d_s``.
     input_size : int
         Side in pixels of the square frame the backbone sees (the centre crop).
     num_class : int
     truncate_modules : int, default=-1
     hidden_dim : int, default=4096
+    clip_length : int, optional
+        3D backbones: frames per clip (default the model's own, 13 for X3D-S).
     """
     meta = torch.device("meta")
-    backbone = build_backbone(backbone_name, truncate_modules=truncate_modules, device=meta).eval()
-    frame = torch.empty(1, 3, input_size, input_size, device=meta)
+    backbone = build_backbone(
+        backbone_name,
+        truncate_modules=truncate_modules,
+        device=meta,
+        clip_length=clip_length,
+        input_size=input_size,
+    ).eval()
+    frame = torch.empty(1, *step_input(backbone_name, input_size=input_size, clip_length=clip_length), device=meta)
     with torch.no_grad():
         feat_dim = backbone(frame).shape[1]
         with meta:

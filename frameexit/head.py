@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import Backbone
 from .train_config import HIDDEN_DIM
 
 NUM_STEPS = 10
@@ -65,9 +64,9 @@ class FrameExit(nn.Module):
 
     Parameters
     ----------
-    backbone : Backbone or None
-        The truncated per-frame feature network; ``None`` for a head that runs
-        on cached features.
+    backbone : nn.Module or None
+        The truncated feature network of one step (a frame, or a clip for a 3D
+        backbone) to a vector; ``None`` for a head that runs on cached features.
     feat_dim : int
         Length of a backbone feature vector (2048 for ResNet-50).
     num_class : int
@@ -78,7 +77,7 @@ class FrameExit(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone | None,
+        backbone: nn.Module | None,
         feat_dim: int,
         num_class: int,
         num_steps: int = NUM_STEPS,

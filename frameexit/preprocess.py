@@ -4,6 +4,14 @@ The official pipeline turns the JPEG into a tensor *first* and then resizes the
 tensor with ``interpolate(mode="bilinear", align_corners=False)``, which does
 not antialias. Resizing the PIL image instead looks equivalent but moves
 normalised pixels by up to 0.67, enough to flip gate decisions.
+
+pytorchvideo's evaluation transform (X3D) normalises *before* resizing
+(``Div255, Normalize, ShortSideScale, CenterCrop``) and resizes a whole clip
+tensor: with ``normalize_first`` the same operations run in that order, on
+each colour plane as the clip layout has them, which gives pytorchvideo's
+tensors bit for bit. Mathematically the order makes no difference, but float32
+rounding does (about 5e-7 after normalisation), so each model's own pipeline is
+kept exactly.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> torch.Tensor:
-    """Resize, centre-crop and normalise one frame.
+    """Resize, centre-crop and normalise one frame (normalise first if ``params.normalize_first``).
 
     Parameters
     ----------
@@ -77,16 +85,28 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> t
     -------
     frame : Tensor of shape (3, crop, crop), dtype=float32
     """
+    if params.normalize_first:
+        frame = _normalize(frame, params)
     _, height, width = frame.shape
     if min(height, width) != params.resize:
         size = resized_size(height, width, params.resize)
         with _one_thread():
-            frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
+            if params.normalize_first:
+                # pytorchvideo resizes a clip (C, T, H, W): interpolate takes the colour planes as the batch
+                # and the frames as channels, which rounds as each plane alone does, not as one 3-channel
+                # image does (torch's bilinear kernel vectorises over channels)
+                frame = F.interpolate(frame[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            else:
+                frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
         height, width = size
     if height < params.crop or width < params.crop:
         raise ValueError(f"a frame of {height}x{width} pixels after resizing cannot be centre-cropped to {params.crop}")
     top, left = crop_offsets(height, width, params.crop)
     frame = frame[:, top : top + params.crop, left : left + params.crop]
+    return frame if params.normalize_first else _normalize(frame, params)
+
+
+def _normalize(frame: torch.Tensor, params: Preprocessing) -> torch.Tensor:
     mean = torch.as_tensor(params.mean, dtype=frame.dtype)[:, None, None]
     std = torch.as_tensor(params.std, dtype=frame.dtype)[:, None, None]
     return (frame - mean) / std

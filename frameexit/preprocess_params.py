@@ -24,9 +24,13 @@ class Preprocessing:
         Side in pixels of the square centre crop.
     mean, std : tuple of 3 floats
         Per-channel normalisation of the [0, 1] RGB tensor.
+    normalize_first : bool, default=False
+        Normalise before resizing and cropping (pytorchvideo's order) instead of
+        after (the official FrameExit order).
     """
 
     resize: int = 224
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    normalize_first: bool = False

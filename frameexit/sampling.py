@@ -1,4 +1,9 @@
-"""Which frames a video contributes, and in which order the model reads them (SEMANTICS 3)."""
+"""Which frames a video contributes, and in which order the model reads them (SEMANTICS 3).
+
+A 2D backbone reads one sampled frame per step. A 3D (clip) backbone reads a
+clip per step: ``clip_length`` frames, ``clip_stride`` apart, around the
+step's sampled frame (:func:`clip_indices`); the sampled positions are the same.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,39 @@ def sample_indices(n_files: int, num_frames: int = 10) -> np.ndarray:
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     return np.clip(np.linspace(0, n_files, num_frames), 0, n_files - 1).astype(np.int64)
+
+
+def clip_indices(n_files: int, num_frames: int = 10, clip_length: int = 1, clip_stride: int = 1) -> np.ndarray:
+    """Indices of the frame files each step reads: its sampled frame, or a clip around it.
+
+    Step ``t``'s clip holds the files ``p + clip_stride * (k - clip_length // 2)``
+    for ``k = 0 .. clip_length - 1``, where ``p`` is the step's sampled position
+    (:func:`sample_indices`), clamped to ``0 .. L - 1``: the sampled frame is
+    the clip's middle frame (for an even length, the first of the two middle
+    ones), and clips at the ends of a video repeat its first or last file.
+    ``clip_length=1`` gives the sampled positions themselves.
+
+    Parameters
+    ----------
+    n_files : int
+        ``L``, the number of frame files of the video (sorted by path), at least 1.
+    num_frames : int, default=10
+        ``T``, the number of steps (sampled positions).
+    clip_length : int, default=1
+        Frames per step.
+    clip_stride : int, default=1
+        Distance, in frame files, between consecutive frames of a clip.
+
+    Returns
+    -------
+    indices : ndarray of shape (num_frames, clip_length), dtype=int64
+        Positions in the sorted list of frame files, in temporal order within each clip.
+    """
+    if clip_length < 1 or clip_stride < 1:
+        raise ValueError(f"clip_length and clip_stride must be at least 1, got {clip_length} and {clip_stride}")
+    centres = sample_indices(n_files, num_frames)
+    offsets = clip_stride * (np.arange(clip_length, dtype=np.int64) - clip_length // 2)
+    return np.clip(centres[:, None] + offsets[None, :], 0, n_files - 1)
 
 
 def policy_order(order: Sequence[int] | str | None, num_frames: int = 10) -> tuple[int, ...]:

@@ -31,6 +31,10 @@ from .grid import parse_grid
 
 DATASETS = ("activitynet1.3", "minikinetics")
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
+#: pytorchvideo's evaluation transform (X3D): normalise, then short-side resize and centre crop.
+PYTORCHVIDEO_ORDER = ("to_tensor", "normalize", "resize", "crop_center")
+#: ``model.backbone.name`` prefix of the 3D (clip) backbones (frameexit.x3d; importing it would import torch).
+CLIP_BACKBONE_PREFIX = "pytorchvideo."
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,13 @@ SCHEMA: dict[str, Any] = {
         "first_threshold": Field("float", **REQ, doc="exit at step 0 if top probability > this"),
         "gate_threshold": Field("float", DEFAULT_GATE_THRESHOLD, doc="exit at a gate if s_t < this (ours)"),
         "backbone": {
-            "type": Field("str", "2d", choices=("2d",)),
-            "name": Field("str", **REQ, doc="torchvision.<model>"),
-            "pretrained": Field("bool", False, doc="ImageNet weights when no checkpoint gives the backbone"),
+            "type": Field("str", "2d", choices=("2d", "3d"), doc="2d: a step reads a frame; 3d: a clip"),
+            "name": Field("str", **REQ, doc="torchvision.<model> (2d) or pytorchvideo.x3d_s (3d)"),
+            "clip_length": Field("int", None, doc="3d: frames per clip (X3D-S: 13)"),
+            "clip_stride": Field("int", None, doc="3d: frame files between consecutive clip frames"),
+            "pretrained": Field(
+                "bool", False, doc="published weights (ImageNet, Kinetics) when no checkpoint gives the backbone"
+            ),
             "requires_grad": Field("bool", False, doc="official; ignored at inference"),
             "truncate_modules": Field("int", -1, doc="keep children[:truncate_modules]"),
             "output_dim": Field("int", **REQ, doc="feature length of the truncated backbone"),
@@ -137,6 +145,14 @@ class ModelConfig:
     first_threshold: float
     gate_threshold: float
     input_order: tuple[int, ...]
+    backbone_type: str = "2d"
+    clip_length: int = 1
+    clip_stride: int = 1
+
+    @property
+    def clips(self) -> bool:
+        """Whether a step reads a clip (3D backbone) rather than a frame."""
+        return self.backbone_type == "3d"
 
 
 @dataclass(frozen=True)
@@ -417,15 +433,29 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
         pre = _get(raw, "data.preprocessing")
         if isinstance(pre, Mapping):
             given = [k for k in pre if k in PREPROCESSING_ORDER]
-            if given != [k for k in PREPROCESSING_ORDER if k in pre]:
+            if given not in ([k for k in order if k in pre] for order in (PREPROCESSING_ORDER, PYTORCHVIDEO_ORDER)):
                 raise ConfigError(
                     f"{path}: data.preprocessing runs its keys in file order; only "
-                    f"{', '.join(PREPROCESSING_ORDER)} (in that order) is supported, got {', '.join(given)}"
+                    f"{', '.join(PREPROCESSING_ORDER)} (the official order) or {', '.join(PYTORCHVIDEO_ORDER)} "
+                    f"(pytorchvideo's) is supported, got {', '.join(given)}"
                 )
     tree = _validate(raw, SCHEMA, "", path)
+    if isinstance(raw, Mapping) and _normalizes_first(_get(raw, "data.preprocessing")):
+        tree["data"]["preprocessing"] = _reordered(tree["data"]["preprocessing"], PYTORCHVIDEO_ORDER)
     for dotted, text in parse_overrides(overrides):
         _apply_override(tree, dotted, text)
     return Job(path, tree)
+
+
+def _normalizes_first(pre: Any) -> bool:
+    """Whether a job file's ``data.preprocessing`` lists ``normalize`` before ``resize`` (pytorchvideo's order)."""
+    keys = list(pre) if isinstance(pre, Mapping) else []
+    return "normalize" in keys and "resize" in keys and keys.index("normalize") < keys.index("resize")
+
+
+def _reordered(section: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``section`` with the keys of ``order`` first, in that order (the validated tree follows the schema's)."""
+    return {**{k: section[k] for k in order}, **{k: v for k, v in section.items() if k not in order}}
 
 
 def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -466,6 +496,7 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: model.{exc}") from None
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
     backbone = model["backbone"]
+    clip_length, clip_stride = _clip(backbone, source)
     return dict(
         data=DataConfig(
             name=data["name"],
@@ -480,6 +511,7 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
                 crop=pre["crop_center"],
                 mean=tuple(norm["mean"]),
                 std=tuple(norm["std"]),
+                normalize_first=_normalizes_first(pre),
             ),
         ),
         model=ModelConfig(
@@ -491,6 +523,9 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
             first_threshold=model["first_threshold"],
             gate_threshold=model["gate_threshold"],
             input_order=order,
+            backbone_type=backbone["type"],
+            clip_length=clip_length,
+            clip_stride=clip_stride,
         ),
         checkpoints=tuple(tree["checkpoint"]["init"] or ()),
         replay=ReplayConfig(
@@ -507,6 +542,35 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
         ),
         train=_train_section(tree["train"], source),
     )
+
+
+def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
+    """``(clip_length, clip_stride)`` of ``model.backbone``: ``(1, 1)`` for a 2D backbone (a step reads one frame)."""
+    name, kind = backbone["name"], backbone["type"]
+    length, stride = backbone["clip_length"], backbone["clip_stride"]
+    if kind == "2d":
+        if name.startswith(CLIP_BACKBONE_PREFIX):
+            raise ConfigError(
+                f"{source}: model.backbone.name {name} is a 3D backbone (its steps read clips); "
+                "set model.backbone.type: 3d with model.backbone.clip_length and model.backbone.clip_stride"
+            )
+        given = [k for k, v in (("clip_length", length), ("clip_stride", stride)) if v is not None]
+        if given:
+            raise ConfigError(
+                f"{source}: model.backbone.{given[0]} is only meaningful with model.backbone.type: 3d "
+                f"(a step of the 2D backbone {name} reads one frame)"
+            )
+        return 1, 1
+    if not name.startswith(CLIP_BACKBONE_PREFIX):
+        raise ConfigError(
+            f"{source}: model.backbone.type 3d needs a 3D backbone (pytorchvideo.x3d_s); {name} reads single frames"
+        )
+    for key, value in (("clip_length", length), ("clip_stride", stride)):
+        if value is None:
+            raise ConfigError(f"{source}: model.backbone.{key} must be set for model.backbone.type: 3d")
+        if value < 1:
+            raise ConfigError(f"{source}: model.backbone.{key} must be at least 1, got {value}")
+    return length, stride
 
 
 def _train_section(section: dict[str, Any], source: str) -> TrainSection:

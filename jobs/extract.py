@@ -1,7 +1,8 @@
-"""`frameexit extract`: per-frame backbone features of every sampled frame into resumable HDF5 shards.
+"""`frameexit extract`: backbone features of every step (sampled frame or clip) into resumable HDF5 shards.
 
-The backbone is paid once per dataset: the 10 sampled frames of every video go
-through it in batches of several videos, and the features land in
+The backbone is paid once per dataset: the 10 sampled frames of every video
+(for a 3D backbone, the 10 clips around them) go through it in batches of
+several videos, and the features land in
 ``<cache root>/<key>/shard-NNNNN.h5``. The key (:mod:`cache.key`, its inputs
 :mod:`cache.inputs`) changes with anything the features depend on, so a changed
 backbone, preprocessing or split gets a new directory and old caches stay
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -37,17 +39,16 @@ from cache.manifest import Manifest
 from cache.plan import CacheWriter, open_for_writing, usable_videos
 from cache.shard import write_shard
 from frameexit.atomic import check_writable_dir
-from frameexit.backbone import Backbone
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, UsageError
 from frameexit.metrics import multi_hot
-from frameexit.sampling import sample_indices
+from frameexit.sampling import clip_indices
 from reports.records import runtime
 
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
-from .frames import FrameReadError, read_frame
-from .model import checkpoint_state, resolve_device
+from .frames import FrameReadError, read_frame, step_input
+from .model import backbone_geometry, checkpoint_state, resolve_device
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
@@ -107,10 +108,12 @@ class ExtractResult:
     n_shards, shards_written : int
         Shards in the cache, and how many this run computed (0: nothing to do).
     frames : int
-        Frames this run sent through the backbone.
+        Frames (for a 3D backbone: clips) this run sent through the backbone.
     seconds : float
     skipped : list of dict
         ``{'video', 'reason'}`` for every split video without features.
+    unit : {'frames', 'clips'}
+        What ``frames`` counts.
     """
 
     cache_dir: str
@@ -121,6 +124,7 @@ class ExtractResult:
     frames: int
     seconds: float
     skipped: list[dict[str, str]]
+    unit: str = "frames"
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = Non
         precision=options.precision,
         channels_last=options.channels_last,
         backbone_digest=backbone_digest(state),
-        frames_digest=frames_digest(dataset.videos, job.data.num_frames),
+        frames_digest=frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride),
     )
     return inputs, cache_key(inputs), dataset, state
 
@@ -210,7 +214,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     ) as cache:
         if cache.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(cache, 0, 0, time.perf_counter() - started))
+            return _checked(job, _result(job, cache, 0, 0, time.perf_counter() - started))
         cache.set_provenance(_provenance(job, checkpoint, options))
         by_key = {v.key: v for v in dataset.videos}
         attrs = cache.attrs()
@@ -232,7 +236,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(cache, len(tasks), frames, time.perf_counter() - started))
+    return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
 
 
 def _checked(job: Job, result: ExtractResult) -> ExtractResult:
@@ -241,7 +245,7 @@ def _checked(job: Job, result: ExtractResult) -> ExtractResult:
     return result
 
 
-def _result(cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
+def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
     manifest = cache.manifest
     return ExtractResult(
         cache.directory,
@@ -252,6 +256,7 @@ def _result(cache: CacheWriter, written: int, frames: int, seconds: float) -> Ex
         frames,
         seconds,
         manifest.all_skipped(),
+        "clips" if job.model.clips else "frames",
     )
 
 
@@ -295,10 +300,10 @@ class BackboneHolder:
     def __init__(self, job: Job, checkpoint: str, channels_last: bool, state: dict[str, torch.Tensor] | None = None):
         self.job, self.checkpoint, self.channels_last = job, checkpoint, channels_last
         self._state = state
-        self._built: tuple[str, Backbone] | None = None
+        self._built: tuple[str, nn.Module] | None = None
         self._lock = threading.Lock()
 
-    def get(self, device: torch.device) -> Backbone:
+    def get(self, device: torch.device) -> nn.Module:
         """The backbone in eval mode on ``device``; threads of one process share it."""
         with self._lock:
             if self._built is None or self._built[0] != str(device):
@@ -308,8 +313,10 @@ class BackboneHolder:
                     backbone_name=self.job.model.backbone_name,
                     truncate_modules=self.job.model.truncate_modules,
                     path=self.checkpoint,
+                    **backbone_geometry(self.job),
                 )
-                self._built = (str(device), _prepare_backbone(backbone, device, self.channels_last))
+                prepared = _prepare_backbone(backbone, device, self.channels_last, self.job.model.clips)
+                self._built = (str(device), prepared)
                 self._state = None
             return self._built[1]
 
@@ -388,10 +395,17 @@ def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:
     return result
 
 
-def _prepare_backbone(backbone: Backbone, device: torch.device, channels_last: bool) -> Backbone:
+def _memory_format(channels_last: bool, clips: bool) -> torch.memory_format:
+    """Channels-last for frames (4-d) or for clips (5-d: ``channels_last_3d``), else contiguous."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if clips else torch.channels_last
+
+
+def _prepare_backbone(backbone: nn.Module, device: torch.device, channels_last: bool, clips: bool) -> nn.Module:
     backbone = backbone.to(device)
     if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
+        backbone = backbone.to(memory_format=_memory_format(channels_last, clips))
     return backbone.eval()
 
 
@@ -399,24 +413,34 @@ def _prepare_backbone(backbone: Backbone, device: torch.device, channels_last: b
 
 
 class ClipDataset(TorchDataset):
-    """Item ``i``: the preprocessed sampled frames of video ``i``, or the reason it cannot be read."""
+    """Item ``i``: the backbone inputs of the steps of video ``i``, or the reason it cannot be read.
+
+    The inputs are ``(T, 3, H, W)`` (one sampled frame per step) or, for a 3D
+    backbone, ``(T, 3, clip_length, H, W)``; every file is decoded once, even
+    when steps share it. The sampled positions (the clips' middle frames) go
+    to the shard's ``frame_indices``.
+    """
 
     def __init__(self, videos: Sequence[Video], job: Job):
         self.videos = list(videos)
         self.num_frames = job.data.num_frames
         self.preprocessing = job.data.preprocessing
+        self.clips = job.model.clips
+        self.clip_length, self.clip_stride = job.model.clip_length, job.model.clip_stride
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, i: int):
         video = self.videos[i]
-        indices = sample_indices(len(video.frames), self.num_frames)
+        files = clip_indices(len(video.frames), self.num_frames, self.clip_length, self.clip_stride)
+        sampled = files[:, self.clip_length // 2]
         try:
-            decoded = {j: read_frame(video.frames[j], self.preprocessing) for j in sorted(set(indices.tolist()))}
+            decoded = {j: read_frame(video.frames[j], self.preprocessing) for j in sorted(set(files.ravel().tolist()))}
         except FrameReadError as exc:
-            return i, None, indices, str(exc)
-        return i, torch.stack([decoded[j] for j in indices.tolist()]), indices, None
+            return i, None, sampled, str(exc)
+        steps = [step_input([decoded[j] for j in row], self.clips) for row in files.tolist()]
+        return i, torch.stack(steps), sampled, None
 
 
 def _collate(items):
@@ -446,7 +470,7 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
 
 def compute_shards(
     tasks: Sequence[ShardTask],
-    backbone: Backbone,
+    backbone: nn.Module,
     device: torch.device,
     *,
     num_workers: int = 0,
@@ -474,7 +498,7 @@ def compute_shards(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    memory_format = _memory_format(options.channels_last, job.model.clips)
     dtype = np.dtype(options.dtype)
     feat_dim = job.model.output_dim
     parts: dict[int, list] = {t: [] for t in range(len(tasks))}

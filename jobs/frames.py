@@ -1,9 +1,9 @@
-"""Reading JPEG frames from disk into preprocessed tensors."""
+"""Reading JPEG frames from disk into preprocessed tensors, and a step's backbone input from them."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -25,6 +25,19 @@ def read_frame(path: str, params: Preprocessing) -> torch.Tensor:
     Raises :class:`FrameReadError` naming the file if it is missing, truncated or not an image.
     """
     return _decoded(path, lambda image: preprocess_image(image, params))
+
+
+def step_input(frames: Sequence[torch.Tensor], clips: bool) -> torch.Tensor:
+    """One step's backbone input from its preprocessed frames (each (3, H, W) float32).
+
+    A 2D backbone's step is its one frame, (3, H, W); a 3D backbone's is the
+    clip, (3, clip_length, H, W), frames in temporal order (pytorchvideo's
+    channel-first layout).
+    """
+    if clips:
+        return torch.stack(list(frames), dim=1)
+    (frame,) = frames
+    return frame
 
 
 def check_frame(path: str) -> None:

@@ -17,7 +17,7 @@ from frameexit.cost import exit_histogram, paper_gflops, paper_per_frame
 from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
-from frameexit.sampling import sample_indices
+from frameexit.sampling import clip_indices
 from reports.records import (
     METRICS_FILE,
     InferCheckpoint,
@@ -34,7 +34,7 @@ from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import Skipped, load_job_dataset, require_videos
-from .frames import FrameReadError, check_frame, read_frame
+from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import load_model, resolve_device, step_costs
 from .progress import progress as progress_bar
 
@@ -94,10 +94,15 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     started = time.perf_counter()
     bar = progress_bar(dataset.videos, desc="infer", total=len(dataset.videos), enabled=progress)
     for video in bar:
-        indices = sample_indices(len(video.frames), data.num_frames)
+        # the files each step reads: its sampled frame, or the clip around it (3D backbones)
+        files = clip_indices(len(video.frames), data.num_frames, model_cfg.clip_length, model_cfg.clip_stride)
+        decoded: dict[int, torch.Tensor] = {}
 
-        def reader(position: int, _frames=video.frames, _indices=indices) -> torch.Tensor:
-            return read_frame(_frames[_indices[position]], data.preprocessing)
+        def reader(position: int, _frames=video.frames, _files=files, _decoded=decoded) -> torch.Tensor:
+            for j in _files[position].tolist():
+                if j not in _decoded:
+                    _decoded[j] = read_frame(_frames[j], data.preprocessing)
+            return step_input([_decoded[j] for j in _files[position].tolist()], model_cfg.clips)
 
         try:
             decision = infer_video(
@@ -110,9 +115,8 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
             )
             # extract caches all sampled frames, so it skips a video with any unreadable one; decoding the
             # frames after the exit (without the backbone) makes both paths evaluate the same videos
-            order = model_cfg.input_order
-            read = {int(indices[p]) for p in order[: decision.exit_step + 1]}
-            for index in sorted({int(indices[p]) for p in order[decision.exit_step + 1 :]} - read):
+            unread = {int(j) for p in model_cfg.input_order[decision.exit_step + 1 :] for j in files[p]}
+            for index in sorted(unread - set(decoded)):
                 check_frame(video.frames[index])
         except FrameReadError as exc:
             skipped.append(Skipped(video.key, str(exc)))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from frameexit.backbone import feature_dim, imagenet_state_dict
+from frameexit.backbone import feature_dim, pretrained_state_dict
 from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
 from frameexit.cost import StepCosts, measure_step_costs
 from frameexit.errors import CheckpointError, ConfigError
@@ -48,7 +48,10 @@ def check_backbone_dim(job: Job) -> None:
     """Raise unless the configured backbone really gives ``model.backbone.output_dim`` features."""
     model_cfg = job.model
     dim = feature_dim(
-        model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules, input_size=job.data.preprocessing.crop
+        model_cfg.backbone_name,
+        truncate_modules=model_cfg.truncate_modules,
+        input_size=job.data.preprocessing.crop,
+        clip_length=model_cfg.clip_length if model_cfg.clips else None,
     )
     if dim != model_cfg.output_dim:
         raise ConfigError(
@@ -61,7 +64,8 @@ def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
     """The checkpoint's state dict, checked against the job, with backbone weights.
 
     The backbone comes from the checkpoint when it has one (the released ones
-    do, fine-tuned); otherwise from ImageNet weights already on disk if
+    do, fine-tuned); otherwise from the published weights already on disk
+    (torchvision's ImageNet ones, pytorchvideo's Kinetics model-zoo file) if
     ``model.backbone.pretrained`` is true. Nothing is downloaded.
     """
     check_backbone_dim(job)
@@ -73,9 +77,20 @@ def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"checkpoint {checkpoint} has no backbone weights and model.backbone.pretrained is False"
             )
-        backbone = imagenet_state_dict(model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules)
+        backbone = pretrained_state_dict(model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules)
         state = {**{BACKBONE + k: v for k, v in backbone.items()}, **state}
     return state
+
+
+def backbone_geometry(job: Job) -> dict[str, int | None]:
+    """``clip_length`` and ``input_size`` of the job's backbone input, as :mod:`frameexit.backbone` takes them.
+
+    A 3D backbone is built for the clip it will see (its head averages over a
+    whole clip); for a 2D backbone both are ``None``.
+    """
+    if not job.model.clips:
+        return {"clip_length": None, "input_size": None}
+    return {"clip_length": job.model.clip_length, "input_size": job.data.preprocessing.crop}
 
 
 def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
@@ -85,16 +100,19 @@ def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
         backbone_name=job.model.backbone_name,
         truncate_modules=job.model.truncate_modules,
         path=os.fspath(checkpoint),
+        **backbone_geometry(job),
     )
     return model.to(device)
 
 
 def step_costs(job: Job, hidden_dim: int) -> StepCosts:
-    """Measured GMACs of each part of the job's model with a head ``hidden_dim`` wide, at the job's input size."""
+    """Measured GMACs of each part of the job's model with a head ``hidden_dim`` wide, at the job's input size
+    (a frame, or a clip of ``model.backbone.clip_length`` frames for a 3D backbone)."""
     return measure_step_costs(
         job.model.backbone_name,
         input_size=job.data.preprocessing.crop,
         num_class=job.model.num_class,
         truncate_modules=job.model.truncate_modules,
         hidden_dim=hidden_dim,
+        clip_length=job.model.clip_length if job.model.clips else None,
     )

@@ -653,11 +653,6 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     if not options.features:
         job.require("data.path_split", "data.path_label", "data.path_classid")
     checkpoint = job.checkpoints[0]
-    verify = {}
-    if options.verify_frames:
-        job.require("data.path_frame")
-        dataset = load_job_dataset(job.data, job.model.num_class)
-        verify["frames_digest"] = frames_digest(dataset.videos, job.data.num_frames)
 
     def backbone() -> str:
         return backbone_digest(checkpoint_state(job, checkpoint))
@@ -666,7 +661,17 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
         if not job.data.path_frame or not os.path.isdir(job.data.path_frame):
             return None
         dataset = load_job_dataset(job.data, job.model.num_class)
-        return frames_digest(dataset.videos, job.data.num_frames)
+        return frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride)
+
+    verify = {}
+    if options.verify_frames:
+        job.require("data.path_frame")
+        digest = frames()
+        if digest is None:
+            raise ConfigError(
+                f"--verify-frames lists the frame folders, but data.path_frame {job.data.path_frame} is not a directory"
+            )
+        verify["frames_digest"] = digest
 
     return find_cache(
         options.cache_root,

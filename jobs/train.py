@@ -17,7 +17,7 @@ from frameexit.train import step_accuracy, train_head
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
-from .model import checkpoint_state
+from .model import backbone_geometry, checkpoint_state
 from .progress import progress as progress_bar
 
 TRAIN_SPLIT = "data.path_split"
@@ -172,6 +172,7 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
         backbone_name=job.model.backbone_name,
         truncate_modules=job.model.truncate_modules,
         path=job.checkpoints[0],
+        **backbone_geometry(job),
     )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     save_checkpoint(head, out_path)  # refuses non-finite weights, writing nothing

@@ -36,10 +36,11 @@ def render_infer_summary(result: Any) -> str:
     metrics = result.metrics
     per_frame = metrics.get("gflops_per_frame")
     gflops = _num(metrics.get("gflops"), 2)
+    step = "clip" if str(metrics.get("backbone", "")).startswith("pytorchvideo.") else "frame"
     gflops_note = (
-        f"(paper convention: {per_frame} per frame x frames read)"
+        f"(paper convention: {per_frame} per {step} x {step}s read)"
         if per_frame is not None
-        else "(paper convention defined for resnet50 and efficientnet_b3 only)"
+        else "(paper convention defined for resnet50, efficientnet_b3 and x3d_s only)"
     )
     hist = metrics.get("exit_histogram", [])
     lines = [
@@ -50,7 +51,7 @@ def render_infer_summary(result: Any) -> str:
         f"  top-1          {_num(metrics.get('top1'))}",
         f"  GFLOPs         {gflops} {gflops_note}",
         f"  GMACs measured {_num(metrics.get('gmacs_measured'), 2)} per video (backbone + head; GFLOPs = 2 x GMACs)",
-        f"  mean frames    {_num(metrics.get('mean_frames'), 2)}",
+        f"  {'mean ' + step + 's':<15}{_num(metrics.get('mean_frames'), 2)}",
         "  exits per step " + " ".join(f"{i}:{100 * f:.1f}%" for i, f in enumerate(hist)),
     ]
     lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
@@ -62,7 +63,7 @@ def render_extract_summary(result: Any) -> str:
     """``frameexit extract`` (and run's first stage): what was computed or reused, skipped videos, the cache.
 
     ``result``: ``cache_dir``, ``key``, ``n_videos``, ``n_shards``, ``shards_written``, ``frames``,
-    ``seconds``, ``skipped`` (``{'video', 'reason'}`` each).
+    ``unit`` (``frames`` or ``clips``), ``seconds``, ``skipped`` (``{'video', 'reason'}`` each).
     """
     n_shards, written = result.n_shards, result.shards_written
     if written == 0:
@@ -74,7 +75,8 @@ def render_extract_summary(result: Any) -> str:
         rate = result.frames / result.seconds if result.seconds > 0 else float("nan")
         head = (
             f"FrameExit extract: wrote {written} of {n_shards} shards ({n_shards - written} reused); "
-            f"{result.frames} frames in {result.seconds:.1f} s ({rate:.1f} frames/s); {result.n_videos} videos cached"
+            f"{result.frames} {result.unit} in {result.seconds:.1f} s ({rate:.1f} {result.unit}/s); "
+            f"{result.n_videos} videos cached"
         )
     lines = [head, f"  cache  {result.cache_dir}", f"  key    {result.key}"]
     lines += _skipped(result.skipped, f"  skipped {len(result.skipped)}:", "manifest.json")

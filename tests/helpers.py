@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -43,15 +44,16 @@ VIDEOS = [
 ]
 
 
-def activitynet_dataset(root: str) -> dict[str, str]:
+def activitynet_dataset(root: str, videos=VIDEOS) -> dict[str, str]:
     """Official ActivityNet-1.3 layout: JSON labels, class list, split file, frame folders.
 
-    Besides VIDEOS: ``v_empty.mp4`` (empty folder), ``v_nofolder.mp4`` (split entry without a folder).
+    Besides ``videos`` (default VIDEOS): ``v_empty.mp4`` (empty folder), ``v_nofolder.mp4`` (split entry
+    without a folder).
     """
     names = class_names()
     frames = os.path.join(root, "frames")
     database = {}
-    for i, (stem, n, size, labels) in enumerate(VIDEOS):
+    for i, (stem, n, size, labels) in enumerate(videos):
         write_frames(os.path.join(frames, f"v_{stem}.mp4"), n, size, seed=i)
         database[stem] = {
             "subset": "validation",
@@ -72,7 +74,7 @@ def activitynet_dataset(root: str) -> dict[str, str]:
         json.dump({"version": "VERSION 1.3", "database": database}, f)
     with open(paths["classes"], "w") as f:
         f.write("\n".join(names) + "\n")
-    keys = [f"v_{stem}.mp4" for stem, *_ in VIDEOS] + ["v_empty.mp4", "v_nofolder.mp4"]
+    keys = [f"v_{stem}.mp4" for stem, *_ in videos] + ["v_empty.mp4", "v_nofolder.mp4"]
     with open(paths["split"], "w") as f:
         f.write("\n".join(reversed(keys)) + "\n")  # unsorted on purpose
     return paths
@@ -132,6 +134,17 @@ def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int 
     return shapes
 
 
+def x3d_s(seed: int = 0):
+    """pytorchvideo's X3D-S (13 frames of 160 pixels), randomly initialised under ``seed``, in eval mode."""
+    with warnings.catch_warnings():
+        # fvcore, imported by pytorchvideo, scripts a loss with the deprecated torch.jit.script at import
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        from pytorchvideo.models.x3d import create_x3d
+
+    torch.manual_seed(seed)
+    return create_x3d(input_clip_length=13, input_crop_size=160, depth_factor=2.2).eval()
+
+
 def official_state(
     backbone: str = "resnet18",
     *,
@@ -140,15 +153,24 @@ def official_state(
     prefix: bool = True,
     logit_scale: float = 4.0,
 ) -> dict[str, torch.Tensor]:
-    """A random FrameExit state dict in the official format (``module.`` keys unless ``prefix=False``)."""
+    """A random FrameExit state dict in the official format (``module.`` keys unless ``prefix=False``).
+
+    ``backbone``: a torchvision model name (its children but the last, as ``backbone.<i>.*``), or
+    ``x3d_s`` (pytorchvideo's parameter names without the classification projection, ``backbone.blocks.*``).
+    """
     torch.manual_seed(seed)
-    net = torchvision.models.get_model(backbone, weights=None)
     state = {}
-    children = list(net.children())[:-1]
-    for i, child in enumerate(children):
-        for k, v in child.state_dict().items():
-            state[f"backbone.{i}.{k}"] = v.clone()
-    feat_dim = {"resnet18": 512, "resnet34": 512}.get(backbone, 2048)
+    if backbone == "x3d_s":
+        for k, v in x3d_s(seed).state_dict().items():
+            if not k.startswith("blocks.5.proj."):
+                state[f"backbone.{k}"] = v.clone()
+    else:
+        net = torchvision.models.get_model(backbone, weights=None)
+        children = list(net.children())[:-1]
+        for i, child in enumerate(children):
+            for k, v in child.state_dict().items():
+                state[f"backbone.{i}.{k}"] = v.clone()
+    feat_dim = {"resnet18": 512, "resnet34": 512, "efficientnet_b3": 1536}.get(backbone, 2048)
     rng = np.random.default_rng(seed)
     for name, shape in official_head_shapes(feat_dim, num_class).items():
         leaf = name.rsplit(".", 1)[-1]

@@ -146,3 +146,49 @@ def test_a_job_has_one_source_of_truth(tmp_path):
     assert pickle.loads(pickle.dumps(other)) == other  # jobs travel to dask workers
     with pytest.raises(ConfigError, match="data.num_frames must be an integer"):
         job.with_value("data.num_frames", "ten")
+
+
+def test_the_papers_other_backbones_as_bundled_jobs():
+    x3d = load_job("activitynet_x3d_s.yml")
+    assert (x3d.model.backbone_type, x3d.model.clips) == ("3d", True)
+    assert (x3d.model.backbone_name, x3d.model.output_dim) == ("pytorchvideo.x3d_s", 2048)
+    assert (x3d.model.clip_length, x3d.model.clip_stride) == (13, 1)
+    pre = x3d.data.preprocessing
+    assert (pre.resize, pre.crop, pre.mean, pre.std) == (160, 160, (0.45,) * 3, (0.225,) * 3)
+    assert pre.normalize_first  # the file lists normalize before resize: pytorchvideo's order
+    assert x3d.with_value("data.preprocessing.resize", 182).data.preprocessing.normalize_first  # kept by changes
+    b3 = load_job("activitynet_efficientnet_b3.yml")
+    assert (b3.model.backbone_type, b3.model.clips, b3.model.clip_length) == ("2d", False, 1)
+    assert (b3.model.backbone_name, b3.model.output_dim) == ("torchvision.efficientnet_b3", 1536)
+    assert (b3.data.preprocessing.resize, b3.data.preprocessing.crop) == (300, 300)
+    assert not b3.data.preprocessing.normalize_first
+    assert not load_job(ANET).data.preprocessing.normalize_first
+
+
+def test_clip_settings_are_checked_against_the_backbone():
+    x3d = "activitynet_x3d_s.yml"
+    with pytest.raises(ConfigError, match="pytorchvideo.x3d_s is a 3D backbone .*set model.backbone.type: 3d"):
+        load_job(x3d, ["--model.backbone.type", "2d"])
+    with pytest.raises(ConfigError, match="type 3d needs a 3D backbone .*torchvision.resnet50 reads single frames"):
+        load_job(ANET, ["--model.backbone.type", "3d", "--model.backbone.clip_length", "8"])
+    with pytest.raises(ConfigError, match="model.backbone.clip_length is only meaningful with model.backbone.type: 3d"):
+        load_job(ANET, ["--model.backbone.clip_length", "8"])
+    with pytest.raises(ConfigError, match="model.backbone.clip_stride must be at least 1, got 0"):
+        load_job(x3d, ["--model.backbone.clip_stride", "0"])
+    with pytest.raises(ConfigError, match="model.backbone.clip_length must be set for model.backbone.type: 3d"):
+        load_job(x3d, ["--model.backbone.clip_length", ""])
+    with pytest.raises(ConfigError, match="model.backbone.type must be one of '2d', '3d', got '4d'"):
+        load_job(x3d, ["--model.backbone.type", "4d"])
+
+
+def test_only_the_official_and_pytorchvideos_preprocessing_orders(tmp_path):
+    raw = yaml.safe_load(open(ANET))
+    pre = raw["data"]["preprocessing"]
+    raw["data"]["preprocessing"] = {"to_tensor": True, "normalize": pre["normalize"], "resize": 224, "crop_center": 224}
+    path = tmp_path / "job.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_job(str(path)).data.preprocessing.normalize_first
+    raw["data"]["preprocessing"] = {"to_tensor": True, "resize": 224, "normalize": pre["normalize"], "crop_center": 224}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="or to_tensor, normalize, resize, crop_center .pytorchvideo's. is supported"):
+        load_job(str(path))

@@ -1,5 +1,7 @@
 """SEMANTICS 4: to tensor, bilinear resize of the tensor without antialiasing, centre crop, normalise."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,52 @@ def test_same_tensor_whatever_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+
+
+def _pytorchvideo_eval_transform(images, size):
+    """pytorchvideo's evaluation transform (``create_video_transform(mode='val')``) on a clip of ``images``, as its
+    source defines it: ConvertUint8ToFloat, Normalize, ShortSideScale (floor of (long / short) * size, bilinear,
+    no antialiasing, on the (C, T, H, W) clip), torchvision CenterCrop. Written out here: pytorchvideo.transforms
+    does not import with torchvision 0.29 (it needs the removed torchvision.transforms.functional_tensor)."""
+    x = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in images], 1).float() / 255
+    x = (x - torch.tensor(KINETICS_MEAN)[:, None, None, None]) / torch.tensor(KINETICS_STD)[:, None, None, None]
+    _, _, h, w = x.shape
+    new = (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ours resizes on one thread (see test_same_tensor_whatever_the_thread_count)
+    try:
+        x = torch.nn.functional.interpolate(x, size=new, mode="bilinear", align_corners=False)
+    finally:
+        torch.set_num_threads(threads)
+    return TF.center_crop(x, [size, size])  # (C, T, size, size)
+
+
+@pytest.mark.parametrize("height, width", [(350, 622), (213, 160), (161, 211)])
+def test_normalize_first_is_pytorchvideos_evaluation_transform_bit_for_bit(height, width):
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(4)]
+    params = Preprocessing(resize=160, crop=160, mean=KINETICS_MEAN, std=KINETICS_STD, normalize_first=True)
+    ours = torch.stack([preprocess_image(img, params) for img in images], 1)
+    assert ours.shape == (3, 4, 160, 160)
+    assert torch.equal(ours, _pytorchvideo_eval_transform(images, 160))
+    official = torch.stack(
+        [preprocess_image(img, Preprocessing(160, 160, KINETICS_MEAN, KINETICS_STD)) for img in images], 1
+    )
+    if min(height, width) == 160:  # nothing to resize: normalising before or after cropping is the same
+        assert torch.equal(ours, official)
+    else:  # the same operations in the official order round differently: the order is part of the pipeline
+        assert not torch.equal(ours, official) and (ours - official).abs().max().item() < 1e-5
+
+
+def test_shorter_side_160_resizes_to_pytorchvideos_size():
+    # ours truncates size * long / short (the official rule), pytorchvideo floors (long / short) * size: the float
+    # rounding of the two differs for some sizes at 182, 224 or 300 pixels, never at 160 for frames up to 1200 px
+    short = np.arange(160, 1201)[:, None]
+    long = short + np.arange(0, 2401)[None, :]
+    ours = np.trunc(160 * long / short)
+    theirs = np.floor(long / short * 160)
+    assert np.array_equal(ours, theirs)
+    assert resized_size(622, 350, 160) == (284, 160) and resized_size(350, 622, 160) == (160, 284)

@@ -1,10 +1,10 @@
-"""SEMANTICS 3: uniform sampling of T=10 frames and the coarse-to-fine order."""
+"""SEMANTICS 3: uniform sampling of T=10 frames and the coarse-to-fine order; clips around them (3D backbones)."""
 
 import numpy as np
 import pytest
 
 from frameexit.errors import ConfigError
-from frameexit.sampling import COARSE_TO_FINE, policy_order, sample_indices
+from frameexit.sampling import COARSE_TO_FINE, clip_indices, policy_order, sample_indices
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,42 @@ def test_sequential_order_and_validation():
         policy_order(None, 8)
     with pytest.raises(ConfigError, match="unknown policy order"):
         policy_order("random")
+
+
+def test_clip_of_one_frame_is_the_sampled_frame():
+    for n in (1, 4, 23, 250):
+        assert clip_indices(n, 10).tolist() == [[i] for i in sample_indices(n, 10).tolist()]
+        assert clip_indices(n, 10, 1, 6).tolist() == clip_indices(n, 10).tolist()  # no stride in one frame
+
+
+def test_clips_around_the_sampled_positions_hand_computed():
+    # L=100: positions int(linspace(0, 100, 10)) = 0, 11, 22, 33, 44, 55, 66, 77, 88, 99
+    assert sample_indices(100, 10).tolist() == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    clips = clip_indices(100, 10, clip_length=5, clip_stride=3)
+    assert clips.shape == (10, 5) and clips.dtype == np.int64
+    # offsets 3 * (k - 2) = -6, -3, 0, 3, 6 around each position; the sampled frame is the middle one
+    assert clips[4].tolist() == [38, 41, 44, 47, 50]
+    assert clips[:, 2].tolist() == sample_indices(100, 10).tolist()
+    # clamped at both ends: the first clip starts before frame 0, the last one ends after frame 99
+    assert clips[0].tolist() == [0, 0, 0, 3, 6]
+    assert clips[9].tolist() == [93, 96, 99, 99, 99]
+    # even length: one more frame before the sampled one than after it
+    assert clip_indices(100, 10, clip_length=4, clip_stride=2)[5].tolist() == [51, 53, 55, 57]
+
+
+def test_x3d_s_clips_of_a_video_shorter_than_the_steps():
+    # T=10 > L=4: positions 0, 0, 0, 1, 1, 2, 2, 3, 3, 3 (linspace(0, 4, 10) truncated, clipped to 3);
+    # 13 frames every frame file around each one, clamped to 0..3
+    clips = clip_indices(4, 10, clip_length=13, clip_stride=1)
+    assert clips[:, 6].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert clips[0].tolist() == [0] * 7 + [1, 2, 3, 3, 3, 3]
+    assert clips[3].tolist() == [0] * 6 + [1, 2, 3, 3, 3, 3, 3]
+    assert clips[9].tolist() == [0, 0, 0, 0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert clip_indices(1, 10, 13, 6).tolist() == [[0] * 13] * 10  # a single frame fills every clip
+
+
+def test_clip_arguments_are_checked():
+    with pytest.raises(ValueError, match="clip_length and clip_stride must be at least 1, got 0 and 1"):
+        clip_indices(10, 10, 0, 1)
+    with pytest.raises(ValueError, match="at least one frame"):
+        clip_indices(0, 10, 13, 1)
