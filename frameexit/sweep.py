@@ -53,14 +53,14 @@ AP_MAX_BYTES = 256 * 2**20
 #: Peak bytes of :func:`sweep_metrics` per setting and video (exit steps in int64, their shifted copy, the
 #: top-1 hits and one histogram bin at a time), measured with tracemalloc at about 17, rounded up.
 BYTES_PER_SETTING_VIDEO = 24
-#: Working bytes of the AP per candidate of a class chunk (sort keys, buckets and their scatter, int64), per
-#: video of a chunk (the bucket rows of step 0 and of a gate exit step, and their histogram indices), per cell
-#: of the bucket x segment tables and per cell of the positive x segment arrays; upper bounds of what
-#: tracemalloc measures (tested through :func:`sweep_block_bytes`).
-AP_BYTES_PER_CANDIDATE = 48
-AP_BYTES_PER_VIDEO = 40
-AP_BYTES_PER_TABLE_CELL = 56
-AP_BYTES_PER_PAIR_CELL = 64
+#: Working bytes of the AP per candidate and class of a chunk (sort keys, buckets, their scatter), per video
+#: and class (histogram weights and indices), per cell of the bucket x segment tables (packed counts, their
+#: histogram) and per cell of the positive x segment arrays (counts, precision, sum indices); fitted to
+#: tracemalloc's peaks with a margin of about 1.4 (tested through :func:`sweep_block_bytes`).
+AP_BYTES_PER_CANDIDATE = 36
+AP_BYTES_PER_VIDEO = 32
+AP_BYTES_PER_TABLE_CELL = 40
+AP_BYTES_PER_PAIR_CELL = 48
 
 _U64 = np.uint64
 
@@ -315,10 +315,12 @@ def _descending_codes(scores: np.ndarray) -> np.ndarray:
 class _Segments:
     """The videos cut by the step-0 prefixes of some first thresholds.
 
-    ``segment[v]``: segment of video v (segments are runs of the step-0 confidence order);
+    ``position[v]``: place of video v in the step-0 confidence order (descending, ties by video);
+    ``segment[v]``: segment of video v (segments are runs of that order);
     ``sigma[f]``: number of leading segments that exit at step 0 at first threshold f.
     """
 
+    position: np.ndarray
     segment: np.ndarray
     sigma: np.ndarray
     count: int
@@ -337,6 +339,7 @@ def _segments(confidence0: np.ndarray, first_mask: np.ndarray) -> _Segments:
             )
     cuts = np.unique(prefix[(prefix > 0) & (prefix < n)])
     return _Segments(
+        position=position,
         segment=np.searchsorted(cuts, position, side="right"),
         sigma=np.searchsorted(np.append(cuts, n), prefix, side="right"),
         count=len(cuts) + 1,
@@ -379,13 +382,16 @@ def _candidates(gate_steps: np.ndarray, n_steps: int) -> _Candidates:
     )
 
 
-def _chunk_bytes(n_videos: int, n_candidates: int, n_classes: int, table_rows: int, pairs: int, width: int) -> int:
+def _chunk_bytes(
+    n_videos: int, n_candidates: int, n_classes: int, table_rows: int, pairs: int, width: int, n_gate: int
+) -> int:
     """Working bytes of :func:`_average_precision_chunk` (see the ``AP_BYTES_*`` constants)."""
     return (
         AP_BYTES_PER_CANDIDATE * n_candidates * n_classes
         + AP_BYTES_PER_VIDEO * n_videos * n_classes
         + AP_BYTES_PER_TABLE_CELL * table_rows * width
         + AP_BYTES_PER_PAIR_CELL * pairs * width
+        + 8 * n_gate * width * n_classes  # the AP of every gate threshold and prefix
     )
 
 
@@ -443,12 +449,12 @@ def average_precision_block(
     cand = _candidates(gate_steps, n_steps)
     n_cand = len(cand.ids)
     if n_cand >= 2**31:
-        raise ValueError(f"{n} videos x {n_steps} steps are too many candidates for one sort key (at most 2^31)")
+        raise ValueError(f"{n} videos x {n_steps} steps are too many candidates for one sort key (at most 2^31 - 1)")
     rows = labels[:, classes].T.astype(np.int64) @ cand.per_video + 1  # bucket rows per class
 
     def cost(members: np.ndarray, width: int) -> int:
         return _chunk_bytes(
-            n, n_cand, len(members), int(rows[members].sum()), int(positives[classes[members]].sum()), width
+            n, n_cand, len(members), int(rows[members].sum()), int(positives[classes[members]].sum()), width, n_gate
         )
 
     # first thresholds per slice: all of them unless the largest class alone would not fit
@@ -481,93 +487,112 @@ def _average_precision_chunk(
     n_seg, width = segments.count, segments.count + 1
     seg = segments.segment
 
-    # one sort per class of its candidates: score descending, ties by video (the candidate index grows with
-    # the video); the lowest bit marks candidates of positive videos, whose running count is the bucket
-    cbits = max(1, int(n_cand - 1).bit_length())
+    # one sort per class of its candidates: score code in the high 32 bits (descending score), then the
+    # candidate index (it grows with the video: ties go to the earlier video), then a flag for candidates of
+    # positive videos, whose running count is the bucket
     scores = probs.reshape(n * n_steps, -1)[cand.ids[:, None], chunk[None, :]].T
-    keys = _descending_codes(scores).astype(np.uint64)
+    keys = _descending_codes(scores).astype(np.uint64, order="C")  # (k, n_cand), rows contiguous for the sort
     del scores
-    keys <<= _U64(cbits + 1)
+    keys <<= _U64(32)
     keys |= np.arange(n_cand, dtype=np.uint64) << _U64(1)
     keys |= labels[cand.video].T
     keys.sort(axis=1)
-    signed = keys.view(np.int64)
-    bucket = np.cumsum(signed & 1, axis=1)
-    n_rows = bucket[:, -1] + 1  # bucket 0 holds what ranks before the first positive candidate
+    # the low 32-bit word of each key (little- or big-endian alike) holds the candidate index and the flag
+    low = keys.view(np.uint32)[:, 0::2] if np.little_endian else keys.view(np.uint32)[:, 1::2]
+    bucket = np.cumsum(low & np.uint32(1), axis=1, dtype=np.int32)
+    n_rows = bucket[:, -1].astype(np.int64) + 1  # bucket 0 holds what ranks before the first positive candidate
     offset = np.concatenate([[0], np.cumsum(n_rows)[:-1]])
     m = int(n_rows.sum())
-    bucket += offset[:, None]  # rows of all classes of the chunk in one table, class after class
-    row_of = np.empty((k, n_cand), dtype=np.int64)  # table row of every candidate, per class
-    np.right_shift(signed, 1, out=signed)
-    signed &= (1 << cbits) - 1
-    signed += (np.arange(k, dtype=np.int64) * n_cand)[:, None]
-    row_of.ravel()[signed.ravel()] = bucket.ravel()
-    del keys, signed, bucket
+    if m * width >= 2**31:
+        raise ValueError(f"a chunk of {k} classes needs a table of {m} x {width} cells: give it fewer bytes")
+    bucket += offset[:, None].astype(np.int32)  # rows of all classes of the chunk in one table, class after class
+    target = (low >> np.uint32(1)).astype(np.int64)
+    del keys, low
+    target += (np.arange(k, dtype=np.int64) * n_cand)[:, None]
+    row_of = np.empty((k, n_cand), dtype=np.int32)  # table row of every candidate, per class
+    row_of.ravel()[target.ravel()] = bucket.ravel()
+    del target, bucket
 
-    # the positives of the chunk, flat: class (in the chunk) and video
+    # Counts travel packed in one int64: selected candidates in the low 32 bits, selected candidates of
+    # positive videos in the high bits (both at most n_videos < 2^31, so sums never carry between them).
+    weight = labels.T.astype(np.int64)  # (k, n)
+    weight <<= 32
+    weight += 1
+    cand_seg = seg[cand.video] * m  # histogram offset of each candidate's segment
+    ks = np.arange(k)[:, None]
+
+    def histogram(candidates: np.ndarray) -> np.ndarray:
+        """Packed selected candidates per (segment, row) when video v selects candidate ``candidates[v]``."""
+        index = row_of[ks, candidates[None, :]] + cand_seg[candidates][None, :]
+        # float64 sums are exact below 2^53 (at most n_videos x 2^32 here)
+        return np.bincount(index.ravel(), weights=weight.ravel(), minlength=n_seg * m).astype(np.int64)
+
+    # step-0 candidates of the segments before sigma, per row (sigma = 0..n_seg: width rows)
+    hist0 = histogram(cand.step0).reshape(n_seg, m)
+    step0 = np.zeros((width, m), dtype=np.int64)
+    for s in range(n_seg):
+        np.add(step0[s], hist0[s], out=step0[s + 1])
+    del hist0
+
+    # the positives of the chunk, flat: class (in the chunk) and video, in step-0 confidence order, so that
+    # at every sigma those exiting at step 0 come first; the per-class sums below then add in that order,
+    # which depends neither on the chunk nor on the slice of first thresholds
     pc, pv = np.nonzero(labels.T)
     n_pos = np.bincount(pc, minlength=k)
-    pseg = seg[pv]
-    sig = np.arange(width)[:, None]
-    use_step0 = sig > pseg[None, :]  # (width, pairs): the positive exits at step 0 at prefix sigma
-    sum_ids = (sig * k + pc[None, :]).ravel()
-    seg_offset = seg * m
-
-    def histogram(rows: np.ndarray, positive_only: bool) -> np.ndarray:
-        """Selected candidates per (segment, row): rows (k, n) for every video, or (pairs,) for the positives."""
-        index = (seg_offset[pv] + rows) if positive_only else (rows + seg_offset[None, :]).ravel()
-        return np.bincount(index, minlength=n_seg * m).reshape(n_seg, m)
-
-    def step0_table(hist: np.ndarray) -> np.ndarray:
-        """``out[sigma, r]``: step-0 candidates of the segments before sigma in row r."""
-        out = np.zeros((width, m), dtype=np.int32)  # counts of at most n_videos
-        for s in range(n_seg):
-            np.add(out[s], hist[s], out=out[s + 1])
-        return out
-
-    def counts(step0: np.ndarray, hist_gate: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Selected candidates ranked before each positive's selected candidate, at every sigma: (width, pairs)."""
-        table = np.empty((width, m), dtype=np.int32)
-        table[n_seg] = step0[n_seg]
-        suffix = np.zeros(m, dtype=np.int32)
-        for s in range(n_seg - 1, -1, -1):  # gate-exit candidates of the segments from sigma on
-            suffix += hist_gate[s]
-            np.add(step0[s], suffix, out=table[s])
-        np.cumsum(table, axis=1, out=table)  # over rows: everything up to and including the row
-        base = np.where((offset > 0)[None, :], table[:, offset - 1], 0)  # (width, k): the classes before
-        # a positive's own candidate opens its row: what ranks before it is everything up to the row before
-        return table.ravel()[rows] - base[:, pc]
-
-    row_step0 = row_of[np.arange(k)[:, None], cand.step0[None, :]]  # (k, n)
-    pair_step0 = row_of[pc, cand.step0[pv]]
-    table0 = step0_table(histogram(row_step0, False))
-    table0_pos = step0_table(histogram(pair_step0, True))
-    del row_step0
+    by_position = np.argsort(segments.position[pv], kind="stable")
+    pc, pv = pc[by_position], pv[by_position]
+    n_step0 = np.searchsorted(seg[pv], np.arange(width), side="left")  # positives exiting at step 0, per sigma
+    # a positive's own candidate opens its row: what ranks before it is everything up to the row before
+    pair_step0 = row_of[pc, cand.step0[pv]].astype(np.int64) - 1
+    # what the classes before a positive's class hold in the table: each selects one candidate per video
+    base = pc * n + ((np.cumsum(n_pos) - n_pos)[pc] << 32)
+    sum_ids = (np.arange(width)[:, None] * k + pc[None, :]).ravel()
 
     n_gate = len(cand.gate)
     ap_sigma = np.empty((n_gate, width, k))
-    hist_gate = None
+    hist_gate = np.empty(0)
     previous = None
+    table = np.empty((width, m), dtype=np.int64)
+    suffix = np.empty(m, dtype=np.int64)
+    before = np.empty((width, len(pc)), dtype=np.int64)
+    rank = np.empty_like(before)
     for g in cand.order:
-        gate_rows = cand.gate[g]
+        chosen = cand.gate[g]
         if previous is None:
-            hist_gate = histogram(row_of[np.arange(k)[:, None], gate_rows[None, :]], False).astype(np.int32)
+            hist_gate = histogram(chosen)
         else:
-            changed = np.flatnonzero(gate_rows != previous)
+            changed = np.flatnonzero(chosen != previous)
             if len(changed):
-                old = row_of[np.arange(k)[:, None], previous[changed][None, :]] + seg_offset[changed][None, :]
-                new = row_of[np.arange(k)[:, None], gate_rows[changed][None, :]] + seg_offset[changed][None, :]
-                size = n_seg * m
-                hist_gate += (
-                    np.bincount(new.ravel(), minlength=size) - np.bincount(old.ravel(), minlength=size)
-                ).reshape(n_seg, m)
-        previous = gate_rows
-        pair_gate = row_of[pc, gate_rows[pv]]
-        rows = np.where(use_step0, pair_step0[None, :], pair_gate[None, :]) - 1 + sig * m
-        rank = counts(table0, hist_gate, rows) + 1
-        hits = counts(table0_pos, histogram(pair_gate, True), rows) + 1
-        # per class and sigma, the positives' precision summed in video order (bincount adds in input order)
-        sums = np.bincount(sum_ids, weights=(hits / rank).ravel(), minlength=width * k)
+                old, new = previous[changed], chosen[changed]
+                index = np.concatenate(
+                    [
+                        row_of[ks, new[None, :]] + cand_seg[new][None, :],
+                        row_of[ks, old[None, :]] + cand_seg[old][None, :],
+                    ],
+                    axis=1,
+                )
+                w = weight[:, changed]
+                np.add.at(hist_gate, index.ravel(), np.concatenate([w, -w], axis=1).ravel())
+        previous = chosen
+        # gate-exit candidates of the segments from sigma on, added to the step-0 ones, summed over rows
+        table[n_seg] = step0[n_seg]
+        suffix[:] = 0
+        for s in range(n_seg - 1, -1, -1):
+            suffix += hist_gate[s * m : (s + 1) * m]
+            np.add(step0[s], suffix, out=table[s])
+        np.cumsum(table, axis=1, out=table)
+        pair_gate = row_of[pc, chosen[pv]].astype(np.int64) - 1
+        for sigma in range(width):
+            first_gate = n_step0[sigma]
+            np.take(table[sigma], pair_step0[:first_gate], out=before[sigma, :first_gate])
+            np.take(table[sigma], pair_gate[first_gate:], out=before[sigma, first_gate:])
+        before -= base[None, :]
+        np.bitwise_and(before, 0xFFFFFFFF, out=rank)
+        rank += 1
+        before >>= 32
+        before += 1
+        # per class and sigma, the positives' precision summed (bincount adds in input order)
+        sums = np.bincount(sum_ids, weights=(before / rank).ravel(), minlength=width * k)
         ap_sigma[g] = sums.reshape(width, k) / n_pos[None, :]
     return ap_sigma[:, segments.sigma, :]
 
@@ -637,7 +662,7 @@ def sweep_block_bytes(n_videos: int, n_first: int, n_gate: int, num_class: int, 
     settings = n_first * n_gate
     per_setting = BYTES_PER_SETTING_VIDEO * n_videos + 16 * num_class + 16 * n_steps
     # AP: its chunk budget, or what a single class of positives on every video needs at one first threshold
-    one_class = _chunk_bytes(n_videos, n_videos * n_steps, 1, n_videos * n_steps + 1, n_videos, 3)
+    one_class = _chunk_bytes(n_videos, n_videos * n_steps, 1, n_videos * n_steps + 1, n_videos, 3, n_gate)
     # the class-independent parts of the tables (exit steps per gate threshold, candidate lists, hits)
     fixed = (8 * n_gate + 2 * n_first + 48 + 3 * n_steps) * n_videos
     return settings * per_setting + max(AP_MAX_BYTES, one_class) + fixed
