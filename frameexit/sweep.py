@@ -663,8 +663,10 @@ def sweep_block_bytes(n_videos: int, n_first: int, n_gate: int, num_class: int, 
     per_setting = BYTES_PER_SETTING_VIDEO * n_videos + 16 * num_class + 16 * n_steps
     # AP: its chunk budget, or what a single class of positives on every video needs at one first threshold
     one_class = _chunk_bytes(n_videos, n_videos * n_steps, 1, n_videos * n_steps + 1, n_videos, 3, n_gate)
-    # the class-independent parts of the tables (exit steps per gate threshold, candidate lists, hits)
-    fixed = (8 * n_gate + 2 * n_first + 48 + 3 * n_steps) * n_videos
+    # the class-independent arrays: exit steps and candidate positions per gate threshold (int64, twice),
+    # step-0 masks, candidate lists (up to n_steps per video, int64, twice), top-1 hits and predictions,
+    # confidence order and segments
+    fixed = (16 * n_gate + 2 * n_first + 26 * n_steps + 64) * n_videos
     return settings * per_setting + max(AP_MAX_BYTES, one_class) + fixed
 
 
