@@ -1,22 +1,38 @@
-"""Replay cost at ActivityNet-validation scale against the sequential exit loop.
+"""Replay cost at ActivityNet-validation and HVU-validation scale.
 
-Builds a synthetic cache (4,926 videos x 10 frames x 2,048-d float32 features,
-200 classes, written through the cache writer) and a random ResNet-50-format
-FrameExit head, then measures in one run:
+Builds a synthetic cache (written through the cache writer) and a random
+ResNet-50-format FrameExit head, then measures in one run:
 
 (a) the exit-table pass: every shard through the head (dask, threaded scheduler);
 (b) a 1,000-setting sweep (40 first thresholds x 25 gate thresholds): exit steps,
-    mAP, top-1, histogram for every setting (dask, blocks of gate thresholds);
-(c) the sequential exit loop over the same cached features (frameexit.inference,
-    one video and one step at a time, the backbone replaced by the cached
-    feature), for a few settings, per setting;
+    mAP, per-class AP, top-1, histogram for every setting (dask);
 
-and prints (a), (b), the per-setting ratio (c) / (((a) + (b)) / 1000) and the
-peak resident memory. Also times the whole `frameexit replay` job on the cache.
+and prints (a), (b) and the peak resident memory.
 
-    .venv/bin/python bench/replay.py [--videos 4926] [--loop-videos 600] [--keep DIR]
+``--preset activitynet`` (default): 4,926 videos x 10 frames x 2,048-d float32
+features, 200 classes. (b) runs as ``frameexit replay`` runs it today: one merge
+task, one task per block of gate thresholds. Also measures (c) the sequential
+exit loop over the same cached features (frameexit.inference, one video and one
+step at a time, the backbone replaced by the cached feature), for a few settings,
+the per-setting ratio (c) / (((a) + (b)) / 1000), and times the whole
+`frameexit replay` job on the cache. Targets (DESIGN.md, 2-core CPU): (a) + (b)
+at most 30 s (18.5 s before issue 13, not to regress); ratio at least 1,000.
 
-Targets (DESIGN.md, 2-core CPU): (a) + (b) at most 30 s; ratio at least 1,000.
+``--preset hvu``: 31,000 videos x 10 frames x 2,048-d float32 features (a 2.5 GB
+cache, deleted afterwards unless ``--keep``), 3,142 tags with HVU's skew (a few on
+10-30 % of the videos, most on under 0.1 %, about 20 per video). (b) is split by
+class blocks, the task structure proposed for ``frameexit replay`` at this scale:
+per shard, its exit tables and their class-independent part
+(:func:`frameexit.sweep.video_exits`); one task per block of classes
+(:func:`frameexit.sweep.class_block` + :func:`frameexit.sweep.class_block_ap`);
+one task combining them (:func:`frameexit.sweep.combine_sweep`). The grid sits on
+quantiles of the step-0 confidence and of the gate outputs, so that every first
+threshold is a distinct prefix and the exit steps vary as much as 25 gate
+thresholds can make them (the AP's worst case; a random head's confidences are
+all far below a 0.05..1 grid). Target (DESIGN.md, 2-core CPU): (a) + (b) at most
+10 minutes and 12 GB peak.
+
+    .venv/bin/python bench/replay.py [--preset activitynet|hvu] [--videos N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -45,7 +61,19 @@ from frameexit.checkpoint import BACKBONE, backbone_digest, build_model, read_st
 from frameexit.head import FrameExit  # noqa: E402
 from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
+from frameexit.sweep import (  # noqa: E402
+    class_block,
+    class_block_ap,
+    combine_sweep,
+    concat_video_exits,
+    video_exits,
+)
 from jobs.replay import HeadState, merge_tables, shard_exit_tables, sweep_block  # noqa: E402
+
+PRESETS = {
+    "activitynet": {"videos": 4926, "num_class": 200},
+    "hvu": {"videos": 31000, "num_class": 3142},
+}
 
 
 def peak_mib() -> float:
@@ -59,34 +87,38 @@ class CachedFeature(torch.nn.Module):
         return x
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--videos", type=int, default=4926)
-    ap.add_argument("--shard-size", type=int, default=64)
-    ap.add_argument("--loop-videos", type=int, default=600, help="videos timed in the sequential loop (c)")
-    ap.add_argument("--keep", default=None, help="build the cache here and keep it")
-    a = ap.parse_args()
-    rng = np.random.default_rng(0)
-    n, steps, dim, n_class = a.videos, 10, 2048, 200
-    tmp = a.keep or tempfile.mkdtemp(prefix="bench-replay-")
-    cache_dir = os.path.join(tmp, "cache")
-    os.makedirs(cache_dir, exist_ok=True)
-
-    torch.manual_seed(0)
-    ckpt = os.path.join(tmp, "frameexit_resnet50_random.pth")
-    save_checkpoint(FrameExit(random_backbone("torchvision.resnet50", seed=0), dim, n_class).eval(), ckpt)
-    state = read_state_dict(ckpt)
-    head_state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
-
-    t0 = time.perf_counter()
-    keys = [f"v_{i:06d}.mp4" for i in range(n)]
+def activitynet_labels(rng: np.random.Generator, n: int, n_class: int) -> np.ndarray:
+    """One label per video, a second one on about 20 % of them."""
     labels = np.zeros((n, n_class), dtype=np.uint8)
     labels[np.arange(n), rng.integers(0, n_class, n)] = 1
-    extra = rng.random(n) < 0.2  # some multi-label videos
+    extra = rng.random(n) < 0.2
     labels[np.flatnonzero(extra), rng.integers(0, n_class, int(extra.sum()))] = 1
+    return labels
+
+
+def hvu_labels(rng: np.random.Generator, n: int, n_class: int, per_video: float = 20.0) -> np.ndarray:
+    """HVU-like multi-hot tags: 10 tags on 10-30 % of the videos, two thirds of the tags on under 0.1 %,
+    the rest log-uniform between 0.1 % and 10 %, scaled to about ``per_video`` tags per video."""
+    n_head, n_tail = 10, (2 * n_class) // 3
+    n_mid = n_class - n_head - n_tail
+    head = rng.uniform(0.10, 0.30, n_head)
+    tail = np.exp(rng.uniform(np.log(0.5 / n), np.log(0.001), n_tail))
+    mid = np.exp(rng.uniform(np.log(0.001), np.log(0.1), n_mid))
+    mid *= (per_video - head.sum() - tail.sum()) / mid.sum()
+    prevalence = rng.permutation(np.concatenate([head, mid, tail]))
+    labels = np.empty((n, n_class), dtype=np.uint8)
+    for lo in range(0, n, 1024):
+        hi = min(lo + 1024, n)
+        labels[lo:hi] = rng.random((hi - lo, n_class)) < prevalence
+    return labels
+
+
+def write_cache(cache_dir: str, rng, keys, labels, steps: int, dim: int, shard_size: int, state) -> list[ShardEntry]:
+    """Random non-negative features (as after a ReLU and pooling), written shard by shard."""
+    n = len(keys)
     shards = []
-    for s, lo in enumerate(range(0, n, a.shard_size)):
-        hi = min(lo + a.shard_size, n)
+    for s, lo in enumerate(range(0, n, shard_size)):
+        hi = min(lo + shard_size, n)
         feats = np.abs(rng.normal(0, 1, size=(hi - lo, steps, dim))).astype(np.float32)
         name = f"shard-{s:05d}.h5"
         sha = write_shard(
@@ -104,19 +136,84 @@ def main() -> None:
             key="bench",
             inputs={"backbone_digest": backbone_digest(state)},
             format_version=FORMAT_VERSION,
-            shard_size=a.shard_size,
+            shard_size=shard_size,
             n_listed=n,
             shards=shards,
             skipped=[],
             complete=True,
         ),
     )
-    build_s = time.perf_counter() - t0
+    return shards
 
+
+def shard_task(path: str, sha256: str, head: HeadState, order: tuple[int, ...]):
+    """Per shard: its exit tables (all classes) and their class-independent part."""
+    tables = shard_exit_tables(path, sha256, head, order)
+    return tables, video_exits(tables)
+
+
+def class_block_task(parts, classes: slice, exits, first, gate) -> np.ndarray:
+    """Per class block: the block's columns of every shard, then its per-class AP at every setting."""
+    return class_block_ap(class_block([t for t, _ in parts], classes), exits, first, gate)
+
+
+def machine_line() -> str:
+    load = os.getloadavg()
+    return (
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, numpy {np.__version__}; load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} (1/5/15 min) at the end"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="activitynet")
+    ap.add_argument("--videos", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--loop-videos", type=int, default=600, help="videos timed in the sequential loop (c)")
+    ap.add_argument("--class-block", type=int, default=128, help="classes per sweep task (hvu preset)")
+    ap.add_argument("--keep", default=None, help="build the cache here and keep it")
+    a = ap.parse_args()
+    preset = PRESETS[a.preset]
+    rng = np.random.default_rng(0)
+    n, steps, dim, n_class = a.videos or preset["videos"], 10, 2048, preset["num_class"]
+    tmp = a.keep or tempfile.mkdtemp(prefix="bench-replay-")
+    cache_dir = os.path.join(tmp, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        torch.manual_seed(0)
+        ckpt = os.path.join(tmp, "frameexit_resnet50_random.pth")
+        save_checkpoint(FrameExit(random_backbone("torchvision.resnet50", seed=0), dim, n_class).eval(), ckpt)
+        state = read_state_dict(ckpt)
+        head_state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+        keys = [f"v_{i:06d}.mp4" for i in range(n)]
+        labels = (activitynet_labels if a.preset == "activitynet" else hvu_labels)(rng, n, n_class)
+        t0 = time.perf_counter()
+        shards = write_cache(cache_dir, rng, keys, labels, steps, dim, a.shard_size, state)
+        build_s = time.perf_counter() - t0
+        positives = labels.sum(axis=0)
+        print(
+            f"cache: {n} videos x {steps} frames x {dim}-d float32, {n_class} classes, {len(shards)} shards "
+            f"(written in {build_s:.1f} s); labels per video {labels.sum() / n:.1f}, positives per class: "
+            f"max {positives.max()}, median {int(np.median(positives))}, {int((positives == 0).sum())} classes without"
+        )
+        del labels
+        order = tuple(COARSE_TO_FINE)
+        head_d = dask.delayed(HeadState("bench", "bench", head_state), name="bench-head", traverse=False)
+        if a.preset == "activitynet":
+            activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n)
+        else:
+            hvu(a, cache_dir, shards, head_d, order, n_class)
+        print(machine_line())
+    finally:
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n) -> None:
     first = np.linspace(0.05, 1.0, 40).tolist()
     gate = np.linspace(0.0, 1.0, 25).tolist()
-    order = tuple(COARSE_TO_FINE)
-    head_d = dask.delayed(HeadState("bench", "bench", head_state), name="bench-head", traverse=False)
     parts = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
     t0 = time.perf_counter()
     (merged,) = dask.compute(dask.delayed(merge_tables)(parts), scheduler="threads")
@@ -136,12 +233,12 @@ def main() -> None:
     assert sum(b.map.size for b in blocks) == settings
 
     # (c) the sequential loop over the same cached features
+    import h5py
+
     loop = build_model(head_state, backbone_name=None)
     loop.backbone = CachedFeature()
     features = {}
     for e in shards:
-        import h5py
-
         with h5py.File(os.path.join(cache_dir, e.name), "r") as f:
             for k, row in zip(e.videos, f["features"][()], strict=True):
                 features[k] = row
@@ -160,14 +257,6 @@ def main() -> None:
     loop_s = float(np.mean(per_setting))
     ratio = loop_s / ((table_s + sweep_s) / settings)
 
-    print(
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, numpy {np.__version__}"
-    )
-    print(
-        f"cache: {n} videos x {steps} frames x {dim}-d float32, {n_class} classes, {len(shards)} shards "
-        f"(written in {build_s:.1f} s)"
-    )
     print(f"(a) exit-table pass:          {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
     print(f"(b) {settings}-setting sweep:     {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
     print(f"(a) + (b):                    {table_s + sweep_s:7.2f} s   target <= 30 s")
@@ -177,7 +266,7 @@ def main() -> None:
     )
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
-    del head_d, parts  # the benchmark's own head would otherwise stay alive during the whole job
+    del head_d, parts, merged, merged_d, blocks  # the benchmark's own tables would otherwise stay alive during the job
     # the whole job, as a user runs it (writes sweep.parquet and videos.parquet)
     import yaml
 
@@ -202,8 +291,50 @@ def main() -> None:
         f"whole `frameexit replay` job (1,000 settings, checkpoint read, outputs written): {job_s:.1f} s, "
         f"peak RSS {peak_mib():.0f} MiB"
     )
-    if not a.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hvu(a, cache_dir, shards, head_d, order, n_class) -> None:
+    parts = [dask.delayed(shard_task)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
+    exits = dask.delayed(concat_video_exits)([dask.delayed(lambda p: p[1])(p) for p in parts])
+    t0 = time.perf_counter()
+    tables, exits = dask.compute(parts, exits, scheduler="threads")
+    table_s = time.perf_counter() - t0
+    mem_a = peak_mib()
+
+    # the grid on quantiles (see the module docstring), 40 x 25 as in the ActivityNet preset
+    first = np.unique(np.quantile(exits.confidence0, np.linspace(0.0, 1.0, 42)[1:-1]).astype(np.float32))
+    first = first.astype(np.float64).tolist()
+    gate = np.quantile(exits.gates, np.linspace(0.0, 1.0, 25)).astype(np.float32).astype(np.float64).tolist()
+
+    tables_d = dask.delayed(tables, name="bench-tables", traverse=False)
+    exits_d = dask.delayed(exits, name="bench-exits", traverse=False)
+    blocks = [
+        dask.delayed(class_block_task)(tables_d, slice(lo, min(lo + a.class_block, n_class)), exits_d, first, gate)
+        for lo in range(0, n_class, a.class_block)
+    ]
+    t0 = time.perf_counter()
+    (m,) = dask.compute(dask.delayed(combine_sweep)(exits_d, blocks, first, gate), scheduler="threads")
+    sweep_s = time.perf_counter() - t0
+    mem_b = peak_mib()
+    settings = len(first) * len(gate)
+    assert m.map.size == settings and m.ap.shape == (len(gate), len(first), n_class)
+    steps_seen = np.mean([len({int(s) for s in row}) for row in _gate_steps(exits.gates, gate)])
+    print(
+        f"grid: {len(first)} first thresholds (quantiles of the step-0 confidence {first[0]:.3g}..{first[-1]:.3g}) x "
+        f"{len(gate)} gate thresholds (quantiles of the gate outputs {gate[0]:.3g}..{gate[-1]:.3g}); "
+        f"distinct gate exit steps per video {steps_seen:.1f}; {len(blocks)} class blocks of {a.class_block}"
+    )
+    print(f"(a) exit-table pass:          {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
+    print(f"(b) {settings}-setting sweep:     {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
+    print(f"(a) + (b):                    {table_s + sweep_s:7.2f} s   target <= 600 s, peak <= 12 GB")
+    print(f"mAP over the grid: {np.nanmin(m.map):.4f}..{np.nanmax(m.map):.4f} (a random head: chance level)")
+
+
+def _gate_steps(gates: np.ndarray, gate: list[float]) -> np.ndarray:
+    """Exit step of every video at every gate threshold: (n_videos, n_gate)."""
+    from frameexit.sweep import gate_exit_steps
+
+    return gate_exit_steps(gates, gate).T
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Graph per checkpoint head: one task per shard computes the exit tables
 (projection, cumulative max in policy order, all classifiers' softmax, all
-gates); one task merges them and ranks every (video, step) score per class;
+gates); one task merges them;
 one task per block of gate thresholds computes the metrics of all its settings.
 Results do not depend on the scheduler, the number of workers, the shard size or
 the block size. The memory a grid needs is estimated before any work: blocks are
@@ -43,7 +43,6 @@ from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.sweep import (
     ExitTables,
     SweepMetrics,
-    candidate_ranks,
     concat_tables,
     exit_tables,
     sweep_metrics,
@@ -192,21 +191,18 @@ def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int,
     return exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
 
 
-def merge_tables(parts: Sequence[ExitTables]) -> tuple[ExitTables, np.ndarray]:
-    """Dask task: all shards' tables as one (sorted by key) and the candidate ranks for AP."""
-    tables = concat_tables(parts)
-    return tables, candidate_ranks(tables.probs)
+def merge_tables(parts: Sequence[ExitTables]) -> ExitTables:
+    """Dask task: all shards' tables as one (sorted by key)."""
+    return concat_tables(parts)
 
 
-def sweep_block(merged: tuple[ExitTables, np.ndarray], first: Sequence[float], gate: Sequence[float]):
+def sweep_block(tables: ExitTables, first: Sequence[float], gate: Sequence[float]):
     """Dask task: metrics of the settings ``gate x first``."""
-    tables, ranks = merged
-    return sweep_metrics(tables, first, gate, ranks=ranks)
+    return sweep_metrics(tables, first, gate)
 
 
-def per_video_rows(merged: tuple[ExitTables, np.ndarray], settings: Sequence[tuple[float, float]]) -> dict[str, list]:
+def per_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> dict[str, list]:
     """Dask task: per-video exit step, prediction and confidence at each (first, gate) setting."""
-    tables, _ = merged
     n = len(tables.videos)
     labels = [np.flatnonzero(row).tolist() for row in tables.labels]
     out: dict[str, list] = {
