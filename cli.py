@@ -326,12 +326,17 @@ Examples:
       --val-list data/minikinetics/mini_val_videofolder.txt \\
       --out data/minikinetics/split_val_minikinetics.txt \\
       --classes-out data/minikinetics/minik_classInd.txt
+  frameexit prepare splits data/hvu/HVU_Val_V1.0.csv --dataset hvu \\
+      --categories data/hvu/HVU_Tags_Categories_V1.0.csv \\
+      --out data/hvu/split_val_hvu.txt --classes-out data/hvu/hvu_classes.txt
 """,
 )
 @click.argument("annotation", type=ExistingPath(dir_okay=False))
 @out_option("Split file to write.", directory=False)
-@options("dataset", "val_list", "classes", "classes_out", "verbose")
-def prepare_splits(annotation, dataset: str, out_path: str, val_list, classes, classes_out) -> None:
+@options("dataset", "val_list", "categories", "key_format", "classes", "classes_out", "verbose")
+def prepare_splits(
+    annotation, dataset: str, out_path: str, val_list, categories, key_format, classes, classes_out
+) -> None:
     """Build the validation split file from ANNOTATION, as the official help text describes.
 
     ActivityNet: every video whose subset is validation, as v_<id>.mp4.
@@ -339,10 +344,14 @@ def prepare_splits(annotation, dataset: str, out_path: str, val_list, classes, c
     Mini-Kinetics: the videos of mini_val_videofolder.txt found in the
     Kinetics CSV.
 
+    HVU: every video of the annotation CSV (HVU_Val_V1.0.csv), as
+    <youtube_id>_<start:06d>_<end:06d>.mp4 (or --key-format).
+
     With --classes, labels missing from that class list are listed. With
     --classes-out, the class list is written: ActivityNet, every label of
     the JSON (200); Mini-Kinetics, the labels of the split's videos (the CSV
-    holds all 400 Kinetics classes), sorted by Python string order. The class
+    holds all 400 Kinetics classes); HVU, every tag of --categories (3,142),
+    else the tags of the CSV; sorted by Python string order. The class
     index is the line number, and a checkpoint's outputs follow the class list
     it was trained with; the official repository does not publish its lists,
     so with the released checkpoints use the official list if you have it
@@ -352,7 +361,9 @@ def prepare_splits(annotation, dataset: str, out_path: str, val_list, classes, c
     from reports.text import render_splits_summary
     from reports.write import write_lines
 
-    split = build_split(annotation, dataset=dataset, val_list=val_list, classes=classes)
+    split = build_split(
+        annotation, dataset=dataset, val_list=val_list, classes=classes, categories=categories, key_format=key_format
+    )
     write_lines(out_path, split.keys)
     if classes_out:
         write_lines(classes_out, split.classes)

@@ -207,9 +207,10 @@ _option("--max-cost-rise", type=click.FloatRange(min=0), callback=_finite,
         help="Largest accepted rise of GFLOPs per video against the baseline.")
 _option("--metric", type=click.Choice(["map", "top1"]),
         help="Accuracy for the frontier, budget and curve [default: map for ActivityNet, top1 for Mini-Kinetics].")
-_option("--dataset", type=click.Choice(["activitynet", "minikinetics"]), required=True,
+_option("--dataset", type=click.Choice(["activitynet", "minikinetics", "hvu"]), required=True,
         help="activitynet: ActivityNet-1.3 (JSON annotations; frames at 1 frame/s, both sides >= 350 pixels); "
-        "minikinetics: Mini-Kinetics (Kinetics CSV; 5 frames/s, both sides >= 256 pixels).")
+        "minikinetics: Mini-Kinetics (Kinetics CSV; 5 frames/s, both sides >= 256 pixels); hvu: HVU v1.0 "
+        "(tags CSV; Kinetics clips, framed as Mini-Kinetics).")
 _option("--workers", "decoders", type=click.IntRange(min=1), default=1,
         help="Videos decoded at once, one process each (they end with this command, even if it is killed).")
 _option("--prefix", default="img", help="Frame file names: PREFIX_00001.jpeg, ...")
@@ -217,6 +218,11 @@ _option("--ffmpeg", type=ExistingPath(dir_okay=False),
         help="The ffmpeg executable to run [default: ffmpeg on PATH, else the static one installed with frameexit].")
 _option("--val-list", type=ExistingPath(dir_okay=False),
         help="Mini-Kinetics: mini_val_videofolder.txt (first column: video ids).")
+_option("--categories", type=ExistingPath(dir_okay=False),
+        help="HVU: the Tag,Category CSV; --classes-out then lists all of its tags (the class list of HVU).")
+_option("--key-format", metavar="FORMAT",
+        help="HVU: the video keys, a Python format of youtube_id, time_start and time_end (integers) "
+        "[default: the Kinetics style, e.g. abc_000005_000015.mp4].")
 _option("--classes", type=ExistingPath(dir_okay=False), callback=_not_with("classes_out", CLASSES_EXCLUSIVE),
         help="A class list to check the split's labels against (e.g. the official one).")
 _option("--classes-out", type=click.Path(dir_okay=False), callback=_not_with("classes", CLASSES_EXCLUSIVE),

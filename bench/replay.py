@@ -9,9 +9,15 @@ ResNet-50-format FrameExit head, then measures in one run:
 
 and prints (a), (b) and the peak resident memory.
 
+Both presets time the tasks ``frameexit replay`` runs (:mod:`jobs.replay_graph`,
+dask's threaded scheduler): (a) is the shard tasks (verify, read, the head in
+float64), (b) everything after them: the class-independent part of every
+shard's tables, one AP task per block of classes (each class sorted once for all
+settings), the task putting the grid together, and the per-video rows at the
+job's setting.
+
 ``--preset activitynet`` (default): 4,926 videos x 10 frames x 2,048-d float32
-features, 200 classes. (b) runs as ``frameexit replay`` runs it today: one merge
-task, one task per block of gate thresholds. Also measures (c) the sequential
+features, 200 classes, the grid 0.05..1 x 0..1. Also measures (c) the sequential
 exit loop over the same cached features (frameexit.inference, one video and one
 step at a time, the backbone replaced by the cached feature), for a few settings,
 the per-setting ratio (c) / (((a) + (b)) / 1000), and times the whole
@@ -20,12 +26,7 @@ at most 30 s (18.5 s before issue 13, not to regress); ratio at least 1,000.
 
 ``--preset hvu``: 31,000 videos x 10 frames x 2,048-d float32 features (a 2.5 GB
 cache, deleted afterwards unless ``--keep``), 3,142 tags with HVU's skew (a few on
-10-30 % of the videos, most on under 0.1 %, about 20 per video). (b) is split by
-class blocks, the task structure proposed for ``frameexit replay`` at this scale:
-per shard, its exit tables and their class-independent part
-(:func:`frameexit.sweep.video_exits`); one task per block of classes
-(:func:`frameexit.sweep.class_block` + :func:`frameexit.sweep.class_block_ap`);
-one task combining them (:func:`frameexit.sweep.combine_sweep`). The grid sits on
+10-30 % of the videos, most on under 0.1 %, about 20 per video). The grid sits on
 quantiles of the step-0 confidence and of the gate outputs, so that every first
 threshold is a distinct prefix and the exit steps vary as much as 25 gate
 thresholds can make them (the AP's worst case; a random head's confidences are
@@ -61,14 +62,8 @@ from frameexit.checkpoint import BACKBONE, backbone_digest, build_model, read_st
 from frameexit.head import FrameExit  # noqa: E402
 from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
-from frameexit.sweep import (  # noqa: E402
-    class_block,
-    class_block_ap,
-    combine_sweep,
-    concat_video_exits,
-    video_exits,
-)
-from jobs.replay import HeadState, merge_tables, shard_exit_tables, sweep_block  # noqa: E402
+from jobs.replay import BLOCK_BYTES, default_class_block  # noqa: E402
+from jobs.replay_graph import HeadState, build_graph, compute_local, shard_exit_tables  # noqa: E402
 
 PRESETS = {
     "activitynet": {"videos": 4926, "num_class": 200},
@@ -146,15 +141,31 @@ def write_cache(cache_dir: str, rng, keys, labels, steps: int, dim: int, shard_s
     return shards
 
 
-def shard_task(path: str, sha256: str, head: HeadState, order: tuple[int, ...]):
-    """Per shard: its exit tables (all classes) and their class-independent part."""
-    tables = shard_exit_tables(path, sha256, head, order)
-    return tables, video_exits(tables)
+def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, float]:
+    """(a): every shard's exit tables, as replay's shard tasks compute them; the tables, seconds, peak MiB."""
+    head_d = dask.delayed(head, name="bench-head", traverse=False)
+    tasks = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
+    t0 = time.perf_counter()
+    (tables,) = dask.compute(tasks, scheduler="threads")
+    return tables, time.perf_counter() - t0, peak_mib()
 
 
-def class_block_task(parts, classes: slice, exits, first, gate) -> np.ndarray:
-    """Per class block: the block's columns of every shard, then its per-class AP at every setting."""
-    return class_block_ap(class_block([t for t, _ in parts], classes), exits, first, gate)
+def sweep_pass(tables, shards, head: HeadState, order, first, gate, n_class, block) -> tuple:
+    """(b): everything replay computes after the shard tasks, over the tables of (a); metrics, seconds, peak MiB."""
+    graph = build_graph(
+        [head],
+        [("", e.sha256) for e in shards],
+        order=order,
+        first=first,
+        gate=gate,
+        row_settings=[(first[-1], gate[len(gate) // 2])],
+        num_class=n_class,
+        class_block_size=block,
+        tables=[tables],
+    )
+    t0 = time.perf_counter()
+    results = compute_local("threads", graph, progress=False)
+    return results[graph.sweeps[0]], time.perf_counter() - t0, peak_mib()
 
 
 def machine_line() -> str:
@@ -172,7 +183,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=None, help="default: the preset's")
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--loop-videos", type=int, default=600, help="videos timed in the sequential loop (c)")
-    ap.add_argument("--class-block", type=int, default=128, help="classes per sweep task (hvu preset)")
+    ap.add_argument("--class-block", type=int, default=None, help="classes per AP task [default: replay's]")
     ap.add_argument("--keep", default=None, help="build the cache here and keep it")
     a = ap.parse_args()
     preset = PRESETS[a.preset]
@@ -200,37 +211,27 @@ def main() -> None:
         )
         del labels
         order = tuple(COARSE_TO_FINE)
-        head_d = dask.delayed(HeadState("bench", "bench", head_state), name="bench-head", traverse=False)
+        head = HeadState("bench", "bench", head_state)
+        block = a.class_block or default_class_block(n_class, n, steps, os.cpu_count() or 1)
+        print(f"class blocks of {block} classes (default: at most {BLOCK_BYTES / 1e6:.0f} MB of scores per task)")
         if a.preset == "activitynet":
-            activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n)
+            activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block)
         else:
-            hvu(a, cache_dir, shards, head_d, order, n_class)
+            hvu(cache_dir, shards, head, order, n_class, block)
         print(machine_line())
     finally:
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n) -> None:
+def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block) -> None:
     first = np.linspace(0.05, 1.0, 40).tolist()
     gate = np.linspace(0.0, 1.0, 25).tolist()
-    parts = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
-    t0 = time.perf_counter()
-    (merged,) = dask.compute(dask.delayed(merge_tables)(parts), scheduler="threads")
-    table_s = time.perf_counter() - t0
-    mem_a = peak_mib()
-    workers = os.cpu_count() or 1
-    block = max(1, -(-len(gate) // (2 * workers)))
-    merged_d = dask.delayed(merged, name="bench-merged", traverse=False)
-    t0 = time.perf_counter()
-    blocks = dask.compute(
-        *[dask.delayed(sweep_block)(merged_d, first, gate[i : i + block]) for i in range(0, len(gate), block)],
-        scheduler="threads",
-    )
-    sweep_s = time.perf_counter() - t0
-    mem_b = peak_mib()
+    tables, table_s, mem_a = table_pass(cache_dir, shards, head, order)
+    m, sweep_s, mem_b = sweep_pass(tables, shards, head, order, first, gate, 200, block)
     settings = len(first) * len(gate)
-    assert sum(b.map.size for b in blocks) == settings
+    assert m.map.size == settings
+    del tables
 
     # (c) the sequential loop over the same cached features
     import h5py
@@ -266,7 +267,7 @@ def activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n) -
     )
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
-    del head_d, parts, merged, merged_d, blocks  # the benchmark's own tables would otherwise stay alive during the job
+    del m  # the benchmark's own results would otherwise stay alive during the job
     # the whole job, as a user runs it (writes sweep.parquet and videos.parquet)
     import yaml
 
@@ -293,36 +294,22 @@ def activitynet(a, tmp, cache_dir, shards, head_d, head_state, ckpt, order, n) -
     )
 
 
-def hvu(a, cache_dir, shards, head_d, order, n_class) -> None:
-    parts = [dask.delayed(shard_task)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
-    exits = dask.delayed(concat_video_exits)([dask.delayed(lambda p: p[1])(p) for p in parts])
-    t0 = time.perf_counter()
-    tables, exits = dask.compute(parts, exits, scheduler="threads")
-    table_s = time.perf_counter() - t0
-    mem_a = peak_mib()
-
+def hvu(cache_dir, shards, head, order, n_class, block) -> None:
+    tables, table_s, mem_a = table_pass(cache_dir, shards, head, order)
+    conf0 = np.concatenate([t.confidence0 for t in tables])
+    gates = np.concatenate([t.gates for t in tables])
     # the grid on quantiles (see the module docstring), 40 x 25 as in the ActivityNet preset
-    first = np.unique(np.quantile(exits.confidence0, np.linspace(0.0, 1.0, 42)[1:-1]).astype(np.float32))
+    first = np.unique(np.quantile(conf0, np.linspace(0.0, 1.0, 42)[1:-1]).astype(np.float32))
     first = first.astype(np.float64).tolist()
-    gate = np.quantile(exits.gates, np.linspace(0.0, 1.0, 25)).astype(np.float32).astype(np.float64).tolist()
-
-    tables_d = dask.delayed(tables, name="bench-tables", traverse=False)
-    exits_d = dask.delayed(exits, name="bench-exits", traverse=False)
-    blocks = [
-        dask.delayed(class_block_task)(tables_d, slice(lo, min(lo + a.class_block, n_class)), exits_d, first, gate)
-        for lo in range(0, n_class, a.class_block)
-    ]
-    t0 = time.perf_counter()
-    (m,) = dask.compute(dask.delayed(combine_sweep)(exits_d, blocks, first, gate), scheduler="threads")
-    sweep_s = time.perf_counter() - t0
-    mem_b = peak_mib()
+    gate = np.quantile(gates, np.linspace(0.0, 1.0, 25)).astype(np.float32).astype(np.float64).tolist()
+    m, sweep_s, mem_b = sweep_pass(tables, shards, head, order, first, gate, n_class, block)
     settings = len(first) * len(gate)
     assert m.map.size == settings and m.ap.shape == (len(gate), len(first), n_class)
-    steps_seen = np.mean([len({int(s) for s in row}) for row in _gate_steps(exits.gates, gate)])
+    steps_seen = np.mean([len({int(s) for s in row}) for row in _gate_steps(gates, gate)])
     print(
         f"grid: {len(first)} first thresholds (quantiles of the step-0 confidence {first[0]:.3g}..{first[-1]:.3g}) x "
         f"{len(gate)} gate thresholds (quantiles of the gate outputs {gate[0]:.3g}..{gate[-1]:.3g}); "
-        f"distinct gate exit steps per video {steps_seen:.1f}; {len(blocks)} class blocks of {a.class_block}"
+        f"distinct gate exit steps per video {steps_seen:.1f}; {-(-n_class // block)} class blocks of {block}"
     )
     print(f"(a) exit-table pass:          {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
     print(f"(b) {settings}-setting sweep:     {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .inputs import cheap_inputs, check_job_files, differences
+from .key import OPTIONAL
 from .locate import locate
 from .manifest import CacheError
 from .plan import usable_videos
@@ -96,7 +97,7 @@ def check_recorded_inputs(cache: FeatureCache, data: Any, model: Any, **settings
     """
     recorded = cache.manifest.inputs
     compared = [k for k in recorded if k not in NOT_COMPARED]
-    if not compared:
+    if all(k in OPTIONAL for k in compared):  # those are read at their defaults when a manifest leaves them out
         return
     check_job_files(data)
     found = differences(recorded, cheap_inputs(data, model, **settings), compared, data)

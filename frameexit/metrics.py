@@ -61,6 +61,33 @@ def mean_average_precision(ap: npt.ArrayLike) -> float:
         return float(np.nanmean(ap))
 
 
+def category_map(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """mAP of each category of classes: the mean AP of its classes with a positive video.
+
+    Parameters
+    ----------
+    ap : array-like of shape (..., n_classes)
+        Per-class AP (NaN for classes without a positive video), e.g. of every
+        setting of a grid, shape (n_gate, n_first, n_classes).
+    categories : mapping of str to sequence of int
+        Class indices of each category (HVU: scene, object, action, event,
+        attribute, concept); a class may be in several.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (...), dtype=float64
+        NaN where no class of the category has a positive video.
+    """
+    ap = np.asarray(ap, dtype=np.float64)
+    out = {}
+    for name, classes in categories.items():
+        part = ap[..., list(classes)]
+        counted = (~np.isnan(part)).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = np.where(counted > 0, np.nansum(part, axis=-1) / counted, np.nan)
+    return out
+
+
 def top1_accuracy(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """Hit@1: over videos with at least one label, the share whose predicted class is one of them.
 

@@ -29,7 +29,9 @@ from frameexit.train_config import TrainConfig, config_problem
 
 from .grid import parse_grid
 
-DATASETS = ("activitynet1.3", "minikinetics")
+DATASETS = ("activitynet1.3", "minikinetics", "hvu")
+#: Datasets whose videos carry several labels each: training defaults to a per-class (BCE) loss.
+MULTI_LABEL = ("hvu",)
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 #: pytorchvideo's evaluation transform (X3D): normalise, then short-side resize and centre crop.
 PYTORCHVIDEO_ORDER = ("to_tensor", "normalize", "resize", "crop_center")
@@ -60,8 +62,10 @@ SCHEMA: dict[str, Any] = {
         "name": Field("str", **REQ, choices=DATASETS, doc="dataset; picks the label-file reader"),
         "path_frame": Field("str", None, doc="root of the frame folders <root>/<video key>/*.jpeg"),
         "path_split": Field("str", None, doc="split file, one video key per line"),
-        "path_label": Field("str", None, doc="ActivityNet JSON or Mini-Kinetics CSV"),
+        "path_label": Field("str", None, doc="ActivityNet JSON, Mini-Kinetics CSV or HVU CSV"),
         "path_classid": Field("str", None, doc="class list, one name per line"),
+        "path_category": Field("str", None, doc="Tag,Category CSV: mAP per category of classes (ours; HVU)"),
+        "key_format": Field("str", None, doc="HVU video keys from the CSV fields (ours; Kinetics style)"),
         "preprocessing": {
             "to_tensor": Field("bool", True),
             "resize": Field("int", 224, doc="shorter side after resizing, pixels"),
@@ -107,7 +111,7 @@ SCHEMA: dict[str, Any] = {
         "lr_gates": Field("float", 1e-3, doc="Adam learning rate, stage 2"),
         "weight_decay": Field("float", 0.0),
         "beta": Field("float", 1e-3, doc="exit at step t when the loss <= beta * exp(t / 2)"),
-        "loss": Field("str", "softmax", choices=("softmax", "bce")),
+        "loss": Field("str", None, choices=("softmax", "bce"), doc="default: bce for HVU, else softmax"),
         "seed": Field("int", 0),
         "hidden_dim": Field("int", 4096, doc="projection width"),
         "val_path_split": Field("str", None, doc="split file of a validation set for per-epoch accuracy"),
@@ -128,6 +132,8 @@ class DataConfig:
     path_split: str | None
     path_label: str | None
     path_classid: str | None
+    path_category: str | None
+    key_format: str | None
     num_frames: int
     num_workers: int
     preprocessing: Preprocessing
@@ -494,6 +500,8 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
         check_thresholds(model["first_threshold"], model["gate_threshold"])
     except ValueError as exc:
         raise ConfigError(f"{source}: model.{exc}") from None
+    if data["key_format"] is not None:
+        _check_key_format(data["key_format"], data["name"], source)
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
     backbone = model["backbone"]
     clip_length, clip_stride = _clip(backbone, source)
@@ -504,6 +512,8 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
             path_split=data["path_split"],
             path_label=data["path_label"],
             path_classid=data["path_classid"],
+            path_category=data["path_category"],
+            key_format=data["key_format"],
             num_frames=data["num_frames"],
             num_workers=data["num_workers"],
             preprocessing=Preprocessing(
@@ -540,7 +550,7 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
                 else [model["gate_threshold"]]
             ),
         ),
-        train=_train_section(tree["train"], source),
+        train=_train_section(tree["train"], source, multi_label=data["name"] in MULTI_LABEL),
     )
 
 
@@ -573,7 +583,20 @@ def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
     return length, stride
 
 
-def _train_section(section: dict[str, Any], source: str) -> TrainSection:
+def _check_key_format(key_format: str, name: str, source: str) -> None:
+    """Raise :class:`ConfigError` unless ``key_format`` makes a key from an HVU row's fields."""
+    if name != "hvu":
+        raise ConfigError(f"{source}: data.key_format names the videos of HVU's CSV; data.name is {name!r}")
+    try:
+        key_format.format(youtube_id="abc", time_start=1, time_end=2)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(
+            f"{source}: data.key_format {key_format!r} must be a Python format of youtube_id, time_start and "
+            f"time_end (integers), e.g. '{{youtube_id}}_{{time_start:06d}}_{{time_end:06d}}.mp4': {exc!r}"
+        ) from None
+
+
+def _train_section(section: dict[str, Any], source: str, *, multi_label: bool) -> TrainSection:
     """The ``train`` keys as a :class:`TrainSection`, refusing settings that cannot give a trained head.
 
     Every setting that would run yet train nothing (0 epochs of a stage, mini-batches
@@ -582,6 +605,8 @@ def _train_section(section: dict[str, Any], source: str) -> TrainSection:
     """
 
     values = {k: v for k, v in section.items() if k != "val_path_split"}
+    if values["loss"] is None:  # the loss fits the labels: independent classes when a video has many
+        values["loss"] = "bce" if multi_label else "softmax"
     config = TrainConfig(**values)
     problem = config_problem(config)
     if problem:

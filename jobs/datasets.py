@@ -2,7 +2,8 @@
 
 - class list: one class name per line; the class index is the 0-based line number;
 - split file: one video key per line (``v_<id>.mp4``, ``<ytid>_<start>_<end>.mp4``);
-- labels: the ActivityNet-1.3 JSON or the Mini-Kinetics CSV;
+- labels: the ActivityNet-1.3 JSON, the Mini-Kinetics CSV or an HVU v1.0 CSV (tags separated by ``|``);
+- categories (HVU): a ``Tag,Category`` CSV, for the mAP of each category of tags;
 - frames: ``<frames root>/<video key>/*.jpeg``, sorted by path.
 
 A split video that cannot be evaluated is not dropped silently: it is listed in
@@ -16,7 +17,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
@@ -156,13 +157,110 @@ def read_minikinetics_labels(path: str) -> dict[str, list[str]]:
     return labels
 
 
-def read_labels(name: str, path: str) -> dict[str, list[str]]:
-    """Labels by video key for ``data.name`` ``activitynet1.3`` or ``minikinetics``."""
+HVU_COLUMNS = ("Tags", "youtube_id", "time_start", "time_end")
+#: Frame-folder names of HVU videos: the Kinetics style, ``<youtube_id>_<start:06d>_<end:06d>.mp4``.
+HVU_KEY_FORMAT = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+
+
+def hvu_key(youtube_id: str, time_start: str, time_end: str, key_format: str | None = None) -> str:
+    """The split key of an HVU row: ``key_format`` (default :data:`HVU_KEY_FORMAT`) filled with the row's fields.
+
+    ``time_start`` and ``time_end`` are given to the format as integers (their
+    integer part), so ``{time_start:06d}`` zero-pads as the Kinetics keys do.
+    """
+    fields = {"youtube_id": youtube_id, "time_start": _seconds(time_start), "time_end": _seconds(time_end)}
+    return (key_format or HVU_KEY_FORMAT).format(**fields)
+
+
+def _seconds(text: str) -> int:
+    return int(text.split(".")[0] or 0)
+
+
+def read_hvu_labels(path: str, key_format: str | None = None) -> dict[str, list[str]]:
+    """``{key: [tag, ...]}`` from an HVU v1.0 annotation CSV (header ``Tags,youtube_id,time_start,time_end``).
+
+    Tags are separated by ``|``; a row with no tag is a video without labels. A
+    video listed on several rows gets the tags of all of them.
+    """
+    with _open(path, "HVU label file", "data.path_label") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(c.strip() for c in rows[0][: len(HVU_COLUMNS)]) != HVU_COLUMNS:
+        raise DatasetError(f"HVU label file {path} must start with the header {','.join(HVU_COLUMNS)}")
+    labels: dict[str, list[str]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) < 4:
+            raise DatasetError(f"HVU label file {path}, line {line}: expected 4 columns, got {row}")
+        tags, youtube_id, start, end = (c.strip() for c in row[:4])
+        try:
+            key = hvu_key(youtube_id, start, end, key_format)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise DatasetError(
+                f"HVU label file {path}, line {line}: cannot make a video key with data.key_format "
+                f"{key_format or HVU_KEY_FORMAT!r} from youtube_id={youtube_id!r}, time_start={start!r}, "
+                f"time_end={end!r}: {exc}"
+            ) from None
+        found = labels.setdefault(key, [])
+        found += [t for t in (tag.strip() for tag in tags.split("|")) if t and t not in found]
+    return labels
+
+
+def read_tag_categories(path: str) -> list[tuple[str, str]]:
+    """``(tag, category)`` rows of a ``Tag,Category`` CSV (HVU's tag-category file), in file order."""
+    with _open(path, "category file", "data.path_category") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or [c.strip() for c in rows[0][:2]] != ["Tag", "Category"]:
+        raise DatasetError(f"category file {path} must start with the header Tag,Category")
+    pairs = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DatasetError(f"category file {path}, line {line}: expected a tag and a category, got {row}")
+        pairs.append((row[0].strip(), row[1].strip()))
+    return pairs
+
+
+def read_tags(path: str) -> list[str]:
+    """Every tag of a ``Tag,Category`` CSV, once each, in file order."""
+    return list(dict.fromkeys(tag for tag, _ in read_tag_categories(path)))
+
+
+def read_categories(path: str, classes: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The classes of each category, from a ``Tag,Category`` CSV, by category name.
+
+    Every class of the class list must have a category (a class without one is
+    an error naming it); a tag of the file that is not a class is ignored (the
+    class list may be a subset). A tag listed under two categories counts in both.
+    Categories are sorted by name, class indices ascending.
+    """
+    pairs = read_tag_categories(path)
+    index = {c: i for i, c in enumerate(classes)}
+    members: dict[str, set[int]] = {}
+    for tag, category in pairs:
+        if tag in index:
+            members.setdefault(category, set()).add(index[tag])
+    seen = {tag for tag, _ in pairs}
+    missing = [c for c in classes if c not in seen]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DatasetError(
+            f"category file {path} gives no category for the class(es) {', '.join(map(repr, missing[:3]))}{more} "
+            "of the class list (data.path_classid)"
+        )
+    return {name: tuple(sorted(members[name])) for name in sorted(members)}
+
+
+def read_labels(name: str, path: str, key_format: str | None = None) -> dict[str, list[str]]:
+    """Labels by video key for ``data.name`` ``activitynet1.3``, ``minikinetics`` or ``hvu``."""
     if name == "activitynet1.3":
         return read_activitynet_labels(path)
     if name == "minikinetics":
         return read_minikinetics_labels(path)
-    raise DatasetError(f"data.name must be 'activitynet1.3' or 'minikinetics', got {name!r}")
+    if name == "hvu":
+        return read_hvu_labels(path, key_format)
+    raise DatasetError(f"data.name must be 'activitynet1.3', 'minikinetics' or 'hvu', got {name!r}")
 
 
 #: File name extensions of videos: a frame folder named ``<stem><one of these>`` is a video's folder.
@@ -216,6 +314,7 @@ def load_dataset(
     path_label: str | None,
     path_classid: str | None,
     num_class: int,
+    key_format: str | None = None,
 ) -> Dataset:
     """Read the split, labels and class list, and find every video's frames.
 
@@ -229,7 +328,7 @@ def load_dataset(
         raise DatasetError(f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}")
     index = {c: i for i, c in enumerate(classes)}
     keys = read_split(path_split or "")
-    labels = read_labels(name, path_label or "")
+    labels = read_labels(name, path_label or "", key_format)
     if not path_frame:
         raise DatasetError("no frames root given: set data.path_frame")
     if not os.path.isdir(path_frame):
@@ -266,6 +365,7 @@ def load_job_dataset(data, num_class: int) -> Dataset:
         path_label=data.path_label,
         path_classid=data.path_classid,
         num_class=num_class,
+        key_format=data.key_format,
     )
 
 
@@ -290,3 +390,10 @@ def require_videos(n_videos: int, skipped, path_split: str | None) -> None:
     raise DatasetError(
         f"no video of split {path_split} can be evaluated: all {len(entries)} listed are skipped: {reasons}{more}.{hint}"
     )
+
+
+def load_categories(data) -> dict[str, tuple[int, ...]] | None:
+    """The classes of each category of a job's ``data.path_category`` (see :func:`read_categories`); ``None`` without one."""
+    if not data.path_category:
+        return None
+    return read_categories(data.path_category, read_class_list(data.path_classid or ""))

@@ -27,13 +27,14 @@ from reports.records import (
     InferUnits,
     SkippedVideo,
     StepCostsRecord,
+    category_maps,
     runtime,
 )
 from reports.schema import VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
-from .datasets import Skipped, load_job_dataset, require_videos
+from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import load_model, resolve_device, step_costs
 from .progress import progress as progress_bar
@@ -86,6 +87,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
 
     dataset = load_job_dataset(data, model_cfg.num_class)
     require_videos(len(dataset.videos), dataset.skipped, data.path_split)
+    categories = load_categories(data)
     model = load_model(job, checkpoint, torch_device)
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
 
@@ -149,6 +151,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
         mean_frames=float((exits_arr + 1).mean()) if len(exits_arr) else float("nan"),
         exit_histogram=exit_histogram(exits_arr, data.num_frames).tolist(),
         ap_per_class=metrics.ap.tolist(),
+        map_per_category=category_maps(metrics.ap, categories),
         n_videos=metrics.n_videos,
         n_videos_labelled=metrics.n_labelled,
         n_videos_listed=dataset.n_listed,
@@ -163,6 +166,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
             labels=os.path.abspath(data.path_label),
             classes=os.path.abspath(data.path_classid),
             frames=os.path.abspath(data.path_frame),
+            categories=os.path.abspath(data.path_category) if data.path_category else None,
         ),
         backbone=model_cfg.backbone_name,
         runtime=InferRuntime(

@@ -1,4 +1,4 @@
-"""How much memory a replay needs, planned before any work: blocks small enough, or a clear refusal."""
+"""How much memory a replay needs, planned before any work: class blocks small enough, or a clear refusal."""
 
 from __future__ import annotations
 
@@ -25,13 +25,16 @@ class MemoryEstimate:
     Attributes
     ----------
     sweep_rows : int
-        The metrics of every checkpoint and setting, as arrays, Python rows and the Arrow table.
+        The metrics of every checkpoint and setting (with the per-class AP), as arrays, Python rows
+        and the Arrow table.
     video_rows : int
         The per-video rows (one per video, setting and checkpoint with ``per_video='all'``).
     tables : int
-        Exit tables and candidate ranks of every checkpoint (float32 / int32, videos x steps x classes).
+        Exit tables of every checkpoint's shards (float32, videos x steps x classes), held until every
+        class block has read them.
     sweep_tasks : int
-        Working memory of the sweep tasks that run at once, each on ``gate_block`` gate thresholds.
+        Working memory of the AP tasks that run at once, each on ``class_block`` classes (its
+        classes' scores of every video, and the AP's own), and of the task putting the grid together.
     n_settings, n_video_rows : int
         Settings of the grid, and per-video rows, over all checkpoints.
     """
@@ -58,39 +61,42 @@ def memory_estimate(
     per_video_all: bool = False,
     n_steps: int = 10,
     concurrency: int = 1,
-    gate_block: int = 1,
+    class_block: int = 1,
 ) -> MemoryEstimate:
     """What a replay of ``n_first x n_gate`` settings for ``n_checkpoints`` over ``n_videos`` needs (see
-    :class:`MemoryEstimate`); ``concurrency`` sweep tasks of ``gate_block`` gate thresholds run at once."""
+    :class:`MemoryEstimate`); ``concurrency`` AP tasks of ``class_block`` classes run at once."""
     settings = n_first * n_gate * n_checkpoints
     video_rows = n_checkpoints * n_videos * (n_first * n_gate if per_video_all else 1)
-    block = max(1, min(gate_block, n_gate))
+    block = max(1, min(class_block, num_class))
+    # an AP task: a copy of its classes' scores, and sweep_block_bytes of them (which also bounds the task
+    # putting the grid together: its exit steps of every setting and video)
+    task = 4 * n_videos * n_steps * block + sweep_block_bytes(n_videos, n_first, n_gate, block, n_steps)
     return MemoryEstimate(
-        sweep_rows=settings * SWEEP_ROW_BYTES,
+        sweep_rows=settings * (SWEEP_ROW_BYTES + 8 * num_class),
         video_rows=video_rows * VIDEO_ROW_BYTES,
-        tables=n_checkpoints * n_videos * n_steps * (num_class * 8 + 4),
-        sweep_tasks=concurrency * sweep_block_bytes(n_videos, n_first, block, num_class, n_steps) if n_videos else 0,
+        tables=n_checkpoints * n_videos * n_steps * (num_class * 4 + 4),
+        sweep_tasks=concurrency * task if n_videos else 0,
         n_settings=settings,
         n_video_rows=video_rows,
     )
 
 
-def plan_memory(*, limit: int, gate_block: int, **grid: Any) -> int:
-    """The largest number of gate thresholds per sweep task (at most ``gate_block``) that fits in ``limit`` bytes.
+def plan_memory(*, limit: int, class_block: int, **grid: Any) -> int:
+    """The largest number of classes per AP task (at most ``class_block``) that fits in ``limit`` bytes.
 
     Raises :class:`UsageError` with the estimate, the limit and how to shrink the
-    grid when even one gate threshold per task does not fit. ``grid`` holds the
-    other arguments of :func:`memory_estimate`.
+    grid when even one class per task does not fit. ``grid`` holds the other
+    arguments of :func:`memory_estimate`.
     """
-    one = memory_estimate(**grid, gate_block=1)
+    one = memory_estimate(**grid, class_block=1)
     if one.total > limit:
         raise UsageError(_too_large(one, limit, **grid))
-    if gate_block <= 1:
+    if class_block <= 1:
         return 1
     # memory grows linearly with the block: solve for the largest block that fits
-    two = memory_estimate(**grid, gate_block=2)
-    per_gate = max(two.total - one.total, 1)
-    return int(max(1, min(gate_block, 1 + (limit - one.total) // per_gate)))
+    two = memory_estimate(**grid, class_block=2)
+    per_class = max(two.total - one.total, 1)
+    return int(max(1, min(class_block, 1 + (limit - one.total) // per_class)))
 
 
 def _too_large(estimate: MemoryEstimate, limit: int, **grid: Any) -> str:
@@ -100,13 +106,15 @@ def _too_large(estimate: MemoryEstimate, limit: int, **grid: Any) -> str:
         f"sweep rows {_size(estimate.sweep_rows)}",
         f"per-video rows {_size(estimate.video_rows)}",
         f"exit tables {_size(estimate.tables)}",
-        f"sweep tasks {_size(estimate.sweep_tasks)}",
+        f"AP tasks {_size(estimate.sweep_tasks)}",
     ]
     advice = (
         "use fewer thresholds (smaller COUNTs in --first-thresholds / --gate-thresholds START:STOP:COUNT; "
         "e.g. 0.5:1:51 x 0:1:41 is 2,091 settings)"
     )
-    if grid.get("per_video_all") and estimate.video_rows > estimate.sweep_rows:
+    # the rows of every setting are what breaks the limit, or the largest part of the estimate
+    at_default = estimate.total - estimate.video_rows + estimate.video_rows // max(n_first * n_gate, 1)
+    if grid.get("per_video_all") and (at_default <= limit or estimate.video_rows > estimate.sweep_rows):
         advice = (
             f"--per-video all writes {estimate.n_video_rows:,} per-video rows (one per video, setting and "
             f"checkpoint): use --per-video default (the job's setting only), or {advice}"

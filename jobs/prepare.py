@@ -33,9 +33,11 @@ from .datasets import (
     VIDEO_SUFFIXES,
     FolderHints,
     list_frames,
+    load_categories,
     read_class_list,
     read_labels,
     read_split,
+    read_tags,
     split_key,
 )
 from .ffmpeg import FFmpeg, command_line, find_ffmpeg, frames_argv, input_duration, official_command
@@ -45,7 +47,15 @@ from .ffmpeg import start as start_ffmpeg
 if TYPE_CHECKING:  # for check()'s annotation only: prepare frames needs no job
     from .config import Job
 
-PRESETS = {"activitynet": {"fps": 1, "min_side": 350}, "minikinetics": {"fps": 5, "min_side": 256}}
+#: The official frame rate and shorter side of each dataset; HVU's are not published: its clips are Kinetics
+#: clips, so they get Mini-Kinetics's.
+PRESETS = {
+    "activitynet": {"fps": 1, "min_side": 350},
+    "minikinetics": {"fps": 5, "min_side": 256},
+    "hvu": {"fps": 5, "min_side": 256},
+}
+#: model.num_class of each dataset's bundled job file.
+JOB_NUM_CLASS = {"activitynet": 200, "minikinetics": 200, "hvu": 3142}
 PARTIAL = ".partial-"
 MANIFEST = "prepare-frames.json"
 POLL_S = 0.02  # how often the running ffmpeg processes are checked, in seconds
@@ -371,21 +381,37 @@ class Split:
         A class list for it, sorted by Python string order (code points): ActivityNet,
         every label of the annotation file (all subsets: the 200 classes);
         Mini-Kinetics, the labels of the split's videos (the CSV holds all 400
-        Kinetics classes, Mini-Kinetics uses 200 of them).
+        Kinetics classes, Mini-Kinetics uses 200 of them); HVU, every tag.
+    num_class : int
+        ``model.num_class`` of the dataset's bundled job file (200, or 3,142 for HVU).
     """
 
     keys: list[str]
     missing: list[str]
     classes: list[str]
+    num_class: int  # model.num_class of the dataset's bundled job file
 
 
-def build_split(annotation: str, *, dataset: str, val_list: str | None = None, classes: str | None = None) -> Split:
+def build_split(
+    annotation: str,
+    *,
+    dataset: str,
+    val_list: str | None = None,
+    classes: str | None = None,
+    categories: str | None = None,
+    key_format: str | None = None,
+) -> Split:
     """The validation split as the official help text builds it, and a class list for it.
 
     ActivityNet: every video of the JSON whose ``subset`` is ``validation``, as ``v_<id>.mp4``.
     Mini-Kinetics: the videos of ``mini_val_videofolder.txt`` (``val_list``, first column) found in the CSV.
+    HVU: every video of the annotation CSV (``HVU_Val_V1.0.csv``), keyed by ``key_format``
+    (default: the Kinetics style); the class list holds every tag of ``categories``
+    (the ``Tag,Category`` file, all 3,142 tags) when given, else the tags of the CSV.
     ``classes``: a class list to check the split's labels against.
     """
+    if dataset != "hvu" and (categories or key_format):
+        raise PrepareError(f"--categories and --key-format are for --dataset hvu, not {dataset}")
     if dataset == "activitynet":
         try:
             with open(annotation, encoding="utf-8") as handle:
@@ -409,13 +435,19 @@ def build_split(annotation: str, *, dataset: str, val_list: str | None = None, c
             by_id.setdefault(key.rsplit("_", 2)[0], []).append(key)
         keys = sorted({k for w in wanted for k in (by_id.get(w.removesuffix(".mp4"), []) if w not in labels else [w])})
         names = {lab for k in keys for lab in labels[k]}
+    elif dataset == "hvu":
+        labels = read_labels("hvu", annotation, key_format)
+        keys = sorted(labels)
+        names = {lab for labs in labels.values() for lab in labs}
+        if categories:
+            names = set(read_tags(categories))
     else:
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
     missing: list[str] = []
     if classes:
         known = set(read_class_list(classes))
         missing = sorted({lab for k in keys for lab in labels.get(k, []) if lab not in known})
-    return Split(keys, missing, sorted(names))
+    return Split(keys, missing, sorted(names), JOB_NUM_CLASS[dataset])
 
 
 @dataclass(frozen=True)
@@ -451,8 +483,9 @@ def check(job: Job) -> CheckResult:
     job.require("data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     data = job.data
     keys = read_split(data.path_split)
-    labels = read_labels(data.name, data.path_label)
+    labels = read_labels(data.name, data.path_label, data.key_format)
     known = set(read_class_list(data.path_classid))
+    load_categories(data)  # a class without a category stops the run: say so now
     if not os.path.isdir(data.path_frame):
         raise DatasetError(f"frames root not found: {data.path_frame} (from data.path_frame)")
     counts, missing, empty, hints = {}, [], [], {}

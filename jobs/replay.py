@@ -1,51 +1,40 @@
 """`frameexit replay`: threshold sweeps over cached features, on dask.
 
-Graph per checkpoint head: one task per shard computes the exit tables
-(projection, cumulative max in policy order, all classifiers' softmax, all
-gates); one task merges them;
-one task per block of gate thresholds computes the metrics of all its settings.
-Results do not depend on the scheduler, the number of workers, the shard size or
-the block size. The memory a grid needs is estimated before any work: blocks are
+The graph (:mod:`jobs.replay_graph`), per checkpoint head: one task per shard
+computes the exit tables (projection, cumulative max in policy order, all
+classifiers' softmax, all gates); one task per block of classes computes their AP
+at every setting; one task puts every metric of the grid together. Results do
+not depend on the scheduler, the number of workers, the shard size or the class
+blocks. The memory a grid needs is estimated before any work: class blocks are
 made small enough for the memory available, and a grid that cannot fit is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
-import threading
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
-import torch
-from tqdm.dask import TqdmCallback
 
 from cache.find import find_cache
 from cache.inputs import frames_digest
 from cache.manifest import CacheError
 from cache.plan import usable_videos
-from cache.reader import FeatureCache, verify_shard
-from cache.shard import file_sha256, read_shard
+from cache.reader import FeatureCache
+from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import BACKBONE, backbone_digest, build_model
+from frameexit.checkpoint import BACKBONE, backbone_digest
 from frameexit.cost import StepCosts, paper_per_frame
 from frameexit.errors import ConfigError
-from frameexit.exit_rule import check_thresholds, exit_steps
-from frameexit.head import FrameExit
+from frameexit.exit_rule import check_thresholds
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.sweep import (
-    ExitTables,
     SweepMetrics,
-    concat_tables,
-    exit_tables,
-    sweep_metrics,
 )
 from reports.records import (
     REPLAY_FILE,
@@ -56,16 +45,17 @@ from reports.records import (
     ReplayRuntime,
     Setting,
     StepCostsRecord,
+    category_maps,
     runtime,
 )
 from reports.schema import SWEEP, VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
-from .datasets import load_job_dataset
+from .datasets import load_categories, load_job_dataset
 from .memory import available_memory, plan_memory
 from .model import checkpoint_state, step_costs
-from .progress import progress as progress_bar
+from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
 log = logging.getLogger(__name__)
@@ -74,6 +64,8 @@ SWEEP_FILE = "sweep.parquet"
 VIDEOS_FILE = "videos.parquet"
 #: What ``frameexit report`` writes from a replay's outputs: stale once the replay changes.
 REPORT_FILES = ("summary.md", "summary.json", "curve.png")
+#: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
+BLOCK_BYTES = 150 * 10**6
 
 
 @dataclass(frozen=True)
@@ -98,9 +90,10 @@ class ReplayOptions:
         ``threads`` (dask's local threaded scheduler), ``sync``, or the address of a dask.distributed scheduler.
     workers : int or None
         Start a local dask cluster of this many worker processes instead.
-    gate_block : int or None
-        Gate thresholds per sweep task (default: enough blocks to keep every worker busy); made
-        smaller when the memory available requires it (results do not depend on it).
+    class_block : int or None
+        Classes per AP task (default: enough blocks to keep every worker busy, each holding at most
+        about 150 MB of scores); made smaller when the memory available requires it (results do
+        not depend on it).
     dtype, precision, channels_last
         Extraction settings the cache was written with: dtype and precision must match the cache's;
         channels_last (a memory format, the same features) only prefers one of two otherwise equal caches.
@@ -117,7 +110,7 @@ class ReplayOptions:
     per_video: str = "default"
     scheduler: str = "threads"
     workers: int | None = None
-    gate_block: int | None = None
+    class_block: int | None = None
     dtype: str = "float32"
     precision: str = "fp32"
     channels_last: bool = False
@@ -131,96 +124,6 @@ class ReplayResult:
     videos_path: str
     replay_path: str
     summary: ReplayRecord  # what replay.json holds
-
-
-# ---------------------------------------------------------------------------------------------- tasks
-
-
-class HeadState:
-    """One checkpoint's head weights as one object for dask, and the head built from them once per process.
-
-    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
-    heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
-    An instance of this class travels whole, under a key of its own. A worker deserializes a scattered
-    object once and hands that same instance to each of its tasks (the local schedulers hand every task
-    the one instance), so the head built on first use is kept on the instance: one build per checkpoint
-    and process, with no module-level cache that could return another checkpoint's head.
-
-    Parameters
-    ----------
-    name : str
-        The checkpoint (named in errors).
-    sha256 : str
-        Of the checkpoint file.
-    state : dict of str to Tensor
-        The head's weights (no ``backbone.*``), float32 as stored.
-    """
-
-    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
-        self.name, self.sha256, self.state = name, sha256, state
-        self._model: FrameExit | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def hidden_dim(self) -> int:
-        """Width of the projection (4096 in the released checkpoints)."""
-        return int(self.state["mlp.layers.0.weight"].shape[0])
-
-    def model(self) -> FrameExit:
-        """The head in eval mode (float64), built on first use; threads of one process share it."""
-        with self._lock:
-            if self._model is None:
-                self._model = build_model(self.state, backbone_name=None, path=self.name)
-            return self._model
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the weights travel; the built head (twice their size in float64) and the lock are rebuilt there
-        return {"name": self.name, "sha256": self.sha256, "state": self.state}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["name"], state["sha256"], state["state"])
-
-    def __repr__(self) -> str:
-        return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"
-
-
-def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int, ...]) -> ExitTables:
-    """Dask task: verify and read one shard, return its exit tables for one checkpoint's head."""
-    verify_shard(path, sha256)
-    shard = read_shard(path)
-    return exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-
-
-def merge_tables(parts: Sequence[ExitTables]) -> ExitTables:
-    """Dask task: all shards' tables as one (sorted by key)."""
-    return concat_tables(parts)
-
-
-def sweep_block(tables: ExitTables, first: Sequence[float], gate: Sequence[float]):
-    """Dask task: metrics of the settings ``gate x first``."""
-    return sweep_metrics(tables, first, gate)
-
-
-def per_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> dict[str, list]:
-    """Dask task: per-video exit step, prediction and confidence at each (first, gate) setting."""
-    n = len(tables.videos)
-    labels = [np.flatnonzero(row).tolist() for row in tables.labels]
-    out: dict[str, list] = {
-        k: [] for k in ("first_threshold", "gate_threshold", "video", "exit_step", "prediction", "confidence", "labels")
-    }
-    conf0 = tables.confidence0
-    for ft, gt in settings:
-        steps = exit_steps(conf0, tables.gates, ft, gt)
-        probs = tables.probs[np.arange(n), steps]
-        prediction = probs.argmax(axis=1)
-        out["first_threshold"] += [ft] * n
-        out["gate_threshold"] += [gt] * n
-        out["video"] += tables.videos
-        out["exit_step"] += steps.tolist()
-        out["prediction"] += prediction.tolist()
-        out["confidence"] += probs[np.arange(n), prediction].astype(np.float64).tolist()
-        out["labels"] += labels
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -243,30 +146,30 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     """
     grid = _grid(job, options)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
-    plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, gate_block=1, limit=available_memory())
+    plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     check_writable_dir(out_dir, "--out")
     cache = _open_cache(job, options)
+    categories = load_categories(job.data)
     n_videos = usable_videos(cache.manifest)
     heads = _load_heads(job, cache)
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
         concurrency=_concurrency(options),
-        gate_block=options.gate_block or len(grid.gate),
+        class_block=options.class_block or job.model.num_class,
         limit=available_memory(),
     )
     paths = _remove_stale_outputs(out_dir)
-    graph, results = _sweep(grid, heads, cache, options, largest_block, progress=progress)
+    metrics, rows = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
     names = _checkpoint_names([h.name for h in heads])
     by_width = _step_costs(job, heads)
     costs = [by_width[h.hidden_dim] for h in heads]
     per_frame = paper_per_frame(job.model.backbone_name)
-    sweep = _sweep_columns(graph, results, grid, names, costs, per_frame, n_videos)
-    videos = _video_columns(graph, results, grid, names, cache, n_videos)
-    default_metrics = _default_metrics(graph, results, grid, names, costs, per_frame)
-    write_table(paths[SWEEP_FILE], sweep, SWEEP)
-    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
+    outputs = _Outputs(grid, names, costs, per_frame, categories)
+    write_table(paths[SWEEP_FILE], outputs.sweep_columns(metrics, n_videos), SWEEP)
+    write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
+    default_metrics = outputs.default_metrics(metrics)
     record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
     write_json(paths[REPLAY_FILE], record)
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
@@ -300,6 +203,19 @@ class _Grid:
     def per_video_settings(self) -> list[tuple[float, float]]:
         """The settings with per-video rows: every one with ``per_video='all'``, else the job's own."""
         return self.settings if self.per_video == "all" else [self.default]
+
+    @property
+    def computed(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The first and gate thresholds the sweep computes: the grid's, then the job's own if not among them."""
+        first = self.first if self.default[0] in self.first else (*self.first, self.default[0])
+        gate = self.gate if self.default[1] in self.gate else (*self.gate, self.default[1])
+        return first, gate
+
+    @property
+    def default_index(self) -> tuple[int, int]:
+        """``(gate, first)`` indices of the job's own setting in :attr:`computed`."""
+        first, gate = self.computed
+        return gate.index(self.default[1]), first.index(self.default[0])
 
     def memory_args(self, job: Job) -> dict[str, Any]:
         """The grid's arguments of :func:`plan_memory` / :func:`memory_estimate`."""
@@ -365,34 +281,8 @@ def _remove_stale_outputs(out_dir: str) -> dict[str, str]:
     return paths
 
 
-# ---------------------------------------------------------------------------------------------- the graph
-
-
-@dataclass
-class _Graph:
-    """A replay's dask tasks and the keys of their results, per checkpoint ``i``.
-
-    Keys carry a token of their own: on a shared dask scheduler, another client's ``merge-0`` must not be
-    taken for ours.
-    """
-
-    n_first: int  # first thresholds of the grid
-    blocks: list[tuple[float, ...]]  # the gate thresholds of each sweep task
-    tables: dict[str, Any] = field(default_factory=dict)  # per shard and checkpoint: its exit tables
-    outputs: dict[str, Any] = field(default_factory=dict)  # every task whose result is kept, by key
-    sweeps: list[list[str]] = field(default_factory=list)  # [i][b]: metrics of gate block b
-    videos: list[str] = field(default_factory=list)  # [i]: per-video rows
-    default: list[str] = field(default_factory=list)  # [i]: metrics at the job's own setting
-
-    def settings_of(self, key: str) -> int:
-        """Settings a task computes: those of its gate block for a sweep task, else 0."""
-        for keys in self.sweeps:
-            if key in keys:
-                return len(self.blocks[keys.index(key)]) * self.n_first
-        return 0
-
-
 def _sweep(
+    job: Job,
     grid: _Grid,
     heads: Sequence[HeadState],
     cache: FeatureCache,
@@ -400,87 +290,43 @@ def _sweep(
     largest_block: int,
     *,
     progress: bool | None,
-) -> tuple[_Graph, dict[str, Any]]:
-    """Build the graph and compute it on the scheduler of ``options``: the graph and its results by key."""
+) -> tuple[list[SweepMetrics], list[VideoRows]]:
+    """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
+    computed grid (:attr:`_Grid.computed`) and the per-video rows."""
     shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
+    n_class, n_steps = job.model.num_class, len(grid.order)
+    first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
-        workers = len(client.scheduler_info()["workers"]) if client is not None else (os.cpu_count() or 1)
-        block = options.gate_block or max(1, math.ceil(len(grid.gate) / max(2 * workers, 1)))
+        block = options.class_block or default_class_block(n_class, cache_videos(cache), n_steps, cpu_workers(client))
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
-        blocks = [grid.gate[i : i + block] for i in range(0, len(grid.gate), block)]
-        graph = _build_graph(grid, heads, shards, blocks, client)
+        graph = build_graph(
+            heads,
+            shards,
+            order=grid.order,
+            first=first,
+            gate=gate,
+            row_settings=grid.per_video_settings,
+            num_class=n_class,
+            class_block_size=block,
+            client=client,
+        )
         if client is None:
-            return graph, _compute_local(options.scheduler, graph, progress=progress)
-        n_settings = len(grid.settings) * len(heads)
-        return graph, _compute_distributed(client, graph, progress=progress, n_settings=n_settings)
-
-
-def _build_graph(
-    grid: _Grid, heads: Sequence[HeadState], shards: Sequence[tuple[str, str]], blocks: list[tuple[float, ...]], client
-) -> _Graph:
-    """Per checkpoint: exit tables per shard, one merge, a sweep task per gate block, per-video rows, the default."""
-    token = uuid.uuid4().hex[:12]
-    graph = _Graph(len(grid.first), blocks)
-    for i, head in enumerate(heads):
-        # the head weights (tens of MB) travel once per worker, not once per task, as one object
-        if client is not None:
-            shipped = client.scatter(head, broadcast=True, hash=False)
+            results = compute_local(options.scheduler, graph, progress=progress)
         else:
-            shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
-        parts = []
-        for s, (path, digest) in enumerate(shards):
-            key = f"tables-{i}-{s}-{token}"
-            parts.append(dask.delayed(shard_exit_tables)(path, digest, shipped, grid.order, dask_key_name=key))
-            graph.tables[key] = parts[-1]
-        merged = dask.delayed(merge_tables)(parts, dask_key_name=f"merge-{i}-{token}")
-        graph.sweeps.append([f"sweep-{i}-{b}-{token}" for b in range(len(blocks))])
-        for key, gate_block in zip(graph.sweeps[i], blocks, strict=True):
-            graph.outputs[key] = dask.delayed(sweep_block)(merged, grid.first, gate_block, dask_key_name=key)
-        graph.videos.append(f"videos-{i}-{token}")
-        graph.outputs[graph.videos[i]] = dask.delayed(per_video_rows)(
-            merged, grid.per_video_settings, dask_key_name=graph.videos[i]
-        )
-        graph.default.append(f"default-{i}-{token}")
-        graph.outputs[graph.default[i]] = dask.delayed(sweep_block)(
-            merged, [grid.default[0]], [grid.default[1]], dask_key_name=graph.default[i]
-        )
-    return graph
+            results = compute_distributed(client, graph, progress=progress)
+    return [results[key] for key in graph.sweeps], [results[key] for key in graph.videos]
 
 
-def _compute_local(kind: str, graph: _Graph, *, progress: bool | None) -> dict[str, Any]:
-    """Compute the graph on dask's local scheduler ``kind``, with one bar of its tasks (tqdm's dask callback)."""
-    bar = functools.partial(progress_bar, None, desc="replay tasks", unit="task", enabled=progress)
-    with TqdmCallback(tqdm_class=bar):
-        values = dask.compute(*graph.outputs.values(), scheduler=kind)
-    return dict(zip(graph.outputs, values, strict=True))
+def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: int) -> int:
+    """Classes per AP task: at least two tasks per worker, each copying at most about 150 MB of scores."""
+    by_workers = math.ceil(num_class / max(2 * workers, 1))
+    by_memory = BLOCK_BYTES // max(4 * n_videos * n_steps, 1)
+    return int(max(1, min(num_class, by_workers, by_memory)))
 
 
-def _compute_distributed(client, graph: _Graph, *, progress: bool | None, n_settings: int) -> dict[str, Any]:
-    """Compute the graph on a dask.distributed cluster, with a bar of the shards and one of the settings."""
-    from distributed import as_completed
-
-    n_shards = len(graph.tables)
-    shard_bar = progress_bar(range(n_shards), desc="replay shards", total=n_shards, unit="shard", enabled=progress)
-    setting_bar = progress_bar(
-        range(n_settings), desc="replay settings", total=n_settings, unit="setting", enabled=progress
-    )
-    try:
-        futures = client.compute(list(graph.tables.values()))
-        for future in as_completed(futures):
-            future.result()  # raise a task's error here, with its message
-            shard_bar.update(1)
-        results = client.compute(list(graph.outputs.values()))
-        by_future = dict(zip(results, graph.outputs, strict=True))
-        values = {}
-        for future in as_completed(results):
-            key = by_future[future]
-            values[key] = future.result()
-            if n := graph.settings_of(key):
-                setting_bar.update(n)
-        return values
-    finally:
-        shard_bar.close()
-        setting_bar.close()
+def cache_videos(cache: FeatureCache) -> int:
+    """Videos planned in the cache's shards (those skipped while extracting included: an upper bound)."""
+    return sum(len(entry.videos) for entry in cache.manifest.shards)
 
 
 # ---------------------------------------------------------------------------------------------- the outputs
@@ -491,87 +337,74 @@ def _step_costs(job: Job, heads: Sequence[HeadState]) -> dict[int, StepCosts]:
     return {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
 
 
-def _metric_row(
-    m: SweepMetrics,
-    g: int,
-    f: int,
-    checkpoint: str,
-    setting: tuple[float, float],
-    per_frame: float | None,
-    costs: StepCosts,
-) -> MetricRow:
-    """The one place a metric row is made: entry ``[g, f]`` of a sweep task's metrics, at ``setting`` (first, gate)."""
-    hist = m.exit_histogram[g, f]
-    frames = float(m.mean_frames[g, f])
-    return MetricRow(
-        checkpoint=checkpoint,
-        first_threshold=setting[0],
-        gate_threshold=setting[1],
-        map=float(m.map[g, f]),
-        top1=float(m.top1[g, f]),
-        gflops=frames * per_frame if per_frame is not None else None,
-        gmacs_measured=costs.mean_video_gmacs(frames, float(hist[0])),
-        mean_frames=frames,
-        exit_histogram=hist.tolist(),
-    )
+@dataclass(frozen=True)
+class _Outputs:
+    """Turns the computed metrics into the rows of ``sweep.parquet`` and ``replay.json``, per checkpoint ``i``."""
 
+    grid: _Grid
+    names: Sequence[str]  # checkpoint names, as in the checkpoint column
+    costs: Sequence[StepCosts]  # measured GMACs per part, per checkpoint
+    per_frame: float | None  # the paper's per-frame GMACs of the backbone
+    categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
 
-def _sweep_columns(
-    graph: _Graph,
-    results: dict[str, Any],
-    grid: _Grid,
-    names: Sequence[str],
-    costs: Sequence[StepCosts],
-    per_frame: float | None,
-    n_videos: int,
-) -> dict[str, list]:
-    """The columns of ``sweep.parquet``: a metric row per checkpoint and setting, with the order and video count."""
-    columns: dict[str, list] = {k: [] for k in SWEEP.names}
-    for i, name in enumerate(names):
-        for key, gate_block in zip(graph.sweeps[i], graph.blocks, strict=True):
-            m = results[key]
-            for g, gt in enumerate(gate_block):
-                for f, ft in enumerate(grid.first):
-                    for k, value in _metric_row(m, g, f, name, (ft, gt), per_frame, costs[i]).items():
+    def row(self, m: SweepMetrics, i: int, g: int, f: int, setting: tuple[float, float]) -> MetricRow:
+        """The one place a metric row is made: entry ``[g, f]`` of checkpoint ``i``'s metrics, at ``(first, gate)``."""
+        hist = m.exit_histogram[g, f]
+        frames = float(m.mean_frames[g, f])
+        return MetricRow(
+            checkpoint=self.names[i],
+            first_threshold=setting[0],
+            gate_threshold=setting[1],
+            map=float(m.map[g, f]),
+            top1=float(m.top1[g, f]),
+            gflops=frames * self.per_frame if self.per_frame is not None else None,
+            gmacs_measured=self.costs[i].mean_video_gmacs(frames, float(hist[0])),
+            mean_frames=frames,
+            exit_histogram=hist.tolist(),
+            map_per_category=category_maps(m.ap[g, f], self.categories),
+        )
+
+    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, list]:
+        """The columns of ``sweep.parquet``: a row per checkpoint and setting of the grid (gate-major)."""
+        columns: dict[str, list] = {k: [] for k in SWEEP.names}
+        for i, m in enumerate(metrics):
+            for g, gt in enumerate(self.grid.gate):
+                for f, ft in enumerate(self.grid.first):
+                    for k, value in self.row(m, i, g, f, (ft, gt)).items():
                         columns[k].append(value)
-    columns["order"] = [grid.order_name] * len(columns["checkpoint"])
-    columns["n_videos"] = [n_videos] * len(columns["checkpoint"])
-    return columns
+        columns["order"] = [self.grid.order_name] * len(columns["checkpoint"])
+        columns["n_videos"] = [n_videos] * len(columns["checkpoint"])
+        return columns
 
-
-def _default_metrics(
-    graph: _Graph,
-    results: dict[str, Any],
-    grid: _Grid,
-    names: Sequence[str],
-    costs: Sequence[StepCosts],
-    per_frame: float | None,
-) -> list[MetricRow]:
-    """Per checkpoint, the metric row of the job's own setting."""
-    return [
-        _metric_row(results[graph.default[i]], 0, 0, name, grid.default, per_frame, costs[i])
-        for i, name in enumerate(names)
-    ]
+    def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
+        """Per checkpoint, the metric row of the job's own setting."""
+        g, f = self.grid.default_index
+        return [self.row(m, i, g, f, self.grid.default) for i, m in enumerate(metrics)]
 
 
 def _video_columns(
-    graph: _Graph, results: dict[str, Any], grid: _Grid, names: Sequence[str], cache: FeatureCache, n_videos: int
-) -> dict[str, list]:
-    """The columns of ``videos.parquet``: every checkpoint's per-video rows, with its name."""
+    rows: Sequence[VideoRows], grid: _Grid, names: Sequence[str], cache: FeatureCache, n_videos: int
+) -> dict[str, Any]:
+    """The columns of ``videos.parquet``: per checkpoint, setting and video (in key order), with the checkpoint."""
+    settings = np.asarray(grid.per_video_settings, dtype=np.float64).reshape(-1, 2)
     columns: dict[str, list] = {k: [] for k in VIDEOS.names}
-    n_settings = len(grid.per_video_settings)
-    for i, name in enumerate(names):
-        rows = results[graph.videos[i]]
-        if len(rows["video"]) != n_videos * n_settings:
+    for name, r in zip(names, rows, strict=True):
+        if len(r.videos) != n_videos:
             # the shards were verified against the manifest, so only a hand-edited manifest gets here
             raise CacheError(
                 f"the manifest of {cache.directory} counts {n_videos} videos with features, its shards hold "
-                f"{len(rows['video']) // max(n_settings, 1)}; run frameexit extract again"
+                f"{len(r.videos)}; run frameexit extract again"
             )
-        for key in rows:
-            columns[key] += rows[key]
-        columns["checkpoint"] += [name] * len(rows["video"])
-    return columns
+        n_rows = len(settings) * len(r.videos)
+        columns["first_threshold"].append(np.repeat(settings[:, 0], len(r.videos)))
+        columns["gate_threshold"].append(np.repeat(settings[:, 1], len(r.videos)))
+        columns["video"] += r.videos * len(settings)
+        columns["exit_step"].append(r.exit_step.ravel())
+        columns["prediction"].append(r.prediction.ravel())
+        columns["confidence"].append(r.confidence.ravel())
+        columns["labels"] += r.labels * len(settings)
+        columns["checkpoint"] += [name] * n_rows
+    return {k: np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v for k, v in columns.items()}
 
 
 def _replay_record(

@@ -35,6 +35,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _category_table(default: list[Mapping[str, Any]]) -> list[str]:
+    """mAP per category of classes at the job's setting (HVU's scene, object, ...); nothing without categories."""
+    names = sorted({name for r in default for name in (r.get("map_per_category") or {})})
+    if not names:
+        return []
+    rows = [[r["checkpoint"], *(_f((r.get("map_per_category") or {}).get(n)) for n in names)] for r in default]
+    note = "Mean AP of each category's classes that have a positive video (data.path_category); n/a: none has one."
+    header = ["Checkpoint", *(f"{n} ↑" for n in names)]
+    return ["## mAP per category at the job's setting", "", *_table(header, rows), "", note, ""]
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md`` from a :class:`reports.records.Summary`."""
     higher = summary["higher_is_better"]
@@ -90,6 +101,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "For a 3D backbone a frame in these columns is a clip.",
             "",
         ]
+        lines += _category_table(default)
 
     frontier = summary["frontier"]
     lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]

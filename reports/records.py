@@ -14,8 +14,6 @@ torch's ``FlopCounterMode`` (GFLOPs = 2 x GMACs); costs are per video;
 thresholds are probabilities in [0, 1]; NaN is written as ``null``.
 """
 
-from __future__ import annotations
-
 import datetime
 import json
 import os
@@ -23,7 +21,7 @@ import platform
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import frameexit
 from frameexit.errors import FrameExitError
@@ -100,6 +98,9 @@ class MetricRow(TypedDict):
     gmacs_measured: float  # mean measured GMACs per video, backbone + head
     mean_frames: float  # mean frames read per video (exit_step + 1)
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based), sums to 1
+    # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...), fractions in [0, 1],
+    # null for a category without a positive video; null without categories (absent in files before 0.1 wrote it)
+    map_per_category: NotRequired[dict[str, float | None] | None]
 
 
 class SummaryRow(MetricRow):
@@ -113,6 +114,15 @@ class SkippedVideo(TypedDict):
 
     video: str  # split-file key
     reason: str  # why, e.g. no frame folder
+
+
+def category_maps(ap: Any, categories: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """``map_per_category`` of a record: :func:`frameexit.metrics.category_map` of one setting's per-class AP."""
+    if categories is None:
+        return None
+    from frameexit.metrics import category_map
+
+    return {name: float(value) for name, value in category_map(ap, categories).items()}
 
 
 # ---------------------------------------------------------------------------------------------- metrics.json
@@ -129,6 +139,7 @@ class InferDataset(TypedDict):
     labels: str  # absolute path of the label file (data.path_label)
     classes: str  # absolute path of the class list (data.path_classid)
     frames: str  # absolute path of the frame root (data.path_frame)
+    categories: str | None  # absolute path of the Tag,Category file (data.path_category); null without one
 
 
 class InferRuntime(Runtime):
@@ -158,6 +169,7 @@ class InferMetrics(TypedDict):
     mean_frames: float  # mean frames read per video (exit_step + 1)
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based)
     ap_per_class: list[float]  # average precision of each class (line of the class list), NaN (null) without positives
+    map_per_category: dict[str, float | None] | None  # mAP of each category of data.path_category; null without one
     n_videos: int  # videos evaluated
     n_videos_labelled: int  # of those, videos with at least one label
     n_videos_listed: int  # videos the split file lists

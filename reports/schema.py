@@ -39,5 +39,8 @@ SWEEP = pa.schema(
         pa.field("mean_frames", pa.float64()),  # mean frames read per video (exit_step + 1)
         pa.field("exit_histogram", pa.list_(pa.float64()), nullable=False),  # share of videos per exit step
         pa.field("n_videos", pa.int64(), nullable=False),  # videos replayed
+        # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...): the mean AP of the
+        # category's classes with a positive video, NaN if none has one; null without data.path_category
+        pa.field("map_per_category", pa.map_(pa.string(), pa.float64())),
     ]
 )

@@ -54,6 +54,9 @@ def render_infer_summary(result: Any) -> str:
         f"  {'mean ' + step + 's':<15}{_num(metrics.get('mean_frames'), 2)}",
         "  exits per step " + " ".join(f"{i}:{100 * f:.1f}%" for i, f in enumerate(hist)),
     ]
+    categories = metrics.get("map_per_category") or {}
+    if categories:
+        lines.append("  mAP per category " + " ".join(f"{k}:{_num(v)}" for k, v in categories.items()))
     lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
     lines.append(f"  wrote {result.videos_path}, {result.metrics_path}")
     return "\n".join(lines)
@@ -210,8 +213,8 @@ def render_splits_summary(split: Any, *, out_path: str, classes: str | None, cla
         lines.append(f"  {len(split.missing)} label(s) missing from {classes}: " + "; ".join(split.missing[:20]))
     if classes_out:
         lines.append(f"  {len(split.classes)} classes written to {classes_out} (sorted)")
-        if len(split.classes) != 200:
-            lines.append("  note: the official job files' model.num_class is 200")
+        if len(split.classes) != split.num_class:
+            lines.append(f"  note: the bundled job file's model.num_class is {split.num_class}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from helpers import activitynet_dataset, minikinetics_dataset, official_state
+from helpers import activitynet_dataset, hvu_dataset, minikinetics_dataset, official_state
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,12 @@ def anet(tmp_path_factory):
 def minik(tmp_path_factory):
     """Mini-Kinetics-layout dataset (paths dict)."""
     return minikinetics_dataset(str(tmp_path_factory.mktemp("minik")))
+
+
+@pytest.fixture(scope="session")
+def hvu(tmp_path_factory):
+    """HVU-layout dataset (paths dict, with the Tag,Category file under 'categories')."""
+    return hvu_dataset(str(tmp_path_factory.mktemp("hvu")))
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,55 @@ def minikinetics_dataset(root: str) -> dict[str, str]:
     return paths
 
 
+HVU_CATEGORIES = ("scene", "object", "action", "event", "attribute", "concept")
+# HVU tags per video (indices into class_names()): several per video, one video without any
+HVU_TAGS = {
+    "alpha": [3, 10, 17],
+    "bravo": [7],
+    "charlie": [3, 7, 22, 41],
+    "delta": [],
+    "echo": [11, 100],
+    "foxtrot": [7, 8],
+}
+
+
+def hvu_dataset(root: str) -> dict[str, str]:
+    """HVU v1.0 layout: tags CSV (``|``-separated), Tag,Category CSV, class list, split file, frame folders.
+
+    Keys in the Kinetics style; class ``i`` is in category ``HVU_CATEGORIES[i % 6]``. Besides VIDEOS:
+    ``ytnofolder_...`` (a CSV row without frames).
+    """
+    names = class_names()
+    frames = os.path.join(root, "frames")
+    lines, keys = ["Tags,youtube_id,time_start,time_end"], []
+    for i, (stem, n, size, _) in enumerate(VIDEOS):
+        start = 3 * i
+        key = f"yt{stem}_{start:06d}_{start + 10:06d}.mp4"
+        write_frames(os.path.join(frames, key), n, size, seed=20 + i)
+        tags = "|".join(names[c] for c in HVU_TAGS[stem])
+        lines.append(f'"{tags}",yt{stem},{start},{start + 10}')
+        keys.append(key)
+    lines.append(f'"{names[5]}",ytnofolder,4,14')
+    keys.append("ytnofolder_000004_000014.mp4")
+    paths = {
+        "frames": frames,
+        "split": os.path.join(root, "split_val_hvu.txt"),
+        "labels": os.path.join(root, "HVU_Val_V1.0.csv"),
+        "classes": os.path.join(root, "hvu_classes.txt"),
+        "categories": os.path.join(root, "HVU_Tags_Categories_V1.0.csv"),
+    }
+    with open(paths["labels"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(paths["classes"], "w") as f:
+        f.write("\n".join(names) + "\n")
+    with open(paths["split"], "w") as f:
+        f.write("\n".join(keys) + "\n")
+    with open(paths["categories"], "w") as f:
+        rows = [f'"{name}",{HVU_CATEGORIES[i % 6]}' for i, name in enumerate(names)]
+        f.write("\n".join(["Tag,Category", *rows]) + "\n")
+    return paths
+
+
 def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int = HIDDEN, steps: int = 10):
     """Names and shapes of the official head parameters (without ``module.``), from SEMANTICS 9."""
     shapes = {
@@ -205,7 +254,8 @@ def write_job(
     output_dim: int = 512,
     first_threshold: float = 0.99,
 ) -> str:
-    """A job file in the official config format."""
+    """A job file in the official config format (with ``data.path_category`` when ``paths`` has categories)."""
+    category = f"\n  path_category: {paths['categories']}" if "categories" in paths else ""
     text = f"""help: False
 checkpoint:
   init: {checkpoint}
@@ -214,7 +264,7 @@ data:
   path_frame: {paths["frames"]}
   path_split: {paths["split"]}
   path_label: {paths["labels"]}
-  path_classid: {paths["classes"]}
+  path_classid: {paths["classes"]}{category}
   preprocessing:
     to_tensor: True
     resize: 224

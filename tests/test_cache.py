@@ -107,6 +107,20 @@ def test_replay_finds_a_channels_last_cache(dataset, checkpoint, tmp_path):
     assert (tmp_path / "o" / "sweep.parquet").exists()
 
 
+def test_a_hand_made_cache_that_records_no_input_is_not_compared(extracted, tmp_path):
+    # e.g. bench/replay.py's synthetic caches: their manifest records the backbone digest alone; the inputs added
+    # later (clip length, ...) are read at their defaults, and must not make such a cache look comparable
+    job_file, _, result = extracted
+    made = shutil.copytree(result.cache_dir, tmp_path / "made", ignore=shutil.ignore_patterns(".lock"))
+    path = made / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["inputs"] = {"backbone_digest": doc["inputs"]["backbone_digest"]}
+    path.write_text(json.dumps(doc))
+    job = load_job(job_file, ["--data.path_split", str(tmp_path / "elsewhere.txt")])
+    out = replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), **GRID))
+    assert pq.read_table(out.sweep_path).num_rows == 6
+
+
 def test_a_cache_with_other_inputs_is_refused_naming_them(extracted, tmp_path):
     job_file, _, result = extracted
     root = tmp_path / "root"

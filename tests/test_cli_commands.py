@@ -358,16 +358,16 @@ def test_prepare_summaries():
     assert text.render_frames_summary(frames, ffmpeg_filter="fps=1", frames_dir="out").splitlines()[1:] == [
         "  frames in out"
     ]
-    split = SimpleNamespace(keys=["v_a.mp4"], missing=["Zumba"], classes=["a", "b"])
+    split = SimpleNamespace(keys=["v_a.mp4"], missing=["Zumba"], classes=["a", "b"], num_class=200)
     assert text.render_splits_summary(split, out_path="s.txt", classes="c.txt", classes_out=None).splitlines() == [
         "FrameExit prepare splits: 1 videos written to s.txt",
         "  1 label(s) missing from c.txt: Zumba",
     ]
-    split = SimpleNamespace(keys=["v_a.mp4"], missing=[], classes=["a", "b"])
+    split = SimpleNamespace(keys=["v_a.mp4"], missing=[], classes=["a", "b"], num_class=3142)
     lines = text.render_splits_summary(split, out_path="s.txt", classes=None, classes_out="k.txt").splitlines()
     assert lines[1:] == [
         "  2 classes written to k.txt (sorted)",
-        "  note: the official job files' model.num_class is 200",
+        "  note: the bundled job file's model.num_class is 3142",
     ]
     check = SimpleNamespace(
         n_listed=3,

@@ -192,3 +192,19 @@ def test_only_the_official_and_pytorchvideos_preprocessing_orders(tmp_path):
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(ConfigError, match="or to_tensor, normalize, resize, crop_center .pytorchvideo's. is supported"):
         load_job(str(path))
+
+
+def test_hvu_job_file_and_its_additions():
+    hvu = load_job(os.path.join(ROOT, "jobs", "hvu_inference_2d.yml"))
+    assert hvu.data.name == "hvu" and hvu.model.num_class == 3142
+    assert hvu.data.path_category == "data/hvu/HVU_Tags_Categories_V1.0.csv" and hvu.data.key_format is None
+    # the training loss fits the labels: BCE for HVU's many tags per video, softmax elsewhere, unless set
+    assert hvu.train.config.loss == "bce" and load_job(ANET).train.config.loss == "softmax"
+    assert load_job(ANET, ["--train.loss", "bce"]).train.config.loss == "bce"
+    assert load_job("hvu_inference_2d.yml", ["--train.loss", "softmax"]).train.config.loss == "softmax"
+    fmt = "{youtube_id}.mp4"
+    assert load_job("hvu_inference_2d.yml", ["--data.key_format", fmt]).data.key_format == fmt
+    with pytest.raises(ConfigError, match=r"data.key_format .*'\{id\}.mp4' must be a Python format of youtube_id"):
+        load_job("hvu_inference_2d.yml", ["--data.key_format", "{id}.mp4"])
+    with pytest.raises(ConfigError, match="data.key_format names the videos of HVU's CSV; data.name is 'minikinetics'"):
+        load_job(MINIK, ["--data.key_format", fmt])

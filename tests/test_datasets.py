@@ -161,3 +161,86 @@ def test_class_count_must_match(anet):
         _load(anet, num_class=100)
     with pytest.raises(DatasetFileNotFoundError, match="frames root not found"):
         _load({**anet, "frames": anet["frames"] + "-nope"})
+
+
+# ---------------------------------------------------------------------------------------------- HVU
+
+
+def test_hvu_layout_multiple_tags_and_a_video_without_tags(hvu):
+    from helpers import HVU_TAGS
+
+    ds = _load(hvu, name="hvu")
+    assert [v.key for v in ds.videos] == [
+        "ytalpha_000000_000010.mp4",
+        "ytbravo_000003_000013.mp4",
+        "ytcharlie_000006_000016.mp4",
+        "ytdelta_000009_000019.mp4",
+        "ytecho_000012_000022.mp4",
+        "ytfoxtrot_000015_000025.mp4",
+    ]
+    # tags separated by '|' inside a quoted field whose tag names hold commas
+    assert [v.labels for v in ds.videos] == [tuple(sorted(HVU_TAGS[k])) for k in HVU_TAGS]
+    assert [v.labels for v in ds.videos][3] == ()
+    assert [(s.video, s.reason.split(" ")[0]) for s in ds.skipped] == [("ytnofolder_000004_000014.mp4", "no")]
+
+
+def test_hvu_reader_by_hand(tmp_path):
+    from jobs.datasets import read_hvu_labels
+
+    csv = tmp_path / "HVU_Val_V1.0.csv"
+    csv.write_text(
+        "Tags,youtube_id,time_start,time_end\n"
+        "dog|grass|running,abc,5,15\n"
+        ",noTags,0,10\n"
+        "grass|cat,abc,5,15\n"  # the same video again: its tags are added
+        "cat,-x_y,123,133\n"
+    )
+    assert read_hvu_labels(str(csv)) == {
+        "abc_000005_000015.mp4": ["dog", "grass", "running", "cat"],
+        "noTags_000000_000010.mp4": [],
+        "-x_y_000123_000133.mp4": ["cat"],
+    }
+    assert set(read_hvu_labels(str(csv), "{youtube_id}.mp4")) == {"abc.mp4", "noTags.mp4", "-x_y.mp4"}
+    with pytest.raises(DatasetError, match=r"line 2: cannot make a video key with data.key_format '\{nope\}'"):
+        read_hvu_labels(str(csv), "{nope}")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,youtube_id,time_start,time_end\n")
+    with pytest.raises(DatasetError, match=r"HVU label file .*bad.csv must start with the header Tags,youtube_id"):
+        read_hvu_labels(str(bad))
+
+
+def test_hvu_tag_missing_from_the_class_list_names_video_tag_and_file(hvu, tmp_path):
+    classes = tmp_path / "classes.txt"
+    names = open(hvu["classes"]).read().splitlines()
+    classes.write_text("\n".join(n for n in names if n != names[22]) + "\nspare\n")
+    with pytest.raises(DatasetError) as info:
+        _load({**hvu, "classes": str(classes)}, name="hvu")
+    message = str(info.value)
+    assert "ytcharlie_000006_000016.mp4" in message and repr(names[22]) in message and "HVU_Val_V1.0.csv" in message
+
+
+def test_categories_by_hand(tmp_path):
+    from jobs.datasets import read_categories, read_tags
+
+    path = tmp_path / "cat.csv"
+    path.write_text('Tag,Category\ndog,object\n"grass, green",scene\nrunning,action\nextra,event\ndog,concept\n')
+    classes = ["running", "dog", "grass, green"]
+    assert read_categories(str(path), classes) == {"action": (0,), "concept": (1,), "object": (1,), "scene": (2,)}
+    assert read_tags(str(path)) == ["dog", "grass, green", "running", "extra"]
+    with pytest.raises(DatasetError, match=r"no category for the class\(es\) 'cat' of the class list"):
+        read_categories(str(path), [*classes, "cat"])
+    path.write_text("Tag,Group\ndog,object\n")
+    with pytest.raises(DatasetError, match="must start with the header Tag,Category"):
+        read_categories(str(path), classes)
+
+
+def test_category_map_by_hand():
+    import math
+
+    from frameexit.metrics import category_map
+
+    ap = [0.5, float("nan"), 1.0, 0.25]  # class 1 has no positive video
+    out = category_map(ap, {"a": (0, 1), "b": (0, 2, 3), "c": (1,)})
+    assert out["a"] == 0.5 and out["b"] == pytest.approx((0.5 + 1.0 + 0.25) / 3) and math.isnan(out["c"])
+    grid = category_map([[0.5, 1.0], [0.0, float("nan")]], {"a": (0, 1)})  # per setting of a grid
+    assert grid["a"].tolist() == [0.75, 0.0]

@@ -462,6 +462,35 @@ def test_splits_and_check(anet, tmp_path):
     assert r.exit_code == 1 and "label(s) not in the class list" in r.output.splitlines()[-1]
 
 
+def test_hvu_splits_class_list_and_check(hvu, tmp_path):
+    from helpers import HVU_TAGS, class_names
+
+    args = ["splits", hvu["labels"], "--dataset", "hvu", "--out", tmp_path / "split.txt"]
+    r = _prepare(*args, "--categories", hvu["categories"], "--classes-out", tmp_path / "classes.txt")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "split.txt").read_text() == open(hvu["split"]).read()  # every row of the CSV, sorted
+    # every tag of the Tag,Category file (the class list of HVU), not only those of the validation CSV
+    assert (tmp_path / "classes.txt").read_text().splitlines() == sorted(class_names())
+    assert "model.num_class is 3142" in r.output
+    r = _prepare(*args, "--classes-out", tmp_path / "val_tags.txt")
+    tags = {class_names()[c] for labels in HVU_TAGS.values() for c in labels} | {class_names()[5]}
+    assert r.exit_code == 0 and (tmp_path / "val_tags.txt").read_text().splitlines() == sorted(tags)
+    r = _prepare(*args, "--key-format", "{youtube_id}.mp4")
+    assert r.exit_code == 0 and (tmp_path / "split.txt").read_text().splitlines()[0] == "ytalpha.mp4"
+    r = _prepare(
+        "splits", hvu["labels"], "--dataset", "minikinetics", "--out", tmp_path / "s", "--categories", hvu["categories"]
+    )
+    assert r.exit_code == 1 and "--categories and --key-format are for --dataset hvu" in r.output
+    job = write_job(str(tmp_path / "job.yml"), hvu, "unused.pth", name="hvu")
+    r = _prepare("check", job, "--max-missing", "1")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("FrameExit prepare check: 6 of 7 split videos have frames; 1 missing, 0 empty")
+    categories = tmp_path / "categories.csv"
+    categories.write_text("".join(open(hvu["categories"]).readlines()[:-1]))  # the last class has no category
+    r = _prepare("check", job, "--max-missing", "1", "--data.path_category", categories)
+    assert r.exit_code == 1 and "gives no category for the class(es)" in r.output
+
+
 def readme_preparing_commands():
     """The ``frameexit`` command lines of README.md's "Preparing" section, continuations joined, as word lists."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:

@@ -95,23 +95,27 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
 def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, tmp_path):
     job_file, cache_root, _ = setup
     grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
-    tables = {}
+    tables, videos = {}, {}
     for name, options in {
-        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync", **grid),
-        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", gate_block=1, **grid),
-        "cluster": ReplayOptions(cache_root=cache_root, workers=2, **grid),
+        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync", per_video="all", **grid),
+        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1, per_video="all", **grid),
+        "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7, per_video="all", **grid),
+        "cluster": ReplayOptions(cache_root=cache_root, workers=2, per_video="all", **grid),
     }.items():
         replay(load_job(job_file), str(tmp_path / name), options)
         tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
+        videos[name] = pq.read_table(tmp_path / name / "videos.parquet")
     for size in (1, 3, 64):
         root = str(tmp_path / f"cache-{size}")
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
-        replay(load_job(job_file), str(tmp_path / f"shards-{size}"), ReplayOptions(cache_root=root, **grid))
-        tables[f"shards-{size}"] = pq.read_table(tmp_path / f"shards-{size}" / "sweep.parquet")
-    reference = tables.pop("sync")
-    assert reference.num_rows == 25
+        out = tmp_path / f"shards-{size}"
+        replay(load_job(job_file), str(out), ReplayOptions(cache_root=root, per_video="all", **grid))
+        tables[out.name], videos[out.name] = pq.read_table(out / "sweep.parquet"), pq.read_table(out / "videos.parquet")
+    reference, reference_videos = tables.pop("sync"), videos.pop("sync")
+    assert reference.num_rows == 25 and reference_videos.num_rows == 25 * 6
     for name, table in tables.items():
         assert table.equals(reference), name
+        assert videos[name].equals(reference_videos), name
 
 
 def test_sequential_order_differs_and_equals_infer_with_that_order(setup, checkpoint, tmp_path):
@@ -282,11 +286,12 @@ def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
     """--progress: tqdm's dask callback draws one bar of the graph's tasks on stderr; --no-progress and, off a
     terminal, the default draw none."""
     job_file, cache_root, _ = setup
-    options = ReplayOptions(cache_root=cache_root, first_thresholds=(0.5,), gate_thresholds=(0.5,))
+    options = ReplayOptions(cache_root=cache_root, first_thresholds=(0.5,), gate_thresholds=(0.5,), class_block=100)
     for progress, shown in ((True, True), (False, False), (None, False)):
         replay(load_job(job_file), str(tmp_path / str(progress)), options, progress=progress)
         err = capsys.readouterr().err
         assert ("replay tasks" in err) is shown, (progress, err)
         if shown:
-            # 2 shards, their merge, one sweep block, the per-video rows and the default setting
-            assert "100%" in err and "6/6" in err, err
+            # per shard (2): tables, their video exits, their 2 class blocks (3 tasks), the per-video rows;
+            # then the merged exits, an AP task per class block (2), the sweep and the merged rows
+            assert "100%" in err and "17/17" in err, err

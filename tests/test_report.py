@@ -43,6 +43,7 @@ def _rows(spec=HAND):
             "exit_histogram": [1.0] + [0.0] * 9,
             "order": "coarse_to_fine",
             "n_videos": 10,
+            "map_per_category": None,
         }
         for c, f, g, m, x in spec
     ]

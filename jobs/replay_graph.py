@@ -1,0 +1,328 @@
+"""The dask graph of a replay: its tasks, how they are wired, and running them on a scheduler.
+
+Per checkpoint head ``i``:
+
+- ``tables-i-s``, one task per shard: verify and read the shard, run the head
+  (:func:`shard_exit_tables`); everything else reads these.
+- ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's
+  tables (step-0 confidence, gates, top-1 hits; small), merged in key order.
+- ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy);
+  ``ap-i-b``, one task per class block: the per-class AP of its classes at every
+  setting, from the pieces of every shard (:func:`block_ap`). Classes are
+  independent, so no task ever holds more than one block of every video's
+  scores, and each class is sorted once for all settings.
+- ``sweep-i``: all metrics of the grid from the exits and the AP blocks.
+- ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for,
+  per shard, merged in key order.
+
+The job's own setting is computed with the grid (its thresholds added to the
+grid's when they are not on it): the AP of a setting does not depend on the other
+settings computed with it, bit for bit (tested in ``tests/test_sweep.py``).
+Results do not depend on the scheduler, the number of workers, the shard size or
+the class blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+import torch
+from tqdm.dask import TqdmCallback
+
+from cache.reader import verify_shard
+from cache.shard import read_shard
+from frameexit.checkpoint import build_model
+from frameexit.head import FrameExit
+from frameexit.sweep import (
+    ExitTables,
+    SweepMetrics,
+    VideoExits,
+    class_block,
+    class_block_ap,
+    combine_sweep,
+    concat_video_exits,
+    exit_steps_grid,
+    exit_tables,
+    video_exits,
+)
+
+from .progress import progress as progress_bar
+
+
+class HeadState:
+    """One checkpoint's head weights as one object for dask, and the head built from them once per process.
+
+    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
+    heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
+    An instance of this class travels whole, under a key of its own. A worker deserializes a scattered
+    object once and hands that same instance to each of its tasks (the local schedulers hand every task
+    the one instance), so the head built on first use is kept on the instance: one build per checkpoint
+    and process, with no module-level cache that could return another checkpoint's head.
+
+    Parameters
+    ----------
+    name : str
+        The checkpoint (named in errors).
+    sha256 : str
+        Of the checkpoint file.
+    state : dict of str to Tensor
+        The head's weights (no ``backbone.*``), float32 as stored.
+    """
+
+    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
+        self.name, self.sha256, self.state = name, sha256, state
+        self._model: FrameExit | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the projection (4096 in the released checkpoints)."""
+        return int(self.state["mlp.layers.0.weight"].shape[0])
+
+    def model(self) -> FrameExit:
+        """The head in eval mode (float64), built on first use; threads of one process share it."""
+        with self._lock:
+            if self._model is None:
+                self._model = build_model(self.state, backbone_name=None, path=self.name)
+            return self._model
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the weights travel; the built head (twice their size in float64) and the lock are rebuilt there
+        return {"name": self.name, "sha256": self.sha256, "state": self.state}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["sha256"], state["state"])
+
+    def __repr__(self) -> str:
+        return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+
+
+def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int, ...]) -> ExitTables:
+    """Dask task: verify and read one shard, return its exit tables for one checkpoint's head."""
+    verify_shard(path, sha256)
+    shard = read_shard(path)
+    return exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
+
+
+def class_pieces(tables: ExitTables, bounds: tuple[int, ...]) -> tuple[ExitTables, ...]:
+    """Dask task: one shard's tables cut into the class blocks ``[bounds[b], bounds[b + 1])`` (views)."""
+    return tuple(
+        ExitTables(tables.videos, tables.labels[:, lo:hi], tables.probs[:, :, lo:hi], tables.gates)
+        for lo, hi in itertools.pairwise(bounds)
+    )
+
+
+def block_ap(pieces: Sequence[ExitTables], exits: VideoExits, first: Sequence[float], gate: Sequence[float]):
+    """Dask task: per-class AP of one class block at every setting, shape (n_gate, n_first, n_block).
+
+    ``pieces``: the block's columns of every shard's tables; ``exits``: of all videos.
+    """
+    return class_block_ap(class_block(pieces, slice(None)), exits, first, gate)
+
+
+def merge_exits(parts: Sequence[VideoExits]) -> VideoExits:
+    """Dask task: the shards' video exits as one, rows in key order."""
+    return concat_video_exits(parts)
+
+
+def sweep(exits: VideoExits, blocks: Sequence[np.ndarray], first: Sequence[float], gate: Sequence[float]):
+    """Dask task: every metric of the grid (:class:`frameexit.sweep.SweepMetrics`) from the AP blocks."""
+    return combine_sweep(exits, blocks, first, gate)
+
+
+@dataclass(frozen=True)
+class VideoRows:
+    """Per-video decisions at some settings, arrays of shape (n_settings, n_videos) unless said otherwise.
+
+    Attributes
+    ----------
+    videos : list of str of length n_videos
+        Keys, sorted.
+    labels : list of list of int
+        Ground-truth class indices of each video.
+    exit_step, prediction : int64
+        0-based exit step; class of the top probability at it.
+    confidence : float64
+        That probability (a float32 value).
+    """
+
+    videos: list[str]
+    labels: list[list[int]]
+    exit_step: np.ndarray
+    prediction: np.ndarray
+    confidence: np.ndarray
+
+
+def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> VideoRows:
+    """Dask task: each video's exit step, prediction and confidence at each ``(first, gate)`` setting."""
+    n = len(tables.videos)
+    steps = np.stack([exit_steps_grid(tables, [ft], [gt])[0, 0] for ft, gt in settings]) if settings else None
+    steps = steps if steps is not None else np.zeros((0, n), dtype=np.int64)
+    # the top class and its probability at every step, then picked at each setting's exit step
+    predictions = tables.probs.argmax(axis=2)
+    confidences = tables.probs.max(axis=2).astype(np.float64)
+    rows = np.arange(n)[None, :]
+    return VideoRows(
+        videos=list(tables.videos),
+        labels=[np.flatnonzero(row).tolist() for row in tables.labels],
+        exit_step=steps,
+        prediction=predictions[rows, steps],
+        confidence=confidences[rows, steps],
+    )
+
+
+def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
+    """Dask task: the shards' per-video rows as one, videos in key order."""
+    videos = [v for p in parts for v in p.videos]
+    order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
+    labels = [label for p in parts for label in p.labels]
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts], axis=1)[:, order]
+
+    return VideoRows(
+        videos=[videos[i] for i in order],
+        labels=[labels[i] for i in order],
+        exit_step=cat("exit_step"),
+        prediction=cat("prediction"),
+        confidence=cat("confidence"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the graph
+
+
+@dataclass
+class Graph:
+    """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``.
+
+    Keys carry a token of their own: on a shared dask scheduler, another client's ``sweep-0`` must not be
+    taken for ours.
+    """
+
+    tables: dict[str, Any] = field(default_factory=dict)  # per shard and checkpoint: its exit tables
+    blocks: dict[str, Any] = field(default_factory=dict)  # per class block and checkpoint: its AP
+    outputs: dict[str, Any] = field(default_factory=dict)  # every task whose result is kept, by key
+    sweeps: list[str] = field(default_factory=list)  # [i]: SweepMetrics of the grid (and the job's setting)
+    videos: list[str] = field(default_factory=list)  # [i]: VideoRows
+
+
+def class_bounds(num_class: int, block: int) -> tuple[int, ...]:
+    """Starts of the class blocks of at most ``block`` classes, and ``num_class``: ``(0, block, ..., num_class)``."""
+    return (*range(0, num_class, max(block, 1)), num_class)
+
+
+def build_graph(
+    heads: Sequence[HeadState],
+    shards: Sequence[tuple[str, str]],
+    *,
+    order: tuple[int, ...],
+    first: Sequence[float],
+    gate: Sequence[float],
+    row_settings: Sequence[tuple[float, float]],
+    num_class: int,
+    class_block_size: int,
+    client: Any = None,
+    tables: Sequence[Sequence[ExitTables]] | None = None,
+) -> Graph:
+    """Every task of a replay (see the module docstring), per checkpoint of ``heads``.
+
+    ``shards``: ``(path, sha256)`` of each shard; ``first`` x ``gate``: the thresholds
+    the sweep computes; ``row_settings``: ``(first, gate)`` of the per-video rows;
+    ``client``: a ``distributed.Client`` to scatter the heads to, else ``None``;
+    ``tables``: each checkpoint's shard tables when already computed (``bench/replay.py``
+    times the head pass and the rest apart), else tasks compute them.
+    """
+    token = uuid.uuid4().hex[:12]
+    bounds = class_bounds(num_class, class_block_size)
+    given = tables
+    graph = Graph()
+    for i, head in enumerate(heads):
+        # the head weights (tens of MB) travel once per worker, not once per task, as one object
+        if client is not None:
+            shipped = client.scatter(head, broadcast=True, hash=False)
+        else:
+            shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
+        tables, exits, pieces, rows = [], [], [], []
+        for s, (path, digest) in enumerate(shards):
+            key = f"tables-{i}-{s}-{token}"
+            if given is not None:
+                tables.append(dask.delayed(given[i][s], name=key, traverse=False))
+            else:
+                tables.append(dask.delayed(shard_exit_tables)(path, digest, shipped, order, dask_key_name=key))
+            graph.tables[key] = tables[-1]
+            exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
+            cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
+            pieces.append(cut(tables[-1], bounds, dask_key_name=f"pieces-{i}-{s}-{token}"))
+            rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
+        merged = dask.delayed(merge_exits)(exits, dask_key_name=f"exits-{i}-{token}")
+        aps = []
+        for b in range(len(bounds) - 1):
+            key = f"ap-{i}-{b}-{token}"
+            aps.append(dask.delayed(block_ap)([p[b] for p in pieces], merged, first, gate, dask_key_name=key))
+            graph.blocks[key] = aps[-1]
+        graph.sweeps.append(f"sweep-{i}-{token}")
+        graph.outputs[graph.sweeps[i]] = dask.delayed(sweep)(merged, aps, first, gate, dask_key_name=graph.sweeps[i])
+        graph.videos.append(f"videos-{i}-{token}")
+        graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])
+    return graph
+
+
+def compute_local(kind: str, graph: Graph, *, progress: bool | None) -> dict[str, Any]:
+    """Compute the graph on dask's local scheduler ``kind``, with one bar of its tasks (tqdm's dask callback)."""
+    bar = functools.partial(progress_bar, None, desc="replay tasks", unit="task", enabled=progress)
+    with TqdmCallback(tqdm_class=bar):
+        values = dask.compute(*graph.outputs.values(), scheduler=kind)
+    return dict(zip(graph.outputs, values, strict=True))
+
+
+def compute_distributed(client, graph: Graph, *, progress: bool | None) -> dict[str, Any]:
+    """Compute the graph on a dask.distributed cluster, with a bar of the shards and one of the class blocks."""
+    from distributed import as_completed
+
+    bars = [
+        progress_bar(range(len(tasks)), desc=desc, total=len(tasks), unit=unit, enabled=progress)
+        for tasks, desc, unit in ((graph.tables, "replay shards", "shard"), (graph.blocks, "replay classes", "block"))
+    ]
+    held = []  # futures are kept until the end: a released one's result could be dropped and computed again
+    try:
+        for tasks, bar in zip((graph.tables, graph.blocks), bars, strict=True):
+            futures = client.compute(list(tasks.values()))
+            held += futures
+            for future in as_completed(futures):
+                future.result()  # raise a task's error here, with its message
+                bar.update(1)
+        results = client.compute(list(graph.outputs.values()))
+        return dict(zip(graph.outputs, client.gather(results), strict=True))
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def pick(metrics: SweepMetrics, gates: Sequence[int], firsts: Sequence[int]) -> SweepMetrics:
+    """The settings ``gates x firsts`` (indices into the computed grid) of ``metrics``."""
+    g, f = np.ix_(list(gates), list(firsts))
+    return SweepMetrics(
+        map=metrics.map[g, f],
+        top1=metrics.top1[g, f],
+        mean_frames=metrics.mean_frames[g, f],
+        exit_histogram=metrics.exit_histogram[g, f],
+        ap=metrics.ap[g, f],
+    )
+
+
+def cpu_workers(client: Any) -> int:
+    """Worker processes of ``client``'s cluster, or this machine's cores for dask's local schedulers."""
+    return len(client.scheduler_info()["workers"]) if client is not None else (os.cpu_count() or 1)
