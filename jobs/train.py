@@ -33,6 +33,7 @@ class TrainResult:
     validation: dict[str, list[float]] | None
     n_videos: int
     cache_dir: str
+    loss: str  # the classification loss trained with and behind the pseudo-labels: 'softmax' or 'bce'
 
 
 def cached_arrays(cache_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -176,4 +177,4 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
     )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     save_checkpoint(head, out_path)  # refuses non-finite weights, writing nothing
-    return TrainResult(out_path, history, validation, len(features), extracted.cache_dir)
+    return TrainResult(out_path, history, validation, len(features), extracted.cache_dir, config.loss)

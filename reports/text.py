@@ -138,11 +138,11 @@ def render_train_summary(result: Any) -> str:
     """``frameexit train``: final losses, validation accuracy per step, the checkpoint.
 
     ``result``: ``n_videos``, ``history`` (``{'stage', 'epoch', 'loss'}`` per epoch), ``validation``
-    (``{'top1': [10 values]}`` or None), ``checkpoint``.
+    (``{'top1': [10 values]}`` or None), ``checkpoint``, ``loss`` (its kind).
     """
     last = {e["stage"]: e for e in result.history}
     lines = [
-        f"FrameExit train: {result.n_videos} videos; final loss classifiers "
+        f"FrameExit train: {result.n_videos} videos; final loss ({result.loss}) classifiers "
         f"{last['classifier']['loss']:.4f}, gates {last['gates']['loss']:.4f}"
     ]
     if result.validation:

@@ -304,9 +304,10 @@ def test_train_summary():
         ],
         validation={"top1": [0.5, 0.75]},
         checkpoint="head.pth",
+        loss="bce",
     )
     assert text.render_train_summary(result) == (
-        "FrameExit train: 12 videos; final loss classifiers 1.2346, gates 0.5000\n"
+        "FrameExit train: 12 videos; final loss (bce) classifiers 1.2346, gates 0.5000\n"
         "  validation top-1 after 1..10 frames: 0.500 0.750\n"
         "  wrote head.pth"
     )

@@ -109,3 +109,25 @@ def test_reports_show_map_per_category(runs):
     assert "## mAP per category at the job's setting" in markdown
     assert "| action ↑ | attribute ↑ | concept ↑ | event ↑ | object ↑ | scene ↑ |" in markdown
     assert "# FrameExit report: hvu" in markdown and "summary.md" in output
+
+
+def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, tmp_path):
+    import torch
+
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions
+    from jobs.train import train
+
+    small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "1", "--train.hidden_dim", "16"]
+    small += ["--train.batch_size", "3"]
+    options = ExtractOptions(cache_root=str(tmp_path / "cache"))
+    heads = {}
+    for name, extra in (("default", []), ("bce", ["--train.loss", "bce"]), ("softmax", ["--train.loss", "softmax"])):
+        job = load_job(HVU_JOB, [*_overrides(hvu, checkpoint, 0.61), *small, *extra])
+        result = train(job, str(tmp_path / f"{name}.pth"), extract_options=options)
+        heads[name] = (result.loss, torch.load(result.checkpoint, weights_only=True))
+    assert [heads[k][0] for k in ("default", "bce", "softmax")] == ["bce", "bce", "softmax"]
+    default, bce, softmax = (heads[k][1] for k in ("default", "bce", "softmax"))
+    assert all(torch.equal(default[k], bce[k]) for k in default)  # the default is BCE, bit for bit
+    gates = [k for k in default if "exit_selector" in k and k.endswith("weight")]
+    assert any(not torch.equal(default[k], softmax[k]) for k in gates)  # a softmax head is another head

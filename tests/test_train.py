@@ -291,3 +291,21 @@ def test_batchnorm_recalibration_is_the_average_over_the_batches():
     assert torch.allclose(bn.running_mean, torch.stack([v.mean(0) for v in h]).mean(0), atol=1e-6)
     assert torch.allclose(bn.running_var, torch.stack([v.var(0, unbiased=True) for v in h]).mean(0), atol=1e-6)
     assert not bn.training and bn.momentum == 0.1 and pre.training
+
+
+def test_classification_losses_by_hand():
+    """Stage 1's loss and the loss behind the pseudo-labels: softmax CE on the normalised multi-hot target, or
+    the mean BCE over classes (multi-label data, HVU's default); NaN for a video without labels."""
+    import math
+
+    from frameexit.train import classification_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [2.0, 0.0, -1.0]], dtype=torch.float64)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    log_z = math.log(math.exp(2) + 1 + math.exp(-1))
+    softmax = 0.5 * (log_z - 2) + 0.5 * (log_z + 1)
+    bce = (math.log(1 + math.exp(-2)) + math.log(2) + math.log(1 + math.exp(1))) / 3
+    for kind, expected in (("softmax", softmax), ("bce", bce)):
+        loss = classification_loss(logits, labels, kind)
+        assert float(loss[0]) == pytest.approx(expected, rel=1e-12) and math.isnan(float(loss[1])), kind
+    assert softmax == pytest.approx(1.66984, abs=1e-5) and bce == pytest.approx(0.711112, abs=1e-6)
