@@ -100,12 +100,7 @@ def minikinetics_dataset(root: str) -> dict[str, str]:
         "labels": os.path.join(root, "kinetics_val.csv"),
         "classes": os.path.join(root, "minik_classInd.txt"),
     }
-    with open(paths["labels"], "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(paths["classes"], "w") as f:
-        f.write("\n".join(names) + "\n")
-    with open(paths["split"], "w") as f:
-        f.write("\n".join(keys) + "\n")
+    _write_lines(paths, labels=lines, classes=names, split=keys)
     return paths
 
 
@@ -146,16 +141,18 @@ def hvu_dataset(root: str) -> dict[str, str]:
         "classes": os.path.join(root, "hvu_classes.txt"),
         "categories": os.path.join(root, "HVU_Tags_Categories_V1.0.csv"),
     }
-    with open(paths["labels"], "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(paths["classes"], "w") as f:
-        f.write("\n".join(names) + "\n")
-    with open(paths["split"], "w") as f:
-        f.write("\n".join(keys) + "\n")
+    _write_lines(paths, labels=lines, classes=names, split=keys)
     with open(paths["categories"], "w") as f:
         rows = [f'"{name}",{HVU_CATEGORIES[i % 6]}' for i, name in enumerate(names)]
         f.write("\n".join(["Tag,Category", *rows]) + "\n")
     return paths
+
+
+def _write_lines(paths: dict[str, str], **lines: list[str]) -> None:
+    """Each ``paths[name]`` as text, one of ``lines[name]`` per line."""
+    for name, content in lines.items():
+        with open(paths[name], "w") as f:
+            f.write("\n".join(content) + "\n")
 
 
 def official_head_shapes(feat_dim: int, num_class: int = NUM_CLASS, hidden: int = HIDDEN, steps: int = 10):
@@ -311,3 +308,29 @@ def load_fixture(paths: dict[str, str], name: str = "activitynet1.3", num_class:
         path_classid=paths["classes"],
         num_class=num_class,
     )
+
+
+def key_inputs(**changes):
+    """Cache-key inputs of a fixed 2D ActivityNet job, with ``changes``."""
+    from cache.key import CacheKeyInputs
+
+    fixed = dict(
+        backbone="resnet50",
+        truncate_modules=-1,
+        backbone_digest="b" * 64,
+        resize=224,
+        crop=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        num_frames=10,
+        sampling="linspace",
+        dtype="float32",
+        precision="fp32",
+        channels_last=False,
+        dataset="activitynet1.3",
+        split_digest="s" * 64,
+        labels_digest="l" * 64,
+        classes_digest="c" * 64,
+        frames_digest="f" * 64,
+    )
+    return CacheKeyInputs(**{**fixed, **changes})

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from filelock import FileLock
-from helpers import write_job
+from helpers import key_inputs, write_job
 
 import jobs.extract
 from cache.manifest import CacheError, Manifest, ShardEntry, write_manifest
@@ -250,39 +250,14 @@ def test_extract_leaves_the_tf32_flags_as_they_were(dataset, checkpoint, tmp_pat
 # ---------------------------------------------------------------------------------------------- clip inputs
 
 
-def _key_inputs(**changes):
-    from cache.key import CacheKeyInputs
-
-    fixed = dict(
-        backbone="resnet50",
-        truncate_modules=-1,
-        backbone_digest="b" * 64,
-        resize=224,
-        crop=224,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        num_frames=10,
-        sampling="linspace",
-        dtype="float32",
-        precision="fp32",
-        channels_last=False,
-        dataset="activitynet1.3",
-        split_digest="s" * 64,
-        labels_digest="l" * 64,
-        classes_digest="c" * 64,
-        frames_digest="f" * 64,
-    )
-    return CacheKeyInputs(**{**fixed, **changes})
-
-
 def test_frame_caches_keep_their_keys_and_the_clip_definition_enters_the_key():
     from cache.key import cache_key, canonical_json
 
     # computed with the code before clip steps existed: caches of 2D backbones keep their directories
-    assert cache_key(_key_inputs()) == "60308e3c5437c2ca6a6a"
-    assert "clip" not in canonical_json(_key_inputs()) and "normalize_first" not in _key_inputs().to_json()
+    assert cache_key(key_inputs()) == "60308e3c5437c2ca6a6a"
+    assert "clip" not in canonical_json(key_inputs()) and "normalize_first" not in key_inputs().to_json()
     keys = {
-        cache_key(_key_inputs(**changes))
+        cache_key(key_inputs(**changes))
         for changes in (
             {},
             {"clip_length": 13},
@@ -292,17 +267,17 @@ def test_frame_caches_keep_their_keys_and_the_clip_definition_enters_the_key():
         )
     }
     assert len(keys) == 5
-    assert _key_inputs(clip_length=13, clip_stride=6).to_json()["clip_stride"] == 6
+    assert key_inputs(clip_length=13, clip_stride=6).to_json()["clip_stride"] == 6
 
 
 def test_manifests_record_inputs_as_the_key_and_read_absent_ones_as_their_default(tmp_path):
     from cache.inputs import differences
     from cache.manifest import read_manifest
 
-    inputs = {**_key_inputs().to_json(), "clip_length": 1, "clip_stride": 1, "normalize_first": False}
+    inputs = {**key_inputs().to_json(), "clip_length": 1, "clip_stride": 1, "normalize_first": False}
     write_manifest(str(tmp_path), Manifest("k", inputs, 1, 64, 0, [], [], complete=True))
     recorded = json.loads((tmp_path / "manifest.json").read_text())["inputs"]
-    assert recorded == _key_inputs().to_json()  # as earlier versions wrote it: no clip keys
+    assert recorded == key_inputs().to_json()  # as earlier versions wrote it: no clip keys
     manifest = read_manifest(str(tmp_path))
     assert (manifest.inputs["clip_length"], manifest.inputs["normalize_first"]) == (1, False)
     assert differences(manifest.inputs, {"clip_length": 13}, ["clip_length"]) == [

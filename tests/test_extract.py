@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import load_fixture, official_state, write_frames, write_job
+from helpers import key_inputs, load_fixture, official_state, write_frames, write_job
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -152,25 +152,7 @@ def test_bad_videos_are_recorded_in_the_manifest(anet, checkpoint, tmp_path):
     assert result.n_videos == 5 and "v_echo.mp4" not in FeatureCache.open(result.cache_dir).videos
 
 
-BASE = CacheKeyInputs(
-    backbone="resnet50",
-    truncate_modules=-1,
-    backbone_digest="a" * 64,
-    resize=224,
-    crop=224,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    num_frames=10,
-    sampling="linspace",
-    dtype="float32",
-    precision="fp32",
-    channels_last=False,
-    dataset="activitynet1.3",
-    split_digest="b" * 64,
-    labels_digest="c" * 64,
-    classes_digest="d" * 64,
-    frames_digest="e" * 64,
-)
+BASE = key_inputs()
 
 
 def test_cache_key_changes_when_and_only_when_an_input_changes():
