@@ -57,6 +57,7 @@ sys.path.insert(0, ROOT)
 from cache.key import FORMAT_VERSION  # noqa: E402
 from cache.manifest import Manifest, ShardEntry, write_manifest  # noqa: E402
 from cache.shard import write_shard  # noqa: E402
+from cli_options import map_large_allocations  # noqa: E402
 from frameexit.backbone import random_backbone  # noqa: E402
 from frameexit.checkpoint import BACKBONE, backbone_digest, build_model, read_state_dict, save_checkpoint  # noqa: E402
 from frameexit.head import FrameExit  # noqa: E402
@@ -186,6 +187,7 @@ def main() -> None:
     ap.add_argument("--class-block", type=int, default=None, help="classes per AP task [default: replay's]")
     ap.add_argument("--keep", default=None, help="build the cache here and keep it")
     a = ap.parse_args()
+    map_large_allocations()  # as the frameexit command does
     preset = PRESETS[a.preset]
     rng = np.random.default_rng(0)
     n, steps, dim, n_class = a.videos or preset["videos"], 10, 2048, preset["num_class"]
