@@ -10,7 +10,6 @@ click is imported here: ``frameexit --help`` stays instant.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import inspect
 import logging
@@ -35,29 +34,6 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated()
 
 
-#: Allocations of at least this many bytes (4 MiB) get a memory mapping of their own from glibc's malloc.
-MMAP_THRESHOLD = 4 << 20
-
-
-def map_large_allocations() -> None:
-    """Have glibc's malloc give every allocation of 4 MiB or more its own mapping, here and in child processes.
-
-    By default glibc raises that threshold up to 32 MiB after freeing a large
-    block, so the per-shard arrays a replay keeps (a few MB each) are carved out of
-    heaps between freed temporaries that it cannot give back: a replay at HVU scale
-    peaked at 13.8 GB with the default and about 60 % of that less fragmented
-    (bench/README.md). Mapped blocks go back to the system when freed. The
-    environment variable carries the setting to dask's worker processes and
-    DataLoader workers; elsewhere than glibc this does nothing.
-    """
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD, from <malloc.h>
-
-
 class PathNotFoundError(FrameExitError, FileNotFoundError):
     """A file or directory named on the command line does not exist (exit 1, as a missing job file)."""
 
@@ -69,7 +45,6 @@ class FrameExitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         if ctx.parent is None:
             signal.signal(signal.SIGTERM, _on_sigterm)
-            map_large_allocations()
         try:
             return super().invoke(ctx)
         except UsageError as exc:

@@ -57,12 +57,12 @@ sys.path.insert(0, ROOT)
 from cache.key import FORMAT_VERSION  # noqa: E402
 from cache.manifest import Manifest, ShardEntry, write_manifest  # noqa: E402
 from cache.shard import write_shard  # noqa: E402
-from cli_options import map_large_allocations  # noqa: E402
 from frameexit.backbone import random_backbone  # noqa: E402
 from frameexit.checkpoint import BACKBONE, backbone_digest, build_model, read_state_dict, save_checkpoint  # noqa: E402
 from frameexit.head import FrameExit  # noqa: E402
 from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
+from jobs.memory import limit_fragmentation, memory_estimate  # noqa: E402
 from jobs.replay import BLOCK_BYTES, default_class_block  # noqa: E402
 from jobs.replay_graph import HeadState, build_graph, compute_local, shard_exit_tables  # noqa: E402
 
@@ -187,10 +187,15 @@ def main() -> None:
     ap.add_argument("--class-block", type=int, default=None, help="classes per AP task [default: replay's]")
     ap.add_argument("--keep", default=None, help="build the cache here and keep it")
     a = ap.parse_args()
-    map_large_allocations()  # as the frameexit command does
     preset = PRESETS[a.preset]
     rng = np.random.default_rng(0)
     n, steps, dim, n_class = a.videos or preset["videos"], 10, 2048, preset["num_class"]
+    # as frameexit replay does for these tables
+    tables = memory_estimate(n_first=1, n_gate=1, n_checkpoints=1, n_videos=n, num_class=n_class, n_steps=steps).tables
+    if limit_fragmentation(tables):
+        print(
+            f"exit tables of {tables / 1e9:.1f} GB: allocations of 1 MiB or more mapped on their own (as replay does)"
+        )
     tmp = a.keep or tempfile.mkdtemp(prefix="bench-replay-")
     cache_dir = os.path.join(tmp, "cache")
     os.makedirs(cache_dir, exist_ok=True)

@@ -53,7 +53,7 @@ from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import load_categories, load_job_dataset
-from .memory import available_memory, plan_memory
+from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
 from .model import checkpoint_state, step_costs
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
@@ -159,6 +159,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
         class_block=options.class_block or job.model.num_class,
         limit=available_memory(),
     )
+    limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
     paths = _remove_stale_outputs(out_dir)
     metrics, rows = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 

@@ -1,6 +1,8 @@
 """`frameexit replay` agrees with `frameexit infer` video by video; results do not depend on how it runs."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -295,3 +297,32 @@ def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
             # per shard (2): tables, their video exits, their 2 class blocks (3 tasks), the per-video rows;
             # then the merged exits, an AP task per class block (2), the sweep and the merged rows
             assert "100%" in err and "17/17" in err, err
+
+
+def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_path, monkeypatch):
+    """replay hands the bytes of every checkpoint's exit tables (videos x steps x (4 x classes + 4)) to
+    limit_fragmentation, before computing."""
+    import jobs.replay
+
+    job_file, cache_root, _ = setup
+    seen = []
+    monkeypatch.setattr(jobs.replay, "limit_fragmentation", lambda tables: seen.append(tables) or False)
+    job = load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {checkpoint}]"])
+    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root, gate_thresholds=(0.5,)))
+    n_videos = len(pq.read_table(result.videos_path)) // 2
+    assert n_videos > 0 and seen == [2 * n_videos * 10 * (4 * job.model.num_class + 4)]
+
+
+def test_large_exit_tables_are_kept_with_large_allocations_mapped_on_their_own():
+    # a replay at HVU scale fragments glibc's heaps without it (bench/README.md); small tables are left alone, and
+    # the setting reaches the worker processes a replay starts through the environment
+    code = (
+        "import os\n"
+        "from jobs.memory import FRAGMENTING_TABLES, limit_fragmentation\n"
+        "print(limit_fragmentation(FRAGMENTING_TABLES - 1), os.environ.get('MALLOC_MMAP_THRESHOLD_'))\n"
+        "print(limit_fragmentation(FRAGMENTING_TABLES), os.environ.get('MALLOC_MMAP_THRESHOLD_'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
+    assert out.stdout.split() == ["False", "None", "True", str(1 << 20)], out.stdout + out.stderr
