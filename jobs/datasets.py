@@ -17,7 +17,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
@@ -140,21 +140,25 @@ def minikinetics_key(youtube_id: str, time_start: str, time_end: str) -> str:
 
 def read_minikinetics_labels(path: str) -> dict[str, list[str]]:
     """``{key: [label]}`` from a Kinetics CSV (header ``label,youtube_id,time_start,time_end,split,is_cc``)."""
-    with _open(path, "Mini-Kinetics label file", "data.path_label") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or tuple(c.strip() for c in rows[0][: len(MINIKINETICS_COLUMNS)]) != MINIKINETICS_COLUMNS:
-        raise DatasetError(
-            f"Mini-Kinetics label file {path} must start with the header {','.join(MINIKINETICS_COLUMNS)}"
-        )
     labels: dict[str, list[str]] = {}
+    for _, label, youtube_id, start, end in _kinetics_rows(path, "Mini-Kinetics label file", MINIKINETICS_COLUMNS):
+        labels.setdefault(minikinetics_key(youtube_id, start, end), []).append(label.strip('"'))
+    return labels
+
+
+def _kinetics_rows(path: str, what: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, str, str, str]]:
+    """``(line, labels, youtube_id, time_start, time_end)`` of each row of a Kinetics-style CSV (Mini-Kinetics,
+    HVU), stripped, after checking its header starts with ``columns``; empty rows are skipped."""
+    with _open(path, what, "data.path_label") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(c.strip() for c in rows[0][: len(columns)]) != columns:
+        raise DatasetError(f"{what} {path} must start with the header {','.join(columns)}")
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) < 4:
-            raise DatasetError(f"Mini-Kinetics label file {path}, line {line}: expected 6 columns, got {row}")
-        label, youtube_id, start, end = (c.strip() for c in row[:4])
-        labels.setdefault(minikinetics_key(youtube_id, start, end), []).append(label.strip('"'))
-    return labels
+            raise DatasetError(f"{what} {path}, line {line}: expected at least 4 columns, got {row}")
+        yield (line, *(c.strip() for c in row[:4]))
 
 
 HVU_COLUMNS = ("Tags", "youtube_id", "time_start", "time_end")
@@ -182,17 +186,8 @@ def read_hvu_labels(path: str, key_format: str | None = None) -> dict[str, list[
     Tags are separated by ``|``; a row with no tag is a video without labels. A
     video listed on several rows gets the tags of all of them.
     """
-    with _open(path, "HVU label file", "data.path_label") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or tuple(c.strip() for c in rows[0][: len(HVU_COLUMNS)]) != HVU_COLUMNS:
-        raise DatasetError(f"HVU label file {path} must start with the header {','.join(HVU_COLUMNS)}")
     labels: dict[str, list[str]] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) < 4:
-            raise DatasetError(f"HVU label file {path}, line {line}: expected 4 columns, got {row}")
-        tags, youtube_id, start, end = (c.strip() for c in row[:4])
+    for line, tags, youtube_id, start, end in _kinetics_rows(path, "HVU label file", HVU_COLUMNS):
         try:
             key = hvu_key(youtube_id, start, end, key_format)
         except (ValueError, KeyError, IndexError) as exc:

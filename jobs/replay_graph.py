@@ -168,8 +168,12 @@ class VideoRows:
 def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> VideoRows:
     """Dask task: each video's exit step, prediction and confidence at each ``(first, gate)`` setting."""
     n = len(tables.videos)
-    steps = np.stack([exit_steps_grid(tables, [ft], [gt])[0, 0] for ft, gt in settings]) if settings else None
-    steps = steps if steps is not None else np.zeros((0, n), dtype=np.int64)
+    steps = np.zeros((0, n), dtype=np.int64)
+    if settings:
+        # each distinct threshold once: the grid of them, then each setting's (gate, first) entry
+        first, at_first = np.unique([ft for ft, _ in settings], return_inverse=True)
+        gate, at_gate = np.unique([gt for _, gt in settings], return_inverse=True)
+        steps = exit_steps_grid(tables, first, gate)[at_gate, at_first]
     # the top class and its probability at every step, then picked at each setting's exit step
     predictions = tables.probs.argmax(axis=2)
     confidences = tables.probs.max(axis=2).astype(np.float64)
