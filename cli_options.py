@@ -163,11 +163,11 @@ def _option(*decls: str, **attrs) -> None:
 _option("--cache", "cache_root", type=click.Path(file_okay=False), default=default_cache_root, envvar="FRAMEEXIT_CACHE",
         show_default="$FRAMEEXIT_CACHE or ~/.cache/frameexit", help="Cache root; the job's features live in CACHE/<key>/.")
 _option("--features", type=ExistingPath(file_okay=False),
-        help="Use this cache directory (CACHE/<key>) instead of searching --cache; its recorded inputs are "
-        "still compared with the job's.")
+        help="Use this cache directory instead of CACHE/<key> (the key computed from the job); every input its "
+        "manifest records must still equal the job's.")
 _option("--verify-frames/--no-verify-frames", default=False,
-        help="List the frame folders and refuse a cache extracted from other frames (re-prepared under the same "
-        "split file); without it, the frames are not read.")
+        help="Read the frame files the steps use and refuse a cache extracted from other frames (another listing "
+        "or other bytes, e.g. re-prepared under the same split file); without it, the frames are not read.")
 _option("--shard-size", type=click.IntRange(min=1), default=64, help="Videos per shard.")
 _option("--batch-videos", type=click.IntRange(min=1), default=8, help="Videos per backbone batch (x 10 frames).")
 _option("--num-workers", type=click.IntRange(min=0),
@@ -177,8 +177,8 @@ _option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
 _option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
         help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key).")
 _option("--channels-last/--no-channels-last", default=False,
-        help="Channels-last memory format of the backbone (part of the cache key; replay only prefers "
-        "such a cache when two are otherwise equal).")
+        help="Channels-last memory format of the backbone: other convolution kernels, features that differ in "
+        "the last bits, so part of the cache key (give replay the same option).")
 _option("--device", default="auto", callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 _option("--first-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
         help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) "

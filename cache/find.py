@@ -1,111 +1,99 @@
-"""A reader's way to the cache of a job: a directory given as it is, checked, or one found under the root.
+"""A reader's way to the cache of a job: the directory its key names, or one given, checked against the job.
 
-Neither way lists the frame folders nor computes the key (see :mod:`cache.locate`
-for the rules of finding one): the inputs the manifests record are compared with
-the job's cheap ones (:func:`cache.inputs.cheap_inputs`). The job is read through
-the plain ``data`` and ``model`` objects of :mod:`cache.inputs`.
+The reader computes the key from the job (:func:`cache.inputs.key_inputs`, the
+same function ``extract`` uses) and opens ``<root>/<key>``: no manifest is
+scanned to decide anything, and no input is compared by a rule of its own. The
+frames are not in the key, so a cache can be replayed where its frames are gone;
+:func:`frames_differences` compares them with what the manifest recorded when
+asked to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .inputs import cheap_inputs, check_job_files, differences
-from .key import OPTIONAL
-from .locate import locate
-from .manifest import CacheError
+from .inputs import differences
+from .key import CacheKeyInputs, cache_key
+from .manifest import MANIFEST, CacheError, Manifest, read_manifest
 from .plan import usable_videos
 from .reader import FeatureCache
 
-#: Recorded inputs a cache given as it is (``--features``) is not compared on: the backbone digest is compared
-#: per checkpoint by the reader (with its own message), the frame listing is what giving a cache skips, and the
-#: storage options do not make the features belong to another dataset.
-NOT_COMPARED = ("backbone_digest", "frames_digest", "dtype", "precision", "channels_last")
+#: Extraction options in the key, with the option that sets each: named when a cache differs only in them.
+OPTIONS = {
+    "dtype": "--dtype",
+    "precision": "--precision",
+    "channels_last": "--channels-last",
+}
 
 
-def find_cache(
-    root: str,
-    data: Any,
-    model: Any,
-    *,
-    features: str | None = None,
-    dtype: str = "float32",
-    precision: str = "fp32",
-    channels_last: bool = False,
-    resolve: Mapping[str, Callable[[], str | None]] | None = None,
-    verify: Mapping[str, Any] | None = None,
-    hint: str = "",
+def open_cache(
+    root: str, inputs: CacheKeyInputs, *, features: str | None = None, data: Any = None, hint: str = ""
 ) -> FeatureCache:
-    """The complete cache of the job's features, holding at least one video to evaluate.
+    """The complete cache of ``inputs``, holding at least one video to evaluate.
 
     Parameters
     ----------
     root : str
-        The cache root searched when ``features`` is not given.
-    data, model
-        The job's settings (see :mod:`cache.inputs`).
+        The cache root: the cache is ``root/<key>``.
+    inputs : CacheKeyInputs
+        The job's key inputs.
     features : str, optional
-        A cache directory to use as it is; its recorded inputs are compared with
-        the job's (:func:`check_recorded_inputs`).
-    dtype, precision, channels_last
-        The extraction settings asked for (``channels_last`` only breaks ties).
-    resolve : mapping of str to callable, optional
-        The expensive inputs (``backbone_digest``, ``frames_digest``), computed only
-        when two matching caches differ in them (:func:`cache.locate.locate`).
-    verify : mapping of str to value, optional
-        Expensive inputs the caller computed and wants compared whatever happens
-        (``frames_digest`` when asked to verify the frames): a cache recording
-        another value is refused, naming the input.
+        A cache directory to use instead; every input its manifest records must
+        equal the job's (a hand-made cache that records fewer is compared on those).
+    data : object, optional
+        The job's ``data`` settings, to name its files in messages.
     hint : str
-        Appended to the "no cache" message.
+        Appended to the "no cache" message (which checkpoint).
 
     Raises
     ------
     CacheError
-        No such cache, one extracted for other inputs (each named), or one
-        without any video to evaluate.
+        No such cache (naming caches of this job extracted with other options,
+        or the nearest ones and how they differ), an incomplete one, one
+        extracted for other inputs, or one without any video to evaluate.
     """
-    settings = dict(dtype=dtype, precision=precision, channels_last=channels_last)
-    verify = dict(verify or {})
+    wanted = inputs.to_json()
     if features:
         cache = FeatureCache.open(features)
-        check_recorded_inputs(cache, data, model, **settings)
+        recorded = cache.manifest.inputs
+        found = differences(recorded, wanted, [n for n in wanted if n in recorded], data)
+        if found:
+            raise CacheError(
+                f"the feature cache {cache.directory} was extracted for other inputs than this job: "
+                f"{'; '.join(found)}. Give this job's cache, or run frameexit extract with this job and options"
+            )
     else:
-        check_job_files(data)
-        wanted = {**cheap_inputs(data, model, **settings), **verify}
-        cache = locate(root, wanted, resolve=resolve, data=data, hint=hint)
-    found = differences(cache.manifest.inputs, verify, list(verify), data)
-    if found:
-        raise CacheError(
-            f"the feature cache {cache.directory} was extracted from other inputs than this job's: "
-            f"{'; '.join(found)}. Run frameexit extract (or run) to extract them again"
-        )
+        key = cache_key(inputs)
+        directory = os.path.join(root, key)
+        if not os.path.isfile(os.path.join(directory, MANIFEST)):
+            raise CacheError(_no_cache(root, key, wanted, data, hint))
+        cache = FeatureCache.open(directory)
+        if cache.manifest.key != key:
+            raise CacheError(f"{directory}/{MANIFEST} belongs to key {cache.manifest.key}, not {key}")
     require_features(cache)
     return cache
 
 
-def check_recorded_inputs(cache: FeatureCache, data: Any, model: Any, **settings: Any) -> None:
-    """Raise :class:`CacheError` when a cache was extracted for another dataset or preprocessing than the job.
+def frames_differences(manifest: Manifest, videos: Sequence[str], now: Mapping[str, str | None]) -> list[str]:
+    """How the split's frames now differ from those a cache was extracted from, in words (empty: the same).
 
-    The inputs the manifest records are compared with the job's cheap ones:
-    the dataset name, the digests of the split, label and class-list files, and
-    the backbone, preprocessing and sampling. Inputs a manifest does not record
-    (hand-made caches) are not compared, nor those in :data:`NOT_COMPARED`.
-    ``settings`` are the ``dtype``, ``precision`` and ``channels_last`` of
-    :func:`cache.inputs.cheap_inputs`.
+    ``videos`` are the split's videos that have frames now; ``now`` their frame
+    records (:func:`cache.inputs.video_frames_digest`).
     """
-    recorded = cache.manifest.inputs
-    compared = [k for k in recorded if k not in NOT_COMPARED]
-    if all(k in OPTIONAL for k in compared):  # those are read at their defaults when a manifest leaves them out
-        return
-    check_job_files(data)
-    found = differences(recorded, cheap_inputs(data, model, **settings), compared, data)
-    if found:
-        raise CacheError(
-            f"the feature cache {cache.directory} was extracted for other inputs than this job: "
-            f"{'; '.join(found)}. Give the cache of this job's dataset, or run frameexit extract with this job"
-        )
+    out = []
+    planned = set(manifest.planned())
+    gained, lost = sorted(set(videos) - planned), sorted(planned - set(videos))
+    if gained:
+        out.append(f"{_count(gained)} {_has(gained)} frames now and had none: {_first(gained)}")
+    if lost:
+        out.append(f"{_count(lost)} had frames and {_has(lost)} none now: {_first(lost)}")
+    recorded = manifest.recorded_frames()
+    changed = sorted(v for v in videos if v in recorded and recorded[v] is not None and now.get(v) != recorded[v])
+    if changed:
+        out.append(f"the frames of {_count(changed)} are not those the features were computed from: {_first(changed)}")
+    return out
 
 
 def require_features(cache: FeatureCache) -> int:
@@ -121,3 +109,48 @@ def require_features(cache: FeatureCache) -> int:
             "lists what is missing) and run frameexit extract again"
         )
     return n_videos
+
+
+def _count(videos: Sequence[str]) -> str:
+    return f"{len(videos)} video{'s' if len(videos) != 1 else ''}"
+
+
+def _has(videos: Sequence[str]) -> str:
+    return "has" if len(videos) == 1 else "have"
+
+
+def _first(videos: Sequence[str], n: int = 5) -> str:
+    return ", ".join(videos[:n]) + (f" and {len(videos) - n} more" if len(videos) > n else "")
+
+
+def _no_cache(root: str, key: str, wanted: dict[str, Any], data: Any, hint: str) -> str:
+    """The "no cache" message; the manifests under the root are read for it only, to name what differs."""
+    plain = f"no feature cache for this job under {root} (key {key}){hint}"
+    try:
+        directories = sorted(e.path for e in os.scandir(root) if e.is_dir())
+    except OSError:
+        return f"{plain}; run frameexit extract with the same job and checkpoint first"
+    near = []
+    for directory in directories:
+        try:
+            manifest = read_manifest(directory)
+        except CacheError:
+            continue
+        recorded = manifest.inputs if manifest else {}
+        if manifest and all(recorded.get(n) == wanted[n] for n in ("dataset", "split_digest")):
+            names = [n for n in wanted if recorded.get(n) != wanted[n]]
+            near.append((directory, names, differences(recorded, wanted, names, data)))
+    options = [(d, found) for d, names, found in near if names and set(names) <= set(OPTIONS)]
+    if options:
+        shown = "; ".join(f"{d}: {', '.join(found)}" for d, found in options[:3])
+        return (
+            f"{plain}; a cache of this job extracted with other options is there ({shown}): give replay the "
+            f"options it was extracted with ({', '.join(OPTIONS.values())}), or extract with these"
+        )
+    if near:
+        shown = " | ".join(f"{d}: {'; '.join(found)}" for d, _, found in near[:5])
+        return (
+            f"{plain}; the caches for this split were extracted with other inputs: {shown}. Run frameexit "
+            "extract with this job and options, or replay with the options those were extracted with"
+        )
+    return f"{plain}; run frameexit extract with the same job and checkpoint first"

@@ -1,19 +1,19 @@
-"""The inputs of a cache key, from a job's settings, and how a cache's recorded inputs differ from a job's.
+"""The inputs of a cache key, from a job's settings; a video's frame record; how two sets of inputs differ.
 
 The one place that says which job setting feeds which input of
 :class:`cache.key.CacheKeyInputs`. The job is read through two plain objects
 (this package does not import ``jobs``):
 
 - ``data`` with ``name``, ``num_frames``, ``preprocessing`` (a
-  :class:`frameexit.preprocess.Preprocessing`), ``path_split``, ``path_label``
-  and ``path_classid``;
-- ``model`` with ``backbone_name``, ``truncate_modules``, ``clip_length`` and
-  ``clip_stride`` (1 and 1 for a 2D backbone: a step reads one frame).
+  :class:`frameexit.preprocess.Preprocessing`), ``key_format``, ``path_split``,
+  ``path_label`` and ``path_classid``;
+- ``model`` with ``backbone_name``, ``truncate_modules``, ``num_class``,
+  ``clip_length`` and ``clip_stride`` (1 and 1 for a 2D backbone: a step reads one frame).
 
-Two inputs are expensive: the backbone digest (the checkpoint must be read and
-its backbone weights hashed) and the frames digest (every frame folder of the
-split must be listed). :func:`cheap_inputs` gives every other input, which is
-what finding an existing cache needs (:mod:`cache.locate`).
+Writers and readers compute the key with :func:`key_inputs` alike. The frames are
+not an input: each video's listing and file contents are recorded in the
+manifest (:func:`video_frames_digest`) and compared by the commands that check
+them.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ from frameexit.backbone import model_name
 from frameexit.errors import ConfigError
 from frameexit.sampling import clip_indices
 
-from .key import OPTIONAL, CacheKeyInputs
+from .key import CacheKeyInputs
 from .shard import file_sha256
 
 DTYPES = ("float32", "float16")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 SAMPLING = "linspace"  # int(clip(linspace(0, L, T), 0, L - 1)), SEMANTICS 3
-#: Inputs that cost a checkpoint read or a listing of every frame folder.
-EXPENSIVE = ("backbone_digest", "frames_digest")
 #: The job files digested into the key, by input.
 FILES = {"split_digest": "path_split", "labels_digest": "path_label", "classes_digest": "path_classid"}
 #: How inputs are named in errors: the job key or option that sets them.
@@ -51,7 +49,8 @@ INPUT_NAMES = {
     "dtype": "dtype (--dtype)",
     "precision": "precision (--precision)",
     "channels_last": "memory format (--channels-last)",
-    "frames_digest": "frame listing under data.path_frame",
+    "key_format": "video key format data.key_format",
+    "num_class": "model.num_class",
     "format_version": "cache format version",
     "clip_length": "model.backbone.clip_length",
     "clip_stride": "model.backbone.clip_stride",
@@ -82,26 +81,23 @@ def check_job_files(data: Any) -> None:
             raise ConfigError(f"data.{name} {path} is not a file: it is compared with the feature cache's")
 
 
-def frames_digest(videos: Sequence[Video], num_frames: int, clip_length: int = 1, clip_stride: int = 1) -> str:
-    """SHA-256 of each video's key, frame count, and the names and sizes of the files its steps read.
+def frame_files(n_frames: int, num_frames: int, clip_length: int = 1, clip_stride: int = 1) -> list[int]:
+    """Positions (in the sorted frame list) of every file a video's steps read, each once, ascending."""
+    return sorted(set(clip_indices(n_frames, num_frames, clip_length, clip_stride).ravel().tolist()))
 
-    Cheap: no pixels are read. With ``clip_length`` 1 the files are the sampled
-    frames; otherwise every frame of every step's clip
-    (:func:`frameexit.sampling.clip_indices`).
+
+def video_frames_digest(n_frames: int, files: Sequence[tuple[str, bytes]]) -> str:
+    """What a video's features were computed from: 32 hex digits of a SHA-256.
+
+    It covers the video's frame count (which decides the sampled positions) and,
+    for every file its steps read (:func:`frame_files`), the file's name and
+    bytes. Frames replaced by other JPEGs of the same name and size change it.
     """
-    h = hashlib.sha256()
-    for video in videos:
-        h.update(f"{video.key}|{len(video.frames)}".encode())
-        files = clip_indices(len(video.frames), num_frames, clip_length, clip_stride)
-        for i in sorted(set(files.ravel().tolist())):
-            path = video.frames[i]
-            try:
-                size = os.path.getsize(path)
-            except OSError:
-                size = -1
-            h.update(f"|{os.path.basename(path)}:{size}".encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    h = hashlib.sha256(f"{n_frames}".encode())
+    for name, content in files:
+        h.update(f"|{os.path.basename(name)}:{len(content)}|".encode())
+        h.update(content)
+    return h.hexdigest()[:32]
 
 
 def key_inputs(
@@ -112,9 +108,12 @@ def key_inputs(
     precision: str,
     channels_last: bool,
     backbone_digest: str,
-    frames_digest: str,
 ) -> CacheKeyInputs:
-    """Every input of the features of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`)."""
+    """The key inputs of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`).
+
+    Reads the split, label and class-list files (to digest them), nothing else;
+    ``backbone_digest`` is the caller's (:func:`frameexit.checkpoint.backbone_digest`).
+    """
     pre = data.preprocessing
     clip_length = model.clip_length
     return CacheKeyInputs(
@@ -125,38 +124,22 @@ def key_inputs(
         crop=pre.crop,
         mean=tuple(pre.mean),
         std=tuple(pre.std),
+        normalize_first=pre.normalize_first,
         num_frames=data.num_frames,
         sampling=SAMPLING,
+        clip_length=clip_length,
+        # a clip of one frame has no stride: every stride gives the same features
+        clip_stride=model.clip_stride if clip_length > 1 else 1,
         dtype=dtype,
         precision=precision,
         channels_last=channels_last,
         dataset=data.name,
+        key_format=data.key_format,
+        num_class=model.num_class,
         split_digest=file_sha256(data.path_split),
         labels_digest=file_sha256(data.path_label),
         classes_digest=file_sha256(data.path_classid),
-        frames_digest=frames_digest,
-        clip_length=clip_length,
-        # a clip of one frame has no stride: every stride gives the same features
-        clip_stride=model.clip_stride if clip_length > 1 else 1,
-        normalize_first=pre.normalize_first,
     )
-
-
-def cheap_inputs(data: Any, model: Any, *, dtype: str, precision: str, channels_last: bool) -> dict[str, Any]:
-    """Every input but the :data:`EXPENSIVE` ones, as a manifest records them (JSON types).
-
-    :data:`cache.key.OPTIONAL` inputs are always present, at their default
-    when the job uses it; compare them with :func:`cache.key.with_defaults` of a
-    manifest's inputs. Reads the split, label and class-list files (to digest
-    them), nothing else.
-    """
-    inputs = key_inputs(
-        data, model, dtype=dtype, precision=precision, channels_last=channels_last, backbone_digest="", frames_digest=""
-    ).to_json()
-    inputs = {**OPTIONAL, **inputs}
-    for name in EXPENSIVE:
-        del inputs[name]
-    return inputs
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any], names: Sequence[str], data: Any = None) -> list[str]:
@@ -171,7 +154,7 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any], names: Sequenc
         if have == want:
             continue
         label = INPUT_NAMES.get(name, name)
-        if name in FILES or name in EXPENSIVE:
+        if name in FILES or name == "backbone_digest":
             where = f" {getattr(data, FILES[name])}" if data is not None and name in FILES else ""
             out.append(f"{label}{where}: SHA-256 {str(have)[:12]}... in the cache, {str(want)[:12]}...")
         else:

@@ -1,14 +1,16 @@
-"""The one cache-key function: a digest of everything cached features depend on.
+"""The one cache-key function: a digest of everything the cached features, videos and labels depend on.
 
 Equal inputs give equal keys on any machine; paths, mtimes, host names, worker
-counts and batch sizes stay out. :data:`FORMAT_VERSION` is bumped whenever the
-extraction output changes, so old caches are not reused by mistake.
+counts and batch sizes stay out. A reader computes the key from its job and
+opens ``<root>/<key>`` itself (:func:`cache.find.open_cache`): nothing is found
+by scanning manifests, so no input needs a rule of its own.
 
-Inputs added after the first format (:data:`OPTIONAL`: the clip of a 3D
-backbone, pytorchvideo's preprocessing order) enter the key only when they
-differ from their default, which is what every earlier cache was extracted
-with: caches of 2D backbones keep their keys, and a recorded input that is
-absent means its default (:func:`with_defaults`).
+The frames are not in the key: their listing and contents are recorded per
+video in the manifest (:func:`cache.inputs.video_frames_digest`), so that a
+cache can be replayed where its frames are gone, and checked where they are
+(``extract`` and ``run`` always, ``replay --verify-frames`` on request).
+:data:`FORMAT_VERSION` is bumped whenever the extraction output or the key's
+inputs change, so old caches are not reused by mistake.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+#: 2: the frames left the key for per-video records; the key format, class count and memory format entered it.
+FORMAT_VERSION = 2
 KEY_LENGTH = 20  # hex characters: 80 bits, path-safe
 
 
 @dataclass(frozen=True)
 class CacheKeyInputs:
-    """Every input of the features' values.
+    """Every input of the features' values, of the videos a shard holds and of their labels.
 
     Attributes
     ----------
     backbone : str
-        torchvision model name (``resnet50``).
+        torchvision model name (``resnet50``) or ``pytorchvideo.x3d_s``.
     truncate_modules : int
         Children kept: ``children[:truncate_modules]``.
     backbone_digest : str
@@ -39,29 +42,30 @@ class CacheKeyInputs:
         Shorter side after resizing and centre-crop side, in pixels.
     mean, std : tuple of float
         Normalisation.
+    normalize_first : bool
+        Normalisation before resizing and cropping (pytorchvideo's order) instead of after (the official one).
     num_frames : int
-        T, frames sampled per video.
+        T, steps sampled per video.
     sampling : str
         Sampling rule name (``linspace`` = ``int(clip(linspace(0, L, T), 0, L-1))``).
+    clip_length, clip_stride : int
+        Frames each step reads and their distance in frame files (1 and 1: a frame, 2D backbones).
     dtype : {'float32', 'float16'}
         Storage type of the features.
     precision : {'fp32', 'tf32', 'bf16', 'fp16'}
         Arithmetic of the backbone (TF32 matmuls or autocast change the numbers).
     channels_last : bool
-        Memory format of the backbone (may change convolution algorithms).
+        Memory format of the backbone: it changes which convolution algorithm runs, and with it the
+        last bits of the features.
     dataset : str
-        ``data.name``.
+        ``data.name``: which label reader makes the labels.
+    key_format : str or None
+        ``data.key_format``: how video keys are made from the label file's rows (HVU).
+    num_class : int
+        Width of the multi-hot labels.
     split_digest, labels_digest, classes_digest : str
         SHA-256 of the split, label and class-list files.
-    frames_digest : str
-        SHA-256 of every evaluated video's key, frame count and sampled file names and sizes.
     format_version : int
-    clip_length : int, default=1
-        Frames each step reads (1: a frame, 2D backbones; X3D-S: 13).
-    clip_stride : int, default=1
-        Distance in frame files between the frames of a clip (1 when ``clip_length`` is 1).
-    normalize_first : bool, default=False
-        Normalisation before resizing and cropping (pytorchvideo's order) instead of after (the official one).
     """
 
     backbone: str
@@ -71,48 +75,30 @@ class CacheKeyInputs:
     crop: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    normalize_first: bool
     num_frames: int
     sampling: str
+    clip_length: int
+    clip_stride: int
     dtype: str
     precision: str
     channels_last: bool
     dataset: str
+    key_format: str | None
+    num_class: int
     split_digest: str
     labels_digest: str
     classes_digest: str
-    frames_digest: str
     format_version: int = FORMAT_VERSION
-    clip_length: int = 1
-    clip_stride: int = 1
-    normalize_first: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The inputs as plain JSON types (tuples become lists), :data:`OPTIONAL` ones left out at their default."""
+        """The inputs as plain JSON types (tuples become lists), as a manifest records them."""
         return json.loads(canonical_json(self))
 
 
-#: Inputs added after the first format, with the value every cache made before them has.
-OPTIONAL: dict[str, Any] = {"clip_length": 1, "clip_stride": 1, "normalize_first": False}
-
-
-def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
-    """Recorded inputs (a manifest's) with every absent :data:`OPTIONAL` input at its default."""
-    return {**OPTIONAL, **recorded}
-
-
-def without_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Inputs as they are recorded: :data:`OPTIONAL` ones left out at their default (as in the key)."""
-    return {k: v for k, v in inputs.items() if k not in OPTIONAL or v != OPTIONAL[k]}
-
-
 def canonical_json(inputs: CacheKeyInputs) -> str:
-    """Sorted-key, compact JSON of the inputs; raises ``TypeError`` for anything not serialisable.
-
-    :data:`OPTIONAL` inputs at their default are left out, so that the keys of
-    caches extracted before those inputs existed do not change.
-    """
-    fields = without_defaults(dataclasses.asdict(inputs))
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Sorted-key, compact JSON of the inputs; raises ``TypeError`` for anything not serialisable."""
+    return json.dumps(dataclasses.asdict(inputs), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def cache_key(inputs: CacheKeyInputs) -> str:

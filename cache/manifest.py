@@ -15,8 +15,6 @@ from typing import Any
 from frameexit.atomic import atomic_write
 from frameexit.errors import FrameExitError
 
-from .key import with_defaults, without_defaults
-
 MANIFEST = "manifest.json"
 
 
@@ -30,12 +28,20 @@ class CacheCorruptError(CacheError):
 
 @dataclass
 class ShardEntry:
-    """One shard of the plan: the videos it holds, and its checksum once written."""
+    """One shard of the plan: the videos it holds, and once written its checksum and what it was made from.
+
+    ``frames`` maps each of its videos to the record of the frames its
+    features were computed from (:func:`cache.inputs.video_frames_digest`), or
+    to ``None`` where a file could not be read (a reason that can pass: the
+    video is tried again by the next extraction). ``skipped`` lists its videos
+    that could not be used, with the reason.
+    """
 
     name: str
     videos: list[str]
     sha256: str | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
+    frames: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -44,12 +50,7 @@ class ShardEntry:
 
 @dataclass
 class Manifest:
-    """Contents of ``manifest.json``.
-
-    ``inputs`` holds every input of the key, those of :data:`cache.key.OPTIONAL`
-    included (at their default when the file leaves them out, as it does for
-    caches extracted before they existed); the file records them as the key does.
-    """
+    """Contents of ``manifest.json``: ``inputs`` holds every input of the key, as :func:`cache.key.canonical_json`."""
 
     key: str
     inputs: dict[str, Any]
@@ -60,6 +61,14 @@ class Manifest:
     skipped: list[dict[str, str]]
     complete: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def planned(self) -> list[str]:
+        """Every video planned into a shard, in shard order (sorted keys)."""
+        return [v for entry in self.shards for v in entry.videos]
+
+    def recorded_frames(self) -> dict[str, str | None]:
+        """The frame record of every video of a written shard (see :class:`ShardEntry`)."""
+        return {v: d for entry in self.shards if entry.done for v, d in entry.frames.items()}
 
     def all_skipped(self) -> list[dict[str, str]]:
         """Skipped before extraction (no frames, no labels) and during it (unreadable JPEG), by video key."""
@@ -74,7 +83,6 @@ def manifest_path(cache_dir: str) -> str:
 def write_manifest(cache_dir: str, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically."""
     doc = asdict(manifest)
-    doc["inputs"] = without_defaults(doc["inputs"])
     text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
     with atomic_write(manifest_path(cache_dir), "w") as handle:
         handle.write(text + "\n")
@@ -89,7 +97,6 @@ def read_manifest(cache_dir: str) -> Manifest | None:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
         shards = [ShardEntry(**entry) for entry in doc.pop("shards")]
-        doc["inputs"] = with_defaults(doc["inputs"])
         return Manifest(shards=shards, **doc)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CacheError(f"cannot read cache manifest {path}: {exc}; remove {cache_dir} to rebuild it") from None

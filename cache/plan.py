@@ -3,8 +3,13 @@
 ``extract`` computes features; everything about the directory it writes them to
 is here: it is created under the root and named by the key, locked for one
 writer, cleared of the temporary files a killed run left, planned (which videos
-go to which shard) or resumed from its manifest, checked (a written shard whose
-checksum does not match is planned again), and its manifest rewritten after
+go to which shard) or resumed from its manifest, and checked. A written shard
+is planned again when its file does not match its checksum, when the frames of
+one of its videos are not those its features were computed from (another
+listing or other bytes), or when one of its videos could not be read and now
+can (a file that was being copied, a network mount that failed). A split whose
+frame folders changed (videos gained or lost their frames) is planned anew,
+keeping the shards that hold the same videos. The manifest is rewritten after
 every shard, ``complete`` once every shard is written.
 """
 
@@ -14,8 +19,8 @@ import contextlib
 import glob
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from frameexit.atomic import TMP_SUFFIX
@@ -53,21 +58,70 @@ def plan(
     )
 
 
-def pending_shards(cache_dir: str, manifest: Manifest) -> list[int]:
-    """Shards not written yet, or whose file does not match its checksum (they are planned again)."""
-    pending = []
+#: The frame records of some videos as they are now on disk (:func:`cache.inputs.video_frames_digest`, ``None``
+#: where a file cannot be read), computed by the caller, which reads the frames.
+FrameCheck = Callable[[Sequence[str]], Mapping[str, "str | None"]]
+
+
+@dataclass
+class Checked:
+    """What checking a cache's written shards against their files and frames found.
+
+    Attributes
+    ----------
+    pending : list of int
+        Shards to compute: never written, corrupt, or made from other frames.
+    changed : list of str
+        Videos whose frames are not those their features were computed from.
+    retried : list of str
+        Videos that could not be read when extracted and can be now.
+    """
+
+    pending: list[int] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+
+
+def pending_shards(cache_dir: str, manifest: Manifest, check_frames: FrameCheck | None = None) -> Checked:
+    """Shards to (re)compute (see the module docstring); those planned again are reset in ``manifest``.
+
+    ``check_frames`` gives the frame records of the written shards' videos as
+    they are now; without it the frames are trusted (a shard is then planned
+    again only when it is missing or corrupt).
+    """
+    checked = Checked()
+    written = [i for i, entry in enumerate(manifest.shards) if entry.done]
+    now = check_frames([v for i in written for v in manifest.shards[i].videos]) if check_frames else None
     for i, entry in enumerate(manifest.shards):
-        if not entry.done:
-            pending.append(i)
-            continue
-        try:
-            verify_shard(os.path.join(cache_dir, entry.name), entry.sha256 or "")
-        except CacheError as exc:
-            log.warning("%s", exc)
-            entry.sha256, entry.skipped = None, []
-            manifest.complete = False
-            pending.append(i)
-    return pending
+        stale = not entry.done
+        if entry.done:
+            try:
+                verify_shard(os.path.join(cache_dir, entry.name), entry.sha256 or "")
+            except CacheError as exc:
+                log.warning("%s", exc)
+                stale = True
+        if entry.done and now is not None:
+            for video in entry.videos:
+                recorded = entry.frames.get(video)
+                if now.get(video) == recorded:
+                    continue
+                stale = True
+                (checked.retried if recorded is None else checked.changed).append(video)
+        if stale:
+            if entry.done:
+                entry.sha256, entry.skipped, entry.frames = None, [], {}
+                manifest.complete = False
+            checked.pending.append(i)
+    return checked
+
+
+def replan(manifest: Manifest, fresh: Manifest) -> Manifest:
+    """``fresh`` (the plan of the split as its frame folders are now), keeping ``manifest``'s written shards
+    that hold exactly the same videos under the same name."""
+    old = {(e.name, tuple(e.videos)): e for e in manifest.shards if e.done}
+    fresh.shards = [old.get((e.name, tuple(e.videos)), e) for e in fresh.shards]
+    fresh.provenance = manifest.provenance
+    return fresh
 
 
 def remove_stale_temporaries(cache_dir: str) -> None:
@@ -93,14 +147,22 @@ class CacheWriter:
     inputs : CacheKeyInputs
         Those of its key.
     manifest : Manifest
-    pending : list of int
-        Indices of the shards to compute.
+    checked : Checked
+        The shards to compute (``pending``) and the videos whose frames changed or are read again.
+    replanned : bool
+        The split's frame folders changed since the cache was planned: it was planned anew.
     """
 
     directory: str
     inputs: CacheKeyInputs
     manifest: Manifest
-    pending: list[int]
+    checked: Checked
+    replanned: bool = False
+
+    @property
+    def pending(self) -> list[int]:
+        """Indices of the shards to compute."""
+        return self.checked.pending
 
     @property
     def key(self) -> str:
@@ -120,10 +182,11 @@ class CacheWriter:
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self.manifest.provenance = provenance
 
-    def record(self, index: int, sha256: str, skipped: list[dict[str, str]]) -> None:
-        """Shard ``index`` is written: its checksum and the videos it had to skip go to the manifest at once."""
+    def record(self, index: int, sha256: str, skipped: list[dict[str, str]], frames: Mapping[str, str | None]) -> None:
+        """Shard ``index`` is written: its checksum, the videos it had to skip and the frame record of each
+        of its videos go to the manifest at once."""
         entry = self.manifest.shards[index]
-        entry.sha256, entry.skipped = sha256, skipped
+        entry.sha256, entry.skipped, entry.frames = sha256, skipped, dict(frames)
         write_manifest(self.directory, self.manifest)
 
     def finish(self) -> None:
@@ -141,12 +204,15 @@ def open_for_writing(
     shard_size: int,
     n_listed: int,
     skipped: Sequence[dict[str, str]],
+    check_frames: FrameCheck | None = None,
 ) -> Iterator[CacheWriter]:
     """The cache directory of ``inputs`` under ``root``, locked, resumed from its manifest or planned anew.
 
-    A resumed cache keeps the shard size it was started with. Raises
-    :class:`CacheError` when another process writes there, or when its manifest
-    belongs to another key.
+    ``videos`` are the split's videos that have frames now, ``skipped`` those
+    that have none (with the reason); ``check_frames`` reads the frames of the
+    written shards' videos (see :func:`pending_shards`). A resumed cache keeps
+    the shard size it was started with. Raises :class:`CacheError` when another
+    process writes there, or when its manifest belongs to another key.
     """
     key = cache_key(inputs)
     cache_dir = os.path.join(root, key)
@@ -154,13 +220,18 @@ def open_for_writing(
     with writer_lock(cache_dir):
         remove_stale_temporaries(cache_dir)
         manifest = read_manifest(cache_dir)
+        replanned = False
         if manifest is None:
             manifest = plan(key, inputs, videos, shard_size=shard_size, n_listed=n_listed, skipped=skipped)
         elif manifest.key != key:
             raise CacheError(
                 f"{cache_dir}/manifest.json belongs to key {manifest.key}, not {key}; remove the directory"
             )
-        pending = pending_shards(cache_dir, manifest)
-        if pending and manifest.shard_size != shard_size:
+        elif manifest.planned() != list(videos):
+            log.warning("the frame folders of the split changed since %s was planned: planning it anew", cache_dir)
+            fresh = plan(key, inputs, videos, shard_size=manifest.shard_size, n_listed=n_listed, skipped=skipped)
+            manifest, replanned = replan(manifest, fresh), True
+        checked = pending_shards(cache_dir, manifest, check_frames)
+        if checked.pending and manifest.shard_size != shard_size:
             log.warning("resuming with the shard size the cache was started with (%d)", manifest.shard_size)
-        yield CacheWriter(cache_dir, inputs, manifest, pending)
+        yield CacheWriter(cache_dir, inputs, manifest, checked, replanned)

@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from cache.inputs import check_feature_options, frames_digest, key_inputs
-from cache.key import cache_key
+from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
+from cache.key import CacheKeyInputs
 from cache.manifest import Manifest
 from cache.plan import CacheWriter, open_for_writing, usable_videos
 from cache.shard import write_shard
@@ -47,7 +47,7 @@ from reports.records import runtime
 
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
-from .frames import FrameReadError, read_frame, step_input
+from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
 from .model import backbone_geometry, checkpoint_state, resolve_device
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client
@@ -114,6 +114,12 @@ class ExtractResult:
         ``{'video', 'reason'}`` for every split video without features.
     unit : {'frames', 'clips'}
         What ``frames`` counts.
+    frames_changed : list of str
+        Videos whose frames were not those their cached features came from: extracted again.
+    retried : list of str
+        Videos that could not be read by an earlier extraction and were tried again.
+    replanned : bool
+        The split's frame folders had changed (videos gained or lost frames): the cache was planned anew.
     """
 
     cache_dir: str
@@ -125,6 +131,9 @@ class ExtractResult:
     seconds: float
     skipped: list[dict[str, str]]
     unit: str = "frames"
+    frames_changed: list[str] = dataclasses.field(default_factory=list)
+    retried: list[str] = dataclasses.field(default_factory=list)
+    replanned: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,17 +155,19 @@ class ShardResult:
     sha256: str
     skipped: list[dict[str, str]]
     frames: int
+    records: dict[str, str | None]  # the frame record of each video (cache.inputs.video_frames_digest)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = None):
-    """Key inputs, key and dataset of the cache that ``job`` (with ``checkpoint``'s backbone) writes.
+def cache_inputs(
+    job: Job, options: ExtractOptions, checkpoint: str | None = None
+) -> tuple[CacheKeyInputs, Any, dict[str, torch.Tensor]]:
+    """Key inputs, dataset and checkpoint state of the cache that ``job`` (with ``checkpoint``'s backbone) writes.
 
-    Returns ``(inputs, key, dataset, state)``; reads the split, labels, the
-    frame listing (the frames digest) and the checkpoint, but runs no backbone.
-    Readers find a cache without the frames: see :mod:`cache.locate`.
+    Reads the split, labels, the frame listing and the checkpoint, but runs no
+    backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
     """
     dataset = load_job_dataset(job.data, job.model.num_class)
     state = checkpoint_state(job, checkpoint or job.checkpoints[0])
@@ -167,9 +178,8 @@ def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = Non
         precision=options.precision,
         channels_last=options.channels_last,
         backbone_digest=backbone_digest(state),
-        frames_digest=frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride),
     )
-    return inputs, cache_key(inputs), dataset, state
+    return inputs, dataset, state
 
 
 def _check_options(options: ExtractOptions) -> None:
@@ -187,10 +197,13 @@ def _check_options(options: ExtractOptions) -> None:
 def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) -> ExtractResult:
     """Extract (or finish extracting, or verify) the feature cache of ``job``.
 
-    A complete cache whose shards all match their checksums is left as it is
-    and no backbone work is done. Shards that are missing or corrupt are
-    (re)computed; everything else is reused. The directory itself (key, lock,
-    plan, manifest) is :func:`cache.plan.open_for_writing`'s.
+    A complete cache whose shards all match their checksums, and whose videos'
+    frames are those recorded when their features were computed (every file
+    the steps read is read and hashed), is left as it is and no backbone work
+    is done. Shards that are missing or corrupt, hold a video whose frames
+    changed, or one that could not be read and now can, are (re)computed;
+    everything else is reused. The directory itself (key, lock, plan, manifest)
+    is :func:`cache.plan.open_for_writing`'s.
     """
     _check_options(options)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
@@ -201,9 +214,16 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         )
     checkpoint = job.checkpoints[0]
     check_writable_dir(options.cache_root, "--cache")
-    inputs, _, dataset, state = locate_cache(job, options, checkpoint)
+    inputs, dataset, state = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
     started = time.perf_counter()
+    by_key = {v.key: v for v in dataset.videos}
+
+    def check_frames(keys: Sequence[str]) -> dict[str, str | None]:
+        videos = [by_key[k] for k in keys if k in by_key]
+        geometry = (job.data.num_frames, job.model.clip_length, job.model.clip_stride)
+        return frames_records(videos, *geometry, progress=progress)
+
     with open_for_writing(
         options.cache_root,
         inputs,
@@ -211,12 +231,12 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         shard_size=options.shard_size,
         n_listed=dataset.n_listed,
         skipped=[{"video": s.video, "reason": s.reason} for s in dataset.skipped],
+        check_frames=check_frames,
     ) as cache:
         if cache.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
             return _checked(job, _result(job, cache, 0, 0, time.perf_counter() - started))
         cache.set_provenance(_provenance(job, checkpoint, options))
-        by_key = {v.key: v for v in dataset.videos}
         attrs = cache.attrs()
         tasks = [
             ShardTask(
@@ -233,7 +253,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         del state  # the holder drops it once the backbone is built
         frames = 0
         for result in _run(tasks, backbone, options, cache.manifest, progress):
-            cache.record(result.index, result.sha256, result.skipped)
+            cache.record(result.index, result.sha256, result.skipped, result.records)
             frames += result.frames
         cache.finish()
     return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
@@ -257,6 +277,9 @@ def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: fl
         seconds,
         manifest.all_skipped(),
         "clips" if job.model.clips else "frames",
+        frames_changed=cache.checked.changed,
+        retried=cache.checked.retried,
+        replanned=cache.replanned,
     )
 
 
@@ -413,12 +436,15 @@ def _prepare_backbone(backbone: nn.Module, device: torch.device, channels_last: 
 
 
 class ClipDataset(TorchDataset):
-    """Item ``i``: the backbone inputs of the steps of video ``i``, or the reason it cannot be read.
+    """Item ``i``: the backbone inputs of the steps of video ``i``, or the reason it cannot be read, and the
+    record of the frames read.
 
     The inputs are ``(T, 3, H, W)`` (one sampled frame per step) or, for a 3D
-    backbone, ``(T, 3, clip_length, H, W)``; every file is decoded once, even
-    when steps share it. The sampled positions (the clips' middle frames) go
-    to the shard's ``frame_indices``.
+    backbone, ``(T, 3, clip_length, H, W)``; every file is read and decoded
+    once, even when steps share it. The sampled positions (the clips' middle
+    frames) go to the shard's ``frame_indices``; the record is the digest of the
+    bytes decoded (:func:`cache.inputs.video_frames_digest`), ``None`` when a
+    file could not be read at all (a reason that can pass: retried next time).
     """
 
     def __init__(self, videos: Sequence[Video], job: Job):
@@ -435,12 +461,18 @@ class ClipDataset(TorchDataset):
         video = self.videos[i]
         files = clip_indices(len(video.frames), self.num_frames, self.clip_length, self.clip_stride)
         sampled = files[:, self.clip_length // 2]
+        needed = frame_files(len(video.frames), self.num_frames, self.clip_length, self.clip_stride)
         try:
-            decoded = {j: read_frame(video.frames[j], self.preprocessing) for j in sorted(set(files.ravel().tolist()))}
+            content = {j: read_frame_bytes(video.frames[j]) for j in needed}
+        except FrameUnreadableError as exc:
+            return i, None, sampled, str(exc), None
+        record = video_frames_digest(len(video.frames), [(video.frames[j], content[j]) for j in needed])
+        try:
+            decoded = {j: decode_frame(video.frames[j], content[j], self.preprocessing) for j in needed}
         except FrameReadError as exc:
-            return i, None, sampled, str(exc)
+            return i, None, sampled, str(exc), record
         steps = [step_input([decoded[j] for j in row], self.clips) for row in files.tolist()]
-        return i, torch.stack(steps), sampled, None
+        return i, torch.stack(steps), sampled, None, record
 
 
 def _collate(items):
@@ -518,8 +550,8 @@ def compute_shards(
                     out = backbone(x)
                 feats = out.float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
             rows = {item[0]: feats[g] for g, item in enumerate(good)}
-        for i, _, indices, error in items:
-            parts[t].append((videos[i], rows.get(i), indices, error))
+        for i, _, indices, error, record in items:
+            parts[t].append((videos[i], rows.get(i), indices, error, record))
         if on_batch:
             on_batch(len(items), len(good) * job.data.num_frames)
         if b == last_batch[t]:
@@ -539,4 +571,4 @@ def _write(task: ShardTask, rows: list, dtype: np.dtype, feat_dim: int) -> Shard
         frame_indices=np.stack([r[2] for r in ok]).astype(np.int32) if ok else np.zeros((0, T), dtype=np.int32),
         attrs=task.attrs,
     )
-    return ShardResult(task.index, sha, skipped, len(ok) * T)
+    return ShardResult(task.index, sha, skipped, len(ok) * T, {r[0].key: r[4] for r in rows})

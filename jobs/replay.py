@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cache.find import find_cache
-from cache.inputs import frames_digest
+from cache.find import frames_differences, open_cache
+from cache.inputs import check_job_files, key_inputs
 from cache.manifest import CacheError
 from cache.plan import usable_videos
 from cache.reader import FeatureCache
@@ -53,6 +53,7 @@ from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import load_categories, load_job_dataset
+from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
 from .model import checkpoint_state, step_costs
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
@@ -75,11 +76,10 @@ class ReplayOptions:
     Attributes
     ----------
     cache_root : str
-        Cache root of ``frameexit extract``; the cache directory is the one whose manifest records the
-        job's inputs (see :mod:`cache.locate`), found without listing the frame folders.
+        Cache root of ``frameexit extract``; the cache is ``<root>/<key>``, the key computed from the job
+        as extract computes it (:mod:`cache.find`), without reading the frames.
     features : str or None
-        A cache directory (``<root>/<key>``) to use instead of searching the root; its recorded
-        inputs are still compared with the job.
+        A cache directory to use instead; every input its manifest records must equal the job's.
     first_thresholds, gate_thresholds : tuple of float or None
         The grid; ``None`` takes ``replay.*_thresholds`` of the job (default: the model's own thresholds).
     order : str or None
@@ -95,11 +95,11 @@ class ReplayOptions:
         about 150 MB of scores); made smaller when the memory available requires it (results do
         not depend on it).
     dtype, precision, channels_last
-        Extraction settings the cache was written with: dtype and precision must match the cache's;
-        channels_last (a memory format, the same features) only prefers one of two otherwise equal caches.
+        Extraction settings the cache was written with (part of its key, as extract's options).
     verify_frames : bool
-        List the frame folders and refuse a cache extracted from another frame listing (frames
-        re-prepared under the same split file); without it the frames are not read at all.
+        Read the frames the steps use and refuse a cache whose manifest records other frames (another
+        listing, or other bytes: frames re-prepared under the same split file); without it the
+        frames are not read at all.
     """
 
     cache_root: str
@@ -472,46 +472,44 @@ def _checkpoint_names(paths: Sequence[str]) -> list[str]:
 
 
 def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
-    """The job's cache: ``--features`` as given (checked against the job), else found under the root.
+    """The job's cache: the directory its key names under the root, or ``--features`` (checked against the job).
 
-    Neither way lists the frame folders nor computes the key (:func:`cache.find.find_cache`).
-    The backbone digest of the first checkpoint and the frame listing are computed
-    only when two matching caches differ in them. The memory format
-    (``channels_last``) only breaks ties: a cache extracted with ``--channels-last``
-    holds the same features.
+    The key is computed as ``extract`` computes it (:func:`cache.inputs.key_inputs`), with
+    the backbone digest of the first checkpoint; the frames are not in it, so they
+    are not read unless ``verify_frames`` asks to compare them with the manifest's
+    record of what the features were computed from.
     """
-    if not options.features:
-        job.require("data.path_split", "data.path_label", "data.path_classid")
+    job.require("data.path_split", "data.path_label", "data.path_classid")
+    check_job_files(job.data)
     checkpoint = job.checkpoints[0]
-
-    def backbone() -> str:
-        return backbone_digest(checkpoint_state(job, checkpoint))
-
-    def frames() -> str | None:
-        if not job.data.path_frame or not os.path.isdir(job.data.path_frame):
-            return None
-        dataset = load_job_dataset(job.data, job.model.num_class)
-        return frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride)
-
-    verify = {}
-    if options.verify_frames:
-        job.require("data.path_frame")
-        digest = frames()
-        if digest is None:
-            raise ConfigError(
-                f"--verify-frames lists the frame folders, but data.path_frame {job.data.path_frame} is not a directory"
-            )
-        verify["frames_digest"] = digest
-
-    return find_cache(
-        options.cache_root,
+    inputs = key_inputs(
         job.data,
         job.model,
-        features=options.features,
         dtype=options.dtype,
         precision=options.precision,
         channels_last=options.channels_last,
-        resolve={"backbone_digest": backbone, "frames_digest": frames},
-        verify=verify,
+        backbone_digest=backbone_digest(checkpoint_state(job, checkpoint)),
+    )
+    cache = open_cache(
+        options.cache_root,
+        inputs,
+        features=options.features,
+        data=job.data,
         hint=f" (for the backbone of {checkpoint})",
     )
+    if options.verify_frames:
+        job.require("data.path_frame")
+        if not os.path.isdir(job.data.path_frame):
+            raise ConfigError(
+                f"--verify-frames reads the frames, but data.path_frame {job.data.path_frame} is not a directory"
+            )
+        dataset = load_job_dataset(job.data, job.model.num_class)
+        geometry = (job.data.num_frames, job.model.clip_length, job.model.clip_stride)
+        now = frames_records(dataset.videos, *geometry)
+        found = frames_differences(cache.manifest, [v.key for v in dataset.videos], now)
+        if found:
+            raise CacheError(
+                f"the feature cache {cache.directory} was not extracted from the frames under data.path_frame "
+                f"{job.data.path_frame}: {'; '.join(found)}. Run frameexit extract (or run) to extract them again"
+            )
+    return cache

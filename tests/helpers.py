@@ -331,6 +331,10 @@ def key_inputs(**changes):
         split_digest="s" * 64,
         labels_digest="l" * 64,
         classes_digest="c" * 64,
-        frames_digest="f" * 64,
+        key_format=None,
+        num_class=200,
+        normalize_first=False,
+        clip_length=1,
+        clip_stride=1,
     )
     return CacheKeyInputs(**{**fixed, **changes})

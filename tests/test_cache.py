@@ -1,9 +1,9 @@
 """The cache directory: found by its recorded inputs without the frames, locked by one writer, flags left alone."""
 
+import io
 import json
 import os
 import shutil
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +13,7 @@ from filelock import FileLock
 from helpers import key_inputs, write_job
 
 import jobs.extract
-from cache.manifest import CacheError, Manifest, ShardEntry, write_manifest
+from cache.manifest import CacheError
 from cli import main
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
@@ -56,7 +56,7 @@ def _sweep(job_file, root, out, **options):
     return pq.read_table(result.sweep_path)
 
 
-# ---------------------------------------------------------------------------------------------- locate
+# ---------------------------------------------------------------------------------------------- the key
 
 
 def test_replay_finds_its_cache_without_the_frames(dataset, checkpoint, tmp_path):
@@ -72,100 +72,110 @@ def test_replay_finds_its_cache_without_the_frames(dataset, checkpoint, tmp_path
     assert after.equals(before) and after.num_rows == 6
 
 
-def test_verify_frames_refuses_a_cache_of_re_prepared_frames(dataset, checkpoint, tmp_path):
-    top = os.path.dirname(dataset["frames"])
-    shutil.copytree(top, tmp_path / "data")
-    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in dataset.items()}
-    job_file = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
-    root = str(tmp_path / "cache")
-    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4)).cache_dir
-    before = _sweep(job_file, root, tmp_path / "before", verify_frames=True)  # the same frames: accepted
-    # the frames are prepared again under the same split file (another frame rate): 23 frames become 22
-    os.remove(os.path.join(paths["frames"], "v_alpha.mp4", "img_00023.jpeg"))
-    assert _sweep(job_file, root, tmp_path / "unverified").equals(before)  # documented: frames not read
-    for features in (None, cache_dir):
-        with pytest.raises(CacheError, match="frame listing under data.path_frame: SHA-256") as info:
-            _sweep(job_file, root, tmp_path / "o", verify_frames=True, features=features)
-        assert "run frameexit extract" in str(info.value).lower()
-    r = CliRunner().invoke(
-        main,
-        ["replay", job_file, "--cache", root, "--out", str(tmp_path / "o"), "--verify-frames", "--scheduler", "sync"],
+def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(extracted, tmp_path, monkeypatch):
+    import cache.manifest
+    from cache.inputs import key_inputs
+    from cache.key import cache_key
+    from frameexit.checkpoint import backbone_digest
+    from jobs.model import checkpoint_state
+
+    job_file, root, result = extracted
+    job = load_job(job_file)
+    inputs = key_inputs(
+        job.data,
+        job.model,
+        dtype="float32",
+        precision="fp32",
+        channels_last=False,
+        backbone_digest=backbone_digest(checkpoint_state(job, job.checkpoints[0])),
     )
-    assert r.exit_code == 1 and "frame listing" in r.output, r.output
-    assert not (tmp_path / "o" / "sweep.parquet").exists()
+    assert result.cache_dir == os.path.join(root, cache_key(inputs))
+    # a decoy beside it recording the same inputs is never looked at
+    _copy(result.cache_dir, os.path.join(root, "0-decoy"))
+    read = []
+    original = cache.manifest.read_manifest
+    monkeypatch.setattr(cache.manifest, "read_manifest", lambda d: read.append(d) or original(d))
+    import cache.reader
+
+    monkeypatch.setattr(cache.reader, "read_manifest", cache.manifest.read_manifest)
+    assert _open(job, root).directory == result.cache_dir
+    assert read == [result.cache_dir]
 
 
-def test_replay_finds_a_channels_last_cache(dataset, checkpoint, tmp_path):
-    # extract --channels-last, then replay (which has no such option): the cache is the job's
+def test_a_channels_last_cache_serves_only_a_channels_last_replay(dataset, checkpoint, tmp_path):
+    # issue 19, item 2: channels-last features differ in the last bits; they are another cache
     job_file = write_job(str(tmp_path / "job.yml"), dataset, checkpoint)
     root = str(tmp_path / "cache")
-    extract(load_job(job_file), ExtractOptions(cache_root=root, channels_last=True))
-    r = CliRunner().invoke(
-        main, ["replay", job_file, "--cache", root, "--out", str(tmp_path / "o"), "--scheduler", "sync"]
-    )
+    made = extract(load_job(job_file), ExtractOptions(cache_root=root, channels_last=True, shard_size=4))
+    args = ["replay", job_file, "--cache", root, "--out", str(tmp_path / "o"), "--scheduler", "sync"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, r.output
+    assert "no feature cache for this job" in r.output and made.cache_dir in r.output
+    assert "memory format (--channels-last) True in the cache, False in the job" in r.output
+    assert not (tmp_path / "o" / "sweep.parquet").exists()
+    r = CliRunner().invoke(main, [*args, "--channels-last"])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "o" / "sweep.parquet").exists()
+    record = json.loads((tmp_path / "o" / "replay.json").read_text())
+    assert record["cache"]["directory"] == made.cache_dir
 
 
-def test_a_hand_made_cache_that_records_no_input_is_not_compared(extracted, tmp_path):
-    # e.g. bench/replay.py's synthetic caches: their manifest records the backbone digest alone; the inputs added
-    # later (clip length, ...) are read at their defaults, and must not make such a cache look comparable
+def test_a_changed_key_format_is_another_cache(hvu, checkpoint, tmp_path):
+    # issue 19, item 3: data.key_format decides the videos and their labels
+    from test_hvu import HVU_JOB, _overrides
+
+    root = str(tmp_path / "cache")
+    job = load_job(HVU_JOB, _overrides(hvu, checkpoint, 0.61))
+    extracted = extract(job, ExtractOptions(cache_root=root))
+    other = load_job(HVU_JOB, [*_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
+    with pytest.raises(CacheError, match="no feature cache for this job") as info:
+        replay(other, str(tmp_path / "o"), ReplayOptions(cache_root=root, scheduler="sync"))
+    assert "video key format data.key_format None in the cache, '{youtube_id}.mp4' in the job" in str(info.value)
+    assert extracted.cache_dir in str(info.value)
+
+
+def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(extracted, tmp_path):
+    # e.g. bench/replay.py's synthetic caches record the backbone digest alone
     job_file, _, result = extracted
     made = shutil.copytree(result.cache_dir, tmp_path / "made", ignore=shutil.ignore_patterns(".lock"))
     path = made / "manifest.json"
     doc = json.loads(path.read_text())
-    doc["inputs"] = {"backbone_digest": doc["inputs"]["backbone_digest"]}
+    digest = doc["inputs"]["backbone_digest"]
+    doc["inputs"] = {"backbone_digest": digest}
     path.write_text(json.dumps(doc))
-    job = load_job(job_file, ["--data.path_split", str(tmp_path / "elsewhere.txt")])
+    split = tmp_path / "elsewhere.txt"
+    split.write_text("v_alpha.mp4\n")
+    job = load_job(job_file, ["--data.path_split", str(split)])
     out = replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), **GRID))
     assert pq.read_table(out.sweep_path).num_rows == 6
+    doc["inputs"] = {"backbone_digest": "0" * 64}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(
+        CacheError, match=r"backbone weights \(checkpoint.init\): SHA-256 000000000000\.\.\. in the cache"
+    ):
+        replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), **GRID))
 
 
 def test_a_cache_with_other_inputs_is_refused_naming_them(extracted, tmp_path):
     job_file, _, result = extracted
     root = tmp_path / "root"
-    _copy(result.cache_dir, root / "fp16", precision="fp16")
+    fp16 = _copy(result.cache_dir, root / "fp16", precision="fp16")
     with pytest.raises(CacheError) as info:
         _sweep(job_file, str(root), tmp_path / "o")
     message = str(info.value)
-    assert f"no feature cache under {root} matches this job" in message
-    assert "precision (--precision) 'fp16' in the cache, 'fp32' in the job" in message
-    assert str(root / "fp16") in message
+    assert f"no feature cache for this job under {root}" in message
+    assert "precision (--precision) 'fp16' in the cache, 'fp32' in the job" in message and fp16 in message
     assert not (tmp_path / "o" / "sweep.parquet").exists()
+    with pytest.raises(CacheError, match="extracted for other inputs than this job: precision"):
+        _sweep(job_file, str(root), tmp_path / "o", features=fp16)
     # nothing for this split at all: the plain message
     with pytest.raises(CacheError, match="no feature cache for this job under .*run frameexit extract"):
         _sweep(job_file, str(tmp_path / "empty"), tmp_path / "o")
 
 
-def test_caches_of_other_frames_are_told_apart_by_the_frames(extracted, dataset, checkpoint, tmp_path):
-    job_file, _, result = extracted
-    root = tmp_path / "root"
-    ours = _copy(result.cache_dir, root / "b-ours")
-    _copy(result.cache_dir, root / "a-stale", frames_digest="0" * 64)
-    job = load_job(job_file)
-    assert _locate(job, root).directory == ours  # the frame listing decides
-    # without the frames nothing can decide: refused, naming both
-    gone = write_job(str(tmp_path / "job.yml"), dict(dataset, frames=str(tmp_path / "nothing")), checkpoint)
-    with pytest.raises(CacheError) as info:
-        _locate(load_job(gone), root)
-    message = str(info.value)
-    assert "several feature caches" in message and str(root / "a-stale") in message and ours in message
-    assert "--features" in message
-
-
-def test_the_memory_format_only_breaks_ties(extracted, tmp_path):
-    job_file, _, result = extracted
-    root = tmp_path / "root"
-    _copy(result.cache_dir, root / "a-channels-last", channels_last=True)
-    plain = _copy(result.cache_dir, root / "b-plain")
-    assert _locate(load_job(job_file), root).directory == plain
-    assert _locate(load_job(job_file), root, channels_last=True).directory == str(root / "a-channels-last")
-
-
 def test_an_incomplete_cache_is_named(extracted, tmp_path):
     job_file, _, result = extracted
     root = tmp_path / "root"
-    copy = _copy(result.cache_dir, root / "interrupted")
+    copy = _copy(result.cache_dir, root / os.path.basename(result.cache_dir))
     path = os.path.join(copy, "manifest.json")
     with open(path) as f:
         doc = json.load(f)
@@ -173,42 +183,103 @@ def test_an_incomplete_cache_is_named(extracted, tmp_path):
     with open(path, "w") as f:
         json.dump(doc, f)
     with pytest.raises(CacheError, match=f"cache {copy} is incomplete"):
-        _locate(load_job(job_file), root)
+        _open(load_job(job_file), root)
 
 
-def _locate(job, root, **options):
+def _open(job, root, **options):
     from jobs.replay import _open_cache
 
     return _open_cache(job, ReplayOptions(cache_root=str(root), **options))
 
 
-def test_locating_reads_manifests_only(tmp_path):
-    from cache.locate import locate
-
-    # ActivityNet scale: 20 caches of 10,000 videos (157 shards each) under one root
-    keys = [f"v_{i:011d}.mp4" for i in range(10_000)]
-    shards = [ShardEntry(f"shard-{i:05d}.h5", keys[j : j + 64], "0" * 64) for i, j in enumerate(range(0, 10_000, 64))]
-    wanted = {"dataset": "activitynet1.3", "split_digest": "s", "precision": "fp32", "channels_last": False}
-    for n in range(20):
-        inputs = dict(wanted, frames_digest=f"{n:064d}", precision="fp32" if n == 7 else "fp16")
-        directory = tmp_path / f"cache-{n:02d}"
-        directory.mkdir()
-        manifest = Manifest(f"cache-{n:02d}", inputs, 1, 64, 10_000, shards, [], complete=True)
-        write_manifest(str(directory), manifest)
-    started = time.perf_counter()
-    cache = locate(str(tmp_path), wanted, resolve={"frames_digest": lambda: None})
-    seconds = time.perf_counter() - started
-    assert cache.directory == str(tmp_path / "cache-07")
-    assert seconds < 1.0, seconds
+# ---------------------------------------------------------------------------------------------- frames
 
 
-def test_frames_digest_reads_no_pixels(tmp_path):
-    from cache.inputs import frames_digest
+@pytest.fixture
+def private(dataset, checkpoint, tmp_path):
+    """A private copy of the dataset, its job file and a cache root."""
+    top = os.path.dirname(dataset["frames"])
+    shutil.copytree(top, tmp_path / "data")
+    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in dataset.items()}
+    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint), str(tmp_path / "cache")
 
-    class Video:
-        key, frames = "v", (str(tmp_path / "missing.jpeg"),)
 
-    assert frames_digest([Video()], 10) == frames_digest([Video()], 10)
+def _same_size_other_jpeg(path):
+    """Replace a JPEG by another picture of exactly the same byte size (padded after its end marker)."""
+    from PIL import Image
+
+    size = os.path.getsize(path)
+    buffer = io.BytesIO()
+    Image.new("RGB", Image.open(path).size, (10, 200, 30)).save(buffer, format="JPEG", quality=50)
+    data = buffer.getvalue()
+    assert len(data) < size
+    with open(path, "wb") as f:
+        f.write(data + b"\0" * (size - len(data)))
+    assert os.path.getsize(path) == size
+
+
+def test_frames_replaced_by_other_bytes_of_the_same_size_are_extracted_again(private, tmp_path):
+    # issue 19, item 4: the frame listing (names, sizes) is the same; the contents are not
+    paths, job_file, root = private
+    first = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    before = _sweep(job_file, root, tmp_path / "before", verify_frames=True)
+    _same_size_other_jpeg(os.path.join(paths["frames"], "v_alpha.mp4", "img_00001.jpeg"))  # sampled: position 0
+    with pytest.raises(
+        CacheError, match="the frames of 1 video are not those the features were computed from: v_alpha"
+    ):
+        _sweep(job_file, root, tmp_path / "o", verify_frames=True)
+    assert _sweep(job_file, root, tmp_path / "unverified").equals(before)  # documented: replay reads no frame
+    again = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    assert again.cache_dir == first.cache_dir and again.frames_changed == ["v_alpha.mp4"]
+    assert again.shards_written == 1  # the shard holding v_alpha only
+    fresh = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "fresh"), shard_size=4))
+    assert _shas(again.cache_dir) == _shas(fresh.cache_dir)  # as if extracted from these frames at once
+    assert not _sweep(job_file, root, tmp_path / "after", verify_frames=True).equals(before)
+    assert extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4)).shards_written == 0
+
+
+def test_a_video_that_could_not_be_read_is_tried_again(private, tmp_path):
+    # issue 19, item 5: a frame being copied (truncated), a file that could not be opened; then both fixed
+    paths, job_file, root = private
+    alpha = os.path.join(paths["frames"], "v_alpha.mp4", "img_00001.jpeg")
+    echo = os.path.join(paths["frames"], "v_echo.mp4", "img_00001.jpeg")
+    good_alpha, good_echo = open(alpha, "rb").read(), open(echo, "rb").read()
+    open(alpha, "wb").write(good_alpha[: len(good_alpha) // 3])
+    os.remove(echo)
+    os.mkdir(echo)  # listed as a frame, cannot be read as a file
+    first = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    reasons = {s["video"]: s["reason"] for s in first.skipped}
+    assert "v_alpha.mp4" in reasons and "v_echo.mp4" in reasons and first.n_videos == 4
+    # nothing changed: the truncated file gives the same failure; the unreadable one cannot be read yet
+    same = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    assert same.shards_written == 0 and same.retried == [] and same.frames_changed == []
+    open(alpha, "wb").write(good_alpha)
+    os.rmdir(echo)
+    open(echo, "wb").write(good_echo)
+    fixed = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    assert fixed.frames_changed == ["v_alpha.mp4"] and fixed.retried == ["v_echo.mp4"]
+    assert fixed.n_videos == 6 and not {"v_alpha.mp4", "v_echo.mp4"} & {s["video"] for s in fixed.skipped}
+    fresh = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "fresh"), shard_size=4))
+    assert _shas(fixed.cache_dir) == _shas(fresh.cache_dir)
+
+
+def test_a_split_whose_frame_folders_changed_is_planned_anew(private, tmp_path):
+    paths, job_file, root = private
+    first = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    old = shutil.copytree(first.cache_dir, tmp_path / "old", ignore=shutil.ignore_patterns(".lock"))
+    shutil.rmtree(os.path.join(paths["frames"], "v_foxtrot.mp4"))  # the last video: the first shard stays
+    again = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+    assert again.replanned and again.cache_dir == first.cache_dir and again.shards_written == 1
+    assert again.n_videos == 5 and "v_foxtrot.mp4" in {s["video"] for s in again.skipped}
+    fresh = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "fresh"), shard_size=4))
+    assert _shas(again.cache_dir) == _shas(fresh.cache_dir)
+    with pytest.raises(CacheError, match="1 video had frames and has none now: v_foxtrot"):
+        _sweep(job_file, root, tmp_path / "o", verify_frames=True, features=str(old))
+
+
+def _shas(cache_dir):
+    doc = json.loads(open(os.path.join(cache_dir, "manifest.json")).read())
+    return [e["sha256"] for e in doc["shards"]]
 
 
 # ---------------------------------------------------------------------------------------------- write
@@ -250,12 +321,9 @@ def test_extract_leaves_the_tf32_flags_as_they_were(dataset, checkpoint, tmp_pat
 # ---------------------------------------------------------------------------------------------- clip inputs
 
 
-def test_frame_caches_keep_their_keys_and_the_clip_definition_enters_the_key():
-    from cache.key import cache_key, canonical_json
+def test_the_clip_definition_enters_the_key():
+    from cache.key import cache_key
 
-    # computed with the code before clip steps existed: caches of 2D backbones keep their directories
-    assert cache_key(key_inputs()) == "60308e3c5437c2ca6a6a"
-    assert "clip" not in canonical_json(key_inputs()) and "normalize_first" not in key_inputs().to_json()
     keys = {
         cache_key(key_inputs(**changes))
         for changes in (
@@ -270,34 +338,18 @@ def test_frame_caches_keep_their_keys_and_the_clip_definition_enters_the_key():
     assert key_inputs(clip_length=13, clip_stride=6).to_json()["clip_stride"] == 6
 
 
-def test_manifests_record_inputs_as_the_key_and_read_absent_ones_as_their_default(tmp_path):
-    from cache.inputs import differences
-    from cache.manifest import read_manifest
-
-    inputs = {**key_inputs().to_json(), "clip_length": 1, "clip_stride": 1, "normalize_first": False}
-    write_manifest(str(tmp_path), Manifest("k", inputs, 1, 64, 0, [], [], complete=True))
-    recorded = json.loads((tmp_path / "manifest.json").read_text())["inputs"]
-    assert recorded == key_inputs().to_json()  # as earlier versions wrote it: no clip keys
-    manifest = read_manifest(str(tmp_path))
-    assert (manifest.inputs["clip_length"], manifest.inputs["normalize_first"]) == (1, False)
-    assert differences(manifest.inputs, {"clip_length": 13}, ["clip_length"]) == [
-        "model.backbone.clip_length 1 in the cache, 13 in the job"
-    ]
-
-
-def test_frames_digest_covers_every_frame_of_the_clips(tmp_path):
-    from cache.inputs import frames_digest
+def test_the_frame_record_covers_the_bytes_of_every_file_of_the_clips(tmp_path):
+    from jobs.frames import video_frames_record
 
     paths = []
     for i in range(30):
         paths.append(str(tmp_path / f"img_{i:05d}.jpeg"))
         open(paths[-1], "wb").write(b"x" * 10)
-
-    class Video:
-        key, frames = "v", tuple(paths)
-
-    frames_only, clips = frames_digest([Video()], 10), frames_digest([Video()], 10, 13, 1)
-    assert frames_only == frames_digest([Video()], 10, 1, 1) != clips
-    # file 7 is in a clip (around the sampled file 6) but is no sampled frame: only the clip digest sees it
-    open(paths[7], "wb").write(b"x" * 11)
-    assert frames_digest([Video()], 10) == frames_only and frames_digest([Video()], 10, 13, 1) != clips
+    frames_only, clips = video_frames_record(paths, 10), video_frames_record(paths, 10, 13, 1)
+    assert frames_only == video_frames_record(paths, 10, 1, 1) != clips
+    open(paths[1], "wb").write(b"y" * 10)  # not sampled (positions 0, 3, 6, ...), but in a clip
+    assert video_frames_record(paths, 10) == frames_only and video_frames_record(paths, 10, 13, 1) != clips
+    open(paths[0], "wb").write(b"z" * 10)  # sampled: same name and size, other bytes
+    assert video_frames_record(paths, 10) != frames_only
+    os.remove(paths[0])
+    assert video_frames_record(paths[:1] + paths[1:], 10) is None  # cannot be read

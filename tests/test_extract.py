@@ -24,7 +24,6 @@ from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import sample_indices
 from jobs.config import load_job
-from jobs.datasets import load_dataset
 from jobs.extract import ExtractOptions, extract
 from jobs.frames import read_frame
 
@@ -175,7 +174,8 @@ def test_cache_key_changes_when_and_only_when_an_input_changes():
         "split_digest": "0" * 64,
         "labels_digest": "1" * 64,
         "classes_digest": "2" * 64,
-        "frames_digest": "3" * 64,
+        "key_format": "{youtube_id}.mp4",
+        "num_class": 3142,
         "format_version": 99,
         "clip_length": 13,
         "clip_stride": 6,
@@ -199,19 +199,11 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
     )
     assert same.cache_dir == extracted.cache_dir and same.shards_written == 0
     # another backbone, preprocessing or split: a new key (computed without running the backbone)
-    from cache.inputs import frames_digest, key_inputs
+    from cache.inputs import key_inputs
     from frameexit.checkpoint import backbone_digest
     from jobs.model import checkpoint_state
 
     def key_of(job, state):
-        ds = load_dataset(
-            job.data.name,
-            path_frame=job.data.path_frame,
-            path_split=job.data.path_split,
-            path_label=job.data.path_label,
-            path_classid=job.data.path_classid,
-            num_class=200,
-        )
         inputs = key_inputs(
             job.data,
             job.model,
@@ -219,7 +211,6 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
             precision="fp32",
             channels_last=False,
             backbone_digest=backbone_digest(state),
-            frames_digest=frames_digest(ds.videos, job.data.num_frames),
         )
         return cache_key(inputs)
 
