@@ -283,6 +283,17 @@ def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides) -> None:
     import subprocess
 
     script = os.path.join(os.path.dirname(sys.executable), "frameexit")
+    # the job's dataset files must exist (replay digests them to compute the cache key); the synthetic cache
+    # records the backbone digest alone, so their contents are not compared with it
+    for option, name in (("--data.path_split", "split.txt"), ("--data.path_label", "labels.json")):
+        if option not in overrides:
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write("{}\n")
+            overrides = [*overrides, option, os.path.join(tmp, name)]
+    if "--data.path_classid" not in overrides:
+        with open(os.path.join(tmp, "classes.txt"), "w") as f:
+            f.write("".join(f"class {i:03d}\n" for i in range(200)))
+        overrides = [*overrides, "--data.path_classid", os.path.join(tmp, "classes.txt")]
     args = [script, "replay", os.path.join(ROOT, "jobs", job_name), "--checkpoint.init", ckpt, *overrides]
     args += ["--features", cache_dir, "--out", os.path.join(tmp, "out"), "--no-progress"]
     args += ["--first-thresholds", ",".join(map(repr, first)), "--gate-thresholds", ",".join(map(repr, gate))]

@@ -66,13 +66,14 @@ def render_extract_summary(result: Any) -> str:
     """``frameexit extract`` (and run's first stage): what was computed or reused, skipped videos, the cache.
 
     ``result``: ``cache_dir``, ``key``, ``n_videos``, ``n_shards``, ``shards_written``, ``frames``,
-    ``unit`` (``frames`` or ``clips``), ``seconds``, ``skipped`` (``{'video', 'reason'}`` each).
+    ``unit`` (``frames`` or ``clips``), ``seconds``, ``skipped`` (``{'video', 'reason'}`` each),
+    ``frames_changed`` and ``retried`` (video keys), ``replanned``.
     """
     n_shards, written = result.n_shards, result.shards_written
     if written == 0:
         head = (
             "FrameExit extract: cache complete, nothing to do (no backbone work): "
-            f"{result.n_videos} videos in {n_shards} shards"
+            f"{result.n_videos} videos in {n_shards} shards, their frames as recorded"
         )
     else:
         rate = result.frames / result.seconds if result.seconds > 0 else float("nan")
@@ -82,6 +83,18 @@ def render_extract_summary(result: Any) -> str:
             f"{result.n_videos} videos cached"
         )
     lines = [head, f"  cache  {result.cache_dir}", f"  key    {result.key}"]
+    if result.replanned:
+        lines.append("  the split's frame folders changed since the cache was planned (videos gained or lost frames)")
+    for videos, what in (
+        (result.frames_changed, "frames not those their features came from, extracted again"),
+        (result.retried, "could not be read before, tried again"),
+    ):
+        if videos:
+            shown = ", ".join(videos[:5]) + (f" and {len(videos) - 5} more" if len(videos) > 5 else "")
+            lines.append(f"  {len(videos)} video(s) {what}: {shown}")
+    still = [s for s in result.skipped if s["video"] in set(result.retried)]
+    if still:
+        lines.append(f"  still skipped after the retry: {', '.join(s['video'] for s in still[:5])}")
     lines += _skipped(result.skipped, f"  skipped {len(result.skipped)}:", "manifest.json")
     return "\n".join(lines)
 

@@ -231,7 +231,7 @@ def test_unwritable_cache_fails_before_any_work(anet, checkpoint, tmp_path, monk
     import jobs.extract
 
     job = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
-    _forbid(monkeypatch, jobs.extract, "locate_cache")
+    _forbid(monkeypatch, jobs.extract, "cache_inputs")
     r = invoke("extract", job, "--cache", UNWRITABLE)
     assert r.exit_code == 1 and f"--cache {UNWRITABLE} is not a writable directory" in r.output
     assert "Traceback" not in r.output

@@ -63,11 +63,11 @@ def test_the_command_line_parses_and_delegates():
 
 
 def test_the_cache_package_owns_its_directory():
-    # cache/ (key inputs, locate, lock, plan, manifest, shards, reader) runs no model and schedules nothing
+    # cache/ (key inputs, find, lock, plan, manifest, shards, reader) runs no model and schedules nothing
     imported = _imports("cache")
     forbidden = {"torch", "torchvision", "dask", "distributed", "click", "tqdm", "fcntl"}
     assert not forbidden & set(imported), {m: imported[m] for m in forbidden & set(imported)}
-    # a reader finds its cache through cache.locate, never through extract's key computation
+    # a reader computes the key itself (cache.inputs.key_inputs, cache.find.open_cache), not through extract
     for name in os.listdir(os.path.join(ROOT, "jobs")):
         if name.endswith(".py") and name not in ("extract.py", "run.py", "train.py", "demo.py"):
             tree = ast.parse(open(os.path.join(ROOT, "jobs", name)).read())
