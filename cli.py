@@ -134,13 +134,19 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
 @main.command(
     epilog="""\b
 Exit status: 0, or 3 when the --baseline gate fails: a drop or rise beyond
---max-drop / --max-cost-rise, a baseline checkpoint missing from this run, or
-nothing compared (1 for errors, 2 for usage errors).
+--max-drop / --max-cost-rise, a baseline checkpoint missing from this run,
+other videos evaluated than the baseline's (more than --accept-missing N),
+or nothing compared (1 for errors, 2 for usage errors). With a difference
+accepted, top-1 and cost are compared over the videos both evaluated and
+mAP is not compared. A baseline or --calibrate-on run of another dataset,
+class list or checkpoints is an error (1); a calibration run must evaluate
+other videos than this run (another split).
 \b
 Examples:
   frameexit report --out runs/anet
   frameexit report --out runs/anet --budget 20 --calibrate-on runs/anet-heldout
   frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --max-cost-rise 0.5
+  frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --accept-missing 19
 """
 )
 @out_option("Directory of a replay (sweep.parquet, replay.json); the report is written there too.", exists=True)

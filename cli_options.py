@@ -197,14 +197,20 @@ _option("--workers", type=click.IntRange(min=1), callback=_not_with("scheduler",
 _option("--budget", type=click.FloatRange(min=0), callback=_finite, metavar="GFLOPS",
         help="Report the most accurate setting costing at most GFLOPS per video.")
 _option("--calibrate-on", type=ExistingPath(file_okay=False), metavar="RUN_DIR",
-        help="Choose the budget setting on another run's sweep (e.g. a held-out split), evaluate it here.")
+        help="Choose the budget setting on another run's sweep (e.g. a held-out split), evaluate it here. It "
+        "must be of the same dataset, class list, checkpoints and policy order, over other videos.")
 _option("--baseline", type=ExistingPath(dir_okay=False), metavar="SUMMARY_JSON",
-        help="Compare the job's setting with an earlier summary.json of the same dataset, split and "
-        "metrics; every checkpoint in it must be in this run.")
+        help="Compare the job's setting with an earlier summary.json of the same dataset, split, labels, class "
+        "list, checkpoints (by SHA-256) and metrics; every checkpoint in it must be in this run, and the gate "
+        "fails when the two evaluated other videos (see --accept-missing).")
 _option("--max-drop", type=click.FloatRange(min=0), callback=_finite,
         help="Largest accepted drop of mAP or top-1 (fraction, e.g. 0.005) against the baseline.")
 _option("--max-cost-rise", type=click.FloatRange(min=0), callback=_finite,
         help="Largest accepted rise of GFLOPs per video against the baseline.")
+_option("--accept-missing", type=click.IntRange(min=0), metavar="N",
+        help="Accept up to N videos evaluated by only one of this run and the baseline (e.g. ActivityNet videos "
+        "that can no longer be downloaded) [default: 0]. Top-1 and cost are then compared over the videos both "
+        "evaluated; mAP is not compared (it needs every class's score of each video), as summary.md says.")
 _option("--metric", type=click.Choice(["map", "top1"]),
         help="Accuracy for the frontier, budget and curve [default: map for ActivityNet, top1 for Mini-Kinetics].")
 _option("--dataset", type=click.Choice(["activitynet", "minikinetics", "hvu"]), required=True,
@@ -243,7 +249,7 @@ GRID = ("first_thresholds", "gate_thresholds", "order", "per_video")
 REPLAY = ("cache_root", "features", "verify_frames", *GRID, "scheduler", "workers", *FEATURES)
 # run replays the cache it has just extracted (and verified)
 RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames"))
-REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "metric")
+REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "accept_missing", "metric")
 
 
 def _build(keyword: str, values: dict):

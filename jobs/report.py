@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import frameexit
@@ -28,24 +29,34 @@ from reports.records import (
     ReplayRecord,
     Summary,
     SummaryRow,
+    VideoResults,
     check_record,
     read_record,
     versions,
 )
 from reports.schema import SWEEP
 from reports.summary import (
+    BASELINE_CHECKS,
+    CALIBRATION_CHECKS,
     COST_LABELS,
     HIGHER_IS_BETTER,
+    Identity,
+    baseline_gate,
     baseline_mismatches,
+    calibration_mismatches,
     choose_budget,
-    compare_baseline,
     cost_metric,
+    identity_mismatches,
     pareto_frontier,
+    replay_identity,
+    summary_identity,
     with_cost,
 )
 from reports.write import jsonable, write_json
 
-from .replay import REPLAY_FILE, REPORT_FILES, SWEEP_FILE
+from .config import Job
+from .replay import REPLAY_FILE, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE
+from .replay import _checkpoint_names as checkpoint_names
 
 SUMMARY_MD, SUMMARY_JSON, CURVE_PNG = REPORT_FILES
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
@@ -119,6 +130,59 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
     return rows, replay
 
 
+def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], dict[str, VideoResults | None]]:
+    """``(videos, video_results)`` of ``summary.json`` from ``videos.parquet`` in a replay output directory.
+
+    ``videos``: the evaluated video keys, sorted; ``video_results``: per checkpoint of
+    ``replay.json``, its exit step and hit for each of them at the job's setting, or
+    ``None`` where ``videos.parquet`` has no row at that setting (``--per-video all``
+    on a grid without it). Only the rows of one setting are read, however many it holds.
+    :class:`ReportInputError` when the file is missing or unreadable, or its videos are
+    not the ones ``replay.json`` counts.
+    """
+    path = os.path.join(run_dir, VIDEOS_FILE)
+    if not os.path.isfile(path):
+        raise ReportInputError(f"{path} not found: run frameexit replay (or frameexit run) with --out {run_dir} again")
+    setting = replay["default_setting"]
+    columns = ["checkpoint", "video", "exit_step", "prediction", "labels"]
+
+    def rows_at(first: float, gate: float) -> list[dict[str, Any]]:
+        filters = [("first_threshold", "==", first), ("gate_threshold", "==", gate)]
+        return pq.read_table(path, columns=columns, filters=filters).to_pylist()
+
+    try:
+        rows = rows_at(setting["first_threshold"], setting["gate_threshold"])
+        if not rows:  # every setting's rows but the job's: the videos are those of any one setting
+            first = pq.ParquetFile(path).read_row_group(0, columns=["first_threshold", "gate_threshold"])
+            if first.num_rows:
+                rows = [dict(r, exit_step=None) for r in rows_at(*first.slice(0, 1).to_pylist()[0].values())]
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ReportInputError(f"cannot read the per-video results {path}: {exc}") from None
+    by_checkpoint: dict[str, dict[str, tuple[int, bool | None]]] = {}
+    for r in rows:
+        hit = r["prediction"] in r["labels"] if r["labels"] else None
+        by_checkpoint.setdefault(r["checkpoint"], {})[r["video"]] = (r["exit_step"], hit)
+    videos = sorted({key for per_video in by_checkpoint.values() for key in per_video})
+    if len(videos) != replay["n_videos"]:
+        raise ReportInputError(
+            f"{path} holds {len(videos)} videos, {os.path.join(run_dir, REPLAY_FILE)} counts {replay['n_videos']}: "
+            f"they are not of one replay; run frameexit replay with --out {run_dir} again"
+        )
+    results: dict[str, VideoResults | None] = {}
+    for row in replay["default_metrics"]:
+        name = row["checkpoint"]
+        per_video = by_checkpoint.get(name, {})
+        if sorted(per_video) != videos:
+            raise ReportInputError(f"{path} holds other videos for checkpoint {name} than for the others: replay again")
+        steps = [per_video[key][0] for key in videos]
+        results[name] = (
+            None
+            if any(step is None for step in steps)
+            else VideoResults(exit_step=steps, hit=[per_video[key][1] for key in videos])  # type: ignore[misc]
+        )
+    return videos, results
+
+
 def read_baseline(path: str) -> Baseline:
     """An earlier ``summary.json`` as a :class:`Baseline`; :class:`ReportInputError` if it cannot be one.
 
@@ -132,15 +196,31 @@ def read_baseline(path: str) -> Baseline:
             doc = json.load(handle)
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read baseline {path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if isinstance(version, int) and 0 < version < SCHEMA_VERSION:
         raise ReportInputError(
-            f"{path} is not a frameexit {SUMMARY_FILE} of schema_version {SCHEMA_VERSION} "
-            f"(schema_version {doc.get('schema_version') if isinstance(doc, dict) else None!r})"
+            f"baseline {path} is a {SUMMARY_FILE} of schema_version {version}, which does not record the videos it "
+            f"evaluated: the gate cannot vouch that this run is compared with the same videos. Report the baseline's "
+            f"run again (frameexit report --out ITS_DIR) to write a schema_version {SCHEMA_VERSION} {SUMMARY_FILE}, "
+            "or make a new baseline"
+        )
+    if version != SCHEMA_VERSION:
+        raise ReportInputError(
+            f"{path} is not a frameexit {SUMMARY_FILE} of schema_version {SCHEMA_VERSION} (schema_version {version!r})"
         )
     check_record(doc, Summary, path, error=ReportInputError)
     for key in ("dataset", "accuracy_metric", "cost_metric"):
         if not isinstance(doc[key], str):
             raise ReportInputError(f"{path} is not a frameexit {SUMMARY_FILE}: {key} is {doc[key]!r}, not a name")
+    videos = doc["videos"]
+    if not isinstance(videos, list) or not all(isinstance(v, str) for v in videos):
+        raise ReportInputError(f"{path} is not a frameexit {SUMMARY_FILE}: videos is not a list of video keys")
+    for name, results in doc["video_results"].items():
+        lists = results is None or all(isinstance(results[k], list) for k in ("exit_step", "hit"))
+        if not lists or (results is not None and not len(results["exit_step"]) == len(results["hit"]) == len(videos)):
+            raise ReportInputError(
+                f"{path} is not a frameexit {SUMMARY_FILE}: video_results[{name!r}] does not have one entry per video"
+            )
     return Baseline(path, doc)
 
 
@@ -153,13 +233,20 @@ class ReportOptions:
     budget : float, optional
         Cost budget (in the summary's cost metric, GFLOPs per video) for choosing a setting.
     calibrate_on : str, optional
-        Another replay output directory (e.g. a held-out split) on which the budget setting is chosen.
+        Another replay output directory (e.g. a held-out split) on which the budget setting is chosen. It must
+        be of the same dataset, class list, checkpoints and policy order, over other videos (another split
+        file, no video in common), else :class:`ReportInputError`.
     baseline : str or Baseline, optional
         An earlier ``summary.json`` (path, or already read with :func:`read_baseline`) to compare the
-        job's setting with. It must come from the same dataset, split file, accuracy and cost metric,
-        else :class:`ReportInputError`; see :func:`reports.summary.compare_baseline` for the verdict.
+        job's setting with. It must come from the same dataset, split file, label file, class list,
+        checkpoints (those of one name, by SHA-256), accuracy and cost metric, else :class:`ReportInputError`;
+        see :func:`reports.summary.baseline_gate` for the verdict (which also compares the videos evaluated).
     max_drop, max_cost_rise : float, optional
         Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
+    accept_missing : int, optional
+        Videos that may differ between the run and the baseline (missing from the run, or not in the
+        baseline) without failing the gate; top-1 and cost are then compared over the videos both
+        evaluated, mAP is not compared (see :func:`reports.summary.baseline_gate`). Default 0.
     metric : {'map', 'top1'}, optional
         Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
     """
@@ -169,6 +256,7 @@ class ReportOptions:
     baseline: str | Baseline | None = None
     max_drop: float | None = None
     max_cost_rise: float | None = None
+    accept_missing: int | None = None
     metric: str | None = None
 
 
@@ -180,8 +268,9 @@ def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
 
     Raises :class:`UsageError` (exit status 2) for options that contradict each
     other or mean nothing (a budget or limit that is negative, NaN or infinite;
-    ``calibrate_on`` without ``budget`` or naming ``out_dir`` itself; ``max_drop``
-    or ``max_cost_rise`` without ``baseline``; an unknown ``metric``);
+    ``calibrate_on`` without ``budget`` or naming ``out_dir`` itself; ``max_drop``,
+    ``max_cost_rise`` or ``accept_missing`` without ``baseline``, or a negative
+    ``accept_missing``; an unknown ``metric``);
     :class:`ReportInputError` for a calibration directory without replay outputs
     or a baseline that is not a readable ``summary.json`` (or was made with
     another ``metric``); :class:`~frameexit.errors.OutputError` when ``out_dir``
@@ -199,6 +288,10 @@ def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
         raise UsageError("--calibrate-on chooses a setting for a budget: give --budget too")
     if (max_drop is not None or max_cost_rise is not None) and baseline is None:
         raise UsageError("--max-drop and --max-cost-rise compare against a baseline: give --baseline too")
+    if options.accept_missing is not None and baseline is None:
+        raise UsageError("--accept-missing accepts videos missing from a baseline: give --baseline too")
+    if options.accept_missing is not None and options.accept_missing < 0:
+        raise UsageError(f"--accept-missing must be a number of videos >= 0, got {options.accept_missing}")
     if calibrate_on is not None and os.path.realpath(calibrate_on) == os.path.realpath(out_dir):
         raise UsageError(
             "--calibrate-on names the --out directory itself: the setting would be chosen on the videos it is "
@@ -221,8 +314,48 @@ def _metric_mismatch(base: Baseline, metric: str) -> str:
 def _not_comparable(base: Baseline, mismatches: list[str]) -> str:
     return (
         f"baseline {base.path} is not comparable with this run: {'; '.join(mismatches)}. Compare with a "
-        "baseline of the same dataset, split and metrics (pass --metric to match), or make a new one"
+        "baseline of the same dataset, split, checkpoints and metrics (pass --metric to match), or make a new one"
     )
+
+
+def _not_calibration(run_dir: str, mismatches: list[str]) -> str:
+    return (
+        f"calibration run {run_dir} cannot choose this run's setting: {'; '.join(mismatches)}. Calibrate on a "
+        "replay of the same dataset, class list, checkpoints and policy order over other videos (e.g. held-out "
+        "training videos)"
+    )
+
+
+def job_identity(job: Job) -> Identity:
+    """What a job's run will be computed from, known before extracting: its dataset and checkpoints (SHA-256 of
+    those that can be read; the others fail later, in extraction)."""
+    from cache.shard import file_sha256
+
+    shas = {}
+    for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
+        with contextlib.suppress(OSError):
+            shas[name] = file_sha256(path)
+    return Identity(dataset=job.data.name, checkpoints=shas)
+
+
+def check_job_comparable(job: Job, options: ReportOptions) -> None:
+    """What ``frameexit run`` can check of the baseline and calibration run before extracting: the dataset and the
+    checkpoints (the same checks the report makes later with every fact, :func:`report`). ``options`` as returned by
+    :func:`check_report_options`. :class:`ReportInputError` naming what differs."""
+    if options.baseline is None and options.calibrate_on is None:
+        return
+    ours = job_identity(job)
+    if isinstance(options.baseline, Baseline):
+        theirs = summary_identity(options.baseline.document)
+        mismatches = identity_mismatches(ours, theirs, BASELINE_CHECKS, "the baseline")
+        if mismatches:
+            raise ReportInputError(_not_comparable(options.baseline, mismatches))
+    if options.calibrate_on is not None:
+        _, meta = _require_replay_outputs(options.calibrate_on)
+        calibration = read_record(meta, ReplayRecord, error=ReportInputError, what="the calibration run")
+        mismatches = identity_mismatches(ours, replay_identity(calibration), CALIBRATION_CHECKS, "the calibration run")
+        if mismatches:
+            raise ReportInputError(_not_calibration(options.calibrate_on, mismatches))
 
 
 def git_hash() -> str | None:
@@ -238,15 +371,15 @@ def git_hash() -> str | None:
 def build_summary(
     rows: list[dict[str, Any]],
     replay: ReplayRecord,
+    videos: list[str],
+    video_results: dict[str, VideoResults | None],
     *,
     budget: float | None = None,
     calibration_rows: list[dict[str, Any]] | None = None,
-    baseline_rows: list[SummaryRow] | None = None,
-    max_drop: float | None = None,
-    max_cost_rise: float | None = None,
     metric: str | None = None,
 ) -> Summary:
-    """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows and ``replay.json``."""
+    """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows, ``replay.json`` and
+    per-video results (:func:`read_video_results`), without the baseline comparison (:func:`report` adds it)."""
     accuracy = metric or ACCURACY.get(replay["dataset"], "map")
     default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
@@ -270,6 +403,9 @@ def build_summary(
         n_videos_evaluated=replay["n_videos"],
         n_videos_skipped=len(skipped),
         skipped=skipped,
+        videos=videos,
+        video_results=video_results,
+        gflops_per_frame=replay["gflops_per_frame"],
         provenance=Provenance(
             cache=replay["cache"],
             checkpoints=replay["checkpoints"],
@@ -282,10 +418,6 @@ def build_summary(
     )
     if budget is not None:
         summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
-    if baseline_rows is not None:
-        summary["baseline"] = compare_baseline(
-            default, baseline_rows, max_drop=max_drop, max_cost_rise=max_cost_rise, cost=cost
-        )
     return summary
 
 
@@ -305,21 +437,30 @@ def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResu
     calibrate_on, base = options.calibrate_on, options.baseline
     paths = {name: os.path.join(run_dir, name) for name in (SUMMARY_MD, SUMMARY_JSON, CURVE_PNG)}
     rows, replay = read_run(run_dir)
-    calibration = read_run(calibrate_on)[0] if calibrate_on else None
+    videos, video_results = read_video_results(run_dir, replay)
+    calibration = None
+    if calibrate_on:
+        calibration, calibration_replay = read_run(calibrate_on)
+        theirs = read_video_results(calibrate_on, calibration_replay)[0]
+        mismatches = calibration_mismatches(
+            replay_identity(replay), videos, replay_identity(calibration_replay), theirs
+        )
+        if mismatches:
+            raise ReportInputError(_not_calibration(calibrate_on, mismatches))
     summary = build_summary(
-        rows,
-        replay,
-        budget=options.budget,
-        calibration_rows=calibration,
-        baseline_rows=base.rows if base else None,
-        max_drop=options.max_drop,
-        max_cost_rise=options.max_cost_rise,
-        metric=options.metric,
+        rows, replay, videos, video_results, budget=options.budget, calibration_rows=calibration, metric=options.metric
     )
     if base:
         mismatches = baseline_mismatches(summary, base.document)
         if mismatches:
             raise ReportInputError(_not_comparable(base, mismatches))
+        summary["baseline"] = baseline_gate(
+            summary,
+            base.document,
+            max_drop=options.max_drop,
+            max_cost_rise=options.max_cost_rise,
+            accept_missing=options.accept_missing or 0,
+        )
         summary["baseline"]["file"] = os.path.abspath(base.path)
     if calibrate_on:
         summary["budget"]["calibration_run"] = os.path.abspath(calibrate_on)

@@ -13,7 +13,7 @@ from frameexit.atomic import check_writable_dir
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
 from .replay import ReplayOptions, ReplayResult, replay
-from .report import ReportOptions, ReportResult, check_report_options, report
+from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def run(
     check_writable_dir(out_dir, "--out")
     # the baseline is read here: replay removes OUT/summary.json, which may be it (the previous run's report)
     report_options = check_report_options(out_dir, report_options or ReportOptions())
+    check_job_comparable(job, report_options)  # a baseline or calibration run of another dataset or checkpoint
     extracted = extract(job, extract_options, progress=progress)
     if on_stage:
         on_stage("extract", extracted)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from reports.summary import first_keys
+
 NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
 MAX_SKIPPED_SHOWN = 50
 MAX_FRONTIER_SHOWN = 24
@@ -46,6 +48,30 @@ def _category_table(default: list[Mapping[str, Any]]) -> list[str]:
     return ["## mAP per category at the job's setting", "", *_table(header, rows), "", note, ""]
 
 
+def _over_common(baseline: Mapping[str, Any]) -> bool:
+    return (baseline.get("videos") or {}).get("compared_over") == "common"
+
+
+def _videos(baseline: Mapping[str, Any]) -> str:
+    """Which videos the baseline comparison is over, in words (summary.json's ``baseline.videos``)."""
+    v = baseline["videos"]
+    if v["compared_over"] == "all":
+        return f"Both runs evaluated the same {v['n_run']} videos."
+    missing, added = len(v["missing"]), len(v["added"])
+    accepted = "accepted" if missing + added <= v["accept_missing"] else "not accepted"
+    text = (
+        f"Compared over the {v['n_common']} videos both runs evaluated: this run evaluated {v['n_run']}, the "
+        f"baseline {v['n_baseline']}; {missing} of the baseline's videos are missing from this run"
+        + (f" ({first_keys(v['missing'])})" if missing else "")
+        + f", {added} are not in the baseline"
+        + (f" ({first_keys(v['added'])})" if added else "")
+        + f" ({accepted}: --accept-missing {v['accept_missing']}). Top-1 and cost are recomputed over the common "
+        "videos from each run's per-video results;"
+    )
+    why = (baseline.get("not_compared") or {}).get("map")
+    return text + (f" mAP is {why}." if why else "")
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md`` from a :class:`reports.records.Summary`."""
     higher = summary["higher_is_better"]
@@ -55,6 +81,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     if baseline and not baseline["passed"]:
         lines += ["> [!CAUTION]", "> **Regression against the baseline**", ">"]
         lines += [f"> - {r}" for r in baseline["regressions"]]
+        lines.append("")
+    elif baseline and _over_common(baseline):
+        lines += [
+            "> [!NOTE]",
+            f"> **Baseline gate passed over the videos both runs evaluated only**: {_videos(baseline)}",
+        ]
+        if acc in (baseline.get("not_compared") or {}):
+            lines += [">", f"> {NAMES[acc]}, this report's accuracy metric, was not compared."]
         lines.append("")
     lines += [f"# FrameExit report: {summary['dataset']}", ""]
     lines.append(
@@ -162,6 +196,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"compared; max drop {baseline['max_drop']}, max cost rise {baseline['max_cost_rise']})",
             "",
         ]
+        if baseline.get("videos"):
+            lines += [_videos(baseline), ""]
         rows = []
         for c in baseline["checks"]:
             if "note" in c:
@@ -172,6 +208,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 v = c.get(key)
                 if v is None:
                     cells.append("n/a")
+                elif "not_compared" in v:
+                    cells.append("not compared")
                 elif v.get("current") is None:  # the baseline has it, this run does not: a failure, shown as such
                     cells.append(f"{_f(v['baseline'], 4 if key != cost else 2)} → n/a")
                 else:

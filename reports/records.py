@@ -26,8 +26,9 @@ from typing import Any, NotRequired, TypedDict, TypeVar
 import frameexit
 from frameexit.errors import FrameExitError
 
-#: ``summary.json``'s ``schema_version``: bumped when a key of the summary changes meaning.
-SCHEMA_VERSION = 1
+#: ``summary.json``'s ``schema_version``: bumped when a key of the summary changes meaning or a key is added that
+#: its readers need. 2: ``videos``, ``video_results`` and ``gflops_per_frame`` (what the baseline gate compares).
+SCHEMA_VERSION = 2
 
 #: File names of the documents, by record class name (named in errors).
 METRICS_FILE = "metrics.json"
@@ -247,6 +248,15 @@ class Provenance(TypedDict):
     job: dict[str, Any]  # the resolved job of the replay
 
 
+class VideoResults(TypedDict):
+    """One checkpoint's result for each video at the job's setting, in the order of ``Summary.videos``: what
+    top-1, frames and cost over a subset of the videos are recomputed from (mAP cannot be: it needs every class's
+    score, which is not kept)."""
+
+    exit_step: list[int]  # 0-based step at which each video exited (it read exit_step + 1 frames)
+    hit: list[bool | None]  # whether the prediction is one of the video's labels; null for a video without labels
+
+
 class Summary(TypedDict):
     """``summary.json`` of ``frameexit report``. Metrics are fractions in [0, 1]; costs are per video."""
 
@@ -263,11 +273,20 @@ class Summary(TypedDict):
     frontier: list[dict[str, Any]]  # sweep rows (with gflops_measured) on the Pareto frontier, cheapest first
     n_settings: int  # rows of sweep.parquet
     budget: dict[str, Any] | None  # --budget: chosen setting per checkpoint (and calibration run); else null
-    baseline: dict[str, Any] | None  # --baseline: per-checkpoint checks, n_compared, regressions, passed; else null
+    # --baseline: per-checkpoint checks, n_compared, regressions, passed, not_compared (metric -> why), videos (which
+    # videos each evaluated: n_run, n_baseline, n_common, missing, added, accept_missing, compared_over 'all' or
+    # 'common'), file; else null
+    baseline: dict[str, Any] | None
     n_videos_listed: int  # videos the split file lists
     n_videos_evaluated: int  # videos replayed
     n_videos_skipped: int  # listed videos without features
     skipped: list[SkippedVideo]  # with the reason
+    # split-file keys of the evaluated videos, sorted: the baseline gate compares these sets (schema_version 2)
+    videos: list[str]
+    # per checkpoint name: its per-video results at the job's setting (videos.parquet's rows), in the order of
+    # videos; null for a replay with --per-video all whose grid lacks the job's setting (schema_version 2)
+    video_results: dict[str, VideoResults | None]
+    gflops_per_frame: float | None  # the paper's per-frame GMACs of the backbone (replay.json's); null if it has none
     provenance: Provenance
 
 
@@ -330,6 +349,13 @@ def _check_value(value: Any, hint: Any, name: str) -> str | None:
             return f"{name} is not a JSON list"
         for i, item in enumerate(value):
             problem = _missing(item, args[0], f"{name}[{i}].")
+            if problem is not None:
+                return problem
+    if typing.get_origin(hint) is dict and len(args) == 2:
+        if not isinstance(value, Mapping):
+            return f"{name} is not a JSON object"
+        for key, item in value.items():
+            problem = _check_value(item, args[1], f"{name}[{key!r}]")
             if problem is not None:
                 return problem
     return None

@@ -8,7 +8,8 @@ documents every key) and the input of the Markdown and plot renderers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: FrameExit ResNet-50 on ActivityNet-1.3, from the official README: (GFLOPs, mAP in %).
@@ -146,6 +147,7 @@ def compare_baseline(
     max_drop: float | None,
     max_cost_rise: float | None,
     cost: str,
+    not_compared: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compare the default setting's mAP, top-1 and cost of each checkpoint with a baseline's.
 
@@ -157,7 +159,10 @@ def compare_baseline(
     baseline has that the run lacks (NaN), or nothing compared at all. A
     checkpoint new in the run is listed as not in the baseline and passes.
     ``n_compared`` counts the checkpoints with at least one value compared.
+    ``not_compared`` (metric -> why) names metrics that cannot be compared: each
+    check holds ``{"not_compared": why}`` for them, and they count for nothing.
     """
+    not_compared = dict(not_compared or {})
     base = {r["checkpoint"]: r for r in baseline}
     ours = {r["checkpoint"] for r in current}
     checks, regressions, n_compared = [], [], 0
@@ -169,6 +174,9 @@ def compare_baseline(
         entry: dict[str, Any] = {"checkpoint": r["checkpoint"]}
         compared = False
         for key, limit, higher in (("map", max_drop, True), ("top1", max_drop, True), (cost, max_cost_rise, False)):
+            if key in not_compared:
+                entry[key] = {"not_compared": not_compared[key]}
+                continue
             if not _finite(b.get(key)):
                 continue  # nothing to hold the run to
             if not _finite(r.get(key)):
@@ -210,29 +218,281 @@ def compare_baseline(
         "checks": checks,
         "n_compared": n_compared,
         "regressions": regressions,
+        "not_compared": not_compared,
         "passed": not regressions,
     }
 
 
 def baseline_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
-    """Why two ``summary.json`` documents cannot be compared: dataset, metrics or split file differ.
+    """Why two ``summary.json`` documents cannot be compared: metrics, dataset, files or checkpoints differ.
 
-    An empty list when they can. The split file is compared by the SHA-256 the
-    feature cache records (``provenance.cache.inputs.split_digest``), where both
-    documents have it.
+    An empty list when they can: the same dataset, accuracy and cost metric, and
+    :data:`BASELINE_CHECKS` (split file, label file and class list by the SHA-256
+    the feature cache records, checkpoints of one name by their SHA-256), each
+    compared where both documents record it. Which videos each evaluated is the
+    gate's concern (:func:`baseline_gate`), not a mismatch.
     """
     out = []
-    for key, label in (("dataset", "dataset"), ("accuracy_metric", "accuracy metric"), ("cost_metric", "cost metric")):
+    for key, label in (("accuracy_metric", "accuracy metric"), ("cost_metric", "cost metric")):
         theirs, ours = baseline.get(key), current.get(key)
         if theirs != ours:
             out.append(f"{label} {theirs!r} in the baseline, {ours!r} in this run")
-    theirs, ours = _split_digest(baseline), _split_digest(current)
-    if theirs and ours and theirs != ours:
-        out.append(f"split file SHA-256 {theirs[:12]}... in the baseline, {ours[:12]}... in this run")
+    return (
+        identity_mismatches(summary_identity(current), summary_identity(baseline), BASELINE_CHECKS, "the baseline")
+        + out
+    )
+
+
+# ---------------------------------------------------------------------------------------------- like with like
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a run's numbers were computed from, as its documents record it; ``None`` where one does not say.
+
+    Built from a ``summary.json`` (:func:`summary_identity`), a ``replay.json``
+    (:func:`replay_identity`) or, before any replay, a job (``jobs.report``).
+    """
+
+    dataset: str | None = None  # data.name
+    split: str | None = None  # SHA-256 of the split file (the feature cache's split_digest)
+    labels: str | None = None  # SHA-256 of the label file (labels_digest)
+    classes: str | None = None  # SHA-256 of the class list (classes_digest)
+    checkpoints: Mapping[str, str] | None = None  # SHA-256 of each checkpoint, by name (the checkpoint column)
+    order: str | None = None  # the policy order's name
+
+
+def _identity(dataset: Any, cache: Any, checkpoints: Any, order: Any) -> Identity:
+    inputs = cache.get("inputs") if isinstance(cache, Mapping) else None
+    inputs = inputs if isinstance(inputs, Mapping) else {}
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    return Identity(
+        dataset=text(dataset),
+        split=text(inputs.get("split_digest")),
+        labels=text(inputs.get("labels_digest")),
+        classes=text(inputs.get("classes_digest")),
+        checkpoints={c["name"]: c["sha256"] for c in checkpoints} if isinstance(checkpoints, list) else None,
+        order=text(order),
+    )
+
+
+def summary_identity(summary: Mapping[str, Any]) -> Identity:
+    """The :class:`Identity` a ``summary.json`` records (its provenance is the replay's)."""
+    p = summary.get("provenance", {})
+    return _identity(summary.get("dataset"), p.get("cache"), p.get("checkpoints"), p.get("order"))
+
+
+def replay_identity(replay: Mapping[str, Any]) -> Identity:
+    """The :class:`Identity` a ``replay.json`` records."""
+    return _identity(replay.get("dataset"), replay.get("cache"), replay.get("checkpoints"), replay.get("order_name"))
+
+
+def _same_name(field: str, label: str) -> Callable[[Identity, Identity, str], list[str]]:
+    def check(ours: Identity, theirs: Identity, where: str) -> list[str]:
+        a, b = getattr(theirs, field), getattr(ours, field)
+        return [] if a is None or b is None or a == b else [f"{label} {a!r} in {where}, {b!r} in this run"]
+
+    return check
+
+
+def _same_digest(field: str, label: str) -> Callable[[Identity, Identity, str], list[str]]:
+    def check(ours: Identity, theirs: Identity, where: str) -> list[str]:
+        a, b = getattr(theirs, field), getattr(ours, field)
+        if a is None or b is None or a == b:
+            return []
+        return [f"{label} SHA-256 {a[:12]}... in {where}, {b[:12]}... in this run"]
+
+    return check
+
+
+def _same_checkpoints(ours: Identity, theirs: Identity, where: str) -> list[str]:
+    if ours.checkpoints is None or theirs.checkpoints is None:
+        return []
+    return [
+        f"checkpoint {name} SHA-256 {theirs.checkpoints[name][:12]}... in {where}, {sha[:12]}... in this run"
+        for name, sha in ours.checkpoints.items()
+        if name in theirs.checkpoints and theirs.checkpoints[name] != sha
+    ]
+
+
+#: Every identity check, once: ``check(ours, theirs, where)`` -> what differs, in words (empty when nothing does or
+#: a side does not record it).
+IDENTITY_CHECKS: dict[str, Callable[[Identity, Identity, str], list[str]]] = {
+    "dataset": _same_name("dataset", "dataset"),
+    "split": _same_digest("split", "split file"),
+    "labels": _same_digest("labels", "label file"),
+    "classes": _same_digest("classes", "class list"),
+    "checkpoints": _same_checkpoints,
+    "order": _same_name("order", "policy order"),
+}
+#: A baseline: the same dataset, split file, label file, class list and checkpoints (those of one name).
+BASELINE_CHECKS = ("dataset", "split", "labels", "classes", "checkpoints")
+#: A calibration run: the same dataset, class list, checkpoints and policy order (thresholds mean something else
+#: in another order), but another split: its label file may differ (a Kinetics training CSV).
+CALIBRATION_CHECKS = ("dataset", "classes", "checkpoints", "order")
+
+
+def identity_mismatches(ours: Identity, theirs: Identity, checks: Sequence[str], where: str) -> list[str]:
+    """What differs between this run (``ours``) and another (``theirs``, called ``where``) under ``checks``."""
+    return [problem for name in checks for problem in IDENTITY_CHECKS[name](ours, theirs, where)]
+
+
+def first_keys(keys: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` video keys, joined (``, ...`` when there are more)."""
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def calibration_mismatches(
+    ours: Identity, our_videos: Sequence[str], theirs: Identity, their_videos: Sequence[str]
+) -> list[str]:
+    """Why a calibration run cannot choose this run's setting: :data:`CALIBRATION_CHECKS`, or the same videos.
+
+    It must be of the same dataset, class list, checkpoints and policy order, and
+    of other videos: the same split file (by SHA-256), or any video evaluated in
+    both, would choose the setting on videos it is then evaluated on.
+    """
+    out = identity_mismatches(ours, theirs, CALIBRATION_CHECKS, "the calibration run")
+    if ours.split is not None and ours.split == theirs.split:
+        out.append(
+            f"the calibration run evaluated the same split file as this run (SHA-256 {ours.split[:12]}...): the "
+            "setting would be chosen on the videos it is evaluated on"
+        )
+    else:
+        shared = sorted(set(our_videos) & set(their_videos))
+        if shared:
+            out.append(
+                f"{len(shared)} of this run's {len(set(our_videos))} videos are also in the calibration run "
+                f"({first_keys(shared)}): the setting would be chosen partly on the videos it is evaluated on"
+            )
     return out
 
 
-def _split_digest(summary: Mapping[str, Any]) -> str | None:
-    inputs = summary.get("provenance", {}).get("cache", {}).get("inputs", {})
-    digest = inputs.get("split_digest") if isinstance(inputs, Mapping) else None
-    return digest if isinstance(digest, str) else None
+def video_difference(current: Sequence[str], baseline: Sequence[str]) -> dict[str, Any]:
+    """Which videos one of two runs evaluated and the other did not: counts and the sorted keys."""
+    ours, theirs = set(current), set(baseline)
+    return {
+        "n_run": len(ours),
+        "n_baseline": len(theirs),
+        "n_common": len(ours & theirs),
+        "missing": sorted(theirs - ours),  # in the baseline, not evaluated by this run
+        "added": sorted(ours - theirs),  # evaluated by this run, not in the baseline
+    }
+
+
+def describe_difference(diff: Mapping[str, Any]) -> str:
+    """``diff`` (:func:`video_difference`) in words, naming the first keys on each side."""
+    parts = [f"this run evaluated {diff['n_run']} videos, the baseline {diff['n_baseline']}"]
+    if diff["missing"]:
+        parts.append(
+            f"{len(diff['missing'])} of the baseline's videos are missing from this run ({first_keys(diff['missing'])})"
+        )
+    if diff["added"]:
+        parts.append(f"{len(diff['added'])} videos are not in the baseline ({first_keys(diff['added'])})")
+    return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if parts[1:] else "")
+
+
+def subset_row(
+    checkpoint: str,
+    results: Mapping[str, Sequence[Any]] | None,
+    index: Sequence[int],
+    parts: Mapping[str, float] | None,
+    per_frame: float | None,
+) -> dict[str, Any]:
+    """The job's-setting metrics of one checkpoint over the videos at ``index`` (of ``Summary.videos``),
+    recomputed from its per-video results: top-1, mean frames and both costs; mAP is ``None`` (it needs every
+    class's score). Every value is ``None`` without per-video results, NaN without videos."""
+    row: dict[str, Any] = {"checkpoint": checkpoint, "n_videos": len(index), "map": None}
+    if results is None:
+        return {**row, **dict.fromkeys(("top1", "mean_frames", "gflops", "gmacs_measured", "gflops_measured"))}
+    from frameexit.cost import StepCosts  # here: only a gate over different video sets needs it
+
+    steps = [results["exit_step"][i] for i in index]
+    labelled = [bool(results["hit"][i]) for i in index if results["hit"][i] is not None]
+    nan = float("nan")
+    frames = sum(s + 1 for s in steps) / len(steps) if steps else nan
+    share_step0 = sum(s == 0 for s in steps) / len(steps) if steps else nan
+    gmacs = StepCosts(**parts).mean_video_gmacs(frames, share_step0) if parts is not None else None
+    return {
+        **row,
+        "top1": sum(labelled) / len(labelled) if labelled else nan,
+        "mean_frames": frames,
+        "gflops": frames * per_frame if per_frame is not None else None,
+        "gmacs_measured": gmacs,
+        "gflops_measured": 2.0 * gmacs if gmacs is not None else None,
+    }
+
+
+def common_rows(summary: Mapping[str, Any], videos: set[str]) -> list[dict[str, Any]]:
+    """Per checkpoint of ``summary["default"]``, :func:`subset_row` over those of its videos in ``videos``."""
+    index = [i for i, key in enumerate(summary["videos"]) if key in videos]
+    parts = {c["name"]: c["gmacs_measured_parts"] for c in summary["provenance"]["checkpoints"]}
+    return [
+        subset_row(
+            r["checkpoint"],
+            summary["video_results"].get(r["checkpoint"]),
+            index,
+            parts.get(r["checkpoint"]),
+            summary["gflops_per_frame"],
+        )
+        for r in summary["default"]
+    ]
+
+
+#: Why mAP is not compared over the videos two runs both evaluated.
+MAP_NOT_COMPARED = (
+    "not compared: mAP over the videos both runs evaluated needs every class's score of each video, which "
+    "summary.json does not keep"
+)
+
+
+def baseline_gate(
+    current: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    *,
+    max_drop: float | None,
+    max_cost_rise: float | None,
+    accept_missing: int = 0,
+) -> dict[str, Any]:
+    """The baseline gate of two comparable ``summary.json`` documents (:func:`baseline_mismatches` empty).
+
+    When both evaluated the same videos, :func:`compare_baseline` of their
+    job's-setting rows. Otherwise the metrics of each side are recomputed over the
+    videos both evaluated (:func:`common_rows`): top-1 and cost are compared
+    there, mAP is not (:data:`MAP_NOT_COMPARED`); and the gate fails unless at most
+    ``accept_missing`` videos differ (missing from this run plus added to it),
+    naming the counts and the first keys. ``videos`` holds the difference.
+    """
+    cost = current["cost_metric"]
+    diff = video_difference(current["videos"], baseline["videos"])
+    n_diff = len(diff["missing"]) + len(diff["added"])
+    limits = dict(max_drop=max_drop, max_cost_rise=max_cost_rise, cost=cost)
+    if n_diff == 0:
+        result = compare_baseline(current["default"], baseline["default"], **limits)
+        result["videos"] = {**diff, "accept_missing": accept_missing, "compared_over": "all"}
+        return result
+    common = set(current["videos"]) & set(baseline["videos"])
+    result = compare_baseline(
+        common_rows(current, common), common_rows(baseline, common), **limits, not_compared={"map": MAP_NOT_COMPARED}
+    )
+    result["videos"] = {**diff, "accept_missing": accept_missing, "compared_over": "common"}
+    ours = {r["checkpoint"] for r in current["default"]}
+    for side, summary in (("this run", current), ("the baseline", baseline)):
+        for name, results in summary["video_results"].items():
+            if results is None and name in ours and name in {r["checkpoint"] for r in baseline["default"]}:
+                result["regressions"].append(
+                    f"{name}: {side} has no per-video results at the job's setting (replayed with --per-video all "
+                    "on a grid without it): it cannot be compared over the videos both runs evaluated"
+                )
+    if n_diff > accept_missing:
+        accepted = f" (--accept-missing {accept_missing} accepts {accept_missing})" if accept_missing else ""
+        result["regressions"].insert(
+            0,
+            f"videos: {describe_difference(diff)}; metrics over other videos are not the baseline's: accept this "
+            f"known difference with --accept-missing {n_diff}{accepted}, or make a new baseline (top-1 and cost "
+            f"are then compared over the {diff['n_common']} videos both evaluated; mAP cannot be)",
+        )
+    result["passed"] = not result["regressions"]
+    return result

@@ -133,6 +133,13 @@ def render_report_summary(result: Any) -> str:
     """
     n_frontier = len(result.summary["frontier"])
     head = f"FrameExit report: {result.summary['n_settings']} settings, {n_frontier} on the frontier"
+    videos = (result.summary.get("baseline") or {}).get("videos") or {}
+    if videos.get("compared_over") == "common":
+        head += (
+            f"\n  baseline: compared over the {videos['n_common']} videos both runs evaluated (this run "
+            f"{videos['n_run']}, the baseline {videos['n_baseline']}; --accept-missing {videos['accept_missing']}); "
+            "mAP not compared"
+        )
     return head + "\n" + _report_paths(result.paths)
 
 

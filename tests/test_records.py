@@ -5,6 +5,7 @@ import json
 import os
 import platform
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -30,6 +31,7 @@ from reports.records import (
     runtime,
     versions,
 )
+from reports.summary import common_rows
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,24 @@ def test_a_baseline_without_a_key_is_refused(outputs, tmp_path):
     with pytest.raises(ReportInputError, match="is not a frameexit summary.json: key 'provenance.cache' is missing"):
         read_baseline(path)
     assert read_baseline(os.path.join(run, "summary.json")).rows[0]["checkpoint"]
+
+
+def test_summary_records_each_video_and_what_its_metrics_are_recomputed_from(outputs):
+    """summary.json's videos and per-video results (what the gate compares over a subset) give back the job's
+    setting's top-1, frames and cost over every video."""
+    _, run = outputs
+    summary = read_record(os.path.join(run, "summary.json"), Summary)
+    rows = pq.read_table(os.path.join(run, "videos.parquet")).to_pylist()
+    assert summary["videos"] == sorted({r["video"] for r in rows}) and len(summary["videos"]) == 6
+    assert summary["n_videos_evaluated"] == 6 and summary["gflops_per_frame"] is None
+    by_key = {r["video"]: r for r in rows}
+    results = summary["video_results"]["frameexit_resnet18.pth"]
+    assert results["exit_step"] == [by_key[k]["exit_step"] for k in summary["videos"]]
+    hits = [by_key[k]["prediction"] in by_key[k]["labels"] if by_key[k]["labels"] else None for k in summary["videos"]]
+    assert results["hit"] == hits and hits.count(None) == 1  # v_delta.mp4 has no label
+    (row,) = common_rows(summary, set(summary["videos"]))
+    (default,) = summary["default"]
+    assert row["top1"] == pytest.approx(default["top1"], abs=1e-12) and row["map"] is None
+    assert row["mean_frames"] == pytest.approx(default["mean_frames"], abs=1e-12)
+    assert row["gmacs_measured"] == pytest.approx(default["gmacs_measured"], rel=1e-12)
+    assert row["gflops_measured"] == pytest.approx(default["gflops_measured"], rel=1e-12) and row["gflops"] is None

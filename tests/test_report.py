@@ -15,7 +15,7 @@ from cli import main
 from frameexit.errors import OutputError, UsageError
 from jobs.report import ReportInputError, ReportOptions, check_report_options, report
 from reports.records import MetricRow, ReplayRecord, check_record
-from reports.schema import SWEEP
+from reports.schema import SWEEP, VIDEOS
 from reports.summary import best_within_budget, choose_budget, compare_baseline, pareto_frontier
 from reports.write import write_json, write_table
 
@@ -82,36 +82,85 @@ def test_baseline_comparison():
     assert compare_baseline(small, base, max_drop=0.005, max_cost_rise=0.5, cost="gflops")["passed"]
 
 
-def _fake_run(path, spec=HAND, default=(0.2, 0.1), *, names=("a.pth",), dataset="activitynet1.3", split="1" * 64):
-    """Replay outputs of ``spec`` for each checkpoint of ``names``, from the dataset and split file given."""
+def _keys(n, start=0):
+    return [f"v_{i:03d}.mp4" for i in range(start, start + n)]
+
+
+def _video_result(key, worse=False):
+    """A fake per-video result at the job's setting, a function of the key: (exit_step, prediction, labels)."""
+    n = int(key[2:5])
+    prediction = n % 7
+    labels = [] if n % 9 == 8 else [prediction + 1 if worse or n % 3 == 0 else prediction]
+    return n % 4, prediction, labels
+
+
+def _fake_run(
+    path,
+    spec=HAND,
+    default=(0.2, 0.1),
+    *,
+    names=("a.pth",),
+    dataset="activitynet1.3",
+    split="1" * 64,
+    videos=None,
+    labels="l" * 64,
+    classes="c" * 64,
+    sha="s" * 64,
+    order="coarse_to_fine",
+    worse=False,
+    video_setting=None,
+):
+    """Replay outputs of ``spec`` for each checkpoint of ``names``, from the dataset, split file, class list and
+    checkpoints given, with per-video rows at the job's setting of ``videos`` (default: 10 videos; ``worse``: no
+    video a hit; ``video_setting``: at another setting instead, as --per-video all on a grid without the job's)."""
+    videos = _keys(10) if videos is None else videos
     os.makedirs(path, exist_ok=True)
-    rows = [{**r, "checkpoint": name} for name in names for r in _rows(spec)]
+    rows = [{**r, "checkpoint": name, "n_videos": len(videos)} for name in names for r in _rows(spec)]
     write_table(os.path.join(path, "sweep.parquet"), {k: [r[k] for r in rows] for k in SWEEP.names}, SWEEP)
+    per_video = [(name, key, *_video_result(key, worse)) for name in names for key in videos]
+    columns = {
+        "video": [key for _, key, *_ in per_video],
+        "exit_step": [step for _, _, step, _, _ in per_video],
+        "prediction": [p for *_, p, _ in per_video],
+        "confidence": [0.5] * len(per_video),
+        "labels": [labels for *_, labels in per_video],
+        "first_threshold": [(video_setting or default)[0]] * len(per_video),
+        "gate_threshold": [(video_setting or default)[1]] * len(per_video),
+        "checkpoint": [name for name, *_ in per_video],
+    }
+    write_table(os.path.join(path, "videos.parquet"), columns, VIDEOS)
     defaults = [r for r in rows if (r["first_threshold"], r["gate_threshold"]) == default]
     parts = {"backbone": 1.0, "projection": 0.1, "classifier": 0.01, "gate": 0.01}
     record = ReplayRecord(
         dataset=dataset,
         dataset_files={"path_split": "/data/split.txt", "path_label": "/data/labels.json"},
         backbone="torchvision.resnet50",
-        n_videos=10,
-        n_videos_listed=11,
+        n_videos=len(videos),
+        n_videos_listed=len(videos) + 1,
         skipped=[{"video": "v_x.mp4", "reason": "no frame folder frames/v_x.mp4"}],
         order=[5, 0, 9, 2, 7, 1, 3, 4, 6, 8],
-        order_name="coarse_to_fine",
+        order_name=order,
         first_thresholds=sorted({f for _, f, _, _, _ in spec}),
         gate_thresholds=sorted({g for _, _, g, _, _ in spec}),
         default_setting={"first_threshold": default[0], "gate_threshold": default[1]},
         default_metrics=[{k: d[k] for k in MetricRow.__annotations__} for d in defaults],
         per_video="default",
         n_settings=len(spec),
-        gflops_per_frame=4.1,
+        gflops_per_frame=1.0,
         cache={
             "directory": "/cache/" + "k" * 20,
             "key": "k" * 20,
-            "inputs": {"backbone": "resnet50", "backbone_digest": "d" * 64, "split_digest": split},
+            "inputs": {
+                "backbone": "resnet50",
+                "backbone_digest": "d" * 64,
+                "dataset": dataset,
+                "split_digest": split,
+                "labels_digest": labels,
+                "classes_digest": classes,
+            },
         },
         checkpoints=[
-            {"name": name, "path": f"/x/{name}", "sha256": "s" * 64, "hidden_dim": 4096, "gmacs_measured_parts": parts}
+            {"name": name, "path": f"/x/{name}", "sha256": sha, "hidden_dim": 4096, "gmacs_measured_parts": parts}
             for name in names
         ],
         runtime={
@@ -171,11 +220,15 @@ def test_baseline_gate_exit_codes_and_regression_on_top(tmp_path):
     assert json.load(open(os.path.join(worse, "summary.json")))["baseline"]["passed"] is False
 
 
+HELD_OUT = dict(split="2" * 64, videos=_keys(10, start=100), labels="m" * 64)
+
+
 def test_calibrated_budget_through_the_cli(tmp_path):
     run = _fake_run(tmp_path / "val")
-    held_out = _fake_run(
+    held_out = _fake_run(  # held-out training videos: another split, other videos, another label file (a training CSV)
         tmp_path / "heldout",
         [("a.pth", 0.1, 0.1, 0.3, 1.0), ("a.pth", 0.1, 0.2, 0.9, 2.4), ("a.pth", 0.2, 0.1, 0.5, 2.0)],
+        **HELD_OUT,
     )
     r = CliRunner().invoke(main, ["report", "--out", run, "--budget", "2.5", "--calibrate-on", held_out])
     assert r.exit_code == 0, r.output
@@ -415,3 +468,222 @@ def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, 
     assert result.summary["provenance"]["dataset_files"] == expected
     assert json.load(open(os.path.join(out, "summary.json")))["provenance"]["dataset_files"] == expected
     assert all(os.path.exists(path) for path in expected.values())
+
+
+# ------------------------------------------------------------------------------ like with like (issue 19, items 6-7)
+
+
+def test_gate_fails_when_the_run_evaluated_fewer_videos_than_the_baseline(tmp_path):
+    """Issue 19, item 6: 19 of the baseline's 40 videos missing; the default rows alone would pass (same numbers)."""
+    baseline = _baseline(tmp_path, videos=_keys(40))
+    run = _fake_run(tmp_path / "run", videos=_keys(21))
+    r = CliRunner().invoke(main, ["report", "--out", run, "--baseline", baseline, "--max-drop", "0"])
+    assert r.exit_code == 3, r.output
+    assert (
+        "REGRESSION: videos: this run evaluated 21 videos, the baseline 40: 19 of the baseline's videos are "
+        "missing from this run (v_021.mp4, v_022.mp4, v_023.mp4, ...); metrics over other videos are not the "
+        "baseline's: accept this known difference with --accept-missing 19, or make a new baseline"
+    ) in r.output
+    gate = json.load(open(os.path.join(run, "summary.json")))["baseline"]
+    assert gate["passed"] is False and gate["videos"]["missing"] == _keys(19, start=21) and not gate["videos"]["added"]
+    assert (gate["videos"]["n_run"], gate["videos"]["n_baseline"], gate["videos"]["n_common"]) == (21, 40, 21)
+    md = open(os.path.join(run, "summary.md")).read()
+    assert md.startswith("> [!CAUTION]") and "Passed: **no**" in md and "Passed: **yes**" not in md
+    assert "| a.pth | not compared |" in md  # mAP over different videos is never shown as compared
+
+
+def test_an_accepted_difference_is_compared_over_the_common_videos(tmp_path):
+    baseline = _baseline(tmp_path, videos=_keys(40))
+    run = _fake_run(tmp_path / "run", videos=_keys(21))
+    r = CliRunner().invoke(
+        main, ["report", "--out", run, "--baseline", baseline, "--max-drop", "0", "--accept-missing", "19"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "baseline: compared over the 21 videos both runs evaluated (this run 21, the baseline 40" in r.output
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    gate = summary["baseline"]
+    assert gate["passed"] and gate["videos"]["compared_over"] == "common" and gate["videos"]["accept_missing"] == 19
+    (check,) = gate["checks"]
+    assert "not_compared" in check["map"] and gate["not_compared"] == {"map": check["map"]["not_compared"]}
+    # top-1, frames and cost of the baseline recomputed over the 21 common videos, exactly those of the run
+    common = [_video_result(key) for key in _keys(21)]
+    labelled = [prediction in labels for _, prediction, labels in common if labels]
+    assert check["top1"] == {
+        "baseline": sum(labelled) / len(labelled),
+        "current": sum(labelled) / len(labelled),
+        "drop": 0,
+    }
+    frames = sum(step + 1 for step, _, _ in common) / 21
+    assert check["gflops"]["baseline"] == check["gflops"]["current"] == frames  # 1 GFLOP per frame in the fake
+    md = open(os.path.join(run, "summary.md")).read()
+    assert md.startswith("> [!NOTE]\n> **Baseline gate passed over the videos both runs evaluated only**")
+    assert "19 of the baseline's videos are missing from this run (v_021.mp4, v_022.mp4, v_023.mp4, ...)" in md
+    assert "(accepted: --accept-missing 19)" in md and "mAP is not compared: mAP over the videos both" in md
+    assert "| a.pth | not compared | " in md
+    # fewer accepted than missing: the gate fails and says how many it would take
+    r = CliRunner().invoke(main, ["report", "--out", run, "--baseline", baseline, "--accept-missing", "18"])
+    assert r.exit_code == 3 and "--accept-missing 19 (--accept-missing 18 accepts 18)" in r.output, r.output
+    # accepted, but worse on the videos both evaluated: a regression of top-1, found over the common videos
+    worse = _fake_run(tmp_path / "worse", videos=_keys(21), worse=True)
+    r = CliRunner().invoke(
+        main, ["report", "--out", worse, "--baseline", baseline, "--max-drop", "0", "--accept-missing", "19"]
+    )
+    assert r.exit_code == 3, r.output
+    top1 = sum(labelled) / len(labelled)
+    assert f"REGRESSION: a.pth: top1 fell by {top1:.4f} ({top1:.4f} -> 0.0000), more than 0.0" in r.output
+    assert "REGRESSION: videos" not in r.output
+
+
+def test_without_per_video_results_at_the_job_setting_only_the_same_videos_compare(tmp_path):
+    run = _fake_run(tmp_path / "run", videos=_keys(9), video_setting=(0.1, 0.1))
+    assert CliRunner().invoke(main, ["report", "--out", run]).exit_code == 0
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["videos"] == _keys(9) and summary["video_results"] == {"a.pth": None}
+    r = _gate(run, _baseline(tmp_path, videos=_keys(10)), "--accept-missing", "1")
+    assert r.exit_code == 3, r.output
+    assert "REGRESSION: a.pth: this run has no per-video results at the job's setting" in r.output
+    assert _gate(run, os.path.join(run, "summary.json")).exit_code == 0  # the same videos: the default rows
+
+
+def test_videos_the_baseline_lacks_fail_the_gate_too(tmp_path):
+    baseline = _baseline(tmp_path, videos=_keys(10))
+    run = _fake_run(tmp_path / "run", videos=_keys(8) + _keys(3, start=50))
+    r = _gate(run, baseline)
+    assert r.exit_code == 3, r.output
+    assert (
+        "this run evaluated 11 videos, the baseline 10: 2 of the baseline's videos are missing from this run "
+        "(v_008.mp4, v_009.mp4); 3 videos are not in the baseline (v_050.mp4, v_051.mp4, v_052.mp4)"
+    ) in r.output and "--accept-missing 5" in r.output
+    assert _gate(run, baseline, "--accept-missing", "5").exit_code == 0
+
+
+def test_a_baseline_without_its_videos_is_refused(tmp_path):
+    """A summary.json of schema_version 1 does not say which videos it evaluated: the gate cannot vouch."""
+    doc = json.load(open(_baseline(tmp_path)))
+    for key in ("videos", "video_results", "gflops_per_frame"):
+        del doc[key]
+    doc["schema_version"] = 1
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    r = _gate(_fake_run(tmp_path / "run"), str(old))
+    assert r.exit_code == 1, r.output
+    assert f"baseline {old} is a summary.json of schema_version 1, which does not record the videos it evaluated" in (
+        r.output
+    )
+    assert "Report the baseline's run again (frameexit report --out ITS_DIR)" in r.output
+    doc = json.load(open(_baseline(tmp_path, "base2")))
+    doc["video_results"]["a.pth"]["hit"].pop()
+    (tmp_path / "short.json").write_text(json.dumps(doc))
+    r = _gate(_fake_run(tmp_path / "run"), str(tmp_path / "short.json"))
+    assert r.exit_code == 1 and "video_results['a.pth'] does not have one entry per video" in r.output, r.output
+
+
+def test_gate_refuses_a_baseline_of_other_checkpoints_labels_or_classes(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    cases = [
+        (dict(sha="t" * 64), "checkpoint a.pth SHA-256 tttttttttttt... in the baseline, ssssssssssss... in this run"),
+        (dict(classes="e" * 64), "class list SHA-256 eeeeeeeeeeee... in the baseline, cccccccccccc... in this run"),
+        (dict(labels="m" * 64), "label file SHA-256 mmmmmmmmmmmm... in the baseline, llllllllllll... in this run"),
+    ]
+    for i, (kwargs, message) in enumerate(cases):
+        r = _gate(run, _baseline(tmp_path, f"other-{i}", **kwargs))
+        assert r.exit_code == 1, r.output
+        assert "is not comparable with this run" in r.output and message in r.output, r.output
+
+
+def test_calibrate_on_refuses_a_run_of_another_dataset(tmp_path):
+    """Issue 19, item 7: an HVU sweep given to an ActivityNet run's --calibrate-on."""
+    run = _fake_run(tmp_path / "anet")
+    hvu = _fake_run(tmp_path / "hvu", dataset="hvu", classes="h" * 64, **HELD_OUT)
+    r = CliRunner().invoke(main, ["report", "--out", run, "--budget", "2.5", "--calibrate-on", hvu])
+    assert r.exit_code == 1, r.output
+    assert r.output.count("\n") == 1 and r.output.startswith(f"Error: calibration run {hvu} cannot choose this run's")
+    assert "dataset 'hvu' in the calibration run, 'activitynet1.3' in this run" in r.output
+    assert "class list SHA-256 hhhhhhhhhhhh... in the calibration run, cccccccccccc... in this run" in r.output
+    assert not os.path.exists(os.path.join(run, "summary.json"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(classes="e" * 64), "class list SHA-256 eeeeeeeeeeee... in the calibration run, cccccccccccc... in this"),
+        (dict(sha="t" * 64), "checkpoint a.pth SHA-256 tttttttttttt... in the calibration run, ssssssssssss... in"),
+        (dict(order="sequential"), "policy order 'sequential' in the calibration run, 'coarse_to_fine' in this run"),
+        (
+            dict(split="1" * 64, videos=_keys(10, start=100)),
+            "the calibration run evaluated the same split file as this run (SHA-256 111111111111...): the setting "
+            "would be chosen on the videos it is evaluated on",
+        ),
+        (
+            dict(split="2" * 64, videos=_keys(10, start=8)),
+            "2 of this run's 10 videos are also in the calibration run (v_008.mp4, v_009.mp4): the setting would be "
+            "chosen partly on the videos it is evaluated on",
+        ),
+    ],
+)
+def test_calibrate_on_refuses_other_classes_checkpoints_order_or_the_same_videos(tmp_path, kwargs, message):
+    run = _fake_run(tmp_path / "run")
+    calibration = _fake_run(tmp_path / "cal", **{**HELD_OUT, **kwargs})
+    r = CliRunner().invoke(main, ["report", "--out", run, "--budget", "2.5", "--calibrate-on", calibration])
+    assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_run_checks_the_baseline_and_calibration_run_against_the_job_before_extracting(
+    anet, checkpoint, tmp_path, monkeypatch
+):
+    import jobs.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("extracted although the calibration run or baseline cannot be compared")
+
+    monkeypatch.setattr(jobs.run, "extract", refuse)
+    job = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
+    hvu = _fake_run(tmp_path / "hvu", names=("frameexit_resnet18.pth",), dataset="hvu", **HELD_OUT)
+    r = CliRunner().invoke(main, ["run", job, "--out", str(tmp_path / "o"), "--budget", "5", "--calibrate-on", hvu])
+    assert r.exit_code == 1 and "dataset 'hvu' in the calibration run, 'activitynet1.3' in this run" in r.output
+    assert "checkpoint frameexit_resnet18.pth SHA-256 ssssssssssss... in the calibration run" in r.output, r.output
+    baseline = _baseline(tmp_path, names=("frameexit_resnet18.pth",))
+    r = CliRunner().invoke(main, ["run", job, "--out", str(tmp_path / "o"), "--baseline", baseline])
+    assert r.exit_code == 1 and "checkpoint frameexit_resnet18.pth SHA-256 ssssssssssss... in the baseline" in r.output
+
+
+def test_help_explains_accept_missing():
+    for command in ("report", "run"):
+        r = CliRunner().invoke(main, [command, "--help"])
+        text = " ".join(r.output.split())
+        assert r.exit_code == 0 and "--accept-missing N" in text, command
+        assert "Accept up to N videos evaluated by only one of this run and the baseline" in text
+        assert "mAP is not compared" in text
+    text = " ".join(CliRunner().invoke(main, ["report", "--help"]).output.split())
+    assert "other videos evaluated than the baseline's (more than --accept-missing N)" in text
+    assert "a calibration run must evaluate other videos than this run" in text
+
+
+def test_gate_with_deleted_frame_folders(anet, checkpoint, tmp_path):
+    """Issue 19, item 6 end to end: frame folders deleted after the baseline was made."""
+    import shutil
+
+    root = str(tmp_path / "data")
+    shutil.copytree(os.path.dirname(anet["frames"]), root)
+    paths = {k: os.path.join(root, os.path.relpath(v, os.path.dirname(anet["frames"]))) for k, v in anet.items()}
+    job = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+    cache, base, run = str(tmp_path / "cache"), str(tmp_path / "base"), str(tmp_path / "run")
+    grid = ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5", "--device", "cpu", "--cache", cache]
+    assert CliRunner().invoke(main, ["run", job, "--out", base, *grid]).exit_code == 0
+    for key in ("v_bravo.mp4", "v_echo.mp4"):
+        shutil.rmtree(os.path.join(paths["frames"], key))
+    gate = ["--baseline", os.path.join(base, "summary.json"), "--max-drop", "0", "--max-cost-rise", "0"]
+    r = CliRunner().invoke(main, ["run", job, "--out", run, *grid, *gate])
+    assert r.exit_code == 3, r.output
+    assert (
+        "REGRESSION: videos: this run evaluated 4 videos, the baseline 6: 2 of the baseline's videos are missing "
+        "from this run (v_bravo.mp4, v_echo.mp4)"
+    ) in r.output
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["videos"] == ["v_alpha.mp4", "v_charlie.mp4", "v_delta.mp4", "v_foxtrot.mp4"]
+    assert {s["video"] for s in summary["skipped"]} >= {"v_bravo.mp4", "v_echo.mp4"}
+    # the known loss accepted: the same features of the 4 videos give the same top-1 and cost, mAP not compared
+    r = CliRunner().invoke(main, ["report", "--out", run, *gate, "--accept-missing", "2"])
+    assert r.exit_code == 0, r.output
+    (check,) = json.load(open(os.path.join(run, "summary.json")))["baseline"]["checks"]
+    assert check["top1"]["drop"] == 0 and check["gflops_measured"]["rise"] == 0 and "not_compared" in check["map"]
