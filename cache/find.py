@@ -93,6 +93,9 @@ def frames_differences(manifest: Manifest, videos: Sequence[str], now: Mapping[s
     changed = sorted(v for v in videos if v in recorded and recorded[v] is not None and now.get(v) != recorded[v])
     if changed:
         out.append(f"the frames of {_count(changed)} are not those the features were computed from: {_first(changed)}")
+    readable = sorted(v for v in videos if v in recorded and recorded[v] is None and now.get(v) is not None)
+    if readable:
+        out.append(f"{_count(readable)} could not be read when extracted and can be now: {_first(readable)}")
     return out
 
 

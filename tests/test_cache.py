@@ -256,6 +256,10 @@ def test_a_video_that_could_not_be_read_is_tried_again(private, tmp_path):
     open(alpha, "wb").write(good_alpha)
     os.rmdir(echo)
     open(echo, "wb").write(good_echo)
+    with pytest.raises(CacheError) as info:
+        _sweep(job_file, root, tmp_path / "o", verify_frames=True)
+    assert "the frames of 1 video are not those the features were computed from: v_alpha.mp4" in str(info.value)
+    assert "1 video could not be read when extracted and can be now: v_echo.mp4" in str(info.value)
     fixed = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
     assert fixed.frames_changed == ["v_alpha.mp4"] and fixed.retried == ["v_echo.mp4"]
     assert fixed.n_videos == 6 and not {"v_alpha.mp4", "v_echo.mp4"} & {s["video"] for s in fixed.skipped}
