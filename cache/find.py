@@ -20,8 +20,9 @@ from .reader import FeatureCache
 
 #: Recorded inputs a cache given as it is (``--features``) is not compared on: the backbone digest is compared
 #: per checkpoint by the reader (with its own message), the frame listing is what giving a cache skips, and the
-#: storage options do not make the features belong to another dataset.
-NOT_COMPARED = ("backbone_digest", "frames_digest", "dtype", "precision", "channels_last")
+#: storage options (and the backbone's batching, which replay reports from the cache) do not make the features
+#: belong to another dataset.
+NOT_COMPARED = ("backbone_digest", "frames_digest", "dtype", "precision", "channels_last", "batching")
 
 
 def find_cache(
@@ -33,6 +34,7 @@ def find_cache(
     dtype: str = "float32",
     precision: str = "fp32",
     channels_last: bool = False,
+    batching: str = "batched",
     resolve: Mapping[str, Callable[[], str | None]] | None = None,
     verify: Mapping[str, Any] | None = None,
     hint: str = "",
@@ -48,7 +50,7 @@ def find_cache(
     features : str, optional
         A cache directory to use as it is; its recorded inputs are compared with
         the job's (:func:`check_recorded_inputs`).
-    dtype, precision, channels_last
+    dtype, precision, channels_last, batching
         The extraction settings asked for (``channels_last`` only breaks ties).
     resolve : mapping of str to callable, optional
         The expensive inputs (``backbone_digest``, ``frames_digest``), computed only
@@ -66,7 +68,7 @@ def find_cache(
         No such cache, one extracted for other inputs (each named), or one
         without any video to evaluate.
     """
-    settings = dict(dtype=dtype, precision=precision, channels_last=channels_last)
+    settings = dict(dtype=dtype, precision=precision, channels_last=channels_last, batching=batching)
     verify = dict(verify or {})
     if features:
         cache = FeatureCache.open(features)
@@ -92,7 +94,7 @@ def check_recorded_inputs(cache: FeatureCache, data: Any, model: Any, **settings
     the dataset name, the digests of the split, label and class-list files, and
     the backbone, preprocessing and sampling. Inputs a manifest does not record
     (hand-made caches) are not compared, nor those in :data:`NOT_COMPARED`.
-    ``settings`` are the ``dtype``, ``precision`` and ``channels_last`` of
+    ``settings`` are the ``dtype``, ``precision``, ``channels_last`` and ``batching`` of
     :func:`cache.inputs.cheap_inputs`.
     """
     recorded = cache.manifest.inputs

@@ -32,6 +32,8 @@ from .shard import file_sha256
 
 DTYPES = ("float32", "float16")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: How the backbone runs: batches of several videos' steps, or one step per forward pass (sequential inference's).
+BATCHINGS = ("batched", "per-step")
 SAMPLING = "linspace"  # int(clip(linspace(0, L, T), 0, L - 1)), SEMANTICS 3
 #: Inputs that cost a checkpoint read or a listing of every frame folder.
 EXPENSIVE = ("backbone_digest", "frames_digest")
@@ -56,6 +58,7 @@ INPUT_NAMES = {
     "clip_length": "model.backbone.clip_length",
     "clip_stride": "model.backbone.clip_stride",
     "normalize_first": "normalisation before resizing (data.preprocessing key order)",
+    "batching": "backbone batching (--batching)",
 }
 
 
@@ -64,8 +67,10 @@ class Video(Protocol):
     frames: Sequence[str]
 
 
-def check_feature_options(dtype: str, precision: str) -> None:
-    """Raise :class:`ConfigError` for a storage type or backbone arithmetic that is not known."""
+def check_feature_options(dtype: str, precision: str, batching: str = "batched") -> None:
+    """Raise :class:`ConfigError` for a storage type, backbone arithmetic or batching that is not known."""
+    if batching not in BATCHINGS:
+        raise ConfigError(f"batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
@@ -113,6 +118,7 @@ def key_inputs(
     channels_last: bool,
     backbone_digest: str,
     frames_digest: str,
+    batching: str = "batched",
 ) -> CacheKeyInputs:
     """Every input of the features of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`)."""
     pre = data.preprocessing
@@ -139,10 +145,13 @@ def key_inputs(
         # a clip of one frame has no stride: every stride gives the same features
         clip_stride=model.clip_stride if clip_length > 1 else 1,
         normalize_first=pre.normalize_first,
+        batching=batching,
     )
 
 
-def cheap_inputs(data: Any, model: Any, *, dtype: str, precision: str, channels_last: bool) -> dict[str, Any]:
+def cheap_inputs(
+    data: Any, model: Any, *, dtype: str, precision: str, channels_last: bool, batching: str = "batched"
+) -> dict[str, Any]:
     """Every input but the :data:`EXPENSIVE` ones, as a manifest records them (JSON types).
 
     :data:`cache.key.OPTIONAL` inputs are always present, at their default
@@ -151,7 +160,14 @@ def cheap_inputs(data: Any, model: Any, *, dtype: str, precision: str, channels_
     them), nothing else.
     """
     inputs = key_inputs(
-        data, model, dtype=dtype, precision=precision, channels_last=channels_last, backbone_digest="", frames_digest=""
+        data,
+        model,
+        dtype=dtype,
+        precision=precision,
+        channels_last=channels_last,
+        backbone_digest="",
+        frames_digest="",
+        batching=batching,
     ).to_json()
     inputs = {**OPTIONAL, **inputs}
     for name in EXPENSIVE:

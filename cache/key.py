@@ -5,7 +5,7 @@ counts and batch sizes stay out. :data:`FORMAT_VERSION` is bumped whenever the
 extraction output changes, so old caches are not reused by mistake.
 
 Inputs added after the first format (:data:`OPTIONAL`: the clip of a 3D
-backbone, pytorchvideo's preprocessing order) enter the key only when they
+backbone, pytorchvideo's preprocessing order, the backbone's batching) enter the key only when they
 differ from their default, which is what every earlier cache was extracted
 with: caches of 2D backbones keep their keys, and a recorded input that is
 absent means its default (:func:`with_defaults`).
@@ -62,6 +62,10 @@ class CacheKeyInputs:
         Distance in frame files between the frames of a clip (1 when ``clip_length`` is 1).
     normalize_first : bool, default=False
         Normalisation before resizing and cropping (pytorchvideo's order) instead of after (the official one).
+    batching : {'batched', 'per-step'}, default='batched'
+        How the backbone was asked to run (``--batching``): on batches of several videos' steps, or on
+        one step per forward pass as sequential inference does (whose features it then equals bit for
+        bit). The mode a backbone actually ran in is recorded per shard (:mod:`cache.exactness`).
     """
 
     backbone: str
@@ -85,6 +89,7 @@ class CacheKeyInputs:
     clip_length: int = 1
     clip_stride: int = 1
     normalize_first: bool = False
+    batching: str = "batched"
 
     def to_json(self) -> dict[str, Any]:
         """The inputs as plain JSON types (tuples become lists), :data:`OPTIONAL` ones left out at their default."""
@@ -92,7 +97,7 @@ class CacheKeyInputs:
 
 
 #: Inputs added after the first format, with the value every cache made before them has.
-OPTIONAL: dict[str, Any] = {"clip_length": 1, "clip_stride": 1, "normalize_first": False}
+OPTIONAL: dict[str, Any] = {"clip_length": 1, "clip_stride": 1, "normalize_first": False, "batching": "batched"}
 
 
 def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:

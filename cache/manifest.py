@@ -36,6 +36,9 @@ class ShardEntry:
     videos: list[str]
     sha256: str | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # how the backbone ran for this shard and how far its features are from per-step ones
+    # (cache.exactness.ShardProbe as a dict); None for shards written before it was recorded
+    probe: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

@@ -120,10 +120,13 @@ class CacheWriter:
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self.manifest.provenance = provenance
 
-    def record(self, index: int, sha256: str, skipped: list[dict[str, str]]) -> None:
-        """Shard ``index`` is written: its checksum and the videos it had to skip go to the manifest at once."""
+    def record(
+        self, index: int, sha256: str, skipped: list[dict[str, str]], probe: dict[str, Any] | None = None
+    ) -> None:
+        """Shard ``index`` is written: its checksum, the videos it had to skip and its exactness probe
+        (:mod:`cache.exactness`) go to the manifest at once."""
         entry = self.manifest.shards[index]
-        entry.sha256, entry.skipped = sha256, skipped
+        entry.sha256, entry.skipped, entry.probe = sha256, skipped, probe
         write_manifest(self.directory, self.manifest)
 
     def finish(self) -> None:

@@ -40,6 +40,7 @@ from reports.summary import (
     choose_budget,
     compare_baseline,
     cost_metric,
+    exactness_summary,
     pareto_frontier,
     with_cost,
 )
@@ -282,6 +283,7 @@ def build_summary(
     )
     if budget is not None:
         summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
+    summary["exactness"] = exactness_summary(replay, summary["budget"])
     if baseline_rows is not None:
         summary["baseline"] = compare_baseline(
             default, baseline_rows, max_drop=max_drop, max_cost_rise=max_cost_rise, cost=cost

@@ -180,6 +180,7 @@ def test_cache_key_changes_when_and_only_when_an_input_changes():
         "clip_length": 13,
         "clip_stride": 6,
         "normalize_first": True,
+        "batching": "per-step",
     }
     assert set(changed) == {f.name for f in dataclasses.fields(CacheKeyInputs)}  # every input is exercised
     keys = {name: cache_key(dataclasses.replace(BASE, **{name: value})) for name, value in changed.items()}
