@@ -179,10 +179,10 @@ _option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), defa
 _option("--channels-last/--no-channels-last", default=False,
         help="Channels-last memory format of the backbone (part of the cache key; replay only prefers "
         "such a cache when two are otherwise equal).")
-_option("--batching", type=click.Choice(["batched", "per-step"]), default="batched",
-        help="Backbone forward passes: batched (fast; the last bits may differ from frameexit infer's, measured "
-        "on probe videos and reported) or per-step (one step per pass as infer runs it: equal to it bit for bit, "
-        "slower). Part of the cache key.")
+_option("--batching", type=click.Choice(["auto", "batched", "per-step"]), default="auto",
+        help="Backbone forward passes: batched (the last bits may differ from frameexit infer's, measured on probe "
+        "videos and reported) or per-step (one step per pass as infer runs it: equal to it bit for bit). auto: "
+        "batched on CUDA, per-step on a CPU; replay: a cache of either (per-step preferred). Part of the cache key.")
 _option("--probe-videos", type=click.IntRange(min=0), default=2,
         help="Videos per shard whose steps also run one per forward pass, to measure how far batched features "
         "are from infer's (0: none; replay then cannot tell which videos may disagree).")

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .exactness import PER_STEP
 from .inputs import cheap_inputs, check_job_files, differences
 from .key import OPTIONAL
-from .locate import locate
+from .locate import LOOSE, locate
 from .manifest import CacheError
 from .plan import usable_videos
 from .reader import FeatureCache
@@ -34,7 +35,7 @@ def find_cache(
     dtype: str = "float32",
     precision: str = "fp32",
     channels_last: bool = False,
-    batching: str = "batched",
+    batching: str = "auto",
     resolve: Mapping[str, Callable[[], str | None]] | None = None,
     verify: Mapping[str, Any] | None = None,
     hint: str = "",
@@ -51,7 +52,8 @@ def find_cache(
         A cache directory to use as it is; its recorded inputs are compared with
         the job's (:func:`check_recorded_inputs`).
     dtype, precision, channels_last, batching
-        The extraction settings asked for (``channels_last`` only breaks ties).
+        The extraction settings asked for (``channels_last`` only breaks ties; so does ``batching`` when
+        ``auto``: either mode, per-step preferred, its features being sequential inference's).
     resolve : mapping of str to callable, optional
         The expensive inputs (``backbone_digest``, ``frames_digest``), computed only
         when two matching caches differ in them (:func:`cache.locate.locate`).
@@ -68,6 +70,8 @@ def find_cache(
         No such cache, one extracted for other inputs (each named), or one
         without any video to evaluate.
     """
+    loose = (*LOOSE, "batching") if batching == "auto" else LOOSE
+    batching = PER_STEP if batching == "auto" else batching
     settings = dict(dtype=dtype, precision=precision, channels_last=channels_last, batching=batching)
     verify = dict(verify or {})
     if features:
@@ -76,7 +80,7 @@ def find_cache(
     else:
         check_job_files(data)
         wanted = {**cheap_inputs(data, model, **settings), **verify}
-        cache = locate(root, wanted, resolve=resolve, data=data, hint=hint)
+        cache = locate(root, wanted, resolve=resolve, loose=loose, data=data, hint=hint)
     found = differences(cache.manifest.inputs, verify, list(verify), data)
     if found:
         raise CacheError(

@@ -32,8 +32,10 @@ from .shard import file_sha256
 
 DTYPES = ("float32", "float16")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-#: How the backbone runs: batches of several videos' steps, or one step per forward pass (sequential inference's).
+#: How the backbone runs: batches of several videos' steps, or one step per forward pass (sequential inference's);
+#: ``auto`` is resolved before a key is made (:func:`cache.exactness.resolve_batching`; a reader: either).
 BATCHINGS = ("batched", "per-step")
+BATCHING_OPTIONS = ("auto", *BATCHINGS)
 SAMPLING = "linspace"  # int(clip(linspace(0, L, T), 0, L - 1)), SEMANTICS 3
 #: Inputs that cost a checkpoint read or a listing of every frame folder.
 EXPENSIVE = ("backbone_digest", "frames_digest")
@@ -67,10 +69,10 @@ class Video(Protocol):
     frames: Sequence[str]
 
 
-def check_feature_options(dtype: str, precision: str, batching: str = "batched") -> None:
+def check_feature_options(dtype: str, precision: str, batching: str = "auto") -> None:
     """Raise :class:`ConfigError` for a storage type, backbone arithmetic or batching that is not known."""
-    if batching not in BATCHINGS:
-        raise ConfigError(f"batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
+    if batching not in BATCHING_OPTIONS:
+        raise ConfigError(f"batching must be one of {', '.join(BATCHING_OPTIONS)}, got {batching!r}")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:

@@ -85,11 +85,12 @@ class ExtractOptions:
         ``threads`` or ``sync``: this process (the backbone batches videos itself).
     workers : int or None
         Start a local dask cluster of this many worker processes (CPU).
-    batching : {'batched', 'per-step'}
-        ``batched``: the backbone runs on ``batch_videos`` videos' steps at once (fast; on some backbones
-        and input sizes the last bits differ from sequential inference's, measured by probes);
+    batching : {'auto', 'batched', 'per-step'}
+        ``batched``: the backbone runs on ``batch_videos`` videos' steps at once (on some backbones and
+        input sizes the last bits differ from sequential inference's, measured by probes);
         ``per-step``: one step per forward pass, as ``frameexit infer`` runs it, so the features equal its
-        own bit for bit (slower). Part of the cache key.
+        own bit for bit; ``auto``: batched on CUDA, per-step on a CPU
+        (:func:`cache.exactness.resolve_batching`). Part of the cache key.
     probe_videos : int
         Videos per shard (the first and the last) whose steps are run again one per forward pass, to
         measure how far the shard's features are from sequential inference's (:mod:`cache.exactness`);
@@ -107,7 +108,7 @@ class ExtractOptions:
     num_workers: int | None = None
     scheduler: str | None = "threads"
     workers: int | None = None
-    batching: str = "batched"
+    batching: str = "auto"
     probe_videos: int = 2
 
 
@@ -192,6 +193,14 @@ def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = Non
     return inputs, cache_key(inputs), dataset, state
 
 
+def resolved(job: Job, options: ExtractOptions) -> ExtractOptions:
+    """``options`` with ``batching='auto'`` resolved for the device the backbone will run on."""
+    device = options.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    batching = exactness.resolve_batching(options.batching, clips=job.model.clips, cuda=cuda)
+    return dataclasses.replace(options, batching=batching)
+
+
 def _check_options(options: ExtractOptions) -> None:
     check_feature_options(options.dtype, options.precision, options.batching)
     if options.probe_videos < 0:
@@ -222,6 +231,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             "checkpoints that share a backbone share one cache"
         )
     checkpoint = job.checkpoints[0]
+    options = resolved(job, options)
     check_writable_dir(options.cache_root, "--cache")
     inputs, _, dataset, state = locate_cache(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
@@ -491,6 +501,12 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+def exact_fp32(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Exact float32 around forward passes (TF32 off, no autocast): ``--precision fp32``'s arithmetic, also
+    that of sequential inference (``frameexit infer``) and of the exactness probes."""
+    return _precision("fp32", device)
+
+
 def compute_shards(
     tasks: Sequence[ShardTask],
     backbone: nn.Module,
@@ -604,7 +620,7 @@ class _Reference:
         if self.channels_last and self._contiguous is None:
             self._contiguous = copy.deepcopy(self.backbone).to(memory_format=torch.contiguous_format)
         net = self._contiguous if self.channels_last else self.backbone
-        with torch.inference_mode(), _precision("fp32", self.device):
+        with torch.inference_mode(), exact_fp32(self.device):
             out = [
                 net(steps[k : k + 1].clone(memory_format=torch.contiguous_format).to(self.device))
                 for k in range(len(steps))

@@ -101,7 +101,7 @@ class ReplayOptions:
     dtype, precision, channels_last, batching
         Extraction settings the cache was written with: dtype, precision and batching must match the
         cache's; channels_last (a memory format, the same features) only prefers one of two otherwise equal
-        caches.
+        caches, and so does batching ``auto`` (the default): a cache of either mode, per-step preferred.
     verify_frames : bool
         List the frame folders and refuse a cache extracted from another frame listing (frames
         re-prepared under the same split file); without it the frames are not read at all.
@@ -120,7 +120,7 @@ class ReplayOptions:
     precision: str = "fp32"
     channels_last: bool = False
     verify_frames: bool = False
-    batching: str = "batched"
+    batching: str = "auto"
 
 
 @dataclass(frozen=True)

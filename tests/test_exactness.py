@@ -171,20 +171,27 @@ def test_batching_enters_the_key_and_replay_finds_the_cache_of_its_mode(two, tmp
     root = str(tmp_path / "cache")
     runner = CliRunner()
     common = [job_file, *AT_112, "--cache", root, "--no-progress"]
-    r = runner.invoke(main, ["extract", *common, "--batching", "per-step"])
+    # auto on a CPU: per-step, exact
+    r = runner.invoke(main, ["extract", *common])
     assert r.exit_code == 0, r.output
     assert "exact  yes (per-step backbone)" in r.output
-    r = runner.invoke(main, ["replay", *common, "--out", str(tmp_path / "out")])
+    (name,) = os.listdir(root)
+    assert read_manifest(os.path.join(root, name)).inputs["batching"] == "per-step"
+    r = runner.invoke(main, ["replay", *common, "--batching", "batched", "--out", str(tmp_path / "out")])
     assert (
         r.exit_code == 1 and "backbone batching (--batching) 'per-step' in the cache, 'batched' in the job" in r.output
     )
-    r = runner.invoke(main, ["replay", *common, "--batching", "per-step", "--out", str(tmp_path / "out")])
-    assert r.exit_code == 0, r.output
-    assert "agreement with infer: exact" in r.output
-    r = runner.invoke(main, ["run", *common, "--out", str(tmp_path / "run"), "--probe-videos", "1"])
+    r = runner.invoke(
+        main, ["run", *common, "--batching", "batched", "--probe-videos", "1", "--out", str(tmp_path / "b")]
+    )
     assert r.exit_code == 0, r.output
     assert "exact  no: batched backbone" in r.output and "on 1 probed videos" in r.output
     assert "agreement with infer: batched features" in r.output and "videos at risk at the default setting" in r.output
+    # replay's auto takes either, the exact one when both are there; a named mode only its own
+    for batching, status in (("auto", "exact"), ("per-step", "exact"), ("batched", "measured")):
+        r = runner.invoke(main, ["replay", *common, "--batching", batching, "--out", str(tmp_path / batching)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / batching / "replay.json").read_text())["exactness"]["status"] == status
 
 
 # ---------------------------------------------------------------------------------------------- every backbone
@@ -228,7 +235,8 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
                 self.inner = backbone
 
             def forward(self, x):
-                calls.append(x.shape[0])
+                # infer's arithmetic is extract's --precision fp32: TF32 off (cuDNN allows it by default)
+                calls.append((x.shape[0], torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
                 out = self.inner(x)
                 recorded.append(out.clone())
                 return out
@@ -253,7 +261,7 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
         ],
     )
     infer(every, str(tmp_path / "infer"), device="cpu")
-    assert calls == [1] * 10
+    assert calls == [(1, False, False)] * 10
     expected = torch.empty(10, recorded[0].shape[1])
     for step, position in enumerate(job.model.input_order):
         expected[position] = recorded[step][0]
