@@ -51,7 +51,7 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, read_frame, step_input
-from .model import backbone_geometry, checkpoint_state, resolve_device
+from .model import backbone_geometry, checkpoint_state, exact_fp32, resolve_device
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
@@ -501,12 +501,6 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def exact_fp32(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """Exact float32 around forward passes (TF32 off, no autocast): ``--precision fp32``'s arithmetic, also
-    that of sequential inference (``frameexit infer``) and of the exactness probes."""
-    return _precision("fp32", device)
-
-
 def compute_shards(
     tasks: Sequence[ShardTask],
     backbone: nn.Module,
@@ -620,7 +614,7 @@ class _Reference:
         if self.channels_last and self._contiguous is None:
             self._contiguous = copy.deepcopy(self.backbone).to(memory_format=torch.contiguous_format)
         net = self._contiguous if self.channels_last else self.backbone
-        with torch.inference_mode(), exact_fp32(self.device):
+        with torch.inference_mode(), exact_fp32():
             out = [
                 net(steps[k : k + 1].clone(memory_format=torch.contiguous_format).to(self.device))
                 for k in range(len(steps))

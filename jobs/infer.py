@@ -35,9 +35,8 @@ from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
-from .extract import exact_fp32
 from .frames import FrameReadError, check_frame, read_frame, step_input
-from .model import load_model, resolve_device, step_costs
+from .model import exact_fp32, load_model, resolve_device, step_costs
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
         try:
             # float32 with TF32 off (CUDA's cuDNN allows TF32 by default), as extract's default --precision fp32,
             # so that per-step extraction computes this backbone's features bit for bit
-            with exact_fp32(torch_device):
+            with exact_fp32():
                 decision = infer_video(
                     model,
                     reader,

@@ -25,7 +25,7 @@ from frameexit.preprocess import Preprocessing
 from frameexit.sampling import sample_indices
 from jobs.config import load_job
 from jobs.datasets import load_dataset
-from jobs.extract import ExtractOptions, extract
+from jobs.extract import ExtractOptions, extract, resolved
 from jobs.frames import read_frame
 
 EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
@@ -221,6 +221,7 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
             channels_last=False,
             backbone_digest=backbone_digest(state),
             frames_digest=frames_digest(ds.videos, job.data.num_frames),
+            batching=resolved(job, ExtractOptions(cache_root="")).batching,  # auto: per-step on a CPU
         )
         return cache_key(inputs)
 
