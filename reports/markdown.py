@@ -90,7 +90,11 @@ def _exactness_lines(exactness: Mapping[str, Any] | None) -> list[str]:
             value = c.get("n_at_risk_budget")
             cells.append("n/a" if value is None else str(value))
         rows.append([*cells, shown])
-    return [*lines, *_table(header, rows), "", "All of them are named in summary.json and replay.json.", ""]
+    note = (
+        "Those at the job's setting are named in summary.json and replay.json; sweep.parquet counts them at every "
+        "setting (`n_at_risk`)."
+    )
+    return [*lines, *_table(header, rows), "", note, ""]
 
 
 def _g(value: Any) -> str:
