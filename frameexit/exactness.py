@@ -59,23 +59,25 @@ class HeadDeviation:
 
 
 def head_deviation(
-    model, reference: np.ndarray, stored: np.ndarray, order: Sequence[int], videos: Sequence[str]
+    model, reference: np.ndarray, order: Sequence[int], tables: ExitTables, videos: Sequence[str]
 ) -> HeadDeviation:
-    """The head's deviation between per-step ``reference`` features and the ``stored`` ones of the same videos.
+    """The head's deviation between the per-step ``reference`` features of ``videos`` and their cached ones.
 
-    Both of shape (n_videos, n_steps, feat_dim) in temporal order; the head runs as replay runs it
-    (:func:`frameexit.sweep.exit_tables`, float64 rounded to float32).
+    ``reference``: (n_videos, n_steps, feat_dim) in temporal order, run through the head as replay runs
+    it (:func:`frameexit.sweep.exit_tables`, float64 rounded to float32); the cached ones' outputs are
+    the rows of ``videos`` in ``tables`` (those replay decides on).
     """
     if len(videos) == 0:
         return HeadDeviation(MEASURED)
+    rows = [tables.videos.index(v) for v in videos]
     labels = np.zeros((len(videos), model.num_class), dtype=bool)
-    ours = exit_tables(model, np.asarray(stored), order, videos=videos, labels=labels)
     theirs = exit_tables(model, np.asarray(reference), order, videos=videos, labels=labels)
+    probs, gates = tables.probs[rows].astype(np.float64), tables.gates[rows].astype(np.float64)
     return HeadDeviation(
         MEASURED,
         tuple(videos),
-        float(np.abs(ours.probs.astype(np.float64) - theirs.probs).max()),
-        float(np.abs(ours.gates.astype(np.float64) - theirs.gates).max()) if ours.gates.size else 0.0,
+        float(np.abs(probs - theirs.probs).max()),
+        float(np.abs(gates - theirs.gates).max()) if gates.size else 0.0,
     )
 
 

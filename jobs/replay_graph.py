@@ -131,21 +131,21 @@ def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int,
     verify_shard(path, sha256)
     shard = read_shard(path)
     tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-    return dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order))
+    return dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables))
 
 
-def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...]) -> HeadDeviation:
-    """How far the head's outputs on a shard's features may be from those on per-step features.
+def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables: ExitTables) -> HeadDeviation:
+    """How far the head's outputs on a shard's features (``tables``) may be from those on per-step features.
 
     ``exact`` for a shard extracted as sequential inference runs the backbone; measured on the probed
-    videos (their per-step features against the cached ones) otherwise; ``unknown`` without a probe.
+    videos (the head on their per-step features against their rows of ``tables``) otherwise;
+    ``unknown`` without a probe.
     """
     status = shard.attrs.get("exactness")
     if status == EXACT:
         return HeadDeviation(EXACT)
     if status == MEASURED and shard.probe_videos is not None:
-        rows = [shard.videos.index(v) for v in shard.probe_videos]
-        return head_deviation(model, shard.probe_features, shard.features[rows], order, shard.probe_videos)
+        return head_deviation(model, shard.probe_features, order, tables, shard.probe_videos)
     return HeadDeviation(UNKNOWN)
 
 

@@ -319,3 +319,34 @@ def test_the_risk_rule_on_hand_made_videos():
     assert (merged.status, merged.probs, merged.gates, merged.videos) == ("measured", 1e-7, 2e-7, ("a",))
     assert merge_deviations([merged, None]).status == "unknown"
     assert merge_deviations([HeadDeviation("exact")] * 2).status == "exact"
+
+
+def test_which_extractions_are_exact_and_what_auto_means():
+    from cache import exactness as cache_exactness
+
+    exact = dict(dtype="float32", precision="fp32", channels_last=False)
+    assert cache_exactness.is_exact("per-step", **exact)
+    for change in ({"dtype": "float16"}, {"precision": "tf32"}, {"channels_last": True}):
+        assert not cache_exactness.is_exact("per-step", **{**exact, **change}), change  # probed instead
+    assert not cache_exactness.is_exact("batched", **exact)
+    # a 3D backbone runs one clip per forward pass on a CPU whatever the batch
+    assert cache_exactness.effective_batching("batched", True, "cpu") == "per-step"
+    assert cache_exactness.effective_batching("batched", True, "cuda") == "batched"
+    assert cache_exactness.effective_batching("per-step", False, "cuda") == "per-step"
+    resolve = cache_exactness.resolve_batching
+    assert (
+        resolve("auto", clips=False, cuda=False) == "per-step" and resolve("auto", clips=False, cuda=True) == "batched"
+    )
+    assert resolve("auto", clips=True, cuda=False) == "batched"  # exact anyway, and the key of earlier caches
+    assert resolve("batched", clips=False, cuda=False) == "batched"
+    reference = np.array([[[1.0, 0.0], [2.0, -4.0]]], dtype=np.float32)
+    assert cache_exactness.feature_deviation(reference, reference + np.float32(1e-6)) == pytest.approx((1e-6, 2.5e-7))
+    probe = cache_exactness.ShardProbe("batched", "measured", ["a"], 1e-6, 2e-7).to_json()
+    whole = cache_exactness.summarize("batched", [probe, {**probe, "videos": [], "status": "exact"}])
+    assert (whole["status"], whole["effective"], whole["probe_videos"], whole["max_abs_deviation"]) == (
+        "measured",
+        "batched",
+        ["a"],
+        1e-6,
+    )
+    assert cache_exactness.summarize("batched", [probe, None])["status"] == "unknown"
