@@ -122,7 +122,12 @@ def key_inputs(
     frames_digest: str,
     batching: str = "batched",
 ) -> CacheKeyInputs:
-    """Every input of the features of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`)."""
+    """Every input of the features of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`).
+
+    ``batching`` is the mode the backbone runs in, ``auto`` resolved first (:mod:`cache.exactness`).
+    """
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
     pre = data.preprocessing
     clip_length = model.clip_length
     return CacheKeyInputs(

@@ -188,7 +188,7 @@ def locate_cache(job: Job, options: ExtractOptions, checkpoint: str | None = Non
         channels_last=options.channels_last,
         backbone_digest=backbone_digest(state),
         frames_digest=frames_digest(dataset.videos, job.data.num_frames, job.model.clip_length, job.model.clip_stride),
-        batching=options.batching,
+        batching=resolved(job, options).batching,
     )
     return inputs, cache_key(inputs), dataset, state
 
