@@ -179,6 +179,13 @@ _option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), defa
 _option("--channels-last/--no-channels-last", default=False,
         help="Channels-last memory format of the backbone: other convolution kernels, features that differ in "
         "the last bits, so part of the cache key (give replay the same option).")
+_option("--batching", type=click.Choice(["auto", "batched", "per-step"]), default="auto",
+        help="Backbone forward passes: batched (the last bits may differ from frameexit infer's, measured on probe "
+        "videos and reported) or per-step (one step per pass as infer runs it: equal to it bit for bit). auto: "
+        "batched on CUDA, per-step on a CPU; replay: a cache of either (per-step preferred). Part of the cache key.")
+_option("--probe-videos", type=click.IntRange(min=0), default=2,
+        help="Videos per shard whose steps also run one per forward pass, to measure how far batched features "
+        "are from infer's (0: none; replay then cannot tell which videos may disagree).")
 _option("--device", default="auto", callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 _option("--first-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
         help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) "
@@ -243,8 +250,18 @@ _option("-v", "--verbose", count=True, expose_value=False, is_eager=True, callba
 JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 
 #: The options each `jobs` options object is built from (a command gets a plain option or an object's).
-FEATURES = ("dtype", "precision", "channels_last")  # the extraction settings in the cache key
-EXTRACT = ("cache_root", "shard_size", "batch_videos", "num_workers", *FEATURES, "device", "scheduler", "workers")
+FEATURES = ("dtype", "precision", "channels_last", "batching")  # the extraction settings in the cache key
+EXTRACT = (
+    "cache_root",
+    "shard_size",
+    "batch_videos",
+    "num_workers",
+    *FEATURES,
+    "probe_videos",
+    "device",
+    "scheduler",
+    "workers",
+)
 GRID = ("first_thresholds", "gate_thresholds", "order", "per_video")
 REPLAY = ("cache_root", "features", "verify_frames", *GRID, "scheduler", "workers", *FEATURES)
 # run replays the cache it has just extracted (and verified)

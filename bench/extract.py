@@ -6,8 +6,14 @@ whole call on a fresh cache. Backbone only = the same backbone on the same
 number of frames, already decoded and preprocessed in memory, in batches of
 the same size. The ratio is what the input pipeline lets the backbone keep.
 
-    .venv/bin/python bench/extract.py [--backbone resnet50] [--videos 24] [--batch-videos 4]
-                                      [--num-workers 0 1 2] [--device auto]
+Each ``--batching`` mode is measured: ``batched`` (batches of ``--batch-videos``
+videos; end to end includes the exactness probes, ``--probe-videos`` per shard
+run again one frame per forward pass) and ``per-step`` (one frame per forward
+pass, as ``frameexit infer`` runs the backbone; its backbone-only figure is
+batch 1). The batched run also prints the deviation its probes measured.
+
+    .venv/bin/python bench/extract.py [--backbone resnet50] [--size 224] [--videos 24] [--batch-videos 4]
+                                      [--num-workers 0 1 2] [--batching batched per-step] [--device auto]
 
 Target (DESIGN.md): ratio >= 0.9; on one H100, >= 3,000 ResNet-50 frames/s end to end.
 """
@@ -50,6 +56,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
+    ap.add_argument("--size", type=int, default=224, help="resize and crop side in pixels (the demo: 112)")
+    ap.add_argument("--batching", nargs="+", default=["batched", "per-step"], choices=["batched", "per-step"])
+    ap.add_argument("--probe-videos", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=64)
     a = ap.parse_args()
     device = resolve_device(a.device)
     tmp = tempfile.mkdtemp(prefix="bench-extract-")
@@ -79,6 +89,10 @@ def main() -> None:
         str(len(CLASSES)),
         "--data.preprocessing_label.one_hot_encoding",
         str(len(CLASSES)),
+        "--data.preprocessing.resize",
+        str(a.size),
+        "--data.preprocessing.crop_center",
+        str(a.size),
     ]
     job = load_job(os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml"), overrides)
     data = job.data
@@ -95,21 +109,22 @@ def main() -> None:
     n_frames = frames.shape[0]
     batch = a.batch_videos * data.num_frames
 
-    # backbone only: pre-decoded frames, same batch size, same device and precision settings
+    # backbone only: pre-decoded frames, same batch size (1 for per-step), same device and precision settings
     net = backbone.to(device).eval()
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     if a.channels_last:
         net = net.to(memory_format=torch.channels_last)
     from jobs.extract import _precision
 
-    with torch.inference_mode(), _precision(a.precision, device):
-        net(frames[:batch].to(device).contiguous(memory_format=fmt))  # warm-up
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(0, n_frames, batch):
-            net(frames[i : i + batch].to(device, non_blocking=True).contiguous(memory_format=fmt)).float().cpu()
-        _sync(device)
-        backbone_fps = n_frames / (time.perf_counter() - t0)
+    def backbone_only(size: int) -> float:
+        with torch.inference_mode(), _precision(a.precision, device):
+            net(frames[:size].to(device).contiguous(memory_format=fmt))  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(0, n_frames, size):
+                net(frames[i : i + size].to(device, non_blocking=True).contiguous(memory_format=fmt)).float().cpu()
+            _sync(device)
+            return n_frames / (time.perf_counter() - t0)
 
     print(
         f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -117,30 +132,44 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(
-        f"{a.backbone}, {len(ds.videos)} videos, {n_frames} frames, batch {a.batch_videos} videos ({batch} frames), "
-        f"precision {a.precision}{', channels_last' if a.channels_last else ''}"
+        f"{a.backbone} at {a.size}x{a.size}, {len(ds.videos)} videos, {n_frames} frames, batch {a.batch_videos} "
+        f"videos ({batch} frames), shards of {a.shard_size} videos, precision {a.precision}"
+        f"{', channels_last' if a.channels_last else ''}"
     )
-    print(f"backbone only: {backbone_fps:.1f} frames/s")
-    for workers in a.num_workers:
-        cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
-        options = ExtractOptions(
-            cache_root=cache,
-            shard_size=64,
-            batch_videos=a.batch_videos,
-            device=str(device),
-            num_workers=workers,
-            precision=a.precision,
-            channels_last=a.channels_last,
-        )
-        t0 = time.perf_counter()
-        result = extract(job, options, progress=False)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        e2e = result.frames / seconds
-        print(
-            f"end to end, {workers} loader workers: {e2e:.1f} frames/s "
-            f"(ratio to backbone only: {e2e / backbone_fps:.3f})"
-        )
+    for batching in a.batching:
+        size = batch if batching == "batched" else 1
+        backbone_fps = backbone_only(size)
+        print(f"[{batching}] backbone only, batch of {size} frames: {backbone_fps:.1f} frames/s")
+        for workers in a.num_workers:
+            cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
+            options = ExtractOptions(
+                cache_root=cache,
+                shard_size=a.shard_size,
+                batch_videos=a.batch_videos,
+                device=str(device),
+                num_workers=workers,
+                precision=a.precision,
+                channels_last=a.channels_last,
+                batching=batching,
+                probe_videos=a.probe_videos,
+            )
+            t0 = time.perf_counter()
+            result = extract(job, options, progress=False)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            e2e = result.frames / seconds
+            exact = result.exactness or {}
+            probes = len(exact.get("probe_videos", []))
+            deviation = (
+                f"{exact['max_abs_deviation']:.2g} max abs, {exact['max_rel_deviation']:.2g} relative, "
+                f"{probes} probed videos"
+                if exact.get("status") == "measured"
+                else exact.get("status")
+            )
+            print(
+                f"[{batching}] end to end, {workers} loader workers: {e2e:.1f} frames/s, {seconds:.1f} s "
+                f"(ratio to backbone only: {e2e / backbone_fps:.3f}); exactness: {deviation}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,17 @@ OPTIONS = {
     "dtype": "--dtype",
     "precision": "--precision",
     "channels_last": "--channels-last",
+    "batching": "--batching",
 }
 
 
 def open_cache(
-    root: str, inputs: CacheKeyInputs, *, features: str | None = None, data: Any = None, hint: str = ""
+    root: str,
+    inputs: CacheKeyInputs | Sequence[CacheKeyInputs],
+    *,
+    features: str | None = None,
+    data: Any = None,
+    hint: str = "",
 ) -> FeatureCache:
     """The complete cache of ``inputs``, holding at least one video to evaluate.
 
@@ -37,8 +43,9 @@ def open_cache(
     ----------
     root : str
         The cache root: the cache is ``root/<key>``.
-    inputs : CacheKeyInputs
-        The job's key inputs.
+    inputs : CacheKeyInputs or sequence of them
+        The job's key inputs; several when the job accepts either of some caches (``--batching auto``:
+        per-step, then batched): the first whose directory exists is opened.
     features : str, optional
         A cache directory to use instead; every input its manifest records must
         equal the job's (a hand-made cache that records fewer is compared on those).
@@ -54,10 +61,11 @@ def open_cache(
         or the nearest ones and how they differ), an incomplete one, one
         extracted for other inputs, or one without any video to evaluate.
     """
-    wanted = inputs.to_json()
+    choices = [inputs] if isinstance(inputs, CacheKeyInputs) else list(inputs)
     if features:
         cache = FeatureCache.open(features)
         recorded = cache.manifest.inputs
+        wanted = next((c for c in choices if c.batching == recorded.get("batching")), choices[0]).to_json()
         found = differences(recorded, wanted, [n for n in wanted if n in recorded], data)
         if found:
             raise CacheError(
@@ -65,10 +73,11 @@ def open_cache(
                 f"{'; '.join(found)}. Give this job's cache, or run frameexit extract with this job and options"
             )
     else:
-        key = cache_key(inputs)
+        keys = [cache_key(c) for c in choices]
+        key = next((k for k in keys if os.path.isfile(os.path.join(root, k, MANIFEST))), None)
+        if key is None:
+            raise CacheError(_no_cache(root, keys[0], choices[0].to_json(), data, hint))
         directory = os.path.join(root, key)
-        if not os.path.isfile(os.path.join(directory, MANIFEST)):
-            raise CacheError(_no_cache(root, key, wanted, data, hint))
         cache = FeatureCache.open(directory)
         if cache.manifest.key != key:
             raise CacheError(f"{directory}/{MANIFEST} belongs to key {cache.manifest.key}, not {key}")

@@ -32,6 +32,10 @@ from .shard import file_sha256
 
 DTYPES = ("float32", "float16")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: How the backbone runs: batches of several videos' steps, or one step per forward pass (sequential inference's);
+#: ``auto`` is resolved before a key is made (:func:`cache.exactness.resolve_batching`; a reader: either).
+BATCHINGS = ("batched", "per-step")
+BATCHING_OPTIONS = ("auto", *BATCHINGS)
 SAMPLING = "linspace"  # int(clip(linspace(0, L, T), 0, L - 1)), SEMANTICS 3
 #: The job files digested into the key, by input.
 FILES = {"split_digest": "path_split", "labels_digest": "path_label", "classes_digest": "path_classid"}
@@ -49,6 +53,7 @@ INPUT_NAMES = {
     "dtype": "dtype (--dtype)",
     "precision": "precision (--precision)",
     "channels_last": "memory format (--channels-last)",
+    "batching": "backbone batching (--batching)",
     "key_format": "video key format data.key_format",
     "num_class": "model.num_class",
     "format_version": "cache format version",
@@ -63,8 +68,10 @@ class Video(Protocol):
     frames: Sequence[str]
 
 
-def check_feature_options(dtype: str, precision: str) -> None:
-    """Raise :class:`ConfigError` for a storage type or backbone arithmetic that is not known."""
+def check_feature_options(dtype: str, precision: str, batching: str = "auto") -> None:
+    """Raise :class:`ConfigError` for a storage type, backbone arithmetic or batching that is not known."""
+    if batching not in BATCHING_OPTIONS:
+        raise ConfigError(f"batching must be one of {', '.join(BATCHING_OPTIONS)}, got {batching!r}")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
@@ -108,12 +115,16 @@ def key_inputs(
     precision: str,
     channels_last: bool,
     backbone_digest: str,
+    batching: str,
 ) -> CacheKeyInputs:
     """The key inputs of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`).
 
     Reads the split, label and class-list files (to digest them), nothing else;
-    ``backbone_digest`` is the caller's (:func:`frameexit.checkpoint.backbone_digest`).
+    ``backbone_digest`` is the caller's (:func:`frameexit.checkpoint.backbone_digest`);
+    ``batching`` the mode the backbone runs in, ``auto`` resolved first (:mod:`cache.exactness`).
     """
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
     pre = data.preprocessing
     clip_length = model.clip_length
     return CacheKeyInputs(
@@ -133,6 +144,7 @@ def key_inputs(
         dtype=dtype,
         precision=precision,
         channels_last=channels_last,
+        batching=batching,
         dataset=data.name,
         key_format=data.key_format,
         num_class=model.num_class,

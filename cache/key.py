@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-#: 2: the frames left the key for per-video records; the key format, class count and memory format entered it.
+#: 2: the frames left the key for per-video records; the key format, class count and batching entered it.
 FORMAT_VERSION = 2
 KEY_LENGTH = 20  # hex characters: 80 bits, path-safe
 
@@ -57,6 +57,10 @@ class CacheKeyInputs:
     channels_last : bool
         Memory format of the backbone: it changes which convolution algorithm runs, and with it the
         last bits of the features.
+    batching : {'batched', 'per-step'}
+        How the backbone was asked to run (``--batching``): on batches of several videos' steps, or on
+        one step per forward pass as sequential inference does (whose features it then equals bit for
+        bit). The mode a backbone actually ran in is recorded per shard (:mod:`cache.exactness`).
     dataset : str
         ``data.name``: which label reader makes the labels.
     key_format : str or None
@@ -83,6 +87,7 @@ class CacheKeyInputs:
     dtype: str
     precision: str
     channels_last: bool
+    batching: str
     dataset: str
     key_format: str | None
     num_class: int

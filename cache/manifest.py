@@ -42,6 +42,9 @@ class ShardEntry:
     sha256: str | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     frames: dict[str, str | None] = field(default_factory=dict)
+    # how the backbone ran for this shard and how far its features are from per-step ones
+    # (cache.exactness.ShardProbe as a dict); None for a shard not written yet
+    probe: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

@@ -109,7 +109,7 @@ def pending_shards(cache_dir: str, manifest: Manifest, check_frames: FrameCheck 
                 (checked.retried if recorded is None else checked.changed).append(video)
         if stale:
             if entry.done:
-                entry.sha256, entry.skipped, entry.frames = None, [], {}
+                entry.sha256, entry.skipped, entry.frames, entry.probe = None, [], {}, None
                 manifest.complete = False
             checked.pending.append(i)
     return checked

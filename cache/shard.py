@@ -8,6 +8,12 @@ Layout (readable with plain h5py)::
     frame_indices  (n_videos, n_frames) int32                      sampled frame-file positions
     attrs: key, inputs (JSON of the cache-key inputs), format_version
 
+and, from batched extraction, the exactness probe (:mod:`cache.exactness`)::
+
+    probe_videos    (n_probe,) UTF-8 strings                       videos whose steps also ran one per forward pass
+    probe_features  (n_probe, n_frames, feat_dim) float32          their per-step features (sequential inference's)
+    attrs: batching_effective, exact, probe_max_abs_deviation, probe_max_rel_deviation
+
 Files are written under a temporary name, fsynced and renamed; dataset
 timestamps are off so the same content gives the same bytes.
 """
@@ -36,6 +42,8 @@ class Shard:
     labels: np.ndarray
     frame_indices: np.ndarray
     attrs: dict[str, Any]
+    probe_videos: list[str] | None = None  # None: the shard holds no probe (exact, or written before probes)
+    probe_features: np.ndarray | None = None
 
 
 def write_shard(
@@ -46,8 +54,14 @@ def write_shard(
     labels: np.ndarray,
     frame_indices: np.ndarray,
     attrs: dict[str, Any],
+    probe_videos: Sequence[str] | None = None,
+    probe_features: np.ndarray | None = None,
 ) -> str:
-    """Write a shard atomically; returns the SHA-256 of the file written."""
+    """Write a shard atomically; returns the SHA-256 of the file written.
+
+    ``probe_videos`` and ``probe_features`` (float32, in temporal order as ``features``): the per-step
+    reference features of the videos probed for exactness (:mod:`cache.exactness`), written when given.
+    """
     n = len(videos)
     if features.shape[0] != n or labels.shape[0] != n or frame_indices.shape[0] != n:
         raise ValueError(
@@ -62,6 +76,10 @@ def write_shard(
             )
             f.create_dataset("labels", data=labels.astype(np.uint8), track_times=False)
             f.create_dataset("frame_indices", data=frame_indices.astype(np.int32), track_times=False)
+            if probe_videos is not None and probe_features is not None:
+                keys = np.asarray(list(probe_videos), dtype=object)
+                f.create_dataset("probe_videos", data=keys, dtype=h5py.string_dtype(), track_times=False)
+                f.create_dataset("probe_features", data=probe_features.astype(np.float32), track_times=False)
             for name, value in attrs.items():
                 f.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
         digest = file_sha256(tmp)
@@ -71,13 +89,20 @@ def write_shard(
 def read_shard(path: str) -> Shard:
     """Read a whole shard (checksums are the reader's job, see :mod:`cache.reader`)."""
     with h5py.File(path, "r") as f:
+        probed = "probe_videos" in f and "probe_features" in f
         return Shard(
-            videos=[v.decode() if isinstance(v, bytes) else str(v) for v in f["videos"][()]],
+            videos=_keys(f["videos"][()]),
             features=f["features"][()],
             labels=f["labels"][()],
             frame_indices=f["frame_indices"][()],
             attrs={k: _attr(v) for k, v in f.attrs.items()},
+            probe_videos=_keys(f["probe_videos"][()]) if probed else None,
+            probe_features=f["probe_features"][()] if probed else None,
         )
+
+
+def _keys(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
 def _attr(value: Any) -> Any:

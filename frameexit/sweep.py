@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -79,12 +80,15 @@ class ExitTables:
         Softmax of classifier t on ``z_t``, step t reading sampled frame ``order[t]``.
     gates : ndarray of shape (n_videos, n_steps - 1), dtype=float32
         ``s_t`` for steps 1..T-1.
+    deviation : frameexit.exactness.HeadDeviation or None
+        How far these outputs may be from those on per-step features (a shard's probe); ``None``: not known.
     """
 
     videos: list[str]
     labels: np.ndarray
     probs: np.ndarray
     gates: np.ndarray
+    deviation: Any = None
 
     @property
     def confidence0(self) -> np.ndarray:

@@ -16,7 +16,9 @@ lock, plan, manifest, checksums) is :mod:`cache.plan`'s.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import dataclasses
 import logging
 import multiprocessing
@@ -33,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from cache import exactness
 from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
 from cache.manifest import Manifest
@@ -48,7 +51,7 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import backbone_geometry, checkpoint_state, resolve_device
+from .model import backbone_geometry, checkpoint_state, exact_fp32, resolve_device
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
@@ -57,7 +60,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How to run an extraction; only ``dtype``, ``precision`` and ``channels_last`` change the features.
+    """How to run an extraction; only ``dtype``, ``precision``, ``channels_last`` and ``batching`` change the features.
 
     Attributes
     ----------
@@ -82,6 +85,17 @@ class ExtractOptions:
         ``threads`` or ``sync``: this process (the backbone batches videos itself).
     workers : int or None
         Start a local dask cluster of this many worker processes (CPU).
+    batching : {'auto', 'batched', 'per-step'}
+        ``batched``: the backbone runs on ``batch_videos`` videos' steps at once (on some backbones and
+        input sizes the last bits differ from sequential inference's, measured by probes);
+        ``per-step``: one step per forward pass, as ``frameexit infer`` runs it, so the features equal its
+        own bit for bit; ``auto``: batched on CUDA, per-step on a CPU
+        (:func:`cache.exactness.resolve_batching`). Part of the cache key.
+    probe_videos : int
+        Videos per shard (the first and the last) whose steps are run again one per forward pass, to
+        measure how far the shard's features are from sequential inference's (:mod:`cache.exactness`);
+        not done where the features are exact by construction. 0: none (replay then cannot say which
+        videos may disagree with infer).
     """
 
     cache_root: str
@@ -94,6 +108,8 @@ class ExtractOptions:
     num_workers: int | None = None
     scheduler: str | None = "threads"
     workers: int | None = None
+    batching: str = "auto"
+    probe_videos: int = 2
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,8 @@ class ExtractResult:
         Videos that could not be read by an earlier extraction and were tried again.
     replanned : bool
         The split's frame folders had changed (videos gained or lost frames): the cache was planned anew.
+    exactness : dict or None
+        How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
     """
 
     cache_dir: str
@@ -134,6 +152,7 @@ class ExtractResult:
     frames_changed: list[str] = dataclasses.field(default_factory=list)
     retried: list[str] = dataclasses.field(default_factory=list)
     replanned: bool = False
+    exactness: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,7 @@ class ShardResult:
     skipped: list[dict[str, str]]
     frames: int
     records: dict[str, str | None]  # the frame record of each video (cache.inputs.video_frames_digest)
+    probe: dict[str, Any] | None = None  # cache.exactness.ShardProbe as a dict
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -178,12 +198,23 @@ def cache_inputs(
         precision=options.precision,
         channels_last=options.channels_last,
         backbone_digest=backbone_digest(state),
+        batching=resolved(job, options).batching,
     )
     return inputs, dataset, state
 
 
+def resolved(job: Job, options: ExtractOptions) -> ExtractOptions:
+    """``options`` with ``batching='auto'`` resolved for the device the backbone will run on."""
+    device = options.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    batching = exactness.resolve_batching(options.batching, clips=job.model.clips, cuda=cuda)
+    return dataclasses.replace(options, batching=batching)
+
+
 def _check_options(options: ExtractOptions) -> None:
-    check_feature_options(options.dtype, options.precision)
+    check_feature_options(options.dtype, options.precision, options.batching)
+    if options.probe_videos < 0:
+        raise ConfigError(f"probe_videos must be at least 0, got {options.probe_videos}")
     for name in ("shard_size", "batch_videos"):
         if getattr(options, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
@@ -213,6 +244,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             "checkpoints that share a backbone share one cache"
         )
     checkpoint = job.checkpoints[0]
+    options = resolved(job, options)
     check_writable_dir(options.cache_root, "--cache")
     inputs, dataset, state = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
@@ -253,7 +285,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         del state  # the holder drops it once the backbone is built
         frames = 0
         for result in _run(tasks, backbone, options, cache.manifest, progress):
-            cache.record(result.index, result.sha256, result.skipped, result.records)
+            cache.record(result.index, result.sha256, result.skipped, result.records, result.probe)
             frames += result.frames
         cache.finish()
     return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
@@ -280,6 +312,9 @@ def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: fl
         frames_changed=cache.checked.changed,
         retried=cache.checked.retried,
         replanned=cache.replanned,
+        exactness=exactness.summarize(
+            manifest.inputs.get("batching", exactness.BATCHED), [e.probe for e in manifest.shards]
+        ),
     )
 
 
@@ -512,6 +547,12 @@ def compute_shards(
 
     One DataLoader serves all shards; its batches never cross a shard boundary,
     so a shard's features do not depend on which other shards run with it.
+    The backbone runs on a whole batch, or on one step per forward pass
+    (``batching='per-step'``, as sequential inference does). Unless the
+    features are exact by construction (:func:`cache.exactness.is_exact`), the
+    first and last videos of each shard are run again one step per forward
+    pass with sequential inference's arithmetic: their features and deviation
+    go into the shard (:class:`cache.exactness.ShardProbe`).
     """
     videos = [v for task in tasks for v in task.videos]
     batches, owner, start = [], [], 0
@@ -533,11 +574,17 @@ def compute_shards(
     memory_format = _memory_format(options.channels_last, job.model.clips)
     dtype = np.dtype(options.dtype)
     feat_dim = job.model.output_dim
+    effective = exactness.effective_batching(options.batching, job.model.clips, device.type)
+    exact = exactness.is_exact(
+        effective, dtype=options.dtype, precision=options.precision, channels_last=options.channels_last
+    )
+    probes = {t: _ProbeCandidates(0 if exact else options.probe_videos) for t in range(len(tasks))}
+    reference = _Reference(backbone, options.channels_last, device)
     parts: dict[int, list] = {t: [] for t in range(len(tasks))}
     # shards with no video at all are written straight away
     pending_empty = [t for t in range(len(tasks)) if last_batch[t] < 0]
     for t in pending_empty:
-        yield _write(tasks[t], [], dtype, feat_dim)
+        yield _write(tasks[t], [], dtype, feat_dim, exactness.ShardProbe(effective, exactness.EXACT, []))
     for b, items in enumerate(loader):
         t = owner[b]
         good = [item for item in items if item[1] is not None]
@@ -547,18 +594,100 @@ def compute_shards(
             x = x.contiguous(memory_format=memory_format)
             with torch.inference_mode():
                 with _precision(options.precision, device):
-                    out = backbone(x)
+                    out = _forward(backbone, x, effective == exactness.PER_STEP, memory_format)
                 feats = out.float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
             rows = {item[0]: feats[g] for g, item in enumerate(good)}
+            probes[t].offer((videos[item[0]].key, item[1], rows[item[0]]) for item in good)
         for i, _, indices, error, record in items:
             parts[t].append((videos[i], rows.get(i), indices, error, record))
         if on_batch:
             on_batch(len(items), len(good) * job.data.num_frames)
         if b == last_batch[t]:
-            yield _write(tasks[t], parts.pop(t), dtype, feat_dim)
+            shard = parts.pop(t)
+            probe, probe_features = _probe(shard, probes.pop(t), reference, effective, exact, dtype)
+            yield _write(tasks[t], shard, dtype, feat_dim, probe, probe_features)
 
 
-def _write(task: ShardTask, rows: list, dtype: np.dtype, feat_dim: int) -> ShardResult:
+def _forward(backbone: nn.Module, x: torch.Tensor, per_step: bool, memory_format: torch.memory_format) -> torch.Tensor:
+    """The backbone on a batch of steps, or on each step alone (a fresh copy, as sequential inference passes it)."""
+    if not per_step:
+        return backbone(x)
+    return torch.cat([backbone(x[k : k + 1].clone(memory_format=memory_format)) for k in range(len(x))])
+
+
+class _ProbeCandidates:
+    """The first ``n - n // 2`` and the last ``n // 2`` readable videos of a shard: ``(key, backbone inputs of
+    its steps, their features as computed)`` each."""
+
+    def __init__(self, n: int):
+        self.first: list[tuple[str, torch.Tensor, np.ndarray]] = []
+        self.last: collections.deque = collections.deque(maxlen=n // 2)
+        self.n_first = n - n // 2
+
+    def offer(self, items) -> None:
+        for item in items:
+            if len(self.first) < self.n_first:
+                self.first.append(item)
+            elif self.last.maxlen:
+                self.last.append(item)
+
+    @property
+    def chosen(self) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+        return [*self.first, *self.last]
+
+
+class _Reference:
+    """What sequential inference computes for one video's steps on this device: one step per forward pass,
+    fp32 (TF32 off, no autocast), contiguous memory format (a contiguous copy of a channels-last backbone)."""
+
+    def __init__(self, backbone: nn.Module, channels_last: bool, device: torch.device):
+        self.backbone, self.channels_last, self.device = backbone, channels_last, device
+        self._contiguous: nn.Module | None = None
+
+    def features(self, steps: torch.Tensor) -> np.ndarray:
+        if self.channels_last and self._contiguous is None:
+            self._contiguous = copy.deepcopy(self.backbone).to(memory_format=torch.contiguous_format)
+        net = self._contiguous if self.channels_last else self.backbone
+        with torch.inference_mode(), exact_fp32():
+            out = [
+                net(steps[k : k + 1].clone(memory_format=torch.contiguous_format).to(self.device))
+                for k in range(len(steps))
+            ]
+            return torch.cat(out).float().cpu().numpy()
+
+
+def _probe(
+    rows: list,
+    candidates: _ProbeCandidates,
+    reference: _Reference,
+    effective: str,
+    exact: bool,
+    dtype: np.dtype,
+) -> tuple[exactness.ShardProbe, np.ndarray | None]:
+    """The shard's :class:`cache.exactness.ShardProbe`, and the probed videos' per-step features (or ``None``).
+
+    The deviation compares the features as stored (in ``dtype``) with the reference.
+    """
+    if exact or all(r[3] is not None for r in rows):
+        return exactness.ShardProbe(effective, exactness.EXACT, []), None
+    chosen = candidates.chosen
+    if not chosen:
+        return exactness.ShardProbe(effective, exactness.UNKNOWN, []), None
+    reference_features = np.stack([reference.features(steps) for _, steps, _ in chosen])
+    stored = np.stack([features.astype(dtype) for _, _, features in chosen])
+    max_abs, max_rel = exactness.feature_deviation(reference_features, stored)
+    probe = exactness.ShardProbe(effective, exactness.MEASURED, [key for key, _, _ in chosen], max_abs, max_rel)
+    return probe, reference_features
+
+
+def _write(
+    task: ShardTask,
+    rows: list,
+    dtype: np.dtype,
+    feat_dim: int,
+    probe: exactness.ShardProbe,
+    probe_features: np.ndarray | None = None,
+) -> ShardResult:
     ok = [r for r in rows if r[3] is None]
     skipped = [{"video": r[0].key, "reason": r[3]} for r in rows if r[3] is not None]
     T = task.job.data.num_frames
@@ -569,6 +698,8 @@ def _write(task: ShardTask, rows: list, dtype: np.dtype, feat_dim: int) -> Shard
         features=features,
         labels=multi_hot([r[0].labels for r in ok], task.job.model.num_class).astype(np.uint8),
         frame_indices=np.stack([r[2] for r in ok]).astype(np.int32) if ok else np.zeros((0, T), dtype=np.int32),
-        attrs=task.attrs,
+        attrs={**task.attrs, **probe.attrs()},
+        probe_videos=probe.videos if probe_features is not None else None,
+        probe_features=probe_features,
     )
-    return ShardResult(task.index, sha, skipped, len(ok) * T, {r[0].key: r[4] for r in rows})
+    return ShardResult(task.index, sha, skipped, len(ok) * T, {r[0].key: r[4] for r in rows}, probe.to_json())

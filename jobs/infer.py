@@ -36,7 +36,7 @@ from reports.write import write_json, write_table
 from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
-from .model import load_model, resolve_device, step_costs
+from .model import exact_fp32, load_model, resolve_device, step_costs
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,17 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
             return step_input([_decoded[j] for j in _files[position].tolist()], model_cfg.clips)
 
         try:
-            decision = infer_video(
-                model,
-                reader,
-                model_cfg.input_order,
-                first_threshold=model_cfg.first_threshold,
-                gate_threshold=model_cfg.gate_threshold,
-                device=torch_device,
-            )
+            # float32 with TF32 off (CUDA's cuDNN allows TF32 by default), as extract's default --precision fp32,
+            # so that per-step extraction computes this backbone's features bit for bit
+            with exact_fp32():
+                decision = infer_video(
+                    model,
+                    reader,
+                    model_cfg.input_order,
+                    first_threshold=model_cfg.first_threshold,
+                    gate_threshold=model_cfg.gate_threshold,
+                    device=torch_device,
+                )
             # extract caches all sampled frames, so it skips a video with any unreadable one; decoding the
             # frames after the exit (without the backbone) makes both paths evaluate the same videos
             unread = {int(j) for p in model_cfg.input_order[decision.exit_step + 1 :] for j in files[p]}

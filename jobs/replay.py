@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, key_inputs
 from cache.manifest import CacheError
@@ -31,6 +32,7 @@ from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest
 from frameexit.cost import StepCosts, paper_per_frame
 from frameexit.errors import ConfigError
+from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.sweep import (
@@ -39,7 +41,9 @@ from frameexit.sweep import (
 from reports.records import (
     REPLAY_FILE,
     CacheRecord,
+    CheckpointExactness,
     CheckpointRecord,
+    ExactnessRecord,
     MetricRow,
     ReplayRecord,
     ReplayRuntime,
@@ -94,8 +98,10 @@ class ReplayOptions:
         Classes per AP task (default: enough blocks to keep every worker busy, each holding at most
         about 150 MB of scores); made smaller when the memory available requires it (results do
         not depend on it).
-    dtype, precision, channels_last
-        Extraction settings the cache was written with (part of its key, as extract's options).
+    dtype, precision, channels_last, batching
+        Extraction settings the cache was written with (part of its key, as extract's options); batching
+        ``auto`` (the default) takes a cache of either mode, per-step first: both keys are computed and
+        the first directory that exists is opened.
     verify_frames : bool
         Read the frames the steps use and refuse a cache whose manifest records other frames (another
         listing, or other bytes: frames re-prepared under the same split file); without it the
@@ -115,6 +121,7 @@ class ReplayOptions:
     precision: str = "fp32"
     channels_last: bool = False
     verify_frames: bool = False
+    batching: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -161,17 +168,18 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     )
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
     paths = _remove_stale_outputs(out_dir)
-    metrics, rows = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
+    metrics, rows, risks = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
     names = _checkpoint_names([h.name for h in heads])
     by_width = _step_costs(job, heads)
     costs = [by_width[h.hidden_dim] for h in heads]
     per_frame = paper_per_frame(job.model.backbone_name)
-    outputs = _Outputs(grid, names, costs, per_frame, categories)
+    outputs = _Outputs(grid, names, costs, per_frame, categories, risks)
     write_table(paths[SWEEP_FILE], outputs.sweep_columns(metrics, n_videos), SWEEP)
     write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
     default_metrics = outputs.default_metrics(metrics)
     record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
+    record["exactness"] = _exactness_record(cache, names, risks)
     write_json(paths[REPLAY_FILE], record)
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
 
@@ -291,9 +299,10 @@ def _sweep(
     largest_block: int,
     *,
     progress: bool | None,
-) -> tuple[list[SweepMetrics], list[VideoRows]]:
+) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk]]:
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
-    computed grid (:attr:`_Grid.computed`) and the per-video rows."""
+    computed grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's
+    setting)."""
     shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
@@ -310,12 +319,17 @@ def _sweep(
             num_class=n_class,
             class_block_size=block,
             client=client,
+            named=[grid.default_index],
         )
         if client is None:
             results = compute_local(options.scheduler, graph, progress=progress)
         else:
             results = compute_distributed(client, graph, progress=progress)
-    return [results[key] for key in graph.sweeps], [results[key] for key in graph.videos]
+    return (
+        [results[key] for key in graph.sweeps],
+        [results[key] for key in graph.videos],
+        [results[key] for key in graph.risks],
+    )
 
 
 def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: int) -> int:
@@ -347,6 +361,7 @@ class _Outputs:
     costs: Sequence[StepCosts]  # measured GMACs per part, per checkpoint
     per_frame: float | None  # the paper's per-frame GMACs of the backbone
     categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
+    risks: Sequence[Risk] | None = None  # videos at risk over the computed grid, per checkpoint
 
     def row(self, m: SweepMetrics, i: int, g: int, f: int, setting: tuple[float, float]) -> MetricRow:
         """The one place a metric row is made: entry ``[g, f]`` of checkpoint ``i``'s metrics, at ``(first, gate)``."""
@@ -363,6 +378,7 @@ class _Outputs:
             mean_frames=frames,
             exit_histogram=hist.tolist(),
             map_per_category=category_maps(m.ap[g, f], self.categories),
+            n_at_risk=self.risks[i].count(g, f) if self.risks is not None else None,
         )
 
     def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, list]:
@@ -456,6 +472,43 @@ def _replay_record(
     )
 
 
+def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence[Risk]) -> ExactnessRecord:
+    """``replay.json``'s ``exactness``: how far the features are from sequential inference's, and per
+    checkpoint the videos whose decision at the job's setting that could change."""
+    manifest = cache.manifest
+    summary = summarize(manifest.inputs.get("batching", BATCHED), [e.probe for e in manifest.shards])
+    checkpoints = []
+    for name, risk in zip(names, risks, strict=True):
+        margins, deviation = risk.margins, risk.deviation
+        known = deviation.status != UNKNOWN
+        at_risk = risk.at_risk(0)
+        checkpoints.append(
+            CheckpointExactness(
+                checkpoint=name,
+                status=deviation.status,
+                probs_max_abs_deviation=deviation.probs if known else None,
+                gates_max_abs_deviation=deviation.gates if known else None,
+                first_margin=margins.first if margins else None,
+                gate_margin=margins.gate if margins else None,
+                top2_margin=margins.top2 if margins else None,
+                n_at_risk=len(at_risk) if at_risk is not None else None,
+                at_risk=at_risk,
+            )
+        )
+    status = UNKNOWN if any(c["status"] == UNKNOWN for c in checkpoints) else summary["status"]
+    return ExactnessRecord(
+        status=status,
+        batching=summary["batching"],
+        effective=summary["effective"],
+        reference="frameexit infer's backbone on the extraction device: one step per forward pass, fp32, contiguous",
+        safety_factor=SAFETY_FACTOR,
+        probe_videos=summary["probe_videos"],
+        feature_max_abs_deviation=summary["max_abs_deviation"],
+        feature_max_rel_deviation=summary["max_rel_deviation"],
+        checkpoints=checkpoints,
+    )
+
+
 def _dataset_files(job: Job) -> dict[str, str]:
     """Absolute paths of the job's dataset files (those it sets), by job key: relative ones are taken from here."""
     keys = ("path_split", "path_label", "path_classid", "path_frame")
@@ -482,14 +535,20 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
     checkpoint = job.checkpoints[0]
-    inputs = key_inputs(
-        job.data,
-        job.model,
-        dtype=options.dtype,
-        precision=options.precision,
-        channels_last=options.channels_last,
-        backbone_digest=backbone_digest(checkpoint_state(job, checkpoint)),
-    )
+    digest = backbone_digest(checkpoint_state(job, checkpoint))
+    modes = (PER_STEP, BATCHED) if options.batching == "auto" else (options.batching,)
+    inputs = [
+        key_inputs(
+            job.data,
+            job.model,
+            dtype=options.dtype,
+            precision=options.precision,
+            channels_last=options.channels_last,
+            backbone_digest=digest,
+            batching=mode,
+        )
+        for mode in modes
+    ]
     cache = open_cache(
         options.cache_root,
         inputs,

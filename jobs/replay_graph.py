@@ -14,6 +14,10 @@ Per checkpoint head ``i``:
 - ``sweep-i``: all metrics of the grid from the exits and the AP blocks.
 - ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for,
   per shard, merged in key order.
+- ``deviation-i-s`` and ``deviation-i``: how far each shard's head outputs may
+  be from those on per-step features (its probe), and the largest;
+  ``risk-i-s`` and ``risk-i``: the videos whose decision at a setting this
+  deviation could change (:mod:`frameexit.exactness`), counted at every setting.
 
 The job's own setting is computed with the grid (its thresholds added to the
 grid's when they are not on it): the AP of a setting does not depend on the other
@@ -24,6 +28,7 @@ the class blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -41,6 +46,17 @@ from tqdm.dask import TqdmCallback
 from cache.reader import verify_shard
 from cache.shard import read_shard
 from frameexit.checkpoint import build_model
+from frameexit.exactness import (
+    EXACT,
+    MEASURED,
+    UNKNOWN,
+    HeadDeviation,
+    Margins,
+    Risk,
+    head_deviation,
+    merge_deviations,
+    risk_grid,
+)
 from frameexit.head import FrameExit
 from frameexit.sweep import (
     ExitTables,
@@ -110,10 +126,69 @@ class HeadState:
 
 
 def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int, ...]) -> ExitTables:
-    """Dask task: verify and read one shard, return its exit tables for one checkpoint's head."""
+    """Dask task: verify and read one shard, return its exit tables for one checkpoint's head, with the
+    head's deviation on the shard's probed videos (:func:`shard_deviation`)."""
     verify_shard(path, sha256)
     shard = read_shard(path)
-    return exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
+    tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
+    return dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables))
+
+
+def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables: ExitTables) -> HeadDeviation:
+    """How far the head's outputs on a shard's features (``tables``) may be from those on per-step features.
+
+    ``exact`` for a shard extracted as sequential inference runs the backbone; measured on the probed
+    videos (the head on their per-step features against their rows of ``tables``) otherwise;
+    ``unknown`` without a probe.
+    """
+    status = shard.attrs.get("exactness")
+    if status == EXACT:
+        return HeadDeviation(EXACT)
+    if status == MEASURED and shard.probe_videos is not None:
+        return head_deviation(model, shard.probe_features, order, tables, shard.probe_videos)
+    return HeadDeviation(UNKNOWN)
+
+
+def table_deviation(tables: ExitTables) -> HeadDeviation | None:
+    """Dask task: the deviation a shard's tables carry (small: what the merge needs, not the tables)."""
+    return tables.deviation
+
+
+@dataclass(frozen=True)
+class RiskPart:
+    """One shard's videos at risk: counts at every setting, and which videos at the named settings."""
+
+    videos: list[str]
+    counts: np.ndarray | None
+    masks: np.ndarray
+
+
+def shard_risk(
+    tables: ExitTables,
+    deviation: HeadDeviation,
+    first: Sequence[float],
+    gate: Sequence[float],
+    named: Sequence[tuple[int, int]],
+) -> RiskPart:
+    """Dask task: one shard's videos at risk at every setting, under the deviation of the whole cache."""
+    if deviation.status == UNKNOWN:
+        return RiskPart(list(tables.videos), None, np.zeros((len(named), len(tables.videos)), dtype=bool))
+    counts, masks = risk_grid(tables, Margins.of(deviation), first, gate, named)
+    return RiskPart(list(tables.videos), counts, masks)
+
+
+def merge_risk(parts: Sequence[RiskPart], deviation: HeadDeviation) -> Risk:
+    """Dask task: the shards' videos at risk as one :class:`frameexit.exactness.Risk`, videos in key order."""
+    videos = [v for p in parts for v in p.videos]
+    order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
+    unknown = deviation.status == UNKNOWN or any(p.counts is None for p in parts)
+    return Risk(
+        deviation=deviation,
+        margins=None if unknown else Margins.of(deviation),
+        counts=None if unknown else np.sum([p.counts for p in parts], axis=0, dtype=np.int64),
+        videos=[videos[i] for i in order],
+        masks=np.concatenate([p.masks for p in parts], axis=1)[:, order],
+    )
 
 
 def class_pieces(tables: ExitTables, bounds: tuple[int, ...]) -> tuple[ExitTables, ...]:
@@ -221,6 +296,7 @@ class Graph:
     outputs: dict[str, Any] = field(default_factory=dict)  # every task whose result is kept, by key
     sweeps: list[str] = field(default_factory=list)  # [i]: SweepMetrics of the grid (and the job's setting)
     videos: list[str] = field(default_factory=list)  # [i]: VideoRows
+    risks: list[str] = field(default_factory=list)  # [i]: frameexit.exactness.Risk over the grid
 
 
 def class_bounds(num_class: int, block: int) -> tuple[int, ...]:
@@ -240,6 +316,7 @@ def build_graph(
     class_block_size: int,
     client: Any = None,
     tables: Sequence[Sequence[ExitTables]] | None = None,
+    named: Sequence[tuple[int, int]] = (),
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint of ``heads``.
 
@@ -247,7 +324,8 @@ def build_graph(
     the sweep computes; ``row_settings``: ``(first, gate)`` of the per-video rows;
     ``client``: a ``distributed.Client`` to scatter the heads to, else ``None``;
     ``tables``: each checkpoint's shard tables when already computed (``bench/replay.py``
-    times the head pass and the rest apart), else tasks compute them.
+    times the head pass and the rest apart), else tasks compute them; ``named``: ``(gate index, first
+    index)`` of the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`).
     """
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
@@ -259,7 +337,7 @@ def build_graph(
             shipped = client.scatter(head, broadcast=True, hash=False)
         else:
             shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
-        tables, exits, pieces, rows = [], [], [], []
+        tables, exits, pieces, rows, deviations = [], [], [], [], []
         for s, (path, digest) in enumerate(shards):
             key = f"tables-{i}-{s}-{token}"
             if given is not None:
@@ -271,6 +349,14 @@ def build_graph(
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
             pieces.append(cut(tables[-1], bounds, dask_key_name=f"pieces-{i}-{s}-{token}"))
             rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
+            deviations.append(dask.delayed(table_deviation)(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
+        deviation = dask.delayed(merge_deviations)(deviations, dask_key_name=f"deviation-{i}-{token}")
+        risks = [
+            dask.delayed(shard_risk)(t, deviation, first, gate, named, dask_key_name=f"risk-{i}-{s}-{token}")
+            for s, t in enumerate(tables)
+        ]
+        graph.risks.append(f"risk-{i}-{token}")
+        graph.outputs[graph.risks[i]] = dask.delayed(merge_risk)(risks, deviation, dask_key_name=graph.risks[i])
         merged = dask.delayed(merge_exits)(exits, dask_key_name=f"exits-{i}-{token}")
         aps = []
         for b in range(len(bounds) - 1):

@@ -46,6 +46,7 @@ from reports.summary import (
     calibration_mismatches,
     choose_budget,
     cost_metric,
+    exactness_summary,
     identity_mismatches,
     pareto_frontier,
     replay_identity,
@@ -418,6 +419,7 @@ def build_summary(
     )
     if budget is not None:
         summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
+    summary["exactness"] = exactness_summary(replay, summary.get("budget"))
     return summary
 
 

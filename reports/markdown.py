@@ -72,6 +72,61 @@ def _videos(baseline: Mapping[str, Any]) -> str:
     return text + (f" mAP is {why}." if why else "")
 
 
+MAX_AT_RISK_SHOWN = 10
+
+
+def _exactness_lines(exactness: Mapping[str, Any] | None) -> list[str]:
+    """Whether ``frameexit infer`` would decide as this replay did: exact, or how many videos may differ."""
+    head = ["## Agreement with `frameexit infer` (sequential inference)", ""]
+    if not exactness:
+        return [*head, "The replay recorded no exactness (a replay of an older frameexit).", ""]
+    if exactness["status"] == "exact":
+        text = (
+            "Exact: the features were computed as `frameexit infer` computes them (one step per backbone forward "
+            f"pass, effective batching {exactness['effective']}), so every decision equals infer's bit for bit."
+        )
+        return [*head, text, ""]
+    if exactness["status"] == "unknown":
+        text = (
+            "Unknown: the feature cache records no measurement of how far its batched features are from infer's "
+            "per-step ones (extracted before probes, or with `--probe-videos 0`). Videos near a threshold may "
+            "exit or predict otherwise in `frameexit infer`; extract with `--batching per-step` for equal decisions."
+        )
+        return [*head, text, ""]
+    checkpoints = exactness["checkpoints"]
+    total = sum(c["n_at_risk"] or 0 for c in checkpoints)
+    budget = any("n_at_risk_budget" in c for c in checkpoints)
+    lines = [
+        *head,
+        f"Batched features: on {exactness['n_probe_videos']} probed videos they differ from infer's per-step "
+        f"features by at most {_g(exactness['feature_max_abs_deviation'])} (relative "
+        f"{_g(exactness['feature_max_rel_deviation'])}). **{total} video(s)** at the job's setting lie within "
+        f"{exactness['safety_factor']:g} x the resulting deviation of a threshold or of a tie between the top two "
+        "classes, where `frameexit infer` could decide otherwise. Extract with `--batching per-step` for decisions "
+        "equal to infer's bit for bit.",
+        "",
+    ]
+    header = ["Checkpoint", "At risk, job's setting", *(["At risk, budget setting"] if budget else []), "Videos"]
+    rows = []
+    for c in checkpoints:
+        names = c["at_risk"] or []
+        shown = ", ".join(names[:MAX_AT_RISK_SHOWN]) + (" ..." if len(names) > MAX_AT_RISK_SHOWN else "")
+        cells = [c["checkpoint"], str(c["n_at_risk"])]
+        if budget:
+            value = c.get("n_at_risk_budget")
+            cells.append("n/a" if value is None else str(value))
+        rows.append([*cells, shown])
+    note = (
+        "Those at the job's setting are named in summary.json and replay.json; sweep.parquet counts them at every "
+        "setting (`n_at_risk`)."
+    )
+    return [*lines, *_table(header, rows), "", note, ""]
+
+
+def _g(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md`` from a :class:`reports.records.Summary`."""
     higher = summary["higher_is_better"]
@@ -136,6 +191,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
         ]
         lines += _category_table(default)
+        lines += _exactness_lines(summary.get("exactness"))
 
     frontier = summary["frontier"]
     lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]

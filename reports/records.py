@@ -102,6 +102,10 @@ class MetricRow(TypedDict):
     # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...), fractions in [0, 1],
     # null for a category without a positive video; null without categories (absent in files before 0.1 wrote it)
     map_per_category: NotRequired[dict[str, float | None] | None]
+    # videos whose exit step or prediction at this setting lie close enough to a threshold or a tie that the
+    # deviation of the cached features from sequential inference's could change them (ExactnessRecord); 0 for
+    # exact features; null when the deviation is unknown (absent in files before 0.1 wrote it)
+    n_at_risk: NotRequired[int | None]
 
 
 class SummaryRow(MetricRow):
@@ -207,6 +211,39 @@ class Setting(TypedDict):
     gate_threshold: float  # gate exit threshold (probability)
 
 
+class CheckpointExactness(TypedDict):
+    """One checkpoint's head on the cache's probed videos, and its videos at risk at the job's setting."""
+
+    checkpoint: str  # as in the checkpoint column
+    status: str  # 'exact' (per-step features: deviation 0), 'measured' (from probed videos) or 'unknown'
+    probs_max_abs_deviation: float | None  # largest |difference| of any step's class probability, probed videos
+    gates_max_abs_deviation: float | None  # largest |difference| of any gate output (probability), probed videos
+    first_margin: float | None  # safety_factor x probs_max_abs_deviation: step-0 confidence from first_threshold
+    gate_margin: float | None  # safety_factor x gates_max_abs_deviation: a gate output from gate_threshold
+    top2_margin: float | None  # 2 x first_margin: top-1 minus top-2 probability at the exit step
+    n_at_risk: int | None  # videos at risk at the job's setting; null when unknown
+    at_risk: list[str] | None  # their keys, sorted; null when unknown
+
+
+class ExactnessRecord(TypedDict):
+    """How far the cached features are from those ``frameexit infer`` computes, and what that could change.
+
+    A video is at risk at a setting when its step-0 confidence is within ``first_margin`` of
+    first_threshold, a gate output at a step it evaluates (up to its exit) within ``gate_margin`` of
+    gate_threshold, or its top-2 probability gap at the exit step within ``top2_margin``.
+    """
+
+    status: str  # 'exact' (replay equals infer bit for bit), 'measured', or 'unknown' (no probe in the cache)
+    batching: str  # the mode asked when extracting (a cache-key input): 'batched' or 'per-step'
+    effective: str  # how the backbone ran: 'per-step', 'batched', 'mixed' (shards differ) or 'unknown'
+    reference: str  # what the features are compared with, in words
+    safety_factor: float  # margins are the largest deviation seen on the probed videos times this
+    probe_videos: list[str]  # videos whose steps also ran one per forward pass while extracting
+    feature_max_abs_deviation: float | None  # largest |stored - per-step| backbone feature over the probed videos
+    feature_max_rel_deviation: float | None  # the same over the video's largest |per-step feature|
+    checkpoints: list[CheckpointExactness]  # in the job's order
+
+
 class ReplayRuntime(Runtime):
     scheduler: str  # the dask scheduler: threads, sync, an address, or "local cluster of N processes"
 
@@ -233,6 +270,8 @@ class ReplayRecord(TypedDict):
     backbone: str  # model.backbone.name
     job: dict[str, Any]  # the resolved job, every key
     runtime: ReplayRuntime
+    # agreement with frameexit infer: deviation of the features and the videos at risk (absent before 0.1 wrote it)
+    exactness: NotRequired[ExactnessRecord]
 
 
 # ---------------------------------------------------------------------------------------------- summary.json
@@ -255,6 +294,31 @@ class VideoResults(TypedDict):
 
     exit_step: list[int]  # 0-based step at which each video exited (it read exit_step + 1 frames)
     hit: list[bool | None]  # whether the prediction is one of the video's labels; null for a video without labels
+
+
+class CheckpointAtRisk(TypedDict):
+    """One checkpoint's videos whose decision ``frameexit infer`` could make otherwise (summary.json)."""
+
+    checkpoint: str  # as in the checkpoint column
+    status: str  # 'exact', 'measured' or 'unknown' (replay.json's CheckpointExactness)
+    n_at_risk: int | None  # videos at risk at the job's setting; null when unknown
+    at_risk: list[str] | None  # their keys, sorted
+    first_margin: float | None  # probability: a step-0 confidence this close to first_threshold is at risk
+    gate_margin: float | None  # probability: a gate output this close to gate_threshold is at risk
+    n_at_risk_budget: NotRequired[int | None]  # with --budget: at risk at the setting chosen; null if none or unknown
+
+
+class SummaryExactness(TypedDict):
+    """How far the replay may be from ``frameexit infer`` (from replay.json's ``exactness``)."""
+
+    status: str  # 'exact' (equal decisions bit for bit), 'measured' or 'unknown'
+    batching: str  # the extraction mode asked: 'batched' or 'per-step'
+    effective: str  # how the backbone ran: 'per-step', 'batched', 'mixed' or 'unknown'
+    safety_factor: float  # margins are the deviation seen on the probed videos times this
+    n_probe_videos: int  # videos probed while extracting
+    feature_max_abs_deviation: float | None  # largest |cached - per-step| backbone feature on the probed videos
+    feature_max_rel_deviation: float | None  # the same over the video's largest |per-step feature|
+    checkpoints: list[CheckpointAtRisk]
 
 
 class Summary(TypedDict):
@@ -288,6 +352,9 @@ class Summary(TypedDict):
     video_results: dict[str, VideoResults | None]
     gflops_per_frame: float | None  # the paper's per-frame GMACs of the backbone (replay.json's); null if it has none
     provenance: Provenance
+    # agreement with frameexit infer (reports.summary.exactness_summary): status, deviation, videos at risk at
+    # the job's setting and at the budget setting; null when the replay did not record it
+    exactness: NotRequired[SummaryExactness | None]
 
 
 # ---------------------------------------------------------------------------------------------- reading

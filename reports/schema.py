@@ -42,5 +42,8 @@ SWEEP = pa.schema(
         # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...): the mean AP of the
         # category's classes with a positive video, NaN if none has one; null without data.path_category
         pa.field("map_per_category", pa.map_(pa.string(), pa.float64())),
+        # videos whose exit or prediction at this setting the deviation of the cached features from sequential
+        # inference's could change (replay.json's exactness); 0 for exact features, null when unknown
+        pa.field("n_at_risk", pa.int64()),
     ]
 )

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .records import CheckpointAtRisk, SummaryExactness
+
 #: FrameExit ResNet-50 on ActivityNet-1.3, from the official README: (GFLOPs, mAP in %).
 PUBLISHED_ACTIVITYNET_RESNET50 = (
     (17.96, 72.72),
@@ -496,3 +498,49 @@ def baseline_gate(
         )
     result["passed"] = not result["regressions"]
     return result
+
+
+def _split_digest(summary: Mapping[str, Any]) -> str | None:
+    inputs = summary.get("provenance", {}).get("cache", {}).get("inputs", {})
+    digest = inputs.get("split_digest") if isinstance(inputs, Mapping) else None
+    return digest if isinstance(digest, str) else None
+
+
+# ---------------------------------------------------------------------------------------------- exactness
+
+
+def exactness_summary(replay: Mapping[str, Any], budget: Mapping[str, Any] | None = None) -> SummaryExactness | None:
+    """``summary.json``'s ``exactness``: how far replay may be from ``frameexit infer``, from ``replay.json``.
+
+    The replay's status, batching and feature deviation, and per checkpoint the videos at risk at the
+    job's setting (``n_at_risk``, ``at_risk``) and, with a budget, at the setting chosen for it
+    (``n_at_risk_budget``, from that sweep row). ``None`` when the replay did not record it.
+    """
+    record = replay.get("exactness")
+    if not record:
+        return None
+    chosen = {b["checkpoint"]: b for b in (budget or {}).get("checkpoints", [])}
+    checkpoints = []
+    for c in record["checkpoints"]:
+        entry = CheckpointAtRisk(
+            checkpoint=c["checkpoint"],
+            status=c["status"],
+            n_at_risk=c["n_at_risk"],
+            at_risk=c["at_risk"],
+            first_margin=c["first_margin"],
+            gate_margin=c["gate_margin"],
+        )
+        evaluated = chosen.get(c["checkpoint"], {}).get("evaluated")
+        if budget is not None:
+            entry["n_at_risk_budget"] = evaluated.get("n_at_risk") if evaluated else None
+        checkpoints.append(entry)
+    return SummaryExactness(
+        status=record["status"],
+        batching=record["batching"],
+        effective=record["effective"],
+        safety_factor=record["safety_factor"],
+        n_probe_videos=len(record["probe_videos"]),
+        feature_max_abs_deviation=record["feature_max_abs_deviation"],
+        feature_max_rel_deviation=record["feature_max_rel_deviation"],
+        checkpoints=checkpoints,
+    )

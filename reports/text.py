@@ -67,7 +67,8 @@ def render_extract_summary(result: Any) -> str:
 
     ``result``: ``cache_dir``, ``key``, ``n_videos``, ``n_shards``, ``shards_written``, ``frames``,
     ``unit`` (``frames`` or ``clips``), ``seconds``, ``skipped`` (``{'video', 'reason'}`` each),
-    ``frames_changed`` and ``retried`` (video keys), ``replanned``.
+    ``frames_changed`` and ``retried`` (video keys), ``replanned``, ``exactness``
+    (:func:`cache.exactness.summarize`'s dict, optional).
     """
     n_shards, written = result.n_shards, result.shards_written
     if written == 0:
@@ -95,6 +96,18 @@ def render_extract_summary(result: Any) -> str:
     still = [s for s in result.skipped if s["video"] in set(result.retried)]
     if still:
         lines.append(f"  still skipped after the retry: {', '.join(s['video'] for s in still[:5])}")
+    exactness = getattr(result, "exactness", None)
+    if exactness:
+        if exactness["status"] == "measured":
+            lines.append(
+                f"  exact  no: {exactness['effective']} backbone, features differ from infer's per-step ones by at "
+                f"most {exactness['max_abs_deviation']:.2g} (relative {exactness['max_rel_deviation']:.2g}) on "
+                f"{len(exactness['probe_videos'])} probed videos"
+            )
+        else:
+            lines.append(
+                f"  exact  {'yes' if exactness['status'] == 'exact' else 'unknown'} ({exactness['effective']} backbone)"
+            )
     lines += _skipped(result.skipped, f"  skipped {len(result.skipped)}:", "manifest.json")
     return "\n".join(lines)
 
@@ -118,8 +131,30 @@ def render_replay_summary(result: Any) -> str:
             f"    {row['checkpoint'][:34]:<34} {_num(row['map']):>7} {_num(row['top1']):>7} "
             f"{_num(row['gflops'], 2):>7} {_num(row['gmacs_measured'], 2):>7} {_num(row['mean_frames'], 2):>6}"
         )
+    lines += _exactness(summary.get("exactness"))
     lines.append(f"  wrote {result.sweep_path}, {result.videos_path}, {result.replay_path}")
     return "\n".join(lines)
+
+
+def _exactness(record: Mapping[str, Any] | None) -> list[str]:
+    """One line (or one per checkpoint) saying whether ``frameexit infer`` would decide as replay did."""
+    if not record:
+        return []
+    if record["status"] == "exact":
+        return ["  agreement with infer: exact (per-step features: every decision equals infer's bit for bit)"]
+    if record["status"] == "unknown":
+        return ["  agreement with infer: unknown (the cache has no probe: videos near a threshold may differ)"]
+    lines = [
+        f"  agreement with infer: batched features, {_num(record['feature_max_abs_deviation'], 9)} max deviation "
+        f"on {len(record['probe_videos'])} probed videos; videos at risk at the default setting:"
+    ]
+    for c in record["checkpoints"]:
+        names = c["at_risk"] or []
+        more = f" ... (+{len(names) - 5}, see replay.json)" if len(names) > 5 else ""
+        lines.append(
+            f"    {c['checkpoint'][:34]:<34} {c['n_at_risk']}" + (f": {', '.join(names[:5])}{more}" if names else "")
+        )
+    return lines
 
 
 def _report_paths(paths: Mapping[str, str]) -> str:
@@ -140,6 +175,12 @@ def render_report_summary(result: Any) -> str:
             f"{videos['n_run']}, the baseline {videos['n_baseline']}; --accept-missing {videos['accept_missing']}); "
             "mAP not compared"
         )
+    exactness = result.summary.get("exactness")
+    if exactness and exactness["status"] == "measured":
+        n = sum(c["n_at_risk"] or 0 for c in exactness["checkpoints"])
+        head += f"; {n} video(s) at the job's setting may be decided otherwise by infer (batched features)"
+    elif exactness:
+        head += f"; agreement with infer: {exactness['status']}"
     return head + "\n" + _report_paths(result.paths)
 
 

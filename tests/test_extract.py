@@ -24,7 +24,7 @@ from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import sample_indices
 from jobs.config import load_job
-from jobs.extract import ExtractOptions, extract
+from jobs.extract import ExtractOptions, extract, resolved
 from jobs.frames import read_frame
 
 EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
@@ -180,6 +180,7 @@ def test_cache_key_changes_when_and_only_when_an_input_changes():
         "clip_length": 13,
         "clip_stride": 6,
         "normalize_first": True,
+        "batching": "per-step",
     }
     assert set(changed) == {f.name for f in dataclasses.fields(CacheKeyInputs)}  # every input is exercised
     keys = {name: cache_key(dataclasses.replace(BASE, **{name: value})) for name, value in changed.items()}
@@ -211,6 +212,7 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
             precision="fp32",
             channels_last=False,
             backbone_digest=backbone_digest(state),
+            batching=resolved(job, ExtractOptions(cache_root="")).batching,  # auto: per-step on a CPU
         )
         return cache_key(inputs)
 

@@ -44,6 +44,7 @@ def _rows(spec=HAND):
             "order": "coarse_to_fine",
             "n_videos": 10,
             "map_per_category": None,
+            "n_at_risk": None,
         }
         for c, f, g, m, x in spec
     ]

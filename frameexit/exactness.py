@@ -1,0 +1,203 @@
+"""Which replay decisions could differ from sequential inference's, given how far cached features are from its own.
+
+Sequential inference runs the backbone on one step per forward pass. Features
+extracted in batches may differ from those in the last bits (the cache records
+by how much: :mod:`cache.exactness`). Run through a checkpoint's head, the
+probed videos' two versions of features (per-step and as cached) give the
+deviation of every step's class probabilities and gate outputs
+(:func:`head_deviation`); the largest over the probed videos, times
+:data:`SAFETY_FACTOR`, is the margin within which a comparison may come out
+otherwise. A video is *at risk* at a setting when its decision could change:
+
+- its step-0 confidence lies within the probability margin of ``first_threshold``;
+- a gate output at a step it evaluates (steps 1 up to its exit, the last step
+  excepted) lies within the gate margin of ``gate_threshold``;
+- the gap between the two largest class probabilities at its exit step is
+  within twice the probability margin (its prediction could change).
+
+A cache whose features are exact has margins 0 and no video at risk; one whose
+deviation is unknown (extracted before probes, or without any) gives no count.
+Comparisons follow :mod:`frameexit.exit_rule`: thresholds rounded to float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sweep import ExitTables, exit_tables, gate_exit_steps
+
+#: The margin is the largest deviation seen on the probed videos times this: the probes are a sample
+#: (two videos of each shard by default), and another video's deviation may exceed theirs.
+SAFETY_FACTOR = 4.0
+EXACT, MEASURED, UNKNOWN = "exact", "measured", "unknown"
+
+
+@dataclass(frozen=True)
+class HeadDeviation:
+    """How far a head's outputs on cached features may be from those on per-step features.
+
+    Attributes
+    ----------
+    status : {'exact', 'measured', 'unknown'}
+        ``exact``: the features are per-step ones (deviation 0); ``measured``: from probed videos;
+        ``unknown``: not measured.
+    videos : tuple of str
+        The probed videos.
+    probs : float
+        Largest absolute difference of any step's class probability (probability units).
+    gates : float
+        Largest absolute difference of any gate output (probability units).
+    """
+
+    status: str
+    videos: tuple[str, ...] = ()
+    probs: float = 0.0
+    gates: float = 0.0
+
+
+def head_deviation(
+    model, reference: np.ndarray, order: Sequence[int], tables: ExitTables, videos: Sequence[str]
+) -> HeadDeviation:
+    """The head's deviation between the per-step ``reference`` features of ``videos`` and their cached ones.
+
+    ``reference``: (n_videos, n_steps, feat_dim) in temporal order, run through the head as replay runs
+    it (:func:`frameexit.sweep.exit_tables`, float64 rounded to float32); the cached ones' outputs are
+    the rows of ``videos`` in ``tables`` (those replay decides on).
+    """
+    if len(videos) == 0:
+        return HeadDeviation(MEASURED)
+    rows = [tables.videos.index(v) for v in videos]
+    labels = np.zeros((len(videos), model.num_class), dtype=bool)
+    theirs = exit_tables(model, np.asarray(reference), order, videos=videos, labels=labels)
+    probs, gates = tables.probs[rows].astype(np.float64), tables.gates[rows].astype(np.float64)
+    return HeadDeviation(
+        MEASURED,
+        tuple(videos),
+        float(np.abs(probs - theirs.probs).max()),
+        float(np.abs(gates - theirs.gates).max()) if gates.size else 0.0,
+    )
+
+
+def merge_deviations(parts: Sequence[HeadDeviation | None]) -> HeadDeviation:
+    """The shards' deviations as one: ``unknown`` if one is (or is ``None``), ``exact`` if all are, the largest."""
+    statuses = {UNKNOWN if p is None else p.status for p in parts} or {UNKNOWN}
+    if UNKNOWN in statuses:
+        return HeadDeviation(UNKNOWN)
+    known = [p for p in parts if p is not None]
+    return HeadDeviation(
+        MEASURED if MEASURED in statuses else EXACT,
+        tuple(sorted(v for p in known for v in p.videos)),
+        max(p.probs for p in known),
+        max(p.gates for p in known),
+    )
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Distances from a threshold (or between the top two probabilities) within which a decision may change.
+
+    ``first``: step-0 confidence from ``first_threshold``; ``gate``: gate output from ``gate_threshold``;
+    ``top2``: the gap between the two largest probabilities at the exit step (twice ``first``).
+    """
+
+    first: float
+    gate: float
+    top2: float
+
+    @classmethod
+    def of(cls, deviation: HeadDeviation, safety: float = SAFETY_FACTOR) -> Margins:
+        return cls(safety * deviation.probs, safety * deviation.gates, 2 * safety * deviation.probs)
+
+    @property
+    def zero(self) -> bool:
+        return self.first == 0 and self.gate == 0 and self.top2 == 0
+
+
+def top2_gaps(probs: np.ndarray) -> np.ndarray:
+    """Largest minus second-largest class probability at every step: (n_videos, n_steps) float64 (inf for 1 class)."""
+    n, steps, num_class = probs.shape
+    if num_class < 2:
+        return np.full((n, steps), np.inf)
+    top = np.partition(probs, num_class - 2, axis=2)[:, :, -2:].astype(np.float64)
+    return top[:, :, 1] - top[:, :, 0]
+
+
+def _near(values: np.ndarray, threshold: np.ndarray, margin: float) -> np.ndarray:
+    """``|value - float32(threshold)| <= margin`` in float64 (never true for a zero margin)."""
+    if margin <= 0:
+        return np.zeros(np.broadcast_shapes(values.shape, threshold.shape), dtype=bool)
+    return np.abs(values.astype(np.float64) - threshold.astype(np.float32).astype(np.float64)) <= margin
+
+
+def risk_grid(
+    tables: ExitTables,
+    margins: Margins,
+    first: Sequence[float],
+    gate: Sequence[float],
+    named: Sequence[tuple[int, int]] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Videos at risk at every setting of ``gate x first`` (see the module docstring).
+
+    Returns ``counts`` of shape (n_gate, n_first), int64: videos at risk per setting; and
+    ``masks`` of shape (len(named), n_videos), bool: which videos, at the ``(gate index, first index)``
+    settings of ``named``. Memory: ``n_first x n_videos`` booleans at a time.
+    """
+    n, steps = tables.probs.shape[:2]
+    counts = np.zeros((len(gate), len(first)), dtype=np.int64)
+    masks = np.zeros((len(named), n), dtype=bool)
+    if margins.zero or n == 0:
+        return counts, masks
+    near_top2 = top2_gaps(tables.probs) <= margins.top2  # (n, T)
+    confidence0 = tables.confidence0.astype(np.float32)
+    first32 = np.asarray(first, dtype=np.float64)[:, None]
+    exits0 = confidence0[None, :] > first32.astype(np.float32)  # as frameexit.exit_rule.first_step_exits
+    near0 = _near(confidence0[None, :], first32, margins.first)  # (n_first, n)
+    gate_steps = gate_exit_steps(tables.gates, gate)  # (n_gate, n)
+    step = np.arange(1, steps)[None, :]  # gate column t - 1 is step t; the last step exits whatever its gate
+    for g, gt in enumerate(gate):
+        exit_step = gate_steps[g]
+        evaluated = (step <= exit_step[:, None]) & (step <= steps - 2)
+        near_gate = (_near(tables.gates, np.asarray(gt), margins.gate) & evaluated).any(axis=1)
+        gate_path = near_gate | near_top2[np.arange(n), exit_step]
+        risk = near0 | np.where(exits0, near_top2[None, :, 0], gate_path[None, :])
+        counts[g] = risk.sum(axis=1)
+        for k, (gi, fi) in enumerate(named):
+            if gi == g:
+                masks[k] = risk[fi]
+    return counts, masks
+
+
+@dataclass(frozen=True)
+class Risk:
+    """Videos whose replayed decision may differ from sequential inference's, for one checkpoint's head.
+
+    Attributes
+    ----------
+    deviation : HeadDeviation
+    margins : Margins or None
+        ``None`` when the deviation is unknown.
+    counts : ndarray of shape (n_gate, n_first), int64, or None
+        Videos at risk at each setting of the computed grid; ``None`` when unknown.
+    videos : list of str
+        Keys, sorted.
+    masks : ndarray of shape (n_named, n_videos), bool
+        Which videos are at risk at each named setting.
+    """
+
+    deviation: HeadDeviation
+    margins: Margins | None
+    counts: np.ndarray | None
+    videos: list[str]
+    masks: np.ndarray
+
+    def count(self, g: int, f: int) -> int | None:
+        return None if self.counts is None else int(self.counts[g, f])
+
+    def at_risk(self, k: int) -> list[str] | None:
+        """The videos at risk at named setting ``k``, sorted; ``None`` when unknown."""
+        if self.counts is None:
+            return None
+        return [v for v, flag in zip(self.videos, self.masks[k], strict=True) if flag]
