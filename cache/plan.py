@@ -182,11 +182,18 @@ class CacheWriter:
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self.manifest.provenance = provenance
 
-    def record(self, index: int, sha256: str, skipped: list[dict[str, str]], frames: Mapping[str, str | None]) -> None:
-        """Shard ``index`` is written: its checksum, the videos it had to skip and the frame record of each
-        of its videos go to the manifest at once."""
+    def record(
+        self,
+        index: int,
+        sha256: str,
+        skipped: list[dict[str, str]],
+        frames: Mapping[str, str | None],
+        probe: dict[str, Any] | None = None,
+    ) -> None:
+        """Shard ``index`` is written: its checksum, the videos it had to skip, the frame record of each of its
+        videos and its exactness probe (:mod:`cache.exactness`) go to the manifest at once."""
         entry = self.manifest.shards[index]
-        entry.sha256, entry.skipped, entry.frames = sha256, skipped, dict(frames)
+        entry.sha256, entry.skipped, entry.frames, entry.probe = sha256, skipped, dict(frames), probe
         write_manifest(self.directory, self.manifest)
 
     def finish(self) -> None:

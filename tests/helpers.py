@@ -327,6 +327,7 @@ def key_inputs(**changes):
         dtype="float32",
         precision="fp32",
         channels_last=False,
+        batching="batched",
         dataset="activitynet1.3",
         split_digest="s" * 64,
         labels_digest="l" * 64,

@@ -40,7 +40,7 @@ def extracted(dataset, checkpoint, tmp_path_factory):
 
 
 def _copy(cache_dir, dest, **inputs):
-    """A copy of a cache directory whose manifest records other inputs (``frames_digest='x'``...)."""
+    """A copy of a cache directory whose manifest records other inputs (``precision='fp16'``...)."""
     shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock"))
     path = os.path.join(dest, "manifest.json")
     with open(path) as f:
@@ -88,6 +88,7 @@ def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(
         precision="fp32",
         channels_last=False,
         backbone_digest=backbone_digest(checkpoint_state(job, job.checkpoints[0])),
+        batching="per-step",  # what auto means on a CPU
     )
     assert result.cache_dir == os.path.join(root, cache_key(inputs))
     # a decoy beside it recording the same inputs is never looked at

@@ -165,7 +165,7 @@ def _cache_dir(root, batching):
 def test_batching_enters_the_key_and_replay_finds_the_cache_of_its_mode(two, tmp_path):
     from helpers import key_inputs
 
-    assert "batching" not in canonical_json(key_inputs())  # batched caches keep the keys they had
+    assert '"batching":"batched"' in canonical_json(key_inputs())
     assert cache_key(key_inputs(batching="per-step")) != cache_key(key_inputs())
     job_file = two[0]
     root = str(tmp_path / "cache")
