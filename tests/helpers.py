@@ -339,3 +339,11 @@ def key_inputs(**changes):
         clip_stride=1,
     )
     return CacheKeyInputs(**{**fixed, **changes})
+
+
+def data_overrides(paths: dict[str, str]) -> list[str]:
+    """The official ``--data.*`` overrides that point a job at a generated fixture's files."""
+    return [
+        *("--data.path_frame", paths["frames"], "--data.path_split", paths["split"]),
+        *("--data.path_label", paths["labels"], "--data.path_classid", paths["classes"]),
+    ]

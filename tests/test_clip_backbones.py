@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import activitynet_dataset, official_state, x3d_s
+from helpers import activitynet_dataset, data_overrides, official_state, x3d_s
 
 from cli import main
 from frameexit.backbone import feature_dim, model_name, pretrained_state_dict
@@ -56,19 +56,6 @@ def checkpoints(tmp_path_factory):
         paths[job] = str(root / f"frameexit_{backbone}.pth")
         torch.save(official_state(backbone, seed=seed), paths[job])
     return paths
-
-
-def _data(paths):
-    return [
-        "--data.path_frame",
-        paths["frames"],
-        "--data.path_split",
-        paths["split"],
-        "--data.path_label",
-        paths["labels"],
-        "--data.path_classid",
-        paths["classes"],
-    ]
 
 
 def _x3d_reference(net):
@@ -142,7 +129,7 @@ def test_pytorchvideo_model_zoo_checkpoint_loads_without_downloads(small_anet, t
     # a FrameExit checkpoint without backbone weights takes them from the zoo file (model.backbone.pretrained)
     head_only = {k: v for k, v in official_state("x3d_s", seed=1).items() if not k.startswith("module.backbone.")}
     torch.save(head_only, tmp_path / "head.pth")
-    job = load_job(X3D_JOB, [*_data(small_anet), "--checkpoint.init", str(tmp_path / "head.pth")])
+    job = load_job(X3D_JOB, [*data_overrides(small_anet), "--checkpoint.init", str(tmp_path / "head.pth")])
     backbone = build_backbone_from_state(
         checkpoint_state(job, str(tmp_path / "head.pth")), backbone_name="pytorchvideo.x3d_s"
     )
@@ -160,7 +147,7 @@ def _videos(path):
 
 @pytest.mark.parametrize("job, per_step", [(X3D_JOB, 1.96), (B3_JOB, 1.8)])
 def test_bundled_job_runs_end_to_end_and_replay_equals_infer(job, per_step, small_anet, checkpoints, caches, tmp_path):
-    data = [*_data(small_anet), "--checkpoint.init", checkpoints[job]]
+    data = [*data_overrides(small_anet), "--checkpoint.init", checkpoints[job]]
     cache = caches[job]
     r = invoke("run", job, *data, "--out", tmp_path / "run", "--cache", cache, "--gate-thresholds", "0:1:5")
     assert r.exit_code == 0, r.output
@@ -184,7 +171,7 @@ def test_bundled_job_runs_end_to_end_and_replay_equals_infer(job, per_step, smal
 
 @pytest.mark.parametrize("job", [X3D_JOB, B3_JOB])
 def test_train_on_the_cache_and_replay_the_new_head(job, small_anet, checkpoints, caches, tmp_path):
-    data = [*_data(small_anet), "--checkpoint.init", checkpoints[job]]
+    data = [*data_overrides(small_anet), "--checkpoint.init", checkpoints[job]]
     cache, head = caches[job], tmp_path / "head.pth"
     small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "1", "--train.batch_size", "2"]
     r = invoke("train", job, *data, *small, "--train.hidden_dim", "64", "--cache", cache, "--out", head)

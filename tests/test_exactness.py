@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import VIDEOS, activitynet_dataset, official_state, write_job
+from helpers import VIDEOS, activitynet_dataset, data_overrides, official_state, write_job
 
 from cache.key import cache_key, canonical_json
 from cache.manifest import read_manifest
@@ -36,19 +36,6 @@ from jobs.report import report
 AT_112 = ["--data.preprocessing.resize", "112", "--data.preprocessing.crop_center", "112"]
 #: two tiny videos: the first and the last of the shard, so both are probed while extracting
 TWO = VIDEOS[:2]
-
-
-def _data(paths):
-    return [
-        "--data.path_frame",
-        paths["frames"],
-        "--data.path_split",
-        paths["split"],
-        "--data.path_label",
-        paths["labels"],
-        "--data.path_classid",
-        paths["classes"],
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +209,7 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
     checkpoint = str(tmp_path / "ck.pth")
     torch.save(official_state(backbone, seed=4), checkpoint)
     job_file = job_name or write_job(str(tmp_path / "job.yml"), paths, checkpoint)
-    job = load_job(job_file, [*_data(paths), "--checkpoint.init", checkpoint, *overrides])
+    job = load_job(job_file, [*data_overrides(paths), "--checkpoint.init", checkpoint, *overrides])
     calls = []
 
     def recording(*args, **kwargs):  # infer's model, its backbone's outputs recorded as infer calls it
@@ -250,7 +237,7 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
     every = load_job(
         job_file,
         [
-            *_data(paths),
+            *data_overrides(paths),
             "--checkpoint.init",
             checkpoint,
             *overrides,
