@@ -132,8 +132,38 @@ def _near(values: np.ndarray, threshold: np.ndarray, margin: float) -> np.ndarra
     return np.abs(values.astype(np.float64) - threshold.astype(np.float32).astype(np.float64)) <= margin
 
 
+@dataclass(frozen=True)
+class RiskTables:
+    """What the risk rule reads of one shard's exit tables: a few numbers per video, so that every shard's can
+    be kept until the deviation of the whole cache is known, where its full tables (every class at every
+    step) would not.
+
+    Attributes
+    ----------
+    videos : list of str
+    confidence0 : ndarray of shape (n_videos,)
+        Step-0 confidence (top softmax probability), float32.
+    gates : ndarray of shape (n_videos, n_steps - 1)
+        Gate outputs, float32.
+    top2 : ndarray of shape (n_videos, n_steps)
+        Largest minus second-largest class probability at every step (:func:`top2_gaps`).
+    """
+
+    videos: list[str]
+    confidence0: np.ndarray
+    gates: np.ndarray
+    top2: np.ndarray
+
+
+def risk_tables(tables: ExitTables) -> RiskTables:
+    """The :class:`RiskTables` of a shard's exit tables (copies: they keep none of the tables alive)."""
+    return RiskTables(
+        list(tables.videos), np.array(tables.confidence0), np.array(tables.gates), top2_gaps(tables.probs)
+    )
+
+
 def risk_grid(
-    tables: ExitTables,
+    tables: RiskTables,
     margins: Margins,
     first: Sequence[float],
     gate: Sequence[float],
@@ -145,12 +175,12 @@ def risk_grid(
     ``masks`` of shape (len(named), n_videos), bool: which videos, at the ``(gate index, first index)``
     settings of ``named``. Memory: ``n_first x n_videos`` booleans at a time.
     """
-    n, steps = tables.probs.shape[:2]
+    n, steps = tables.top2.shape
     counts = np.zeros((len(gate), len(first)), dtype=np.int64)
     masks = np.zeros((len(named), n), dtype=bool)
     if margins.zero or n == 0:
         return counts, masks
-    near_top2 = top2_gaps(tables.probs) <= margins.top2  # (n, T)
+    near_top2 = tables.top2 <= margins.top2  # (n, T)
     confidence0 = tables.confidence0.astype(np.float32)
     first32 = np.asarray(first, dtype=np.float64)[:, None]
     exits0 = confidence0[None, :] > first32.astype(np.float32)  # as frameexit.exit_rule.first_step_exits

@@ -53,9 +53,11 @@ from frameexit.exactness import (
     HeadDeviation,
     Margins,
     Risk,
+    RiskTables,
     head_deviation,
     merge_deviations,
     risk_grid,
+    risk_tables,
 )
 from frameexit.head import FrameExit
 from frameexit.sweep import (
@@ -164,7 +166,7 @@ class RiskPart:
 
 
 def shard_risk(
-    tables: ExitTables,
+    tables: RiskTables,
     deviation: HeadDeviation,
     first: Sequence[float],
     gate: Sequence[float],
@@ -351,9 +353,13 @@ def build_graph(
             rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
             deviations.append(dask.delayed(table_deviation)(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
         deviation = dask.delayed(merge_deviations)(deviations, dask_key_name=f"deviation-{i}-{token}")
+        # what the risk rule reads of each shard's tables, so that the tables need not wait for every shard's deviation
+        compact = [
+            dask.delayed(risk_tables)(t, dask_key_name=f"risk-tables-{i}-{s}-{token}") for s, t in enumerate(tables)
+        ]
         risks = [
-            dask.delayed(shard_risk)(t, deviation, first, gate, named, dask_key_name=f"risk-{i}-{s}-{token}")
-            for s, t in enumerate(tables)
+            dask.delayed(shard_risk)(c, deviation, first, gate, named, dask_key_name=f"risk-{i}-{s}-{token}")
+            for s, c in enumerate(compact)
         ]
         graph.risks.append(f"risk-{i}-{token}")
         graph.outputs[graph.risks[i]] = dask.delayed(merge_risk)(risks, deviation, dask_key_name=graph.risks[i])

@@ -21,7 +21,7 @@ from cache.manifest import read_manifest
 from cache.shard import read_shard
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
-from frameexit.exactness import HeadDeviation, Margins, merge_deviations, risk_grid, top2_gaps
+from frameexit.exactness import HeadDeviation, Margins, merge_deviations, risk_grid, risk_tables, top2_gaps
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices
 from frameexit.sweep import ExitTables, exit_steps_grid, exit_tables
@@ -288,7 +288,7 @@ def test_the_risk_rule_on_hand_made_videos():
         gap_at=[[], [], [], [], [9], [3]],
     )
     margins = Margins(first=1e-6, gate=1e-6, top2=2e-6)
-    counts, masks = risk_grid(tables, margins, [0.7, 0.95], [0.5], named=[(0, 0), (0, 1)])
+    counts, masks = risk_grid(risk_tables(tables), margins, [0.7, 0.95], [0.5], named=[(0, 0), (0, 1)])
     # first 0.7: v1 near it; v2-v5 exit at step 0 (0.9 > 0.7) with wide gaps there; v0 goes on: gates far,
     # exits at the last step with a wide gap
     assert masks[0].tolist() == [False, True, False, False, False, False]
@@ -301,7 +301,7 @@ def test_the_risk_rule_on_hand_made_videos():
     assert counts.tolist() == [[1, 2]]
     assert top2_gaps(tables.probs)[4, 9] == pytest.approx(1e-7, abs=5e-8)
     # no margin: nobody at risk; an unknown shard makes the whole deviation unknown
-    assert risk_grid(tables, Margins(0, 0, 0), [0.7], [0.5])[0].tolist() == [[0]]
+    assert risk_grid(risk_tables(tables), Margins(0, 0, 0), [0.7], [0.5])[0].tolist() == [[0]]
     merged = merge_deviations([HeadDeviation("exact"), HeadDeviation("measured", ("a",), 1e-7, 2e-7)])
     assert (merged.status, merged.probs, merged.gates, merged.videos) == ("measured", 1e-7, 2e-7, ("a",))
     assert merge_deviations([merged, None]).status == "unknown"
