@@ -86,15 +86,20 @@ Examples:
 def extract(job, extract_options, progress: bool | None) -> None:
     """Cache per-frame backbone features of every sampled frame in HDF5 shards.
 
-    All 10 sampled frames of every video go through the backbone once, in
-    batches of several videos, on CUDA when present. The cache directory is
-    named by a key of everything the features depend on (backbone weights,
-    preprocessing, sampling, dtype, precision, dataset files), so a rerun over a
-    complete cache does no backbone work, an interrupted run resumes from its
-    finished shards, and a changed input gets a new directory. Videos without
-    frames or with unreadable JPEGs are recorded with the reason in
-    manifest.json and listed at the end. With several GPUs, shards are spread
-    over one dask-cuda worker per GPU (pip install '.[gpu]').
+    All 10 sampled frames of every video go through the backbone once, on CUDA
+    when present: one step per forward pass on a CPU (--batching auto: features
+    equal frameexit infer's bit for bit), in batches of several videos on CUDA
+    (their deviation from infer's measured on probe videos). The cache
+    directory is named by a key of everything the features, videos and labels
+    depend on (backbone weights, preprocessing, sampling, dtype, precision,
+    memory format, batching, dataset files, key format), so an interrupted run
+    resumes from its finished shards and a changed input gets a new directory.
+    The frames are recorded per video (the bytes of the files read): a rerun
+    reads them again and extracts only the shards whose frames changed, or
+    whose videos could not be read before and can be now; otherwise it does no
+    backbone work. Videos without frames or with unreadable JPEGs are recorded
+    with the reason in manifest.json and listed at the end. With several GPUs,
+    shards are spread over one dask-cuda worker per GPU (pip install '.[gpu]').
     """
     from jobs.extract import extract as run_extract
     from reports.text import render_extract_summary
@@ -121,9 +126,14 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
     (projection, pooling in policy order, all classifiers and gates), then
     every setting of the grid FIRST_THRESHOLDS x GATE_THRESHOLDS: exit steps,
     mAP, top-1, GFLOPs (paper convention), measured GMACs, mean frames and the
-    exit histogram. Several checkpoints (checkpoint.init as a list) replay over
-    one cache when they share its backbone weights. Results equal those of
-    frameexit infer with the same thresholds, video by video.
+    exit histogram. The cache is CACHE/<key>, the key computed from the job,
+    its first checkpoint and the extraction options (give those extract used);
+    the frames are not read (--verify-frames compares them with the cache's
+    record). Several checkpoints (checkpoint.init as a list) replay over one
+    cache when they share its backbone weights. Over a per-step cache, results
+    equal those of frameexit infer with the same thresholds, video by video;
+    over a batched one, replay.json names the videos whose decision the
+    measured deviation could change.
     """
     from jobs.replay import replay as run_replay
     from reports.text import render_replay_summary
