@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +17,9 @@ from frameexit.atomic import atomic_write
 from frameexit.errors import FrameExitError
 
 MANIFEST = "manifest.json"
+#: The names shards get (:func:`cache.plan.plan`): a manifest naming anything else (a path) is refused, so that
+#: nothing a manifest says can make a writer or a reader touch a file outside the cache directory.
+SHARD_NAME = re.compile(r"shard-[0-9]{5,}\.h5")
 
 
 class CacheError(FrameExitError, ValueError):
@@ -100,6 +104,13 @@ def read_manifest(cache_dir: str) -> Manifest | None:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
         shards = [ShardEntry(**entry) for entry in doc.pop("shards")]
-        return Manifest(shards=shards, **doc)
+        manifest = Manifest(shards=shards, **doc)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CacheError(f"cannot read cache manifest {path}: {exc}; remove {cache_dir} to rebuild it") from None
+    for entry in manifest.shards:
+        if not isinstance(entry.name, str) or not SHARD_NAME.fullmatch(entry.name):
+            raise CacheError(
+                f"cache manifest {path} lists the shard name {entry.name!r}, not a shard of this directory "
+                f"(shard-NNNNN.h5); it is not used: remove {cache_dir} to rebuild it"
+            )
+    return manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +32,22 @@ class FrameUnreadableError(FrameReadError):
 
 
 def read_frame_bytes(path: str) -> bytes:
-    """The bytes of a frame file; :class:`FrameUnreadableError` naming it if they cannot be read."""
+    """The bytes of a frame file; :class:`FrameUnreadableError` naming it if they cannot be read (also when it is
+    not a regular file: a FIFO would block the reader for ever)."""
     try:
+        _require_regular(path)
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as exc:
         raise FrameUnreadableError(f"cannot read frame {path}: {exc.strerror or exc}") from None
+
+
+def _require_regular(path: str) -> None:
+    """Raise ``OSError`` unless ``path`` is a regular file (a FIFO, a device or a folder is not read)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise OSError(f"{kind}, not a frame file")
 
 
 def decode_frame(path: str, content: bytes, params: Preprocessing) -> torch.Tensor:
@@ -103,11 +114,20 @@ def check_frame(path: str) -> None:
 
 def _decoded(path: str, use: Callable[[Image.Image], T], source: IO[bytes] | None = None) -> T:
     try:
+        if source is None:
+            _require_regular(path)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path if source is None else source) as image:
                 image.load()
                 return use(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
         reason = str(exc) or type(exc).__name__
         raise FrameReadError(f"cannot read frame {path}: {reason}") from None

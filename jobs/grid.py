@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Sequence
 
@@ -9,11 +10,16 @@ import numpy as np
 
 from frameexit.errors import ConfigError
 
+#: Decimals a range's values are rounded to: ``0.3:0.9:7`` gives 0.6, not numpy's 0.6000000000000001.
+RANGE_DECIMALS = 12
+
 
 def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float]:
     """Threshold values in [0, 1] from a list, a comma-separated string or a ``start:stop:count`` range.
 
-    Raises :class:`ConfigError` naming ``name`` and the bad value.
+    A range includes both ends and is rounded to :data:`RANGE_DECIMALS` decimals; a range of one
+    value must start where it stops. Raises :class:`ConfigError` naming ``name`` and the bad value
+    (also for a value given twice, which would give the same setting twice).
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         values = [float(value)]
@@ -25,7 +31,7 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
                 if len(parts) != 3:
                     raise ValueError
                 start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-                values = np.linspace(start, stop, max(count, 0)).tolist()
+                values = [round(v, RANGE_DECIMALS) for v in np.linspace(start, stop, max(count, 0)).tolist()]
             else:
                 values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
@@ -33,6 +39,11 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
                 f"{name} must be numbers separated by commas (0.9,0.95) or a range start:stop:count "
                 f"(0.1:0.9:33), got {value!r}"
             ) from None
+        if ":" in text and count == 1 and start != stop:
+            raise ConfigError(
+                f"{name}: the range {value!r} of one value would leave out its stop {stop!r}; give a count "
+                f"of at least 2, or the one value ({start!r})"
+            )
     elif isinstance(value, Sequence) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         values = [float(v) for v in value]
     else:
@@ -42,4 +53,7 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
     bad = [v for v in values if math.isnan(v) or not 0.0 <= v <= 1.0]
     if bad:
         raise ConfigError(f"{name}: thresholds are probabilities in [0, 1]; got {bad[0]!r} in {value!r}")
+    twice = sorted(v for v, n in collections.Counter(values).items() if n > 1)
+    if twice:
+        raise ConfigError(f"{name}: {twice[0]!r} is given twice in {value!r}; each threshold once")
     return values

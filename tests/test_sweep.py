@@ -119,7 +119,14 @@ def test_concat_sorts_by_key_and_is_independent_of_sharding():
 def test_parse_grid():
     assert parse_grid("0.9,0.95, 0.99", name="x") == [0.9, 0.95, 0.99]
     assert parse_grid("0.1:0.9:5", name="x") == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
-    assert parse_grid("0:1:1", name="x") == [0.0]
+    assert parse_grid("0.5:0.5:1", name="x") == [0.5]
+    # issue 20: range values as written, not numpy's 0.6000000000000001; no stop left out; no setting twice
+    assert parse_grid("0.3:0.9:7", name="x") == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert parse_grid("0:1:41", name="x")[::10] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ConfigError, match=r"x: the range '0.2:0.8:1' of one value would leave out its stop 0.8"):
+        parse_grid("0.2:0.8:1", name="x")
+    with pytest.raises(ConfigError, match=r"x: 0.5 is given twice in '0.5,0.9,0.5'"):
+        parse_grid("0.5,0.9,0.5", name="x")
     assert parse_grid([0.5, 1], name="x") == [0.5, 1.0]
     with pytest.raises(ConfigError, match=r"--first-thresholds: thresholds are probabilities in \[0, 1\]; got 1.5"):
         parse_grid("0.5,1.5", name="--first-thresholds")

@@ -1,0 +1,68 @@
+"""Issue 20: inputs that are bounded or refused with a reason, never a hang, a traceback or a silent change."""
+
+import io
+import os
+import shutil
+import struct
+
+import pytest
+from click.testing import CliRunner
+from helpers import write_job
+from PIL import Image
+
+from cache.manifest import CacheError, read_manifest
+from cli import main
+from jobs.config import load_job
+from jobs.extract import ExtractOptions, extract
+
+
+@pytest.fixture
+def private(anet, checkpoint, tmp_path):
+    """A private copy of the ActivityNet fixture and its job file."""
+    top = os.path.dirname(anet["frames"])
+    shutil.copytree(top, tmp_path / "data")
+    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
+    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+
+
+def _bomb(path, width=30000, height=30000):
+    """A small JPEG whose header claims ``width`` x ``height`` pixels (PIL refuses it as a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_a_decompression_bomb_and_a_fifo_are_skipped_with_their_reason(private, tmp_path):
+    paths, job_file = private
+    _bomb(os.path.join(paths["frames"], "v_alpha.mp4", "img_00001.jpeg"))  # sampled: position 0
+    fifo = os.path.join(paths["frames"], "v_echo.mp4", "img_00001.jpeg")
+    os.remove(fifo)
+    os.mkfifo(fifo)  # opening it for reading would block for ever
+    result = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4))
+    reasons = {s["video"]: s["reason"] for s in result.skipped}
+    assert "decompression bomb" in reasons["v_alpha.mp4"].lower() and "img_00001.jpeg" in reasons["v_alpha.mp4"]
+    assert reasons["v_echo.mp4"] == f"cannot read frame {fifo}: a FIFO, not a frame file"
+    assert result.n_videos == 4
+    r = CliRunner().invoke(main, ["infer", job_file, "--out", str(tmp_path / "infer"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "v_alpha.mp4" in r.output and "v_echo.mp4" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name", ["../../outside.h5", "/tmp/outside.h5", "sub/shard-00000.h5", "manifest.json"])
+def test_a_manifest_naming_a_shard_outside_the_cache_is_refused(private, tmp_path, name):
+    _, job_file = private
+    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4)).cache_dir
+    manifest = os.path.join(cache_dir, "manifest.json")
+    text = open(manifest).read()
+    open(manifest, "w").write(text.replace('"shard-00000.h5"', f'"{name}"'))
+    with pytest.raises(CacheError, match=f"shard name {name!r}"):
+        read_manifest(cache_dir)
+    # extract names the manifest and writes nothing outside the cache
+    r = CliRunner().invoke(main, ["extract", job_file, "--cache", str(tmp_path / "cache"), "--shard-size", "4"])
+    assert r.exit_code == 1 and "shard name" in r.output and "Traceback" not in r.output, r.output
+    assert not os.path.exists(os.path.join(cache_dir, name)) or name == "manifest.json"
+    assert not (tmp_path / "outside.h5").exists() and not os.path.exists("/tmp/outside.h5")
