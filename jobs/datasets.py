@@ -92,12 +92,28 @@ def read_class_list(path: str) -> list[str]:
     return names
 
 
+def unsafe_key(key: str) -> str | None:
+    """Why ``key`` cannot name a folder directly under the frames root (``None`` when it can).
+
+    A key is joined to ``data.path_frame`` (and ``prepare frames`` writes there): one with a
+    path separator, ``.`` or ``..``, or a NUL would name a folder elsewhere.
+    """
+    if key in (".", ".."):
+        return f"{key!r} names a folder itself, not one under it"
+    if "/" in key or os.sep in key or (os.altsep and os.altsep in key):
+        return f"{key!r} holds a path separator"
+    if "\0" in key:
+        return f"{key!r} holds a NUL character"
+    return None
+
+
 def read_split(path: str) -> list[str]:
     """Video keys of a split file, in file order (lines stripped, blank lines ignored).
 
     A key listed twice is an error naming both lines: dropping the copy would
     evaluate something other than what the file says, and counting it twice
-    would weigh that video double.
+    would weigh that video double. A key that is not one folder name under the
+    frames root (:func:`unsafe_key`) is an error naming its line.
     """
     with _open(path, "split file", "data.path_split") as handle:
         lines = [line.strip() for line in handle.read().splitlines()]
@@ -105,6 +121,11 @@ def read_split(path: str) -> list[str]:
     for number, key in enumerate(lines, start=1):
         if not key:
             continue
+        why = unsafe_key(key)
+        if why:
+            raise DatasetError(
+                f"split file {path}, line {number}: the video key {why}: a key is one folder name under data.path_frame"
+            )
         if key in seen:
             raise DatasetError(f"split file {path}: {key!r} appears on lines {seen[key]} and {number}")
         seen[key] = number

@@ -39,6 +39,7 @@ from .datasets import (
     read_split,
     read_tags,
     split_key,
+    unsafe_key,
 )
 from .ffmpeg import FFmpeg, command_line, find_ffmpeg, frames_argv, input_duration, official_command
 from .ffmpeg import problems as ffmpeg_problems
@@ -443,6 +444,13 @@ def build_split(
             names = set(read_tags(categories))
     else:
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
+    for key in keys:
+        why = unsafe_key(key)
+        if why:
+            raise PrepareError(
+                f"{annotation}: the video key {why}: its id cannot name a frame folder under FRAMES_DIR; "
+                "fix the annotation file"
+            )
     missing: list[str] = []
     if classes:
         known = set(read_class_list(classes))

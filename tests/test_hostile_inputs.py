@@ -66,3 +66,32 @@ def test_a_manifest_naming_a_shard_outside_the_cache_is_refused(private, tmp_pat
     assert r.exit_code == 1 and "shard name" in r.output and "Traceback" not in r.output, r.output
     assert not os.path.exists(os.path.join(cache_dir, name)) or name == "manifest.json"
     assert not (tmp_path / "outside.h5").exists() and not os.path.exists("/tmp/outside.h5")
+
+
+@pytest.mark.parametrize("key", ["../../../etc/passwd", "/abs/path", "a/../../x", ".."])
+def test_a_split_key_that_would_leave_the_frames_root_is_refused_naming_its_line(private, tmp_path, key):
+    paths, job_file = private
+    with open(paths["split"], "a") as f:
+        f.write(f"{key}\n")
+    line = len(open(paths["split"]).read().splitlines())
+    for command in (["infer", job_file, "--out", str(tmp_path / "o")], ["prepare", "check", job_file]):
+        r = CliRunner().invoke(main, command)
+        assert r.exit_code == 1, r.output
+        assert f"split file {paths['split']}, line {line}: the video key {key!r}" in r.output, r.output
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_prepare_splits_refuses_an_annotation_id_that_is_a_path(tmp_path):
+    import json
+
+    annotation = tmp_path / "anet.json"
+    database = {
+        "abc": {"subset": "validation", "annotations": [{"label": "Dancing", "segment": [0, 1]}]},
+        "../../x": {"subset": "validation", "annotations": [{"label": "Dancing", "segment": [0, 1]}]},
+    }
+    annotation.write_text(json.dumps({"database": database}))
+    out = tmp_path / "split.txt"
+    r = CliRunner().invoke(main, ["prepare", "splits", str(annotation), "--dataset", "activitynet", "--out", str(out)])
+    assert r.exit_code == 1 and "the video key 'v_../../x.mp4' holds a path separator" in r.output, r.output
+    assert not out.exists()
