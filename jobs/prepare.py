@@ -297,6 +297,32 @@ class FramesResult:
     predating: int = 0
 
 
+def check_prefix(prefix: str) -> None:
+    """Raise :class:`PrepareError` unless ``prefix`` makes frame file names in the video's own folder.
+
+    The frames are ``<folder>/<prefix>_00001.jpeg``: a path separator (``../../x``, an absolute path) would
+    write them elsewhere, and ``%`` is ffmpeg's pattern character.
+    """
+    bad = (
+        "is empty"
+        if not prefix
+        else "holds a path separator"
+        if "/" in prefix or os.sep in prefix or (os.altsep and os.altsep in prefix)
+        else "holds '%', ffmpeg's pattern character"
+        if "%" in prefix
+        else "starts with '.'"
+        if prefix.startswith(".")
+        else "holds a NUL or a line break"
+        if any(c in prefix for c in "\0\n\r")
+        else None
+    )
+    if bad:
+        raise PrepareError(
+            f"--prefix {prefix!r} {bad}: frames are written as FRAMES_DIR/<video>/<prefix>_00001.jpeg, so the "
+            "prefix is part of a file name (the official one is img)"
+        )
+
+
 def prepare_frames(
     videos_dir: str,
     frames_dir: str,
@@ -325,6 +351,7 @@ def prepare_frames(
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
     if not os.path.isdir(videos_dir):
         raise PrepareError(f"videos folder not found: {videos_dir}")
+    check_prefix(prefix)
     preset = dict(PRESETS[dataset], prefix=prefix)
     videos = find_videos(videos_dir)
     check_writable_dir(frames_dir, "FRAMES_DIR")

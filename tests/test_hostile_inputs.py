@@ -95,3 +95,17 @@ def test_prepare_splits_refuses_an_annotation_id_that_is_a_path(tmp_path):
     r = CliRunner().invoke(main, ["prepare", "splits", str(annotation), "--dataset", "activitynet", "--out", str(out)])
     assert r.exit_code == 1 and "the video key 'v_../../x.mp4' holds a path separator" in r.output, r.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("prefix", ["../../x", "/tmp/abs", "a/b", "img%d", ".hidden", ""])
+def test_prepare_frames_refuses_a_prefix_that_is_not_a_file_name_before_any_work(tmp_path, prefix):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "v_abc.mp4").write_bytes(b"not decoded: the prefix is refused first")
+    out = tmp_path / "frames"
+    r = CliRunner().invoke(
+        main, ["prepare", "frames", str(videos), str(out), "--dataset", "activitynet", "--prefix", prefix]
+    )
+    assert r.exit_code == 1 and f"--prefix {prefix!r}" in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists() or not os.listdir(out)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x_00001.jpeg").exists()
