@@ -412,12 +412,15 @@ class Split:
         Kinetics classes, Mini-Kinetics uses 200 of them); HVU, every tag.
     num_class : int
         ``model.num_class`` of the dataset's bundled job file (200, or 3,142 for HVU).
+    left_out : list of str
+        What the annotations hold that the split leaves out, counted, in words.
     """
 
     keys: list[str]
     missing: list[str]
     classes: list[str]
     num_class: int  # model.num_class of the dataset's bundled job file
+    left_out: list[str] = field(default_factory=list)
 
 
 def build_split(
@@ -440,6 +443,7 @@ def build_split(
     """
     if dataset != "hvu" and (categories or key_format):
         raise PrepareError(f"--categories and --key-format are for --dataset hvu, not {dataset}")
+    left_out: list[str] = []
     if dataset == "activitynet":
         try:
             with open(annotation, encoding="utf-8") as handle:
@@ -447,6 +451,18 @@ def build_split(
         except (OSError, ValueError, KeyError) as exc:
             raise PrepareError(f"cannot read ActivityNet annotations {annotation}: {exc}") from None
         keys = sorted(f"v_{vid}.mp4" for vid, entry in database.items() if entry.get("subset") == "validation")
+        other_case = sorted(
+            f"v_{vid}.mp4"
+            for vid, entry in database.items()
+            if isinstance(entry.get("subset"), str)
+            and entry["subset"] != "validation"
+            and entry["subset"].strip().lower() == "validation"
+        )
+        if other_case:
+            left_out.append(
+                f"{len(other_case)} video(s) whose subset is written otherwise than 'validation' (the official "
+                f"code's exact comparison): {', '.join(other_case[:5])}"
+            )
         labels = read_labels("activitynet1.3", annotation)
         names = {lab for labs in labels.values() for lab in labs}
     elif dataset == "minikinetics":
@@ -462,6 +478,9 @@ def build_split(
         for key in labels:
             by_id.setdefault(key.rsplit("_", 2)[0], []).append(key)
         keys = sorted({k for w in wanted for k in (by_id.get(w.removesuffix(".mp4"), []) if w not in labels else [w])})
+        absent = [w for w in wanted if w not in labels and w.removesuffix(".mp4") not in by_id]
+        if absent:
+            left_out.append(f"{len(absent)} id(s) of {val_list} without a row in {annotation}: {', '.join(absent[:5])}")
         names = {lab for k in keys for lab in labels[k]}
     elif dataset == "hvu":
         labels = read_labels("hvu", annotation, key_format)
@@ -471,6 +490,11 @@ def build_split(
             names = set(read_tags(categories))
     else:
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
+    if not keys:
+        raise PrepareError(
+            f"{annotation} gives no validation video: the split would be empty"
+            + (f" ({'; '.join(left_out)})" if left_out else "")
+        )
     for key in keys:
         why = unsafe_key(key)
         if why:
@@ -482,7 +506,7 @@ def build_split(
     if classes:
         known = set(read_class_list(classes))
         missing = sorted({lab for k in keys for lab in labels.get(k, []) if lab not in known})
-    return Split(keys, missing, sorted(names), JOB_NUM_CLASS[dataset])
+    return Split(keys, missing, sorted(names), JOB_NUM_CLASS[dataset], left_out)
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,7 @@ def render_splits_summary(split: Any, *, out_path: str, classes: str | None, cla
     ``split``: ``keys``, ``missing`` (labels not in ``classes``), ``classes`` (written to ``classes_out``).
     """
     lines = [f"FrameExit prepare splits: {len(split.keys)} videos written to {out_path}"]
+    lines += [f"  left out: {what}" for what in getattr(split, "left_out", [])]
     if split.missing:
         lines.append(f"  {len(split.missing)} label(s) missing from {classes}: " + "; ".join(split.missing[:20]))
     if classes_out:

@@ -109,3 +109,33 @@ def test_prepare_frames_refuses_a_prefix_that_is_not_a_file_name_before_any_work
     assert r.exit_code == 1 and f"--prefix {prefix!r}" in r.output and "Traceback" not in r.output, r.output
     assert not out.exists() or not os.listdir(out)
     assert not (tmp_path / "x").exists() and not (tmp_path / "x_00001.jpeg").exists()
+
+
+def test_prepare_splits_counts_what_it_leaves_out_and_refuses_an_empty_split(tmp_path, minik):
+    import json
+
+    annotation = tmp_path / "anet.json"
+    dancing = {"annotations": [{"label": "Dancing", "segment": [0, 1]}]}
+    database = {"a": {"subset": "validation", **dancing}, "b": {"subset": "Validation", **dancing}}
+    annotation.write_text(json.dumps({"database": database}))
+    out = tmp_path / "split.txt"
+    r = CliRunner().invoke(main, ["prepare", "splits", str(annotation), "--dataset", "activitynet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 videos written" in r.output and "left out: 1 video(s) whose subset is written otherwise" in r.output
+    assert "v_b.mp4" in r.output and out.read_text() == "v_a.mp4\n"
+    database["a"]["subset"] = "training"
+    annotation.write_text(json.dumps({"database": database}))
+    out.unlink()
+    r = CliRunner().invoke(main, ["prepare", "splits", str(annotation), "--dataset", "activitynet", "--out", str(out)])
+    assert r.exit_code == 1 and "gives no validation video: the split would be empty" in r.output, r.output
+    assert not out.exists()
+    # Mini-Kinetics: ids of the list without a row in the CSV are counted
+    val_list = tmp_path / "mini_val_videofolder.txt"
+    import csv
+
+    first_id = next(csv.DictReader(open(minik["labels"], newline="")))["youtube_id"]
+    val_list.write_text(f"{first_id} 10 3\nnot_in_the_csv 10 3\n")
+    args = ["prepare", "splits", minik["labels"], "--dataset", "minikinetics", "--val-list", str(val_list)]
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"left out: 1 id(s) of {val_list} without a row in {minik['labels']}: not_in_the_csv" in r.output
