@@ -123,6 +123,24 @@ def _start(ffmpeg: FFmpeg, video: str, frames_dir: str, *, fps: int, min_side: i
     return _Running(video, key, tmp, proc, log)
 
 
+def _holds_anything(frames_dir: str, key: str) -> bool:
+    """Whether ``<frames_dir>/<key>`` is there and not an empty folder."""
+    path = os.path.join(frames_dir, key)
+    if not os.path.lexists(path):
+        return False
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return True  # a file, or a folder that cannot be listed: not ours to replace
+
+
+def _occupied(path: str) -> str:
+    return (
+        f"{path} is there without *.jpeg frames but holds other files (another tool's frames?): "
+        "not replaced; move it away to have it made"
+    )
+
+
 def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
     """Rename a complete folder into place, or say why there is none."""
     status = task.proc.returncode
@@ -132,9 +150,13 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
     count = sum(name.endswith(".jpeg") for name in os.listdir(task.tmp))
     if status == 0 and count:
         final = os.path.join(frames_dir, task.key)
-        if os.path.isdir(final):
-            shutil.rmtree(final)  # a folder without frames, or left by another tool: redone
-        os.rename(task.tmp, final)
+        try:
+            if os.path.isdir(final):
+                os.rmdir(final)  # an empty folder is replaced; one holding anything is another tool's (see below)
+            os.rename(task.tmp, final)
+        except OSError:
+            shutil.rmtree(task.tmp, ignore_errors=True)
+            return _Outcome(task.video, task.key, error=_occupied(final))
         return _Outcome(task.video, task.key, frames=count)
     shutil.rmtree(task.tmp, ignore_errors=True)
     duration = input_duration(log)
@@ -362,7 +384,15 @@ def prepare_frames(
             shutil.rmtree(os.path.join(frames_dir, entry), ignore_errors=True)
     done = [key for key in videos if list_frames(frames_dir, key)]
     finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
-    todo = [path for key, path in videos.items() if key not in finished]
+    # a folder without our frames that holds anything (another tool's .jpg frames, notes) is not ours to replace
+    occupied = {key for key, path in videos.items() if key not in finished and _holds_anything(frames_dir, key)}
+    todo = [path for key, path in videos.items() if key not in finished and key not in occupied]
+    refused = [
+        {"video": os.path.basename(videos[key]), "reason": _occupied(os.path.join(frames_dir, key))}
+        for key in sorted(occupied)
+    ]
+    if not todo and refused:
+        return FramesResult({}, sorted(done), refused)
     if not todo:
         if manifest is None:
             return FramesResult({}, sorted(done))
@@ -371,7 +401,7 @@ def prepare_frames(
     binary = find_ffmpeg(ffmpeg)
     manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
     written: dict[str, int] = {}
-    failed: list[dict[str, str]] = []
+    failed = list(refused)
     too_short: list[dict[str, str]] = []
     run = _run(binary, todo, frames_dir, workers=workers, **preset)
     with contextlib.closing(run):

@@ -695,3 +695,22 @@ def test_ffmpeg_log_reading():
     assert input_duration(log) == 62.5 and input_duration("[info]   Duration: N/A, start: 0") is None
     assert problems(log) == "moov atom not found; Error opening input: Invalid data found when processing input"
     assert problems('Unrecognized option "x"\nInvalid loglevel "level+info"\n') == 'Invalid loglevel "level+info"'
+
+
+def test_prepare_frames_replaces_only_folders_it_made(videos, tmp_path):
+    # issue 20, item 3: a folder without *.jpeg that holds another tool's frames or notes is not deleted
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(videos / "v_land25.mp4", raw / "v_land25.mp4")
+    shutil.copy(videos / "v_port30.mp4", raw / "v_port30.mp4")
+    out = tmp_path / "frames"
+    theirs = out / "v_land25.mp4"
+    theirs.mkdir(parents=True)
+    (theirs / "frame_0001.jpg").write_bytes(b"another tool's frame")
+    (theirs / "notes.txt").write_text("keep me")
+    (out / "v_port30.mp4").mkdir()  # an empty folder: replaced
+    r = _prepare("frames", raw, out, "--dataset", "activitynet")
+    assert r.exit_code == 1, r.output
+    assert f"{theirs} is there without *.jpeg frames but holds other files" in r.output
+    assert sorted(os.listdir(theirs)) == ["frame_0001.jpg", "notes.txt"]
+    assert len([f for f in os.listdir(out / "v_port30.mp4") if f.endswith(".jpeg")]) == 3
