@@ -132,19 +132,33 @@ def read_split(path: str) -> list[str]:
     return list(seen)
 
 
-def read_activitynet_labels(path: str) -> dict[str, list[str]]:
-    """``{'v_<id>.mp4': [label, ...]}`` from ``database[<id>]['annotations'][*]['label']``."""
+def read_activitynet_database(path: str) -> Mapping[str, Mapping]:
+    """``database`` of an ActivityNet annotation file: ``{<id>: entry}``, each entry a mapping.
+
+    :class:`DatasetError` naming the file for anything else: invalid JSON, JSON nested deeper than
+    Python's parser goes, no ``database`` mapping, or an entry that is not a mapping.
+    """
     with _open(path, "ActivityNet label file", "data.path_label") as handle:
         try:
             doc = json.load(handle)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"ActivityNet label file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DatasetError(f"ActivityNet label file {path} is nested too deeply to be annotations") from None
     database = doc.get("database") if isinstance(doc, Mapping) else None
     if not isinstance(database, Mapping):
         raise DatasetError(f"ActivityNet label file {path} has no 'database' mapping")
-    labels = {}
     for vid, entry in database.items():
-        annotations = entry.get("annotations", []) if isinstance(entry, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise DatasetError(f"ActivityNet label file {path}: database[{vid!r}] is {entry!r}, not an entry")
+    return database
+
+
+def read_activitynet_labels(path: str) -> dict[str, list[str]]:
+    """``{'v_<id>.mp4': [label, ...]}`` from ``database[<id>]['annotations'][*]['label']``."""
+    labels = {}
+    for vid, entry in read_activitynet_database(path).items():
+        annotations = entry.get("annotations", [])
         if not isinstance(annotations, list) or not all(isinstance(a, Mapping) and "label" in a for a in annotations):
             raise DatasetError(f"ActivityNet label file {path}: database[{vid!r}] has malformed 'annotations'")
         labels[f"v_{vid}.mp4"] = [str(a["label"]) for a in annotations]

@@ -34,6 +34,7 @@ from .datasets import (
     FolderHints,
     list_frames,
     load_categories,
+    read_activitynet_database,
     read_class_list,
     read_labels,
     read_split,
@@ -475,11 +476,7 @@ def build_split(
         raise PrepareError(f"--categories and --key-format are for --dataset hvu, not {dataset}")
     left_out: list[str] = []
     if dataset == "activitynet":
-        try:
-            with open(annotation, encoding="utf-8") as handle:
-                database = json.load(handle)["database"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise PrepareError(f"cannot read ActivityNet annotations {annotation}: {exc}") from None
+        database = read_activitynet_database(annotation)
         keys = sorted(f"v_{vid}.mp4" for vid, entry in database.items() if entry.get("subset") == "validation")
         other_case = sorted(
             f"v_{vid}.mp4"

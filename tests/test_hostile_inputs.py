@@ -139,3 +139,22 @@ def test_prepare_splits_counts_what_it_leaves_out_and_refuses_an_empty_split(tmp
     r = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert f"left out: 1 id(s) of {val_list} without a row in {minik['labels']}: not_in_the_csv" in r.output
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"database": [1, 2]}', "has no 'database' mapping"),
+        ("[1, 2]", "has no 'database' mapping"),
+        ('{"database": {"abc": 5}}', "database['abc'] is 5, not an entry"),
+        ('{"database": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+)
+def test_prepare_splits_names_a_malformed_activitynet_file(tmp_path, text, why):
+    annotation = tmp_path / "anet.json"
+    annotation.write_text(text)
+    out = tmp_path / "split.txt"
+    r = CliRunner().invoke(main, ["prepare", "splits", str(annotation), "--dataset", "activitynet", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert f"ActivityNet label file {annotation}" in r.output and why in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
