@@ -41,7 +41,7 @@ def resolve_batching(batching: str, *, clips: bool, cuda: bool) -> str:
     """The mode ``auto`` stands for when extracting: ``batched`` on CUDA (one frame per forward pass would
     leave a GPU mostly idle), ``per-step`` on a CPU (exact; on this project's CPUs no slower, or at most
     about 1.6 times slower, see the README). A 3D backbone on a CPU runs one clip per forward pass in
-    either mode, so ``auto`` keeps ``batched`` there, the key of its caches made before the mode existed."""
+    either mode (exact either way), so ``auto`` keeps ``batched`` there."""
     if batching != AUTO:
         return batching
     return BATCHED if cuda or clips else PER_STEP

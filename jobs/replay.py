@@ -155,10 +155,13 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     check_writable_dir(out_dir, "--out")
-    cache = _open_cache(job, options)
+    # the first checkpoint is read once: its backbone digest names the cache, its head replays
+    first = checkpoint_state(job, job.checkpoints[0])
+    cache = _open_cache(job, options, backbone_digest(first))
     categories = load_categories(job.data)
     n_videos = usable_videos(cache.manifest)
-    heads = _load_heads(job, cache)
+    heads = _load_heads(job, cache, first)
+    del first
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
@@ -254,12 +257,15 @@ def _grid(job: Job, options: ReplayOptions) -> _Grid:
     return _Grid(first, gate, default, order, options.per_video)
 
 
-def _load_heads(job: Job, cache: FeatureCache) -> list[HeadState]:
-    """Every checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache."""
+def _load_heads(job: Job, cache: FeatureCache, first: dict | None = None) -> list[HeadState]:
+    """Every checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache.
+
+    ``first``: the first checkpoint's state dict when already read.
+    """
     cache_digest = cache.manifest.inputs.get("backbone_digest")
     heads = []
-    for checkpoint in job.checkpoints:
-        state = checkpoint_state(job, checkpoint)
+    for i, checkpoint in enumerate(job.checkpoints):
+        state = first if i == 0 and first is not None else checkpoint_state(job, checkpoint)
         digest = backbone_digest(state)
         if digest != cache_digest:
             raise ConfigError(
@@ -524,7 +530,7 @@ def _checkpoint_names(paths: Sequence[str]) -> list[str]:
     return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
 
-def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
+def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> FeatureCache:
     """The job's cache: the directory its key names under the root, or ``--features`` (checked against the job).
 
     The key is computed as ``extract`` computes it (:func:`cache.inputs.key_inputs`), with
@@ -535,7 +541,8 @@ def _open_cache(job: Job, options: ReplayOptions) -> FeatureCache:
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
     checkpoint = job.checkpoints[0]
-    digest = backbone_digest(checkpoint_state(job, checkpoint))
+    if digest is None:
+        digest = backbone_digest(checkpoint_state(job, checkpoint))
     modes = (PER_STEP, BATCHED) if options.batching == "auto" else (options.batching,)
     inputs = [
         key_inputs(
