@@ -206,7 +206,8 @@ _option("--budget", type=click.FloatRange(min=0), callback=_finite, metavar="GFL
 _option("--calibrate-on", type=ExistingPath(file_okay=False), metavar="RUN_DIR",
         help="Choose the budget setting on another run's sweep (e.g. a held-out split), evaluate it here. It "
         "must be of the same dataset, class list, checkpoints and policy order, over other videos.")
-_option("--baseline", type=ExistingPath(dir_okay=False), metavar="SUMMARY_JSON",
+# not checked here: a report killed while replacing its files leaves no summary.json until a reader finishes it
+_option("--baseline", type=click.Path(dir_okay=False), metavar="SUMMARY_JSON",
         help="Compare the job's setting with an earlier summary.json of the same dataset, split, labels, class "
         "list, checkpoints (by SHA-256) and metrics; every checkpoint in it must be in this run, and the gate "
         "fails when the two evaluated other videos (see --accept-missing).")

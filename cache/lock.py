@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
-from filelock import FileLock, Timeout
+from frameexit.atomic import folder_lock
 
 from .manifest import CacheError
 
@@ -21,12 +20,6 @@ def writer_lock(cache_dir: str) -> Iterator[None]:
     leaves nothing to clean up); readers do not take it: they read complete
     shards only, checked against the manifest.
     """
-    lock = FileLock(os.path.join(cache_dir, LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise CacheError(f"another frameexit extract is writing {cache_dir}; wait for it to finish") from None
-    try:
+    busy = f"another frameexit extract is writing {cache_dir}; wait for it to finish"
+    with folder_lock(cache_dir, busy, lock_name=LOCK, error=CacheError):
         yield
-    finally:
-        lock.release()

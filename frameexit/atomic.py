@@ -62,7 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -80,7 +80,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         handle.flush()
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
     # the rename itself is durable only once the directory entry is on disk
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -88,3 +88,41 @@ def _fsync_dir(directory: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+#: The lock file of a folder a frameexit command writes (``--out``, FRAMES_DIR).
+LOCK_NAME = ".frameexit.lock"
+
+
+class BusyError(OutputError):
+    """Another frameexit process is writing the same folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(
+    folder: str | os.PathLike,
+    busy: str | None = None,
+    lock_name: str = LOCK_NAME,
+    error: type[Exception] = BusyError,
+) -> Iterator[None]:
+    """Hold ``<folder>/<lock_name>`` while writing ``folder``, or raise :class:`BusyError` at once.
+
+    An operating-system lock (``flock``), released when its process dies: a
+    killed writer leaves nothing to clean up, and a second writer is told so
+    before it touches anything. ``busy`` is the message of that error (default:
+    another frameexit command is writing ``folder``), ``error`` its class.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = os.fspath(folder)
+    lock = FileLock(os.path.join(folder, lock_name), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise error(busy or f"another frameexit command is writing {folder}; wait for it to finish") from None
+    except OSError as exc:
+        raise OutputError(f"cannot lock {folder}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        yield
+    finally:
+        lock.release()

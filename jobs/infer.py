@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -18,8 +17,10 @@ from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
 from frameexit.sampling import clip_indices
+from reports.commit import output_set
 from reports.records import (
     METRICS_FILE,
+    REPLAY_FILE,
     InferCheckpoint,
     InferDataset,
     InferMetrics,
@@ -37,11 +38,10 @@ from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import exact_fp32, load_model, resolve_device, step_costs
+from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-
-VIDEOS_FILE = "videos.parquet"
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     """Evaluate the job's checkpoint on its split with sequential early exit.
 
     Writes ``<out_dir>/videos.parquet`` (one row per evaluated video) and
-    ``<out_dir>/metrics.json``; both are written only once every video is done,
-    and stale copies are removed first, so an interrupted run leaves nothing
-    that looks complete.
+    ``<out_dir>/metrics.json`` once every video is done, as one set
+    (:mod:`jobs.outputs`) that replaces the previous one (and removes a
+    replay's outputs there, which would not match it): an interrupted or
+    failed run leaves the previous files as they were.
 
     Parameters
     ----------
@@ -75,16 +76,22 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     if len(job.checkpoints) != 1:
         raise ConfigError(f"infer evaluates one checkpoint, but checkpoint.init lists {len(job.checkpoints)}")
     checkpoint = job.checkpoints[0]
-    data, model_cfg = job.data, job.model
     torch_device = resolve_device(device)
 
     check_writable_dir(out_dir, "--out")
-    videos_path = os.path.join(out_dir, VIDEOS_FILE)
-    metrics_path = os.path.join(out_dir, METRICS_FILE)
-    for stale in (videos_path, metrics_path):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
+    stale = (SWEEP_FILE, REPLAY_FILE, *REPORT_FILES)  # a replay's outputs would no longer match videos.parquet
+    with writing(out_dir), output_set(out_dir, INFER_FILES, seals=(METRICS_FILE,), stale=stale) as stage:
+        document = _infer_into(job, checkpoint, torch_device, stage, progress)
+    paths = out_paths(out_dir, INFER_FILES)
+    return InferResult(out_dir, paths[VIDEOS_FILE], paths[METRICS_FILE], document)
 
+
+def _infer_into(
+    job: Job, checkpoint: str, torch_device: torch.device, folder: str, progress: bool | None
+) -> InferMetrics:
+    """:func:`infer`'s evaluation, its two files written into ``folder`` (a staging folder); ``metrics.json``."""
+    data, model_cfg = job.data, job.model
+    videos_path, metrics_path = (os.path.join(folder, name) for name in INFER_FILES)
     dataset = load_job_dataset(data, model_cfg.num_class)
     require_videos(len(dataset.videos), dataset.skipped, data.path_split)
     categories = load_categories(data)
@@ -182,7 +189,6 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
             gmacs_measured="multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
         ),
     )
-    os.makedirs(out_dir, exist_ok=True)
     name = os.path.basename(checkpoint)
     write_table(
         videos_path,
@@ -199,4 +205,4 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
         VIDEOS,
     )
     write_json(metrics_path, document)
-    return InferResult(out_dir, videos_path, metrics_path, document)
+    return document

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from frameexit.atomic import atomic_write, check_writable_dir
+from frameexit.atomic import atomic_write, check_writable_dir, folder_lock
 from frameexit.errors import DatasetError, FrameExitError
 
 from .datasets import (
@@ -368,7 +368,8 @@ def prepare_frames(
     command or FFmpeg version that would write frames raises
     :class:`PrepareError` before any work. ``FramesResult.written`` and
     ``already_done`` are by split key, ``failed`` and ``too_short`` by video
-    file name.
+    file name. One ``prepare frames`` writes ``frames_dir`` at a time: a
+    second is refused (:class:`~frameexit.atomic.BusyError`) before any work.
     """
     if dataset not in PRESETS:
         raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
@@ -378,6 +379,22 @@ def prepare_frames(
     preset = dict(PRESETS[dataset], prefix=prefix)
     videos = find_videos(videos_dir)
     check_writable_dir(frames_dir, "FRAMES_DIR")
+    busy = f"another frameexit prepare frames is writing {frames_dir}; wait for it to finish"
+    with folder_lock(frames_dir, busy):
+        return _prepare_frames(videos, frames_dir, dataset, preset, workers=workers, ffmpeg=ffmpeg, progress=progress)
+
+
+def _prepare_frames(
+    videos: dict[str, str],
+    frames_dir: str,
+    dataset: str,
+    preset: dict[str, Any],
+    *,
+    workers: int,
+    ffmpeg: str | None,
+    progress: Callable[[Any, int], Any] | None,
+) -> FramesResult:
+    """:func:`prepare_frames` once its arguments are checked and ``frames_dir``'s lock is held."""
     manifest = read_manifest(frames_dir)
     _check_command(manifest, official_command(**preset), frames_dir)
     for entry in os.listdir(frames_dir):

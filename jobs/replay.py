@@ -11,7 +11,6 @@ made small enough for the memory available, and a grid that cannot fit is refuse
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -38,7 +37,9 @@ from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.sweep import (
     SweepMetrics,
 )
+from reports.commit import output_set
 from reports.records import (
+    METRICS_FILE,
     REPLAY_FILE,
     CacheRecord,
     CheckpointExactness,
@@ -60,15 +61,12 @@ from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
 from .model import checkpoint_state, step_costs
+from .outputs import REPLAY_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.parquet"
-VIDEOS_FILE = "videos.parquet"
-#: What ``frameexit report`` writes from a replay's outputs: stale once the replay changes.
-REPORT_FILES = ("summary.md", "summary.json", "curve.png")
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
 
@@ -143,18 +141,35 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     ``videos.parquet`` (per-video rows for the default setting, or every
     setting with ``per_video='all'``) and ``replay.json`` (provenance, grid,
     skipped videos; :class:`reports.records.ReplayRecord`) into ``out_dir``,
-    once everything is computed.
+    once everything is computed, as one set (:mod:`jobs.outputs`): they
+    replace an earlier replay's outputs, and its report (``summary.md``,
+    ``summary.json``, ``curve.png``) is removed in the same step. A replay
+    that fails or is killed leaves the previous outputs as they were.
 
     Everything that needs no computation is checked first (options, the
-    memory the grid needs, a writable ``out_dir``, the cache against the job,
-    every checkpoint's backbone); then the outputs of an earlier replay *and
-    its report* (``summary.md``, ``summary.json``, ``curve.png``) are removed,
-    so a replay that fails while computing leaves nothing that looks complete.
+    memory the grid needs, a writable ``out_dir`` that no other frameexit
+    command is writing, the cache against the job, every checkpoint's backbone).
     """
+    _check_grid(job, options)
+    check_writable_dir(out_dir, "--out")
+    stale = (METRICS_FILE, *REPORT_FILES)
+    with writing(out_dir), output_set(out_dir, REPLAY_FILES, seals=(REPLAY_FILE,), stale=stale) as stage:
+        record = replay_into(job, stage, options, progress=progress)
+    paths = out_paths(out_dir, REPLAY_FILES)
+    return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
+
+
+def _check_grid(job: Job, options: ReplayOptions) -> _Grid:
     grid = _grid(job, options)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
-    check_writable_dir(out_dir, "--out")
+    return grid
+
+
+def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool | None = None) -> ReplayRecord:
+    """The sweep of :func:`replay`, its three files written into ``folder`` (a staging folder); returns
+    ``replay.json``'s record."""
+    grid = _check_grid(job, options)
     # the first checkpoint is read once: its backbone digest names the cache, its head replays
     first = checkpoint_state(job, job.checkpoints[0])
     cache = _open_cache(job, options, backbone_digest(first))
@@ -170,7 +185,6 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
         limit=available_memory(),
     )
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
-    paths = _remove_stale_outputs(out_dir)
     metrics, rows, risks = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
     names = _checkpoint_names([h.name for h in heads])
@@ -178,13 +192,14 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     costs = [by_width[h.hidden_dim] for h in heads]
     per_frame = paper_per_frame(job.model.backbone_name)
     outputs = _Outputs(grid, names, costs, per_frame, categories, risks)
+    paths = out_paths(folder, REPLAY_FILES)
     write_table(paths[SWEEP_FILE], outputs.sweep_columns(metrics, n_videos), SWEEP)
     write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
     default_metrics = outputs.default_metrics(metrics)
     record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
     record["exactness"] = _exactness_record(cache, names, risks)
     write_json(paths[REPLAY_FILE], record)
-    return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
+    return record
 
 
 @dataclass(frozen=True)
@@ -285,15 +300,6 @@ def _concurrency(options: ReplayOptions) -> int:
     if options.scheduler in LOCAL_SCHEDULERS:
         return 1 if options.scheduler == "sync" else (os.cpu_count() or 1)
     return 1  # a remote cluster's tasks use its own machines' memory
-
-
-def _remove_stale_outputs(out_dir: str) -> dict[str, str]:
-    """Remove an earlier replay's outputs and its report from ``out_dir``; the paths of all of them, by name."""
-    paths = {name: os.path.join(out_dir, name) for name in (SWEEP_FILE, VIDEOS_FILE, REPLAY_FILE, *REPORT_FILES)}
-    for stale in paths.values():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
-    return paths
 
 
 def _sweep(

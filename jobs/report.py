@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import io
 import json
 import math
 import os
@@ -19,9 +18,11 @@ import pyarrow.parquet as pq
 import frameexit
 from frameexit.atomic import atomic_write, check_writable_dir
 from frameexit.errors import UsageError
+from reports.commit import output_set, settled
 from reports.markdown import render_markdown
 from reports.plot import plot_curve
 from reports.records import (
+    REPLAY_FILE,
     SCHEMA_VERSION,
     SUMMARY_FILE,
     Provenance,
@@ -56,10 +57,9 @@ from reports.summary import (
 from reports.write import jsonable, write_json
 
 from .config import Job
-from .replay import REPLAY_FILE, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE
+from .outputs import CURVE_PNG, REPORT_FILES, SUMMARY_JSON, SUMMARY_MD, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay import _checkpoint_names as checkpoint_names
 
-SUMMARY_MD, SUMMARY_JSON, CURVE_PNG = REPORT_FILES
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
 REGRESSION_EXIT = 3
 ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
@@ -103,6 +103,7 @@ class Baseline:
 
 def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
     """Paths of ``sweep.parquet`` and ``replay.json`` in ``run_dir``; :class:`ReportInputError` if one is missing."""
+    settled(run_dir)  # a replay killed while moving its files into place: finish it (or refuse) before reading
     sweep, meta = os.path.join(run_dir, SWEEP_FILE), os.path.join(run_dir, REPLAY_FILE)
     for path in (sweep, meta):
         if not os.path.isfile(path):
@@ -189,9 +190,12 @@ def read_baseline(path: str) -> Baseline:
 
     It must have this version's ``schema_version`` and every key of
     :class:`reports.records.Summary`. Read it before anything in its directory
-    is replaced: ``frameexit run`` reads it before replay removes the stale
-    report of ``--out``, which may be it.
+    is replaced: ``frameexit run`` reads it before its new report replaces
+    the one in ``--out``, which may be it.
     """
+    settled(os.path.dirname(os.path.abspath(path)))  # a report killed while moving its files: finish it first
+    if not os.path.isfile(path):
+        raise ReportInputError(f"--baseline file not found: {path}")
     try:
         with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
@@ -428,16 +432,23 @@ def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResu
 
     Every option is checked first (:func:`check_report_options`) and every input
     read before anything is written; nothing is deleted beforehand: the three
-    files are replaced atomically, so a baseline inside ``run_dir`` (the previous
-    report) is read intact and a failed report leaves the previous one as it was.
-    If writing fails midway, the three files are removed rather than left mixed.
+    files replace the previous ones as one set (:mod:`jobs.outputs`), so a
+    baseline inside ``run_dir`` (the previous report) is read intact, and a
+    report that fails or is killed leaves the previous one as it was.
 
     ``run_dir`` holds ``sweep.parquet`` and ``replay.json`` of ``frameexit replay``;
     ``options`` (:class:`ReportOptions`) the budget, calibration run, baseline and metric.
     """
     options = check_report_options(run_dir, options)
+    with writing(run_dir), output_set(run_dir, REPORT_FILES, seals=(SUMMARY_JSON,)) as stage:
+        summary = report_into(run_dir, stage, options)
+    return ReportResult(summary, out_paths(run_dir, REPORT_FILES))
+
+
+def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
+    """The report of :func:`report` on the replay outputs in ``run_dir``, its three files written into
+    ``folder`` (a staging folder); ``options`` as :func:`check_report_options` returns them."""
     calibrate_on, base = options.calibrate_on, options.baseline
-    paths = {name: os.path.join(run_dir, name) for name in (SUMMARY_MD, SUMMARY_JSON, CURVE_PNG)}
     rows, replay = read_run(run_dir)
     videos, video_results = read_video_results(run_dir, replay)
     calibration = None
@@ -472,19 +483,10 @@ def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResu
         and replay["backbone"].endswith("resnet50")
     )
     figure = plot_curve(summary, rows, published=published)
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
-    markdown = render_markdown(jsonable(summary))
-    try:
-        with atomic_write(paths[CURVE_PNG]) as handle:
-            handle.write(png.getvalue())
-        with atomic_write(paths[SUMMARY_MD], "w") as handle:
-            handle.write(markdown)
-        write_json(paths[SUMMARY_JSON], summary)  # last: what CI reads appears once the others are in place
-    except BaseException:
-        # a report half old and half new would look complete: leave none
-        for path in paths.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        raise
-    return ReportResult(summary, paths)
+    paths = out_paths(folder, REPORT_FILES)
+    with atomic_write(paths[CURVE_PNG]) as handle:
+        figure.savefig(handle, format="png")
+    with atomic_write(paths[SUMMARY_MD], "w") as handle:
+        handle.write(render_markdown(jsonable(summary)))
+    write_json(paths[SUMMARY_JSON], summary)
+    return summary

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from frameexit.atomic import check_writable_dir
+from reports.commit import output_set
+from reports.records import METRICS_FILE, REPLAY_FILE
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
-from .replay import ReplayOptions, ReplayResult, replay
-from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report
+from .outputs import REPLAY_FILES, REPORT_FILES, SUMMARY_JSON, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
+from .replay import ReplayOptions, ReplayResult, replay_into
+from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report_into
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +40,33 @@ def run(
 ) -> RunResult:
     """The whole job: every stage's artefacts in ``out_dir`` (the features in the cache).
 
+    The replay's and the report's files are written as one set, once both are
+    computed (:mod:`jobs.outputs`): a run that fails or is killed leaves
+    ``out_dir``'s previous files as they were.
     ``on_stage(name, result)`` is called after each stage (the CLI prints a line).
     Every option is checked before any work: a mistake in a report option must
     not surface after an hour of extraction.
     """
     check_writable_dir(out_dir, "--out")
-    # the baseline is read here: replay removes OUT/summary.json, which may be it (the previous run's report)
+    # the baseline is read here, before anything runs: it may be OUT/summary.json, which this run replaces
     report_options = check_report_options(out_dir, report_options or ReportOptions())
     check_job_comparable(job, report_options)  # a baseline or calibration run of another dataset or checkpoint
-    extracted = extract(job, extract_options, progress=progress)
-    if on_stage:
-        on_stage("extract", extracted)
-    # the cache just extracted or verified: no need to compute its key again
-    replay_options = dataclasses.replace(replay_options, features=extracted.cache_dir)
-    replayed = replay(job, out_dir, replay_options, progress=progress)
+    names = (*REPLAY_FILES, *REPORT_FILES)
+    # the lock is taken before extracting: a second run into the same --out is refused before an hour of work
+    with writing(out_dir):
+        extracted = extract(job, extract_options, progress=progress)
+        if on_stage:
+            on_stage("extract", extracted)
+        # the cache just extracted or verified: no need to compute its key again
+        replay_options = dataclasses.replace(replay_options, features=extracted.cache_dir)
+        # replay and report write one set: a report that fails leaves the previous replay and report together
+        with output_set(out_dir, names, seals=(REPLAY_FILE, SUMMARY_JSON), stale=(METRICS_FILE,)) as stage:
+            record = replay_into(job, stage, replay_options, progress=progress)
+            summary = report_into(stage, stage, report_options)
+    paths = out_paths(out_dir, names)
+    replayed = ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
+    reported = ReportResult(summary, out_paths(out_dir, REPORT_FILES))
     if on_stage:
         on_stage("replay", replayed)
-    reported = report(out_dir, report_options)
-    if on_stage:
         on_stage("report", reported)
     return RunResult(extracted, replayed, reported)

@@ -180,7 +180,9 @@ def test_no_partial_outputs_after_a_failure(anet, checkpoint, tmp_path, monkeypa
     monkeypatch.setattr(jobs.infer, "infer_video", fail_on_second)
     r = CliRunner().invoke(main, ["infer", job, "--out", str(out)])
     assert r.exit_code == 130 and "Interrupted" in r.output  # Ctrl-C: 128 + SIGINT, as shells report it
-    assert os.listdir(out) == []
+    # what was there stays as it was, and nothing of the interrupted run is left (but the lock file)
+    assert sorted(os.listdir(out)) == [".frameexit.lock", "metrics.json"]
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_console_script_runs(anet, checkpoint, tmp_path):

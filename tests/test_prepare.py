@@ -20,6 +20,7 @@ from helpers import class_names, official_state, write_job
 from PIL import Image
 
 from cli import main
+from frameexit.atomic import LOCK_NAME
 from jobs.ffmpeg import ffmpeg_version, find_ffmpeg
 
 EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
@@ -59,6 +60,11 @@ def videos(tmp_path_factory):
 
 def _frames(folder):
     return sorted(os.listdir(folder))
+
+
+def _entries(frames_dir):
+    """FRAMES_DIR's entries but the lock file every prepare frames holds there while it writes."""
+    return sorted(e for e in os.listdir(frames_dir) if e != LOCK_NAME)
 
 
 def _prepare(*args):
@@ -171,7 +177,7 @@ def test_killed_run_resumes(videos, tmp_path):
     assert len([n for n in os.listdir(out) if n.endswith(".mp4")]) < 6  # killed part-way
     r = CliRunner().invoke(main, ["prepare", "frames", str(many), str(out), "--dataset", "minikinetics"])
     assert r.exit_code == 0, r.output
-    assert sorted(os.listdir(out)) == [MANIFEST] + [f"v_copy{i}.mp4" for i in range(6)]  # no partial folder left
+    assert _entries(out) == [MANIFEST] + [f"v_copy{i}.mp4" for i in range(6)]  # no partial folder left
     assert all(len(_frames(out / f"v_copy{i}.mp4")) == 20 for i in range(6))
 
 
@@ -353,7 +359,7 @@ def test_the_manifest_records_the_command_and_one_folder_holds_one_ffmpegs_frame
     other = _fake_ffmpeg(tmp_path / "other", version="0.0-other")
     r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", other)
     assert r.exit_code == 1 and f"written by FFmpeg {version}" in r.output and "would use FFmpeg 0.0-other" in r.output
-    assert sorted(os.listdir(out)) == [MANIFEST, "v_land25.mp4", "v_old.mp4"]
+    assert _entries(out) == [MANIFEST, "v_land25.mp4", "v_old.mp4"]
     # the same version elsewhere is the same FFmpeg
     r = _prepare("frames", raw, out, "--dataset", "activitynet", "--ffmpeg", _fake_ffmpeg(tmp_path / "same"))
     assert r.exit_code == 0 and "1 videos written" in r.output and json.loads((out / MANIFEST).read_text()) == manifest
@@ -545,7 +551,7 @@ def test_readme_preparing_commands_run_as_written(videos, tmp_path, monkeypatch)
         outputs.append(r.output)
     assert "2 of 2 split videos have frames; 0 missing, 0 empty" in outputs[2]
     assert "1 of 1 split videos have frames; 0 missing, 0 empty" in outputs[5]
-    assert sorted(os.listdir("data/activitynet_v1.3/fps1_res350_hq")) == [MANIFEST, "v_land25.mp4", "v_port30.mp4"]
+    assert _entries("data/activitynet_v1.3/fps1_res350_hq") == [MANIFEST, "v_land25.mp4", "v_port30.mp4"]
     with open("data/activitynet/classes.txt") as handle:
         assert handle.read().splitlines() == sorted(names)
     with open("data/minikinetics/minik_classInd.txt") as handle:
@@ -564,7 +570,7 @@ def test_frame_folders_are_named_by_split_key(videos, tmp_path):
     args = ["prepare", "frames", str(raw), str(out), "--dataset", "activitynet"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert sorted(os.listdir(out)) == ["abc_000001_000011.mp4", MANIFEST, "v_land25.mp4"]  # the split keys
+    assert _entries(out) == ["abc_000001_000011.mp4", MANIFEST, "v_land25.mp4"]  # the split keys
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "0 videos written" in r.output and "2 already done" in r.output
     shutil.copy(videos / "v_land25.mp4", raw / "v_land25.mp4")  # two videos for one split key
