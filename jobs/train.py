@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from cache.reader import FeatureCache
-from frameexit.atomic import check_writable_dir
+from frameexit.atomic import check_writable_dir, folder_lock
 from frameexit.checkpoint import build_backbone_from_state, save_checkpoint
 from frameexit.errors import DatasetError, DatasetFileNotFoundError, OutputError, TrainingError
 from frameexit.train import step_accuracy, train_head
+from reports.commit import remove_leftovers
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
@@ -117,7 +118,8 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
     gate polarity of the released checkpoints) and carries the backbone of
     ``checkpoint.init``, so ``infer``, ``replay`` and the official code load it.
     Nothing is written when training fails; a head with NaN or infinite weights
-    is refused (:class:`frameexit.train.TrainingError`, naming the stage).
+    is refused; one ``train`` writes ``out_path`` at a time (``.NAME.lock`` beside
+    it), and the temporary files of a killed one are removed (:class:`frameexit.train.TrainingError`, naming the stage).
 
     Raises
     ------
@@ -128,7 +130,6 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
         Non-finite features, or training that diverged.
     """
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
-    config = job.train.config
     val_split = job.train.val_path_split
     # both split files before any extraction, which can take hours
     check_split_file(job.data.path_split or "", TRAIN_SPLIT)
@@ -137,6 +138,18 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
         raise OutputError(f"--out {out_path} is a directory; give the checkpoint file to write")
     if val_split:
         check_split_file(val_split, VAL_SPLIT)
+    folder, name = os.path.split(os.path.abspath(out_path))
+    busy = f"another frameexit train is writing --out {out_path}; wait for it to finish or choose another --out"
+    # one writer per checkpoint file, from before the extraction that can take hours
+    with folder_lock(folder, busy, lock_name=f".{name}.lock"):
+        remove_leftovers(folder, [name])  # the temporary files of a killed train of this --out
+        return _train(job, out_path, extract_options, progress)
+
+
+def _train(job: Job, out_path: str, extract_options: ExtractOptions, progress: bool | None) -> TrainResult:
+    """:func:`train` once its inputs are checked and ``out_path``'s lock is held."""
+    config = job.train.config
+    val_split = job.train.val_path_split
     extracted, _, features, labels = _extract_split(job, TRAIN_SPLIT, extract_options, progress)
     n_labelled = int((labels.sum(axis=1) > 0).sum())
     if n_labelled < 2:

@@ -130,6 +130,20 @@ def _is_leftover_tmp(entry: str, names: Iterable[str]) -> bool:
     return False
 
 
+def remove_leftovers(folder: str, names: Iterable[str]) -> list[str]:
+    """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) killed atomic writers of ``names`` left in ``folder``;
+    the paths removed. The caller holds the lock of what it writes there."""
+    names = tuple(names)
+    removed = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if _is_leftover_tmp(entry, names) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def settle(folder: str, names: Iterable[str] = ()) -> Settled:
     """Finish the committed output sets in ``folder`` and remove the leftovers of killed writers.
 
@@ -140,7 +154,6 @@ def settle(folder: str, names: Iterable[str] = ()) -> Settled:
         entries = sorted(os.listdir(folder))
     except FileNotFoundError:
         return Settled()
-    names = tuple(names)
     finished, removed = [], []
     for entry in entries:
         path = os.path.join(folder, entry)
@@ -150,10 +163,7 @@ def settle(folder: str, names: Iterable[str] = ()) -> Settled:
         elif entry.startswith(NEW_PREFIX) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-        elif _is_leftover_tmp(entry, names) and os.path.isfile(path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            removed.append(path)
+    removed += remove_leftovers(folder, names)
     return Settled(tuple(finished), tuple(removed))
 
 

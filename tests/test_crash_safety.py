@@ -332,3 +332,27 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     )
     q = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True)
     assert q.stdout.strip() == "mine", q.stderr
+
+
+def test_train_holds_its_checkpoint_file_and_removes_a_killed_trains_temporary_files(done, tmp_path):
+    job_file, cache_root, _ = done
+    small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "2", "--train.hidden_dim", "16"]
+    out = tmp_path / "head.pth"
+    args = ["train", job_file, *small, "--train.batch_size", "4", "--cache", cache_root, "--out", str(out)]
+    leftover, theirs = tmp_path / ".head.pth.k1ll3d_x.tmp", tmp_path / ".other.pth.k1ll3d_x.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    theirs.write_bytes(b"another train's")
+    code = "import sys, time\nfrom frameexit.atomic import folder_lock\n"
+    code += "with folder_lock(sys.argv[1], lock_name='.head.pth.lock'):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and f"another frameexit train is writing --out {out}" in r.output, r.output
+        assert leftover.exists() and not out.exists()
+    finally:
+        p.kill()
+        p.wait()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not leftover.exists() and theirs.exists()
