@@ -90,3 +90,179 @@ def test_a_job_file_or_override_beyond_bounds_is_refused_in_one_line(private, va
     _one_line_error(r, *(n.format(first=first, second=first + 1) for n in needles))
     if override is None:
         assert bomb in r.output
+
+
+# ------------------------------------------------------------------- replay.json, summary.json as a baseline (item 11)
+
+CHECKPOINT = "frameexit_resnet18.pth"  # the checkpoint fixture's file name: a key of video_results
+REPORT_FILES = ("summary.json", "summary.md", "curve.png")
+
+
+@pytest.fixture(scope="module")
+def reported(anet, checkpoint, tmp_path_factory):
+    """A job file and a replayed-and-reported run directory of the ActivityNet fixture."""
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions, extract
+    from jobs.replay import ReplayOptions, replay
+    from jobs.report import report
+
+    root = tmp_path_factory.mktemp("reported")
+    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
+    cache = str(root / "cache")
+    extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
+    run = str(root / "run")
+    grid = ReplayOptions(cache_root=cache, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,))
+    replay(load_job(job_file), run, grid)
+    report(run)
+    return job_file, run
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _mutated(path: str, dest: str, where: tuple, value) -> str:
+    """A copy of the JSON document at ``path`` written to ``dest`` with the value at key path ``where`` replaced
+    (``value`` a str starting with RAW: is written instead of the whole document, as text)."""
+    import json
+
+    if isinstance(value, str) and value.startswith("RAW:"):
+        text = value[4:]
+    else:
+        doc = json.load(open(path))
+        node = doc
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = value
+        text = json.dumps(doc)
+    with open(dest, "w") as f:
+        f.write(text)
+    return dest
+
+
+def _snapshot(run: str) -> dict[str, bytes]:
+    return {name: open(os.path.join(run, name), "rb").read() for name in REPORT_FILES}
+
+
+#: (key path, new value, the key path and problem the error names)
+SUMMARY_MUTATIONS = [
+    (("frontier",), "abc", 'frontier is not a JSON list (got "abc")'),
+    (("frontier", 0), 5, "frontier[0] is not a JSON object (got 5)"),
+    (("default",), {}, "default is not a JSON list (got a JSON object)"),
+    (("default", 0), 3, "default[0] is not a JSON object (got 3)"),
+    (("default", 0, "map"), "high", 'default[0].map is not a finite number or null (got "high")'),
+    (("default", 0, "top1"), [0.5], "default[0].top1 is not a finite number or null (got a JSON list)"),
+    (
+        ("default", 0, "first_threshold"),
+        float("inf"),
+        "default[0].first_threshold is not a finite number (got Infinity)",
+    ),
+    (("default", 0, "checkpoint"), 5, "default[0].checkpoint is not a string (got 5)"),
+    (("default", 0, "gflops_measured"), "x", 'default[0].gflops_measured is not a finite number or null (got "x")'),
+    (("videos",), {"v": 1}, "videos is not a JSON list (got a JSON object)"),
+    (("videos", 0), 7, "videos[0] is not a string (got 7)"),
+    (("video_results",), [], "video_results is not a JSON object (got a JSON list)"),
+    (
+        ("video_results", CHECKPOINT, "exit_step", 0),
+        "one",
+        f'video_results[{CHECKPOINT!r}].exit_step[0] is not an integer (got "one")',
+    ),
+    (("video_results", CHECKPOINT, "hit", 0), 1, f"video_results[{CHECKPOINT!r}].hit[0] is not true or false or null"),
+    (("provenance", "checkpoints"), 3, "provenance.checkpoints is not a JSON list (got 3)"),
+    (("provenance", "checkpoints", 0, "sha256"), 5, "provenance.checkpoints[0].sha256 is not a string (got 5)"),
+    (("dataset",), ["activitynet1.3"], "dataset is not a string (got a JSON list)"),
+    (("higher_is_better", "map"), "yes", "higher_is_better['map'] is not true or false (got \"yes\")"),
+    (("exactness", "checkpoints"), "x", 'exactness.checkpoints is not a JSON list (got "x")'),
+    (("n_videos_listed",), True, "n_videos_listed is not an integer (got true)"),
+    (("provenance", "job", "deep"), _nested(100), "provenance.job.deep[0][0][0]"),
+    ((), "RAW:" + "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+    ((), "RAW:" + '{"schema_version": 2, "default": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "problem"), SUMMARY_MUTATIONS, ids=lambda v: None)
+def test_a_malformed_baseline_is_refused_in_one_line_naming_the_key(reported, tmp_path, where, value, problem):
+    _, source = reported
+    run = str(tmp_path / "run")
+    shutil.copytree(source, run)
+    before = _snapshot(run)
+    bad = _mutated(os.path.join(run, "summary.json"), str(tmp_path / "baseline.json"), where, value)
+    r = CliRunner().invoke(main, ["report", "--out", run, "--baseline", bad])
+    _one_line_error(r, bad, problem)
+    assert _snapshot(run) == before
+
+
+#: (file, key path, new value, the key path and problem the error names)
+REPLAY_MUTATIONS = [
+    (("checkpoints",), 3, "checkpoints is not a JSON list (got 3)"),
+    (("checkpoints", 0, "hidden_dim"), 4096.5, "checkpoints[0].hidden_dim is not an integer (got 4096.5)"),
+    (("default_metrics", 0, "gmacs_measured"), "x", "default_metrics[0].gmacs_measured is not a finite number"),
+    (("default_metrics", 0, "exit_histogram"), 5, "default_metrics[0].exit_histogram is not a JSON list (got 5)"),
+    (
+        ("default_metrics", 0, "map_per_category"),
+        "x",
+        "default_metrics[0].map_per_category is not a JSON object or null",
+    ),
+    (("default_metrics", 0, "checkpoint"), [], "default_metrics[0].checkpoint is not a string (got a JSON list)"),
+    (("default_setting", "first_threshold"), None, "default_setting.first_threshold is not a finite number (got null)"),
+    (("skipped", 0, "video"), 5, "skipped[0].video is not a string (got 5)"),
+    (("exactness", "probe_videos"), 5, "exactness.probe_videos is not a JSON list (got 5)"),
+    (("exactness", "checkpoints", 0), "x", 'exactness.checkpoints[0] is not a JSON object (got "x")'),
+    (("dataset",), [], "dataset is not a string (got a JSON list)"),
+    (("job",), "x", 'job is not a JSON object (got "x")'),
+    (("job", "deep"), _nested(100), "job.deep" + "[0]" * 63 + " is nested more than 64 levels deep"),
+    ((), "RAW:" + "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "problem"), REPLAY_MUTATIONS, ids=lambda v: None)
+def test_a_malformed_replay_json_is_refused_in_one_line_naming_the_key(reported, tmp_path, where, value, problem):
+    _, source = reported
+    run = str(tmp_path / "run")
+    shutil.copytree(source, run)
+    before = _snapshot(run)
+    meta = os.path.join(run, "replay.json")
+    _mutated(meta, meta, where, value)
+    r = CliRunner().invoke(main, ["report", "--out", run])
+    _one_line_error(r, meta, problem)
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "values", "problem"),
+    [
+        ("sweep.parquet", "map", "x", "column 'map' is string, not double"),
+        ("sweep.parquet", "first_threshold", None, "column 'first_threshold' holds nulls"),
+        ("videos.parquet", "labels", 3, "column 'labels' is int64, not list<item: int32>"),
+        ("videos.parquet", "first_threshold", "x", "column 'first_threshold' is string, not double"),
+    ],
+)
+def test_a_replay_table_of_other_column_types_is_refused_naming_the_column(
+    reported, tmp_path, name, column, values, problem
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, source = reported
+    run = str(tmp_path / "run")
+    shutil.copytree(source, run)
+    before = _snapshot(run)
+    path = os.path.join(run, name)
+    table = pq.read_table(path)
+    array = pa.array([values] * table.num_rows, pa.float64() if values is None else None)
+    pq.write_table(table.set_column(table.column_names.index(column), column, array), path)
+    r = CliRunner().invoke(main, ["report", "--out", run])
+    _one_line_error(r, path, problem)
+    assert _snapshot(run) == before
+
+
+def test_run_refuses_a_malformed_baseline_before_extracting(reported, tmp_path):
+    job_file, source = reported
+    bad = _mutated(os.path.join(source, "summary.json"), str(tmp_path / "baseline.json"), ("frontier",), "abc")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    r = CliRunner().invoke(main, ["run", job_file, "--out", str(out), "--cache", str(cache), "--baseline", bad])
+    _one_line_error(r, bad, 'frontier is not a JSON list (got "abc")')
+    assert not cache.exists() and not (out / "replay.json").exists()
