@@ -38,6 +38,12 @@ class PathNotFoundError(FrameExitError, FileNotFoundError):
     """A file or directory named on the command line does not exist (exit 1, as a missing job file)."""
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line: a line break that came from an input (a file or checkpoint name, a value read
+    from a document) is shown escaped, so the error stays the one line the exit-status contract promises."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class FrameExitGroup(click.Group):
     """Maps every outcome to one exit status: a :class:`FrameExitError` is one ``Error:`` line and 1, a
     :class:`UsageError` 2 (as click's own usage errors), Ctrl-C 130, SIGTERM 143, never a traceback."""
@@ -48,9 +54,9 @@ class FrameExitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise click.UsageError(str(exc)) from None
+            raise click.UsageError(_one_line(str(exc))) from None
         except FrameExitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: no output of this command was completed beyond what it reported.", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None

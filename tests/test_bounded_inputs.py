@@ -266,3 +266,13 @@ def test_run_refuses_a_malformed_baseline_before_extracting(reported, tmp_path):
     r = CliRunner().invoke(main, ["run", job_file, "--out", str(out), "--cache", str(cache), "--baseline", bad])
     _one_line_error(r, bad, 'frontier is not a JSON list (got "abc")')
     assert not cache.exists() and not (out / "replay.json").exists()
+
+
+def test_a_line_break_read_from_a_document_stays_inside_the_one_line_error(reported, tmp_path):
+    _, source = reported
+    run = str(tmp_path / "run")
+    shutil.copytree(source, run)
+    where = ("provenance", "checkpoints", 0, "sha256")
+    bad = _mutated(os.path.join(run, "summary.json"), str(tmp_path / "baseline.json"), where, "abc\ndef")
+    r = CliRunner().invoke(main, ["report", "--out", run, "--baseline", bad])
+    _one_line_error(r, "is not comparable with this run", "SHA-256 abc\\ndef")
