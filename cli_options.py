@@ -247,7 +247,7 @@ _option("--classes", type=ExistingPath(dir_okay=False), callback=_not_with("clas
 _option("--classes-out", type=click.Path(dir_okay=False), callback=_not_with("classes", CLASSES_EXCLUSIVE),
         help="Class list to write: the label names, sorted, one per line (data.path_classid).")
 _option("--max-missing", type=click.IntRange(min=0), default=0,
-        help="Split videos without frames allowed (some can no longer be downloaded).")
+        help="Split videos without frames or a label entry allowed (some can no longer be downloaded).")
 _option("--progress/--no-progress", help="Force the progress bars on or off (default: only on a terminal).")
 _option("-v", "--verbose", count=True, expose_value=False, is_eager=True, callback=_set_verbosity,
         help="More log messages on stderr (-vv for debug); also accepted before the command.")

@@ -276,3 +276,49 @@ def test_a_line_break_read_from_a_document_stays_inside_the_one_line_error(repor
     bad = _mutated(os.path.join(run, "summary.json"), str(tmp_path / "baseline.json"), where, "abc\ndef")
     r = CliRunner().invoke(main, ["report", "--out", run, "--baseline", bad])
     _one_line_error(r, "is not comparable with this run", "SHA-256 abc\\ndef")
+
+
+# ------------------------------------------------------------------------------- prepare check: labels (item 12)
+
+
+def _without_alpha(paths: dict[str, str], dataset: str) -> str:
+    """Remove the label entry of the fixture's video 'alpha' (which has frames); its split key."""
+    import json
+
+    if dataset == "activitynet1.3":
+        doc = json.load(open(paths["labels"]))
+        del doc["database"]["alpha"]
+        json.dump(doc, open(paths["labels"], "w"))
+        return "v_alpha.mp4"
+    lines = open(paths["labels"]).read().splitlines()
+    (row,) = [line for line in lines if ",ytalpha," in line]
+    open(paths["labels"], "w").write("\n".join(line for line in lines if line != row) + "\n")
+    return next(key for key in open(paths["split"]).read().split() if key.startswith("ytalpha_"))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fixture", "frameless"),
+    [("activitynet1.3", "anet", 2), ("minikinetics", "minik", 1), ("hvu", "hvu", 1)],
+)
+def test_prepare_check_counts_split_videos_without_a_label_entry_as_skipped(
+    request, tmp_path, dataset, fixture, frameless
+):
+    source = request.getfixturevalue(fixture)
+    top = os.path.dirname(source["frames"])
+    shutil.copytree(top, tmp_path / "data")
+    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in source.items()}
+    job = write_job(str(tmp_path / "job.yml"), paths, "unused.pth", name=dataset)
+    key = _without_alpha(paths, dataset)
+    # the frameless videos alone are allowed for: the one without a label entry fails the check
+    r = CliRunner().invoke(main, ["prepare", "check", job, "--max-missing", str(frameless)])
+    assert r.exit_code == 1, r.output
+    lines = r.output.rstrip().splitlines()
+    assert lines[0].endswith("; 1 without a label entry") and f"  no label entry: {key}" in lines
+    assert lines[-1] == (
+        f"Error: prepare check failed: {frameless + 1} split video(s) would be skipped, {frameless} without frames "
+        f"and 1 without an entry in the label file {paths['labels']} ({key}) (at most {frameless} allowed by "
+        "--max-missing)"
+    )
+    # --max-missing counts every video the evaluation would skip, for either reason
+    r = CliRunner().invoke(main, ["prepare", "check", job, "--max-missing", str(frameless + 1)])
+    assert r.exit_code == 0 and f"  no label entry: {key}" in r.output, r.output
