@@ -398,10 +398,12 @@ Example:
 )
 @options("max_missing", "verbose")
 def prepare_check(job, max_missing: int) -> None:
-    """Before a long run: split videos with frames, missing or empty folders, unknown labels, frame counts.
+    """Before a long run: split videos with frames, missing or empty folders, videos without a label entry,
+    unknown labels, frame counts.
 
     Prints a summary, then fails (exit status 1) if more than --max-missing
-    split videos have no frames or if a label is not in the class list.
+    split videos would be skipped (no frames, or no entry in the label file)
+    or if a label is not in the class list.
     """
     from jobs.prepare import PrepareError, check
     from reports.text import render_check_summary

@@ -38,6 +38,12 @@ class PathNotFoundError(FrameExitError, FileNotFoundError):
     """A file or directory named on the command line does not exist (exit 1, as a missing job file)."""
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line: a line break that came from an input (a file or checkpoint name, a value read
+    from a document) is shown escaped, so the error stays the one line the exit-status contract promises."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class FrameExitGroup(click.Group):
     """Maps every outcome to one exit status: a :class:`FrameExitError` is one ``Error:`` line and 1, a
     :class:`UsageError` 2 (as click's own usage errors), Ctrl-C 130, SIGTERM 143, never a traceback."""
@@ -48,9 +54,9 @@ class FrameExitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise click.UsageError(str(exc)) from None
+            raise click.UsageError(_one_line(str(exc))) from None
         except FrameExitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: no output of this command was completed beyond what it reported.", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
@@ -242,7 +248,7 @@ _option("--classes", type=ExistingPath(dir_okay=False), callback=_not_with("clas
 _option("--classes-out", type=click.Path(dir_okay=False), callback=_not_with("classes", CLASSES_EXCLUSIVE),
         help="Class list to write: the label names, sorted, one per line (data.path_classid).")
 _option("--max-missing", type=click.IntRange(min=0), default=0,
-        help="Split videos without frames allowed (some can no longer be downloaded).")
+        help="Split videos without frames or a label entry allowed (some can no longer be downloaded).")
 _option("--progress/--no-progress", help="Force the progress bars on or off (default: only on a terminal).")
 _option("-v", "--verbose", count=True, expose_value=False, is_eager=True, callback=_set_verbosity,
         help="More log messages on stderr (-vv for debug); also accepted before the command.")

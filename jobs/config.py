@@ -5,7 +5,9 @@ or an unsupported value is a :class:`~frameexit.errors.ConfigError` naming the
 key. Overrides use the official syntax, ``--data.path_frame DIR`` or
 ``--model.first_threshold=0.9``; their values are read as YAML scalars or
 lists. Relative paths are relative to the working directory, as in the
-official code.
+official code. A job file is plain YAML of bounded size: no aliases, no deep
+nesting (:class:`_JobLoader`), so no value can grow while it is copied or
+recorded.
 """
 
 from __future__ import annotations
@@ -401,10 +403,69 @@ def _spec(dotted: str) -> Field:
     return spec
 
 
+#: Largest job file read, in bytes: the official configs hold about 1.5 KB; a larger file is not a job.
+MAX_JOB_BYTES = 1 << 20
+#: Deepest nesting of YAML collections in a job file or an override (the schema is 4 deep): deeper is refused
+#: with its line rather than taking the parser into a RecursionError.
+MAX_JOB_DEPTH = 32
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and with bounded nesting.
+
+    An alias (``*name``) shares one value between several places, so a few hundred bytes can
+    stand for 10^9 values ("billion laughs") that every later copy or JSON dump of the job
+    (replay.json records it) expands; a job file has no need for them, so they are refused,
+    as is nesting deeper than :data:`MAX_JOB_DEPTH`, each with the line.
+    """
+
+    def __init__(self, stream: str, source: str) -> None:
+        super().__init__(stream)
+        self.source = source
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """PyYAML's hook for every node: refuse an alias, or a collection nested too deep, before composing it."""
+        event = self.peek_event()
+        line = f"{self.source}, line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"{line}: YAML aliases (*{event.anchor}) are not supported in a job file; write the value out"
+            )
+        if self.depth >= MAX_JOB_DEPTH:
+            raise ConfigError(f"{line}: values nested more than {MAX_JOB_DEPTH} levels deep are not a job's")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document ``text`` (of ``source``, named in errors) with :class:`_JobLoader`.
+
+    :class:`ConfigError` for an alias or too deep nesting; :class:`yaml.YAMLError` for invalid YAML.
+    """
+    loader = _JobLoader(text, source)
+    try:
+        return loader.get_single_data()
+    except RecursionError:  # a safety net: the depth bound should stop any nesting first
+        raise ConfigError(f"{source}: values nested too deeply to be a job's") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: its problem and where (its own text spans several lines, with a snippet)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
     spec = _spec(dotted)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_yaml(text, f"override --{dotted}") if text.strip() else None
     except yaml.YAMLError:
         value = text
     value = _coerce(
@@ -429,12 +490,18 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
     """
     path = resolve_job_path(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_JOB_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read job file {path}: {exc.strerror}") from None
+    if len(data) > MAX_JOB_BYTES:
+        raise ConfigError(f"job file {path} is larger than {MAX_JOB_BYTES // 1024} KiB: not a job file")
+    try:
+        raw = _load_yaml(data.decode("utf-8"), path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"job file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     if isinstance(raw, Mapping):
         pre = _get(raw, "data.preprocessing")
         if isinstance(pre, Mapping):

@@ -555,7 +555,8 @@ def build_split(
 
 @dataclass(frozen=True)
 class CheckResult:
-    """What :func:`check` found; ``hints`` maps a missing key to why (a folder named after the video file)."""
+    """What :func:`check` found; ``hints`` maps a missing key to why (a folder named after the video file);
+    ``unlabelled``: split videos without an entry in ``label_file`` (in split order)."""
 
     n_listed: int
     with_frames: int
@@ -564,25 +565,38 @@ class CheckResult:
     unknown_labels: dict[str, list[str]]
     frame_counts: dict[str, float]
     hints: dict[str, str] = field(default_factory=dict)
+    unlabelled: list[str] = field(default_factory=list)
+    label_file: str = ""
 
     def failure(self, max_missing: int = 0) -> str | None:
         """Why the check fails (one sentence), or None.
 
-        It fails on more than ``max_missing`` split videos without frames
-        (missing or empty folders), and on any label not in the class list
-        (the evaluation would stop on it).
+        It fails on more than ``max_missing`` split videos that the evaluation
+        would skip: without frames (missing or empty folders) or without an
+        entry in the label file (each counted once), and on any label not in
+        the class list (the evaluation would stop on it).
         """
         reasons = []
         if self.unknown_labels:
             reasons.append(f"{len(self.unknown_labels)} label(s) not in the class list")
-        without = len(self.missing) + len(self.empty)
-        if without > max_missing:
-            reasons.append(f"{without} split video(s) without frames (at most {max_missing} allowed by --max-missing)")
+        frameless = {*self.missing, *self.empty}
+        skipped = len(frameless | set(self.unlabelled))
+        if skipped > max_missing:
+            allowed = f"(at most {max_missing} allowed by --max-missing)"
+            if not self.unlabelled:
+                reasons.append(f"{skipped} split video(s) without frames {allowed}")
+            else:
+                shown = ", ".join(self.unlabelled[:5]) + (", ..." if len(self.unlabelled) > 5 else "")
+                reasons.append(
+                    f"{skipped} split video(s) would be skipped, {len(frameless)} without frames and "
+                    f"{len(self.unlabelled)} without an entry in the label file {self.label_file} ({shown}) {allowed}"
+                )
         return f"prepare check failed: {'; '.join(reasons)}" if reasons else None
 
 
 def check(job: Job) -> CheckResult:
-    """Before a long run: which split videos have frames, which labels are unknown, how many frames."""
+    """Before a long run: which split videos have frames and a label entry, which labels are unknown, how many
+    frames."""
     job.require("data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     data = job.data
     keys = read_split(data.path_split)
@@ -606,6 +620,7 @@ def check(job: Job) -> CheckResult:
             empty.append(key)
         else:
             counts[key] = n
+    unlabelled = [key for key in keys if key not in labels]  # the evaluation skips them, as videos without frames
     unknown: dict[str, list[str]] = {}
     for key in keys:
         for lab in labels.get(key, []):
@@ -625,4 +640,4 @@ def check(job: Job) -> CheckResult:
             "max": float(values[-1]),
             "under_10": float(sum(v < 10 for v in values)),
         }
-    return CheckResult(len(keys), len(counts), missing, empty, unknown, stats, hints)
+    return CheckResult(len(keys), len(counts), missing, empty, unknown, stats, hints, unlabelled, data.path_label)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import math
 import os
 import subprocess
@@ -32,10 +31,11 @@ from reports.records import (
     SummaryRow,
     VideoResults,
     check_record,
+    load_json,
     read_record,
     versions,
 )
-from reports.schema import SWEEP
+from reports.schema import SWEEP, VIDEOS, column_problem
 from reports.summary import (
     BASELINE_CHECKS,
     CALIBRATION_CHECKS,
@@ -124,9 +124,9 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
         table = pq.read_table(sweep)
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read the replay outputs in {run_dir}: {exc}") from None
-    missing = [name for name in SWEEP.names if name not in table.column_names]
-    if missing:
-        raise ReportInputError(f"{sweep} is not a frameexit {SWEEP_FILE}: column {missing[0]!r} is missing")
+    problem = column_problem(table, SWEEP)
+    if problem:
+        raise ReportInputError(f"{sweep} is not a frameexit {SWEEP_FILE}: {problem}")
     rows = [with_cost(r) for r in table.to_pylist()]
     replay = read_record(meta, ReplayRecord, error=ReportInputError, what="the replay outputs")
     return rows, replay
@@ -150,14 +150,25 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
 
     def rows_at(first: float, gate: float) -> list[dict[str, Any]]:
         filters = [("first_threshold", "==", first), ("gate_threshold", "==", gate)]
-        return pq.read_table(path, columns=columns, filters=filters).to_pylist()
+        table = pq.read_table(path, columns=columns, filters=filters)
+        problem = column_problem(table, VIDEOS, columns)
+        if problem:
+            raise ReportInputError(f"{path} is not a frameexit {VIDEOS_FILE}: {problem}")
+        return table.to_pylist()
 
     try:
-        rows = rows_at(setting["first_threshold"], setting["gate_threshold"])
+        problem = column_problem(
+            pq.read_schema(path).empty_table(), VIDEOS, [*columns, "first_threshold", "gate_threshold"]
+        )
+        if problem:  # the setting's columns are filtered on: of another type, they would match nothing
+            raise ReportInputError(f"{path} is not a frameexit {VIDEOS_FILE}: {problem}")
+        rows = rows_at(float(setting["first_threshold"]), float(setting["gate_threshold"]))  # JSON 1 is 1.0 here
         if not rows:  # every setting's rows but the job's: the videos are those of any one setting
             first = pq.ParquetFile(path).read_row_group(0, columns=["first_threshold", "gate_threshold"])
             if first.num_rows:
                 rows = [dict(r, exit_step=None) for r in rows_at(*first.slice(0, 1).to_pylist()[0].values())]
+    except ReportInputError:
+        raise
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ReportInputError(f"cannot read the per-video results {path}: {exc}") from None
     by_checkpoint: dict[str, dict[str, tuple[int, bool | None]]] = {}
@@ -196,11 +207,7 @@ def read_baseline(path: str) -> Baseline:
     settled(os.path.dirname(os.path.abspath(path)))  # a report killed while moving its files: finish it first
     if not os.path.isfile(path):
         raise ReportInputError(f"--baseline file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ReportInputError(f"cannot read baseline {path}: {exc}") from None
+    doc = load_json(path, error=ReportInputError, what="baseline")
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if isinstance(version, int) and 0 < version < SCHEMA_VERSION:
         raise ReportInputError(
@@ -213,16 +220,10 @@ def read_baseline(path: str) -> Baseline:
         raise ReportInputError(
             f"{path} is not a frameexit {SUMMARY_FILE} of schema_version {SCHEMA_VERSION} (schema_version {version!r})"
         )
-    check_record(doc, Summary, path, error=ReportInputError)
-    for key in ("dataset", "accuracy_metric", "cost_metric"):
-        if not isinstance(doc[key], str):
-            raise ReportInputError(f"{path} is not a frameexit {SUMMARY_FILE}: {key} is {doc[key]!r}, not a name")
+    check_record(doc, Summary, path, error=ReportInputError)  # every key of its type: what follows can index it
     videos = doc["videos"]
-    if not isinstance(videos, list) or not all(isinstance(v, str) for v in videos):
-        raise ReportInputError(f"{path} is not a frameexit {SUMMARY_FILE}: videos is not a list of video keys")
     for name, results in doc["video_results"].items():
-        lists = results is None or all(isinstance(results[k], list) for k in ("exit_step", "hit"))
-        if not lists or (results is not None and not len(results["exit_step"]) == len(results["hit"]) == len(videos)):
+        if results is not None and not len(results["exit_step"]) == len(results["hit"]) == len(videos):
             raise ReportInputError(
                 f"{path} is not a frameexit {SUMMARY_FILE}: video_results[{name!r}] does not have one entry per video"
             )

@@ -3,9 +3,10 @@
 Each document is a :class:`~typing.TypedDict` (a plain ``dict`` at run time,
 so it is written with :func:`reports.write.write_json` as it is). Its writer
 builds it through the class and its reader reads it with :func:`read_record`,
-which checks every key the class names, nested documents included: a file
-with a missing or renamed key is an error naming the file and the key, not a
-value that silently becomes ``null``.
+which checks every key the class names and the type of its value, nested
+documents included: a file with a missing or renamed key, or a value of another
+type, is an error naming the file and the key, not a value that silently becomes
+``null`` or a traceback later.
 
 Units: accuracies (``map``, ``top1``) are fractions in [0, 1]; ``gflops`` is
 the paper convention (per-frame GMACs of the backbone x frames read, called
@@ -15,7 +16,9 @@ thresholds are probabilities in [0, 1]; NaN is written as ``null``.
 """
 
 import datetime
+import functools
 import json
+import math
 import os
 import platform
 import types
@@ -93,8 +96,8 @@ class MetricRow(TypedDict):
     checkpoint: str  # checkpoint file name (the path as given where two checkpoints share a file name)
     first_threshold: float  # step-0 exit threshold (probability)
     gate_threshold: float  # gate exit threshold (probability)
-    map: float  # mean average precision, fraction in [0, 1]; NaN (null) without any positive label
-    top1: float  # top-1 accuracy, fraction in [0, 1] of the videos with a label
+    map: float | None  # mean average precision, fraction in [0, 1]; NaN (null) without any positive label
+    top1: float | None  # top-1 accuracy, fraction in [0, 1] of the videos with a label; NaN (null) without one
     gflops: float | None  # mean GFLOPs per video, paper convention; null for backbones without a paper figure
     gmacs_measured: float  # mean measured GMACs per video, backbone + head
     mean_frames: float  # mean frames read per video (exit_step + 1)
@@ -165,15 +168,17 @@ class InferUnits(TypedDict):
 class InferMetrics(TypedDict):
     """``metrics.json`` of ``frameexit infer``: one checkpoint at the job's own setting."""
 
-    map: float  # fraction in [0, 1], mean over the classes with a positive video; NaN (null) if none
-    top1: float  # fraction in [0, 1] of the videos with a label
+    map: float | None  # fraction in [0, 1], mean over the classes with a positive video; NaN (null) if none
+    top1: float | None  # fraction in [0, 1] of the videos with a label; NaN (null) without one
     gflops: float | None  # mean GFLOPs per video, paper convention; null for backbones without a paper figure
     gflops_per_frame: float | None  # the paper's per-frame GMACs of the backbone; null if it has none
     gmacs_measured: float  # mean measured GMACs per video, backbone + head
     gmacs_measured_parts: StepCostsRecord  # measured GMACs per part
     mean_frames: float  # mean frames read per video (exit_step + 1)
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based)
-    ap_per_class: list[float]  # average precision of each class (line of the class list), NaN (null) without positives
+    ap_per_class: list[
+        float | None
+    ]  # average precision of each class (line of the class list), NaN (null) without positives
     map_per_category: dict[str, float | None] | None  # mAP of each category of data.path_category; null without one
     n_videos: int  # videos evaluated
     n_videos_labelled: int  # of those, videos with at least one label
@@ -361,70 +366,176 @@ class Summary(TypedDict):
 
 R = TypeVar("R")
 
+#: Deepest nesting of a frameexit document read: ours are at most about 40 levels deep (the job's free-form
+#: values are bounded at 32 levels by :mod:`jobs.config`); deeper is refused before any code walks it.
+MAX_DEPTH = 64
+
 
 def read_record(
     path: str | os.PathLike, record: type[R], *, error: type[RecordError] = RecordError, what: str | None = None
 ) -> R:
-    """Read the JSON document at ``path`` and check that it has every key of ``record`` (nested ones too).
+    """Read the JSON document at ``path`` and check it against ``record`` (:func:`check_record`).
 
     Raises ``error`` (a :class:`RecordError`): naming the file when it cannot
-    be read or is not JSON (``cannot read WHAT PATH: ...``, ``what`` naming the
-    document in words), and naming the file and the key (``provenance.cache.key``)
-    when a key is missing or a nested document is not an object.
+    be read, is not JSON or is nested too deeply to be parsed (``cannot read WHAT
+    PATH: ...``, ``what`` naming the document in words), and naming the file and
+    the key (``provenance.cache.key``) when a key is missing or holds a value of
+    another type than its record's.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise error(f"cannot read {what + ' ' if what else ''}{path}: {exc}") from None
+    document = load_json(path, error=error, what=what)
     check_record(document, record, str(path), error=error)
     return document
 
 
+def load_json(path: str | os.PathLike, *, error: type[RecordError] = RecordError, what: str | None = None) -> Any:
+    """The JSON document at ``path``; ``error`` naming the file when it cannot be read, parsed or is too deep."""
+    where = f"{what + ' ' if what else ''}{path}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {where}: {exc}") from None
+    except RecursionError:  # json's parser recurses once per level: '[' * 100000 ends here
+        raise error(f"cannot read {where}: JSON nested too deeply (more than {MAX_DEPTH} levels)") from None
+
+
 def check_record(document: Any, record: type, where: str, *, error: type[RecordError] = RecordError) -> None:
-    """Raise ``error`` naming ``where`` and the key when ``document`` lacks a key of ``record`` (recursively)."""
-    problem = _missing(document, record, "")
+    """Raise ``error`` naming ``where`` and the key when ``document`` does not fit ``record``.
+
+    One walk, driven by the record's type hints: every required key present, every
+    key present (optional ones too) of its type, nested records, lists and maps
+    included (``str``, ``int``, ``bool``; ``float`` a finite number; ``X | None``
+    also null; ``Any`` anything); nothing nested deeper than :data:`MAX_DEPTH`.
+    Keys the record does not name are allowed. The error is one line, e.g.
+    ``summary.json is not a frameexit summary.json: default[0].map is not a finite
+    number or null (got "high")``.
+    """
+    problem = _too_deep(document) or _check_value(document, record, "")
     if problem is not None:
         raise error(f"{where} is not a frameexit {_FILES.get(record, record.__name__)}: {problem}")
 
 
-def _missing(value: Any, record: type, prefix: str) -> str | None:
-    if not isinstance(value, Mapping):
-        return f"{prefix.rstrip('.') or 'the document'} is not a JSON object"
-    hints = typing.get_type_hints(record)
-    for key in (k for k in hints if k in record.__required_keys__):  # type: ignore[attr-defined]
-        name = f"{prefix}{key}"
-        if key not in value:
-            return f"key {name!r} is missing"
-        problem = _check_value(value[key], hints[key], name)
-        if problem is not None:
-            return problem
+def _too_deep(document: Any) -> str | None:
+    """Where ``document`` nests deeper than :data:`MAX_DEPTH`, walked without recursion (``None`` if it does not)."""
+    stack: list[tuple[Any, int, str]] = [(document, 0, "")]
+    while stack:
+        value, depth, name = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{name} is nested more than {MAX_DEPTH} levels deep"
+        if isinstance(value, Mapping):
+            stack.extend((item, depth + 1, _key(name, key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{name}[{i}]") for i, item in enumerate(value))
     return None
 
 
-def _check_value(value: Any, hint: Any, name: str) -> str | None:
-    args = typing.get_args(hint)
+def _key(name: str, key: Any) -> str:
+    """The path of ``key`` under ``name``: ``a.b`` for a name-like key, ``a['x y']`` for any other."""
+    if isinstance(key, str) and key.isidentifier():
+        return f"{name}.{key}" if name else key
+    return f"{name}[{key!r}]"
+
+
+#: JSON types in words, for the expected side of an error.
+_EXPECTED = {str: "a string", int: "an integer", float: "a finite number", bool: "true or false"}
+
+
+def _expected(hint: Any) -> str:
+    """What a value of type ``hint`` looks like in JSON, in words."""
+    if hint is type(None):
+        return "null"
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], name) if len(inner) == 1 else None
+        return " or ".join(_expected(a) for a in typing.get_args(hint))
+    if typing.is_typeddict(hint) or hint is dict or typing.get_origin(hint) is dict:
+        return "a JSON object"
+    if hint is list or typing.get_origin(hint) is list:
+        return "a JSON list"
+    return _EXPECTED.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a short piece of JSON for an error: scalars as written (strings cut), containers named."""
+    if isinstance(value, Mapping):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON list"
+    text = json.dumps(value)  # a scalar: null, true, 1.5, NaN, "text"
+    return text if len(text) <= 40 else text[:36] + '..."'
+
+
+def _scalar_fits(value: Any, hint: type) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON has no NaN: frameexit writes it as null, and its records say where (float | None)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+@functools.cache
+def _hints(record: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a record, once: a list of a thousand records is checked against one."""
+    return typing.get_type_hints(record)
+
+
+def _alike(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the JSON type of ``hint`` (an object, a list, a scalar that fits), not looking inside."""
+    origin = typing.get_origin(hint) or hint
+    if typing.is_typeddict(hint) or origin is dict:
+        return isinstance(value, Mapping)
+    if origin is list:
+        return isinstance(value, list)
+    return not isinstance(origin, type) or _scalar_fits(value, origin)
+
+
+def _check_value(value: Any, hint: Any, name: str) -> str | None:
+    """The first way ``value`` (at key path ``name``) does not fit type ``hint``, in words; ``None`` if it fits."""
+    where = name or "the document"
+    args = typing.get_args(hint)
+    if hint is Any:
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if type(None) in args and (value is None or (isinstance(value, float) and math.isnan(value))):
+            return None  # NaN is null once written (reports.write.jsonable): a record in memory holds NaN
+        # the alternatives of value's JSON type (an object, a list, a string, ...): a problem inside names its key
+        alike = [a for a in args if a is not type(None) and _alike(value, a)]
+        problems = [_check_value(value, a, name) for a in alike]
+        if not alike:
+            return f"{where} is not {_expected(hint)} (got {_shown(value)})"
+        return None if None in problems else problems[0]
     if typing.is_typeddict(hint):
-        return _missing(value, hint, f"{name}.")
-    if typing.get_origin(hint) is list and args and typing.is_typeddict(args[0]):
-        if not isinstance(value, list):
-            return f"{name} is not a JSON list"
-        for i, item in enumerate(value):
-            problem = _missing(item, args[0], f"{name}[{i}].")
+        if not isinstance(value, Mapping):
+            return f"{where} is not a JSON object (got {_shown(value)})"
+        for key, item_hint in _hints(hint).items():
+            path = _key(name, key)
+            if key not in value:
+                if key in hint.__required_keys__:  # type: ignore[attr-defined]
+                    return f"key {path!r} is missing"
+                continue
+            problem = _check_value(value[key], item_hint, path)
             if problem is not None:
                 return problem
-    if typing.get_origin(hint) is dict and len(args) == 2:
+        return None
+    origin = typing.get_origin(hint) or hint
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{where} is not a JSON list (got {_shown(value)})"
+        for i, item in enumerate(value if args else ()):
+            problem = _check_value(item, args[0], f"{name}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+    if origin is dict:
         if not isinstance(value, Mapping):
-            return f"{name} is not a JSON object"
-        for key, item in value.items():
+            return f"{where} is not a JSON object (got {_shown(value)})"
+        for key, item in value.items() if len(args) == 2 else ():
             problem = _check_value(item, args[1], f"{name}[{key!r}]")
             if problem is not None:
                 return problem
+        return None
+    if isinstance(origin, type) and not _scalar_fits(value, origin):
+        return f"{where} is not {_expected(hint)} (got {_shown(value)})"
     return None
 
 

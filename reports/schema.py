@@ -10,6 +10,7 @@ paper, really GMACs); ``gmacs_measured`` is counted by torch's FLOP counter.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: ``videos.parquet``: one row per evaluated video.
 VIDEOS = pa.schema(
@@ -47,3 +48,23 @@ SWEEP = pa.schema(
         pa.field("n_at_risk", pa.int64()),
     ]
 )
+
+
+def column_problem(table: pa.Table, schema: pa.Schema, columns: list[str] | None = None) -> str | None:
+    """The first way ``table`` does not hold the columns of ``schema`` (those named in ``columns``), in words.
+
+    A column missing, of another type, holding nulls where the schema has none, or lists holding nulls.
+    ``None`` when every column fits: a reader can then use the values as the schema types them.
+    """
+    for name in columns or schema.names:
+        expected = schema.field(name)
+        if name not in table.column_names:
+            return f"column {name!r} is missing"
+        column = table.column(name)
+        if not column.type.equals(expected.type):
+            return f"column {name!r} is {column.type}, not {expected.type}"
+        if not expected.nullable and column.null_count:
+            return f"column {name!r} holds nulls"
+        if pa.types.is_list(expected.type) and pc.list_flatten(column).null_count:  # ours hold numbers only
+            return f"column {name!r} holds lists with nulls"
+    return None

@@ -284,12 +284,15 @@ def render_check_summary(result: Any) -> str:
     """``frameexit prepare check``: videos with frames, frame counts, the first missing, empty and unknown.
 
     ``result``: ``n_listed``, ``with_frames``, ``missing``, ``empty``, ``unknown_labels`` (keys by label),
-    ``frame_counts`` (min, p10, median, p90, max, under_10; empty without videos), ``hints`` (by key).
+    ``frame_counts`` (min, p10, median, p90, max, under_10; empty without videos), ``hints`` (by key),
+    ``unlabelled`` (keys without an entry in the label file).
     """
     r = result
+    unlabelled = f"; {len(r.unlabelled)} without a label entry" if r.unlabelled else ""
     lines = [
         f"FrameExit prepare check: {r.with_frames} of {r.n_listed} split videos have frames; "
         f"{len(r.missing)} missing, {len(r.empty)} empty; {len(r.unknown_labels)} label(s) not in the class list"
+        + unlabelled
     ]
     if r.frame_counts:
         c = r.frame_counts
@@ -299,6 +302,7 @@ def render_check_summary(result: Any) -> str:
         )
     lines += [f"  missing: {key}" + (f" {r.hints[key]}" if key in r.hints else "") for key in r.missing[:10]]
     lines += [f"  empty: {key}" for key in r.empty[:10]]
+    lines += [f"  no label entry: {key}" for key in r.unlabelled[:10]]
     lines += [
         f"  unknown label {label!r} ({len(keys)} videos, e.g. {keys[0]})"
         for label, keys in list(r.unknown_labels.items())[:10]

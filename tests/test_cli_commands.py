@@ -378,6 +378,7 @@ def test_prepare_summaries():
         unknown_labels={"Zumba": ["v_a.mp4"]},
         frame_counts={"min": 1, "p10": 1, "median": 5, "p90": 9, "max": 9, "under_10": 1},
         hints={"v_x.mp4": "(found v_x.mkv)"},
+        unlabelled=[],
     )
     assert text.render_check_summary(check).splitlines() == [
         "FrameExit prepare check: 1 of 3 split videos have frames; 1 missing, 1 empty; 1 label(s) not in the class list",
