@@ -434,7 +434,7 @@ def test_check_report_options_for_run(tmp_path):
         check_report_options(out, ReportOptions(max_cost_rise=1.0))
     with pytest.raises(UsageError, match="metric"):
         check_report_options(out, ReportOptions(metric="ap"))
-    with pytest.raises(ReportInputError, match="cannot read baseline"):
+    with pytest.raises(ReportInputError, match="--baseline file not found: .*missing.json"):
         check_report_options(out, ReportOptions(baseline=str(tmp_path / "missing.json")))
     with pytest.raises(OutputError, match="--out /proc/frameexit-test/out is not a writable directory"):
         check_report_options("/proc/frameexit-test/out", ReportOptions(budget=3.0))
