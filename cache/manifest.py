@@ -105,8 +105,12 @@ def read_manifest(cache_dir: str) -> Manifest | None:
             doc = json.load(handle)
         shards = [ShardEntry(**entry) for entry in doc.pop("shards")]
         manifest = Manifest(shards=shards, **doc)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CacheError(f"cannot read cache manifest {path}: {exc}; remove {cache_dir} to rebuild it") from None
+    except RecursionError:  # json's parser recurses once per level
+        raise CacheError(
+            f"cannot read cache manifest {path}: nested too deeply; remove {cache_dir} to rebuild it"
+        ) from None
     for entry in manifest.shards:
         if not isinstance(entry.name, str) or not SHARD_NAME.fullmatch(entry.name):
             raise CacheError(

@@ -233,6 +233,10 @@ def read_manifest(frames_dir: str) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as exc:
         raise PrepareError(f"cannot read {path}: {exc}; remove it only if every frame folder is redone") from None
+    except RecursionError:  # json's parser recurses once per level
+        raise PrepareError(
+            f"cannot read {path}: nested too deeply; remove it only if every frame folder is redone"
+        ) from None
     if not (
         isinstance(manifest, dict)
         and isinstance(manifest.get("official_command"), str)

@@ -158,3 +158,23 @@ def test_prepare_splits_names_a_malformed_activitynet_file(tmp_path, text, why):
     assert r.exit_code == 1, r.output
     assert f"ActivityNet label file {annotation}" in r.output and why in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("text", ["[" * 100000, "[1, 2]", '{"shards": 5}'])
+def test_a_cache_manifest_nested_too_deeply_or_of_another_shape_is_one_line(private, tmp_path, text):
+    _, job_file = private
+    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4)).cache_dir
+    with open(os.path.join(cache_dir, "manifest.json"), "w") as f:
+        f.write(text)
+    r = CliRunner().invoke(main, ["extract", job_file, "--cache", str(tmp_path / "cache"), "--shard-size", "4"])
+    assert r.exit_code == 1 and "cannot read cache manifest" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_prepare_frames_manifest_nested_too_deeply_is_one_line(tmp_path):
+    frames, videos = tmp_path / "frames", tmp_path / "videos"
+    frames.mkdir()
+    videos.mkdir()
+    (videos / "v_a.mp4").write_bytes(b"not read")
+    (frames / "prepare-frames.json").write_text("[" * 100000)
+    r = CliRunner().invoke(main, ["prepare", "frames", str(videos), str(frames), "--dataset", "activitynet"])
+    assert r.exit_code == 1 and "nested too deeply" in r.output and "Traceback" not in r.output, r.output
