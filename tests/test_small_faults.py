@@ -7,7 +7,10 @@ import os
 import re
 import shutil
 
+import pytest
+import torch
 from click.testing import CliRunner
+from helpers import write_job
 
 from cli import main
 
@@ -77,3 +80,38 @@ def test_names_with_a_pipe_or_a_line_break_keep_every_summary_table_whole(hvu, c
     assert "- checkpoint `frame|exit.pth`" in markdown  # outside a table, as it is
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["default"][0]["map_per_category"]) >= {"indoor|outdoor", "thing\nor object"}
+
+
+# ------------------------------------------------------------------------------ a checkpoint of pickled objects
+
+
+class Note:
+    """A Python object pickled into a checkpoint beside its tensors (a training script's record, say)."""
+
+    def __init__(self, text):
+        self.text = text
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (
+            {"module.x": torch.zeros(1), "note": Note("epoch 3")},
+            f"it holds pickled Python objects other than tensors and containers ({__name__}.Note)",
+        ),
+        (b"not a checkpoint", "it is not a file of tensors written by torch.save"),
+    ],
+)
+def test_a_checkpoint_weights_only_loading_refuses_is_named_without_torchs_advice(anet, tmp_path, content, why):
+    path = tmp_path / "pickled.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    job = write_job(str(tmp_path / "job.yml"), anet, str(path))
+    r = CliRunner().invoke(main, ["infer", job, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 1
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith(f"Error: cannot load checkpoint {path} with weights_only=True: {why}")
+    # torch's own message advises loading it with weights_only=False (any code in the file would run): never relayed
+    assert "False" not in line and "safe_globals" not in line and "trust" not in line
