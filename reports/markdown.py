@@ -207,7 +207,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines += [
             "",
             "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for "
-            "ResNet-50, 1.8 for EfficientNet-B3, 1.96 per clip for X3D-S; n/a for other backbones); GMACs "
+            "ResNet-50, 1.8 for EfficientNet-B3, 1.96 per 13x160x160 clip for X3D-S; n/a for other backbones "
+            "and X3D-S clips of another size); GMACs "
             "measured counts the actual backbone and head with torch's FLOP counter (GFLOPs = 2 x GMACs). "
             "For a 3D backbone a frame in these columns is a clip.",
             "",

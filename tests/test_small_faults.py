@@ -10,12 +10,14 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import activitynet_dataset, data_overrides, official_state, write_job
 
 from cli import main
+from frameexit.cost import measure_step_costs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
+X3D_JOB = "activitynet_x3d_s.yml"
 
 
 def _copy(paths: dict[str, str], dest) -> dict[str, str]:
@@ -115,3 +117,29 @@ def test_a_checkpoint_weights_only_loading_refuses_is_named_without_torchs_advic
     assert line.startswith(f"Error: cannot load checkpoint {path} with weights_only=True: {why}")
     # torch's own message advises loading it with weights_only=False (any code in the file would run): never relayed
     assert "False" not in line and "safe_globals" not in line and "trust" not in line
+
+
+# ------------------------------------------------------------------------------ X3D-S's paper figure, its clip only
+
+
+def test_x3d_paper_cost_is_not_available_for_another_clip_geometry(tmp_path):
+    paths = activitynet_dataset(str(tmp_path / "data"), [("alpha", 12, (96, 80), [3]), ("bravo", 5, (80, 96), [7])])
+    ckpt = str(tmp_path / "x3d.pth")
+    torch.save(official_state("x3d_s", seed=3), ckpt)
+    common = [*data_overrides(paths), "--checkpoint.init", ckpt]
+    # (the paper's clip, 13 frames of 160x160, keeps its 1.96: test_clip_backbones runs the job as shipped)
+    # 4 frames of 64x64: the cost of a clip is not proportional to its size (the head's last convolution runs
+    # once per clip), so no scaled figure: n/a, as for a backbone the paper has none for
+    small = [*common, "--model.backbone.clip_length", "4"]
+    small += ["--data.preprocessing.resize", "64", "--data.preprocessing.crop_center", "64"]
+    r = CliRunner().invoke(main, ["infer", X3D_JOB, *small, "--out", str(tmp_path / "infer"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "infer" / "metrics.json").read_text())
+    assert metrics["gflops"] is None and metrics["gflops_per_frame"] is None
+    assert metrics["gmacs_measured"] > 0  # the measured cost follows the clip the backbone saw
+    assert "GFLOPs         n/a (paper convention defined for resnet50, efficientnet_b3, and x3d_s at 13x160x160" in (
+        r.output
+    )
+    own = measure_step_costs("pytorchvideo.x3d_s", input_size=160, clip_length=13, num_class=200).backbone
+    longer = measure_step_costs("pytorchvideo.x3d_s", input_size=160, clip_length=26, num_class=200).backbone
+    assert own == pytest.approx(1.96, abs=0.01) and longer != pytest.approx(2 * own, rel=1e-5)
