@@ -143,3 +143,28 @@ def test_x3d_paper_cost_is_not_available_for_another_clip_geometry(tmp_path):
     own = measure_step_costs("pytorchvideo.x3d_s", input_size=160, clip_length=13, num_class=200).backbone
     longer = measure_step_costs("pytorchvideo.x3d_s", input_size=160, clip_length=26, num_class=200).backbone
     assert own == pytest.approx(1.96, abs=0.01) and longer != pytest.approx(2 * own, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ unlabelled videos
+
+
+UNLABELLED = [("alpha", 12, (320, 240), []), ("bravo", 4, (240, 320), []), ("charlie", 9, (300, 300), [])]
+
+
+def test_a_budget_over_videos_without_labels_says_so_not_that_no_setting_fits(checkpoint, tmp_path):
+    paths = activitynet_dataset(str(tmp_path / "data"), UNLABELLED)
+    job = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+    out = tmp_path / "run"
+    grid = ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5", "--budget", "1000"]
+    r = CliRunner().invoke(main, ["run", job, "--cache", str(tmp_path / "cache"), "--out", str(out), *grid])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    (entry,) = summary["budget"]["checkpoints"]
+    why = "no evaluated video of this run has a label, so no setting has an accuracy (mAP) to choose by"
+    assert entry["setting"] is None and entry["note"] == why
+    assert f"| frameexit_resnet18.pth | - | - | - | - | {why} |" in (out / "summary.md").read_text()
+    # below every setting's cost too, and whatever the metric: the missing labels are the reason, not the budget
+    r = CliRunner().invoke(main, ["report", "--out", str(out), "--budget", "0.001", "--metric", "top1"])
+    assert r.exit_code == 0, r.output
+    note = json.loads((out / "summary.json").read_text())["budget"]["checkpoints"][0]["note"]
+    assert note == "no evaluated video of this run has a label, so no setting has an accuracy (top-1) to choose by"
