@@ -182,6 +182,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
     default_metrics = outputs.default_metrics(metrics)
     record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
+    record["n_videos_labelled"] = sum(1 for labels in rows[0].labels if labels)  # the same for every checkpoint
     record["exactness"] = _exactness_record(cache, names, risks)
     write_json(paths[REPLAY_FILE], record)
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)

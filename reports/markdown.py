@@ -145,6 +145,15 @@ def _exactness_lines(exactness: Mapping[str, Any] | None) -> list[str]:
     return [*lines, *_table(header, rows), "", note, ""]
 
 
+def _labelled(summary: Mapping[str, Any], *, why: bool = True) -> str:
+    """How many evaluated videos have a label, after their count (``why``: top-1 is over those only, and mAP
+    counts the others as negatives); nothing for a summary that does not say."""
+    n = summary.get("n_videos_labelled")
+    if n is None:
+        return ""
+    return f" ({n} with a label" + (": Top-1 is over these, mAP counts the others as negatives)" if why else ")")
+
+
 def _g(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
@@ -169,8 +178,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
     lines += [f"# FrameExit report: {summary['dataset']}", ""]
     lines.append(
-        f"{summary['n_videos_evaluated']} videos evaluated, {summary['n_videos_skipped']} skipped "
-        f"(of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
+        f"{summary['n_videos_evaluated']} videos evaluated{_labelled(summary)}, {summary['n_videos_skipped']} "
+        f"skipped (of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
         f"Accuracy metric: {NAMES[acc]}; cost: {summary['cost_label']}."
     )
     lines.append("")
@@ -313,7 +322,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "## Videos",
         "",
         f"{summary['n_videos_listed']} listed in the split, {summary['n_videos_evaluated']} "
-        f"evaluated, {summary['n_videos_skipped']} skipped.",
+        f"evaluated{_labelled(summary, why=False)}, {summary['n_videos_skipped']} skipped.",
         "",
     ]
     if skipped:

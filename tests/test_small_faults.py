@@ -168,3 +168,33 @@ def test_a_budget_over_videos_without_labels_says_so_not_that_no_setting_fits(ch
     assert r.exit_code == 0, r.output
     note = json.loads((out / "summary.json").read_text())["budget"]["checkpoints"][0]["note"]
     assert note == "no evaluated video of this run has a label, so no setting has an accuracy (top-1) to choose by"
+
+
+def test_top1_beside_a_count_of_videos_says_how_many_have_a_label(anet, checkpoint, tmp_path):
+    # the fixture evaluates 6 videos, one of them (v_delta.mp4) without a label: top-1 is over the other 5
+    job = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
+    r = CliRunner().invoke(main, ["infer", job, "--out", str(tmp_path / "infer"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "infer" / "metrics.json").read_text())
+    assert "FrameExit infer: 6 videos evaluated (5 with a label), 2 skipped (of 8 listed)" in r.output
+    assert f"  top-1          {metrics['top1']:.4f} (of the 5 videos with a label)\n" in r.output
+    out = tmp_path / "run"
+    grid = ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5"]
+    r = CliRunner().invoke(main, ["run", job, "--cache", str(tmp_path / "cache"), "--out", str(out), *grid])
+    assert r.exit_code == 0, r.output
+    assert "settings over 6 videos (5 with a label, 2 skipped), order coarse_to_fine" in r.output
+    assert json.loads((out / "replay.json").read_text())["n_videos_labelled"] == 5
+    assert json.loads((out / "summary.json").read_text())["n_videos_labelled"] == 5
+    markdown = (out / "summary.md").read_text()
+    assert (
+        "6 videos evaluated (5 with a label: Top-1 is over these, mAP counts the others as negatives), 2 skipped "
+        "(of 8 listed)" in markdown
+    )
+    assert "8 listed in the split, 6 evaluated (5 with a label), 2 skipped." in markdown
+    # with labels, a budget below every setting's cost is the reason, and the cheapest setting is named
+    r = CliRunner().invoke(main, ["report", "--out", str(out), "--budget", "0.001"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    cheapest = min(r["gflops_measured"] for r in summary["frontier"])
+    note = f"no setting fits the budget (the cheapest costs {cheapest:.2f})"
+    assert summary["budget"]["checkpoints"][0]["note"] == note and summary["n_videos_labelled"] == 5
