@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -198,3 +200,26 @@ def test_top1_beside_a_count_of_videos_says_how_many_have_a_label(anet, checkpoi
     cheapest = min(r["gflops_measured"] for r in summary["frontier"])
     note = f"no setting fits the budget (the cheapest costs {cheapest:.2f})"
     assert summary["budget"]["checkpoints"][0]["note"] == note and summary["n_videos_labelled"] == 5
+
+
+# ------------------------------------------------------------------------------ a reader that stops reading
+
+
+def test_run_piped_into_head_finishes_every_output_and_says_its_summary_was_cut(checkpoint, tmp_path):
+    paths = activitynet_dataset(str(tmp_path / "data"), [("alpha", 3, (96, 96), [3]), ("bravo", 2, (96, 96), [])])
+    job = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "cli", "run", job, "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    command += ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    # `frameexit run ... | head -1`: one line read, then the pipe closed while the command still has stages to run
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, stderr  # the status the command has with its stdout open
+    assert first.startswith(b"FrameExit extract: "), first
+    for name in ("sweep.parquet", "videos.parquet", "replay.json", "summary.md", "summary.json", "curve.png"):
+        assert (out / name).is_file(), name
+    assert "Note: standard output was closed before the summary was printed in full (broken pipe)" in stderr
+    assert "Traceback" not in stderr and "Error" not in stderr
