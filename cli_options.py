@@ -76,7 +76,7 @@ class _ReaderGone:
 def _outlive_readers() -> tuple[_ReaderGone, _ReaderGone]:
     """Make ``sys.stdout`` and ``sys.stderr`` outlive their readers (:class:`_ReaderGone`), once per process."""
     for name in ("stdout", "stderr"):
-        if not isinstance(getattr(sys, name), _ReaderGone):
+        if getattr(sys, name) is not None and not isinstance(getattr(sys, name), _ReaderGone):
             setattr(sys, name, _ReaderGone(getattr(sys, name)))
     return sys.stdout, sys.stderr  # type: ignore[return-value]
 
@@ -111,8 +111,8 @@ class FrameExitGroup(click.Group):
             raise click.exceptions.Exit(EXIT_TERMINATED) from None
 
 
-def _say_if_cut(stdout: _ReaderGone) -> None:
-    if stdout.gone:
+def _say_if_cut(stdout: _ReaderGone | None) -> None:
+    if getattr(stdout, "gone", False):
         click.echo(
             "Note: standard output was closed before the summary was printed in full (broken pipe); the command "
             "carried on to its end, and its exit status says how it ended.",
