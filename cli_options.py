@@ -34,6 +34,53 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated()
 
 
+class _ReaderGone:
+    """``sys.stdout`` or ``sys.stderr`` that outlives its reader (``frameexit run ... | head -1``).
+
+    The first write or flush that meets a closed pipe points the stream's descriptor at /dev/null (what it
+    still buffers, and all later output, is dropped there, the interpreter's last flush included) instead of
+    raising BrokenPipeError, which would stop the command between two stages with its outputs half written.
+    ``gone`` tells whether that happened.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test's stream): nothing more to write to
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _outlive_readers() -> tuple[_ReaderGone, _ReaderGone]:
+    """Make ``sys.stdout`` and ``sys.stderr`` outlive their readers (:class:`_ReaderGone`), once per process."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is not None and not isinstance(getattr(sys, name), _ReaderGone):
+            setattr(sys, name, _ReaderGone(getattr(sys, name)))
+    return sys.stdout, sys.stderr  # type: ignore[return-value]
+
+
 class PathNotFoundError(FrameExitError, FileNotFoundError):
     """A file or directory named on the command line does not exist (exit 1, as a missing job file)."""
 
@@ -51,6 +98,9 @@ class FrameExitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         if ctx.parent is None:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            stdout, _ = _outlive_readers()
+            # a closed stdout stops nothing: the command runs to its end, then says so (stderr may be open)
+            ctx.call_on_close(lambda: _say_if_cut(stdout))
         try:
             return super().invoke(ctx)
         except UsageError as exc:
@@ -65,6 +115,15 @@ class FrameExitGroup(click.Group):
                 "\nTerminated (SIGTERM): no output of this command was completed beyond what it reported.", err=True
             )
             raise click.exceptions.Exit(EXIT_TERMINATED) from None
+
+
+def _say_if_cut(stdout: _ReaderGone | None) -> None:
+    if getattr(stdout, "gone", False):
+        click.echo(
+            "Note: standard output was closed before the summary was printed in full (broken pipe); the command "
+            "carried on to its end, and its exit status says how it ended.",
+            err=True,
+        )
 
 
 class ExistingPath(click.Path):

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import x3d
 from .errors import BackboneError
+from .weights_file import refusal_reason
 
 PREFIX = "torchvision."
 
@@ -197,7 +198,7 @@ def imagenet_state_dict(name: str, *, truncate_modules: int = -1) -> Mapping[str
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for unreadable files
-        raise BackboneError(f"cannot read ImageNet weights file {path}: {exc}") from None
+        raise BackboneError(f"cannot read ImageNet weights file {path}: {refusal_reason(exc)}") from None
     with torch.device("meta"):
         net = torchvision.models.get_model(model_name(name), weights=None)
     kept = [child for child, _ in net.named_children()][:truncate_modules]

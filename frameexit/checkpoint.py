@@ -21,6 +21,7 @@ from .atomic import atomic_write
 from .backbone import build_backbone
 from .errors import CheckpointError
 from .head import FrameExit
+from .weights_file import refusal_reason
 
 PREFIX = "module."
 BACKBONE = "backbone."
@@ -30,7 +31,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict stored in a checkpoint file, keys without the ``module.`` prefix.
 
     Raises :class:`CheckpointError` naming the file if it is missing, unreadable,
-    holds anything but tensors (``weights_only=True``), is not a state dict, or
+    holds anything but tensors and containers (``weights_only=True``; the message names the pickled
+    objects and never advises loading it otherwise), is not a state dict, or
     holds NaN or infinite values (see :func:`check_finite`).
     """
     path = os.fspath(path)
@@ -39,9 +41,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot load checkpoint {path} with weights_only=True ({reason}); "
+            f"cannot load checkpoint {path} with weights_only=True: {refusal_reason(exc)}; "
             "a checkpoint must be a torch.save'd state dict of tensors"
         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -7,7 +7,9 @@ EfficientNet-B3; and 1.96 per clip for X3D-S, from the paper's table (19.6 for
 count of multiply-accumulates (GMACs) at 224x224, 1.8 EfficientNet-B3's at
 300x300 and 1.96 X3D-S's for a 13x160x160 clip; gates, projection and
 classifiers are ignored. This is how 24.7 (ActivityNet) and 19.7
-(Mini-Kinetics) come out.
+(Mini-Kinetics) come out. The official code charges 4.12 and 1.8 whatever the
+frame size; X3D-S's 1.96 is ours, from the paper, and holds for its clip only:
+another clip length or size has no paper figure (none).
 
 *Measured* (``gmacs_measured``): multiply-accumulates of the actual backbone at
 the actual input size (one frame, or one clip for a 3D backbone) plus the head, counted by
@@ -25,7 +27,8 @@ import numpy.typing as npt
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backbone import build_backbone, model_name, step_input
+from . import x3d
+from .backbone import build_backbone, is_clip_backbone, model_name, step_input
 from .head import HIDDEN_DIM, FrameExit
 
 #: Per-step cost in the paper's convention, in "GFLOPs" (really GMACs): the official code's 4.12 and 1.8
@@ -33,10 +36,25 @@ from .head import HIDDEN_DIM, FrameExit
 PAPER_PER_FRAME = {"resnet50": 4.12, "efficientnet_b3": 1.8, "x3d_s": 1.96}
 
 
-def paper_per_frame(backbone_name: str) -> float | None:
+def paper_per_frame(
+    backbone_name: str, *, clip_length: int | None = None, input_size: int | None = None
+) -> float | None:
     """The paper-convention cost of one step (frame or clip), or ``None`` where the paper has none (the official
-    code uses 0)."""
-    return PAPER_PER_FRAME.get(model_name(backbone_name))
+    code uses 0).
+
+    A 3D backbone's figure is the paper's for one clip of the model's own geometry (X3D-S: 13 frames of 160x160)
+    and ``None`` for another ``clip_length`` or ``input_size`` (``None``: the model's own). It is not scaled: the
+    cost of a clip is not proportional to its frames and pixels (the head's last convolution runs once per clip;
+    torch's FLOP counter gives 3.923 GMACs for 26x160x160, not 2 x 1.962), so a scaled figure would be no one's.
+    A 2D backbone's figure is the official code's, charged whatever the frame size.
+    """
+    short = model_name(backbone_name)
+    per_step = PAPER_PER_FRAME.get(short)
+    if per_step is not None and is_clip_backbone(backbone_name):
+        own = x3d.spec(short)
+        if (clip_length or own.clip_length, input_size or own.crop) != (own.clip_length, own.crop):
+            return None
+    return per_step
 
 
 def paper_gflops(exit_step: npt.ArrayLike, per_frame: float | None) -> float:

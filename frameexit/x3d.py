@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BackboneError
+from .weights_file import refusal_reason
 
 PREFIX = "pytorchvideo."
 
@@ -157,8 +158,7 @@ def zoo_state_dict(short: str, path: str | None = None) -> dict[str, torch.Tenso
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for unreadable files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"cannot read {path} with weights_only=True: {reason}") from None
+        raise BackboneError(f"cannot read {path} with weights_only=True: {refusal_reason(exc)}") from None
     state = checkpoint.get("model_state") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(

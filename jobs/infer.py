@@ -12,7 +12,7 @@ import torch
 
 from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
-from frameexit.cost import exit_histogram, paper_gflops, paper_per_frame
+from frameexit.cost import exit_histogram, paper_gflops
 from frameexit.errors import ConfigError
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
@@ -37,7 +37,7 @@ from reports.write import write_json, write_table
 from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
-from .model import exact_fp32, load_model, resolve_device, step_costs
+from .model import exact_fp32, load_model, paper_per_step, resolve_device, step_costs
 from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .progress import progress as progress_bar
 
@@ -150,7 +150,7 @@ def _infer_into(
     scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
     metrics = evaluate(keys, scores, dict(zip(keys, labels, strict=True)), model_cfg.num_class)
     costs = step_costs(job, model.mlp.layers[0].out_features)
-    per_frame = paper_per_frame(model_cfg.backbone_name)
+    per_frame = paper_per_step(job)
     document = InferMetrics(
         map=metrics.map,
         top1=metrics.top1,

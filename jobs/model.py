@@ -10,7 +10,7 @@ import torch
 
 from frameexit.backbone import feature_dim, pretrained_state_dict
 from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
-from frameexit.cost import StepCosts, measure_step_costs
+from frameexit.cost import StepCosts, measure_step_costs, paper_per_frame
 from frameexit.errors import CheckpointError, ConfigError
 from frameexit.head import FrameExit
 
@@ -106,6 +106,12 @@ def backbone_geometry(job: Job) -> dict[str, int | None]:
     if not job.model.clips:
         return {"clip_length": None, "input_size": None}
     return {"clip_length": job.model.clip_length, "input_size": job.data.preprocessing.crop}
+
+
+def paper_per_step(job: Job) -> float | None:
+    """The paper-convention cost of one of the job's steps (:func:`frameexit.cost.paper_per_frame` of its
+    backbone at its clip geometry): ``None`` where the paper has no figure for them."""
+    return paper_per_frame(job.model.backbone_name, **backbone_geometry(job))
 
 
 def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:

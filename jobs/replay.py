@@ -29,7 +29,7 @@ from cache.reader import FeatureCache
 from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest
-from frameexit.cost import StepCosts, paper_per_frame
+from frameexit.cost import StepCosts
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
@@ -60,7 +60,7 @@ from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import checkpoint_state, step_costs
+from .model import checkpoint_state, paper_per_step, step_costs
 from .outputs import REPLAY_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
@@ -190,13 +190,14 @@ def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool
     names = _checkpoint_names([h.name for h in heads])
     by_width = _step_costs(job, heads)
     costs = [by_width[h.hidden_dim] for h in heads]
-    per_frame = paper_per_frame(job.model.backbone_name)
+    per_frame = paper_per_step(job)
     outputs = _Outputs(grid, names, costs, per_frame, categories, risks)
     paths = out_paths(folder, REPLAY_FILES)
     write_table(paths[SWEEP_FILE], outputs.sweep_columns(metrics, n_videos), SWEEP)
     write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
     default_metrics = outputs.default_metrics(metrics)
     record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
+    record["n_videos_labelled"] = sum(1 for labels in rows[0].labels if labels)  # the same for every checkpoint
     record["exactness"] = _exactness_record(cache, names, risks)
     write_json(paths[REPLAY_FILE], record)
     return record

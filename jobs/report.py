@@ -132,10 +132,12 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
     return rows, replay
 
 
-def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], dict[str, VideoResults | None]]:
-    """``(videos, video_results)`` of ``summary.json`` from ``videos.parquet`` in a replay output directory.
+def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], dict[str, VideoResults | None], int]:
+    """``(videos, video_results, n_labelled)`` of ``summary.json`` from ``videos.parquet`` in a replay output
+    directory.
 
-    ``videos``: the evaluated video keys, sorted; ``video_results``: per checkpoint of
+    ``videos``: the evaluated video keys, sorted; ``n_labelled``: how many of them have a label (top-1's
+    denominator); ``video_results``: per checkpoint of
     ``replay.json``, its exit step and hit for each of them at the job's setting, or
     ``None`` where ``videos.parquet`` has no row at that setting (``--per-video all``
     on a grid without it). Only the rows of one setting are read, however many it holds.
@@ -176,6 +178,7 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
         hit = r["prediction"] in r["labels"] if r["labels"] else None
         by_checkpoint.setdefault(r["checkpoint"], {})[r["video"]] = (r["exit_step"], hit)
     videos = sorted({key for per_video in by_checkpoint.values() for key in per_video})
+    n_labelled = len({r["video"] for r in rows if r["labels"]})
     if len(videos) != replay["n_videos"]:
         raise ReportInputError(
             f"{path} holds {len(videos)} videos, {os.path.join(run_dir, REPLAY_FILE)} counts {replay['n_videos']}: "
@@ -193,7 +196,7 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
             if any(step is None for step in steps)
             else VideoResults(exit_step=steps, hit=[per_video[key][1] for key in videos])  # type: ignore[misc]
         )
-    return videos, results
+    return videos, results, n_labelled
 
 
 def read_baseline(path: str) -> Baseline:
@@ -380,12 +383,14 @@ def build_summary(
     videos: list[str],
     video_results: dict[str, VideoResults | None],
     *,
+    n_labelled: int | None = None,
     budget: float | None = None,
     calibration_rows: list[dict[str, Any]] | None = None,
     metric: str | None = None,
 ) -> Summary:
     """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows, ``replay.json`` and
-    per-video results (:func:`read_video_results`), without the baseline comparison (:func:`report` adds it)."""
+    per-video results (:func:`read_video_results`, with ``n_labelled``, the videos with a label), without the
+    baseline comparison (:func:`report` adds it)."""
     accuracy = metric or ACCURACY.get(replay["dataset"], "map")
     default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
@@ -407,6 +412,7 @@ def build_summary(
         baseline=None,
         n_videos_listed=replay["n_videos_listed"],
         n_videos_evaluated=replay["n_videos"],
+        n_videos_labelled=n_labelled,
         n_videos_skipped=len(skipped),
         skipped=skipped,
         videos=videos,
@@ -451,7 +457,7 @@ def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
     ``folder`` (a staging folder); ``options`` as :func:`check_report_options` returns them."""
     calibrate_on, base = options.calibrate_on, options.baseline
     rows, replay = read_run(run_dir)
-    videos, video_results = read_video_results(run_dir, replay)
+    videos, video_results, n_labelled = read_video_results(run_dir, replay)
     calibration = None
     if calibrate_on:
         calibration, calibration_replay = read_run(calibrate_on)
@@ -462,7 +468,14 @@ def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
         if mismatches:
             raise ReportInputError(_not_calibration(calibrate_on, mismatches))
     summary = build_summary(
-        rows, replay, videos, video_results, budget=options.budget, calibration_rows=calibration, metric=options.metric
+        rows,
+        replay,
+        videos,
+        video_results,
+        n_labelled=n_labelled,
+        budget=options.budget,
+        calibration_rows=calibration,
+        metric=options.metric,
     )
     if base:
         mismatches = baseline_mismatches(summary, base.document)

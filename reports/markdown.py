@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,9 +32,30 @@ def _arrow(key: str, higher: Mapping[str, bool]) -> str:
     return "" if key not in higher else (" ↑" if higher[key] else " ↓")
 
 
+#: Line breaks of Markdown (and a CSV cell's): one ends a table row, or a list item, wherever it is.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def one_line(text: Any) -> str:
+    """``text`` on one line: each line break a space (a name from a file may hold one; Markdown ends a row,
+    a list item or a quote there)."""
+    return _LINE_BREAK.sub(" ", str(text))
+
+
+#: A ``|`` and the backslashes just before it (doubled, or one of them would escape the escape).
+_PIPE = re.compile(r"(\\*)\|")
+
+
+def cell(text: Any) -> str:
+    """``text`` as one table cell: on one line, ``|`` escaped (``\\|``), so that a checkpoint, category or video
+    name holding either neither ends its row nor splits it into more columns than the header's."""
+    return _PIPE.sub(lambda m: 2 * m.group(1) + "\\|", one_line(text))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    """A Markdown table; every cell, the header's too, through :func:`cell`."""
+    out = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
     return out
 
 
@@ -123,6 +145,15 @@ def _exactness_lines(exactness: Mapping[str, Any] | None) -> list[str]:
     return [*lines, *_table(header, rows), "", note, ""]
 
 
+def _labelled(summary: Mapping[str, Any], *, why: bool = True) -> str:
+    """How many evaluated videos have a label, after their count (``why``: top-1 is over those only, and mAP
+    counts the others as negatives); nothing for a summary that does not say."""
+    n = summary.get("n_videos_labelled")
+    if n is None:
+        return ""
+    return f" ({n} with a label" + (": Top-1 is over these, mAP counts the others as negatives)" if why else ")")
+
+
 def _g(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
@@ -135,7 +166,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     baseline = summary["baseline"]
     if baseline and not baseline["passed"]:
         lines += ["> [!CAUTION]", "> **Regression against the baseline**", ">"]
-        lines += [f"> - {r}" for r in baseline["regressions"]]
+        lines += [f"> - {one_line(r)}" for r in baseline["regressions"]]
         lines.append("")
     elif baseline and _over_common(baseline):
         lines += [
@@ -147,8 +178,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
     lines += [f"# FrameExit report: {summary['dataset']}", ""]
     lines.append(
-        f"{summary['n_videos_evaluated']} videos evaluated, {summary['n_videos_skipped']} skipped "
-        f"(of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
+        f"{summary['n_videos_evaluated']} videos evaluated{_labelled(summary)}, {summary['n_videos_skipped']} "
+        f"skipped (of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
         f"Accuracy metric: {NAMES[acc]}; cost: {summary['cost_label']}."
     )
     lines.append("")
@@ -185,7 +216,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines += [
             "",
             "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for "
-            "ResNet-50, 1.8 for EfficientNet-B3, 1.96 per clip for X3D-S; n/a for other backbones); GMACs "
+            "ResNet-50, 1.8 for EfficientNet-B3, 1.96 per 13x160x160 clip for X3D-S; n/a for other backbones "
+            "and X3D-S clips of another size); GMACs "
             "measured counts the actual backbone and head with torch's FLOP counter (GFLOPs = 2 x GMACs). "
             "For a 3D backbone a frame in these columns is a clip.",
             "",
@@ -290,7 +322,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "## Videos",
         "",
         f"{summary['n_videos_listed']} listed in the split, {summary['n_videos_evaluated']} "
-        f"evaluated, {summary['n_videos_skipped']} skipped.",
+        f"evaluated{_labelled(summary, why=False)}, {summary['n_videos_skipped']} skipped.",
         "",
     ]
     if skipped:
@@ -308,9 +340,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"backbone weights SHA-256 `{str(cache['inputs'].get('backbone_digest'))[:16]}...`)"
         )
     for c in p["checkpoints"]:
-        lines.append(f"- checkpoint `{c['name']}`: SHA-256 `{c['sha256']}`")
+        lines.append(f"- checkpoint `{one_line(c['name'])}`: SHA-256 `{c['sha256']}`")
     for name, path in p["dataset_files"].items():
-        lines.append(f"- {name}: `{path}`")
+        lines.append(f"- {name}: `{one_line(path)}`")
     versions = p["versions"]
     if versions:
         lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

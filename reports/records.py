@@ -275,6 +275,8 @@ class ReplayRecord(TypedDict):
     backbone: str  # model.backbone.name
     job: dict[str, Any]  # the resolved job, every key
     runtime: ReplayRuntime
+    # of the videos replayed, those with at least one label: top-1's denominator (absent before 0.1 wrote it)
+    n_videos_labelled: NotRequired[int]
     # agreement with frameexit infer: deviation of the features and the videos at risk (absent before 0.1 wrote it)
     exactness: NotRequired[ExactnessRecord]
 
@@ -348,6 +350,9 @@ class Summary(TypedDict):
     baseline: dict[str, Any] | None
     n_videos_listed: int  # videos the split file lists
     n_videos_evaluated: int  # videos replayed
+    # of those, videos with at least one label (videos.parquet's): top-1's denominator; mAP counts the others as
+    # negatives of every class; null when not known (absent in summaries before 0.1 wrote it)
+    n_videos_labelled: NotRequired[int | None]
     n_videos_skipped: int  # listed videos without features
     skipped: list[SkippedVideo]  # with the reason
     # split-file keys of the evaluated videos, sorted: the baseline gate compares these sets (schema_version 2)

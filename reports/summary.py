@@ -91,6 +91,22 @@ def best_within_budget(rows: Sequence[Row], budget: float, *, accuracy: str, cos
     return dict(min(fits, key=lambda r: (-r[accuracy], r[cost], r["first_threshold"], r["gate_threshold"])))
 
 
+def why_none_fits(rows: Sequence[Row], *, accuracy: str, cost: str, calibrated: bool = False) -> str:
+    """Why :func:`best_within_budget` found no setting in one checkpoint's ``rows``, in words: no rows (not in the
+    calibration run), no accuracy at any setting (no evaluated video has a label: the budget is not the reason),
+    no cost, or every setting costs more than the budget (the cheapest named)."""
+    run = "the calibration run" if calibrated else "this run"
+    if not rows:
+        return "checkpoint not in the calibration run"
+    if not any(_finite(r.get(accuracy)) for r in rows):
+        name = {"map": "mAP", "top1": "top-1"}.get(accuracy, accuracy)
+        return f"no evaluated video of {run} has a label, so no setting has an accuracy ({name}) to choose by"
+    costs = [r[cost] for r in rows if _finite(r.get(cost)) and _finite(r.get(accuracy))]
+    if not costs:
+        return f"no setting of {run} with an accuracy has a cost ({cost})"
+    return f"no setting fits the budget (the cheapest costs {min(costs):.2f})"
+
+
 def choose_budget(
     rows: Sequence[Row],
     budget: float,
@@ -119,7 +135,7 @@ def choose_budget(
         }
         if pick is None:
             entry["setting"] = None
-            entry["note"] = "no setting fits the budget" if source else "checkpoint not in the calibration run"
+            entry["note"] = why_none_fits(source, accuracy=accuracy, cost=cost, calibrated=calibration_rows is not None)
         else:
             entry["setting"] = {"first_threshold": pick["first_threshold"], "gate_threshold": pick["gate_threshold"]}
             match = [

@@ -28,6 +28,16 @@ def _skipped(skipped: list[Mapping[str, str]], head: str, where: str) -> list[st
     return lines
 
 
+def _with_labels(n_labelled: int | None) -> str:
+    """`` (N with a label)`` after a count of videos evaluated: top-1 is over those only (nothing when unknown)."""
+    return "" if n_labelled is None else f" ({n_labelled} with a label)"
+
+
+def _labelled_and(n_labelled: int | None) -> str:
+    """``N with a label, `` inside a parenthesis of counts (nothing when unknown)."""
+    return "" if n_labelled is None else f"{n_labelled} with a label, "
+
+
 def render_infer_summary(result: Any) -> str:
     """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs.
 
@@ -40,15 +50,17 @@ def render_infer_summary(result: Any) -> str:
     gflops_note = (
         f"(paper convention: {per_frame} per {step} x {step}s read)"
         if per_frame is not None
-        else "(paper convention defined for resnet50, efficientnet_b3 and x3d_s only)"
+        else "(paper convention defined for resnet50, efficientnet_b3, and x3d_s at 13x160x160 clips only)"
     )
     hist = metrics.get("exit_histogram", [])
+    labelled = metrics.get("n_videos_labelled")
     lines = [
-        f"FrameExit infer: {metrics['n_videos']} videos evaluated, {len(metrics['skipped'])} skipped "
-        f"(of {metrics['n_videos_listed']} listed); "
+        f"FrameExit infer: {metrics['n_videos']} videos evaluated{_with_labels(labelled)}, "
+        f"{len(metrics['skipped'])} skipped (of {metrics['n_videos_listed']} listed); "
         f"first_threshold={metrics['first_threshold']:g} gate_threshold={metrics['gate_threshold']:g}",
         f"  mAP            {_num(metrics.get('map'))}",
-        f"  top-1          {_num(metrics.get('top1'))}",
+        f"  top-1          {_num(metrics.get('top1'))}"
+        + (f" (of the {labelled} videos with a label)" if labelled is not None else ""),
         f"  GFLOPs         {gflops} {gflops_note}",
         f"  GMACs measured {_num(metrics.get('gmacs_measured'), 2)} per video (backbone + head; GFLOPs = 2 x GMACs)",
         f"  {'mean ' + step + 's':<15}{_num(metrics.get('mean_frames'), 2)}",
@@ -121,10 +133,12 @@ def render_replay_summary(result: Any) -> str:
     d = summary["default_setting"]
     lines = [
         f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {summary['n_settings']} settings "
-        f"over {summary['n_videos']} videos ({len(summary['skipped'])} skipped), order {summary['order_name']}",
+        f"over {summary['n_videos']} videos ({_labelled_and(summary.get('n_videos_labelled'))}"
+        f"{len(summary['skipped'])} skipped), order {summary['order_name']}",
         f"  cache {summary['cache']['directory']}",
         f"  default setting first_threshold={d['first_threshold']:g} gate_threshold={d['gate_threshold']:g}:",
-        "    checkpoint                          mAP     top-1   GFLOPs  GMACs   frames",
+        "    checkpoint                          mAP     top-1   GFLOPs  GMACs   frames"
+        + ("" if summary.get("n_videos_labelled") is None else "   (top-1 of the videos with a label)"),
     ]
     for row in summary["default_metrics"]:
         lines.append(

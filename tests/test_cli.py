@@ -49,7 +49,7 @@ def test_official_activitynet_job_with_resnet50_end_to_end(anet, resnet50_checkp
     out = tmp_path / "out"
     r = invoke("infer", ANET_JOB, *_paths(anet), "--checkpoint.init", resnet50_checkpoint, "--out", out)
     assert r.exit_code == 0, r.output
-    assert "6 videos evaluated, 2 skipped (of 8 listed)" in r.output
+    assert "6 videos evaluated (5 with a label), 2 skipped (of 8 listed)" in r.output
     assert "mAP" in r.output and "top-1" in r.output and "exits per step" in r.output
     assert "v_nofolder.mp4: no frame folder" in r.output
     rows = pq.read_table(out / "videos.parquet").to_pylist()

@@ -209,7 +209,7 @@ def test_replay_cli(setup, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "1 checkpoint(s) x 3 settings over 6 videos (2 skipped)" in r.output
+    assert "1 checkpoint(s) x 3 settings over 6 videos (5 with a label, 2 skipped)" in r.output
     sweep = pq.read_table(tmp_path / "o" / "sweep.parquet")
     assert sweep.column("first_threshold").to_pylist() == [0.5, 0.75, 1.0]
     assert {
