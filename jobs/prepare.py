@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from frameexit.atomic import atomic_write, check_writable_dir
-from frameexit.errors import DatasetError, FrameExitError, UsageError
+from frameexit.errors import (
+    DISK_FULL_ERRNOS,
+    DatasetError,
+    DiskFullError,
+    FrameExitError,
+    UsageError,
+    reporting_disk_full,
+)
 
 from .datasets import (
     VIDEO_SUFFIXES,
@@ -114,6 +121,7 @@ class _Outcome:
     frames: int = 0
     too_short: str | None = None  # why no frame, for a video that decodes but is shorter than one output frame
     error: str | None = None
+    disk_full: int | None = None  # the errno, when ffmpeg failed for lack of space: no video after it can succeed
 
 
 def _start(ffmpeg: FFmpeg, video: str, frames_dir: str, *, fps: int, min_side: int, prefix: str) -> _Running:
@@ -163,11 +171,16 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
             os.rename(task.tmp, final)
         except OSError as exc:
             shutil.rmtree(task.tmp, ignore_errors=True)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise  # the folder holding the frames is full: prepare_frames stops, naming it
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 return _Outcome(task.video, task.key, error=_occupied(final))
             return _Outcome(task.video, task.key, error=f"cannot rename its frames to {final}: {exc.strerror or exc}")
         return _Outcome(task.video, task.key, frames=count)
+    full = _disk_full(log, task.tmp) if status else None  # before the removal frees the space
     shutil.rmtree(task.tmp, ignore_errors=True)
+    if full is not None:
+        return _Outcome(task.video, task.key, error=ffmpeg_problems(log) or os.strerror(full), disk_full=full)
     duration = input_duration(log)
     if count == 0 and duration is not None and duration * fps < 1:
         # the official command writes nothing either (and fails, as the encoder never gets a frame)
@@ -180,6 +193,22 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
     else:
         reason = f"ffmpeg wrote no frame: {reason}"
     return _Outcome(task.video, task.key, error=reason)
+
+
+def _disk_full(log: str, folder: str) -> int | None:
+    """The errno of a full disk (or quota, or file size limit) when ffmpeg failed writing into ``folder``, or None.
+
+    ffmpeg prints the system's message (``av_interleaved_write_frame(): No space left on device``); an ffmpeg
+    that prints something else is caught by the file system itself having no block left, even for root.
+    """
+    for code in DISK_FULL_ERRNOS:
+        if os.strerror(code) in log:
+            return code
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    return errno.ENOSPC if stat.f_bfree == 0 else None
 
 
 def _run(
@@ -471,15 +500,24 @@ def prepare_frames(
         predating = len(manifest.get("folders_before_manifest", []))
         return FramesResult({}, sorted(done), manifest=os.path.join(frames_dir, MANIFEST), predating=predating)
     binary = find_ffmpeg(ffmpeg)
-    manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
+    with reporting_disk_full(frames_dir):  # the manifest, a temporary folder, a rename
+        manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
     written: dict[str, int] = {}
     failed = list(refused)
     too_short: list[dict[str, str]] = []
     run = _run(binary, todo, frames_dir, workers=workers, **preset)
-    with contextlib.closing(run):
+    with reporting_disk_full(frames_dir), contextlib.closing(run):
         outcomes = run if progress is None else progress(run, len(todo))
         for outcome in outcomes:
             name = os.path.basename(outcome.video)
+            if outcome.disk_full is not None:
+                # every later video would fail the same way: stop (closing the run kills and cleans the others)
+                reason = os.strerror(outcome.disk_full)
+                raise DiskFullError(
+                    f"{reason[:1].lower()}{reason[1:]} writing the frames of {name} into {frames_dir} "
+                    f"(ffmpeg: {outcome.error}); the {len(written)} video(s) finished before it are kept: "
+                    "free some space and run again to do the rest"
+                )
             if outcome.error:
                 failed.append({"video": name, "reason": outcome.error})
             elif outcome.too_short:

@@ -4,14 +4,23 @@ remote worker does not share) end in one line naming what failed, with nothing h
 import os
 import shutil
 import subprocess
+import sys
 
 import imageio_ffmpeg
 import pytest
 from click.testing import CliRunner
+from helpers import write_job
 
+from cache.manifest import read_manifest
+from cache.reader import verify_shard
 from cli import main
+from jobs.config import load_job
+from jobs.extract import ExtractOptions, extract
 
 BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()  # the static ffmpeg of the imageio-ffmpeg wheel
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)  # the processes run this tree's code
+CLI = [sys.executable, "-m", "cli"]
 
 
 def _video(path, seconds=2):
@@ -96,3 +105,119 @@ def test_videos_and_frames_in_one_folder_are_refused_before_any_work(clip, tmp_p
     assert last.startswith("Error: ") and "VIDEOS_DIR" in last and "FRAMES_DIR" in last, r.output
     assert "Traceback" not in r.output
     assert sorted(os.listdir(top)) == before  # nothing written: no manifest, no frame folder
+
+
+# ---------------------------------------------------------------------------------------------- item 14: a full disk
+
+# the command runs in a private mount namespace with a tmpfs of SIZE on MOUNT; what MOUNT holds afterwards is
+# copied to SAVE (the tmpfs goes with the namespace), and the command's exit status is the script's
+IN_TMPFS = 'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; m="$2"; s="$3"; shift 3; "$@"; rc=$?; cp -a "$m"/. "$s"/; exit $rc'
+
+
+@pytest.fixture(scope="module")
+def tmpfs_works(tmp_path_factory):
+    """Skip unless this process may mount a tmpfs in a private mount namespace (root, unshare available)."""
+    mount = tmp_path_factory.mktemp("probe")
+    try:
+        probe = subprocess.run(
+            ["unshare", "-m", "sh", "-c", IN_TMPFS, "sh", "4k", mount, mount, "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot run unshare: {exc}")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.decode().strip()}")
+
+
+def _in_tmpfs(tmp_path, size, argv, *, mount=None, cwd=ROOT):
+    """Run ``argv`` with a tmpfs of ``size`` on ``mount`` (default ``tmp_path/full``); returns the completed
+    process and the folder holding a copy of what the tmpfs held at the end."""
+    mount = mount or tmp_path / "full"
+    saved = tmp_path / "saved"
+    os.makedirs(mount, exist_ok=True)
+    saved.mkdir()
+    argv = ["unshare", "-m", "sh", "-c", IN_TMPFS, "sh", size, str(mount), str(saved), *map(str, argv)]
+    done = subprocess.run(argv, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 99, done.stderr
+    return done, saved
+
+
+def _one_error_line(done):
+    """The error line of a failed command, checking that it is the only thing on stderr besides warnings."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), done.stderr
+    return lines[-1]
+
+
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+@pytest.fixture(scope="module")
+def job_file(anet, checkpoint, tmp_path_factory):
+    return write_job(str(tmp_path_factory.mktemp("job") / "job.yml"), anet, checkpoint)
+
+
+@pytest.fixture(scope="module")
+def two_videos(anet, tmp_path_factory):
+    """A split of two of the fixture's videos (quicker to extract in another process)."""
+    path = tmp_path_factory.mktemp("split") / "split.txt"
+    path.write_text("v_alpha.mp4\nv_charlie.mp4\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def extracted(job_file, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cache"))
+    return extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+
+
+def test_extract_on_a_full_disk_names_the_shard_and_leaves_nothing_a_rerun_would_trust(
+    tmpfs_works, job_file, two_videos, tmp_path
+):
+    argv = [*CLI, "extract", job_file, "--cache", tmp_path / "full", "--shard-size", "1", "--no-progress"]
+    done, saved = _in_tmpfs(tmp_path, "16k", [*argv, "--data.path_split", two_videos])
+    line = _one_error_line(done)
+    key = next(n for n in os.listdir(saved) if not n.startswith("."))
+    assert line.startswith(f"Error: no space left on device writing {tmp_path / 'full' / key}/shard-0000"), line
+    assert not [f for f in _files(saved) if f.endswith(".tmp")]  # no temporary file left
+    manifest = read_manifest(str(saved / key))
+    for entry in manifest.shards if manifest else []:  # what the manifest records as written is there, whole
+        if entry.done:
+            verify_shard(str(saved / key / entry.name), entry.sha256)
+    assert manifest is None or not manifest.complete
+
+
+def test_train_on_a_full_disk_names_the_checkpoint_not_an_unexpected_pos(tmpfs_works, job_file, extracted, tmp_path):
+    out = tmp_path / "full" / "head.pth"
+    stages = ["--train.epochs_classifier", "1", "--train.epochs_gates", "1", "--train.hidden_dim", "16"]
+    argv = [*CLI, "train", job_file, "--cache", os.path.dirname(extracted.cache_dir), "--out", out, *stages]
+    done, saved = _in_tmpfs(tmp_path, "600k", [*argv, "--no-progress"])
+    assert _one_error_line(done).startswith(f"Error: no space left on device writing {out}: free some space"), done
+    assert _files(saved) == []  # no half-written checkpoint, no temporary file
+
+
+def test_replay_on_a_full_disk_is_one_line(tmpfs_works, job_file, extracted, tmp_path):
+    out = tmp_path / "full" / "replay"
+    argv = [*CLI, "replay", job_file, "--features", extracted.cache_dir, "--out", out, "--scheduler", "sync"]
+    done, _ = _in_tmpfs(tmp_path, "8k", [*argv, "--no-progress"])
+    assert "no space left on device" in _one_error_line(done)
+
+
+def test_prepare_frames_on_a_full_disk_stops_saying_so(tmpfs_works, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _video(videos / "v_0.mp4", seconds=4)
+    for i in range(1, 8):
+        shutil.copy(videos / "v_0.mp4", videos / f"v_{i}.mp4")
+    argv = [*CLI, "prepare", "frames", videos, tmp_path / "full", "--dataset", "minikinetics", "--workers", "2"]
+    done, saved = _in_tmpfs(tmp_path, "400k", argv)
+    line = _one_error_line(done)
+    assert line.startswith("Error: no space left on device writing the frames of v_"), line
+    assert f"into {tmp_path / 'full'} (ffmpeg: " in line and "free some space and run again" in line
+    assert "could not decode" not in done.stdout + done.stderr
+    folders = [n for n in os.listdir(saved) if n != "prepare-frames.json"]
+    assert len(folders) < 8 and not [n for n in folders if n.startswith(".")]  # stopped; no temporary folder left
+    for name in folders:  # every folder left is complete: 20 frames at 5 fps
+        assert len(_jpegs(saved / name)) == 20, name
