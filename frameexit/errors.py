@@ -56,6 +56,11 @@ class TrainingError(FrameExitError, FloatingPointError):
     """Training met or produced NaN or infinite values (non-finite features, a diverged loss); no head comes out."""
 
 
+class WorkerLostError(FrameExitError, RuntimeError):
+    """A worker process (a DataLoader's, a dask worker) died while it ran a task: killed by a signal, most often
+    the out-of-memory killer's SIGKILL."""
+
+
 class DiskFullError(OutputError):
     """Writing an output or cache file failed for lack of space (ENOSPC), of quota (EDQUOT) or over the file size
     limit (EFBIG); nothing half written is left where a rerun would trust it."""

@@ -53,7 +53,7 @@ from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
 from .model import backbone_geometry, checkpoint_state, exact_fp32, resolve_device
 from .progress import progress as progress_bar
-from .scheduling import LOCAL_SCHEDULERS, dask_client
+from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
 
@@ -415,8 +415,10 @@ def _run(
         bar.set_postfix_str(f"{frames / max(time.perf_counter() - started, 1e-9):.0f} frames/s", refresh=False)
 
     num_workers = job.data.num_workers if options.num_workers is None else options.num_workers
+    advice = "lower --num-workers (data.num_workers) or --batch-videos; the shards written so far are kept"
     try:
-        yield from compute_shards(tasks, backbone.get(device), device, num_workers=num_workers, on_batch=on_batch)
+        with explaining_lost_workers("decoding JPEGs", advice):
+            yield from compute_shards(tasks, backbone.get(device), device, num_workers=num_workers, on_batch=on_batch)
     finally:
         bar.close()
 
@@ -429,15 +431,22 @@ def _run_distributed(
     if options.workers:
         threads = max(1, (os.cpu_count() or 1) // options.workers)
         tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
+    advice = (
+        "give the workers more memory, run fewer per machine or lower --batch-videos; "
+        "the shards written so far are kept"
+    )
     with dask_client(options.scheduler, options.workers, gpus=n_gpus) as client:
         # one object under one key: each worker deserializes it once, and its tasks share the backbone built there
-        shipped = client.scatter(backbone, broadcast=True, hash=False)
+        with explaining_lost_workers("receiving the backbone", advice):
+            shipped = client.scatter(backbone, broadcast=True, hash=False)
         futures = client.map(run_shard_task, tasks, backbone=shipped, pure=False)
         bar = progress_bar(
             as_completed(futures), desc="extract shards", total=len(futures), unit="shard", enabled=progress
         )
         for future in bar:
-            yield future.result()
+            with explaining_lost_workers("extracting a shard", advice):
+                result = future.result()
+            yield result
 
 
 def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:

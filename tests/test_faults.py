@@ -3,10 +3,13 @@ remote worker does not share) end in one line naming what failed, with nothing h
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import imageio_ffmpeg
+import psutil  # installed with dask.distributed
 import pytest
 from click.testing import CliRunner
 from helpers import write_job
@@ -221,3 +224,54 @@ def test_prepare_frames_on_a_full_disk_stops_saying_so(tmpfs_works, tmp_path):
     assert len(folders) < 8 and not [n for n in folders if n.startswith(".")]  # stopped; no temporary folder left
     for name in folders:  # every folder left is complete: 20 frames at 5 fps
         assert len(_jpegs(saved / name)) == 20, name
+
+
+# ---------------------------------------------------------------------------------------------- item 14: killed workers
+
+
+def _kill_when(argv, ready, *, env=ENV, timeout=120):
+    """Run ``argv``; SIGKILL each descendant process for which ``ready(process)`` is true, as the out-of-memory
+    killer would; returns the completed process and how many were killed."""
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = 0, time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if ready(child):
+                        child.send_signal(signal.SIGKILL)
+                        killed += 1
+                except psutil.Error:  # ended meanwhile
+                    pass
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), killed
+
+
+def test_a_killed_dataloader_worker_is_one_line_naming_it(job_file, tmp_path):
+    argv = [*CLI, "extract", job_file, "--cache", tmp_path / "cache", "--num-workers", "1", "--no-progress"]
+    done, killed = _kill_when(argv, lambda child: True)  # extract's only child processes are DataLoader workers
+    assert killed >= 1
+    line = _one_error_line(done)
+    assert line.startswith("Error: the DataLoader worker (pid ") and "decoding JPEGs was killed by SIGKILL" in line
+    assert "out-of-memory killer; lower --num-workers" in line
+
+
+def test_a_killed_dask_worker_is_one_line_naming_it(job_file, checkpoint, two_videos, tmp_path):
+    argv = [*CLI, "extract", job_file, "--cache", tmp_path / "cache", "--workers", "1", "--no-progress"]
+    # the scheduler gives up on a task at the first death of a worker running it (by default, the third)
+    env = dict(ENV, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+
+    def running_a_task(child):
+        # the worker process reads the checkpoint in its shard task (a worker killed before is restarted)
+        return "spawn_main" in " ".join(child.cmdline()) and any(f.path == checkpoint for f in child.open_files())
+
+    done, killed = _kill_when([*argv, "--data.path_split", two_videos], running_a_task, env=env)
+    assert killed >= 1
+    line = _one_error_line(done)
+    assert line.startswith("Error: the dask worker tcp://") and "died while extracting a shard (task " in line, line
+    assert "lack of memory" in line
