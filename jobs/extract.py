@@ -38,9 +38,9 @@ from torch.utils.data import Dataset as TorchDataset
 from cache import exactness
 from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
-from cache.manifest import Manifest
+from cache.manifest import CacheError, Manifest
 from cache.plan import CacheWriter, open_for_writing, usable_videos
-from cache.shard import write_shard
+from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, UsageError
@@ -273,7 +273,8 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         tasks = [
             ShardTask(
                 index=i,
-                path=cache.shard_path(i),
+                # absolute: a dask worker elsewhere resolves a relative path against its own working directory
+                path=os.path.abspath(cache.shard_path(i)),
                 videos=tuple(by_key[k] for k in cache.manifest.shards[i].videos),
                 job=job,
                 options=options,
@@ -446,7 +447,27 @@ def _run_distributed(
         for future in bar:
             with explaining_lost_workers("extracting a shard", advice):
                 result = future.result()
+            _check_written_here(result, tasks)
             yield result
+
+
+def _check_written_here(result: ShardResult, tasks: Sequence[ShardTask]) -> None:
+    """Raise :class:`CacheError` unless this process sees the shard a worker wrote, with the bytes it reported.
+
+    A worker on another machine writes to its own file system: unless the cache is a folder every worker
+    shares (at the same path), the shard is not here, and the manifest must not record it as written.
+    """
+    path = next(t.path for t in tasks if t.index == result.index)
+    try:
+        digest = file_sha256(path)
+    except FileNotFoundError:
+        digest = None
+    if digest != result.sha256:
+        seen = "is not there" if digest is None else "holds other bytes than the worker wrote"
+        raise CacheError(
+            f"a dask worker wrote shard {path}, but for this process it {seen}: the cache (--cache) must be a "
+            "folder every worker shares, at the same path"
+        )
 
 
 def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:

@@ -346,7 +346,9 @@ def build_graph(
             if given is not None:
                 tables.append(dask.delayed(given[i][s], name=key, traverse=False))
             else:
-                tables.append(dask.delayed(shard_exit_tables)(path, digest, shipped, order, dask_key_name=key))
+                # absolute: a dask worker elsewhere resolves a relative path against its own working directory
+                where = os.path.abspath(path)
+                tables.append(dask.delayed(shard_exit_tables)(where, digest, shipped, order, dask_key_name=key))
             graph.tables[key] = tables[-1]
             exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)

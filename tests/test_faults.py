@@ -2,6 +2,7 @@
 remote worker does not share) end in one line naming what failed, with nothing half written left trusted."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -275,3 +276,85 @@ def test_a_killed_dask_worker_is_one_line_naming_it(job_file, checkpoint, two_vi
     line = _one_error_line(done)
     assert line.startswith("Error: the dask worker tcp://") and "died while extracting a shard (task " in line, line
     assert "lack of memory" in line
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+
+
+@pytest.fixture
+def scheduler():
+    """The address of a dask scheduler in this process, without workers (the tests start their own)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def _worker(address, cwd, *, prefix=()):
+    """A ``dask worker`` process on ``address``, run from ``cwd``; skips the test if it is not up within 60 s."""
+    from distributed import Client
+
+    worker = subprocess.Popen(
+        [*prefix, os.path.join(os.path.dirname(sys.executable), "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
+         "--no-dashboard", "--local-directory", str(cwd)],
+        cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    with Client(address, timeout=30) as client:
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError:
+            worker.kill()
+            pytest.skip("no dask worker came up within 60 s")
+    return worker
+
+
+def _extract_on(address, job_file, cache, split):
+    argv = ["extract", job_file, "--cache", cache, "--shard-size", "1", "--scheduler", address, "--no-progress"]
+    return CliRunner().invoke(main, [*argv, "--data.path_split", split])
+
+
+def test_a_relative_cache_is_written_where_the_client_sees_it(scheduler, job_file, two_videos, tmp_path, monkeypatch):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    worker = _worker(scheduler, elsewhere)
+    try:
+        monkeypatch.chdir(here)
+        r = _extract_on(scheduler, job_file, "cache", two_videos)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert r.exit_code == 0, r.output
+    (key,) = os.listdir(here / "cache")
+    manifest = read_manifest(str(here / "cache" / key))
+    assert manifest.complete and len(manifest.shards) == 2
+    for entry in manifest.shards:
+        verify_shard(str(here / "cache" / key / entry.name), entry.sha256)
+    assert not (elsewhere / "cache").exists()  # nothing under the worker's working directory
+
+
+def test_a_cache_the_worker_does_not_share_is_an_error_and_records_nothing(
+    tmpfs_works, scheduler, job_file, two_videos, tmp_path
+):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # the worker sees a folder of its own at the cache's path, as a worker on another machine would
+    mount = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"', "sh", str(cache)]
+    worker = _worker(scheduler, tmp_path, prefix=mount)
+    try:
+        r = _extract_on(scheduler, job_file, str(cache), two_videos)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    (key,) = [n for n in os.listdir(cache) if not n.startswith(".")]
+    expected = rf"Error: a dask worker wrote shard {re.escape(str(cache / key))}/shard-0000[01]\.h5, but for this "
+    expected += (
+        r"process it is not there: the cache \(--cache\) must be a folder every worker shares, at the same path\n"
+    )
+    assert re.fullmatch(expected, r.output), r.output
+    manifest = read_manifest(str(cache / key))
+    assert manifest is None or not any(entry.done for entry in manifest.shards)
