@@ -3,8 +3,9 @@
 Each class also inherits the matching builtin, so callers that already catch
 ``ValueError`` or ``FileNotFoundError`` keep working. ``cli.py`` turns any
 :class:`FrameExitError` into a one-line ``Error: ...`` message and exit code 1
-(:class:`UsageError`: exit code 2, as click's own usage errors); any other
-exception is a bug and keeps its traceback.
+(:class:`UsageError`: exit code 2, as click's own usage errors), and so any
+error a full disk caused (:func:`disk_full_error`); any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def _disk_full_errno(exc: BaseException) -> int | None:
 def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -> DiskFullError | None:
     """A one-line :class:`DiskFullError` for ``exc`` if a full disk caused it, else None.
 
-    The message names ``path`` (the file being written; its folder when the write was to a temporary file beside
-    it), else the file the error itself names, e.g. ``no space left on device writing /cache/KEY/shard-00003.h5:
-    free some space and run again``. For callers that know what they write (:func:`reporting_disk_full`) and for
-    the command line's error handler, which maps whatever escaped.
+    The message names ``path`` (the file, or folder, being written), else the file the error itself names, e.g.
+    ``no space left on device writing /cache/KEY/shard-00003.h5: free some space (or write elsewhere) and run
+    again``. For callers that know what they write (:func:`reporting_disk_full`) and for the command line's error
+    handler, which maps whatever escaped.
     """
     if isinstance(exc, DiskFullError):
         return exc
@@ -111,6 +112,7 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its cause or (unless suppressed, as by ``raise ... from None``) its context, and so on."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
