@@ -20,7 +20,7 @@ import sys
 
 import click
 
-from frameexit.errors import FrameExitError, UsageError
+from frameexit.errors import FrameExitError, UsageError, disk_full_error
 
 #: Exit status of every command (the README's "Exit status" section says the same).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -93,7 +93,8 @@ def _one_line(message: str) -> str:
 
 class FrameExitGroup(click.Group):
     """Maps every outcome to one exit status: a :class:`FrameExitError` is one ``Error:`` line and 1, a
-    :class:`UsageError` 2 (as click's own usage errors), Ctrl-C 130, SIGTERM 143, never a traceback."""
+    :class:`UsageError` 2 (as click's own usage errors), a full disk met anywhere 1 (:func:`disk_full_error`),
+    Ctrl-C 130, SIGTERM 143, never a traceback."""
 
     def invoke(self, ctx: click.Context):
         if ctx.parent is None:
@@ -107,6 +108,14 @@ class FrameExitGroup(click.Group):
             raise click.UsageError(_one_line(str(exc))) from None
         except FrameExitError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # a full disk (or quota, or file size limit) met by any writer: one line naming the file, not a bug
+            full = disk_full_error(exc)
+            if full is None:
+                raise
+            raise click.ClickException(_one_line(str(full))) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: no output of this command was completed beyond what it reported.", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None

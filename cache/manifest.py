@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from frameexit.atomic import atomic_write
-from frameexit.errors import FrameExitError
+from frameexit.errors import FrameExitError, reporting_disk_full
 
 MANIFEST = "manifest.json"
 #: The names shards get (:func:`cache.plan.plan`): a manifest naming anything else (a path) is refused, so that
@@ -88,10 +88,11 @@ def manifest_path(cache_dir: str) -> str:
 
 
 def write_manifest(cache_dir: str, manifest: Manifest) -> None:
-    """Write ``manifest.json`` atomically."""
+    """Write ``manifest.json`` atomically (a full disk: :class:`~frameexit.errors.DiskFullError` naming it)."""
     doc = asdict(manifest)
     text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
-    with atomic_write(manifest_path(cache_dir), "w") as handle:
+    path = manifest_path(cache_dir)
+    with reporting_disk_full(path), atomic_write(path, "w") as handle:
         handle.write(text + "\n")
 
 

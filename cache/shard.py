@@ -14,8 +14,9 @@ and, from batched extraction, the exactness probe (:mod:`cache.exactness`)::
     probe_features  (n_probe, n_frames, feat_dim) float32          their per-step features (sequential inference's)
     attrs: batching_effective, exact, probe_max_abs_deviation, probe_max_rel_deviation
 
-Files are written under a temporary name, fsynced and renamed; dataset
-timestamps are off so the same content gives the same bytes.
+A shard is built in memory (HDF5's core driver), then written under a temporary
+name, fsynced and renamed; dataset timestamps are off so the same content gives
+the same bytes (those HDF5 writes to a file itself).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import h5py
 import numpy as np
 
 from frameexit.atomic import atomic_path
+from frameexit.errors import reporting_disk_full
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def write_shard(
 ) -> str:
     """Write a shard atomically; returns the SHA-256 of the file written.
 
+    A full disk is a :class:`~frameexit.errors.DiskFullError` naming ``path``, with nothing left behind.
+
     ``probe_videos`` and ``probe_features`` (float32, in temporal order as ``features``): the per-step
     reference features of the videos probed for exactness (:mod:`cache.exactness`), written when given.
     """
@@ -68,22 +72,26 @@ def write_shard(
             f"shard arrays disagree on the number of videos: {n} keys, features {features.shape}, "
             f"labels {labels.shape}, frame_indices {frame_indices.shape}"
         )
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-            f.create_dataset("features", data=features, track_times=False)
-            f.create_dataset(
-                "videos", data=np.asarray(list(videos), dtype=object), dtype=h5py.string_dtype(), track_times=False
-            )
-            f.create_dataset("labels", data=labels.astype(np.uint8), track_times=False)
-            f.create_dataset("frame_indices", data=frame_indices.astype(np.int32), track_times=False)
-            if probe_videos is not None and probe_features is not None:
-                keys = np.asarray(list(probe_videos), dtype=object)
-                f.create_dataset("probe_videos", data=keys, dtype=h5py.string_dtype(), track_times=False)
-                f.create_dataset("probe_features", data=probe_features.astype(np.float32), track_times=False)
-            for name, value in attrs.items():
-                f.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-        digest = file_sha256(tmp)
-    return digest
+    # built in memory, then written by Python: HDF5 meeting a full disk itself keeps the file open, prints errors
+    # at every later close and crashes the interpreter at exit; the image is the bytes HDF5 writes to a file
+    with h5py.File(path, "w", libver=("earliest", "v110"), driver="core", backing_store=False) as f:
+        f.create_dataset("features", data=features, track_times=False)
+        f.create_dataset(
+            "videos", data=np.asarray(list(videos), dtype=object), dtype=h5py.string_dtype(), track_times=False
+        )
+        f.create_dataset("labels", data=labels.astype(np.uint8), track_times=False)
+        f.create_dataset("frame_indices", data=frame_indices.astype(np.int32), track_times=False)
+        if probe_videos is not None and probe_features is not None:
+            keys = np.asarray(list(probe_videos), dtype=object)
+            f.create_dataset("probe_videos", data=keys, dtype=h5py.string_dtype(), track_times=False)
+            f.create_dataset("probe_features", data=probe_features.astype(np.float32), track_times=False)
+        for name, value in attrs.items():
+            f.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        f.flush()
+        image = f.id.get_file_image()
+    with reporting_disk_full(path), atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(image)
+    return hashlib.sha256(image).hexdigest()
 
 
 def read_shard(path: str) -> Shard:

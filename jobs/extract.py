@@ -38,9 +38,9 @@ from torch.utils.data import Dataset as TorchDataset
 from cache import exactness
 from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
-from cache.manifest import Manifest
+from cache.manifest import CacheError, Manifest
 from cache.plan import CacheWriter, open_for_writing, usable_videos
-from cache.shard import write_shard
+from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, UsageError
@@ -53,7 +53,7 @@ from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
 from .model import backbone_geometry, checkpoint_state, exact_fp32, resolve_device
 from .progress import progress as progress_bar
-from .scheduling import LOCAL_SCHEDULERS, dask_client
+from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,8 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         tasks = [
             ShardTask(
                 index=i,
-                path=cache.shard_path(i),
+                # absolute: a dask worker elsewhere resolves a relative path against its own working directory
+                path=os.path.abspath(cache.shard_path(i)),
                 videos=tuple(by_key[k] for k in cache.manifest.shards[i].videos),
                 job=job,
                 options=options,
@@ -415,8 +416,10 @@ def _run(
         bar.set_postfix_str(f"{frames / max(time.perf_counter() - started, 1e-9):.0f} frames/s", refresh=False)
 
     num_workers = job.data.num_workers if options.num_workers is None else options.num_workers
+    advice = "lower --num-workers (data.num_workers) or --batch-videos; the shards written so far are kept"
     try:
-        yield from compute_shards(tasks, backbone.get(device), device, num_workers=num_workers, on_batch=on_batch)
+        with explaining_lost_workers("decoding JPEGs", advice):
+            yield from compute_shards(tasks, backbone.get(device), device, num_workers=num_workers, on_batch=on_batch)
     finally:
         bar.close()
 
@@ -429,15 +432,42 @@ def _run_distributed(
     if options.workers:
         threads = max(1, (os.cpu_count() or 1) // options.workers)
         tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
+    advice = (
+        "give the workers more memory, run fewer per machine or lower --batch-videos; "
+        "the shards written so far are kept"
+    )
     with dask_client(options.scheduler, options.workers, gpus=n_gpus) as client:
         # one object under one key: each worker deserializes it once, and its tasks share the backbone built there
-        shipped = client.scatter(backbone, broadcast=True, hash=False)
+        with explaining_lost_workers("receiving the backbone", advice):
+            shipped = client.scatter(backbone, broadcast=True, hash=False)
         futures = client.map(run_shard_task, tasks, backbone=shipped, pure=False)
         bar = progress_bar(
             as_completed(futures), desc="extract shards", total=len(futures), unit="shard", enabled=progress
         )
         for future in bar:
-            yield future.result()
+            with explaining_lost_workers("extracting a shard", advice):
+                result = future.result()
+            _check_written_here(result, tasks)
+            yield result
+
+
+def _check_written_here(result: ShardResult, tasks: Sequence[ShardTask]) -> None:
+    """Raise :class:`CacheError` unless this process sees the shard a worker wrote, with the bytes it reported.
+
+    A worker on another machine writes to its own file system: unless the cache is a folder every worker
+    shares (at the same path), the shard is not here, and the manifest must not record it as written.
+    """
+    path = next(t.path for t in tasks if t.index == result.index)
+    try:
+        digest = file_sha256(path)
+    except FileNotFoundError:
+        digest = None
+    if digest != result.sha256:
+        seen = "is not there" if digest is None else "holds other bytes than the worker wrote"
+        raise CacheError(
+            f"a dask worker wrote shard {path}, but for this process it {seen}: the cache (--cache) must be a "
+            "folder every worker shares, at the same path"
+        )
 
 
 def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:

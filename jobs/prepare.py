@@ -3,9 +3,10 @@
 Frames are written by the official ffmpeg command line itself (:mod:`jobs.ffmpeg`):
 ``ffmpeg -i VIDEO -vf fps=<rate>,scale=<side>:<side>:force_original_aspect_ratio=increase
 -q:v 2 <folder>/img_%05d.jpeg``, one process per video. Each video's folder is named by
-its split key (the file's stem plus ``.mp4``), written under a temporary name and renamed
-when complete. ``FRAMES_DIR/prepare-frames.json`` records the command and the FFmpeg
-version, and a later run refuses to add frames made another way.
+its split key (the file's stem plus ``.mp4``), written under a short temporary name
+(``.partial-<hash of the key>.<random>``) and renamed when complete.
+``FRAMES_DIR/prepare-frames.json`` records the command and the FFmpeg version, and a
+later run refuses to add frames made another way.
 
 This module imports nothing heavy (no torch) at module level: a rerun with nothing
 to do takes a fraction of a second.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import hashlib
 import json
 import os
 import secrets
@@ -27,7 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from frameexit.atomic import atomic_write, check_writable_dir, folder_lock
-from frameexit.errors import DatasetError, FrameExitError
+from frameexit.errors import (
+    DISK_FULL_ERRNOS,
+    DatasetError,
+    DiskFullError,
+    FrameExitError,
+    UsageError,
+    reporting_disk_full,
+)
 
 from .datasets import (
     VIDEO_SUFFIXES,
@@ -68,13 +78,16 @@ class PrepareError(FrameExitError, ValueError):
 
 
 def _make_partial_dir(frames_dir: str, key: str) -> str:
-    """A new, empty ``<frames_dir>/.partial-<key>.<random>`` folder, with the umask's permissions.
+    """A new, empty ``<frames_dir>/.partial-<hash>.<random>`` folder, with the umask's permissions.
 
-    Not ``tempfile.mkdtemp``: its folders are 0700, and the renamed frame
-    folder must be readable as any other folder the user creates.
+    The name holds a hash of the key, not the key: a legal 252-byte video name plus the
+    prefix and the random part would exceed the 255 bytes a file name can have. Not
+    ``tempfile.mkdtemp``: its folders are 0700, and the renamed frame folder must be
+    readable as any other folder the user creates.
     """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     while True:
-        path = os.path.join(frames_dir, f"{PARTIAL}{key}.{secrets.token_hex(4)}")
+        path = os.path.join(frames_dir, f"{PARTIAL}{digest}.{secrets.token_hex(4)}")
         try:
             os.mkdir(path, 0o777)  # the kernel applies the umask
             return path
@@ -108,6 +121,7 @@ class _Outcome:
     frames: int = 0
     too_short: str | None = None  # why no frame, for a video that decodes but is shorter than one output frame
     error: str | None = None
+    disk_full: int | None = None  # the errno, when ffmpeg failed for lack of space: no video after it can succeed
 
 
 def _start(ffmpeg: FFmpeg, video: str, frames_dir: str, *, fps: int, min_side: int, prefix: str) -> _Running:
@@ -155,11 +169,18 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
             if os.path.isdir(final):
                 os.rmdir(final)  # an empty folder is replaced; one holding anything is another tool's (see below)
             os.rename(task.tmp, final)
-        except OSError:
+        except OSError as exc:
             shutil.rmtree(task.tmp, ignore_errors=True)
-            return _Outcome(task.video, task.key, error=_occupied(final))
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise  # the folder holding the frames is full: prepare_frames stops, naming it
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                return _Outcome(task.video, task.key, error=_occupied(final))
+            return _Outcome(task.video, task.key, error=f"cannot rename its frames to {final}: {exc.strerror or exc}")
         return _Outcome(task.video, task.key, frames=count)
+    full = _disk_full(log, task.tmp) if status else None  # before the removal frees the space
     shutil.rmtree(task.tmp, ignore_errors=True)
+    if full is not None:
+        return _Outcome(task.video, task.key, error=ffmpeg_problems(log) or os.strerror(full), disk_full=full)
     duration = input_duration(log)
     if count == 0 and duration is not None and duration * fps < 1:
         # the official command writes nothing either (and fails, as the encoder never gets a frame)
@@ -172,6 +193,22 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
     else:
         reason = f"ffmpeg wrote no frame: {reason}"
     return _Outcome(task.video, task.key, error=reason)
+
+
+def _disk_full(log: str, folder: str) -> int | None:
+    """The errno of a full disk (or quota, or file size limit) when ffmpeg failed writing into ``folder``, or None.
+
+    ffmpeg prints the system's message (``av_interleaved_write_frame(): No space left on device``); an ffmpeg
+    that prints something else is caught by the file system itself having no block left, even for root.
+    """
+    for code in DISK_FULL_ERRNOS:
+        if os.strerror(code) in log:
+            return code
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    return errno.ENOSPC if stat.f_bfree == 0 else None
 
 
 def _run(
@@ -199,6 +236,61 @@ def _run(
     finally:
         for task in running:
             task.stop()
+
+
+def check_folders(videos_dir: str, frames_dir: str) -> None:
+    """Raise :class:`UsageError` when VIDEOS_DIR and FRAMES_DIR are one folder or one holds the other.
+
+    Frame folders are named ``<video>.mp4``: among the videos they would be taken
+    for videos with a folder of their own (``v_a.mp4`` is a file), and a folder of
+    one inside the other mixes what the user keeps with what a rerun may replace.
+    Links are followed: two names of one folder are one folder.
+    """
+    videos, frames = os.path.realpath(videos_dir), os.path.realpath(frames_dir)
+    if videos == frames:
+        problem = f"VIDEOS_DIR {videos_dir} and FRAMES_DIR {frames_dir} are one folder"
+    elif os.path.commonpath([videos, frames]) == videos:
+        problem = f"FRAMES_DIR {frames_dir} is inside VIDEOS_DIR {videos_dir}"
+    elif os.path.commonpath([videos, frames]) == frames:
+        problem = f"VIDEOS_DIR {videos_dir} is inside FRAMES_DIR {frames_dir}"
+    else:
+        return
+    raise UsageError(f"{problem}: keep the videos and the frame folders (named <video>.mp4) in separate folders")
+
+
+def _unmakeable(frames_dir: str, key: str, prefix: str, limits: tuple[int, int]) -> str | None:
+    """Why the frame folder of ``key`` cannot be made in ``frames_dir`` (a name or path too long), or None.
+
+    ``limits``: the folder's ``(NAME_MAX, PATH_MAX)``. A file name of the videos'
+    file system may be longer than the frames' allows, and a long FRAMES_DIR path
+    leaves less room: such a video fails with the reason instead of stopping the run.
+    """
+    name_max, path_max = limits
+    name = len(os.fsencode(key))
+    if name > name_max:
+        return (
+            f"its frame folder name {key} would be {name} bytes long, more than the {name_max} a file name can "
+            f"have in {frames_dir}: rename the video file (the folder is named after it)"
+        )
+    # the longest path written: FRAMES_DIR/KEY/PREFIX_00001.jpeg (PATH_MAX counts the final NUL)
+    longest = len(os.fsencode(os.path.join(os.path.abspath(frames_dir), key, f"{prefix}_00001.jpeg")))
+    if longest >= path_max:
+        return (
+            f"the path of its frame files would be {longest} bytes long, more than the {path_max - 1} the "
+            "system allows: give a FRAMES_DIR with a shorter path, or rename the video file"
+        )
+    return None
+
+
+def _name_limits(frames_dir: str) -> tuple[int, int]:
+    """``(NAME_MAX, PATH_MAX)`` of ``frames_dir``'s file system (Linux's 255 and 4096 where it cannot say)."""
+    limits = []
+    for name, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            limits.append(os.pathconf(frames_dir, name))
+        except (OSError, ValueError, AttributeError):  # no pathconf (not POSIX), or no such limit
+            limits.append(default)
+    return limits[0], limits[1]
 
 
 def find_videos(videos_dir: str) -> dict[str, str]:
@@ -380,6 +472,7 @@ def prepare_frames(
     if not os.path.isdir(videos_dir):
         raise PrepareError(f"videos folder not found: {videos_dir}")
     check_prefix(prefix)
+    check_folders(videos_dir, frames_dir)
     preset = dict(PRESETS[dataset], prefix=prefix)
     videos = find_videos(videos_dir)
     check_writable_dir(frames_dir, "FRAMES_DIR")
@@ -408,11 +501,20 @@ def _prepare_frames(
     finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
     # a folder without our frames that holds anything (another tool's .jpg frames, notes) is not ours to replace
     occupied = {key for key, path in videos.items() if key not in finished and _holds_anything(frames_dir, key)}
-    todo = [path for key, path in videos.items() if key not in finished and key not in occupied]
+    limits = _name_limits(frames_dir)
+    too_long = {
+        key: why
+        for key in videos
+        if key not in finished
+        and key not in occupied
+        and (why := _unmakeable(frames_dir, key, preset["prefix"], limits))
+    }
+    skip = finished | occupied | set(too_long)
+    todo = [path for key, path in videos.items() if key not in skip]
     refused = [
         {"video": os.path.basename(videos[key]), "reason": _occupied(os.path.join(frames_dir, key))}
         for key in sorted(occupied)
-    ]
+    ] + [{"video": os.path.basename(videos[key]), "reason": why} for key, why in sorted(too_long.items())]
     if not todo and refused:
         return FramesResult({}, sorted(done), refused)
     if not todo:
@@ -421,15 +523,24 @@ def _prepare_frames(
         predating = len(manifest.get("folders_before_manifest", []))
         return FramesResult({}, sorted(done), manifest=os.path.join(frames_dir, MANIFEST), predating=predating)
     binary = find_ffmpeg(ffmpeg)
-    manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
+    with reporting_disk_full(frames_dir):  # the manifest, a temporary folder, a rename
+        manifest = _record(manifest, binary, frames_dir, dataset=dataset, **preset)
     written: dict[str, int] = {}
     failed = list(refused)
     too_short: list[dict[str, str]] = []
     run = _run(binary, todo, frames_dir, workers=workers, **preset)
-    with contextlib.closing(run):
+    with reporting_disk_full(frames_dir), contextlib.closing(run):
         outcomes = run if progress is None else progress(run, len(todo))
         for outcome in outcomes:
             name = os.path.basename(outcome.video)
+            if outcome.disk_full is not None:
+                # every later video would fail the same way: stop (closing the run kills and cleans the others)
+                reason = os.strerror(outcome.disk_full)
+                raise DiskFullError(
+                    f"{reason[:1].lower()}{reason[1:]} writing the frames of {name} into {frames_dir} "
+                    f"(ffmpeg: {outcome.error}); the {len(written)} video(s) finished before it are kept: "
+                    "free some space and run again to do the rest"
+                )
             if outcome.error:
                 failed.append({"video": name, "reason": outcome.error})
             elif outcome.too_short:

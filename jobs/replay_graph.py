@@ -74,6 +74,7 @@ from frameexit.sweep import (
 )
 
 from .progress import progress as progress_bar
+from .scheduling import explaining_lost_workers
 
 
 class HeadState:
@@ -345,7 +346,9 @@ def build_graph(
             if given is not None:
                 tables.append(dask.delayed(given[i][s], name=key, traverse=False))
             else:
-                tables.append(dask.delayed(shard_exit_tables)(path, digest, shipped, order, dask_key_name=key))
+                # absolute: a dask worker elsewhere resolves a relative path against its own working directory
+                where = os.path.abspath(path)
+                tables.append(dask.delayed(shard_exit_tables)(where, digest, shipped, order, dask_key_name=key))
             graph.tables[key] = tables[-1]
             exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
@@ -393,15 +396,18 @@ def compute_distributed(client, graph: Graph, *, progress: bool | None) -> dict[
         for tasks, desc, unit in ((graph.tables, "replay shards", "shard"), (graph.blocks, "replay classes", "block"))
     ]
     held = []  # futures are kept until the end: a released one's result could be dropped and computed again
+    # the memory plan (jobs.memory) is this machine's: a worker elsewhere may have less
+    advice = "give the workers more memory or run fewer per machine, or lower the grid or the class block"
     try:
-        for tasks, bar in zip((graph.tables, graph.blocks), bars, strict=True):
-            futures = client.compute(list(tasks.values()))
-            held += futures
-            for future in as_completed(futures):
-                future.result()  # raise a task's error here, with its message
-                bar.update(1)
-        results = client.compute(list(graph.outputs.values()))
-        return dict(zip(graph.outputs, client.gather(results), strict=True))
+        with explaining_lost_workers("running a replay task", advice):
+            for tasks, bar in zip((graph.tables, graph.blocks), bars, strict=True):
+                futures = client.compute(list(tasks.values()))
+                held += futures
+                for future in as_completed(futures):
+                    future.result()  # raise a task's error here, with its message
+                    bar.update(1)
+            results = client.compute(list(graph.outputs.values()))
+            return dict(zip(graph.outputs, client.gather(results), strict=True))
     finally:
         for bar in bars:
             bar.close()

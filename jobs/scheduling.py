@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import signal
 from collections.abc import Iterator
 
-from frameexit.errors import ConfigError, FrameExitError
+from frameexit.errors import ConfigError, FrameExitError, WorkerLostError
 
 #: dask's local schedulers, run in this process: no client.
 LOCAL_SCHEDULERS = ("threads", "sync")
@@ -31,10 +33,11 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
     if workers:
         from distributed import Client, LocalCluster
 
-        with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster) as client,
+        with explaining_lost_workers(
+            "starting", f"give this machine more free memory or use fewer --workers ({workers})"
         ):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        with cluster, Client(cluster) as client:
             yield client
     elif scheduler and scheduler not in LOCAL_SCHEDULERS:
         from distributed import Client
@@ -59,3 +62,63 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
             yield client
     else:
         yield None
+
+
+# torch's DataLoader: "DataLoader worker (pid 123) is killed by signal: Killed.", then, as the error raised
+# where the batch was awaited, "DataLoader worker (pid(s) 123) exited unexpectedly"
+_DATALOADER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.]+)")
+_DATALOADER_EXITED = re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly")
+_FAILED_TO_START = re.compile(r"\b(?:Nanny|Worker) failed to start")
+
+
+def lost_worker(exc: BaseException, doing: str, advice: str) -> WorkerLostError | None:
+    """A one-line :class:`WorkerLostError` when ``exc`` says that a worker process died, else None.
+
+    Understands dask.distributed's ``KilledWorker`` (the worker that ran the task last died: the cluster gave
+    up on it) and torch's DataLoader errors (a worker killed by a signal, or gone). ``doing`` says what the
+    worker was doing (``decoding JPEGs``), ``advice`` what to change; the likely cause, memory, is named.
+    """
+    chain, current = [], exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    likely = "most likely killed for lack of memory (the out-of-memory killer; see the worker's log)"
+    text = " ".join(str(error) for error in chain)
+    for error in chain:
+        kind = type(error).__name__
+        if kind == "KilledWorker" and len(error.args) >= 3:  # distributed.KilledWorker: the cluster gave up on it
+            task, worker, allowed = error.args[:3]
+            where = getattr(worker, "address", worker)
+            tries = f" (and on {allowed} worker(s) before it)" if allowed else ""
+            return WorkerLostError(
+                f"the dask worker {where} died while {doing} (task {task!r}){tries}: {likely}; {advice}"
+            )
+        if kind == "CommClosedError":  # a worker that died while data was sent to it or fetched from it
+            return WorkerLostError(
+                f"the connection to a dask worker (or the scheduler) closed while {doing}: the worker most likely "
+                f"died, {likely}; {advice}"
+            )
+    if _FAILED_TO_START.search(text):  # a worker process of a local cluster died before it was up
+        return WorkerLostError(f"a dask worker process died while {doing}: {likely}; {advice}")
+    killed, exited = _DATALOADER_KILLED.search(text), _DATALOADER_EXITED.search(text)
+    if killed:
+        said = killed.group(2).strip()  # strsignal's text: "Killed" is SIGKILL
+        name = next((s.name for s in signal.Signals if signal.strsignal(s) == said), f"signal {said}")
+        how = f"DataLoader worker (pid {killed.group(1)}) {doing} was killed by {name}"
+    elif exited:
+        how = f"DataLoader worker (pid {exited.group(1).strip()}) {doing} exited unexpectedly"
+    else:
+        return None
+    return WorkerLostError(f"the {how}: most likely by the out-of-memory killer; {advice}")
+
+
+@contextlib.contextmanager
+def explaining_lost_workers(doing: str, advice: str) -> Iterator[None]:
+    """Turn a worker process that died in the body into a one-line :class:`WorkerLostError` (:func:`lost_worker`)."""
+    try:
+        yield
+    except Exception as exc:
+        lost = lost_worker(exc, doing, advice)
+        if lost is None:
+            raise
+        raise lost from None

@@ -12,7 +12,13 @@ import torch
 from cache.reader import FeatureCache
 from frameexit.atomic import check_writable_dir, folder_lock
 from frameexit.checkpoint import build_backbone_from_state, save_checkpoint
-from frameexit.errors import DatasetError, DatasetFileNotFoundError, OutputError, TrainingError
+from frameexit.errors import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    OutputError,
+    TrainingError,
+    reporting_disk_full,
+)
 from frameexit.train import step_accuracy, train_head
 from reports.commit import remove_leftovers
 
@@ -189,5 +195,7 @@ def _train(job: Job, out_path: str, extract_options: ExtractOptions, progress: b
         **backbone_geometry(job),
     )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_checkpoint(head, out_path)  # refuses non-finite weights, writing nothing
+    # torch.save says "unexpected pos" on a full disk: say which file could not be written, and why
+    with reporting_disk_full(out_path):
+        save_checkpoint(head, out_path)  # refuses non-finite weights, writing nothing
     return TrainResult(out_path, history, validation, len(features), extracted.cache_dir, config.loss)
