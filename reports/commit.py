@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from frameexit.atomic import TMP_SUFFIX, BusyError, folder_lock, fsync_dir
-from frameexit.errors import OutputError
+from frameexit.errors import OutputError, reporting_disk_full
 
 from .write import write_json
 
@@ -77,14 +77,17 @@ def output_set(folder: str, names: Sequence[str], *, seals: Sequence[str], stale
     settle(folder, names)
     stage = tempfile.mkdtemp(prefix=NEW_PREFIX, dir=folder)
     try:
-        yield stage
+        # a full disk met while staging is one line naming the folder; the previous files stay as they were
+        with reporting_disk_full(folder):
+            yield stage
         missing = [name for name in names if not os.path.isfile(os.path.join(stage, name))]
         if missing:
             raise RuntimeError(f"output set of {folder} incomplete: {missing} not written")  # a bug, not an input
         plan = {"files": list(names), "seals": list(seals), "stale": sorted(set(stale) - set(names))}
-        write_json(os.path.join(stage, PLAN), plan)
         ready = os.path.join(folder, READY_PREFIX + os.path.basename(stage)[len(NEW_PREFIX) :])
-        os.rename(stage, ready)
+        with reporting_disk_full(folder):
+            write_json(os.path.join(stage, PLAN), plan)
+            os.rename(stage, ready)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ from helpers import write_job
 from cache.manifest import read_manifest
 from cache.reader import verify_shard
 from cli import main
+from frameexit.atomic import LOCK_NAME
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
 
@@ -67,7 +68,7 @@ def test_a_252_byte_video_name_is_prepared_and_leftover_temporary_folders_are_re
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and "2 videos written" in r.output
     key = long_name[: -len(".mkv")] + ".mp4"
-    assert sorted(os.listdir(frames)) == sorted(["prepare-frames.json", "v_a.mp4", key])  # nothing temporary left
+    assert _entries(frames) == sorted(["prepare-frames.json", "v_a.mp4", key])  # nothing temporary left
     assert _jpegs(frames / key) == ["img_00001.jpeg", "img_00002.jpeg"]
 
 
@@ -88,7 +89,7 @@ def test_a_frame_folder_whose_path_is_too_long_is_a_failed_video_with_its_reason
     assert f"{long_name}: the path of its frame files would be" in r.output, r.output
     assert "bytes long, more than the 4095 the system allows" in r.output
     assert r.output.rstrip().splitlines()[-1] == "Error: 1 video(s) could not be decoded (listed above)"
-    assert sorted(os.listdir(frames)) == ["prepare-frames.json", "v_a.mp4"]
+    assert _entries(frames) == ["prepare-frames.json", "v_a.mp4"]
 
 
 @pytest.mark.parametrize("layout", ["same", "frames inside videos", "videos inside frames", "same by a link"])
@@ -155,7 +156,14 @@ def _one_error_line(done):
 
 
 def _files(root):
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    """Every file under ``root`` but the lock files writers hold (and leave: an flock needs no cleaning)."""
+    paths = (os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    return sorted(p for p in paths if not p.endswith(".lock"))
+
+
+def _entries(folder):
+    """``folder``'s entries but the lock file prepare frames holds there."""
+    return sorted(n for n in os.listdir(folder) if n != LOCK_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +229,7 @@ def test_prepare_frames_on_a_full_disk_stops_saying_so(tmpfs_works, tmp_path):
     assert line.startswith("Error: no space left on device writing the frames of v_"), line
     assert f"into {tmp_path / 'full'} (ffmpeg: " in line and "free some space and run again" in line
     assert "could not decode" not in done.stdout + done.stderr
-    folders = [n for n in os.listdir(saved) if n != "prepare-frames.json"]
+    folders = [n for n in _entries(saved) if n != "prepare-frames.json"]
     assert len(folders) < 8 and not [n for n in folders if n.startswith(".")]  # stopped; no temporary folder left
     for name in folders:  # every folder left is complete: 20 frames at 5 fps
         assert len(_jpegs(saved / name)) == 20, name
