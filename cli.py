@@ -326,7 +326,7 @@ def prepare_frames(
     )
     click.echo(render_frames_summary(result, ffmpeg_filter=ffmpeg_filter(**PRESETS[dataset]), frames_dir=frames_dir))
     if result.failed:
-        raise PrepareError(f"{len(result.failed)} video(s) could not be decoded (listed above)")
+        raise PrepareError(f"{len(result.failed)} video(s) failed (listed above with the reason)")
 
 
 @prepare.command(

@@ -12,10 +12,24 @@ from .manifest import CacheCorruptError, CacheError, Manifest, read_manifest
 from .shard import Shard, file_sha256, read_shard
 
 
+class ShardMissingError(CacheCorruptError):
+    """A shard the manifest lists is not there (for the process that reads it: a dask worker may see another
+    folder at the cache's path)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"shard {path} is listed in the manifest but missing; run extract again to rebuild it")
+
+    def __reduce__(self):
+        # raised on a dask worker, pickled back to the client: rebuilt from its path, not from its message
+        return (type(self), (self.path,))
+
+
 def verify_shard(path: str, expected: str) -> None:
-    """Raise :class:`CacheCorruptError` naming the shard and both checksums unless they match."""
+    """Raise :class:`CacheCorruptError` naming the shard and both checksums unless they match
+    (:class:`ShardMissingError` when there is no file)."""
     if not os.path.exists(path):
-        raise CacheCorruptError(f"shard {path} is listed in the manifest but missing; run extract again to rebuild it")
+        raise ShardMissingError(path)
     actual = file_sha256(path)
     if actual != expected:
         raise CacheCorruptError(

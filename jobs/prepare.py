@@ -433,6 +433,9 @@ def check_prefix(prefix: str) -> None:
         if prefix.startswith(".")
         else "holds a NUL or a line break"
         if any(c in prefix for c in "\0\n\r")
+        # 255 bytes: the longest file name of common file systems (ext4, XFS, tmpfs), frame numbers to 999999
+        else f"is too long: {prefix}_000001.jpeg would be a file name over 255 bytes"
+        if len(f"{prefix}_000001.jpeg".encode("utf-8", "surrogateescape")) > 255
         else None
     )
     if bad:

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from tqdm.dask import TqdmCallback
 
-from cache.reader import verify_shard
+from cache.manifest import CacheError
+from cache.reader import ShardMissingError, verify_shard
 from cache.shard import read_shard
 from frameexit.checkpoint import build_model
 from frameexit.exactness import (
@@ -408,6 +409,14 @@ def compute_distributed(client, graph: Graph, *, progress: bool | None) -> dict[
                     bar.update(1)
             results = client.compute(list(graph.outputs.values()))
             return dict(zip(graph.outputs, client.gather(results), strict=True))
+    except ShardMissingError as exc:
+        if not os.path.exists(exc.path):
+            raise
+        # here, but not where the worker looked: rebuilding the cache would not help
+        raise CacheError(
+            f"a dask worker cannot find shard {exc.path}, which is there for this process: with --scheduler, the "
+            "cache (--cache, --features) must be a folder every worker shares, at the same path"
+        ) from None
     finally:
         for bar in bars:
             bar.close()

@@ -264,7 +264,7 @@ def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -
         f"{len(result.written)} videos written ({sum(result.written.values())} frames), "
         f"{len(result.already_done)} already done, {len(result.too_short)} too short, {len(result.failed)} failed",
         *(f"  no frames from {f['video']}: {f['reason']}" for f in result.too_short),
-        *(f"  could not decode {f['video']}: {f['reason']}" for f in result.failed),
+        *(f"  failed {f['video']}: {f['reason']}" for f in result.failed),
     ]
     if result.ffmpeg is not None:
         lines.append(f"  ffmpeg {result.ffmpeg.version} ({result.ffmpeg.source}): {result.ffmpeg.path}")

@@ -348,7 +348,7 @@ def test_prepare_summaries():
     assert text.render_frames_summary(result, ffmpeg_filter="fps=1", frames_dir="out").splitlines() == [
         "FrameExit prepare frames (fps=1, -q:v 2): 2 videos written (7 frames), 1 already done, 1 too short, 1 failed",
         "  no frames from s.mp4: shorter than one frame at 1 fps (0.40 s)",
-        "  could not decode x.mkv: invalid data",
+        "  failed x.mkv: invalid data",
         "  ffmpeg n9.0.2 (PATH): /usr/bin/ffmpeg",
         "  frames in out (command and FFmpeg version in out/m.json)",
     ]

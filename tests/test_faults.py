@@ -88,7 +88,7 @@ def test_a_frame_folder_whose_path_is_too_long_is_a_failed_video_with_its_reason
     assert "Traceback" not in r.output and "1 videos written" in r.output and "1 failed" in r.output
     assert f"{long_name}: the path of its frame files would be" in r.output, r.output
     assert "bytes long, more than the 4095 the system allows" in r.output
-    assert r.output.rstrip().splitlines()[-1] == "Error: 1 video(s) could not be decoded (listed above)"
+    assert r.output.rstrip().splitlines()[-1] == "Error: 1 video(s) failed (listed above with the reason)"
     assert _entries(frames) == ["prepare-frames.json", "v_a.mp4"]
 
 
@@ -366,3 +366,21 @@ def test_a_cache_the_worker_does_not_share_is_an_error_and_records_nothing(
     assert re.fullmatch(expected, r.output), r.output
     manifest = read_manifest(str(cache / key))
     assert manifest is None or not any(entry.done for entry in manifest.shards)
+
+
+def test_replay_on_a_worker_that_does_not_share_the_cache_says_so(
+    tmpfs_works, scheduler, job_file, extracted, tmp_path
+):
+    # the worker sees an empty folder of its own at the cache's path, as a worker on another machine would
+    cache = extracted.cache_dir
+    mount = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"', "sh", cache]
+    worker = _worker(scheduler, tmp_path, prefix=mount)
+    try:
+        argv = ["replay", job_file, "--features", cache, "--out", str(tmp_path / "out"), "--scheduler", scheduler]
+        r = CliRunner().invoke(main, [*argv, "--no-progress"])
+    finally:
+        worker.kill()
+        worker.wait()
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith(f"Error: a dask worker cannot find shard {cache}/shard-"), r.output
+    assert "must be a folder every worker shares, at the same path" in r.output and "extract again" not in r.output

@@ -97,7 +97,7 @@ def test_prepare_splits_refuses_an_annotation_id_that_is_a_path(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("prefix", ["../../x", "/tmp/abs", "a/b", "img%d", ".hidden", ""])
+@pytest.mark.parametrize("prefix", ["../../x", "/tmp/abs", "a/b", "img%d", ".hidden", "", "p" * 250])
 def test_prepare_frames_refuses_a_prefix_that_is_not_a_file_name_before_any_work(tmp_path, prefix):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -78,8 +78,8 @@ def test_activitynet_frames_counts_sizes_and_rerun(videos, tmp_path):
         main, ["prepare", "frames", str(videos), str(out), "--dataset", "activitynet", "--workers", "2"]
     )
     assert r.exit_code == 1, r.output  # a failed video fails the command, after what could be written
-    assert "2 videos written" in r.output and "1 failed" in r.output and "could not decode v_broken.mp4" in r.output
-    assert r.output.rstrip().splitlines()[-1] == "Error: 1 video(s) could not be decoded (listed above)"
+    assert "2 videos written" in r.output and "1 failed" in r.output and "failed v_broken.mp4" in r.output
+    assert r.output.rstrip().splitlines()[-1] == "Error: 1 video(s) failed (listed above with the reason)"
     land, port = _frames(out / "v_land25.mp4"), _frames(out / "v_port30.mp4")
     assert land == [f"img_{i:05d}.jpeg" for i in range(1, 5)]  # 1 frame per second of a 4 s video
     assert len(port) == 3
