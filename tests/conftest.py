@@ -1,8 +1,9 @@
 import os
+import shutil
 
 import pytest
 import torch
-from helpers import activitynet_dataset, hvu_dataset, minikinetics_dataset, official_state
+from helpers import activitynet_dataset, hvu_dataset, minikinetics_dataset, official_state, write_job
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,12 @@ def _no_downloads(monkeypatch, tmp_path):
 
 def _refuse(*args, **kwargs):
     raise AssertionError(f"a download was attempted: {args}")
+
+
+@pytest.fixture
+def private(anet, checkpoint, tmp_path):
+    """A private copy of the ActivityNet fixture and its job file."""
+    top = os.path.dirname(anet["frames"])
+    shutil.copytree(top, tmp_path / "data")
+    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
+    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint)

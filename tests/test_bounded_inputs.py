@@ -11,15 +11,6 @@ from helpers import write_job
 from cli import main
 
 
-@pytest.fixture
-def private(anet, checkpoint, tmp_path):
-    """A private copy of the ActivityNet fixture and its job file."""
-    top = os.path.dirname(anet["frames"])
-    shutil.copytree(top, tmp_path / "data")
-    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
-    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint)
-
-
 def _one_line_error(result, *needles: str) -> None:
     """``result`` failed with exit status 1 and one line holding every needle, without a traceback."""
     assert result.exit_code == 1, result.output

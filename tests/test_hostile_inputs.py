@@ -2,27 +2,16 @@
 
 import io
 import os
-import shutil
 import struct
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
 from PIL import Image
 
 from cache.manifest import CacheError, read_manifest
 from cli import main
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
-
-
-@pytest.fixture
-def private(anet, checkpoint, tmp_path):
-    """A private copy of the ActivityNet fixture and its job file."""
-    top = os.path.dirname(anet["frames"])
-    shutil.copytree(top, tmp_path / "data")
-    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
-    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint)
 
 
 def _bomb(path, width=30000, height=30000):
