@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sweep import ExitTables, exit_tables, gate_exit_steps
+from .exit_rule import first_exit_mask, gate_exit_steps
+from .sweep import ExitTables, exit_tables
 
 #: The margin is the largest deviation seen on the probed videos times this: the probes are a sample
 #: (two videos of each shard by default), and another video's deviation may exceed theirs.
@@ -183,7 +184,7 @@ def risk_grid(
     near_top2 = tables.top2 <= margins.top2  # (n, T)
     confidence0 = tables.confidence0.astype(np.float32)
     first32 = np.asarray(first, dtype=np.float64)[:, None]
-    exits0 = confidence0[None, :] > first32.astype(np.float32)  # as frameexit.exit_rule.first_step_exits
+    exits0 = first_exit_mask(confidence0, first)  # (n_first, n)
     near0 = _near(confidence0[None, :], first32, margins.first)  # (n_first, n)
     gate_steps = gate_exit_steps(tables.gates, gate)  # (n_gate, n)
     step = np.arange(1, steps)[None, :]  # gate column t - 1 is step t; the last step exits whatever its gate

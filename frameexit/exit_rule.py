@@ -8,7 +8,8 @@
 Comparisons are made in float32, with the threshold rounded to float32: that is
 what the official code does when it compares a float32 tensor with a Python
 float, and it decides the boundary cases (``0.99`` is ``0.99000001`` in float32).
-Sequential inference and replay both decide through these functions.
+Sequential inference (:func:`exits_at`) and replay (:func:`exit_steps_grid`) both
+decide through these functions; "the last step always exits" is written once, in :func:`stop_steps`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,60 @@ def gate_exits(gate_prob: npt.ArrayLike, gate_threshold: float) -> np.ndarray:
     return np.asarray(gate_prob, dtype=np.float32) < np.float32(gate_threshold)
 
 
+def exits_at(step: int, n_steps: int, fires: bool) -> bool:
+    """Whether a video stops at ``step`` (0-based) of ``n_steps``: its rule fires there, or it is the last step.
+
+    The single-video form of :func:`stop_steps`, for sequential inference, which
+    decides a step before the next frame is read.
+    """
+    row = np.zeros(n_steps, dtype=bool)
+    row[step] = bool(fires)  # the steps before it did not fire: the video would have stopped there
+    return int(stop_steps(row)) == step
+
+
+def stop_steps(fires: np.ndarray) -> np.ndarray:
+    """The first step whose rule fires, along the last axis of ``fires`` (..., n_steps), the last step always
+    firing: int64 of shape (...). The grid form of :func:`exits_at`."""
+    fires = np.array(fires, dtype=bool)  # a copy: the last column is set here
+    fires[..., -1] = True
+    return fires.argmax(axis=-1).astype(np.int64)
+
+
+def gate_exit_steps(gates: np.ndarray, gate_thresholds: npt.ArrayLike) -> np.ndarray:
+    """Exit step of every video if step 0 does not exit: shape (n_gate_thresholds, n_videos), int64.
+
+    The first step t >= 1 whose gate fires (``s_t < gate_threshold``), else the last step.
+    ``gates``: (n_videos, n_steps - 1), column ``t - 1`` holding ``s_t``.
+    """
+    gates = np.asarray(gates, dtype=np.float32)
+    thresholds = np.atleast_1d(gate_thresholds)
+    if not len(thresholds) or gates.shape[1] == 0:
+        # one step only: step 0 is the last, every video stops there
+        return np.zeros((len(thresholds), gates.shape[0]), dtype=np.int64)
+    return stop_steps(np.stack([gate_exits(gates, float(gt)) for gt in thresholds])) + 1
+
+
+def first_exit_mask(confidence0: npt.ArrayLike, first_thresholds: npt.ArrayLike) -> np.ndarray:
+    """Whether each video exits at step 0: shape (n_first_thresholds, n_videos), bool."""
+    confidence0 = np.asarray(confidence0, dtype=np.float32)
+    thresholds = np.atleast_1d(first_thresholds)
+    if not len(thresholds):
+        return np.empty((0, confidence0.shape[0]), dtype=bool)
+    return np.stack([first_step_exits(confidence0, float(ft)) for ft in thresholds])
+
+
+def exit_steps_grid(
+    confidence0: npt.ArrayLike, gates: npt.ArrayLike, first_thresholds: npt.ArrayLike, gate_thresholds: npt.ArrayLike
+) -> np.ndarray:
+    """Exit step of every video at every setting: shape (n_gate, n_first, n_videos), int64.
+
+    ``confidence0``: (n_videos,) top probability of classifier 0; ``gates``:
+    (n_videos, n_steps - 1), ``s_t`` in column ``t - 1``.
+    """
+    first = first_exit_mask(confidence0, first_thresholds)
+    return np.where(first[None], 0, gate_exit_steps(np.asarray(gates), gate_thresholds)[:, None, :])
+
+
 def exit_steps(
     confidence: npt.ArrayLike,
     gates: npt.ArrayLike,
@@ -54,6 +109,8 @@ def exit_steps(
     gate_threshold: float = DEFAULT_GATE_THRESHOLD,
 ) -> np.ndarray:
     """The step at which each video exits, from its step-0 confidence and its gate outputs.
+
+    One setting of :func:`exit_steps_grid`.
 
     Parameters
     ----------
@@ -69,10 +126,4 @@ def exit_steps(
         0-based step; the number of frames read is ``exit_step + 1``.
     """
     check_thresholds(first_threshold, gate_threshold)
-    gates = np.asarray(gates, dtype=np.float32)
-    n, n_gates = gates.shape
-    fires = np.empty((n, n_gates + 1), dtype=bool)
-    fires[:, 0] = first_step_exits(confidence, first_threshold)
-    fires[:, 1:] = gate_exits(gates, gate_threshold)
-    fires[:, -1] = True
-    return fires.argmax(axis=1).astype(np.int64)
+    return exit_steps_grid(confidence, gates, [first_threshold], [gate_threshold])[0, 0]

@@ -114,6 +114,22 @@ class FrameExit(nn.Module):
         """Per-frame projection ``h``: (n, feat_dim) -> (n, hidden_dim), in the head's dtype."""
         return self.mlp(features.to(self.head_dtype))
 
+    @staticmethod
+    def pool(h: torch.Tensor, z_prev: torch.Tensor | None) -> torch.Tensor:
+        """``z_t = max(z_{t-1}, h_t)`` (``h`` at the first step): accumulated max pooling, one step."""
+        return h if z_prev is None else torch.maximum(z_prev, h)
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """``z_t`` of every step at once: (n_videos, n_steps, feat_dim) features in policy order ->
+        (n_videos, n_steps, hidden_dim), equal to :meth:`project` and :meth:`pool` step by step (max is exact)."""
+        n, steps, dim = features.shape
+        h = self.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
+        return torch.cummax(h, dim=1).values
+
+    def probs(self, step: int, z: torch.Tensor) -> torch.Tensor:
+        """``softmax(logits_step(z_t))`` computed in the head's dtype, rounded to float32: (n, num_class)."""
+        return F.softmax(self.logits(step, z), dim=1).float()
+
     def logits(self, step: int, z: torch.Tensor) -> torch.Tensor:
         """Classifier ``step`` on pooled features ``z_t``: (n, hidden_dim) -> (n, num_class)."""
         return self.classifiers[step](z)
@@ -138,9 +154,8 @@ class FrameExit(nn.Module):
             ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
             to the final step, where a video always exits, and is only informative.
         """
-        n, steps, dim = features.shape
-        h = self.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
-        z = torch.cummax(h, dim=1).values
-        probs = torch.stack([F.softmax(self.logits(t, z[:, t]), dim=1).float() for t in range(steps)], dim=1)
+        z = self.pooled(features)
+        steps = z.shape[1]
+        probs = torch.stack([self.probs(t, z[:, t]) for t in range(steps)], dim=1)
         gates = torch.stack([self.gate(t, z[:, t], z[:, t - 1]).float() for t in range(1, steps)], dim=1)
         return probs, gates

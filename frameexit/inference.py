@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .exit_rule import check_thresholds, first_step_exits, gate_exits
+from .exit_rule import check_thresholds, exits_at, first_step_exits, gate_exits
 from .head import FrameExit
 
 #: ``read_frame(position)`` returns sampled frame ``position`` (0..T-1, temporal order), preprocessed: (3, H, W) float32.
@@ -84,13 +83,15 @@ def infer_video(
         if device.type == "cuda":
             frame = frame.pin_memory()
         frame = frame.to(device, non_blocking=True)[None]
-        h = model.project(model.backbone(frame))
-        z = h if z_prev is None else torch.maximum(z_prev, h)
+        z = model.pool(model.project(model.backbone(frame)), z_prev)
         if step == 0:
-            probs = F.softmax(model.logits(0, z), dim=1).float()
-            if bool(first_step_exits(probs.max().item(), first_threshold)) or step == last:
+            probs = model.probs(0, z)
+            if exits_at(step, len(order), first_step_exits(probs.max().item(), first_threshold)):
                 return _decision(step, probs)
-        elif step == last or bool(gate_exits(model.gate(step, z, z_prev).float().item(), gate_threshold)):
-            return _decision(step, F.softmax(model.logits(step, z), dim=1).float())
+        else:
+            # the last step's gate is not computed: exits_at stops the video there whatever it says
+            fires = step < last and bool(gate_exits(model.gate(step, z, z_prev).float().item(), gate_threshold))
+            if exits_at(step, len(order), fires):
+                return _decision(step, model.probs(step, z))
         z_prev = z
     raise ValueError("order must not be empty")

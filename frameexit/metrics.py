@@ -8,7 +8,6 @@ on tie-free data this equals scikit-learn's ``average_precision_score``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,14 +50,20 @@ def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> np.ndarra
     return ap
 
 
-def mean_average_precision(ap: npt.ArrayLike) -> float:
-    """Mean of the per-class APs ignoring NaN (classes without positives); NaN if every class is NaN."""
+def mean_ap(ap: npt.ArrayLike) -> np.ndarray:
+    """Mean over the last axis of per-class APs, ignoring NaN (classes without a positive video): shape
+    ``ap.shape[:-1]``, float64; NaN where every class is NaN. The one definition of mAP (SEMANTICS 7), for one
+    setting, a grid of settings or a category's classes."""
     ap = np.asarray(ap, dtype=np.float64)
-    if np.isnan(ap).all():
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.nanmean(ap))
+    counted = (~np.isnan(ap)).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # np.nanmean's own arithmetic (NaN as 0, sum, divide by the count), without its all-NaN warning
+        return np.where(counted > 0, np.nansum(ap, axis=-1) / counted, np.nan)
+
+
+def mean_average_precision(ap: npt.ArrayLike) -> float:
+    """:func:`mean_ap` of one setting's per-class APs, as a float."""
+    return float(mean_ap(ap))
 
 
 def category_map(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
@@ -79,13 +84,7 @@ def category_map(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]]) -> 
         NaN where no class of the category has a positive video.
     """
     ap = np.asarray(ap, dtype=np.float64)
-    out = {}
-    for name, classes in categories.items():
-        part = ap[..., list(classes)]
-        counted = (~np.isnan(part)).sum(axis=-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[name] = np.where(counted > 0, np.nansum(part, axis=-1) / counted, np.nan)
-    return out
+    return {name: mean_ap(ap[..., list(classes)]) for name, classes in categories.items()}
 
 
 def top1_accuracy(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> float:

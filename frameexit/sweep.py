@@ -43,8 +43,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .exit_rule import check_thresholds, first_step_exits, gate_exits
+from . import exit_rule
+from .exit_rule import check_thresholds, first_exit_mask, gate_exit_steps
 from .head import FrameExit
+from .metrics import mean_ap
 
 #: Bytes :func:`average_precision_block` may hold at once for its working arrays: it works through the
 #: classes in chunks (and, if one class alone needs more, through the first thresholds in slices) to stay
@@ -161,44 +163,6 @@ def _gather_rows(parts: Sequence, order: np.ndarray, name: str, index=None) -> n
         out[destination[start : start + len(a)]] = a
         start += len(a)
     return out
-
-
-def concat_tables(parts: Sequence[ExitTables]) -> ExitTables:
-    """Tables of several shards as one, rows sorted by video key."""
-    videos, order = _key_order(parts)
-    return ExitTables(
-        videos,
-        _gather_rows(parts, order, "labels"),
-        _gather_rows(parts, order, "probs"),
-        _gather_rows(parts, order, "gates"),
-    )
-
-
-def gate_exit_steps(gates: np.ndarray, gate_thresholds: npt.ArrayLike) -> np.ndarray:
-    """Exit step of every video if step 0 does not exit: shape (n_gate_thresholds, n_videos), int64.
-
-    The first step t >= 1 whose gate fires (``s_t < gate_threshold``), else the last step.
-    """
-    gates = np.asarray(gates, dtype=np.float32)
-    n = gates.shape[0]
-    out = np.empty((len(np.atleast_1d(gate_thresholds)), n), dtype=np.int64)
-    for i, gt in enumerate(np.atleast_1d(gate_thresholds)):
-        fires = gate_exits(gates, float(gt))
-        fires[:, -1] = True  # the last step always exits, whatever its gate says
-        out[i] = fires.argmax(axis=1) + 1
-    return out
-
-
-def first_exit_mask(confidence0: np.ndarray, first_thresholds: npt.ArrayLike) -> np.ndarray:
-    """Whether each video exits at step 0: shape (n_first_thresholds, n_videos), bool."""
-    return np.stack([first_step_exits(confidence0, float(ft)) for ft in np.atleast_1d(first_thresholds)])
-
-
-def exit_steps_grid(tables: ExitTables, first_thresholds: npt.ArrayLike, gate_thresholds: npt.ArrayLike) -> np.ndarray:
-    """Exit step of every video at every setting: shape (n_gate, n_first, n_videos), int64."""
-    steps = gate_exit_steps(tables.gates, gate_thresholds)
-    first = first_exit_mask(tables.confidence0, first_thresholds)
-    return np.where(first[None], 0, steps[:, None, :])
 
 
 # ------------------------------------------------------------------------------------ splitting by classes
@@ -601,34 +565,6 @@ def _average_precision_chunk(
     return ap_sigma[:, segments.sigma, :]
 
 
-def average_precision_grid(
-    tables: ExitTables,
-    gate_steps: np.ndarray,
-    first_mask: np.ndarray,
-    *,
-    max_bytes: int | None = None,
-) -> np.ndarray:
-    """Per-class AP at every setting: shape (n_gate, n_first, num_class), float64, NaN without positives.
-
-    :func:`average_precision_block` over all classes of ``tables``: equal to
-    :func:`frameexit.metrics.average_precision` of each setting's scores (ties
-    ranked by video key) up to floating-point summation order.
-
-    Parameters
-    ----------
-    tables : ExitTables
-    gate_steps : ndarray of shape (n_gate, n_videos)
-        From :func:`gate_exit_steps`.
-    first_mask : ndarray of shape (n_first, n_videos), dtype=bool
-        From :func:`first_exit_mask`.
-    max_bytes : int, optional
-        Working memory in bytes (default :data:`AP_MAX_BYTES`); results do not depend on it.
-    """
-    return average_precision_block(
-        tables.probs, tables.labels, tables.confidence0, gate_steps, first_mask, max_bytes=max_bytes
-    )
-
-
 # ------------------------------------------------------------------------------------ the sweep
 
 
@@ -737,11 +673,7 @@ def combine_sweep(
             f"({len(gate)}, {len(first)}, {len(exits.positives)})"
         )
     n, steps = exits.hits.shape
-    exits_grid = np.where(
-        first_exit_mask(exits.confidence0, first)[None], 0, gate_exit_steps(exits.gates, gate)[:, None, :]
-    )
-    has_positive = exits.positives > 0
-    mean_ap = ap[:, :, has_positive].mean(axis=2) if has_positive.any() else np.full(exits_grid.shape[:2], np.nan)
+    exits_grid = exit_rule.exit_steps_grid(exits.confidence0, exits.gates, first, gate)
     no_label = np.full(exits_grid.shape[:2], np.nan)
     labelled = exits.labelled
     top1 = exits.hits[np.arange(n), exits_grid][..., labelled].mean(axis=-1) if labelled.any() else no_label
@@ -749,22 +681,4 @@ def combine_sweep(
         [(exits_grid == t).mean(axis=-1) if n else np.zeros(exits_grid.shape[:2]) for t in range(steps)], -1
     )
     mean_frames = (exits_grid + 1).mean(axis=-1) if n else np.full(exits_grid.shape[:2], np.nan)
-    return SweepMetrics(map=mean_ap, top1=top1, mean_frames=mean_frames, exit_histogram=histogram, ap=ap)
-
-
-def sweep_metrics(
-    tables: ExitTables,
-    first_thresholds: npt.ArrayLike,
-    gate_thresholds: npt.ArrayLike,
-    *,
-    max_bytes: int | None = None,
-) -> SweepMetrics:
-    """mAP, per-class AP, top-1, mean frames and exit histogram of every setting of the grid.
-
-    The same numbers, bit for bit, as splitting the classes into blocks
-    (:func:`class_block`, :func:`class_block_ap`) and combining them (:func:`combine_sweep`).
-    """
-    exits = video_exits(tables)
-    block = ClassBlock(exits.videos, np.arange(tables.probs.shape[2]), tables.probs, tables.labels)
-    ap = class_block_ap(block, exits, first_thresholds, gate_thresholds, max_bytes=max_bytes)
-    return combine_sweep(exits, [ap], first_thresholds, gate_thresholds)
+    return SweepMetrics(map=mean_ap(ap), top1=top1, mean_frames=mean_frames, exit_histogram=histogram, ap=ap)

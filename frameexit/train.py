@@ -84,10 +84,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -
 
 
 def _steps_logits(model: FrameExit, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n, steps, dim = features.shape
-    h = model.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
-    z = torch.cummax(h, dim=1).values
-    return z, torch.stack([model.logits(t, z[:, t]) for t in range(steps)], dim=1)
+    z = model.pooled(features)
+    return z, torch.stack([model.logits(t, z[:, t]) for t in range(z.shape[1])], dim=1)
 
 
 def step_losses(

@@ -60,6 +60,7 @@ from frameexit.exactness import (
     risk_grid,
     risk_tables,
 )
+from frameexit.exit_rule import exit_steps_grid
 from frameexit.head import FrameExit
 from frameexit.sweep import (
     ExitTables,
@@ -69,7 +70,6 @@ from frameexit.sweep import (
     class_block_ap,
     combine_sweep,
     concat_video_exits,
-    exit_steps_grid,
     exit_tables,
     video_exits,
 )
@@ -252,7 +252,7 @@ def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]
         # each distinct threshold once: the grid of them, then each setting's (gate, first) entry
         first, at_first = np.unique([ft for ft, _ in settings], return_inverse=True)
         gate, at_gate = np.unique([gt for _, gt in settings], return_inverse=True)
-        steps = exit_steps_grid(tables, first, gate)[at_gate, at_first]
+        steps = exit_steps_grid(tables.confidence0, tables.gates, first, gate)[at_gate, at_first]
     # the top class and its probability at every step, then picked at each setting's exit step
     predictions = tables.probs.argmax(axis=2)
     confidences = tables.probs.max(axis=2).astype(np.float64)

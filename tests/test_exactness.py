@@ -22,9 +22,10 @@ from cache.shard import read_shard
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.exactness import HeadDeviation, Margins, merge_deviations, risk_grid, risk_tables, top2_gaps
+from frameexit.exit_rule import exit_steps_grid
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices
-from frameexit.sweep import ExitTables, exit_steps_grid, exit_tables
+from frameexit.sweep import ExitTables, exit_tables
 from jobs import infer as infer_module
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
@@ -295,7 +296,7 @@ def test_the_risk_rule_on_hand_made_videos():
     # first 0.95: v2's gate at step 2 is near 0.5 (it does not fire: 0.5000002 >= 0.5); v3's near gate is the
     # last step's, which never decides; v4 exits at the last step with a near tie; v5 exits at step 5 (gate
     # 0.1), and its near tie at step 3, where it does not exit, decides nothing
-    steps = exit_steps_grid(tables, [0.95], [0.5])[0, 0]
+    steps = exit_steps_grid(tables.confidence0, tables.gates, [0.95], [0.5])[0, 0]
     assert steps.tolist() == [9, 9, 9, 9, 9, 5]
     assert masks[1].tolist() == [False, False, True, False, True, False]
     assert counts.tolist() == [[1, 2]]

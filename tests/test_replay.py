@@ -10,13 +10,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers import official_head_shapes, official_state, write_job
+from oracles import concat_tables
 
 from cache.reader import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
 from frameexit.sampling import COARSE_TO_FINE
-from frameexit.sweep import concat_tables, exit_tables
+from frameexit.sweep import exit_tables
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer

@@ -4,24 +4,19 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from oracles import average_precision_grid, concat_tables, sweep_metrics
 
 from frameexit import sweep
 from frameexit.errors import ConfigError
-from frameexit.exit_rule import exit_steps
+from frameexit.exit_rule import exit_steps, exit_steps_grid, first_exit_mask, gate_exit_steps
 from frameexit.metrics import average_precision, mean_average_precision, top1_accuracy
 from frameexit.sweep import (
     ExitTables,
     average_precision_block,
-    average_precision_grid,
     class_block,
     class_block_ap,
     combine_sweep,
-    concat_tables,
     concat_video_exits,
-    exit_steps_grid,
-    first_exit_mask,
-    gate_exit_steps,
-    sweep_metrics,
     video_exits,
 )
 from jobs.grid import parse_grid
@@ -50,7 +45,7 @@ def test_grid_equals_per_setting_definitions(quantise, dominant):
     first = [0.0, float(conf0[7]), float(np.nextafter(conf0[7], np.float32(0))), 0.3, 0.3, 0.9, 1.0]
     gate = [0.0, 0.25, 0.5, float(t.gates[5, 2]), 1.0]
     m = sweep_metrics(t, first, gate)
-    grid = exit_steps_grid(t, first, gate)
+    grid = exit_steps_grid(t.confidence0, t.gates, first, gate)
     n = len(t.videos)
     for g, gt in enumerate(gate):
         for f, ft in enumerate(first):
