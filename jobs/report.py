@@ -57,12 +57,12 @@ from reports.summary import (
 from reports.write import jsonable, write_json
 
 from .config import Job
+from .datasets import BY_NAME
 from .outputs import CURVE_PNG, REPORT_FILES, SUMMARY_JSON, SUMMARY_MD, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay import _checkpoint_names as checkpoint_names
 
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
 REGRESSION_EXIT = 3
-ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
 
 
 class ReportInputError(RecordError):
@@ -391,7 +391,8 @@ def build_summary(
     """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows, ``replay.json`` and
     per-video results (:func:`read_video_results`, with ``n_labelled``, the videos with a label), without the
     baseline comparison (:func:`report` adds it)."""
-    accuracy = metric or ACCURACY.get(replay["dataset"], "map")
+    spec = BY_NAME.get(replay["dataset"])
+    accuracy = metric or (spec.accuracy if spec else "map")
     default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
     skipped = replay["skipped"]
