@@ -528,6 +528,9 @@ class DatasetSpec:
         The file ``--val-list`` names when the split comes from one (``prepare splits`` refuses to run without).
     title : str
         Its name in messages, e.g. ``Mini-Kinetics``.
+    published_curve : bool
+        The official README publishes FrameExit's ResNet-50 curve on it
+        (:data:`reports.summary.PUBLISHED_ACTIVITYNET_RESNET50`): the report draws it for such a job.
     """
 
     name: str
@@ -543,6 +546,7 @@ class DatasetSpec:
     num_class: int
     val_list: str | None
     title: str
+    published_curve: bool = False
 
     @property
     def frames_preset(self) -> dict[str, int]:
@@ -567,6 +571,7 @@ REGISTRY: tuple[DatasetSpec, ...] = (
         num_class=200,
         val_list=None,
         title="ActivityNet",
+        published_curve=True,
     ),
     DatasetSpec(
         name="minikinetics",

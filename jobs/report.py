@@ -65,6 +65,13 @@ from .replay import _checkpoint_names as checkpoint_names
 REGRESSION_EXIT = 3
 
 
+def default_metric(dataset: str) -> str:
+    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset's registry entry's
+    (``map`` for a dataset the registry does not know, e.g. a replay record of another version)."""
+    spec = BY_NAME.get(dataset)
+    return spec.accuracy if spec else "map"
+
+
 class ReportInputError(RecordError):
     """Replay outputs, a calibration run or a baseline that cannot be read (or lack a key of their record)."""
 
@@ -391,8 +398,7 @@ def build_summary(
     """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows, ``replay.json`` and
     per-video results (:func:`read_video_results`, with ``n_labelled``, the videos with a label), without the
     baseline comparison (:func:`report` adds it)."""
-    spec = BY_NAME.get(replay["dataset"])
-    accuracy = metric or (spec.accuracy if spec else "map")
+    accuracy = metric or default_metric(replay["dataset"])
     default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
     skipped = replay["skipped"]
@@ -492,8 +498,10 @@ def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
         summary["baseline"]["file"] = os.path.abspath(base.path)
     if calibrate_on:
         summary["budget"]["calibration_run"] = os.path.abspath(calibrate_on)
+    spec = BY_NAME.get(summary["dataset"])
     published = (
-        summary["dataset"] == "activitynet1.3"
+        spec is not None
+        and spec.published_curve
         and summary["cost_metric"] == "gflops"
         and replay["backbone"].endswith("resnet50")
     )
