@@ -311,7 +311,7 @@ def prepare_frames(
     status 1.
     """
     from jobs.ffmpeg import ffmpeg_filter
-    from jobs.prepare import PRESETS, PrepareError, prepare_frames
+    from jobs.prepare import PrepareError, prepare_dataset, prepare_frames
     from jobs.progress import progress as bar
     from reports.text import render_frames_summary
 
@@ -324,7 +324,11 @@ def prepare_frames(
         ffmpeg=ffmpeg,
         progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
     )
-    click.echo(render_frames_summary(result, ffmpeg_filter=ffmpeg_filter(**PRESETS[dataset]), frames_dir=frames_dir))
+    click.echo(
+        render_frames_summary(
+            result, ffmpeg_filter=ffmpeg_filter(**prepare_dataset(dataset).frames_preset), frames_dir=frames_dir
+        )
+    )
     if result.failed:
         raise PrepareError(f"{len(result.failed)} video(s) failed (listed above with the reason)")
 

@@ -29,11 +29,9 @@ from frameexit.preprocess_params import IMAGENET_MEAN, IMAGENET_STD, Preprocessi
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.train_config import TrainConfig, config_problem
 
+from .datasets import BY_NAME
 from .grid import parse_grid
 
-DATASETS = ("activitynet1.3", "minikinetics", "hvu")
-#: Datasets whose videos carry several labels each: training defaults to a per-class (BCE) loss.
-MULTI_LABEL = ("hvu",)
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 #: pytorchvideo's evaluation transform (X3D): normalise, then short-side resize and centre crop.
 PYTORCHVIDEO_ORDER = ("to_tensor", "normalize", "resize", "crop_center")
@@ -61,7 +59,7 @@ SCHEMA: dict[str, Any] = {
         "init": Field("strs", None, doc="FrameExit checkpoint file (official DataParallel format)"),
     },
     "data": {
-        "name": Field("str", **REQ, choices=DATASETS, doc="dataset; picks the label-file reader"),
+        "name": Field("str", **REQ, choices=tuple(BY_NAME), doc="dataset; picks the label-file reader"),
         "path_frame": Field("str", None, doc="root of the frame folders <root>/<video key>/*.jpeg"),
         "path_split": Field("str", None, doc="split file, one video key per line"),
         "path_label": Field("str", None, doc="ActivityNet JSON, Mini-Kinetics CSV or HVU CSV"),
@@ -617,7 +615,7 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
                 else [model["gate_threshold"]]
             ),
         ),
-        train=_train_section(tree["train"], source, multi_label=data["name"] in MULTI_LABEL),
+        train=_train_section(tree["train"], source, multi_label=BY_NAME[data["name"]].multi_label),
     )
 
 
@@ -652,7 +650,7 @@ def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
 
 def _check_key_format(key_format: str, name: str, source: str) -> None:
     """Raise :class:`ConfigError` unless ``key_format`` makes a key from an HVU row's fields."""
-    if name != "hvu":
+    if BY_NAME[name].key_format is None:  # the dataset's keys are fixed by its reader
         raise ConfigError(f"{source}: data.key_format names the videos of HVU's CSV; data.name is {name!r}")
     try:
         key_format.format(youtube_id="abc", time_start=1, time_end=2)

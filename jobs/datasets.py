@@ -8,6 +8,11 @@
 
 A split video that cannot be evaluated is not dropped silently: it is listed in
 ``Dataset.skipped`` with the reason.
+
+:data:`REGISTRY` holds one :class:`DatasetSpec` per dataset, every fact about it in one place (job and
+``--dataset`` names, label reader, split builder, key format, accuracy metric, multi-label, frame preset,
+bundled job file); job validation, ``prepare`` and ``report`` read it. Adding a dataset is one entry (and
+its reader and split builder, here) and its tests.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
@@ -283,14 +288,11 @@ def read_categories(path: str, classes: Sequence[str]) -> dict[str, tuple[int, .
 
 
 def read_labels(name: str, path: str, key_format: str | None = None) -> dict[str, list[str]]:
-    """Labels by video key for ``data.name`` ``activitynet1.3``, ``minikinetics`` or ``hvu``."""
-    if name == "activitynet1.3":
-        return read_activitynet_labels(path)
-    if name == "minikinetics":
-        return read_minikinetics_labels(path)
-    if name == "hvu":
-        return read_hvu_labels(path, key_format)
-    raise DatasetError(f"data.name must be 'activitynet1.3', 'minikinetics' or 'hvu', got {name!r}")
+    """Labels by video key for the ``data.name`` of a :data:`REGISTRY` entry, read by that entry's reader."""
+    spec = BY_NAME.get(name)
+    if spec is None:
+        raise DatasetError(f"data.name must be {_one_of(repr(s.name) for s in REGISTRY)}, got {name!r}")
+    return spec.read_labels(path, key_format)
 
 
 #: File name extensions of videos: a frame folder named ``<stem><one of these>`` is a video's folder.
@@ -427,3 +429,188 @@ def load_categories(data) -> dict[str, tuple[int, ...]] | None:
     if not data.path_category:
         return None
     return read_categories(data.path_category, read_class_list(data.path_classid or ""))
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """A validation split as one dataset's annotation files give it (:attr:`DatasetSpec.build_split`).
+
+    ``keys``: the split's video keys, sorted; ``labels``: the labels by key of the annotation file;
+    ``names``: the class names of the split's class list; ``left_out``: what the annotations hold that
+    the split leaves out, counted, in words.
+    """
+
+    keys: list[str]
+    labels: dict[str, list[str]]
+    names: set[str]
+    left_out: list[str]
+
+
+def activitynet_split(annotation: str, **_: object) -> SplitRows:
+    """Every video of the JSON whose ``subset`` is ``validation``, as ``v_<id>.mp4``; classes: every label of
+    the file (all subsets: the 200 classes)."""
+    database = read_activitynet_database(annotation)
+    keys = sorted(f"v_{vid}.mp4" for vid, entry in database.items() if entry.get("subset") == "validation")
+    other_case = sorted(
+        f"v_{vid}.mp4"
+        for vid, entry in database.items()
+        if isinstance(entry.get("subset"), str)
+        and entry["subset"] != "validation"
+        and entry["subset"].strip().lower() == "validation"
+    )
+    left_out = []
+    if other_case:
+        left_out.append(
+            f"{len(other_case)} video(s) whose subset is written otherwise than 'validation' (the official "
+            f"code's exact comparison): {', '.join(other_case[:5])}"
+        )
+    labels = read_activitynet_labels(annotation)
+    return SplitRows(keys, labels, {lab for labs in labels.values() for lab in labs}, left_out)
+
+
+def minikinetics_split(
+    annotation: str, *, val_list: str, read_val_list: Callable[[], list[str]], **_: object
+) -> SplitRows:
+    """The videos of ``mini_val_videofolder.txt`` (``val_list``, its ids read by ``read_val_list``) found in the
+    Kinetics CSV; classes: the labels of those videos (the CSV holds all 400 Kinetics classes, Mini-Kinetics
+    uses 200 of them)."""
+    labels = read_minikinetics_labels(annotation)
+    wanted = read_val_list()
+    by_id: dict[str, list[str]] = {}
+    for key in labels:
+        by_id.setdefault(key.rsplit("_", 2)[0], []).append(key)
+    keys = sorted({k for w in wanted for k in (by_id.get(w.removesuffix(".mp4"), []) if w not in labels else [w])})
+    absent = [w for w in wanted if w not in labels and w.removesuffix(".mp4") not in by_id]
+    left_out = []
+    if absent:
+        left_out.append(f"{len(absent)} id(s) of {val_list} without a row in {annotation}: {', '.join(absent[:5])}")
+    return SplitRows(keys, labels, {lab for k in keys for lab in labels[k]}, left_out)
+
+
+def hvu_split(annotation: str, *, categories: str | None, key_format: str | None, **_: object) -> SplitRows:
+    """Every video of the annotation CSV, keyed by ``key_format``; classes: every tag of ``categories`` (the
+    ``Tag,Category`` file, all 3,142 tags) when given, else the tags of the CSV."""
+    labels = read_hvu_labels(annotation, key_format)
+    names = {lab for labs in labels.values() for lab in labs}
+    if categories:
+        names = set(read_tags(categories))
+    return SplitRows(sorted(labels), labels, names, [])
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that differs between datasets: one entry of :data:`REGISTRY` each.
+
+    Attributes
+    ----------
+    name : str
+        ``data.name`` of its job files, e.g. ``activitynet1.3``; also the dataset of replay and report records.
+    cli_name : str
+        ``--dataset`` of ``prepare frames`` and ``prepare splits``, e.g. ``activitynet``.
+    read_labels : callable
+        ``(path_label, key_format) -> {video key: [label, ...]}``.
+    build_split : callable
+        ``(annotation, *, val_list, read_val_list, categories, key_format) -> SplitRows``: its validation split.
+    key_format : str or None
+        The default of ``data.key_format`` (``--key-format``), how a video key is made from the label file's
+        fields; ``None``: the reader's keys are fixed (``v_<id>.mp4``, the Kinetics style) and the option refused.
+    accuracy : str
+        ``map`` or ``top1``: the accuracy the report's frontier, budget and curve use by default.
+    multi_label : bool
+        Videos carry several labels each: training defaults to a per-class (BCE) loss.
+    fps, min_side : int
+        The ``prepare frames`` preset: frames per second and the shorter side in pixels.
+    job_file : str
+        Its bundled job file under ``jobs/``.
+    num_class : int
+        ``model.num_class`` of that job file.
+    val_list : str or None
+        The file ``--val-list`` names when the split comes from one (``prepare splits`` refuses to run without).
+    title : str
+        Its name in messages, e.g. ``Mini-Kinetics``.
+    published_curve : bool
+        The official README publishes FrameExit's ResNet-50 curve on it
+        (:data:`reports.summary.PUBLISHED_ACTIVITYNET_RESNET50`): the report draws it for such a job.
+    """
+
+    name: str
+    cli_name: str
+    read_labels: Callable[[str, str | None], dict[str, list[str]]]
+    build_split: Callable[..., SplitRows]
+    key_format: str | None
+    accuracy: str
+    multi_label: bool
+    fps: int
+    min_side: int
+    job_file: str
+    num_class: int
+    val_list: str | None
+    title: str
+    published_curve: bool = False
+
+    @property
+    def frames_preset(self) -> dict[str, int]:
+        """The keyword arguments of the official ffmpeg command for its frames (``fps``, ``min_side``)."""
+        return {"fps": self.fps, "min_side": self.min_side}
+
+
+#: One entry per dataset. HVU's frame rate and size are not published: its clips are Kinetics clips, so they
+#: get Mini-Kinetics's.
+REGISTRY: tuple[DatasetSpec, ...] = (
+    DatasetSpec(
+        name="activitynet1.3",
+        cli_name="activitynet",
+        read_labels=lambda path, key_format: read_activitynet_labels(path),
+        build_split=activitynet_split,
+        key_format=None,
+        accuracy="map",
+        multi_label=False,
+        fps=1,
+        min_side=350,
+        job_file="activitynet_inference_2d.yml",
+        num_class=200,
+        val_list=None,
+        title="ActivityNet",
+        published_curve=True,
+    ),
+    DatasetSpec(
+        name="minikinetics",
+        cli_name="minikinetics",
+        read_labels=lambda path, key_format: read_minikinetics_labels(path),
+        build_split=minikinetics_split,
+        key_format=None,
+        accuracy="top1",
+        multi_label=False,
+        fps=5,
+        min_side=256,
+        job_file="minikinetics_inference_2d.yml",
+        num_class=200,
+        val_list="mini_val_videofolder.txt",
+        title="Mini-Kinetics",
+    ),
+    DatasetSpec(
+        name="hvu",
+        cli_name="hvu",
+        read_labels=read_hvu_labels,
+        build_split=hvu_split,
+        key_format=HVU_KEY_FORMAT,
+        accuracy="map",
+        multi_label=True,
+        fps=5,
+        min_side=256,
+        job_file="hvu_inference_2d.yml",
+        num_class=3142,
+        val_list=None,
+        title="HVU",
+    ),
+)
+#: :data:`REGISTRY` by ``data.name``.
+BY_NAME: dict[str, DatasetSpec] = {spec.name: spec for spec in REGISTRY}
+#: :data:`REGISTRY` by ``--dataset`` (``prepare``).
+BY_CLI_NAME: dict[str, DatasetSpec] = {spec.cli_name: spec for spec in REGISTRY}
+
+
+def _one_of(words: Iterable[str]) -> str:
+    """``'a', 'b' or 'c'``."""
+    *head, last = words
+    return f"{', '.join(head)} or {last}" if head else last

@@ -40,15 +40,16 @@ from frameexit.errors import (
 )
 
 from .datasets import (
+    BY_CLI_NAME,
+    REGISTRY,
     VIDEO_SUFFIXES,
+    DatasetSpec,
     FolderHints,
     list_frames,
     load_categories,
-    read_activitynet_database,
     read_class_list,
     read_labels,
     read_split,
-    read_tags,
     split_key,
     unsafe_key,
 )
@@ -59,15 +60,6 @@ from .ffmpeg import start as start_ffmpeg
 if TYPE_CHECKING:  # for check()'s annotation only: prepare frames needs no job
     from .config import Job
 
-#: The official frame rate and shorter side of each dataset; HVU's are not published: its clips are Kinetics
-#: clips, so they get Mini-Kinetics's.
-PRESETS = {
-    "activitynet": {"fps": 1, "min_side": 350},
-    "minikinetics": {"fps": 5, "min_side": 256},
-    "hvu": {"fps": 5, "min_side": 256},
-}
-#: model.num_class of each dataset's bundled job file.
-JOB_NUM_CLASS = {"activitynet": 200, "minikinetics": 200, "hvu": 3142}
 PARTIAL = ".partial-"
 MANIFEST = "prepare-frames.json"
 POLL_S = 0.02  # how often the running ffmpeg processes are checked, in seconds
@@ -470,13 +462,12 @@ def prepare_frames(
     file name. One ``prepare frames`` writes ``frames_dir`` at a time: a
     second is refused (:class:`~frameexit.atomic.BusyError`) before any work.
     """
-    if dataset not in PRESETS:
-        raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
+    spec = prepare_dataset(dataset)
     if not os.path.isdir(videos_dir):
         raise PrepareError(f"videos folder not found: {videos_dir}")
     check_prefix(prefix)
     check_folders(videos_dir, frames_dir)
-    preset = dict(PRESETS[dataset], prefix=prefix)
+    preset = dict(spec.frames_preset, prefix=prefix)
     videos = find_videos(videos_dir)
     check_writable_dir(frames_dir, "FRAMES_DIR")
     busy = f"another frameexit prepare frames is writing {frames_dir}; wait for it to finish"
@@ -589,6 +580,23 @@ class Split:
     left_out: list[str] = field(default_factory=list)
 
 
+def prepare_dataset(dataset: str) -> DatasetSpec:
+    """The registry entry of ``--dataset``; :class:`PrepareError` naming the choices for another name."""
+    spec = BY_CLI_NAME.get(dataset)
+    if spec is None:
+        raise PrepareError(f"--dataset must be one of {', '.join(BY_CLI_NAME)}, got {dataset!r}")
+    return spec
+
+
+def _read_val_list(val_list: str) -> list[str]:
+    """The video ids of a split list such as ``mini_val_videofolder.txt``: the first column of each line."""
+    try:
+        with open(val_list, encoding="utf-8") as handle:
+            return [line.split()[0] for line in handle if line.strip()]
+    except OSError as exc:
+        raise PrepareError(f"cannot read {val_list}: {exc.strerror}") from None
+
+
 def build_split(
     annotation: str,
     *,
@@ -600,58 +608,27 @@ def build_split(
 ) -> Split:
     """The validation split as the official help text builds it, and a class list for it.
 
-    ActivityNet: every video of the JSON whose ``subset`` is ``validation``, as ``v_<id>.mp4``.
-    Mini-Kinetics: the videos of ``mini_val_videofolder.txt`` (``val_list``, first column) found in the CSV.
-    HVU: every video of the annotation CSV (``HVU_Val_V1.0.csv``), keyed by ``key_format``
-    (default: the Kinetics style); the class list holds every tag of ``categories``
-    (the ``Tag,Category`` file, all 3,142 tags) when given, else the tags of the CSV.
+    The dataset's registry entry builds it (:attr:`jobs.datasets.DatasetSpec.build_split`:
+    :func:`~jobs.datasets.activitynet_split`, :func:`~jobs.datasets.minikinetics_split`,
+    :func:`~jobs.datasets.hvu_split`); ``val_list`` is required by an entry with a ``val_list``,
+    ``categories`` and ``key_format`` are refused by one without a ``key_format``.
     ``classes``: a class list to check the split's labels against.
     """
-    if dataset != "hvu" and (categories or key_format):
-        raise PrepareError(f"--categories and --key-format are for --dataset hvu, not {dataset}")
-    left_out: list[str] = []
-    if dataset == "activitynet":
-        database = read_activitynet_database(annotation)
-        keys = sorted(f"v_{vid}.mp4" for vid, entry in database.items() if entry.get("subset") == "validation")
-        other_case = sorted(
-            f"v_{vid}.mp4"
-            for vid, entry in database.items()
-            if isinstance(entry.get("subset"), str)
-            and entry["subset"] != "validation"
-            and entry["subset"].strip().lower() == "validation"
-        )
-        if other_case:
-            left_out.append(
-                f"{len(other_case)} video(s) whose subset is written otherwise than 'validation' (the official "
-                f"code's exact comparison): {', '.join(other_case[:5])}"
-            )
-        labels = read_labels("activitynet1.3", annotation)
-        names = {lab for labs in labels.values() for lab in labs}
-    elif dataset == "minikinetics":
-        if not val_list:
-            raise PrepareError("Mini-Kinetics splits come from mini_val_videofolder.txt: give --val-list")
-        labels = read_labels("minikinetics", annotation)
-        try:
-            with open(val_list, encoding="utf-8") as handle:
-                wanted = [line.split()[0] for line in handle if line.strip()]
-        except OSError as exc:
-            raise PrepareError(f"cannot read {val_list}: {exc.strerror}") from None
-        by_id: dict[str, list[str]] = {}
-        for key in labels:
-            by_id.setdefault(key.rsplit("_", 2)[0], []).append(key)
-        keys = sorted({k for w in wanted for k in (by_id.get(w.removesuffix(".mp4"), []) if w not in labels else [w])})
-        absent = [w for w in wanted if w not in labels and w.removesuffix(".mp4") not in by_id]
-        if absent:
-            left_out.append(f"{len(absent)} id(s) of {val_list} without a row in {annotation}: {', '.join(absent[:5])}")
-        names = {lab for k in keys for lab in labels[k]}
-    elif dataset == "hvu":
-        labels = read_labels("hvu", annotation, key_format)
-        keys = sorted(labels)
-        names = {lab for labs in labels.values() for lab in labs}
-        if categories:
-            names = set(read_tags(categories))
-    else:
-        raise PrepareError(f"--dataset must be one of {', '.join(PRESETS)}, got {dataset!r}")
+    spec = BY_CLI_NAME.get(dataset)
+    if (spec is None or spec.key_format is None) and (categories or key_format):
+        keyed = ", ".join(s.cli_name for s in REGISTRY if s.key_format is not None)
+        raise PrepareError(f"--categories and --key-format are for --dataset {keyed}, not {dataset}")
+    spec = prepare_dataset(dataset)
+    if spec.val_list and not val_list:
+        raise PrepareError(f"{spec.title} splits come from {spec.val_list}: give --val-list")
+    rows = spec.build_split(
+        annotation,
+        val_list=val_list,
+        read_val_list=lambda: _read_val_list(val_list or ""),
+        categories=categories,
+        key_format=key_format,
+    )
+    keys, labels, names, left_out = rows.keys, rows.labels, rows.names, rows.left_out
     if not keys:
         raise PrepareError(
             f"{annotation} gives no validation video: the split would be empty"
@@ -668,7 +645,7 @@ def build_split(
     if classes:
         known = set(read_class_list(classes))
         missing = sorted({lab for k in keys for lab in labels.get(k, []) if lab not in known})
-    return Split(keys, missing, sorted(names), JOB_NUM_CLASS[dataset], left_out)
+    return Split(keys, missing, sorted(names), spec.num_class, left_out)
 
 
 @dataclass(frozen=True)

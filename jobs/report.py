@@ -57,12 +57,19 @@ from reports.summary import (
 from reports.write import jsonable, write_json
 
 from .config import Job
+from .datasets import BY_NAME
 from .outputs import CURVE_PNG, REPORT_FILES, SUMMARY_JSON, SUMMARY_MD, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay import _checkpoint_names as checkpoint_names
 
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
 REGRESSION_EXIT = 3
-ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
+
+
+def default_metric(dataset: str) -> str:
+    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset's registry entry's
+    (``map`` for a dataset the registry does not know, e.g. a replay record of another version)."""
+    spec = BY_NAME.get(dataset)
+    return spec.accuracy if spec else "map"
 
 
 class ReportInputError(RecordError):
@@ -391,7 +398,7 @@ def build_summary(
     """The ``summary.json`` document (:class:`reports.records.Summary`) of a replay's sweep rows, ``replay.json`` and
     per-video results (:func:`read_video_results`, with ``n_labelled``, the videos with a label), without the
     baseline comparison (:func:`report` adds it)."""
-    accuracy = metric or ACCURACY.get(replay["dataset"], "map")
+    accuracy = metric or default_metric(replay["dataset"])
     default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
     skipped = replay["skipped"]
@@ -491,8 +498,10 @@ def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
         summary["baseline"]["file"] = os.path.abspath(base.path)
     if calibrate_on:
         summary["budget"]["calibration_run"] = os.path.abspath(calibrate_on)
+    spec = BY_NAME.get(summary["dataset"])
     published = (
-        summary["dataset"] == "activitynet1.3"
+        spec is not None
+        and spec.published_curve
         and summary["cost_metric"] == "gflops"
         and replay["backbone"].endswith("resnet50")
     )
