@@ -23,7 +23,6 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from frameexit.backbone import model_name
 from frameexit.errors import ConfigError
 from frameexit.sampling import clip_indices
 
@@ -125,6 +124,9 @@ def key_inputs(
     """
     if batching not in BATCHINGS:
         raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
+    # here, not at the top: frameexit.backbone imports torch, which a reader of the cache does not need
+    from frameexit.backbone import model_name
+
     pre = data.preprocessing
     clip_length = model.clip_length
     return CacheKeyInputs(

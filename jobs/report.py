@@ -57,8 +57,17 @@ from reports.summary import (
 from reports.write import jsonable, write_json
 
 from .config import Job
-from .outputs import CURVE_PNG, REPORT_FILES, SUMMARY_JSON, SUMMARY_MD, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
-from .replay import _checkpoint_names as checkpoint_names
+from .outputs import (
+    CURVE_PNG,
+    REPORT_FILES,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    SWEEP_FILE,
+    VIDEOS_FILE,
+    checkpoint_names,
+    out_paths,
+    writing,
+)
 
 #: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
 REGRESSION_EXIT = 3
