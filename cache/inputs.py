@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from frameexit.errors import ConfigError
 from frameexit.sampling import clip_indices
@@ -60,11 +60,6 @@ INPUT_NAMES = {
     "clip_stride": "model.backbone.clip_stride",
     "normalize_first": "normalisation before resizing (data.preprocessing key order)",
 }
-
-
-class Video(Protocol):
-    key: str
-    frames: Sequence[str]
 
 
 def check_feature_options(dtype: str, precision: str, batching: str = "auto") -> None:

@@ -11,7 +11,6 @@ made small enough for the memory available, and a grid that cannot fit is refuse
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -72,8 +71,6 @@ from .outputs import (
 )
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
-
-log = logging.getLogger(__name__)
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
