@@ -437,10 +437,9 @@ def job_command(group: click.Group, *args, **kwargs):
 
 def echo_report(text: str, result) -> None:
     """A report's summary, then its regressions on stderr and exit status 3 when the baseline gate fails."""
-    from jobs.report import REGRESSION_EXIT
     from reports.text import render_regressions
 
     click.echo(text)
     if result.regressed:
         click.echo(render_regressions(result.summary), err=True)
-        raise SystemExit(REGRESSION_EXIT)
+        raise SystemExit(EXIT_GATE)

@@ -69,8 +69,6 @@ from .outputs import (
     writing,
 )
 
-#: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
-REGRESSION_EXIT = 3
 ACCURACY = {"activitynet1.3": "map", "minikinetics": "top1"}
 
 
