@@ -346,12 +346,16 @@ REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "ac
 
 def _build(keyword: str, values: dict):
     """The `jobs` options object handed to a command as ``keyword``, from the parsed values of its options."""
-    from jobs.extract import ExtractOptions
-    from jobs.replay import ReplayOptions
-    from jobs.report import ReportOptions
-
-    kinds = {"extract_options": ExtractOptions, "replay_options": ReplayOptions, "report_options": ReportOptions}
-    return kinds[keyword](**values)
+    # only the command's own stages: jobs.extract imports torch and jobs.replay dask, which `report` does not need
+    if keyword == "extract_options":
+        from jobs.extract import ExtractOptions as kind
+    elif keyword == "replay_options":
+        from jobs.replay import ReplayOptions as kind
+    elif keyword == "report_options":
+        from jobs.report import ReportOptions as kind
+    else:
+        raise KeyError(keyword)
+    return kind(**values)
 
 
 def options(*plain: str, **objects: tuple[str, ...]):
@@ -433,10 +437,9 @@ def job_command(group: click.Group, *args, **kwargs):
 
 def echo_report(text: str, result) -> None:
     """A report's summary, then its regressions on stderr and exit status 3 when the baseline gate fails."""
-    from jobs.report import REGRESSION_EXIT
     from reports.text import render_regressions
 
     click.echo(text)
     if result.regressed:
         click.echo(render_regressions(result.summary), err=True)
-        raise SystemExit(REGRESSION_EXIT)
+        raise SystemExit(EXIT_GATE)

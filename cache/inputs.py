@@ -21,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from frameexit.backbone import model_name
 from frameexit.errors import ConfigError
 from frameexit.sampling import clip_indices
 
@@ -61,11 +60,6 @@ INPUT_NAMES = {
     "clip_stride": "model.backbone.clip_stride",
     "normalize_first": "normalisation before resizing (data.preprocessing key order)",
 }
-
-
-class Video(Protocol):
-    key: str
-    frames: Sequence[str]
 
 
 def check_feature_options(dtype: str, precision: str, batching: str = "auto") -> None:
@@ -125,6 +119,9 @@ def key_inputs(
     """
     if batching not in BATCHINGS:
         raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
+    # here, not at the top: frameexit.backbone imports torch, which a reader of the cache does not need
+    from frameexit.backbone import model_name
+
     pre = data.preprocessing
     clip_length = model.clip_length
     return CacheKeyInputs(

@@ -6,8 +6,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from .manifest import CacheCorruptError, CacheError, Manifest, read_manifest
 from .shard import Shard, file_sha256, read_shard
 
@@ -65,18 +63,3 @@ class FeatureCache:
     def iter_shards(self) -> Iterator[Shard]:
         for index in range(len(self.manifest.shards)):
             yield self.read(index)
-
-    @property
-    def videos(self) -> list[str]:
-        """Every cached video key, in shard order (sorted)."""
-        return [v for shard in self.iter_shards() for v in shard.videos]
-
-    def lookup(self, video: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(features (n_frames, feat_dim), labels (num_class,), frame_indices (n_frames,))`` of one video."""
-        for index, entry in enumerate(self.manifest.shards):
-            if video in entry.videos:
-                shard = self.read(index)
-                if video in shard.videos:
-                    row = shard.videos.index(video)
-                    return shard.features[row], shard.labels[row], shard.frame_indices[row]
-        raise KeyError(f"video {video!r} is not in cache {self.directory}")

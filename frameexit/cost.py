@@ -19,9 +19,6 @@ element-wise operations are not counted). GFLOPs = 2 x GMACs.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -30,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import x3d
 from .backbone import build_backbone, is_clip_backbone, model_name, step_input
 from .head import HIDDEN_DIM, FrameExit
+from .step_costs import StepCosts
 
 #: Per-step cost in the paper's convention, in "GFLOPs" (really GMACs): the official code's 4.12 and 1.8
 #: per frame, and X3D-S's 1.96 per clip (the paper's 19.6 GFLOPs for 10 clips without exiting).
@@ -77,57 +75,6 @@ def exit_histogram(exit_step: npt.ArrayLike, num_steps: int = 10) -> np.ndarray:
     steps = np.asarray(exit_step, dtype=np.int64)
     counts = np.bincount(steps, minlength=num_steps).astype(np.float64)
     return counts / max(len(steps), 1)
-
-
-@dataclass(frozen=True)
-class StepCosts:
-    """Measured GMACs of each part of the network for one video.
-
-    Attributes
-    ----------
-    backbone : float
-        One step (a frame; a clip for a 3D backbone) through the truncated backbone at the configured input size.
-    projection : float
-        One frame's features through the projection.
-    classifier : float
-        One classifier on pooled features.
-    gate : float
-        One gate (its branch twice, then the linear layer).
-    """
-
-    backbone: float
-    projection: float
-    classifier: float
-    gate: float
-
-    def video_gmacs(self, exit_step: npt.ArrayLike) -> np.ndarray:
-        """GMACs spent on each video by sequential early exit.
-
-        A video exiting at step t reads t + 1 frames (backbone and projection),
-        evaluates classifier 0 for the step-0 rule, gates 1..t, and, if t > 0,
-        the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
-        """
-        t = np.asarray(exit_step, dtype=np.float64)
-        return (
-            (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
-        )
-
-    def mean_video_gmacs(self, mean_frames: float, share_step0: float) -> float:
-        """Mean of :meth:`video_gmacs` over videos, from their mean frames read and the share exiting at step 0.
-
-        The cost is linear in the exit step except for the exit classifier, which
-        every video that passes step 0 runs: these two figures determine the mean.
-        NaN when ``mean_frames`` is (no videos).
-        """
-        if math.isnan(mean_frames):
-            return float("nan")
-        t = mean_frames - 1.0  # mean exit step
-        return (
-            mean_frames * (self.backbone + self.projection)
-            + self.classifier
-            + t * self.gate
-            + (1.0 - share_step0) * self.classifier
-        )
 
 
 def _gmacs(fn, *args) -> float:

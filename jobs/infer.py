@@ -28,7 +28,6 @@ from reports.records import (
     InferUnits,
     SkippedVideo,
     StepCostsRecord,
-    category_maps,
     runtime,
 )
 from reports.schema import VIDEOS
@@ -38,7 +37,7 @@ from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import exact_fp32, load_model, paper_per_step, resolve_device, step_costs
-from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
+from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, category_maps, out_paths, writing
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)

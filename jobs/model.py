@@ -10,9 +10,10 @@ import torch
 
 from frameexit.backbone import feature_dim, pretrained_state_dict
 from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
-from frameexit.cost import StepCosts, measure_step_costs, paper_per_frame
+from frameexit.cost import measure_step_costs, paper_per_frame
 from frameexit.errors import CheckpointError, ConfigError
 from frameexit.head import FrameExit
+from frameexit.step_costs import StepCosts
 
 from .config import Job
 

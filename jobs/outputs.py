@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy.typing as npt
 
 from frameexit.atomic import folder_lock
+from frameexit.metrics import category_map
 from reports.commit import settle
 from reports.records import METRICS_FILE, REPLAY_FILE, SUMMARY_FILE
 
@@ -41,3 +44,18 @@ def writing(out_dir: str) -> Iterator[None]:
 def out_paths(out_dir: str, names: Sequence[str]) -> dict[str, str]:
     """``{name: out_dir/name}``."""
     return {name: os.path.join(out_dir, name) for name in names}
+
+
+def checkpoint_names(paths: Sequence[str]) -> list[str]:
+    """The names of checkpoints in the ``checkpoint`` column of the output files: file names, or the paths as
+    given where two checkpoints share a file name."""
+    base = [os.path.basename(p) for p in paths]
+    return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
+
+
+def category_maps(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]] | None) -> dict[str, float] | None:
+    """``map_per_category`` of a record (:class:`reports.records.MetricRow`): :func:`frameexit.metrics.category_map`
+    of one setting's per-class AP, as floats (NaN is written as null); ``None`` without categories."""
+    if categories is None:
+        return None
+    return {name: float(value) for name, value in category_map(ap, categories).items()}

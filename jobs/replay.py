@@ -11,7 +11,6 @@ made small enough for the memory available, and a grid that cannot fit is refuse
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -29,11 +28,11 @@ from cache.reader import FeatureCache
 from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest
-from frameexit.cost import StepCosts
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.sampling import COARSE_TO_FINE, policy_order
+from frameexit.step_costs import StepCosts
 from frameexit.sweep import (
     SweepMetrics,
 )
@@ -50,7 +49,6 @@ from reports.records import (
     ReplayRuntime,
     Setting,
     StepCostsRecord,
-    category_maps,
     runtime,
 )
 from reports.schema import SWEEP, VIDEOS
@@ -61,11 +59,18 @@ from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
 from .model import checkpoint_state, paper_per_step, step_costs
-from .outputs import REPLAY_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
+from .outputs import (
+    REPLAY_FILES,
+    REPORT_FILES,
+    SWEEP_FILE,
+    VIDEOS_FILE,
+    category_maps,
+    checkpoint_names,
+    out_paths,
+    writing,
+)
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
-
-log = logging.getLogger(__name__)
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
@@ -187,7 +192,7 @@ def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
     metrics, rows, risks = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
-    names = _checkpoint_names([h.name for h in heads])
+    names = checkpoint_names([h.name for h in heads])
     by_width = _step_costs(job, heads)
     costs = [by_width[h.hidden_dim] for h in heads]
     per_frame = paper_per_step(job)
@@ -529,12 +534,6 @@ def _dataset_files(job: Job) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _checkpoint_names(paths: Sequence[str]) -> list[str]:
-    """File names, or the paths as given where two checkpoints share a file name."""
-    base = [os.path.basename(p) for p in paths]
-    return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
 
 def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> FeatureCache:

@@ -64,7 +64,6 @@ from frameexit.exit_rule import exit_steps_grid
 from frameexit.head import FrameExit
 from frameexit.sweep import (
     ExitTables,
-    SweepMetrics,
     VideoExits,
     class_block,
     class_block_ap,
@@ -420,18 +419,6 @@ def compute_distributed(client, graph: Graph, *, progress: bool | None) -> dict[
     finally:
         for bar in bars:
             bar.close()
-
-
-def pick(metrics: SweepMetrics, gates: Sequence[int], firsts: Sequence[int]) -> SweepMetrics:
-    """The settings ``gates x firsts`` (indices into the computed grid) of ``metrics``."""
-    g, f = np.ix_(list(gates), list(firsts))
-    return SweepMetrics(
-        map=metrics.map[g, f],
-        top1=metrics.top1[g, f],
-        mean_frames=metrics.mean_frames[g, f],
-        exit_histogram=metrics.exit_histogram[g, f],
-        ap=metrics.ap[g, f],
-    )
 
 
 def cpu_workers(client: Any) -> int:

@@ -58,11 +58,17 @@ from reports.write import jsonable, write_json
 
 from .config import Job
 from .datasets import BY_NAME
-from .outputs import CURVE_PNG, REPORT_FILES, SUMMARY_JSON, SUMMARY_MD, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
-from .replay import _checkpoint_names as checkpoint_names
-
-#: Exit status of ``frameexit report``/``run`` when the baseline gate fails (1: error, 2: usage error).
-REGRESSION_EXIT = 3
+from .outputs import (
+    CURVE_PNG,
+    REPORT_FILES,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    SWEEP_FILE,
+    VIDEOS_FILE,
+    checkpoint_names,
+    out_paths,
+    writing,
+)
 
 
 def default_metric(dataset: str) -> str:

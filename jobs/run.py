@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +16,6 @@ from .extract import ExtractOptions, ExtractResult, extract
 from .outputs import REPLAY_FILES, REPORT_FILES, SUMMARY_JSON, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay import ReplayOptions, ReplayResult, replay_into
 from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report_into
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

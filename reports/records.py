@@ -81,7 +81,7 @@ def versions(block: Runtime) -> Versions:
 
 
 class StepCostsRecord(TypedDict):
-    """Measured GMACs of each part of the network (:class:`frameexit.cost.StepCosts`)."""
+    """Measured GMACs of each part of the network (:class:`frameexit.step_costs.StepCosts`)."""
 
     backbone: float  # GMACs of one frame through the truncated backbone
     projection: float  # GMACs of one frame's features through the projection
@@ -122,15 +122,6 @@ class SkippedVideo(TypedDict):
 
     video: str  # split-file key
     reason: str  # why, e.g. no frame folder
-
-
-def category_maps(ap: Any, categories: Mapping[str, Any] | None) -> dict[str, float | None] | None:
-    """``map_per_category`` of a record: :func:`frameexit.metrics.category_map` of one setting's per-class AP."""
-    if categories is None:
-        return None
-    from frameexit.metrics import category_map
-
-    return {name: float(value) for name, value in category_map(ap, categories).items()}
 
 
 # ---------------------------------------------------------------------------------------------- metrics.json

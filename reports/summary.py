@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from frameexit.step_costs import StepCosts
+
 from .records import CheckpointAtRisk, SummaryExactness
 
 #: FrameExit ResNet-50 on ActivityNet-1.3, from the official README: (GFLOPs, mAP in %).
@@ -425,8 +427,6 @@ def subset_row(
     row: dict[str, Any] = {"checkpoint": checkpoint, "n_videos": len(index), "map": None}
     if results is None:
         return {**row, **dict.fromkeys(("top1", "mean_frames", "gflops", "gmacs_measured", "gflops_measured"))}
-    from frameexit.cost import StepCosts  # here: only a gate over different video sets needs it
-
     steps = [results["exit_step"][i] for i in index]
     labelled = [bool(results["hit"][i]) for i in index if results["hit"][i] is not None]
     nan = float("nan")

@@ -347,3 +347,19 @@ def data_overrides(paths: dict[str, str]) -> list[str]:
         *("--data.path_frame", paths["frames"], "--data.path_split", paths["split"]),
         *("--data.path_label", paths["labels"], "--data.path_classid", paths["classes"]),
     ]
+
+
+def cached_videos(cache) -> list[str]:
+    """Every video key of a :class:`cache.reader.FeatureCache`, in shard order (sorted)."""
+    return [v for shard in cache.iter_shards() for v in shard.videos]
+
+
+def cached_video(cache, video: str):
+    """``(features (n_frames, feat_dim), labels (num_class,), frame_indices (n_frames,))`` of one cached video."""
+    for index, entry in enumerate(cache.manifest.shards):
+        if video in entry.videos:
+            shard = cache.read(index)
+            if video in shard.videos:
+                row = shard.videos.index(video)
+                return shard.features[row], shard.labels[row], shard.frame_indices[row]
+    raise KeyError(f"video {video!r} is not in cache {cache.directory}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import key_inputs, load_fixture, official_state, write_frames, write_job
+from helpers import cached_video, cached_videos, key_inputs, load_fixture, official_state, write_frames, write_job
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -51,9 +51,9 @@ def test_features_equal_the_sequential_inference_path(extracted, anet, checkpoin
     assert len(cache.manifest.shards) == 2 and extracted.n_videos == 6
     model = build_model(read_state_dict(checkpoint), backbone_name="torchvision.resnet18")
     ds = load_fixture(anet)
-    assert cache.videos == [v.key for v in ds.videos]
+    assert cached_videos(cache) == [v.key for v in ds.videos]
     for video in ds.videos:
-        feats, labels, indices = cache.lookup(video.key)
+        feats, labels, indices = cached_video(cache, video.key)
         expected_idx = sample_indices(len(video.frames))
         assert indices.tolist() == expected_idx.tolist()
         assert np.flatnonzero(labels).tolist() == list(video.labels)
@@ -148,7 +148,7 @@ def test_bad_videos_are_recorded_in_the_manifest(anet, checkpoint, tmp_path):
     assert reasons["v_echo.mp4"].startswith("cannot read frame ") and "v_echo.mp4" in reasons["v_echo.mp4"]
     assert reasons["v_empty.mp4"].startswith("no *.jpeg frames in")
     assert reasons["v_nofolder.mp4"].startswith("no frame folder")
-    assert result.n_videos == 5 and "v_echo.mp4" not in FeatureCache.open(result.cache_dir).videos
+    assert result.n_videos == 5 and "v_echo.mp4" not in cached_videos(FeatureCache.open(result.cache_dir))
 
 
 BASE = key_inputs()
@@ -242,8 +242,8 @@ def test_float16_storage(job_file, tmp_path, anet):
     r16 = extract(job, ExtractOptions(cache_root=str(tmp_path), dtype="float16"))
     r32 = extract(job, ExtractOptions(cache_root=str(tmp_path)))
     assert r16.key != r32.key
-    f16 = FeatureCache.open(r16.cache_dir).lookup("v_bravo.mp4")[0]
-    f32 = FeatureCache.open(r32.cache_dir).lookup("v_bravo.mp4")[0]
+    f16 = cached_video(FeatureCache.open(r16.cache_dir), "v_bravo.mp4")[0]
+    f32 = cached_video(FeatureCache.open(r32.cache_dir), "v_bravo.mp4")[0]
     assert f16.dtype == np.float16
     np.testing.assert_allclose(f16.astype(np.float32), f32, rtol=1e-3, atol=1e-3)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import write_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,6 +74,59 @@ def test_the_cache_package_owns_its_directory():
             tree = ast.parse(open(os.path.join(ROOT, "jobs", name)).read())
             relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
             assert "extract" not in relative, name
+
+
+def _loaded_after(code, *args):
+    """The heavy packages of :data:`HEAVY` in ``sys.modules`` when a fresh interpreter running ``code`` (with
+    this checkout first on the path) exits: what it imported, directly or through any other module."""
+    probe = (
+        "import atexit, sys\n" + "atexit.register(lambda: print('LOADED', sorted(set({HEAVY!r}) & set(sys.modules))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(
+        [sys.executable, "-c", probe.format(HEAVY=HEAVY) + code, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    lines = [line for line in p.stdout.splitlines() if line.startswith("LOADED ")]
+    assert lines, p.stdout + p.stderr
+    return p, ast.literal_eval(lines[-1][len("LOADED ") :])
+
+
+HEAVY = ("torch", "torchvision", "dask", "distributed")
+
+
+def test_storage_and_report_writers_import_no_torch():
+    # cache/ is read by report-only and check tools, reports/ writes every command's files: neither may load torch
+    # (seconds to import) at import time, not even through another module (the AST tests above see direct imports)
+    modules = [
+        f"{package}.{name[: -len('.py')]}"
+        for package in ("cache", "reports")
+        for name in sorted(os.listdir(os.path.join(ROOT, package)))
+        if name.endswith(".py")
+    ]
+    p, loaded = _loaded_after("".join(f"import {m}\n" for m in modules))
+    assert p.returncode == 0, p.stderr
+    assert "torch" not in loaded and "torchvision" not in loaded, loaded
+
+
+def test_report_imports_neither_torch_nor_dask(anet, checkpoint, tmp_path):
+    """`frameexit report` on a real replay's output reads tables and writes text and a figure: no model, no graph."""
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions, extract
+    from jobs.replay import ReplayOptions, replay
+
+    job = load_job(write_job(str(tmp_path / "job.yml"), anet, checkpoint))
+    out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    extract(job, ExtractOptions(cache_root=cache, shard_size=4))
+    replay(job, out, ReplayOptions(cache_root=cache, first_thresholds=(0.5, 0.9), gate_thresholds=(0.5,)))
+    code = "from cli import main\nmain(sys.argv[1:])\n"
+    p, loaded = _loaded_after(code, "report", "--out", out)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert os.path.isfile(os.path.join(out, "summary.md"))
+    assert not set(loaded) & set(HEAVY), loaded
 
 
 RUFF = os.path.join(os.path.dirname(sys.executable), "ruff")

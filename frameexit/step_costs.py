@@ -1,0 +1,62 @@
+"""Measured cost of one video by its exit step, from the measured GMACs of each part of the network
+(:func:`frameexit.cost.measure_step_costs`): importable without torch, for a report recomputing costs over
+another set of videos."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Measured GMACs of each part of the network for one video.
+
+    Attributes
+    ----------
+    backbone : float
+        One step (a frame; a clip for a 3D backbone) through the truncated backbone at the configured input size.
+    projection : float
+        One frame's features through the projection.
+    classifier : float
+        One classifier on pooled features.
+    gate : float
+        One gate (its branch twice, then the linear layer).
+    """
+
+    backbone: float
+    projection: float
+    classifier: float
+    gate: float
+
+    def video_gmacs(self, exit_step: npt.ArrayLike) -> np.ndarray:
+        """GMACs spent on each video by sequential early exit.
+
+        A video exiting at step t reads t + 1 frames (backbone and projection),
+        evaluates classifier 0 for the step-0 rule, gates 1..t, and, if t > 0,
+        the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
+        """
+        t = np.asarray(exit_step, dtype=np.float64)
+        return (
+            (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
+        )
+
+    def mean_video_gmacs(self, mean_frames: float, share_step0: float) -> float:
+        """Mean of :meth:`video_gmacs` over videos, from their mean frames read and the share exiting at step 0.
+
+        The cost is linear in the exit step except for the exit classifier, which
+        every video that passes step 0 runs: these two figures determine the mean.
+        NaN when ``mean_frames`` is (no videos).
+        """
+        if math.isnan(mean_frames):
+            return float("nan")
+        t = mean_frames - 1.0  # mean exit step
+        return (
+            mean_frames * (self.backbone + self.projection)
+            + self.classifier
+            + t * self.gate
+            + (1.0 - share_step0) * self.classifier
+        )
