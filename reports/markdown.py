@@ -158,10 +158,9 @@ def _g(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
-def render_markdown(summary: Mapping[str, Any]) -> str:
-    """``summary.md`` from a :class:`reports.records.Summary`."""
-    higher = summary["higher_is_better"]
-    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+def _alert(summary: Mapping[str, Any]) -> list[str]:
+    """The caution or note above the title when a baseline was compared."""
+    acc = summary["accuracy_metric"]
     lines: list[str] = []
     baseline = summary["baseline"]
     if baseline and not baseline["passed"]:
@@ -176,6 +175,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         if acc in (baseline.get("not_compared") or {}):
             lines += [">", f"> {NAMES[acc]}, this report's accuracy metric, was not compared."]
         lines.append("")
+    return lines
+
+
+def _headline(summary: Mapping[str, Any]) -> list[str]:
+    """The title and the counts of videos and settings."""
+    acc = summary["accuracy_metric"]
+    lines: list[str] = []
     lines += [f"# FrameExit report: {summary['dataset']}", ""]
     lines.append(
         f"{summary['n_videos_evaluated']} videos evaluated{_labelled(summary)}, {summary['n_videos_skipped']} "
@@ -183,7 +189,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"Accuracy metric: {NAMES[acc]}; cost: {summary['cost_label']}."
     )
     lines.append("")
+    return lines
 
+
+def _results(summary: Mapping[str, Any]) -> list[str]:
+    """The job's setting: results, categories, agreement with infer."""
+    higher = summary["higher_is_better"]
+    lines: list[str] = []
     default = summary["default"]
     if default:
         d = default[0]
@@ -224,7 +236,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         ]
         lines += _category_table(default)
         lines += _exactness_lines(summary.get("exactness"))
+    return lines
 
+
+def _frontier(summary: Mapping[str, Any]) -> list[str]:
+    """The Pareto frontier, thinned to at most MAX_FRONTIER_SHOWN rows."""
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    lines: list[str] = []
     frontier = summary["frontier"]
     lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
     if frontier:
@@ -250,7 +268,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     else:
         lines.append("No setting has both an accuracy and a cost.")
     lines.append("")
+    return lines
 
+
+def _budget(summary: Mapping[str, Any]) -> list[str]:
+    """The best setting within the budget, per checkpoint."""
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    lines: list[str] = []
     budget = summary["budget"]
     if budget:
         how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
@@ -275,7 +299,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 )
         lines += _table(["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc], NAMES[cost], "Note"], rows)
         lines.append("")
+    return lines
 
+
+def _baseline(summary: Mapping[str, Any]) -> list[str]:
+    """The baseline comparison, per checkpoint and metric."""
+    cost = summary["cost_metric"]
+    baseline = summary["baseline"]
+    lines: list[str] = []
     if baseline:
         lines += [
             "## Baseline comparison",
@@ -307,7 +338,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             rows.append(cells)
         lines += _table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows)
         lines.append("")
+    return lines
 
+
+def _histogram(summary: Mapping[str, Any]) -> list[str]:
+    """The exit histogram at the job's setting."""
+    default = summary["default"]
+    lines: list[str] = []
     if default:
         steps = len(default[0]["exit_histogram"])
         lines += ["## Exit histogram at the job's setting (% of videos per exit step)", ""]
@@ -316,7 +353,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             [[r["checkpoint"], *[f"{100 * v:.1f}" for v in r["exit_histogram"]]] for r in default],
         )
         lines.append("")
+    return lines
 
+
+def _video_counts(summary: Mapping[str, Any]) -> list[str]:
+    """Videos listed, evaluated and skipped (the first MAX_SKIPPED_SHOWN named)."""
+    lines: list[str] = []
     skipped = summary["skipped"]
     lines += [
         "## Videos",
@@ -330,7 +372,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         if len(skipped) > MAX_SKIPPED_SHOWN:
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_SHOWN} more in summary.json.")
         lines.append("")
+    return lines
 
+
+def _provenance(summary: Mapping[str, Any]) -> list[str]:
+    """Cache, checkpoints, dataset files, versions and date."""
+    lines: list[str] = []
     p = summary["provenance"]
     lines += ["## Provenance", ""]
     cache = p["cache"]
@@ -349,4 +396,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     lines.append(
         f"- created {summary['created']}" + (f", git {summary['git_hash'][:12]}" if summary["git_hash"] else "")
     )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """``summary.md`` from a :class:`reports.records.Summary`."""
+    sections = (_alert, _headline, _results, _frontier, _budget, _baseline, _histogram, _video_counts, _provenance)
+    return "\n".join(line for section in sections for line in section(summary)) + "\n"
