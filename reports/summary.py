@@ -196,29 +196,10 @@ def compare_baseline(
         for key, limit, higher in (("map", max_drop, True), ("top1", max_drop, True), (cost, max_cost_rise, False)):
             if key in not_compared:
                 entry[key] = {"not_compared": not_compared[key]}
-                continue
-            if not _finite(b.get(key)):
-                continue  # nothing to hold the run to
-            if not _finite(r.get(key)):
-                entry[key] = {"baseline": b[key], "current": None}
-                regressions.append(f"{r['checkpoint']}: {key} is not defined in this run (baseline {b[key]:.4f})")
+            elif _finite(b.get(key)):  # else nothing to hold the run to
+                entry[key], regression = _compare_value(r["checkpoint"], key, b[key], r.get(key), limit, higher)
+                regressions += [regression] if regression else []
                 compared = True
-                continue
-            compared = True
-            if higher:
-                drop = b[key] - r[key]
-                entry[key] = {"baseline": b[key], "current": r[key], "drop": drop}
-                if limit is not None and drop > limit:
-                    regressions.append(
-                        f"{r['checkpoint']}: {key} fell by {drop:.4f} ({b[key]:.4f} -> {r[key]:.4f}), more than {limit}"
-                    )
-            else:
-                rise = r[key] - b[key]
-                entry[key] = {"baseline": b[key], "current": r[key], "rise": rise}
-                if limit is not None and rise > limit:
-                    regressions.append(
-                        f"{r['checkpoint']}: {key} rose by {rise:.2f} ({b[key]:.2f} -> {r[key]:.2f}), more than {limit}"
-                    )
         n_compared += compared
         checks.append(entry)
     for name in base:
@@ -241,6 +222,27 @@ def compare_baseline(
         "not_compared": not_compared,
         "passed": not regressions,
     }
+
+
+def _compare_value(
+    checkpoint: str, key: str, base: float, current: float | None, limit: float | None, higher: bool
+) -> tuple[dict[str, Any], str | None]:
+    """One metric of one checkpoint against the baseline's finite value: its check entry, and the regression
+    (a drop, for ``higher`` is better, or a rise above ``limit``; or no value in this run), if any."""
+    if not _finite(current):
+        return {
+            "baseline": base,
+            "current": None,
+        }, f"{checkpoint}: {key} is not defined in this run (baseline {base:.4f})"
+    if higher:
+        drop = base - current
+        over = limit is not None and drop > limit
+        why = f"{checkpoint}: {key} fell by {drop:.4f} ({base:.4f} -> {current:.4f}), more than {limit}"
+        return {"baseline": base, "current": current, "drop": drop}, why if over else None
+    rise = current - base
+    over = limit is not None and rise > limit
+    why = f"{checkpoint}: {key} rose by {rise:.2f} ({base:.2f} -> {current:.2f}), more than {limit}"
+    return {"baseline": base, "current": current, "rise": rise}, why if over else None
 
 
 def baseline_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
