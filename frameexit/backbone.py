@@ -23,22 +23,18 @@ import torchvision
 from torch import nn
 
 from . import x3d
+from .backbone_names import CLIP_PREFIX, TORCHVISION_PREFIX, is_clip_backbone
 from .errors import BackboneError
 from .weights_file import refusal_reason
 
-PREFIX = "torchvision."
-
-
-def is_clip_backbone(name: str) -> bool:
-    """Whether ``model.backbone.name`` is a 3D backbone, whose steps read clips (``pytorchvideo.<model>``)."""
-    return name.startswith(x3d.PREFIX)
+PREFIX = TORCHVISION_PREFIX
 
 
 def model_name(name: str) -> str:
     """The model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``,
     ``pytorchvideo.x3d_s`` -> ``x3d_s``)."""
     if is_clip_backbone(name):
-        short = name[len(x3d.PREFIX) :]
+        short = name[len(CLIP_PREFIX) :]
         x3d.spec(short)
         return short
     short = name[len(PREFIX) :] if name.startswith(PREFIX) else name

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone_names import CLIP_PREFIX
 from .errors import BackboneError
 from .weights_file import refusal_reason
-
-PREFIX = "pytorchvideo."
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,8 @@ PROJECTION = "blocks.5.proj."
 def spec(short: str) -> X3DSpec:
     """The :class:`X3DSpec` of ``x3d_s``; :class:`BackboneError` naming the known ones otherwise."""
     if short not in X3D_MODELS:
-        known = ", ".join(PREFIX + name for name in X3D_MODELS)
-        raise BackboneError(f"model.backbone.name {PREFIX + short!r} is not a known 3D backbone; known: {known}")
+        known = ", ".join(CLIP_PREFIX + name for name in X3D_MODELS)
+        raise BackboneError(f"model.backbone.name {CLIP_PREFIX + short!r} is not a known 3D backbone; known: {known}")
     return X3D_MODELS[short]
 
 
@@ -78,7 +77,7 @@ def _create_x3d():
             from pytorchvideo.models.x3d import create_x3d
     except ImportError as exc:
         raise BackboneError(
-            f"3D backbones ({PREFIX}x3d_s) need pytorchvideo, which is not installed ({exc}); "
+            f"3D backbones ({CLIP_PREFIX}x3d_s) need pytorchvideo, which is not installed ({exc}); "
             "install it with: pip install 'frameexit[x3d]'"
         ) from None
     return create_x3d
@@ -123,7 +122,9 @@ def build_x3d(short: str, *, clip_length: int, crop: int, device: torch.device |
     """
     x3d = spec(short)
     if crop < 32:
-        raise BackboneError(f"{PREFIX}{short} needs clips of at least 32x32 pixels (5 stride-2 stages), got {crop}")
+        raise BackboneError(
+            f"{CLIP_PREFIX}{short} needs clips of at least 32x32 pixels (5 stride-2 stages), got {crop}"
+        )
     create_x3d = _create_x3d()
     with torch.device(device):
         net = create_x3d(input_clip_length=clip_length, input_crop_size=crop, depth_factor=x3d.depth_factor)
@@ -151,7 +152,7 @@ def zoo_state_dict(short: str, path: str | None = None) -> dict[str, torch.Tenso
     path = path or zoo_weights_path(short)
     if not os.path.isfile(path):
         raise BackboneError(
-            f"Kinetics weights for {PREFIX}{short} are not on disk (expected {path}) and frameexit never downloads. "
+            f"Kinetics weights for {CLIP_PREFIX}{short} are not on disk (expected {path}) and frameexit never downloads. "
             "FrameExit checkpoints carry their fine-tuned backbone: set checkpoint.init, or place pytorchvideo's "
             f"model-zoo file {spec(short).zoo_file} at that path, or set model.backbone.pretrained: False."
         )

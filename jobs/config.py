@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from frameexit.backbone_names import is_clip_backbone
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
 from frameexit.preprocess_params import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -35,8 +36,6 @@ from .grid import parse_grid
 PREPROCESSING_ORDER = ("to_tensor", "resize", "crop_center", "normalize")
 #: pytorchvideo's evaluation transform (X3D): normalise, then short-side resize and centre crop.
 PYTORCHVIDEO_ORDER = ("to_tensor", "normalize", "resize", "crop_center")
-#: ``model.backbone.name`` prefix of the 3D (clip) backbones (frameexit.x3d; importing it would import torch).
-CLIP_BACKBONE_PREFIX = "pytorchvideo."
 
 
 @dataclass(frozen=True)
@@ -624,7 +623,7 @@ def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
     name, kind = backbone["name"], backbone["type"]
     length, stride = backbone["clip_length"], backbone["clip_stride"]
     if kind == "2d":
-        if name.startswith(CLIP_BACKBONE_PREFIX):
+        if is_clip_backbone(name):
             raise ConfigError(
                 f"{source}: model.backbone.name {name} is a 3D backbone (its steps read clips); "
                 "set model.backbone.type: 3d with model.backbone.clip_length and model.backbone.clip_stride"
@@ -636,7 +635,7 @@ def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
                 f"(a step of the 2D backbone {name} reads one frame)"
             )
         return 1, 1
-    if not name.startswith(CLIP_BACKBONE_PREFIX):
+    if not is_clip_backbone(name):
         raise ConfigError(
             f"{source}: model.backbone.type 3d needs a 3D backbone (pytorchvideo.x3d_s); {name} reads single frames"
         )
