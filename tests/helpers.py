@@ -363,3 +363,12 @@ def cached_video(cache, video: str):
                 row = shard.videos.index(video)
                 return shard.features[row], shard.labels[row], shard.frame_indices[row]
     raise KeyError(f"video {video!r} is not in cache {cache.directory}")
+
+
+def invoke(*args):
+    """``frameexit ARGS`` in this process (click's runner), every argument as a string; exceptions propagate."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="frameexit", catch_exceptions=False)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import official_state, write_job
+from helpers import invoke, official_state, write_job
 
 from cli import main
 
@@ -32,10 +32,6 @@ def _paths(p):
         "--data.path_classid",
         p["classes"],
     ]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

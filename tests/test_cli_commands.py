@@ -7,7 +7,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
+from helpers import invoke
 
 from cli import main
 from cli_options import OPTIONS
@@ -16,10 +16,6 @@ from reports import text
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
 README = os.path.join(ROOT, "README.md")  # a file that exists
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], prog_name="frameexit", catch_exceptions=False)
 
 
 def _one_error_line(r, message):

@@ -12,10 +12,8 @@ import h5py
 import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner
-from helpers import activitynet_dataset, data_overrides, official_state, x3d_s
+from helpers import activitynet_dataset, data_overrides, invoke, official_state, x3d_s
 
-from cli import main
 from frameexit.backbone import feature_dim, model_name, pretrained_state_dict
 from frameexit.checkpoint import build_backbone_from_state, read_state_dict
 from frameexit.cost import measure_step_costs, paper_gflops, paper_per_frame
@@ -29,10 +27,6 @@ X3D_JOB = "activitynet_x3d_s.yml"
 B3_JOB = "activitynet_efficientnet_b3.yml"
 # one video longer than the clips reach, one shorter than T=10 (sampled positions repeat, clips clamp at both ends)
 SMALL = [("alpha", 23, (213, 160), [3]), ("bravo", 4, (160, 200), [7])]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], prog_name="frameexit", catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,10 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
-from helpers import write_job
-
-from cli import main
+from helpers import invoke, write_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNWRITABLE = "/proc/frameexit-test/out"  # not creatable even as root, unlike a chmod 0o555 directory
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _copy_fixture(anet, root):
