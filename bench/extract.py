@@ -114,10 +114,10 @@ def main() -> None:
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     if a.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    from jobs.extract import _precision
+    from jobs.process import backbone_precision
 
     def backbone_only(size: int) -> float:
-        with torch.inference_mode(), _precision(a.precision, device):
+        with torch.inference_mode(), backbone_precision(a.precision, device):
             net(frames[:size].to(device).contiguous(memory_format=fmt))  # warm-up
             _sync(device)
             t0 = time.perf_counter()

@@ -140,12 +140,11 @@ def random_backbone(name: str, *, seed: int, truncate_modules: int = -1) -> Back
     if is_clip_backbone(name):
         raise BackboneError(f"random_backbone builds torchvision models only, not {name}")
     short = model_name(name)
-    generator_state = torch.random.get_rng_state()
-    try:
+    # torchvision initialises from torch's global generator (it takes no generator): seeded on a fork of it,
+    # so that the caller's random state is left as it was
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = torchvision.models.get_model(short, weights=None)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return _truncate(net, truncate_modules)
 
 

@@ -12,12 +12,13 @@ each colour plane as the clip layout has them, which gives pytorchvideo's
 tensors bit for bit. Mathematically the order makes no difference, but float32
 rounding does (about 5e-7 after normalisation), so each model's own pipeline is
 kept exactly.
+
+The resize is bit for bit the same in every process only on one torch intra-op thread: CPU bilinear
+interpolation rounds differently where its work is split between threads. This module sets no thread count
+(process-wide state): its callers run it on one thread (``jobs.frames`` does, through ``jobs.process``).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,23 +45,6 @@ def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
     return round((height - crop) / 2.0), round((width - crop) / 2.0)
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    # CPU bilinear interpolation rounds differently where its work is split between threads
-    # (vector and scalar code meet at chunk borders), so frames would depend on the thread
-    # count of the process: DataLoader workers run 1 thread, dask workers 1, the main process
-    # all cores. One thread gives the same tensor everywhere.
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB float tensor of shape (3, height, width) with values in [0, 1].
 
@@ -81,6 +65,11 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> t
         Values in [0, 1], as returned by :func:`to_tensor`.
     params : Preprocessing
 
+    Notes
+    -----
+    Run on one torch intra-op thread (``torch.get_num_threads() == 1``) to get the tensor every process
+    gets: with more threads the resize rounds differently (see the module's docstring).
+
     Returns
     -------
     frame : Tensor of shape (3, crop, crop), dtype=float32
@@ -90,14 +79,13 @@ def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> t
     _, height, width = frame.shape
     if min(height, width) != params.resize:
         size = resized_size(height, width, params.resize)
-        with _one_thread():
-            if params.normalize_first:
-                # pytorchvideo resizes a clip (C, T, H, W): interpolate takes the colour planes as the batch
-                # and the frames as channels, which rounds as each plane alone does, not as one 3-channel
-                # image does (torch's bilinear kernel vectorises over channels)
-                frame = F.interpolate(frame[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            else:
-                frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
+        if params.normalize_first:
+            # pytorchvideo resizes a clip (C, T, H, W): interpolate takes the colour planes as the batch
+            # and the frames as channels, which rounds as each plane alone does, not as one 3-channel
+            # image does (torch's bilinear kernel vectorises over channels)
+            frame = F.interpolate(frame[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        else:
+            frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
         height, width = size
     if height < params.crop or width < params.crop:
         raise ValueError(f"a frame of {height}x{width} pixels after resizing cannot be centre-cropped to {params.crop}")

@@ -182,8 +182,12 @@ def demo(out: str, *, progress: bool | None = None, say: Callable[[str], None] =
     backbone_ckpt = os.path.join(out, "backbone_resnet18_seed0.pth")
     if not os.path.isfile(backbone_ckpt):
         net = random_backbone("torchvision.resnet18", seed=seed)
-        torch.manual_seed(seed)
-        save_checkpoint(FrameExit(net, 512, len(CLASSES), hidden_dim=64).eval(), backbone_ckpt)
+        # the head's layers draw their initial weights from torch's global generator: seeded on a fork of it,
+        # so that the caller's random state is left as it was (jobs.process: nothing seeds the process)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = FrameExit(net, 512, len(CLASSES), hidden_dim=64)
+        save_checkpoint(head.eval(), backbone_ckpt)
     job_file = write_demo_job(out, paths, backbone_ckpt)
     cache = os.path.join(out, "cache")
     # batched on every device: on a CPU per-step extraction takes 1.6 times as long at 112 pixels (README)

@@ -17,7 +17,6 @@ lock, plan, manifest, checksums) is :mod:`cache.plan`'s.
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -51,7 +50,8 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import backbone_geometry, checkpoint_state, exact_fp32, resolve_device
+from .model import backbone_geometry, checkpoint_state, resolve_device
+from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
@@ -165,7 +165,6 @@ class ShardTask:
     job: Job
     options: ExtractOptions
     attrs: dict[str, Any]
-    torch_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -429,14 +428,15 @@ def _run_distributed(
 ) -> Iterator[ShardResult]:
     from distributed import as_completed
 
-    if options.workers:
-        threads = max(1, (os.cpu_count() or 1) // options.workers)
-        tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
+    # a local cluster shares this machine's cores between its workers; remote workers keep their own settings
+    threads = max(1, (os.cpu_count() or 1) // options.workers) if options.workers else None
     advice = (
         "give the workers more memory, run fewer per machine or lower --batch-videos; "
         "the shards written so far are kept"
     )
     with dask_client(options.scheduler, options.workers, gpus=n_gpus) as client:
+        if threads:
+            client.register_plugin(dask_worker_setup(threads))
         # one object under one key: each worker deserializes it once, and its tasks share the backbone built there
         with explaining_lost_workers("receiving the backbone", advice):
             shipped = client.scatter(backbone, broadcast=True, hash=False)
@@ -472,8 +472,6 @@ def _check_written_here(result: ShardResult, tasks: Sequence[ShardTask]) -> None
 
 def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:
     """Compute and write one shard in a worker process (dask task), with this worker's backbone."""
-    if task.torch_threads:
-        torch.set_num_threads(task.torch_threads)
     # under LocalCUDACluster each worker sees exactly one GPU, so 'auto' means that one
     device = resolve_device(task.options.device)
     num_workers = task.job.data.num_workers if task.options.num_workers is None else task.options.num_workers
@@ -544,27 +542,6 @@ def _collate(items):
     return items
 
 
-@contextlib.contextmanager
-def _precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Backbone arithmetic around one forward pass: fp32 turns TF32 off (exact), tf32 on, bf16/fp16 autocast.
-
-    The TF32 switches are process-wide: they are set for the body only and
-    restored when it ends, so wrap the forward pass alone, never a ``yield``
-    (the caller would run with them changed).
-    """
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
-        if precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            with torch.autocast(device_type=device.type, dtype=dtype):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
-
 def compute_shards(
     tasks: Sequence[ShardTask],
     backbone: nn.Module,
@@ -598,6 +575,10 @@ def compute_shards(
         ClipDataset(videos, job),
         batch_sampler=batches,
         num_workers=num_workers,
+        worker_init_fn=dataloader_worker_init,
+        # the loader draws its workers' base seed from this generator, not from torch's global one (left as it
+        # was); decoding draws no random numbers
+        generator=torch.Generator(),
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
@@ -623,7 +604,7 @@ def compute_shards(
             x = torch.cat([item[1] for item in good]).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             with torch.inference_mode():
-                with _precision(options.precision, device):
+                with backbone_precision(options.precision, device):
                     out = _forward(backbone, x, effective == exactness.PER_STEP, memory_format)
                 feats = out.float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
             rows = {item[0]: feats[g] for g, item in enumerate(good)}

@@ -18,6 +18,7 @@ from cache.inputs import frame_files, video_frames_digest
 from frameexit.errors import FrameExitError
 from frameexit.preprocess import Preprocessing, preprocess_image
 
+from .process import one_thread
 from .progress import progress as progress_bar
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ def _require_regular(path: str) -> None:
 
 def decode_frame(path: str, content: bytes, params: Preprocessing) -> torch.Tensor:
     """:func:`read_frame` of bytes already read from ``path`` (named in the error)."""
-    return _decoded(path, lambda image: preprocess_image(image, params), io.BytesIO(content))
+    return _decoded(path, lambda image: _preprocess(image, params), io.BytesIO(content))
 
 
 def video_frames_record(
@@ -91,7 +92,13 @@ def read_frame(path: str, params: Preprocessing) -> torch.Tensor:
 
     Raises :class:`FrameReadError` naming the file if it is missing, truncated or not an image.
     """
-    return _decoded(path, lambda image: preprocess_image(image, params))
+    return _decoded(path, lambda image: _preprocess(image, params))
+
+
+def _preprocess(image: Image.Image, params: Preprocessing) -> torch.Tensor:
+    # on one thread, so that a frame is the same tensor in every process (jobs.process.one_thread)
+    with one_thread():
+        return preprocess_image(image, params)
 
 
 def step_input(frames: Sequence[torch.Tensor], clips: bool) -> torch.Tensor:

@@ -36,8 +36,9 @@ from reports.write import write_json, write_table
 from .config import Job
 from .datasets import Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
-from .model import exact_fp32, load_model, paper_per_step, resolve_device, step_costs
+from .model import load_model, paper_per_step, resolve_device, step_costs
 from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, category_maps, out_paths, writing
+from .process import exact_fp32
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)

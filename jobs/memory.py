@@ -161,6 +161,9 @@ def limit_fragmentation(tables: int) -> bool:
     tables are left alone: mapping every temporary on its own costs page faults (the ActivityNet head pass,
     17 % slower) and gains little there. The environment variable reaches the dask worker processes a
     replay starts; elsewhere than glibc nothing is set.
+
+    A process-wide setting (``jobs.process``): made at most once per process, by the replay that needs it, and
+    kept for the rest of it (glibc cannot say what the threshold was before, so it cannot be restored).
     """
     if tables < FRAGMENTING_TABLES:
         return False

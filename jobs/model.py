@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -25,20 +24,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA device")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """Exact float32 around forward passes: TF32 off for CUDA matmuls and cuDNN convolutions (cuDNN allows it by
-    default), restored afterwards. ``frameexit infer``, the exactness probes and ``extract --precision fp32``
-    (the default) all compute so, which per-step extraction needs to equal infer's features bit for bit.
-    Process-wide switches: wrap forward passes only, never a ``yield`` to a caller."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def check_state(job: Job, state: Mapping[str, torch.Tensor], path: str) -> None:

@@ -9,6 +9,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from frameexit.preprocess import (
+    DEFAULT,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
@@ -16,6 +17,8 @@ from frameexit.preprocess import (
     preprocess_image,
     resized_size,
 )
+from jobs.frames import read_frame
+from jobs.process import one_thread
 
 
 def test_two_pixel_image_pinned_to_hand_computed_values():
@@ -73,10 +76,10 @@ def test_shorter_side_already_224_is_not_resized():
 def test_equals_torchvision_tensor_transforms_bit_for_bit_and_differs_from_pil_resize():
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, size=(350, 466, 3), dtype=np.uint8))
-    ours = preprocess_image(img)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # ours resizes on one thread (see test_same_tensor_whatever_the_thread_count)
+    torch.set_num_threads(1)  # preprocessing runs on one thread (see test_same_frame_whatever_the_thread_count)
     try:
+        ours = preprocess_image(img)
         t = TF.to_tensor(img)
         t = TF.resize(t, [224, int(224 * 466 / 350)], antialias=False)
         t = TF.normalize(TF.center_crop(t, [224, 224]), IMAGENET_MEAN, IMAGENET_STD)
@@ -103,14 +106,17 @@ def test_other_sizes():
     assert out[0, 0, 0].item() == pytest.approx((10 / 255 - 0.485) / 0.229, abs=1e-6)
 
 
-def test_same_tensor_whatever_the_thread_count():
-    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, size=(350, 466, 3), dtype=np.uint8))
+def test_same_frame_whatever_the_thread_count(tmp_path):
+    # CPU bilinear interpolation rounds differently on several threads: the jobs layer reads frames on one
+    # (jobs.process.one_thread), so that every process (main, DataLoader or dask worker) gets the same tensor
+    path = str(tmp_path / "frame.png")
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, size=(350, 466, 3), dtype=np.uint8)).save(path)
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(preprocess_image(img))
+            results.append(read_frame(path, DEFAULT))
             assert torch.get_num_threads() == n  # left as it was
     finally:
         torch.set_num_threads(threads)
@@ -130,7 +136,7 @@ def _pytorchvideo_eval_transform(images, size):
     _, _, h, w = x.shape
     new = (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # ours resizes on one thread (see test_same_tensor_whatever_the_thread_count)
+    torch.set_num_threads(1)  # ours resizes on one thread (see test_same_frame_whatever_the_thread_count)
     try:
         x = torch.nn.functional.interpolate(x, size=new, mode="bilinear", align_corners=False)
     finally:
@@ -143,7 +149,8 @@ def test_normalize_first_is_pytorchvideos_evaluation_transform_bit_for_bit(heigh
     rng = np.random.default_rng(4)
     images = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(4)]
     params = Preprocessing(resize=160, crop=160, mean=KINETICS_MEAN, std=KINETICS_STD, normalize_first=True)
-    ours = torch.stack([preprocess_image(img, params) for img in images], 1)
+    with one_thread():  # as the jobs layer preprocesses (see test_same_frame_whatever_the_thread_count)
+        ours = torch.stack([preprocess_image(img, params) for img in images], 1)
     assert ours.shape == (3, 4, 160, 160)
     assert torch.equal(ours, _pytorchvideo_eval_transform(images, 160))
     official = torch.stack(

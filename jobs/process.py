@@ -1,0 +1,124 @@
+"""The process-wide settings frameexit relies on, defined once: torch's intra-op threads, TF32, glibc's malloc.
+
+Library code (``frameexit/``, ``cache/``) changes none of them; the jobs layer sets them here:
+
+- **threads**: a worker process (DataLoader worker, dask worker) gets its thread count once, when it
+  starts (:func:`configure_process`, through :func:`dataloader_worker_init` and :func:`dask_worker_setup`).
+  Frames are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently
+  where its work is split between threads. In a worker of one thread that is a no-op; the main process
+  (``infer``, ``extract --num-workers 0``) keeps its cores for the backbone, whose forward passes come
+  between frame reads (infer reads a frame only when the previous step did not exit).
+- **TF32**: the backbone's arithmetic (:func:`backbone_precision`) is set around its forward passes only,
+  because training, the demo and library callers go on in the same process with their own settings.
+- **malloc**: ``jobs.memory.limit_fragmentation``, made by a replay whose exit tables are large, once, for the
+  rest of the process (glibc cannot say what the threshold was, so it is not restored).
+- **random numbers**: nothing here seeds torch's global generator; code that needs seeded draws forks it
+  (``torch.random.fork_rng``) or uses its own ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+#: The arithmetic of each ``extract --precision`` (``cache.inputs.PRECISIONS``): TF32 allowed in CUDA matmuls and
+#: cuDNN convolutions or not, and the autocast dtype (None: float32).
+ARITHMETIC: dict[str, tuple[bool, torch.dtype | None]] = {
+    "fp32": (False, None),
+    "tf32": (True, None),
+    "bf16": (False, torch.bfloat16),
+    "fp16": (False, torch.float16),
+}
+
+
+def configure_process(threads: int | None = None) -> None:
+    """Set this process's torch intra-op thread count (``None``: leave torch's default). Idempotent.
+
+    Call it once where a process starts: a DataLoader worker (:func:`dataloader_worker_init`), a dask worker
+    (:func:`dask_worker_setup`).
+    """
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def dataloader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of frameexit's DataLoaders: one intra-op thread per worker (torch's own default for
+    its workers, stated here so that frames are resized on one thread without switching per frame)."""
+    configure_process(threads=1)
+
+
+def dask_worker_setup(threads: int | None = None) -> object:
+    """A dask worker plugin (for ``Client.register_plugin``) that runs :func:`configure_process` in every worker
+    of the cluster, those there now and those started later (a lost worker's replacement).
+
+    ``threads`` is each worker's torch intra-op thread count (``None``: torch's default). distributed is
+    imported here, not with this module: infer and the single-process commands never load it.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    # defined here because distributed refuses plugins that do not inherit WorkerPlugin; cloudpickle ships
+    # the class to the workers by value
+    class ProcessSetup(WorkerPlugin):
+        # registering it again (a second extract in this process) replaces it instead of adding another
+        name = "frameexit-process-setup"
+
+        def __init__(self, threads: int | None):
+            self.threads = threads
+
+        def setup(self, worker: object) -> None:
+            # runs before the worker's first task: the executor thread that runs tasks starts later and takes
+            # torch's thread count from the process then
+            configure_process(self.threads)
+
+    return ProcessSetup(threads)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body on one torch intra-op thread, the thread count restored afterwards (a no-op in a worker
+    configured with one thread).
+
+    CPU bilinear interpolation rounds differently where its work is split between threads (vector and
+    scalar code meet at chunk borders), so a resized frame would depend on the thread count of the process
+    that decoded it: DataLoader workers run 1 thread, dask workers cores / workers, the main process all
+    cores. One thread gives the same tensor everywhere. Wrap the preprocessing of frames only.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def backbone_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """The backbone's arithmetic around its forward passes (:data:`ARITHMETIC`): ``fp32`` turns TF32 off for
+    CUDA matmuls and cuDNN convolutions (cuDNN allows it by default), ``tf32`` on, ``bf16``/``fp16`` autocast.
+
+    ``frameexit infer``, the exactness probes and ``extract --precision fp32`` (the default) all compute in
+    exact float32, which per-step extraction needs to equal infer's features bit for bit. The TF32 switches
+    are process-wide: they are set for the body only and restored when it ends, so wrap forward passes only,
+    never a ``yield`` to a caller (the caller would run with them changed).
+    """
+    tf32, dtype = ARITHMETIC[precision]
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        if dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def exact_fp32() -> contextlib.AbstractContextManager[None]:
+    """:func:`backbone_precision` ``fp32`` (exact float32; it sets no autocast, so the device does not matter)."""
+    return backbone_precision("fp32", torch.device("cpu"))
