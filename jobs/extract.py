@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import backbone_geometry, checkpoint_state, resolve_device
+from .model import LazyModel, backbone_geometry, checkpoint_state, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
@@ -333,17 +332,12 @@ def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str,
 # ---------------------------------------------------------------------------------------------- running
 
 
-class BackboneHolder:
-    """One checkpoint's backbone, built on first use and kept on this object: one build per process.
+class BackboneHolder(LazyModel):
+    """One checkpoint's backbone for extraction's shard tasks (:class:`jobs.model.LazyModel`), built per device.
 
-    The shard tasks of a worker process share one instance: the object is
-    scattered once to the dask cluster, a worker deserializes it once and hands
-    that same instance to each of its tasks (as :class:`jobs.replay.HeadState`),
-    so no module-level cache is needed and none can hand out another
-    checkpoint's backbone. It pickles without the state dict or the built
-    backbone: a worker reads the checkpoint itself (the path must be readable
-    there, as the cache directory must be writable), instead of receiving its
-    weights from the client.
+    It pickles without the state dict or the built backbone: a worker reads the
+    checkpoint itself (the path must be readable there, as the cache directory
+    must be writable), instead of receiving its weights from the client.
 
     Parameters
     ----------
@@ -355,34 +349,29 @@ class BackboneHolder:
         The checkpoint's state dict when already read (this process only).
     """
 
+    TRAVELS = ("job", "checkpoint", "channels_last")
+    _state: dict[str, torch.Tensor] | None = None  # not after a trip to a worker: read there
+
     def __init__(self, job: Job, checkpoint: str, channels_last: bool, state: dict[str, torch.Tensor] | None = None):
+        super().__init__()
         self.job, self.checkpoint, self.channels_last = job, checkpoint, channels_last
         self._state = state
-        self._built: tuple[str, nn.Module] | None = None
-        self._lock = threading.Lock()
 
     def get(self, device: torch.device) -> nn.Module:
         """The backbone in eval mode on ``device``; threads of one process share it."""
-        with self._lock:
-            if self._built is None or self._built[0] != str(device):
-                state = self._state if self._state is not None else checkpoint_state(self.job, self.checkpoint)
-                backbone = build_backbone_from_state(
-                    state,
-                    backbone_name=self.job.model.backbone_name,
-                    truncate_modules=self.job.model.truncate_modules,
-                    path=self.checkpoint,
-                    **backbone_geometry(self.job),
-                )
-                prepared = _prepare_backbone(backbone, device, self.channels_last, self.job.model.clips)
-                self._built = (str(device), prepared)
-                self._state = None
-            return self._built[1]
+        return self.built(str(device))
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"job": self.job, "checkpoint": self.checkpoint, "channels_last": self.channels_last}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["job"], state["checkpoint"], state["channels_last"])
+    def build(self, key: str) -> nn.Module:
+        state = self._state if self._state is not None else checkpoint_state(self.job, self.checkpoint)
+        backbone = build_backbone_from_state(
+            state,
+            backbone_name=self.job.model.backbone_name,
+            truncate_modules=self.job.model.truncate_modules,
+            path=self.checkpoint,
+            **backbone_geometry(self.job),
+        )
+        self._state = None  # the weights now live in the backbone
+        return _prepare_backbone(backbone, torch.device(key), self.channels_last, self.job.model.clips)
 
     def __repr__(self) -> str:
         return f"BackboneHolder({self.checkpoint!r}, channels_last={self.channels_last})"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -123,3 +125,44 @@ def step_costs(job: Job, hidden_dim: int) -> StepCosts:
         hidden_dim=hidden_dim,
         clip_length=job.model.clip_length if job.model.clips else None,
     )
+
+
+class LazyModel:
+    """A model that dask tasks share, built on first use and kept on the instance: one build per process.
+
+    A worker deserializes a scattered object once and hands that same instance to
+    each of its tasks (the local schedulers hand every task the one instance), so
+    the built model kept here serves every task of the process, and no
+    module-level cache can hand out another checkpoint's model. Threads of one
+    process share it (a lock). It pickles only the attributes named in
+    :attr:`TRAVELS`: the built model and the lock are made again where it lands.
+
+    Subclasses set :attr:`TRAVELS`, define :meth:`build` and call :meth:`built`
+    with the key of what they need (the device: a model built for another key is
+    replaced).
+    """
+
+    #: The attributes that travel with the object to a dask worker.
+    TRAVELS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._built: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def build(self, key: str) -> Any:
+        """The model for ``key`` (built once per process and key)."""
+        raise NotImplementedError
+
+    def built(self, key: str = "") -> Any:
+        """The model for ``key``, built on first use; threads of one process share it."""
+        with self._lock:
+            if self._built is None or self._built[0] != key:
+                self._built = (key, self.build(key))
+            return self._built[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.TRAVELS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        LazyModel.__init__(self)

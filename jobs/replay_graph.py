@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import itertools
 import os
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,19 +72,19 @@ from frameexit.sweep import (
     video_exits,
 )
 
+from .model import LazyModel
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
 
 
-class HeadState:
-    """One checkpoint's head weights as one object for dask, and the head built from them once per process.
+class HeadState(LazyModel):
+    """One checkpoint's head weights as one object for dask, and the head built from them once per process
+    (:class:`jobs.model.LazyModel`).
 
     dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
     heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
-    An instance of this class travels whole, under a key of its own. A worker deserializes a scattered
-    object once and hands that same instance to each of its tasks (the local schedulers hand every task
-    the one instance), so the head built on first use is kept on the instance: one build per checkpoint
-    and process, with no module-level cache that could return another checkpoint's head.
+    An instance of this class travels whole, under a key of its own, with its weights (the built head,
+    twice their size in float64, is made again where it lands).
 
     Parameters
     ----------
@@ -97,10 +96,11 @@ class HeadState:
         The head's weights (no ``backbone.*``), float32 as stored.
     """
 
+    TRAVELS = ("name", "sha256", "state")
+
     def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
+        super().__init__()
         self.name, self.sha256, self.state = name, sha256, state
-        self._model: FrameExit | None = None
-        self._lock = threading.Lock()
 
     @property
     def hidden_dim(self) -> int:
@@ -109,17 +109,10 @@ class HeadState:
 
     def model(self) -> FrameExit:
         """The head in eval mode (float64), built on first use; threads of one process share it."""
-        with self._lock:
-            if self._model is None:
-                self._model = build_model(self.state, backbone_name=None, path=self.name)
-            return self._model
+        return self.built()
 
-    def __getstate__(self) -> dict[str, Any]:
-        # the weights travel; the built head (twice their size in float64) and the lock are rebuilt there
-        return {"name": self.name, "sha256": self.sha256, "state": self.state}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["name"], state["sha256"], state["state"])
+    def build(self, key: str) -> FrameExit:
+        return build_model(self.state, backbone_name=None, path=self.name)
 
     def __repr__(self) -> str:
         return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"
