@@ -15,6 +15,7 @@ from frameexit.preprocess import preprocess_image
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
 from jobs.frames import read_frame
+from jobs.model import LazyModel
 from jobs.process import configure_process, dask_worker_setup, dataloader_worker_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,3 +98,35 @@ def test_library_code_sets_no_process_wide_state(package):
             assert not re.search(r"set_num_threads|allow_tf32|mallopt|set_rng_state", source), name
             for seed in re.finditer(r"\n( *)torch\.manual_seed\(", source):
                 assert "fork_rng" in source[: seed.start()].rsplit("\n", 1)[-1], (name, seed.group())
+
+
+class _Counted(LazyModel):
+    """A lazy model counting its builds (module level: pickle finds the class by name)."""
+
+    TRAVELS = ("name",)
+
+    def __init__(self, name):
+        super().__init__()
+        self.name, self.builds = name, []
+
+    def build(self, key):
+        self.__dict__.setdefault("builds", []).append(key)
+        return (self.name, key, object())
+
+
+def test_a_lazy_model_is_built_once_per_key_and_travels_without_it():
+    import pickle
+    import threading
+
+    holder = _Counted("ckpt")
+    threads = [threading.Thread(target=holder.built, args=("cpu",)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = holder.built("cpu")
+    assert holder.builds == ["cpu"] and holder.built("cpu") is first  # one build, shared by every thread
+    assert holder.built("cuda:0")[1] == "cuda:0" and holder.builds == ["cpu", "cuda:0"]  # another key: rebuilt
+    copy = pickle.loads(pickle.dumps(holder))
+    assert copy.name == "ckpt" and copy._built is None and not hasattr(copy, "builds")  # only TRAVELS travel
+    assert copy.built("cpu")[:2] == ("ckpt", "cpu") and copy.builds == ["cpu"]
