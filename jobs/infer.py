@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram, paper_gflops
 from frameexit.errors import ConfigError
+from frameexit.head import FrameExit
 from frameexit.inference import infer_video
 from frameexit.metrics import evaluate
 from frameexit.sampling import clip_indices
@@ -34,7 +35,7 @@ from reports.schema import VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
-from .datasets import Skipped, load_categories, load_job_dataset, require_videos
+from .datasets import Dataset, Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import load_model, paper_per_step, resolve_device, step_costs
 from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, category_maps, out_paths, writing
@@ -86,6 +87,21 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     return InferResult(out_dir, paths[VIDEOS_FILE], paths[METRICS_FILE], document)
 
 
+@dataclass
+class _Evaluated:
+    """Per evaluated video (in split order): key, exit step, prediction, confidence, probabilities, labels;
+    the videos skipped with their reason; the seconds the loop took."""
+
+    keys: list[str] = field(default_factory=list)
+    exits: list[int] = field(default_factory=list)
+    predictions: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 def _infer_into(
     job: Job, checkpoint: str, torch_device: torch.device, folder: str, progress: bool | None
 ) -> InferMetrics:
@@ -97,9 +113,35 @@ def _infer_into(
     categories = load_categories(data)
     model = load_model(job, checkpoint, torch_device)
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
+    done = _evaluate(job, model, dataset, torch_device, progress)
+    if len(done.keys) + len(done.skipped) != dataset.n_listed:
+        raise RuntimeError(f"accounted for {len(done.keys) + len(done.skipped)} videos of {dataset.n_listed} listed")
+    done.skipped.sort(key=lambda s: s.video)
+    require_videos(len(done.keys), done.skipped, data.path_split)
+    document = _document(job, checkpoint, torch_device, model, dataset.n_listed, done, categories)
+    name = os.path.basename(checkpoint)
+    n = len(done.keys)
+    columns = {
+        "video": done.keys,
+        "exit_step": done.exits,
+        "prediction": done.predictions,
+        "confidence": done.confidences,
+        "labels": done.labels,
+        "first_threshold": [model_cfg.first_threshold] * n,
+        "gate_threshold": [model_cfg.gate_threshold] * n,
+        "checkpoint": [name] * n,
+    }
+    write_table(videos_path, columns, VIDEOS)
+    write_json(metrics_path, document)
+    return document
 
-    keys, exits, predictions, confidences, probs, labels = [], [], [], [], [], []
-    skipped = list(dataset.skipped)
+
+def _evaluate(
+    job: Job, model: FrameExit, dataset: Dataset, torch_device: torch.device, progress: bool | None
+) -> _Evaluated:
+    """Sequential early exit on every video of ``dataset``; a video with an unreadable frame is skipped."""
+    data, model_cfg = job.data, job.model
+    done = _Evaluated(skipped=list(dataset.skipped))
     started = time.perf_counter()
     bar = progress_bar(dataset.videos, desc="infer", total=len(dataset.videos), enabled=progress)
     for video in bar:
@@ -131,27 +173,36 @@ def _infer_into(
             for index in sorted(unread - set(decoded)):
                 check_frame(video.frames[index])
         except FrameReadError as exc:
-            skipped.append(Skipped(video.key, str(exc)))
+            done.skipped.append(Skipped(video.key, str(exc)))
             continue
-        keys.append(video.key)
-        exits.append(decision.exit_step)
-        predictions.append(decision.prediction)
-        confidences.append(decision.confidence)
-        probs.append(decision.probs)
-        labels.append(list(video.labels))
-    seconds = time.perf_counter() - started
+        done.keys.append(video.key)
+        done.exits.append(decision.exit_step)
+        done.predictions.append(decision.prediction)
+        done.confidences.append(decision.confidence)
+        done.probs.append(decision.probs)
+        done.labels.append(list(video.labels))
+    done.seconds = time.perf_counter() - started
+    return done
 
-    if len(keys) + len(skipped) != dataset.n_listed:
-        raise RuntimeError(f"accounted for {len(keys) + len(skipped)} videos of {dataset.n_listed} listed")
-    skipped.sort(key=lambda s: s.video)
-    require_videos(len(keys), skipped, data.path_split)
 
-    exits_arr = np.asarray(exits, dtype=np.int64)
-    scores = np.stack(probs) if probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
-    metrics = evaluate(keys, scores, dict(zip(keys, labels, strict=True)), model_cfg.num_class)
+def _document(
+    job: Job,
+    checkpoint: str,
+    torch_device: torch.device,
+    model: FrameExit,
+    n_listed: int,
+    done: _Evaluated,
+    categories: dict[str, tuple[int, ...]] | None,
+) -> InferMetrics:
+    """``metrics.json`` of the evaluated videos: metrics, costs, provenance, units."""
+    data, model_cfg = job.data, job.model
+    keys = done.keys
+    exits_arr = np.asarray(done.exits, dtype=np.int64)
+    scores = np.stack(done.probs) if done.probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
+    metrics = evaluate(keys, scores, dict(zip(keys, done.labels, strict=True)), model_cfg.num_class)
     costs = step_costs(job, model.mlp.layers[0].out_features)
     per_frame = paper_per_step(job)
-    document = InferMetrics(
+    return InferMetrics(
         map=metrics.map,
         top1=metrics.top1,
         gflops=paper_gflops(exits_arr, per_frame),
@@ -164,8 +215,8 @@ def _infer_into(
         map_per_category=category_maps(metrics.ap, categories),
         n_videos=metrics.n_videos,
         n_videos_labelled=metrics.n_labelled,
-        n_videos_listed=dataset.n_listed,
-        skipped=[SkippedVideo(video=s.video, reason=s.reason) for s in skipped],
+        n_videos_listed=n_listed,
+        skipped=[SkippedVideo(video=s.video, reason=s.reason) for s in done.skipped],
         first_threshold=model_cfg.first_threshold,
         gate_threshold=model_cfg.gate_threshold,
         input_order=list(model_cfg.input_order),
@@ -180,7 +231,7 @@ def _infer_into(
         ),
         backbone=model_cfg.backbone_name,
         runtime=InferRuntime(
-            **runtime(), device=str(torch_device), seconds=seconds, frames_read=int((exits_arr + 1).sum())
+            **runtime(), device=str(torch_device), seconds=done.seconds, frames_read=int((exits_arr + 1).sum())
         ),
         units=InferUnits(
             map="fraction in [0, 1], mean over classes with a positive video",
@@ -189,20 +240,3 @@ def _infer_into(
             gmacs_measured="multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
         ),
     )
-    name = os.path.basename(checkpoint)
-    write_table(
-        videos_path,
-        {
-            "video": keys,
-            "exit_step": exits,
-            "prediction": predictions,
-            "confidence": confidences,
-            "labels": labels,
-            "first_threshold": [model_cfg.first_threshold] * len(keys),
-            "gate_threshold": [model_cfg.gate_threshold] * len(keys),
-            "checkpoint": [name] * len(keys),
-        },
-        VIDEOS,
-    )
-    write_json(metrics_path, document)
-    return document
