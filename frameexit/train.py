@@ -228,10 +228,24 @@ def _train_head(
     config: TrainConfig,
     on_epoch: EpochCallback | None,
 ) -> FrameExit:
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # one stream for both stages, in this order
+    x, y, labelled = _training_tensors(features, labels, order)
+    _, steps, dim = x.shape
+    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
+    _train_classifiers(model, x, y, labelled, config, generator, on_epoch)
+    _train_gates(model, x, y, config, generator, on_epoch)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _training_tensors(
+    features: np.ndarray, labels: np.ndarray, order: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features in policy order, labels, and the rows with a label; errors for non-finite features or fewer
+    than two labelled videos."""
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(features, dtype=np.float32)[:, list(order)]))
     y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
-    n, steps, dim = x.shape
+    n = x.shape[0]
     bad_rows = (~torch.isfinite(x)).reshape(n, -1).any(dim=1).nonzero().flatten().tolist()
     if bad_rows:
         shown = ", ".join(map(str, bad_rows[:8])) + (", ..." if len(bad_rows) > 8 else "")
@@ -244,9 +258,20 @@ def _train_head(
             if len(labelled) == 1
             else f"{len(labelled)} videos with labels; training needs at least 2"
         )
-    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
+    return x, y, labelled
 
-    # stage 1: projection and classifiers, every step's loss, videos with labels
+
+def _train_classifiers(
+    model: FrameExit,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labelled: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    on_epoch: EpochCallback | None,
+) -> None:
+    """Stage 1: projection and classifiers on every step's loss, videos with labels; then BatchNorm recalibrated."""
+    n, steps, dim = x.shape
     stage = "stage 1 (classifiers)"
     params = list(model.mlp.parameters()) + list(model.classifiers.parameters())
     optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -280,7 +305,18 @@ def _train_head(
     if bad:
         raise _diverged(stage, config.epochs_classifier - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
 
-    # stage 2: gates on frozen stage 1, pseudo-labels from each step's loss
+
+def _train_gates(
+    model: FrameExit,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    on_epoch: EpochCallback | None,
+) -> None:
+    """Stage 2: the gates on frozen stage 1, pseudo-labels from each step's loss; then BatchNorm recalibrated."""
+    n, steps = x.shape[:2]
+    chunks = _chunks(n, config.batch_size)
     stage = "stage 2 (gates)"
     losses = step_losses(model, x, y, config.loss)
     exit_labels = pseudo_exit_labels(losses, config.beta)
@@ -327,5 +363,3 @@ def _train_head(
     bad = _nonfinite_weights(model)
     if bad:
         raise _diverged(stage, config.epochs_gates - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
-    model.requires_grad_(False)
-    return model.eval()
