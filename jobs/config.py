@@ -531,41 +531,8 @@ def _reordered(section: Mapping[str, Any], order: Sequence[str]) -> dict[str, An
 def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The typed sections of a validated tree (see :class:`Job`); :class:`ConfigError` for values that do not fit."""
     data, model = tree["data"], tree["model"]
-    pre = data["preprocessing"]
-    if not pre["to_tensor"]:
-        raise ConfigError(f"{source}: data.preprocessing.to_tensor must be True (frames are resized as tensors)")
-    for key in ("resize", "crop_center"):
-        if pre[key] is None or pre[key] < 1:
-            raise ConfigError(
-                f"{source}: data.preprocessing.{key} must be a positive number of pixels, got {pre[key]!r}"
-            )
-    if pre["crop_center"] > pre["resize"]:
-        raise ConfigError(
-            f"{source}: data.preprocessing.crop_center ({pre['crop_center']}) cannot exceed resize ({pre['resize']})"
-        )
-    norm = pre["normalize"]
-    for key in ("mean", "std"):
-        if len(norm[key]) != 3:
-            raise ConfigError(f"{source}: data.preprocessing.normalize.{key} must hold 3 numbers, got {norm[key]}")
-    if any(s <= 0 for s in norm["std"]):
-        raise ConfigError(f"{source}: data.preprocessing.normalize.std must be positive, got {norm['std']}")
-    if data["num_frames"] < 1:
-        raise ConfigError(f"{source}: data.num_frames must be at least 1, got {data['num_frames']}")
-    if data["num_workers"] < 0:
-        raise ConfigError(f"{source}: data.num_workers must be 0 or more, got {data['num_workers']}")
-    if model["num_class"] < 1:
-        raise ConfigError(f"{source}: model.num_class must be at least 1, got {model['num_class']}")
-    one_hot = data["preprocessing_label"]["one_hot_encoding"]
-    if one_hot is not None and one_hot != model["num_class"]:
-        raise ConfigError(
-            f"{source}: data.preprocessing_label.one_hot_encoding ({one_hot}) must equal model.num_class ({model['num_class']})"
-        )
-    try:
-        check_thresholds(model["first_threshold"], model["gate_threshold"])
-    except ValueError as exc:
-        raise ConfigError(f"{source}: model.{exc}") from None
-    if data["key_format"] is not None:
-        _check_key_format(data["key_format"], data["name"], source)
+    _check_values(data, model, source)
+    pre, norm = data["preprocessing"], data["preprocessing"]["normalize"]
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
     backbone = model["backbone"]
     clip_length, clip_stride = _clip(backbone, source)
@@ -616,6 +583,46 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
         ),
         train=_train_section(tree["train"], source, multi_label=BY_NAME[data["name"]].multi_label),
     )
+
+
+def _check_values(data: Mapping[str, Any], model: Mapping[str, Any], source: str) -> None:
+    """:class:`ConfigError` naming the key for a value of the right type that does not fit (sizes, counts,
+    thresholds, the key format)."""
+    pre = data["preprocessing"]
+    if not pre["to_tensor"]:
+        raise ConfigError(f"{source}: data.preprocessing.to_tensor must be True (frames are resized as tensors)")
+    for key in ("resize", "crop_center"):
+        if pre[key] is None or pre[key] < 1:
+            raise ConfigError(
+                f"{source}: data.preprocessing.{key} must be a positive number of pixels, got {pre[key]!r}"
+            )
+    if pre["crop_center"] > pre["resize"]:
+        raise ConfigError(
+            f"{source}: data.preprocessing.crop_center ({pre['crop_center']}) cannot exceed resize ({pre['resize']})"
+        )
+    norm = pre["normalize"]
+    for key in ("mean", "std"):
+        if len(norm[key]) != 3:
+            raise ConfigError(f"{source}: data.preprocessing.normalize.{key} must hold 3 numbers, got {norm[key]}")
+    if any(s <= 0 for s in norm["std"]):
+        raise ConfigError(f"{source}: data.preprocessing.normalize.std must be positive, got {norm['std']}")
+    if data["num_frames"] < 1:
+        raise ConfigError(f"{source}: data.num_frames must be at least 1, got {data['num_frames']}")
+    if data["num_workers"] < 0:
+        raise ConfigError(f"{source}: data.num_workers must be 0 or more, got {data['num_workers']}")
+    if model["num_class"] < 1:
+        raise ConfigError(f"{source}: model.num_class must be at least 1, got {model['num_class']}")
+    one_hot = data["preprocessing_label"]["one_hot_encoding"]
+    if one_hot is not None and one_hot != model["num_class"]:
+        raise ConfigError(
+            f"{source}: data.preprocessing_label.one_hot_encoding ({one_hot}) must equal model.num_class ({model['num_class']})"
+        )
+    try:
+        check_thresholds(model["first_threshold"], model["gate_threshold"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: model.{exc}") from None
+    if data["key_format"] is not None:
+        _check_key_format(data["key_format"], data["name"], source)
 
 
 def _clip(backbone: Mapping[str, Any], source: str) -> tuple[int, int]:
