@@ -42,6 +42,16 @@ def one_line(text: Any) -> str:
     return _LINE_BREAK.sub(" ", str(text))
 
 
+def code(text: Any) -> str:
+    """``text`` as one inline code span, on one line: fenced with one more backtick than its longest run of
+    backticks (and spaced when it starts or ends with one), so that a backtick in a name cannot end the span."""
+    text = one_line(text)
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 #: A ``|`` and the backslashes just before it (doubled, or one of them would escape the escape).
 _PIPE = re.compile(r"(\\*)\|")
 
@@ -383,13 +393,13 @@ def _provenance(summary: Mapping[str, Any]) -> list[str]:
     cache = p["cache"]
     if cache:
         lines.append(
-            f"- feature cache: `{cache['key']}` (backbone {cache['inputs'].get('backbone')}, "
+            f"- feature cache: {code(cache['key'])} (backbone {one_line(cache['inputs'].get('backbone'))}, "
             f"backbone weights SHA-256 `{str(cache['inputs'].get('backbone_digest'))[:16]}...`)"
         )
     for c in p["checkpoints"]:
-        lines.append(f"- checkpoint `{one_line(c['name'])}`: SHA-256 `{c['sha256']}`")
+        lines.append(f"- checkpoint {code(c['name'])}: SHA-256 {code(c['sha256'])}")
     for name, path in p["dataset_files"].items():
-        lines.append(f"- {name}: `{one_line(path)}`")
+        lines.append(f"- {name}: {code(path)}")
     versions = p["versions"]
     if versions:
         lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

@@ -223,3 +223,22 @@ def test_run_piped_into_head_finishes_every_output_and_says_its_summary_was_cut(
         assert (out / name).is_file(), name
     assert "Note: standard output was closed before the summary was printed in full (broken pipe)" in stderr
     assert "Traceback" not in stderr and "Error" not in stderr
+
+
+@pytest.mark.parametrize(
+    "name, span",
+    [
+        ("plain.pth", "`plain.pth`"),
+        ("a`b.pth", "``a`b.pth``"),
+        ("``x.pth", "``` ``x.pth ```"),
+        ("c\nd.pth", "`c d.pth`"),
+    ],
+)
+def test_a_backtick_in_a_name_cannot_end_its_code_span(name, span):
+    from reports.markdown import code
+
+    assert code(name) == span
+    # CommonMark: a span ends at the first run of backticks as long as its opening one; none inside is
+    inner = span.strip("`").strip(" ") if "`" in name else span.strip("`")
+    fence = len(span) - len(span.lstrip("`"))
+    assert "`" * fence not in inner
