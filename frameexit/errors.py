@@ -78,7 +78,7 @@ def _disk_full_errno(exc: BaseException) -> int | None:
 
     torch.save reports a failed write as ``RuntimeError: ... unexpected pos``, with the OSError as its context.
     """
-    for current in _chain(exc):
+    for current in exception_chain(exc):
         if isinstance(current, OSError):
             if current.errno in DISK_FULL_ERRNOS:
                 return current.errno
@@ -101,17 +101,22 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -
     code = _disk_full_errno(exc)
     if code is None:
         return None
-    reason = os.strerror(code)
-    reason = reason[:1].lower() + reason[1:]
+    reason = disk_full_reason(code)
     if path is None:
-        path = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+        path = next((e.filename for e in exception_chain(exc) if isinstance(e, OSError) and e.filename), None)
     where = f" writing {os.fspath(path)}" if path is not None else " writing an output file"
     full = DiskFullError(f"{reason}{where}: free some space (or write elsewhere) and run again")
     full.errno = code  # set after: OSError(code, text) would print as "[Errno 28] text"
     return full
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def disk_full_reason(code: int) -> str:
+    """The system's words for a full-disk errno, to go inside a sentence (``no space left on device``)."""
+    reason = os.strerror(code)
+    return reason[:1].lower() + reason[1:]
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, its cause or (unless suppressed, as by ``raise ... from None``) its context, and so on."""
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -36,6 +36,7 @@ from frameexit.errors import (
     DiskFullError,
     FrameExitError,
     UsageError,
+    disk_full_reason,
     reporting_disk_full,
 )
 
@@ -529,9 +530,8 @@ def _prepare_frames(
             name = os.path.basename(outcome.video)
             if outcome.disk_full is not None:
                 # every later video would fail the same way: stop (closing the run kills and cleans the others)
-                reason = os.strerror(outcome.disk_full)
                 raise DiskFullError(
-                    f"{reason[:1].lower()}{reason[1:]} writing the frames of {name} into {frames_dir} "
+                    f"{disk_full_reason(outcome.disk_full)} writing the frames of {name} into {frames_dir} "
                     f"(ffmpeg: {outcome.error}); the {len(written)} video(s) finished before it are kept: "
                     "free some space and run again to do the rest"
                 )

@@ -7,7 +7,7 @@ import re
 import signal
 from collections.abc import Iterator
 
-from frameexit.errors import ConfigError, FrameExitError, WorkerLostError
+from frameexit.errors import ConfigError, FrameExitError, WorkerLostError, exception_chain
 
 #: dask's local schedulers, run in this process: no client.
 LOCAL_SCHEDULERS = ("threads", "sync")
@@ -78,10 +78,7 @@ def lost_worker(exc: BaseException, doing: str, advice: str) -> WorkerLostError 
     up on it) and torch's DataLoader errors (a worker killed by a signal, or gone). ``doing`` says what the
     worker was doing (``decoding JPEGs``), ``advice`` what to change; the likely cause, memory, is named.
     """
-    chain, current = [], exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    chain = list(exception_chain(exc))
     likely = "most likely killed for lack of memory (the out-of-memory killer; see the worker's log)"
     text = " ".join(str(error) for error in chain)
     for error in chain:
