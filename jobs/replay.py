@@ -31,7 +31,7 @@ from frameexit.checkpoint import BACKBONE, backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
-from frameexit.sampling import COARSE_TO_FINE, policy_order
+from frameexit.sampling import policy_order
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import (
     SweepMetrics,
@@ -64,9 +64,13 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
-    category_maps,
     checkpoint_names,
+    dataset_files,
+    metric_columns,
+    metric_row,
+    order_name,
     out_paths,
+    sweep_columns,
     writing,
 )
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
@@ -220,12 +224,8 @@ class _Grid:
 
     @property
     def order_name(self) -> str:
-        """The order's name in ``sweep.parquet`` and ``replay.json``: coarse_to_fine, sequential or the positions."""
-        if self.order == COARSE_TO_FINE:
-            return "coarse_to_fine"
-        if self.order == tuple(range(len(self.order))):
-            return "sequential"
-        return ",".join(map(str, self.order))
+        """The order's name in ``sweep.parquet`` and ``replay.json`` (:func:`jobs.outputs.order_name`)."""
+        return order_name(self.order)
 
     @property
     def settings(self) -> list[tuple[float, float]]:
@@ -379,42 +379,35 @@ class _Outputs:
     costs: Sequence[StepCosts]  # measured GMACs per part, per checkpoint
     per_frame: float | None  # the paper's per-frame GMACs of the backbone
     categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
-    risks: Sequence[Risk] | None = None  # videos at risk over the computed grid, per checkpoint
+    risks: Sequence[Risk]  # videos at risk over the computed grid, per checkpoint
 
-    def row(self, m: SweepMetrics, i: int, g: int, f: int, setting: tuple[float, float]) -> MetricRow:
-        """The one place a metric row is made: entry ``[g, f]`` of checkpoint ``i``'s metrics, at ``(first, gate)``."""
-        hist = m.exit_histogram[g, f]
-        frames = float(m.mean_frames[g, f])
-        return MetricRow(
-            checkpoint=self.names[i],
-            first_threshold=setting[0],
-            gate_threshold=setting[1],
-            map=float(m.map[g, f]),
-            top1=float(m.top1[g, f]),
-            gflops=frames * self.per_frame if self.per_frame is not None else None,
-            gmacs_measured=self.costs[i].mean_video_gmacs(frames, float(hist[0])),
-            mean_frames=frames,
-            exit_histogram=hist.tolist(),
-            map_per_category=category_maps(m.ap[g, f], self.categories),
-            n_at_risk=self.risks[i].count(g, f) if self.risks is not None else None,
-        )
+    def columns(self, metrics: Sequence[SweepMetrics], gate: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
+        """Per checkpoint, :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
+        computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
+        settings = np.stack([computed_first[first], computed_gate[gate]], axis=1)
+        return [
+            metric_columns(
+                m,
+                (gate, first),
+                settings,
+                checkpoint=self.names[i],
+                costs=self.costs[i],
+                per_frame=self.per_frame,
+                categories=self.categories,
+                at_risk=self.risks[i].counts,
+            )
+            for i, m in enumerate(metrics)
+        ]
 
-    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, list]:
+    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, Any]:
         """The columns of ``sweep.parquet``: a row per checkpoint and setting of the grid (gate-major)."""
-        columns: dict[str, list] = {k: [] for k in SWEEP.names}
-        for i, m in enumerate(metrics):
-            for g, gt in enumerate(self.grid.gate):
-                for f, ft in enumerate(self.grid.first):
-                    for k, value in self.row(m, i, g, f, (ft, gt)).items():
-                        columns[k].append(value)
-        columns["order"] = [self.grid.order_name] * len(columns["checkpoint"])
-        columns["n_videos"] = [n_videos] * len(columns["checkpoint"])
-        return columns
+        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
+        return sweep_columns(self.columns(metrics, gate, first), self.grid.order_name, n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
         """Per checkpoint, the metric row of the job's own setting."""
         g, f = self.grid.default_index
-        return [self.row(m, i, g, f, self.grid.default) for i, m in enumerate(metrics)]
+        return [metric_row(c, 0) for c in self.columns(metrics, np.array([g]), np.array([f]))]
 
 
 def _video_columns(
@@ -483,7 +476,7 @@ def _replay_record(
         skipped=cache.manifest.all_skipped(),
         gflops_per_frame=per_frame,
         dataset=job.data.name,
-        dataset_files=_dataset_files(job),
+        dataset_files=dataset_files(job),
         backbone=job.model.backbone_name,
         job=job.resolved,
         runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
@@ -525,12 +518,6 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
         feature_max_rel_deviation=summary["max_rel_deviation"],
         checkpoints=checkpoints,
     )
-
-
-def _dataset_files(job: Job) -> dict[str, str]:
-    """Absolute paths of the job's dataset files (those it sets), by job key: relative ones are taken from here."""
-    keys = ("path_split", "path_label", "path_classid", "path_frame")
-    return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
