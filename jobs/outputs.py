@@ -98,7 +98,7 @@ def metric_columns(
         "gmacs_measured": costs.mean_video_gmacs(frames, hist[:, 0]),
         "mean_frames": frames,
         "exit_histogram": hist,
-        "map_per_category": _category_maps(metrics.ap[index], categories),
+        "map_per_category": _category_maps(metrics.ap, index, categories),
         "n_at_risk": at_risk[index] if at_risk is not None else None,
     }
 
@@ -120,14 +120,18 @@ def dataset_files(job: Job) -> dict[str, str]:
     return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 
 
-def _category_maps(ap: np.ndarray, categories: Mapping[str, Sequence[int]] | None) -> dict[str, np.ndarray] | None:
-    """:func:`frameexit.metrics.category_map` of each setting's per-class AP (rows of ``ap``), one setting at a time:
-    numpy sums a row of a 2-D array in another order than the same row alone, and one setting's figures do not
-    depend on the grid around it. ``None`` without categories."""
+def _category_maps(
+    ap: np.ndarray, index: tuple[np.ndarray, np.ndarray], categories: Mapping[str, Sequence[int]] | None
+) -> dict[str, np.ndarray] | None:
+    """:func:`frameexit.metrics.category_map` of the per-class AP of each setting at ``index`` (of ``ap``'s grid), one
+    setting at a time: numpy sums a row of a 2-D array in another order than the same row alone, and one setting's
+    figures do not depend on the grid around it. ``None`` without categories."""
     if categories is None:
         return None
-    per_setting = [category_map(row, categories) for row in ap]
-    return {name: np.array([maps[name] for maps in per_setting], dtype=np.float64) for name in categories}
+    out = np.empty((len(categories), len(index[0])), dtype=np.float64)
+    for k, (g, f) in enumerate(zip(*index, strict=True)):
+        out[:, k] = list(category_map(ap[g, f], categories).values())
+    return dict(zip(categories, out, strict=True))
 
 
 def metric_row(columns: Mapping[str, Any], k: int) -> MetricRow:

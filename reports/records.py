@@ -91,7 +91,8 @@ class StepCostsRecord(TypedDict):
 
 class MetricRow(TypedDict):
     """The metrics of one checkpoint at one setting: a row of ``sweep.parquet`` (less ``order`` and ``n_videos``)
-    and an entry of ``replay.json``'s ``default_metrics``."""
+    and an entry of ``replay.json``'s ``default_metrics``. Its keys and types are those of the columns of
+    :data:`reports.schema.SWEEP` (``| None`` where a column is nullable; checked by a test)."""
 
     checkpoint: str  # checkpoint file name (the path as given where two checkpoints share a file name)
     first_threshold: float  # step-0 exit threshold (probability)
@@ -99,8 +100,8 @@ class MetricRow(TypedDict):
     map: float | None  # mean average precision, fraction in [0, 1]; NaN (null) without any positive label
     top1: float | None  # top-1 accuracy, fraction in [0, 1] of the videos with a label; NaN (null) without one
     gflops: float | None  # mean GFLOPs per video, paper convention; null for backbones without a paper figure
-    gmacs_measured: float  # mean measured GMACs per video, backbone + head
-    mean_frames: float  # mean frames read per video (exit_step + 1)
+    gmacs_measured: float | None  # mean measured GMACs per video, backbone + head; NaN (null) without videos
+    mean_frames: float | None  # mean frames read per video (exit_step + 1); NaN (null) without videos
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based), sums to 1
     # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...), fractions in [0, 1],
     # null for a category without a positive video; null without categories (absent in files before 0.1 wrote it)
