@@ -533,7 +533,8 @@ def baseline_gate(
 def is_sequential_reference(summary: Mapping[str, Any]) -> bool:
     """Whether a ``summary.json`` reports ``frameexit infer``'s own outputs (the sequential reference: its
     ``replay.json`` names no feature cache), not a replay's."""
-    return summary["provenance"]["cache"] is None
+    provenance = summary.get("provenance") or {}
+    return "cache" in provenance and provenance["cache"] is None
 
 
 def exactness_summary(replay: Mapping[str, Any], budget: Mapping[str, Any] | None = None) -> SummaryExactness | None:
