@@ -130,7 +130,8 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
     mAP, top-1, GFLOPs (paper convention), measured GMACs, mean frames and the
     exit histogram. The cache is CACHE/<key>, the key computed from the job,
     its first checkpoint and the extraction settings (the job's extract.*
-    keys, or the options extract was given, which set them); the frames are not read (--verify-frames compares them with the cache's
+    keys, or the options that set them: give those extract was given); the
+    frames are not read (--verify-frames compares them with the cache's
     record). Several checkpoints (checkpoint.init as a list) replay over one
     cache when they share its backbone weights. Over a per-step cache, results
     equal those of frameexit infer with the same thresholds, video by video;

@@ -190,17 +190,24 @@ class ReplayConfig:
 
     first_thresholds: tuple[float, ...]
     gate_thresholds: tuple[float, ...]
-    per_video: str = "default"
+    per_video: str  # 'default': per-video rows for the job's own setting; 'all': for every setting
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """``extract`` keys of the job (ours): the settings of the cached features that are part of the cache key."""
+    """``extract`` keys of the job (ours): how the cached features are computed, all in the cache key.
 
-    dtype: str = "float32"
-    precision: str = "fp32"
-    channels_last: bool = False
-    batching: str = "auto"
+    ``dtype`` stores them (float32, float16); ``precision`` is the backbone's arithmetic (fp32: exact, TF32
+    off; tf32; bf16 or fp16 autocast); ``channels_last`` its memory format; ``batching``: ``batched`` runs
+    several videos' steps per forward pass (the last bits may differ from sequential inference's, measured
+    by probes), ``per-step`` one step per pass as ``frameexit infer`` (equal to it bit for bit), ``auto``
+    batched on CUDA, per-step on a CPU (:func:`cache.exactness.resolve_batching`; a reader takes either).
+    """
+
+    dtype: str
+    precision: str
+    channels_last: bool
+    batching: str
 
 
 @dataclass(frozen=True)
