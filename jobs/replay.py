@@ -31,7 +31,6 @@ from frameexit.checkpoint import BACKBONE, backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
-from frameexit.sampling import policy_order
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import (
     SweepMetrics,
@@ -82,7 +81,8 @@ BLOCK_BYTES = 150 * 10**6
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """How to run a replay.
+    """How to run a replay; what it computes is the job's (its ``replay`` keys, the policy order
+    ``model.adaptive.input_order``, and the ``extract`` keys of the cache it reads).
 
     Attributes
     ----------
@@ -91,12 +91,6 @@ class ReplayOptions:
         as extract computes it (:mod:`cache.find`), without reading the frames.
     features : str or None
         A cache directory to use instead; every input its manifest records must equal the job's.
-    first_thresholds, gate_thresholds : tuple of float or None
-        The grid; ``None`` takes ``replay.*_thresholds`` of the job (default: the model's own thresholds).
-    order : str or None
-        ``coarse_to_fine``, ``sequential``, or ``None`` for the job's ``model.adaptive.input_order``.
-    per_video : {'default', 'all'}
-        Per-video rows for the job's default setting only, or for every setting.
     scheduler : str
         ``threads`` (dask's local threaded scheduler), ``sync``, or the address of a dask.distributed scheduler.
     workers : int or None
@@ -105,10 +99,6 @@ class ReplayOptions:
         Classes per AP task (default: enough blocks to keep every worker busy, each holding at most
         about 150 MB of scores); made smaller when the memory available requires it (results do
         not depend on it).
-    dtype, precision, channels_last, batching
-        Extraction settings the cache was written with (part of its key, as extract's options); batching
-        ``auto`` (the default) takes a cache of either mode, per-step first: both keys are computed and
-        the first directory that exists is opened.
     verify_frames : bool
         Read the frames the steps use and refuse a cache whose manifest records other frames (another
         listing, or other bytes: frames re-prepared under the same split file); without it the
@@ -117,18 +107,10 @@ class ReplayOptions:
 
     cache_root: str
     features: str | None = None
-    first_thresholds: tuple[float, ...] | None = None
-    gate_thresholds: tuple[float, ...] | None = None
-    order: str | None = None
-    per_video: str = "default"
     scheduler: str = "threads"
     workers: int | None = None
     class_block: int | None = None
-    dtype: str = "float32"
-    precision: str = "fp32"
-    channels_last: bool = False
     verify_frames: bool = False
-    batching: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -159,7 +141,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     memory the grid needs, a writable ``out_dir`` that no other frameexit
     command is writing, the cache against the job, every checkpoint's backbone).
     """
-    _check_grid(job, options)
+    _check_grid(job)
     check_writable_dir(out_dir, "--out")
     stale = (METRICS_FILE, *REPORT_FILES)
     with writing(out_dir), output_set(out_dir, REPLAY_FILES, seals=(REPLAY_FILE,), stale=stale) as stage:
@@ -168,8 +150,8 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
 
 
-def _check_grid(job: Job, options: ReplayOptions) -> _Grid:
-    grid = _grid(job, options)
+def _check_grid(job: Job) -> _Grid:
+    grid = _grid(job)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     return grid
@@ -178,7 +160,7 @@ def _check_grid(job: Job, options: ReplayOptions) -> _Grid:
 def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool | None = None) -> ReplayRecord:
     """The sweep of :func:`replay`, its three files written into ``folder`` (a staging folder); returns
     ``replay.json``'s record."""
-    grid = _check_grid(job, options)
+    grid = _check_grid(job)
     # the first checkpoint is read once: its backbone digest names the cache, its head replays
     first = checkpoint_state(job, job.checkpoints[0])
     cache = _open_cache(job, options, backbone_digest(first))
@@ -262,20 +244,16 @@ class _Grid:
         )
 
 
-def _grid(job: Job, options: ReplayOptions) -> _Grid:
-    """The grid of ``options`` (else of the job), checked: thresholds are probabilities, ``per_video`` is known."""
+def _grid(job: Job) -> _Grid:
+    """The grid of the job, checked: thresholds are probabilities."""
     job.require("checkpoint.init")
-    if options.per_video not in ("default", "all"):
-        raise ConfigError(f"per_video must be 'default' or 'all', got {options.per_video!r}")
-    first = tuple(options.first_thresholds or job.replay.first_thresholds)
-    gate = tuple(options.gate_thresholds or job.replay.gate_thresholds)
+    first, gate = job.replay.first_thresholds, job.replay.gate_thresholds
     default = (job.model.first_threshold, job.model.gate_threshold)
     for ft in (*first, default[0]):
         check_thresholds(ft, default[1])
     for gt in gate:
         check_thresholds(default[0], gt)
-    order = policy_order(options.order or job.model.input_order, job.data.num_frames)
-    return _Grid(first, gate, default, order, options.per_video)
+    return _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
 
 
 def _load_heads(job: Job, cache: FeatureCache, first: dict | None = None) -> list[HeadState]:
@@ -536,14 +514,16 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
     checkpoint = job.checkpoints[0]
     if digest is None:
         digest = backbone_digest(checkpoint_state(job, checkpoint))
-    modes = (PER_STEP, BATCHED) if options.batching == "auto" else (options.batching,)
+    settings = job.extract
+    # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
+    modes = (PER_STEP, BATCHED) if settings.batching == "auto" else (settings.batching,)
     inputs = [
         key_inputs(
             job.data,
             job.model,
-            dtype=options.dtype,
-            precision=options.precision,
-            channels_last=options.channels_last,
+            dtype=settings.dtype,
+            precision=settings.precision,
+            channels_last=settings.channels_last,
             backbone_digest=digest,
             batching=mode,
         )

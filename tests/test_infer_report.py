@@ -25,10 +25,10 @@ def runs(hvu, checkpoint, tmp_path_factory):
     """infer and a per-step replay of the same job (HVU: categories), each reported."""
     root = tmp_path_factory.mktemp("infer-report")
     job_file = write_job(str(root / "job.yml"), hvu, checkpoint, name="hvu")
-    job = load_job(job_file, SETTING)
+    job = load_job(job_file, SETTING).with_value("extract.batching", "per-step")
     infer(job, str(root / "infer"), device="cpu")
-    extract(job, ExtractOptions(cache_root=str(root / "cache"), batching="per-step"))
-    replay(job, str(root / "replay"), ReplayOptions(cache_root=str(root / "cache"), batching="per-step"))
+    extract(job, ExtractOptions(cache_root=str(root / "cache")))
+    replay(job, str(root / "replay"), ReplayOptions(cache_root=str(root / "cache")))
     for name in ("infer", "replay"):
         r = invoke("report", "--out", root / name)
         assert r.exit_code == 0, r.output
@@ -122,7 +122,7 @@ def test_a_folder_holds_one_commands_files(hvu, checkpoint, tmp_path):
     """infer replaces a replay's files and its report; a replay removes infer's metrics.json."""
     job = load_job(write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu"), SETTING)
     out = tmp_path / "out"
-    extract(job, ExtractOptions(cache_root=str(tmp_path / "cache"), batching="per-step"))
+    extract(job, ExtractOptions(cache_root=str(tmp_path / "cache")))
     replay(job, str(out), ReplayOptions(cache_root=str(tmp_path / "cache")))
     assert invoke("report", "--out", out).exit_code == 0
     infer(job, str(out), device="cpu")

@@ -43,7 +43,9 @@ def outputs(anet, checkpoint, tmp_path_factory):
     extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
     run = str(root / "run")
     replay(
-        load_job(job_file), run, ReplayOptions(cache_root=cache, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,))
+        load_job(job_file, ["--replay.first_thresholds", "[0.5, 1.0]", "--replay.gate_thresholds", "[0.5]"]),
+        run,
+        ReplayOptions(cache_root=cache),
     )
     report(run)
     infer(load_job(job_file), str(root / "infer"), device="cpu")
