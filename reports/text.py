@@ -43,7 +43,8 @@ def _labelled_and(n_labelled: int | None) -> str:
 def render_infer_summary(result: Any) -> str:
     """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs.
 
-    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``.
+    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``, ``sweep_path``,
+    ``replay_path``.
     """
     metrics = result.metrics
     per_frame = metrics.get("gflops_per_frame")
