@@ -55,10 +55,11 @@ FIXED_BYTES = 32 * 10**6
 
 @pytest.mark.slow
 def test_the_budget_per_sweep_row_bounds_the_measured_peak():
-    n_gate = n_first = 600  # 360,000 rows: a grid whose rows memory planning is about
+    # 40,000 rows (15 s; 360,000 took 100 s and gave the same per-row figure): Arrow's buffers grow by doubling,
+    # so the measured peak is checked against the budget, not a slope between two sizes
     n_class = 20
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    grid = (n_gate, n_first, n_class, 1)
+    grid = (200, 200, n_class, 1)
     out = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, grid)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     measured = json.loads(out.stdout.strip().splitlines()[-1])
