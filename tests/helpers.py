@@ -16,6 +16,12 @@ from PIL import Image
 NUM_CLASS = 200
 HIDDEN = 4096
 
+# the checkout's root (this file is tests/helpers.py) and its bundled job files
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
+MINIK_JOB = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
+HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
+
 
 def class_names(n: int = NUM_CLASS) -> list[str]:
     return [f"Class {i:03d}, with punctuation (x)" for i in range(n)]
@@ -346,6 +352,17 @@ def data_overrides(paths: dict[str, str]) -> list[str]:
     return [
         *("--data.path_frame", paths["frames"], "--data.path_split", paths["split"]),
         *("--data.path_label", paths["labels"], "--data.path_classid", paths["classes"]),
+    ]
+
+
+def hvu_overrides(hvu, checkpoint, first_threshold):
+    """The bundled HVU job on the fixture: its files, a random ResNet-18 and the fixture's 200 tags."""
+    return [
+        *data_overrides(hvu),
+        *("--data.path_category", hvu["categories"], "--checkpoint.init", checkpoint),
+        *("--model.backbone.name", "torchvision.resnet18", "--model.backbone.output_dim", "512"),
+        *("--model.num_class", "200", "--data.preprocessing_label.one_hot_encoding", "200"),
+        *("--model.first_threshold", str(first_threshold)),
     ]
 
 

@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import write_job
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, write_job
 
 
 def _imports(package):

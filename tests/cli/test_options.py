@@ -7,14 +7,12 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from helpers import invoke
+from helpers import ANET_JOB, ROOT, invoke
 
 from cli import main
 from cli_options import OPTIONS
 from reports import text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
 README = os.path.join(ROOT, "README.md")  # a file that exists
 
 

@@ -12,13 +12,11 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import activitynet_dataset, data_overrides, official_state, write_job
+from helpers import HVU_JOB, ROOT, activitynet_dataset, data_overrides, official_state, write_job
 
 from cli import main
 from frameexit.cost import measure_step_costs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
 X3D_JOB = "activitynet_x3d_s.yml"
 
 

@@ -13,7 +13,7 @@ import imageio_ffmpeg
 import psutil  # installed with dask.distributed
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import ROOT, write_job
 
 from cache.manifest import read_manifest
 from cache.reader import verify_shard
@@ -23,7 +23,6 @@ from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
 
 BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()  # the static ffmpeg of the imageio-ffmpeg wheel
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)  # the processes run this tree's code
 CLI = [sys.executable, "-m", "cli"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from filelock import FileLock
-from helpers import key_inputs, write_job
+from helpers import HVU_JOB, hvu_overrides, key_inputs, write_job
 
 import jobs.extract
 from cache.manifest import CacheError
@@ -122,12 +122,11 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(dataset, check
 
 def test_a_changed_key_format_is_another_cache(hvu, checkpoint, tmp_path):
     # issue 19, item 3: data.key_format decides the videos and their labels
-    from test_hvu import HVU_JOB, _overrides
 
     root = str(tmp_path / "cache")
-    job = load_job(HVU_JOB, _overrides(hvu, checkpoint, 0.61))
+    job = load_job(HVU_JOB, hvu_overrides(hvu, checkpoint, 0.61))
     extracted = extract(job, ExtractOptions(cache_root=root))
-    other = load_job(HVU_JOB, [*_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
+    other = load_job(HVU_JOB, [*hvu_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
     with pytest.raises(CacheError, match="no feature cache for this job") as info:
         replay(other, str(tmp_path / "o"), ReplayOptions(cache_root=root, scheduler="sync"))
     assert "video key format data.key_format None in the cache, '{youtube_id}.mp4' in the job" in str(info.value)

@@ -13,9 +13,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import invoke, write_job
+from helpers import ROOT, invoke, write_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNWRITABLE = "/proc/frameexit-test/out"  # not creatable even as root, unlike a chmod 0o555 directory
 
 

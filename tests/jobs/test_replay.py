@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import official_head_shapes, official_state, write_job
+from helpers import ROOT, official_head_shapes, official_state, write_job
 from oracles import concat_tables
 
 from cache.reader import FeatureCache
@@ -325,6 +325,5 @@ def test_large_exit_tables_are_kept_with_large_allocations_mapped_on_their_own()
         "print(limit_fragmentation(FRAGMENTING_TABLES), os.environ.get('MALLOC_MMAP_THRESHOLD_'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "None", "True", str(1 << 20)], out.stdout + out.stderr

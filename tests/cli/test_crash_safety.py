@@ -15,7 +15,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import ROOT, write_job
 
 from cli import main
 from jobs.config import load_job
@@ -23,7 +23,6 @@ from jobs.extract import ExtractOptions, extract
 from jobs.outputs import ALL_FILES, INFER_FILES, REPLAY_FILES, REPORT_FILES
 from reports.commit import NEW_PREFIX, READY_PREFIX, output_set, settle
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK = ".frameexit.lock"
 
 
