@@ -51,3 +51,41 @@ def private(anet, checkpoint, tmp_path):
     shutil.copytree(top, tmp_path / "data")
     paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
     return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint)
+
+
+@pytest.fixture(scope="session")
+def job_file(anet, checkpoint, tmp_path_factory):
+    """The ActivityNet fixture's job file (official format, the random ResNet-18 checkpoint)."""
+    return write_job(str(tmp_path_factory.mktemp("job") / "job.yml"), anet, checkpoint)
+
+
+@pytest.fixture(scope="session")
+def extracted(job_file, tmp_path_factory):
+    """``frameexit extract`` of the ActivityNet fixture (shards of 4 videos, batches of 3), once per session.
+
+    Returns the :class:`jobs.extract.ExtractResult`; the cache root is ``os.path.dirname(result.cache_dir)``.
+    The cache is keyed by content, so every test of this job (whatever its job file's path) finds this one.
+    Read only: a test that writes into a cache, or holds its lock, works on a copy (:func:`helpers.copy_cache`).
+    """
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions, extract
+
+    root = str(tmp_path_factory.mktemp("cache"))
+    return extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4, batch_videos=3))
+
+
+@pytest.fixture(scope="session")
+def reported(job_file, extracted, tmp_path_factory):
+    """``frameexit replay`` (first thresholds 0.5 and 1, gate 0.5) and ``report`` of the shared cache, once.
+
+    Returns the run folder. Read only: a test that changes it, or writes into it, copies it first.
+    """
+    from jobs.config import load_job
+    from jobs.replay import ReplayOptions, replay
+    from jobs.report import report
+
+    run = str(tmp_path_factory.mktemp("reported") / "run")
+    root = os.path.dirname(extracted.cache_dir)
+    replay(load_job(job_file), run, ReplayOptions(cache_root=root, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,)))
+    report(run)
+    return run

@@ -389,3 +389,13 @@ def invoke(*args):
     from cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="frameexit", catch_exceptions=False)
+
+
+def copy_cache(cache_dir: str, root) -> str:
+    """A copy of the cache directory ``cache_dir`` under the cache root ``root`` (same key), without its lock:
+    what a test that writes into a cache, or holds its lock, works on instead of a shared cache."""
+    import shutil
+
+    dest = os.path.join(str(root), os.path.basename(cache_dir))
+    shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock"))
+    return dest

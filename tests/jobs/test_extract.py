@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import cached_video, cached_videos, key_inputs, load_fixture, official_state, write_frames, write_job
+from helpers import (
+    cached_video,
+    cached_videos,
+    copy_cache,
+    key_inputs,
+    load_fixture,
+    official_state,
+    write_frames,
+    write_job,
+)
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -32,18 +41,6 @@ EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
 
 def _shas(cache_dir):
     return {e.name: e.sha256 for e in read_manifest(cache_dir).shards}
-
-
-@pytest.fixture(scope="module")
-def job_file(anet, checkpoint, tmp_path_factory):
-    return write_job(str(tmp_path_factory.mktemp("job") / "job.yml"), anet, checkpoint)
-
-
-@pytest.fixture(scope="module")
-def extracted(job_file, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cache"))
-    result = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4, batch_videos=3))
-    return result
 
 
 def test_features_equal_the_sequential_inference_path(extracted, anet, checkpoint):
@@ -72,9 +69,9 @@ def test_shards_readable_with_plain_h5py(extracted):
         assert json.loads(f.attrs["inputs"])["backbone"] == "resnet18"
 
 
-def test_second_run_does_no_backbone_work(job_file, extracted):
-    runner = CliRunner()
-    r = runner.invoke(main, ["extract", job_file, "--cache", os.path.dirname(extracted.cache_dir), "--shard-size", "4"])
+def test_second_run_does_no_backbone_work(job_file, extracted, tmp_path):
+    copy_cache(extracted.cache_dir, tmp_path)
+    r = CliRunner().invoke(main, ["extract", job_file, "--cache", str(tmp_path), "--shard-size", "4"])
     assert r.exit_code == 0, r.output
     assert "cache complete, nothing to do (no backbone work): 6 videos in 2 shards" in r.output
     assert "v_empty.mp4: no *.jpeg frames" in r.output and "v_nofolder.mp4: no frame folder" in r.output
@@ -114,8 +111,7 @@ def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
 
 def test_corrupt_shard_is_refused_then_rebuilt(job_file, extracted, tmp_path):
     root = tmp_path / "copy"
-    shutil.copytree(os.path.dirname(extracted.cache_dir), root, ignore=shutil.ignore_patterns(".lock"))
-    cache_dir = str(root / os.path.basename(extracted.cache_dir))
+    cache_dir = copy_cache(extracted.cache_dir, root)
     before = _shas(cache_dir)
     shard = os.path.join(cache_dir, "shard-00001.h5")
     with open(shard, "r+b") as f:
@@ -188,8 +184,9 @@ def test_cache_key_changes_when_and_only_when_an_input_changes():
 
 
 def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracted, anet, tmp_path):
-    root = os.path.dirname(extracted.cache_dir)
-    before = _shas(extracted.cache_dir)
+    root = str(tmp_path / "cache")
+    cache_dir = copy_cache(extracted.cache_dir, root)
+    before = _shas(cache_dir)
     # a checkpoint with the same backbone and another head shares the cache
     state = torch.load(load_job(job_file).checkpoints[0], weights_only=True)
     state["module.classifiers.0.bias"] = state["module.classifiers.0.bias"] + 1
@@ -198,7 +195,7 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
     same = extract(
         load_job(job_file, ["--checkpoint.init", str(other_head)]), ExtractOptions(cache_root=root, shard_size=4)
     )
-    assert same.cache_dir == extracted.cache_dir and same.shards_written == 0
+    assert same.cache_dir == cache_dir and same.shards_written == 0
     # another backbone, preprocessing or split: a new key (computed without running the backbone)
     from cache.inputs import key_inputs
     from frameexit.checkpoint import backbone_digest
@@ -231,8 +228,8 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
         load_job(job_file, ["--data.path_split", str(split), "--data.preprocessing.resize", "256"]),
         ExtractOptions(cache_root=root, shard_size=4),
     )
-    assert resized.cache_dir != extracted.cache_dir and resized.n_videos == 1
-    assert _shas(extracted.cache_dir) == before
+    assert resized.cache_dir != cache_dir and resized.n_videos == 1
+    assert _shas(cache_dir) == before
 
 
 def test_float16_storage(job_file, tmp_path, anet):
