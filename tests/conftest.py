@@ -89,3 +89,32 @@ def reported(job_file, extracted, tmp_path_factory):
     replay(load_job(job_file), run, ReplayOptions(cache_root=root, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,)))
     report(run)
     return run
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A dask cluster of two worker processes (one thread each), started once: its scheduler's address.
+
+    For tests of what runs on a cluster (equal results, one head per checkpoint); how ``--workers`` starts one
+    is tested where it is started. No test may stop or kill these workers.
+    """
+    from distributed import LocalCluster
+
+    # its dashboard on a free port, not 8787: a cluster a command starts meanwhile finds that port free
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as running:
+        yield running.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def hvu_extracted(hvu, checkpoint, tmp_path_factory):
+    """``frameexit extract`` of the bundled HVU job on the HVU fixture (first threshold 0.61), once per session.
+
+    Read only, like :func:`extracted`: a test that writes into it works on a copy (:func:`helpers.copy_cache`).
+    """
+    from helpers import HVU_JOB, hvu_overrides
+
+    from jobs.config import load_job
+    from jobs.extract import ExtractOptions, extract
+
+    job = load_job(HVU_JOB, hvu_overrides(hvu, checkpoint, 0.61))
+    return extract(job, ExtractOptions(cache_root=str(tmp_path_factory.mktemp("hvu-cache"))))

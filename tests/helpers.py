@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -21,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
 MINIK_JOB = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
 HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
+# the console script beside this interpreter (it runs the code its installation points at: PYTHONPATH decides)
+EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
 
 
 def class_names(n: int = NUM_CLASS) -> list[str]:

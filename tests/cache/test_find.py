@@ -102,17 +102,16 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(anet, checkpoi
     assert record["cache"]["directory"] == made.cache_dir
 
 
-def test_a_changed_key_format_is_another_cache(hvu, checkpoint, tmp_path):
+def test_a_changed_key_format_is_another_cache(hvu, checkpoint, hvu_extracted, tmp_path):
     # issue 19, item 3: data.key_format decides the videos and their labels
 
     root = str(tmp_path / "cache")
-    job = load_job(HVU_JOB, hvu_overrides(hvu, checkpoint, 0.61))
-    extracted = extract(job, ExtractOptions(cache_root=root))
+    cache_dir = copy_cache(hvu_extracted.cache_dir, root)  # the job's own cache, as extract made it
     other = load_job(HVU_JOB, [*hvu_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
     with pytest.raises(CacheError, match="no feature cache for this job") as info:
         replay(other, str(tmp_path / "o"), ReplayOptions(cache_root=root, scheduler="sync"))
     assert "video key format data.key_format None in the cache, '{youtube_id}.mp4' in the job" in str(info.value)
-    assert extracted.cache_dir in str(info.value)
+    assert cache_dir in str(info.value)
 
 
 def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(job_file, extracted, tmp_path):

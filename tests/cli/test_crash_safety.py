@@ -15,11 +15,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import ROOT, write_job
+from helpers import ROOT, copy_cache
 
 from cli import main
-from jobs.config import load_job
-from jobs.extract import ExtractOptions, extract
 from jobs.outputs import ALL_FILES, INFER_FILES, REPLAY_FILES, REPORT_FILES
 from reports.commit import NEW_PREFIX, READY_PREFIX, output_set, settle
 
@@ -27,11 +25,10 @@ LOCK = ".frameexit.lock"
 
 
 @pytest.fixture(scope="module")
-def done(anet, checkpoint, tmp_path_factory):
+def done(job_file, extracted, tmp_path_factory):
     """A job, its cache, and a folder holding a replay and its report (without a budget)."""
     root = tmp_path_factory.mktemp("crash-safety")
-    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
-    extract(load_job(job_file), ExtractOptions(cache_root=str(root / "cache"), shard_size=4))
+    copy_cache(extracted.cache_dir, root / "cache")  # a copy: run and train take its writer lock
     out = root / "template"
     r = CliRunner().invoke(
         main, ["replay", job_file, "--cache", str(root / "cache"), "--out", str(out), "--scheduler", "sync"]

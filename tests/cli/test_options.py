@@ -86,6 +86,9 @@ def _options_of(help_text):
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["infer", ANET_JOB], "Missing option '--out'"),
+        (["infer", "--data.path_frame", "x", ANET_JOB, "--out", "o"], "JOB must come first"),
+        (["infer", ANET_JOB, "--out", "o", "--device", "gpu"], "'gpu' is not one of auto, cpu, cuda, cuda:N"),
         (["run"], "Missing argument 'JOB'"),
         (["run", ANET_JOB], "Missing option '--out'"),
         (["run", "--data.path_frame", "x", ANET_JOB, "--out", "o"], "JOB must come first"),
@@ -144,6 +147,7 @@ def test_scheduler_with_workers_is_exit_2_whichever_comes_first(command, schedul
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["infer", "missing.yml", "--out", "o"], "job file not found: missing.yml"),
         (["run", "missing.yml", "--out", "o"], "job file not found: missing.yml"),
         (["train", "missing.yml", "--out", "head.pth"], "job file not found: missing.yml"),
         (["prepare", "check", "missing.yml"], "job file not found: missing.yml"),

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
@@ -15,9 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers import (
+    EXE,
     cached_video,
     cached_videos,
     copy_cache,
+    invoke,
     key_inputs,
     load_fixture,
     official_state,
@@ -35,8 +36,6 @@ from frameexit.sampling import sample_indices
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract, resolved
 from jobs.frames import read_frame
-
-EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
 
 
 def _shas(cache_dir):
@@ -79,9 +78,10 @@ def test_second_run_does_no_backbone_work(job_file, extracted, tmp_path):
 
 def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = [EXE, "extract", job_file, "--shard-size", "1", "--batch-videos", "2", "--no-progress", "--cache"]
-    subprocess.run([*args, str(whole)], check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["extract", job_file, "--shard-size", "1", "--batch-videos", "2", "--no-progress", "--cache"]
+    extract(load_job(job_file), ExtractOptions(cache_root=str(whole), shard_size=1, batch_videos=2))
+    # only the killed run needs a process of its own
+    proc = subprocess.Popen([EXE, *args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     cache_dir = None
     while time.time() < deadline:
@@ -99,9 +99,9 @@ def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     interrupted = read_manifest(cache_dir)
     assert not interrupted.complete and 1 <= sum(e.done for e in interrupted.shards) < 6
-    r = subprocess.run([*args, str(killed)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout and "reused" in r.stdout
+    r = invoke(*args, killed)
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and "reused" in r.output
     assert os.listdir(killed) == os.listdir(whole)  # same key
     whole_dir = str(whole / os.listdir(whole)[0])
     assert read_manifest(cache_dir).complete
@@ -245,33 +245,20 @@ def test_float16_storage(job_file, tmp_path, anet):
     np.testing.assert_allclose(f16.astype(np.float32), f32, rtol=1e-3, atol=1e-3)
 
 
-def test_two_process_local_cluster_gives_the_same_cache(job_file, extracted, tmp_path):
-    result = extract(
-        load_job(job_file), ExtractOptions(cache_root=str(tmp_path), shard_size=4, batch_videos=3, workers=2)
-    )
-    assert result.key == extracted.key and result.shards_written == 2
-    assert _shas(result.cache_dir) == _shas(extracted.cache_dir)
-
-
-def test_existing_scheduler_by_address(job_file, extracted, tmp_path):
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        r = CliRunner().invoke(
-            main,
-            [
-                "extract",
-                job_file,
-                "--cache",
-                str(tmp_path),
-                "--shard-size",
-                "4",
-                "--batch-videos",
-                "3",
-                "--scheduler",
-                cluster.scheduler_address,
-            ],
-        )
+def test_existing_scheduler_by_address_gives_the_same_cache_on_two_processes(job_file, extracted, cluster, tmp_path):
+    argv = [
+        "extract",
+        job_file,
+        "--cache",
+        tmp_path,
+        "--shard-size",
+        "4",
+        "--batch-videos",
+        "3",
+        "--scheduler",
+        cluster,
+    ]
+    r = invoke(*argv)
     assert r.exit_code == 0, r.output
     assert _shas(str(tmp_path / extracted.key)) == _shas(extracted.cache_dir)
 

@@ -7,15 +7,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import HVU_CATEGORIES, HVU_JOB, hvu_overrides
+from helpers import HVU_CATEGORIES, HVU_JOB, copy_cache, hvu_overrides
 
 from cli import main
 
 
 @pytest.fixture(scope="module")
-def runs(hvu, checkpoint, tmp_path_factory):
+def runs(hvu, checkpoint, hvu_extracted, tmp_path_factory):
     """``frameexit infer`` and ``frameexit run`` of the bundled HVU job, at a first threshold some videos pass."""
     root = tmp_path_factory.mktemp("hvu-runs")
+    copy_cache(hvu_extracted.cache_dir, root / "cache")  # the job's features: run checks them against the frames
     args = hvu_overrides(hvu, checkpoint, 0.61)
     r = CliRunner().invoke(main, ["infer", HVU_JOB, *args, "--out", str(root / "infer")])
     assert r.exit_code == 0, r.output
@@ -95,7 +96,7 @@ def test_reports_show_map_per_category(runs):
     assert "# FrameExit report: hvu" in markdown and "summary.md" in output
 
 
-def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, tmp_path):
+def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, hvu_extracted, tmp_path):
     import torch
 
     from jobs.config import load_job
@@ -104,6 +105,7 @@ def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, tmp_p
 
     small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "1", "--train.hidden_dim", "16"]
     small += ["--train.batch_size", "3"]
+    copy_cache(hvu_extracted.cache_dir, tmp_path / "cache")  # the split's features: train extracts nothing
     options = ExtractOptions(cache_root=str(tmp_path / "cache"))
     heads = {}
     for name, extra in (("default", []), ("bce", ["--train.loss", "bce"]), ("softmax", ["--train.loss", "softmax"])):

@@ -9,14 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import write_job
 
 import frameexit
 from cli import main
 from jobs.config import load_job
-from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer
-from jobs.replay import ReplayOptions, replay
 from jobs.report import ReportInputError, read_baseline, report
 from reports.records import (
     InferMetrics,
@@ -35,19 +32,11 @@ from reports.summary import common_rows
 
 
 @pytest.fixture(scope="module")
-def outputs(anet, checkpoint, tmp_path_factory):
-    """An infer output directory and a replayed-and-reported one, from the same job."""
-    root = tmp_path_factory.mktemp("records")
-    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
-    cache = str(root / "cache")
-    extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
-    run = str(root / "run")
-    replay(
-        load_job(job_file), run, ReplayOptions(cache_root=cache, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,))
-    )
-    report(run)
-    infer(load_job(job_file), str(root / "infer"), device="cpu")
-    return str(root / "infer"), run
+def outputs(job_file, reported, tmp_path_factory):
+    """An infer output directory and the session's replayed-and-reported one (read only), from the same job."""
+    infer_dir = str(tmp_path_factory.mktemp("records") / "infer")
+    infer(load_job(job_file), infer_dir, device="cpu")
+    return infer_dir, reported
 
 
 def _edited(path, dest, edit):
