@@ -92,6 +92,17 @@ def reported(job_file, extracted, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def inferred(job_file, tmp_path_factory):
+    """``frameexit infer`` of the ActivityNet fixture's job, once per session: its output folder (read only)."""
+    from jobs.config import load_job
+    from jobs.infer import infer
+
+    out = str(tmp_path_factory.mktemp("inferred") / "infer")
+    infer(load_job(job_file), out, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
 def cluster():
     """A dask cluster of two worker processes (one thread each), started once: its scheduler's address.
 

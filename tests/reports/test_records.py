@@ -12,8 +12,6 @@ from click.testing import CliRunner
 
 import frameexit
 from cli import main
-from jobs.config import load_job
-from jobs.infer import infer
 from jobs.report import ReportInputError, read_baseline, report
 from reports.records import (
     InferMetrics,
@@ -32,11 +30,9 @@ from reports.summary import common_rows
 
 
 @pytest.fixture(scope="module")
-def outputs(job_file, reported, tmp_path_factory):
-    """An infer output directory and the session's replayed-and-reported one (read only), from the same job."""
-    infer_dir = str(tmp_path_factory.mktemp("records") / "infer")
-    infer(load_job(job_file), infer_dir, device="cpu")
-    return infer_dir, reported
+def outputs(inferred, reported):
+    """The session's infer output folder and its replayed-and-reported one (read only), from the same job."""
+    return inferred, reported
 
 
 def _edited(path, dest, edit):
