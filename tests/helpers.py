@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -15,6 +16,14 @@ from PIL import Image
 
 NUM_CLASS = 200
 HIDDEN = 4096
+
+# the checkout's root (this file is tests/helpers.py) and its bundled job files
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
+MINIK_JOB = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
+HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
+# the console script beside this interpreter (it runs the code its installation points at: PYTHONPATH decides)
+EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
 
 
 def class_names(n: int = NUM_CLASS) -> list[str]:
@@ -349,6 +358,17 @@ def data_overrides(paths: dict[str, str]) -> list[str]:
     ]
 
 
+def hvu_overrides(hvu, checkpoint, first_threshold):
+    """The bundled HVU job on the fixture: its files, a random ResNet-18 and the fixture's 200 tags."""
+    return [
+        *data_overrides(hvu),
+        *("--data.path_category", hvu["categories"], "--checkpoint.init", checkpoint),
+        *("--model.backbone.name", "torchvision.resnet18", "--model.backbone.output_dim", "512"),
+        *("--model.num_class", "200", "--data.preprocessing_label.one_hot_encoding", "200"),
+        *("--model.first_threshold", str(first_threshold)),
+    ]
+
+
 def cached_videos(cache) -> list[str]:
     """Every video key of a :class:`cache.reader.FeatureCache`, in shard order (sorted)."""
     return [v for shard in cache.iter_shards() for v in shard.videos]
@@ -372,3 +392,13 @@ def invoke(*args):
     from cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], prog_name="frameexit", catch_exceptions=False)
+
+
+def copy_cache(cache_dir: str, root) -> str:
+    """A copy of the cache directory ``cache_dir`` under the cache root ``root`` (same key), without its lock:
+    what a test that writes into a cache, or holds its lock, works on instead of a shared cache."""
+    import shutil
+
+    dest = os.path.join(str(root), os.path.basename(cache_dir))
+    shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock"))
+    return dest

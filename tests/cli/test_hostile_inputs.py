@@ -6,6 +6,7 @@ import struct
 
 import pytest
 from click.testing import CliRunner
+from helpers import copy_cache
 from PIL import Image
 
 from cache.manifest import CacheError, read_manifest
@@ -42,9 +43,9 @@ def test_a_decompression_bomb_and_a_fifo_are_skipped_with_their_reason(private, 
 
 
 @pytest.mark.parametrize("name", ["../../outside.h5", "/tmp/outside.h5", "sub/shard-00000.h5", "manifest.json"])
-def test_a_manifest_naming_a_shard_outside_the_cache_is_refused(private, tmp_path, name):
+def test_a_manifest_naming_a_shard_outside_the_cache_is_refused(private, extracted, tmp_path, name):
     _, job_file = private
-    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4)).cache_dir
+    cache_dir = copy_cache(extracted.cache_dir, tmp_path / "cache")  # the same key: the frames are not in it
     manifest = os.path.join(cache_dir, "manifest.json")
     text = open(manifest).read()
     open(manifest, "w").write(text.replace('"shard-00000.h5"', f'"{name}"'))
@@ -150,9 +151,9 @@ def test_prepare_splits_names_a_malformed_activitynet_file(tmp_path, text, why):
 
 
 @pytest.mark.parametrize("text", ["[" * 100000, "[1, 2]", '{"shards": 5}'])
-def test_a_cache_manifest_nested_too_deeply_or_of_another_shape_is_one_line(private, tmp_path, text):
+def test_a_cache_manifest_nested_too_deeply_or_of_another_shape_is_one_line(private, extracted, tmp_path, text):
     _, job_file = private
-    cache_dir = extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4)).cache_dir
+    cache_dir = copy_cache(extracted.cache_dir, tmp_path / "cache")  # the same key: the frames are not in it
     with open(os.path.join(cache_dir, "manifest.json"), "w") as f:
         f.write(text)
     r = CliRunner().invoke(main, ["extract", job_file, "--cache", str(tmp_path / "cache"), "--shard-size", "4"])

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
@@ -14,7 +13,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import cached_video, cached_videos, key_inputs, load_fixture, official_state, write_frames, write_job
+from helpers import (
+    EXE,
+    cached_video,
+    cached_videos,
+    copy_cache,
+    invoke,
+    key_inputs,
+    load_fixture,
+    official_state,
+    write_frames,
+    write_job,
+)
 
 from cache.key import CacheKeyInputs, cache_key
 from cache.manifest import CacheCorruptError, read_manifest
@@ -27,23 +37,9 @@ from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract, resolved
 from jobs.frames import read_frame
 
-EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
-
 
 def _shas(cache_dir):
     return {e.name: e.sha256 for e in read_manifest(cache_dir).shards}
-
-
-@pytest.fixture(scope="module")
-def job_file(anet, checkpoint, tmp_path_factory):
-    return write_job(str(tmp_path_factory.mktemp("job") / "job.yml"), anet, checkpoint)
-
-
-@pytest.fixture(scope="module")
-def extracted(job_file, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cache"))
-    result = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4, batch_videos=3))
-    return result
 
 
 def test_features_equal_the_sequential_inference_path(extracted, anet, checkpoint):
@@ -72,9 +68,9 @@ def test_shards_readable_with_plain_h5py(extracted):
         assert json.loads(f.attrs["inputs"])["backbone"] == "resnet18"
 
 
-def test_second_run_does_no_backbone_work(job_file, extracted):
-    runner = CliRunner()
-    r = runner.invoke(main, ["extract", job_file, "--cache", os.path.dirname(extracted.cache_dir), "--shard-size", "4"])
+def test_second_run_does_no_backbone_work(job_file, extracted, tmp_path):
+    copy_cache(extracted.cache_dir, tmp_path)
+    r = CliRunner().invoke(main, ["extract", job_file, "--cache", str(tmp_path), "--shard-size", "4"])
     assert r.exit_code == 0, r.output
     assert "cache complete, nothing to do (no backbone work): 6 videos in 2 shards" in r.output
     assert "v_empty.mp4: no *.jpeg frames" in r.output and "v_nofolder.mp4: no frame folder" in r.output
@@ -82,9 +78,10 @@ def test_second_run_does_no_backbone_work(job_file, extracted):
 
 def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = [EXE, "extract", job_file, "--shard-size", "1", "--batch-videos", "2", "--no-progress", "--cache"]
-    subprocess.run([*args, str(whole)], check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["extract", job_file, "--shard-size", "1", "--batch-videos", "2", "--no-progress", "--cache"]
+    extract(load_job(job_file), ExtractOptions(cache_root=str(whole), shard_size=1, batch_videos=2))
+    # only the killed run needs a process of its own
+    proc = subprocess.Popen([EXE, *args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     cache_dir = None
     while time.time() < deadline:
@@ -102,9 +99,9 @@ def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     interrupted = read_manifest(cache_dir)
     assert not interrupted.complete and 1 <= sum(e.done for e in interrupted.shards) < 6
-    r = subprocess.run([*args, str(killed)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout and "reused" in r.stdout
+    r = invoke(*args, killed)
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and "reused" in r.output
     assert os.listdir(killed) == os.listdir(whole)  # same key
     whole_dir = str(whole / os.listdir(whole)[0])
     assert read_manifest(cache_dir).complete
@@ -114,8 +111,7 @@ def test_killed_run_resumes_to_the_same_cache(job_file, tmp_path):
 
 def test_corrupt_shard_is_refused_then_rebuilt(job_file, extracted, tmp_path):
     root = tmp_path / "copy"
-    shutil.copytree(os.path.dirname(extracted.cache_dir), root, ignore=shutil.ignore_patterns(".lock"))
-    cache_dir = str(root / os.path.basename(extracted.cache_dir))
+    cache_dir = copy_cache(extracted.cache_dir, root)
     before = _shas(cache_dir)
     shard = os.path.join(cache_dir, "shard-00001.h5")
     with open(shard, "r+b") as f:
@@ -188,8 +184,9 @@ def test_cache_key_changes_when_and_only_when_an_input_changes():
 
 
 def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracted, anet, tmp_path):
-    root = os.path.dirname(extracted.cache_dir)
-    before = _shas(extracted.cache_dir)
+    root = str(tmp_path / "cache")
+    cache_dir = copy_cache(extracted.cache_dir, root)
+    before = _shas(cache_dir)
     # a checkpoint with the same backbone and another head shares the cache
     state = torch.load(load_job(job_file).checkpoints[0], weights_only=True)
     state["module.classifiers.0.bias"] = state["module.classifiers.0.bias"] + 1
@@ -198,7 +195,7 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
     same = extract(
         load_job(job_file, ["--checkpoint.init", str(other_head)]), ExtractOptions(cache_root=root, shard_size=4)
     )
-    assert same.cache_dir == extracted.cache_dir and same.shards_written == 0
+    assert same.cache_dir == cache_dir and same.shards_written == 0
     # another backbone, preprocessing or split: a new key (computed without running the backbone)
     from cache.inputs import key_inputs
     from frameexit.checkpoint import backbone_digest
@@ -231,8 +228,8 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
         load_job(job_file, ["--data.path_split", str(split), "--data.preprocessing.resize", "256"]),
         ExtractOptions(cache_root=root, shard_size=4),
     )
-    assert resized.cache_dir != extracted.cache_dir and resized.n_videos == 1
-    assert _shas(extracted.cache_dir) == before
+    assert resized.cache_dir != cache_dir and resized.n_videos == 1
+    assert _shas(cache_dir) == before
 
 
 def test_float16_storage(job_file, tmp_path, anet):
@@ -248,33 +245,20 @@ def test_float16_storage(job_file, tmp_path, anet):
     np.testing.assert_allclose(f16.astype(np.float32), f32, rtol=1e-3, atol=1e-3)
 
 
-def test_two_process_local_cluster_gives_the_same_cache(job_file, extracted, tmp_path):
-    result = extract(
-        load_job(job_file), ExtractOptions(cache_root=str(tmp_path), shard_size=4, batch_videos=3, workers=2)
-    )
-    assert result.key == extracted.key and result.shards_written == 2
-    assert _shas(result.cache_dir) == _shas(extracted.cache_dir)
-
-
-def test_existing_scheduler_by_address(job_file, extracted, tmp_path):
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        r = CliRunner().invoke(
-            main,
-            [
-                "extract",
-                job_file,
-                "--cache",
-                str(tmp_path),
-                "--shard-size",
-                "4",
-                "--batch-videos",
-                "3",
-                "--scheduler",
-                cluster.scheduler_address,
-            ],
-        )
+def test_existing_scheduler_by_address_gives_the_same_cache_on_two_processes(job_file, extracted, cluster, tmp_path):
+    argv = [
+        "extract",
+        job_file,
+        "--cache",
+        tmp_path,
+        "--shard-size",
+        "4",
+        "--batch-videos",
+        "3",
+        "--scheduler",
+        cluster,
+    ]
+    r = invoke(*argv)
     assert r.exit_code == 0, r.output
     assert _shas(str(tmp_path / extracted.key)) == _shas(extracted.cache_dir)
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import official_head_shapes, official_state, write_job
+from helpers import ROOT, official_head_shapes, official_state
 from oracles import concat_tables
 
 from cache.reader import FeatureCache
@@ -27,11 +27,9 @@ SEQUENTIAL = "[0,1,2,3,4,5,6,7,8,9]"
 
 
 @pytest.fixture(scope="module")
-def setup(anet, checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("replay")
-    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
-    result = extract(load_job(job_file), ExtractOptions(cache_root=str(root / "cache"), shard_size=4))
-    return job_file, str(root / "cache"), result.cache_dir
+def setup(job_file, extracted):
+    """The session's job file, cache root and cache directory (read only)."""
+    return job_file, os.path.dirname(extracted.cache_dir), extracted.cache_dir
 
 
 def _tables(cache_dir, checkpoint, order):
@@ -61,27 +59,32 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
     rows = _rows(out / "videos.parquet")
     sweep = {(r["first_threshold"], r["gate_threshold"]): r for r in pq.read_table(out / "sweep.parquet").to_pylist()}
     assert len(sweep) == 20 and len(rows) == 20 * 6
+    # infer at settings covering every threshold of both lists, the boundary values against each other; each
+    # setting's sequential decisions equal the full per-step tables' (frameexit/test_inference.py), so the
+    # remaining six add no case (first threshold 0: every video exits at step 0 whatever the gate)
+    at_infer = [(0.0, 0.5), (1.0, 0.0), (1.0, 1.0), (c, 0.0), (first[1], 1.0)]
+    at_infer += [(ft, gt) for ft in first[1:] for gt in (s, gate[2], 0.5)]
+    assert {ft for ft, _ in at_infer} == set(first) and {gt for _, gt in at_infer} == set(gate)
     exits_seen = set()
-    for ft in first:
-        for gt in gate:
-            res = infer(
-                load_job(job_file, ["--model.first_threshold", repr(ft), "--model.gate_threshold", repr(gt)]),
-                str(tmp_path / "infer"),
-                device="cpu",
+    for ft, gt in at_infer:
+        res = infer(
+            load_job(job_file, ["--model.first_threshold", repr(ft), "--model.gate_threshold", repr(gt)]),
+            str(tmp_path / "infer"),
+            device="cpu",
+        )
+        for r in pq.read_table(res.videos_path).to_pylist():
+            mine = rows[(ft, gt, r["video"])]
+            assert (mine["exit_step"], mine["prediction"]) == (r["exit_step"], r["prediction"]), (
+                ft,
+                gt,
+                r["video"],
             )
-            for r in pq.read_table(res.videos_path).to_pylist():
-                mine = rows[(ft, gt, r["video"])]
-                assert (mine["exit_step"], mine["prediction"]) == (r["exit_step"], r["prediction"]), (
-                    ft,
-                    gt,
-                    r["video"],
-                )
-                assert mine["confidence"] == r["confidence"]  # bit for bit
-                exits_seen.add(r["exit_step"])
-            m, row = res.metrics, sweep[(ft, gt)]
-            for key in ("map", "top1", "gmacs_measured", "mean_frames"):
-                assert row[key] == pytest.approx(m[key], abs=1e-9), key
-            assert row["exit_histogram"] == pytest.approx(m["exit_histogram"], abs=1e-12)
+            assert mine["confidence"] == r["confidence"]  # bit for bit
+            exits_seen.add(r["exit_step"])
+        m, row = res.metrics, sweep[(ft, gt)]
+        for key in ("map", "top1", "gmacs_measured", "mean_frames"):
+            assert row[key] == pytest.approx(m[key], abs=1e-9), key
+        assert row["exit_histogram"] == pytest.approx(m["exit_histogram"], abs=1e-12)
     assert len(exits_seen) >= 4  # the grid really moves the exits around
     # the boundary values decide: equal confidence does not exit (strict), the float32 below does
     at_c = [rows[(c, 1.0, v)]["exit_step"] for v in t.videos]
@@ -90,7 +93,7 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
 
 
 @pytest.mark.slow
-def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, tmp_path):
+def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, cluster, tmp_path):
     job_file, cache_root, _ = setup
     grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
     job = with_options(load_job(job_file), dict(grid, per_video="all"))
@@ -99,12 +102,12 @@ def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, tmp_path):
         "sync": ReplayOptions(cache_root=cache_root, scheduler="sync"),
         "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1),
         "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7),
-        "cluster": ReplayOptions(cache_root=cache_root, workers=2),
+        "cluster": ReplayOptions(cache_root=cache_root, scheduler=cluster),
     }.items():
         replay(job, str(tmp_path / name), options)
         tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
         videos[name] = pq.read_table(tmp_path / name / "videos.parquet")
-    for size in (1, 3, 64):
+    for size in (1, 64):  # and 4, the shared cache's: one video a shard, one shard, shards of unequal sizes
         root = str(tmp_path / f"cache-{size}")
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
         out = tmp_path / f"shards-{size}"
@@ -246,7 +249,7 @@ def _with_head(state, *, hidden, seed):
 
 
 @pytest.mark.slow
-def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, tmp_path):
+def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, cluster, tmp_path):
     """Two worker processes, three heads over one backbone: the second head has the first one's parameter names
     and shapes, the third a narrower projection; each checkpoint's rows equal a threads replay of it alone,
     measured GMACs (which depend on the head's width) included."""
@@ -257,7 +260,7 @@ def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, tm
     checkpoints = [checkpoint, str(tmp_path / "same_width.pth"), str(tmp_path / "narrow.pth")]
     grid = dict(first_thresholds=(0.0, 0.5, 0.9, 1.0), gate_thresholds=(0.0, 0.3, 0.6, 1.0), per_video="all")
     job = with_options(load_job(job_file, ["--checkpoint.init", f"[{', '.join(checkpoints)}]"]), grid)
-    together = replay(job, str(tmp_path / "cluster"), ReplayOptions(cache_root=cache_root, workers=2))
+    together = replay(job, str(tmp_path / "cluster"), ReplayOptions(cache_root=cache_root, scheduler=cluster))
     sweep = pq.read_table(together.sweep_path).to_pylist()
     videos = pq.read_table(together.videos_path).to_pylist()
     by_name = {}
@@ -325,6 +328,5 @@ def test_large_exit_tables_are_kept_with_large_allocations_mapped_on_their_own()
         "print(limit_fragmentation(FRAGMENTING_TABLES), os.environ.get('MALLOC_MMAP_THRESHOLD_'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "None", "True", str(1 << 20)], out.stdout + out.stderr

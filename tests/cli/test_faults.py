@@ -13,17 +13,14 @@ import imageio_ffmpeg
 import psutil  # installed with dask.distributed
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import ROOT, copy_cache
 
 from cache.manifest import read_manifest
 from cache.reader import verify_shard
 from cli import main
 from frameexit.atomic import LOCK_NAME
-from jobs.config import load_job
-from jobs.extract import ExtractOptions, extract
 
 BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()  # the static ffmpeg of the imageio-ffmpeg wheel
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)  # the processes run this tree's code
 CLI = [sys.executable, "-m", "cli"]
 
@@ -167,22 +164,11 @@ def _entries(folder):
 
 
 @pytest.fixture(scope="module")
-def job_file(anet, checkpoint, tmp_path_factory):
-    return write_job(str(tmp_path_factory.mktemp("job") / "job.yml"), anet, checkpoint)
-
-
-@pytest.fixture(scope="module")
 def two_videos(anet, tmp_path_factory):
     """A split of two of the fixture's videos (quicker to extract in another process)."""
     path = tmp_path_factory.mktemp("split") / "split.txt"
     path.write_text("v_alpha.mp4\nv_charlie.mp4\n")
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def extracted(job_file, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cache"))
-    return extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
 
 
 def test_extract_on_a_full_disk_names_the_shard_and_leaves_nothing_a_rerun_would_trust(
@@ -204,7 +190,8 @@ def test_extract_on_a_full_disk_names_the_shard_and_leaves_nothing_a_rerun_would
 def test_train_on_a_full_disk_names_the_checkpoint_not_an_unexpected_pos(tmpfs_works, job_file, extracted, tmp_path):
     out = tmp_path / "full" / "head.pth"
     stages = ["--train.epochs_classifier", "1", "--train.epochs_gates", "1", "--train.hidden_dim", "16"]
-    argv = [*CLI, "train", job_file, "--cache", os.path.dirname(extracted.cache_dir), "--out", out, *stages]
+    copy_cache(extracted.cache_dir, tmp_path / "cache")  # train takes the cache's writer lock
+    argv = [*CLI, "train", job_file, "--cache", tmp_path / "cache", "--out", out, *stages]
     done, saved = _in_tmpfs(tmp_path, "600k", [*argv, "--no-progress"])
     assert _one_error_line(done).startswith(f"Error: no space left on device writing {out}: free some space"), done
     assert _files(saved) == []  # no half-written checkpoint, no temporary file

@@ -8,7 +8,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
+from helpers import copy_cache, write_job
 from PIL import Image
 
 from cli import main
@@ -445,11 +445,10 @@ def test_check_report_options_for_run(tmp_path):
 # ------------------------------------------------------------------------------ provenance is the replay's
 
 
-def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, tmp_path, monkeypatch):
+def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, extracted, tmp_path, monkeypatch):
     """A job with relative dataset paths, replayed in the dataset's directory and reported from another one: the
     report names the files the replay read, not the same names under the report's directory."""
     from jobs.config import load_job
-    from jobs.extract import ExtractOptions, extract
     from jobs.replay import ReplayOptions, replay
 
     files = {"path_frame": "frames", "path_split": "split", "path_label": "labels", "path_classid": "classes"}
@@ -458,8 +457,8 @@ def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, 
     relative = {k: os.path.relpath(anet[k], root) for k in files.values()}
     job_file = write_job(str(tmp_path / "job.yml"), relative, checkpoint)
     out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    copy_cache(extracted.cache_dir, cache)  # the same key: paths are not in it
     monkeypatch.chdir(root)
-    extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
     grid = ["--replay.first_thresholds", "[0.5]", "--replay.gate_thresholds", "[0.5]"]
     replay(load_job(job_file, grid), out, ReplayOptions(cache_root=cache))
     elsewhere = tmp_path / "elsewhere"
@@ -661,7 +660,7 @@ def test_help_explains_accept_missing():
     assert "a calibration run must evaluate other videos than this run" in text
 
 
-def test_gate_with_deleted_frame_folders(anet, checkpoint, tmp_path):
+def test_gate_with_deleted_frame_folders(anet, checkpoint, extracted, tmp_path):
     """Issue 19, item 6 end to end: frame folders deleted after the baseline was made."""
     import shutil
 
@@ -670,6 +669,7 @@ def test_gate_with_deleted_frame_folders(anet, checkpoint, tmp_path):
     paths = {k: os.path.join(root, os.path.relpath(v, os.path.dirname(anet["frames"]))) for k, v in anet.items()}
     job = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
     cache, base, run = str(tmp_path / "cache"), str(tmp_path / "base"), str(tmp_path / "run")
+    copy_cache(extracted.cache_dir, cache)  # these frames' features: the baseline's run extracts nothing
     grid = ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5", "--device", "cpu", "--cache", cache]
     assert CliRunner().invoke(main, ["run", job, "--out", base, *grid]).exit_code == 0
     for key in ("v_bravo.mp4", "v_echo.mp4"):

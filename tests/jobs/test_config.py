@@ -1,20 +1,15 @@
 """SEMANTICS 11: the official config files, their overrides and clear errors for bad keys and types."""
 
-import os
-
 import pytest
 import yaml
+from helpers import ANET_JOB, HVU_JOB, MINIK_JOB
 
 from frameexit.errors import ConfigError
 from jobs.config import bundled_jobs, load_job, parse_overrides
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ANET = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
-MINIK = os.path.join(ROOT, "jobs", "minikinetics_inference_2d.yml")
-
 
 def test_official_files_are_valid_with_the_official_values():
-    a, m = load_job(ANET), load_job(MINIK)
+    a, m = load_job(ANET_JOB), load_job(MINIK_JOB)
     assert a.data.name == "activitynet1.3" and m.data.name == "minikinetics"
     assert a.model.first_threshold == 0.99 and m.model.first_threshold == 0.95
     assert a.model.gate_threshold == 0.5
@@ -27,7 +22,7 @@ def test_official_files_are_valid_with_the_official_values():
         assert (job.data.preprocessing.resize, job.data.preprocessing.crop) == (224, 224)
         assert job.data.preprocessing.mean == (0.485, 0.456, 0.406)
         assert job.model.pretrained is True and job.model.truncate_modules == -1
-    raw = yaml.safe_load(open(ANET))
+    raw = yaml.safe_load(open(ANET_JOB))
     assert list(raw["data"]["preprocessing"]) == ["to_tensor", "resize", "crop_center", "normalize"]
 
 
@@ -41,7 +36,7 @@ def test_bundled_jobs_found_by_name(tmp_path, monkeypatch):
 
 def test_official_override_syntax():
     job = load_job(
-        ANET,
+        ANET_JOB,
         [
             "--data.path_frame",
             "/data/123",
@@ -58,13 +53,13 @@ def test_official_override_syntax():
     assert job.checkpoints == ("ck.pth",)
     assert job.model.first_threshold == 0.9 and job.model.gate_threshold == 0.25
     assert job.model.input_order == tuple(range(10))
-    assert load_job(ANET, ["--data.path_split", "0123"]).data.path_split == "0123"  # strings stay verbatim
-    assert load_job(ANET, ["--model.first_threshold", "1"]).model.first_threshold == 1.0
+    assert load_job(ANET_JOB, ["--data.path_split", "0123"]).data.path_split == "0123"  # strings stay verbatim
+    assert load_job(ANET_JOB, ["--model.first_threshold", "1"]).model.first_threshold == 1.0
     assert parse_overrides(["--a.b", "x", "--c.d=y=z"]) == [("a.b", "x"), ("c.d", "y=z")]
 
 
 def test_misspelled_keys_are_named(tmp_path):
-    text = open(ANET).read().replace("first_threshold", "first_treshold")
+    text = open(ANET_JOB).read().replace("first_threshold", "first_treshold")
     path = tmp_path / "job.yml"
     path.write_text(text)
     with pytest.raises(
@@ -72,30 +67,30 @@ def test_misspelled_keys_are_named(tmp_path):
     ):
         load_job(str(path))
     with pytest.raises(ConfigError, match=r"unknown key data.path_frames; did you mean data.path_frame\?"):
-        load_job(ANET, ["--data.path_frames", "x"])
+        load_job(ANET_JOB, ["--data.path_frames", "x"])
     with pytest.raises(ConfigError, match="names a section"):
-        load_job(ANET, ["--data.preprocessing", "x"])
+        load_job(ANET_JOB, ["--data.preprocessing", "x"])
     with pytest.raises(ConfigError, match="override --data.path_frame needs a value"):
-        load_job(ANET, ["--data.path_frame"])
+        load_job(ANET_JOB, ["--data.path_frame"])
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
-        load_job(ANET, ["stray"])
+        load_job(ANET_JOB, ["stray"])
 
 
 def test_wrong_types_are_named(tmp_path):
     path = tmp_path / "job.yml"
-    path.write_text(open(ANET).read().replace("num_frames: 10", "num_frames: ten"))
+    path.write_text(open(ANET_JOB).read().replace("num_frames: 10", "num_frames: ten"))
     with pytest.raises(ConfigError, match="data.num_frames must be an integer, got 'ten'"):
         load_job(str(path))
     with pytest.raises(ConfigError, match="override --model.first_threshold: model.first_threshold must be a number"):
-        load_job(ANET, ["--model.first_threshold", "high"])
+        load_job(ANET_JOB, ["--model.first_threshold", "high"])
     with pytest.raises(ConfigError, match="data.preprocessing.to_tensor must be a boolean"):
-        load_job(ANET, ["--data.preprocessing.to_tensor", "7"])
+        load_job(ANET_JOB, ["--data.preprocessing.to_tensor", "7"])
     with pytest.raises(ConfigError, match="model.pooling.name must be one of 'max', got 'avg'"):
-        load_job(ANET, ["--model.pooling.name", "avg"])
+        load_job(ANET_JOB, ["--model.pooling.name", "avg"])
     with pytest.raises(ConfigError, match=r"model.first_threshold must be in \[0, 1\]"):
-        load_job(ANET, ["--model.first_threshold", "1.5"])
+        load_job(ANET_JOB, ["--model.first_threshold", "1.5"])
     with pytest.raises(ConfigError, match="one_hot_encoding \\(100\\) must equal model.num_class \\(200\\)"):
-        load_job(ANET, ["--data.preprocessing_label.one_hot_encoding", "100"])
+        load_job(ANET_JOB, ["--data.preprocessing_label.one_hot_encoding", "100"])
 
 
 def test_required_keys_and_preprocessing_order(tmp_path):
@@ -103,7 +98,7 @@ def test_required_keys_and_preprocessing_order(tmp_path):
     path.write_text("data:\n  name: minikinetics\nmodel:\n  first_threshold: 0.9\n  backbone:\n    output_dim: 2048\n")
     with pytest.raises(ConfigError, match="model.backbone.name is required"):
         load_job(str(path))
-    raw = yaml.safe_load(open(ANET))
+    raw = yaml.safe_load(open(ANET_JOB))
     pre = raw["data"]["preprocessing"]
     raw["data"]["preprocessing"] = {
         "resize": pre["resize"],
@@ -123,7 +118,7 @@ def test_required_keys_and_preprocessing_order(tmp_path):
 
 
 def test_require_names_missing_keys():
-    job = load_job(ANET, ["--checkpoint.init", ""])
+    job = load_job(ANET_JOB, ["--checkpoint.init", ""])
     with pytest.raises(
         ConfigError, match="this command needs checkpoint.init; set it in the job file or as --checkpoint.init"
     ):
@@ -162,7 +157,7 @@ def test_the_papers_other_backbones_as_bundled_jobs():
     assert (b3.model.backbone_name, b3.model.output_dim) == ("torchvision.efficientnet_b3", 1536)
     assert (b3.data.preprocessing.resize, b3.data.preprocessing.crop) == (300, 300)
     assert not b3.data.preprocessing.normalize_first
-    assert not load_job(ANET).data.preprocessing.normalize_first
+    assert not load_job(ANET_JOB).data.preprocessing.normalize_first
 
 
 def test_clip_settings_are_checked_against_the_backbone():
@@ -170,9 +165,9 @@ def test_clip_settings_are_checked_against_the_backbone():
     with pytest.raises(ConfigError, match="pytorchvideo.x3d_s is a 3D backbone .*set model.backbone.type: 3d"):
         load_job(x3d, ["--model.backbone.type", "2d"])
     with pytest.raises(ConfigError, match="type 3d needs a 3D backbone .*torchvision.resnet50 reads single frames"):
-        load_job(ANET, ["--model.backbone.type", "3d", "--model.backbone.clip_length", "8"])
+        load_job(ANET_JOB, ["--model.backbone.type", "3d", "--model.backbone.clip_length", "8"])
     with pytest.raises(ConfigError, match="model.backbone.clip_length is only meaningful with model.backbone.type: 3d"):
-        load_job(ANET, ["--model.backbone.clip_length", "8"])
+        load_job(ANET_JOB, ["--model.backbone.clip_length", "8"])
     with pytest.raises(ConfigError, match="model.backbone.clip_stride must be at least 1, got 0"):
         load_job(x3d, ["--model.backbone.clip_stride", "0"])
     with pytest.raises(ConfigError, match="model.backbone.clip_length must be set for model.backbone.type: 3d"):
@@ -182,7 +177,7 @@ def test_clip_settings_are_checked_against_the_backbone():
 
 
 def test_only_the_official_and_pytorchvideos_preprocessing_orders(tmp_path):
-    raw = yaml.safe_load(open(ANET))
+    raw = yaml.safe_load(open(ANET_JOB))
     pre = raw["data"]["preprocessing"]
     raw["data"]["preprocessing"] = {"to_tensor": True, "normalize": pre["normalize"], "resize": 224, "crop_center": 224}
     path = tmp_path / "job.yml"
@@ -195,16 +190,16 @@ def test_only_the_official_and_pytorchvideos_preprocessing_orders(tmp_path):
 
 
 def test_hvu_job_file_and_its_additions():
-    hvu = load_job(os.path.join(ROOT, "jobs", "hvu_inference_2d.yml"))
+    hvu = load_job(HVU_JOB)
     assert hvu.data.name == "hvu" and hvu.model.num_class == 3142
     assert hvu.data.path_category == "data/hvu/HVU_Tags_Categories_V1.0.csv" and hvu.data.key_format is None
     # the training loss fits the labels: BCE for HVU's many tags per video, softmax elsewhere, unless set
-    assert hvu.train.config.loss == "bce" and load_job(ANET).train.config.loss == "softmax"
-    assert load_job(ANET, ["--train.loss", "bce"]).train.config.loss == "bce"
+    assert hvu.train.config.loss == "bce" and load_job(ANET_JOB).train.config.loss == "softmax"
+    assert load_job(ANET_JOB, ["--train.loss", "bce"]).train.config.loss == "bce"
     assert load_job("hvu_inference_2d.yml", ["--train.loss", "softmax"]).train.config.loss == "softmax"
     fmt = "{youtube_id}.mp4"
     assert load_job("hvu_inference_2d.yml", ["--data.key_format", fmt]).data.key_format == fmt
     with pytest.raises(ConfigError, match=r"data.key_format .*'\{id\}.mp4' must be a Python format of youtube_id"):
         load_job("hvu_inference_2d.yml", ["--data.key_format", "{id}.mp4"])
     with pytest.raises(ConfigError, match="data.key_format names the videos of HVU's CSV; data.name is 'minikinetics'"):
-        load_job(MINIK, ["--data.key_format", fmt])
+        load_job(MINIK_JOB, ["--data.key_format", fmt])

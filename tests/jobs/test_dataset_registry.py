@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 import pytest
+from helpers import ROOT
 
 from cli import main
 from jobs.config import SCHEMA, load_job
@@ -15,7 +16,6 @@ from jobs.ffmpeg import ffmpeg_filter
 from jobs.prepare import prepare_dataset
 from jobs.report import default_metric
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Modules allowed to name a dataset: the registry itself, the command line's help (cli_options' --dataset
 #: choices are checked against the registry below) and the demo, whose data is ActivityNet's layout.
 NAMING_ALLOWED = {"jobs/datasets.py", "cli_options.py", "cli.py", "jobs/demo.py"}

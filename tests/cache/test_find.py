@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from filelock import FileLock
-from helpers import key_inputs, write_job
+from helpers import HVU_JOB, copy_cache, hvu_overrides, key_inputs, write_job
 
 import jobs.extract
 from cache.manifest import CacheError
@@ -20,23 +20,6 @@ from jobs.extract import ExtractOptions, extract
 from jobs.replay import ReplayOptions, replay
 
 GRID = ["--replay.first_thresholds", "[0.0, 0.5, 0.99]", "--replay.gate_thresholds", "[0.1, 0.5]"]
-
-
-@pytest.fixture(scope="module")
-def dataset(anet, tmp_path_factory):
-    """A private copy of the ActivityNet fixture: these tests remove its frames."""
-    root = tmp_path_factory.mktemp("data")
-    top = os.path.dirname(anet["frames"])
-    shutil.copytree(top, root / "data")
-    return {k: str(root / "data" / os.path.relpath(v, top)) for k, v in anet.items()}
-
-
-@pytest.fixture(scope="module")
-def extracted(dataset, checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cached")
-    job_file = write_job(str(root / "job.yml"), dataset, checkpoint)
-    result = extract(load_job(job_file), ExtractOptions(cache_root=str(root / "cache"), shard_size=4))
-    return job_file, str(root / "cache"), result
 
 
 def _copy(cache_dir, dest, **inputs):
@@ -59,27 +42,26 @@ def _sweep(job_file, root, out, **options):
 # ---------------------------------------------------------------------------------------------- the key
 
 
-def test_replay_finds_its_cache_without_the_frames(dataset, checkpoint, tmp_path):
-    top = os.path.dirname(dataset["frames"])
-    shutil.copytree(top, tmp_path / "data")
-    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in dataset.items()}
-    job_file = write_job(str(tmp_path / "job.yml"), paths, checkpoint)
-    root = str(tmp_path / "cache")
-    extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
+def test_replay_finds_its_cache_without_the_frames(private, extracted, tmp_path):
+    paths, job_file, root = private
+    copy_cache(extracted.cache_dir, root)  # the shared extraction of these frames (the key has no paths)
     before = _sweep(job_file, root, tmp_path / "before")
     shutil.rmtree(paths["frames"])  # the frames are gone (or on another machine than the cache)
     after = _sweep(job_file, root, tmp_path / "after")
     assert after.equals(before) and after.num_rows == 6
 
 
-def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(extracted, tmp_path, monkeypatch):
+def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(
+    job_file, extracted, tmp_path, monkeypatch
+):
     import cache.manifest
     from cache.inputs import key_inputs
     from cache.key import cache_key
     from frameexit.checkpoint import backbone_digest
     from jobs.model import checkpoint_state
 
-    job_file, root, result = extracted
+    root = str(tmp_path / "cache")
+    cache_dir = copy_cache(extracted.cache_dir, root)
     job = load_job(job_file)
     inputs = key_inputs(
         job.data,
@@ -90,22 +72,22 @@ def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(
         backbone_digest=backbone_digest(checkpoint_state(job, job.checkpoints[0])),
         batching="per-step",  # what auto means on a CPU
     )
-    assert result.cache_dir == os.path.join(root, cache_key(inputs))
+    assert cache_dir == os.path.join(root, cache_key(inputs))
     # a decoy beside it recording the same inputs is never looked at
-    _copy(result.cache_dir, os.path.join(root, "0-decoy"))
+    _copy(cache_dir, os.path.join(root, "0-decoy"))
     read = []
     original = cache.manifest.read_manifest
     monkeypatch.setattr(cache.manifest, "read_manifest", lambda d: read.append(d) or original(d))
     import cache.reader
 
     monkeypatch.setattr(cache.reader, "read_manifest", cache.manifest.read_manifest)
-    assert _open(job, root).directory == result.cache_dir
-    assert read == [result.cache_dir]
+    assert _open(job, root).directory == cache_dir
+    assert read == [cache_dir]
 
 
-def test_a_channels_last_cache_serves_only_a_channels_last_replay(dataset, checkpoint, tmp_path):
+def test_a_channels_last_cache_serves_only_a_channels_last_replay(anet, checkpoint, tmp_path):
     # issue 19, item 2: channels-last features differ in the last bits; they are another cache
-    job_file = write_job(str(tmp_path / "job.yml"), dataset, checkpoint)
+    job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
     root = str(tmp_path / "cache")
     made = extract(
         load_job(job_file, ["--extract.channels_last", "true"]), ExtractOptions(cache_root=root, shard_size=4)
@@ -122,24 +104,21 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(dataset, check
     assert record["cache"]["directory"] == made.cache_dir
 
 
-def test_a_changed_key_format_is_another_cache(hvu, checkpoint, tmp_path):
+def test_a_changed_key_format_is_another_cache(hvu, checkpoint, hvu_extracted, tmp_path):
     # issue 19, item 3: data.key_format decides the videos and their labels
-    from test_hvu import HVU_JOB, _overrides
 
     root = str(tmp_path / "cache")
-    job = load_job(HVU_JOB, _overrides(hvu, checkpoint, 0.61))
-    extracted = extract(job, ExtractOptions(cache_root=root))
-    other = load_job(HVU_JOB, [*_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
+    cache_dir = copy_cache(hvu_extracted.cache_dir, root)  # the job's own cache, as extract made it
+    other = load_job(HVU_JOB, [*hvu_overrides(hvu, checkpoint, 0.61), "--data.key_format", "{youtube_id}.mp4"])
     with pytest.raises(CacheError, match="no feature cache for this job") as info:
         replay(other, str(tmp_path / "o"), ReplayOptions(cache_root=root, scheduler="sync"))
     assert "video key format data.key_format None in the cache, '{youtube_id}.mp4' in the job" in str(info.value)
-    assert extracted.cache_dir in str(info.value)
+    assert cache_dir in str(info.value)
 
 
-def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(extracted, tmp_path):
+def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(job_file, extracted, tmp_path):
     # e.g. bench/replay.py's synthetic caches record the backbone digest alone
-    job_file, _, result = extracted
-    made = shutil.copytree(result.cache_dir, tmp_path / "made", ignore=shutil.ignore_patterns(".lock"))
+    made = shutil.copytree(extracted.cache_dir, tmp_path / "made", ignore=shutil.ignore_patterns(".lock"))
     path = made / "manifest.json"
     doc = json.loads(path.read_text())
     digest = doc["inputs"]["backbone_digest"]
@@ -158,10 +137,9 @@ def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(extracted, tmp_p
         replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), scheduler="sync"))
 
 
-def test_a_cache_with_other_inputs_is_refused_naming_them(extracted, tmp_path):
-    job_file, _, result = extracted
+def test_a_cache_with_other_inputs_is_refused_naming_them(job_file, extracted, tmp_path):
     root = tmp_path / "root"
-    fp16 = _copy(result.cache_dir, root / "fp16", precision="fp16")
+    fp16 = _copy(extracted.cache_dir, root / "fp16", precision="fp16")
     with pytest.raises(CacheError) as info:
         _sweep(job_file, str(root), tmp_path / "o")
     message = str(info.value)
@@ -175,10 +153,9 @@ def test_a_cache_with_other_inputs_is_refused_naming_them(extracted, tmp_path):
         _sweep(job_file, str(tmp_path / "empty"), tmp_path / "o")
 
 
-def test_an_incomplete_cache_is_named(extracted, tmp_path):
-    job_file, _, result = extracted
+def test_an_incomplete_cache_is_named(job_file, extracted, tmp_path):
     root = tmp_path / "root"
-    copy = _copy(result.cache_dir, root / os.path.basename(result.cache_dir))
+    copy = _copy(extracted.cache_dir, root / os.path.basename(extracted.cache_dir))
     path = os.path.join(copy, "manifest.json")
     with open(path) as f:
         doc = json.load(f)
@@ -199,12 +176,10 @@ def _open(job, root, **options):
 
 
 @pytest.fixture
-def private(dataset, checkpoint, tmp_path):
-    """A private copy of the dataset, its job file and a cache root."""
-    top = os.path.dirname(dataset["frames"])
-    shutil.copytree(top, tmp_path / "data")
-    paths = {k: str(tmp_path / "data" / os.path.relpath(v, top)) for k, v in dataset.items()}
-    return paths, write_job(str(tmp_path / "job.yml"), paths, checkpoint), str(tmp_path / "cache")
+def private(private, tmp_path):
+    """conftest's private copy of the ActivityNet fixture and its job file, with a cache root."""
+    paths, job_file = private
+    return paths, job_file, str(tmp_path / "cache")
 
 
 def _same_size_other_jpeg(path):
@@ -292,17 +267,18 @@ def _shas(cache_dir):
 # ---------------------------------------------------------------------------------------------- write
 
 
-def test_a_second_writer_is_refused(extracted):
-    job_file, root, result = extracted
-    lock = FileLock(os.path.join(result.cache_dir, ".lock"), timeout=0)
-    with lock, pytest.raises(CacheError, match=f"another frameexit extract is writing {result.cache_dir}"):
+def test_a_second_writer_is_refused(job_file, extracted, tmp_path):
+    root = str(tmp_path / "cache")
+    cache_dir = copy_cache(extracted.cache_dir, root)
+    lock = FileLock(os.path.join(cache_dir, ".lock"), timeout=0)
+    with lock, pytest.raises(CacheError, match=f"another frameexit extract is writing {cache_dir}"):
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
     again = extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=4))
     assert again.shards_written == 0
 
 
-def test_extract_leaves_the_tf32_flags_as_they_were(dataset, checkpoint, tmp_path, monkeypatch):
-    job_file = write_job(str(tmp_path / "job.yml"), dataset, checkpoint)
+def test_extract_leaves_the_tf32_flags_as_they_were(anet, checkpoint, tmp_path, monkeypatch):
+    job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
     seen = []
     write = jobs.extract.write_shard
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import write_job
+from helpers import ANET_JOB, ROOT, write_job
 from PIL import Image
 
 from frameexit.backbone import random_backbone
@@ -17,8 +17,6 @@ from jobs.extract import ExtractOptions, extract
 from jobs.frames import read_frame
 from jobs.model import LazyModel
 from jobs.process import configure_process, dask_worker_setup, dataloader_worker_init
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _state():
@@ -49,7 +47,7 @@ def test_preprocessing_a_frame_leaves_the_process_as_it_was(threads, tmp_path):
     image.save(path)
     before = _state()
     preprocess_image(image)
-    read_frame(path, load_job(os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")).data.preprocessing)
+    read_frame(path, load_job(ANET_JOB).data.preprocessing)
     assert _same(before, _state())
 
 

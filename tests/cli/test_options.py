@@ -7,14 +7,12 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from helpers import invoke
+from helpers import ANET_JOB, ROOT, invoke
 
 from cli import main
 from cli_options import OPTIONS
 from reports import text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ANET_JOB = os.path.join(ROOT, "jobs", "activitynet_inference_2d.yml")
 README = os.path.join(ROOT, "README.md")  # a file that exists
 
 
@@ -88,6 +86,9 @@ def _options_of(help_text):
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["infer", ANET_JOB], "Missing option '--out'"),
+        (["infer", "--data.path_frame", "x", ANET_JOB, "--out", "o"], "JOB must come first"),
+        (["infer", ANET_JOB, "--out", "o", "--device", "gpu"], "'gpu' is not one of auto, cpu, cuda, cuda:N"),
         (["run"], "Missing argument 'JOB'"),
         (["run", ANET_JOB], "Missing option '--out'"),
         (["run", "--data.path_frame", "x", ANET_JOB, "--out", "o"], "JOB must come first"),
@@ -146,6 +147,7 @@ def test_scheduler_with_workers_is_exit_2_whichever_comes_first(command, schedul
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["infer", "missing.yml", "--out", "o"], "job file not found: missing.yml"),
         (["run", "missing.yml", "--out", "o"], "job file not found: missing.yml"),
         (["train", "missing.yml", "--out", "head.pth"], "job file not found: missing.yml"),
         (["prepare", "check", "missing.yml"], "job file not found: missing.yml"),

@@ -2,37 +2,22 @@
 
 import json
 import math
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import HVU_CATEGORIES
+from helpers import HVU_CATEGORIES, HVU_JOB, copy_cache, hvu_overrides
 
 from cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
-
-
-def _overrides(hvu, checkpoint, first_threshold):
-    """The bundled HVU job on the fixture: its files, a random ResNet-18 and the fixture's 200 tags."""
-    return [
-        *("--data.path_frame", hvu["frames"], "--data.path_split", hvu["split"]),
-        *("--data.path_label", hvu["labels"], "--data.path_classid", hvu["classes"]),
-        *("--data.path_category", hvu["categories"], "--checkpoint.init", checkpoint),
-        *("--model.backbone.name", "torchvision.resnet18", "--model.backbone.output_dim", "512"),
-        *("--model.num_class", "200", "--data.preprocessing_label.one_hot_encoding", "200"),
-        *("--model.first_threshold", str(first_threshold)),
-    ]
-
 
 @pytest.fixture(scope="module")
-def runs(hvu, checkpoint, tmp_path_factory):
+def runs(hvu, checkpoint, hvu_extracted, tmp_path_factory):
     """``frameexit infer`` and ``frameexit run`` of the bundled HVU job, at a first threshold some videos pass."""
     root = tmp_path_factory.mktemp("hvu-runs")
-    args = _overrides(hvu, checkpoint, 0.61)
+    copy_cache(hvu_extracted.cache_dir, root / "cache")  # the job's features: run checks them against the frames
+    args = hvu_overrides(hvu, checkpoint, 0.61)
     r = CliRunner().invoke(main, ["infer", HVU_JOB, *args, "--out", str(root / "infer")])
     assert r.exit_code == 0, r.output
     grid = ["--first-thresholds", "0.5:0.7:5", "--gate-thresholds", "0.3,0.5,0.7", "--per-video", "all"]
@@ -82,7 +67,7 @@ def test_replay_equals_infer_on_multi_label_videos(runs):
 def test_replay_at_the_job_setting_equals_infer_video_by_video(hvu, checkpoint, runs, tmp_path):
     infer_dir, run_dir, _ = runs
     job_setting = ["--first-thresholds", "0.61", "--gate-thresholds", "0.5"]
-    args = [*_overrides(hvu, checkpoint, 0.61), "--cache", str(run_dir.parent / "cache"), *job_setting]
+    args = [*hvu_overrides(hvu, checkpoint, 0.61), "--cache", str(run_dir.parent / "cache"), *job_setting]
     r = CliRunner().invoke(main, ["replay", HVU_JOB, *args, "--out", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
     replayed = {r["video"]: r for r in pq.read_table(tmp_path / "r" / "videos.parquet").to_pylist()}
@@ -111,7 +96,7 @@ def test_reports_show_map_per_category(runs):
     assert "# FrameExit report: hvu" in markdown and "summary.md" in output
 
 
-def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, tmp_path):
+def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, hvu_extracted, tmp_path):
     import torch
 
     from jobs.config import load_job
@@ -120,10 +105,11 @@ def test_training_on_hvu_uses_the_per_tag_loss_by_default(hvu, checkpoint, tmp_p
 
     small = ["--train.epochs_classifier", "2", "--train.epochs_gates", "1", "--train.hidden_dim", "16"]
     small += ["--train.batch_size", "3"]
+    copy_cache(hvu_extracted.cache_dir, tmp_path / "cache")  # the split's features: train extracts nothing
     options = ExtractOptions(cache_root=str(tmp_path / "cache"))
     heads = {}
     for name, extra in (("default", []), ("bce", ["--train.loss", "bce"]), ("softmax", ["--train.loss", "softmax"])):
-        job = load_job(HVU_JOB, [*_overrides(hvu, checkpoint, 0.61), *small, *extra])
+        job = load_job(HVU_JOB, [*hvu_overrides(hvu, checkpoint, 0.61), *small, *extra])
         result = train(job, str(tmp_path / f"{name}.pth"), extract_options=options)
         heads[name] = (result.loss, torch.load(result.checkpoint, weights_only=True))
     assert [heads[k][0] for k in ("default", "bce", "softmax")] == ["bce", "bce", "softmax"]

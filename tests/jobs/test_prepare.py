@@ -16,15 +16,13 @@ import numpy as np
 import psutil  # installed with dask.distributed
 import pytest
 from click.testing import CliRunner
-from helpers import class_names, official_state, write_job
+from helpers import EXE, ROOT, class_names, official_state, write_job
 from PIL import Image
 
 from cli import main
 from frameexit.atomic import LOCK_NAME
 from jobs.ffmpeg import ffmpeg_version, find_ffmpeg
 
-EXE = os.path.join(os.path.dirname(sys.executable), "frameexit")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()  # the static ffmpeg of the imageio-ffmpeg wheel
 MANIFEST = "prepare-frames.json"
 

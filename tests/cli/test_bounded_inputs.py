@@ -90,22 +90,9 @@ REPORT_FILES = ("summary.json", "summary.md", "curve.png")
 
 
 @pytest.fixture(scope="module")
-def reported(anet, checkpoint, tmp_path_factory):
-    """A job file and a replayed-and-reported run directory of the ActivityNet fixture."""
-    from jobs.config import load_job
-    from jobs.extract import ExtractOptions, extract
-    from jobs.replay import ReplayOptions, replay
-    from jobs.report import report
-
-    root = tmp_path_factory.mktemp("reported")
-    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
-    cache = str(root / "cache")
-    extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
-    run = str(root / "run")
-    grid = ["--replay.first_thresholds", "[0.5, 1.0]", "--replay.gate_thresholds", "[0.5]"]
-    replay(load_job(job_file, grid), run, ReplayOptions(cache_root=cache))
-    report(run)
-    return job_file, run
+def reported(job_file, reported):
+    """The session's job file and its replayed-and-reported run folder (read only: a test copies it)."""
+    return job_file, reported
 
 
 def _nested(depth: int):

@@ -8,14 +8,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import write_job
 
 import jobs.replay
 from cache.shard import file_sha256
 from cli import main
 from frameexit.errors import UsageError
 from jobs.config import load_job
-from jobs.extract import ExtractOptions, extract
 from jobs.memory import memory_estimate
 from jobs.replay import ReplayOptions, replay
 
@@ -23,11 +21,9 @@ REPORT_FILES = ("summary.md", "summary.json", "curve.png")
 
 
 @pytest.fixture(scope="module")
-def setup(anet, checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("replay-errors")
-    job_file = write_job(str(root / "job.yml"), anet, checkpoint)
-    result = extract(load_job(job_file), ExtractOptions(cache_root=str(root / "cache"), shard_size=4))
-    return job_file, str(root / "cache"), result.cache_dir
+def setup(job_file, extracted):
+    """The session's job file, cache root and cache directory (read only)."""
+    return job_file, os.path.dirname(extracted.cache_dir), extracted.cache_dir
 
 
 def _copy_cache(cache_dir, dest, edit=None):

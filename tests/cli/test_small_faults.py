@@ -12,13 +12,11 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import activitynet_dataset, data_overrides, official_state, write_job
+from helpers import HVU_JOB, ROOT, activitynet_dataset, copy_cache, data_overrides, official_state, write_job
 
 from cli import main
 from frameexit.cost import measure_step_costs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HVU_JOB = os.path.join(ROOT, "jobs", "hvu_inference_2d.yml")
 X3D_JOB = "activitynet_x3d_s.yml"
 
 
@@ -172,7 +170,7 @@ def test_a_budget_over_videos_without_labels_says_so_not_that_no_setting_fits(ch
     assert note == "no evaluated video of this run has a label, so no setting has an accuracy (top-1) to choose by"
 
 
-def test_top1_beside_a_count_of_videos_says_how_many_have_a_label(anet, checkpoint, tmp_path):
+def test_top1_beside_a_count_of_videos_says_how_many_have_a_label(anet, checkpoint, extracted, tmp_path):
     # the fixture evaluates 6 videos, one of them (v_delta.mp4) without a label: top-1 is over the other 5
     job = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
     r = CliRunner().invoke(main, ["infer", job, "--out", str(tmp_path / "infer"), "--no-progress"])
@@ -182,6 +180,7 @@ def test_top1_beside_a_count_of_videos_says_how_many_have_a_label(anet, checkpoi
     assert f"  top-1          {metrics['top1']:.4f} (of the 5 videos with a label)\n" in r.output
     out = tmp_path / "run"
     grid = ["--first-thresholds", "0.5,0.99", "--gate-thresholds", "0.5"]
+    copy_cache(extracted.cache_dir, tmp_path / "cache")  # this job's features: run extracts nothing
     r = CliRunner().invoke(main, ["run", job, "--cache", str(tmp_path / "cache"), "--out", str(out), *grid])
     assert r.exit_code == 0, r.output
     assert "settings over 6 videos (5 with a label, 2 skipped), order coarse_to_fine" in r.output
