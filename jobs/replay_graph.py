@@ -21,7 +21,7 @@ Per checkpoint head ``i``:
 
 The job's own setting is computed with the grid (its thresholds added to the
 grid's when they are not on it): the AP of a setting does not depend on the other
-settings computed with it, bit for bit (tested in ``tests/test_sweep.py``).
+settings computed with it, bit for bit (tested in ``tests/frameexit/test_sweep.py``).
 Results do not depend on the scheduler, the number of workers, the shard size or
 the class blocks.
 """

@@ -13,6 +13,9 @@ from frameexit.errors import ConfigError, FrameExitError, WorkerLostError, excep
 LOCAL_SCHEDULERS = ("threads", "sync")
 #: Seconds to wait for a remote scheduler before giving up with an error naming it.
 CONNECT_TIMEOUT = 30
+#: A local cluster's scheduler without a dashboard; its HTTP server (started even then) on a free local port, not
+#: distributed's 8787, which another command's cluster may hold (stderr would say so)
+NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
 
 
 @contextlib.contextmanager
@@ -36,7 +39,7 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
         with explaining_lost_workers(
             "starting", f"give this machine more free memory or use fewer --workers ({workers})"
         ):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, **NO_DASHBOARD)
         with cluster, Client(cluster) as client:
             yield client
     elif scheduler and scheduler not in LOCAL_SCHEDULERS:
@@ -58,7 +61,7 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
                 f"{gpus} GPUs are visible: spreading shards over them needs dask-cuda "
                 "(pip install '.[gpu]'); or pass --device cuda:0 to use one"
             ) from None
-        with LocalCUDACluster(dashboard_address=None) as cluster, Client(cluster) as client:
+        with LocalCUDACluster(**NO_DASHBOARD) as cluster, Client(cluster) as client:
             yield client
     else:
         yield None

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -321,8 +322,14 @@ def test_dask_worker_logs_only_with_verbose(job_file, extracted, tmp_path):
         args = [EXE, *extra, "replay", job_file, "--cache", cache, "--workers", "1", "--out", str(tmp_path / "o")]
         return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
-    # one after the other: a second cluster would find the first one's dashboard port taken, and say so on stderr
-    quiet = replay()
+    # 8787 (distributed's dashboard port) taken, as by another command's cluster: nothing about it on stderr
+    with socket.socket() as taken:
+        try:
+            taken.bind(("", 8787))
+            taken.listen()
+        except OSError:
+            pass  # taken already
+        quiet = replay()
     assert quiet.returncode == 0, quiet.stderr
     assert "distributed" not in quiet.stderr, quiet.stderr
     loud = replay("-v")
