@@ -11,7 +11,7 @@ every shard exactly as an uninterrupted one.
 
 This module wires the torch pipeline (frames -> backbone -> shard) and the
 scheduling (one process, or shard tasks on dask); the cache directory (key,
-lock, plan, manifest, checksums) is :mod:`cache.plan`'s.
+lock, plan, manifest, checksums) is :mod:`cache.plan`'s and :mod:`cache.manifest`'s.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from torch.utils.data import Dataset as TorchDataset
 from cache import exactness
 from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
-from cache.manifest import CacheError, Manifest
-from cache.plan import CacheWriter, open_for_writing, usable_videos
+from cache.manifest import CacheError, FeatureCache, Manifest
+from cache.plan import Checked, open_for_writing, shard_attrs
 from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
@@ -262,12 +262,12 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         n_listed=dataset.n_listed,
         skipped=[{"video": s.video, "reason": s.reason} for s in dataset.skipped],
         check_frames=check_frames,
-    ) as cache:
-        if cache.complete:
+    ) as (cache, checked):
+        if not checked.pending and cache.manifest.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(job, cache, 0, 0, time.perf_counter() - started))
-        cache.set_provenance(_provenance(job, checkpoint, options))
-        attrs = cache.attrs()
+            return _checked(job, _result(job, cache, checked, 0, 0, time.perf_counter() - started))
+        cache.manifest.provenance = _provenance(job, checkpoint, options)
+        attrs = shard_attrs(inputs)
         tasks = [
             ShardTask(
                 index=i,
@@ -278,7 +278,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
                 options=options,
                 attrs=attrs,
             )
-            for i in cache.pending
+            for i in checked.pending
         ]
         backbone = BackboneHolder(job, checkpoint, options.channels_last, state=state)
         del state  # the holder drops it once the backbone is built
@@ -287,7 +287,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped, result.records, result.probe)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
+    return _checked(job, _result(job, cache, checked, len(tasks), frames, time.perf_counter() - started))
 
 
 def _checked(job: Job, result: ExtractResult) -> ExtractResult:
@@ -296,21 +296,23 @@ def _checked(job: Job, result: ExtractResult) -> ExtractResult:
     return result
 
 
-def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
+def _result(
+    job: Job, cache: FeatureCache, checked: Checked, written: int, frames: int, seconds: float
+) -> ExtractResult:
     manifest = cache.manifest
     return ExtractResult(
         cache.directory,
         manifest.key,
-        usable_videos(manifest),
+        manifest.usable_videos(),
         len(manifest.shards),
         written,
         frames,
         seconds,
         manifest.all_skipped(),
         "clips" if job.model.clips else "frames",
-        frames_changed=cache.checked.changed,
-        retried=cache.checked.retried,
-        replanned=cache.replanned,
+        frames_changed=checked.changed,
+        retried=checked.retried,
+        replanned=checked.replanned,
         exactness=exactness.summarize(
             manifest.inputs.get("batching", exactness.BATCHED), [e.probe for e in manifest.shards]
         ),

@@ -22,9 +22,7 @@ import numpy as np
 from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, key_inputs
-from cache.manifest import CacheError
-from cache.plan import usable_videos
-from cache.reader import FeatureCache
+from cache.manifest import CacheError, FeatureCache
 from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import BACKBONE, backbone_digest
@@ -179,7 +177,7 @@ def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool
     first = checkpoint_state(job, job.checkpoints[0])
     cache = _open_cache(job, options, backbone_digest(first))
     categories = load_categories(job.data)
-    n_videos = usable_videos(cache.manifest)
+    n_videos = cache.manifest.usable_videos()
     heads = _load_heads(job, cache, first)
     del first
     largest_block = plan_memory(
@@ -321,11 +319,13 @@ def _sweep(
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
     computed grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's
     setting)."""
-    shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
+    shards = cache.shards()
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
-        block = options.class_block or default_class_block(n_class, cache_videos(cache), n_steps, cpu_workers(client))
+        block = options.class_block or default_class_block(
+            n_class, len(cache.manifest.planned()), n_steps, cpu_workers(client)
+        )
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
         graph = build_graph(
             heads,
@@ -355,11 +355,6 @@ def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: in
     by_workers = math.ceil(num_class / max(2 * workers, 1))
     by_memory = BLOCK_BYTES // max(4 * n_videos * n_steps, 1)
     return int(max(1, min(num_class, by_workers, by_memory)))
-
-
-def cache_videos(cache: FeatureCache) -> int:
-    """Videos planned in the cache's shards (those skipped while extracting included: an upper bound)."""
-    return sum(len(entry.videos) for entry in cache.manifest.shards)
 
 
 # ---------------------------------------------------------------------------------------------- the outputs

@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from tqdm.dask import TqdmCallback
 
-from cache.manifest import CacheError
-from cache.reader import ShardMissingError, verify_shard
+from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
 from frameexit.checkpoint import build_model
 from frameexit.exactness import (

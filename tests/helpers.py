@@ -350,7 +350,7 @@ def data_overrides(paths: dict[str, str]) -> list[str]:
 
 
 def cached_videos(cache) -> list[str]:
-    """Every video key of a :class:`cache.reader.FeatureCache`, in shard order (sorted)."""
+    """Every video key of a :class:`cache.manifest.FeatureCache`, in shard order (sorted)."""
     return [v for shard in cache.iter_shards() for v in shard.videos]
 
 

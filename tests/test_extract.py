@@ -17,8 +17,7 @@ from click.testing import CliRunner
 from helpers import cached_video, cached_videos, key_inputs, load_fixture, official_state, write_frames, write_job
 
 from cache.key import CacheKeyInputs, cache_key
-from cache.manifest import CacheCorruptError, read_manifest
-from cache.reader import FeatureCache
+from cache.manifest import CacheCorruptError, FeatureCache, read_manifest
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.preprocess import Preprocessing

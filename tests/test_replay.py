@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from helpers import official_head_shapes, official_state, write_job
 from oracles import concat_tables
 
-from cache.reader import FeatureCache
+from cache.manifest import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
