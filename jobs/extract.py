@@ -40,18 +40,19 @@ from cache.manifest import CacheError, FeatureCache, Manifest
 from cache.plan import Checked, open_for_writing, shard_attrs
 from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import backbone_digest, build_backbone_from_state
+from frameexit.checkpoint import BACKBONE, backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, UsageError
 from frameexit.metrics import multi_hot
 from frameexit.sampling import clip_indices
 from reports.records import runtime
 
 from .config import Job
-from .datasets import Video, load_job_dataset, require_videos
+from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import LazyModel, backbone_geometry, checkpoint_state, resolve_device
+from .model import LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
+from .replay_graph import HeadState
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,9 @@ class ExtractResult:
         The split's frame folders had changed (videos gained or lost frames): the cache was planned anew.
     exactness : dict or None
         How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
+    cache, classes, head
+        For a replay that follows in this process (:mod:`jobs.run`), which then reads none of them again: the
+        cache, the class list and the checkpoint's head weights with the SHA-256 of its file.
     """
 
     cache_dir: str
@@ -152,6 +156,9 @@ class ExtractResult:
     retried: list[str] = dataclasses.field(default_factory=list)
     replanned: bool = False
     exactness: dict[str, Any] | None = None
+    cache: FeatureCache | None = dataclasses.field(default=None, repr=False, compare=False)
+    classes: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    head: HeadState | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -181,14 +188,16 @@ class ShardResult:
 
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
-) -> tuple[CacheKeyInputs, Any, dict[str, torch.Tensor]]:
-    """Key inputs, dataset and checkpoint state of the cache that ``job`` (with ``checkpoint``'s backbone) writes.
+) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
+    """Key inputs, dataset, checkpoint state and checkpoint SHA-256 of the cache that ``job`` (with ``checkpoint``'s
+    backbone) writes.
 
-    Reads the split, labels, the frame listing and the checkpoint, but runs no
+    Reads the split, labels, the frame listing and the checkpoint, each file
+    once (its digest and its contents from the same bytes), but runs no
     backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
     """
     dataset = load_job_dataset(job.data, job.model.num_class)
-    state = checkpoint_state(job, checkpoint or job.checkpoints[0])
+    state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
     inputs = key_inputs(
         job.data,
         job.model,
@@ -197,8 +206,9 @@ def cache_inputs(
         channels_last=options.channels_last,
         backbone_digest=backbone_digest(state),
         batching=resolved(job, options).batching,
+        digests=dataset.digests,
     )
-    return inputs, dataset, state
+    return inputs, dataset, state, sha256
 
 
 def resolved(job: Job, options: ExtractOptions) -> ExtractOptions:
@@ -244,8 +254,10 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     checkpoint = job.checkpoints[0]
     options = resolved(job, options)
     check_writable_dir(options.cache_root, "--cache")
-    inputs, dataset, state = cache_inputs(job, options, checkpoint)
+    inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
+    # for a replay that follows in this process (jobs.run): the head weights and the SHA-256 of the bytes read
+    head = HeadState(checkpoint, sha256, {k: v for k, v in state.items() if not k.startswith(BACKBONE)})
     started = time.perf_counter()
     by_key = {v.key: v for v in dataset.videos}
 
@@ -265,7 +277,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     ) as (cache, checked):
         if not checked.pending and cache.manifest.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(job, cache, checked, 0, 0, time.perf_counter() - started))
+            return _checked(job, _result(job, cache, checked, 0, 0, time.perf_counter() - started), dataset, head)
         cache.manifest.provenance = _provenance(job, checkpoint, options)
         attrs = shard_attrs(inputs)
         tasks = [
@@ -287,13 +299,13 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped, result.records, result.probe)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(job, cache, checked, len(tasks), frames, time.perf_counter() - started))
+    return _checked(job, _result(job, cache, checked, len(tasks), frames, time.perf_counter() - started), dataset, head)
 
 
-def _checked(job: Job, result: ExtractResult) -> ExtractResult:
+def _checked(job: Job, result: ExtractResult, dataset: Dataset, head: HeadState) -> ExtractResult:
     # every video can fail at decoding time (corrupt JPEGs): the cache is complete, but holds nothing to evaluate
     require_videos(result.n_videos, result.skipped, job.data.path_split)
-    return result
+    return dataclasses.replace(result, classes=dataset.classes, head=head)
 
 
 def _result(
@@ -316,6 +328,7 @@ def _result(
         exactness=exactness.summarize(
             manifest.inputs.get("batching", exactness.BATCHED), [e.probe for e in manifest.shards]
         ),
+        cache=cache,
     )
 
 
