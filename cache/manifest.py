@@ -1,15 +1,9 @@
-"""A cache directory and its manifest: the one definition of how its shards are named, read, checked and recorded.
+"""A cache directory and its manifest (:class:`FeatureCache`), for readers and the writer alike.
 
-``manifest.json`` lists the shards (their videos, and once written their
-checksum), the skipped videos and the key's inputs. It is rewritten atomically
-after every shard, so an interrupted extraction knows what it finished;
-``complete`` becomes true only when every planned shard is written, which makes
-the manifest the completion marker. A shard is read only after its bytes match
-the checksum the manifest records.
-
-:class:`FeatureCache` is a directory with its manifest, for readers
-(:meth:`FeatureCache.open`, :func:`cache.find.open_cache`) and the writer alike
-(:func:`cache.plan.open_for_writing`, which holds the directory's lock).
+``manifest.json`` is rewritten atomically after every shard, so an interrupted
+extraction knows what it finished; ``complete`` becomes true only when every
+planned shard is written, which makes the manifest the completion marker. A
+shard is read only after its bytes match the checksum the manifest records.
 """
 
 from __future__ import annotations

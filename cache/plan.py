@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frameexit.atomic import TMP_SUFFIX
+from frameexit.atomic import TMP_SUFFIX, folder_lock
 
 from .key import FORMAT_VERSION, CacheKeyInputs, cache_key
-from .lock import writer_lock
 from .manifest import CacheError, FeatureCache, Manifest, ShardEntry, read_manifest
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,10 @@ def open_for_writing(
     key = cache_key(inputs)
     cache_dir = os.path.join(root, key)
     os.makedirs(cache_dir, exist_ok=True)
-    with writer_lock(cache_dir):
+    # one writer: an operating-system lock, released when its process dies (a killed run leaves nothing to clean
+    # up); readers do not take it: they read complete shards only, checked against the manifest
+    busy = f"another frameexit extract is writing {cache_dir}; wait for it to finish"
+    with folder_lock(cache_dir, busy, lock_name=".lock", error=CacheError):
         remove_stale_temporaries(cache_dir)
         manifest = read_manifest(cache_dir)
         replanned = False

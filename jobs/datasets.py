@@ -372,20 +372,19 @@ def load_dataset(
     not ``num_class``. Videos without a frame folder, without ``*.jpeg`` files
     or without an entry in the label file are skipped with their reason.
     """
-    token = _DIGESTS.set({})
+    digests: dict[str, str] = {}
+    token = _DIGESTS.set(digests)  # the files' SHA-256, from the bytes parsed
     try:
-        return _load_dataset(name, path_frame, path_split, path_label, path_classid, num_class, key_format)
+        classes = read_class_list(path_classid or "")
+        if len(classes) != num_class:
+            raise DatasetError(
+                f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}"
+            )
+        keys = read_split(path_split or "")
+        labels = read_labels(name, path_label or "", key_format)
     finally:
         _DIGESTS.reset(token)
-
-
-def _load_dataset(name, path_frame, path_split, path_label, path_classid, num_class, key_format) -> Dataset:
-    classes = read_class_list(path_classid or "")
-    if len(classes) != num_class:
-        raise DatasetError(f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}")
     index = {c: i for i, c in enumerate(classes)}
-    keys = read_split(path_split or "")
-    labels = read_labels(name, path_label or "", key_format)
     if not path_frame:
         raise DatasetError("no frames root given: set data.path_frame")
     if not os.path.isdir(path_frame):
@@ -410,7 +409,7 @@ def _load_dataset(name, path_frame, path_split, path_label, path_classid, num_cl
             skipped.append(Skipped(key, f"no *.jpeg frames in {folder}"))
             continue
         videos.append(Video(key, tuple(frames), tuple(sorted({index[lab] for lab in labels[key]}))))
-    return Dataset(tuple(videos), tuple(skipped), len(keys), tuple(classes), dict(_DIGESTS.get() or {}))
+    return Dataset(tuple(videos), tuple(skipped), len(keys), tuple(classes), digests)
 
 
 def load_job_dataset(data, num_class: int) -> Dataset:

@@ -139,8 +139,7 @@ class ExtractResult:
     exactness : dict or None
         How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
     cache, classes, head
-        For a replay that follows in this process (:mod:`jobs.run`), which then reads none of them again: the
-        cache, the class list and the checkpoint's head weights with the SHA-256 of its file.
+        The cache, class list and checkpoint head (:class:`jobs.replay_graph.HeadState`), for :mod:`jobs.run`'s replay.
     """
 
     cache_dir: str
@@ -189,12 +188,10 @@ class ShardResult:
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
 ) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
-    """Key inputs, dataset, checkpoint state and checkpoint SHA-256 of the cache that ``job`` (with ``checkpoint``'s
-    backbone) writes.
+    """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes.
 
-    Reads the split, labels, the frame listing and the checkpoint, each file
-    once (its digest and its contents from the same bytes), but runs no
-    backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
+    Reads the split, labels, the frame listing and the checkpoint, each file once (digest and contents from the
+    same bytes), but runs no backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
     """
     dataset = load_job_dataset(job.data, job.model.num_class)
     state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])

@@ -56,15 +56,8 @@ def run(
         # replay and report write one set: a report that fails leaves the previous replay and report together
         with output_set(out_dir, names, seals=(REPLAY_FILE, SUMMARY_JSON), stale=(METRICS_FILE,)) as stage:
             # the cache just extracted or verified, the class list and the head extract read: none is read again
-            record = replay_into(
-                job,
-                stage,
-                replay_options,
-                progress=progress,
-                cache=extracted.cache,
-                classes=extracted.classes,
-                first=extracted.head,
-            )
+            handed = dict(cache=extracted.cache, classes=extracted.classes, first=extracted.head)
+            record = replay_into(job, stage, replay_options, progress=progress, **handed)
             summary = report_into(stage, stage, report_options)
     paths = out_paths(out_dir, names)
     replayed = ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
