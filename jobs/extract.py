@@ -40,7 +40,7 @@ from cache.manifest import CacheError, FeatureCache, Manifest
 from cache.plan import Checked, open_for_writing, shard_attrs
 from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import BACKBONE, backbone_digest, build_backbone_from_state
+from frameexit.checkpoint import backbone_digest, build_backbone_from_state
 from frameexit.errors import ConfigError, UsageError
 from frameexit.metrics import multi_hot
 from frameexit.sampling import clip_indices
@@ -254,7 +254,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
     # for a replay that follows in this process (jobs.run): the head weights and the SHA-256 of the bytes read
-    head = HeadState(checkpoint, sha256, {k: v for k, v in state.items() if not k.startswith(BACKBONE)})
+    head = HeadState(checkpoint, sha256, state)
     started = time.perf_counter()
     by_key = {v.key: v for v in dataset.videos}
 

@@ -24,7 +24,7 @@ from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, file_digests, key_inputs
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import BACKBONE, backbone_digest
+from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
@@ -302,7 +302,7 @@ def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: s
             f"(backbone digest {digest[:12]}..., cache {str(cache_digest)[:12]}...); its heads cannot replay over "
             f"these features: run frameexit extract with --checkpoint.init {checkpoint}"
         )
-    return HeadState(checkpoint, sha256, {k: v for k, v in state.items() if not k.startswith(BACKBONE)})
+    return HeadState(checkpoint, sha256, state)
 
 
 def _concurrency(options: ReplayOptions) -> int:

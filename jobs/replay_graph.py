@@ -45,7 +45,7 @@ from tqdm.dask import TqdmCallback
 
 from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
-from frameexit.checkpoint import build_model
+from frameexit.checkpoint import BACKBONE, build_model
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -93,14 +93,15 @@ class HeadState(LazyModel):
     sha256 : str
         Of the checkpoint file.
     state : dict of str to Tensor
-        The head's weights (no ``backbone.*``), float32 as stored.
+        The checkpoint's weights, float32 as stored: the head's are kept, the backbone's (``backbone.*``) left out.
     """
 
     TRAVELS = ("name", "sha256", "state")
 
     def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
         super().__init__()
-        self.name, self.sha256, self.state = name, sha256, state
+        self.name, self.sha256 = name, sha256
+        self.state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
 
     @property
     def hidden_dim(self) -> int:
