@@ -11,8 +11,10 @@ import click
 
 from cli_options import (
     EXTRACT,
+    EXTRACT_KEYS,
     OPTIONS,
     REPLAY,
+    REPLAY_KEYS,
     REPORT,
     RUN_REPLAY,
     ExistingPath,
@@ -82,7 +84,7 @@ Examples:
   frameexit extract JOB --scheduler tcp://10.0.0.5:8786     # shards on a dask cluster
 """,
 )
-@options("progress", "verbose", extract_options=EXTRACT)
+@options("progress", "verbose", job_keys=EXTRACT_KEYS, extract_options=EXTRACT)
 def extract(job, extract_options, progress: bool | None) -> None:
     """Cache per-frame backbone features of every sampled frame in HDF5 shards.
 
@@ -117,7 +119,7 @@ Examples:
 """,
 )
 @out_option("Output directory for sweep.parquet, videos.parquet and replay.json.")
-@options("progress", "verbose", replay_options=REPLAY)
+@options("progress", "verbose", job_keys=REPLAY_KEYS, replay_options=REPLAY)
 def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
     """Sweep exit thresholds over cached features: milliseconds per operating point.
 
@@ -127,8 +129,9 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
     every setting of the grid FIRST_THRESHOLDS x GATE_THRESHOLDS: exit steps,
     mAP, top-1, GFLOPs (paper convention), measured GMACs, mean frames and the
     exit histogram. The cache is CACHE/<key>, the key computed from the job,
-    its first checkpoint and the extraction options (give those extract used);
-    the frames are not read (--verify-frames compares them with the cache's
+    its first checkpoint and the extraction settings (the job's extract.*
+    keys, or the options that set them: give those extract was given); the
+    frames are not read (--verify-frames compares them with the cache's
     record). Several checkpoints (checkpoint.init as a list) replay over one
     cache when they share its backbone weights. Over a per-step cache, results
     equal those of frameexit infer with the same thresholds, video by video;
@@ -189,7 +192,14 @@ Example:
 """,
 )
 @out_option("Output directory for every artefact.")
-@options("progress", "verbose", extract_options=EXTRACT, replay_options=RUN_REPLAY, report_options=REPORT)
+@options(
+    "progress",
+    "verbose",
+    job_keys=(*EXTRACT_KEYS, *REPLAY_KEYS),
+    extract_options=EXTRACT,
+    replay_options=RUN_REPLAY,
+    report_options=REPORT,
+)
 def run(job, out_dir: str, extract_options, replay_options, report_options, progress: bool | None) -> None:
     """The whole job: extract (reusing the cache), replay, report.
 
@@ -224,7 +234,7 @@ Examples:
 """,
 )
 @out_option("Checkpoint file to write.", directory=False)
-@options("progress", "verbose", extract_options=("cache_root", "num_workers", "device"))
+@options("progress", "verbose", job_keys=("num_workers",), extract_options=("cache_root", "device"))
 def train(job, out_path: str, extract_options, progress: bool | None) -> None:
     """Train a FrameExit head (projection, classifiers, gates) on cached features.
 

@@ -244,32 +244,40 @@ _option("--verify-frames/--no-verify-frames", default=False,
         "or other bytes, e.g. re-prepared under the same split file); without it, the frames are not read.")
 _option("--shard-size", type=click.IntRange(min=1), default=64, help="Videos per shard.")
 _option("--batch-videos", type=click.IntRange(min=1), default=8, help="Videos per backbone batch (x 10 frames).")
+# the options that stand for a job key (jobs.config.OPTION_KEYS) have no default of their own: the job's is theirs
 _option("--num-workers", type=click.IntRange(min=0),
-        help="DataLoader processes decoding JPEGs [default: data.num_workers of the job].")
-_option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
-        help="Storage type of the features (part of the cache key).")
-_option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
-        help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key).")
-_option("--channels-last/--no-channels-last", default=False,
+        help="DataLoader processes decoding JPEGs: sets data.num_workers [default: data.num_workers of the job].")
+_option("--dtype", type=click.Choice(["float32", "float16"]),
+        help="Storage type of the features (part of the cache key): sets extract.dtype "
+        "[default: extract.dtype of the job, else float32].")
+_option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+        help="Backbone arithmetic: exact fp32, TF32 matmuls, or bf16/fp16 autocast (changes the numbers and the key): "
+        "sets extract.precision [default: extract.precision of the job, else fp32].")
+_option("--channels-last/--no-channels-last", default=None,
         help="Channels-last memory format of the backbone: other convolution kernels, features that differ in "
-        "the last bits, so part of the cache key (give replay the same option).")
-_option("--batching", type=click.Choice(["auto", "batched", "per-step"]), default="auto",
+        "the last bits, so part of the cache key (give replay the same option, or set it in the job): sets "
+        "extract.channels_last [default: extract.channels_last of the job, else off].")
+_option("--batching", type=click.Choice(["auto", "batched", "per-step"]),
         help="Backbone forward passes: batched (the last bits may differ from frameexit infer's, measured on probe "
         "videos and reported) or per-step (one step per pass as infer runs it: equal to it bit for bit). auto: "
-        "batched on CUDA, per-step on a CPU; replay: a cache of either (per-step preferred). Part of the cache key.")
+        "batched on CUDA, per-step on a CPU; replay: a cache of either (per-step preferred). Part of the cache key: "
+        "sets extract.batching [default: extract.batching of the job, else auto].")
 _option("--probe-videos", type=click.IntRange(min=0), default=2,
         help="Videos per shard whose steps also run one per forward pass, to measure how far batched features "
         "are from infer's (0: none; replay then cannot tell which videos may disagree).")
 _option("--device", default="auto", callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 _option("--first-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
-        help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included) "
+        help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included): sets replay.first_thresholds "
         "[default: replay.first_thresholds of the job, else model.first_threshold].")
 _option("--gate-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
-        help="gate_threshold values, e.g. 0.1:0.9:33 [default: replay.gate_thresholds, else model.gate_threshold].")
+        help="gate_threshold values, e.g. 0.1:0.9:33: sets replay.gate_thresholds "
+        "[default: replay.gate_thresholds, else model.gate_threshold].")
 _option("--order", type=click.Choice(["coarse_to_fine", "sequential"]),
-        help="Policy order of the frames [default: model.adaptive.input_order of the job].")
-_option("--per-video", type=click.Choice(["default", "all"]), default="default",
-        help="Per-video rows for the job's default setting only, or for every setting.")
+        help="Policy order of the frames: sets model.adaptive.input_order [default: model.adaptive.input_order "
+        "of the job].")
+_option("--per-video", type=click.Choice(["default", "all"]),
+        help="Per-video rows for the job's default setting only, or for every setting: sets replay.per_video "
+        "[default: replay.per_video of the job, else default].")
 _option("--scheduler", default="threads", metavar="threads|sync|ADDRESS", callback=_not_with("workers", SCHEDULER_OR_WORKERS),
         help="Where the dask tasks run: threads or sync, dask's local threaded or synchronous scheduler "
         "(extraction: on this machine), or a dask.distributed scheduler address (tcp://HOST:PORT).")
@@ -324,23 +332,16 @@ _option("-v", "--verbose", count=True, expose_value=False, is_eager=True, callba
 
 JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 
-#: The options each `jobs` options object is built from (a command gets a plain option or an object's).
-FEATURES = ("dtype", "precision", "channels_last", "batching")  # the extraction settings in the cache key
-EXTRACT = (
-    "cache_root",
-    "shard_size",
-    "batch_videos",
-    "num_workers",
-    *FEATURES,
-    "probe_videos",
-    "device",
-    "scheduler",
-    "workers",
-)
-GRID = ("first_thresholds", "gate_thresholds", "order", "per_video")
-REPLAY = ("cache_root", "features", "verify_frames", *GRID, "scheduler", "workers", *FEATURES)
+#: The options each `jobs` options object is built from (a command gets a plain option or an object's): how a
+#: stage runs.
+EXTRACT = ("cache_root", "shard_size", "batch_videos", "probe_videos", "device", "scheduler", "workers")
+REPLAY = ("cache_root", "features", "verify_frames", "scheduler", "workers")
 # run replays the cache it has just extracted (and verified)
 RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames"))
+#: The options that stand for job keys (what a stage computes; jobs.config.OPTION_KEYS maps them to their keys).
+FEATURES = ("dtype", "precision", "channels_last", "batching")  # extract.*: the extraction settings in the cache key
+EXTRACT_KEYS = ("num_workers", *FEATURES)
+REPLAY_KEYS = ("first_thresholds", "gate_thresholds", "order", "per_video", *FEATURES)
 REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "accept_missing", "metric")
 
 
@@ -358,18 +359,25 @@ def _build(keyword: str, values: dict):
     return kind(**values)
 
 
-def options(*plain: str, **objects: tuple[str, ...]):
-    """Adds the options named in ``plain`` and those that ``objects`` (keyword -> option names) are built
-    from, each once and in the order of :data:`OPTIONS`; the command gets the ``plain`` values as they
-    are, and one options object per keyword of ``objects`` (see :func:`_build`) instead of their values."""
+def options(*plain: str, job_keys: tuple[str, ...] = (), **objects: tuple[str, ...]):
+    """Adds the options named in ``plain``, ``job_keys`` and those that ``objects`` (keyword -> option names)
+    are built from, each once and in the order of :data:`OPTIONS`; the command gets the ``plain`` values as
+    they are, one options object per keyword of ``objects`` (see :func:`_build`) instead of their values, and
+    its ``job`` with the ``job_keys`` options given set as the keys they stand for
+    (:func:`jobs.config.with_options`), after the job's own overrides."""
     grouped = {n for group in objects.values() for n in group}
-    names = sorted(grouped.union(plain), key=list(OPTIONS).index)
+    job_keys = tuple(dict.fromkeys(job_keys))  # each once: run takes extract's and replay's
+    names = sorted(grouped.union(plain, job_keys), key=list(OPTIONS).index)
 
     def decorate(f):
         @functools.wraps(f)
         def command(*args, **kwargs):
             values = {name: kwargs.pop(name) for name in grouped}
             built = {k: _build(k, {n: values[n] for n in group}) for k, group in objects.items()}
+            if job_keys:
+                from jobs.config import with_options
+
+                kwargs["job"] = with_options(kwargs["job"], {name: kwargs.pop(name) for name in job_keys})
             return f(*args, **built, **kwargs)
 
         for name in reversed(names):

@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 from frameexit.backbone import random_backbone  # noqa: E402
 from frameexit.checkpoint import save_checkpoint  # noqa: E402
 from frameexit.head import FrameExit  # noqa: E402
-from jobs.config import load_job  # noqa: E402
+from jobs.config import load_job, with_options  # noqa: E402
 from jobs.datasets import load_dataset  # noqa: E402
 from jobs.demo import CLASSES, make_dataset  # noqa: E402
 from jobs.extract import ClipDataset, ExtractOptions, extract  # noqa: E402
@@ -147,14 +147,13 @@ def main() -> None:
                 shard_size=a.shard_size,
                 batch_videos=a.batch_videos,
                 device=str(device),
-                num_workers=workers,
-                precision=a.precision,
-                channels_last=a.channels_last,
-                batching=batching,
                 probe_videos=a.probe_videos,
             )
+            settings = dict(
+                num_workers=workers, precision=a.precision, channels_last=a.channels_last, batching=batching
+            )
             t0 = time.perf_counter()
-            result = extract(job, options, progress=False)
+            result = extract(with_options(job, settings), options, progress=False)
             _sync(device)
             seconds = time.perf_counter() - t0
             e2e = result.frames / seconds

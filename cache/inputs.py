@@ -62,16 +62,6 @@ INPUT_NAMES = {
 }
 
 
-def check_feature_options(dtype: str, precision: str, batching: str = "auto") -> None:
-    """Raise :class:`ConfigError` for a storage type, backbone arithmetic or batching that is not known."""
-    if batching not in BATCHING_OPTIONS:
-        raise ConfigError(f"batching must be one of {', '.join(BATCHING_OPTIONS)}, got {batching!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
 def check_job_files(data: Any) -> None:
     """Raise :class:`ConfigError` unless the split, label and class-list files (digested into the key) exist."""
     for name in FILES.values():

@@ -4,8 +4,8 @@ another set of videos."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,19 +44,20 @@ class StepCosts:
             (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
         )
 
-    def mean_video_gmacs(self, mean_frames: float, share_step0: float) -> float:
+    def mean_video_gmacs(self, mean_frames: npt.ArrayLike, share_step0: npt.ArrayLike) -> Any:
         """Mean of :meth:`video_gmacs` over videos, from their mean frames read and the share exiting at step 0.
 
         The cost is linear in the exit step except for the exit classifier, which
         every video that passes step 0 runs: these two figures determine the mean.
-        NaN when ``mean_frames`` is (no videos).
+        NaN when ``mean_frames`` is (no videos). Of two floats a float; of arrays (every
+        setting of a grid) an array, element by element.
         """
-        if math.isnan(mean_frames):
-            return float("nan")
-        t = mean_frames - 1.0  # mean exit step
-        return (
-            mean_frames * (self.backbone + self.projection)
+        frames = np.asarray(mean_frames, dtype=np.float64)
+        t = frames - 1.0  # mean exit step
+        gmacs = (
+            frames * (self.backbone + self.projection)
             + self.classifier
             + t * self.gate
-            + (1.0 - share_step0) * self.classifier
+            + (1.0 - np.asarray(share_step0, dtype=np.float64)) * self.classifier
         )
+        return float(gmacs) if gmacs.ndim == 0 else gmacs

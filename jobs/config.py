@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from cache.inputs import BATCHING_OPTIONS, DTYPES, PRECISIONS
 from frameexit.backbone_names import is_clip_backbone
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
@@ -118,7 +119,30 @@ SCHEMA: dict[str, Any] = {
     "replay": {
         "first_thresholds": Field("grid", None, doc="grid of first_threshold values: list or 'start:stop:count'"),
         "gate_thresholds": Field("grid", None, doc="grid of gate_threshold values: list or 'start:stop:count'"),
+        "per_video": Field(
+            "str", "default", choices=("default", "all"), doc="per-video rows: the job's setting or all"
+        ),
     },
+    "extract": {
+        "dtype": Field("str", "float32", choices=DTYPES, doc="storage type of the features"),
+        "precision": Field("str", "fp32", choices=PRECISIONS, doc="backbone arithmetic"),
+        "channels_last": Field("bool", False, doc="channels-last memory format of the backbone"),
+        "batching": Field("str", "auto", choices=BATCHING_OPTIONS, doc="backbone forward passes"),
+    },
+}
+
+#: The command-line options that are shorthands for a job key, by parameter name: the CLI applies the ones given
+#: as overrides of those keys (:func:`with_options`), after the job file and its ``--section.key`` overrides.
+OPTION_KEYS = {
+    "num_workers": "data.num_workers",
+    "order": "model.adaptive.input_order",
+    "first_thresholds": "replay.first_thresholds",
+    "gate_thresholds": "replay.gate_thresholds",
+    "per_video": "replay.per_video",
+    "dtype": "extract.dtype",
+    "precision": "extract.precision",
+    "channels_last": "extract.channels_last",
+    "batching": "extract.batching",
 }
 
 
@@ -166,6 +190,24 @@ class ReplayConfig:
 
     first_thresholds: tuple[float, ...]
     gate_thresholds: tuple[float, ...]
+    per_video: str  # 'default': per-video rows for the job's own setting; 'all': for every setting
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """``extract`` keys of the job (ours): how the cached features are computed, all in the cache key.
+
+    ``dtype`` stores them (float32, float16); ``precision`` is the backbone's arithmetic (fp32: exact, TF32
+    off; tf32; bf16 or fp16 autocast); ``channels_last`` its memory format; ``batching``: ``batched`` runs
+    several videos' steps per forward pass (the last bits may differ from sequential inference's, measured
+    by probes), ``per-step`` one step per pass as ``frameexit infer`` (equal to it bit for bit), ``auto``
+    batched on CUDA, per-step on a CPU (:func:`cache.exactness.resolve_batching`; a reader takes either).
+    """
+
+    dtype: str
+    precision: str
+    channels_last: bool
+    batching: str
 
 
 @dataclass(frozen=True)
@@ -191,6 +233,7 @@ class Job:
     model: ModelConfig = field(init=False)
     checkpoints: tuple[str, ...] = field(init=False)
     replay: ReplayConfig = field(init=False)
+    extract: ExtractConfig = field(init=False)
     train: TrainSection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +259,17 @@ class Job:
                 f"{self.source}: this command needs {', '.join(missing)}; "
                 f"set {'it' if len(missing) == 1 else 'them'} in the job file or as --{missing[0]} VALUE"
             )
+
+
+def with_options(job: Job, values: Mapping[str, Any]) -> Job:
+    """``job`` with the command-line shorthands ``values`` (parameter name -> value, ``None``: not given) set as
+    their job keys (:data:`OPTION_KEYS`); ``order`` is a name (``coarse_to_fine``, ``sequential``) made a list."""
+    for name, value in values.items():
+        if value is not None:
+            if name == "order":
+                value = policy_order(value, job.data.num_frames)
+            job = job.with_value(OPTION_KEYS[name], list(value) if isinstance(value, tuple) else value)
+    return job
 
 
 def bundled_jobs() -> dict[str, str]:
@@ -532,6 +586,9 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The typed sections of a validated tree (see :class:`Job`); :class:`ConfigError` for values that do not fit."""
     data, model = tree["data"], tree["model"]
     _check_values(data, model, source)
+    for dotted in ("replay.per_video", *(f"extract.{key}" for key in tree["extract"])):
+        if _get(tree, dotted) is None:  # the cache key and the outputs need a value: no empty one means a default
+            raise ConfigError(f"{source}: {dotted} must be set, got an empty value")
     pre, norm = data["preprocessing"], data["preprocessing"]["normalize"]
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
     backbone = model["backbone"]
@@ -580,7 +637,9 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
                 if tree["replay"]["gate_thresholds"] is not None
                 else [model["gate_threshold"]]
             ),
+            per_video=tree["replay"]["per_video"],
         ),
+        extract=ExtractConfig(**tree["extract"]),
         train=_train_section(tree["train"], source, multi_label=BY_NAME[data["name"]].multi_label),
     )
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from cache import exactness
-from cache.inputs import check_feature_options, frame_files, key_inputs, video_frames_digest
+from cache.inputs import frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
 from cache.manifest import CacheError, FeatureCache, Manifest
 from cache.plan import Checked, open_for_writing, shard_attrs
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How to run an extraction; only ``dtype``, ``precision``, ``channels_last`` and ``batching`` change the features.
+    """How to run an extraction; what it computes is the job's (its ``extract`` keys, :class:`jobs.config.ExtractConfig`).
 
     Attributes
     ----------
@@ -70,27 +70,13 @@ class ExtractOptions:
         Videos per shard (a resumed run keeps the size it started with).
     batch_videos : int, default=8
         Videos per backbone batch (x ``num_frames`` frames).
-    dtype : {'float32', 'float16'}
-        Storage type of the features.
-    precision : {'fp32', 'tf32', 'bf16', 'fp16'}
-        Backbone arithmetic: exact float32 (TF32 off), TF32 matmuls, or autocast to bf16/fp16.
-    channels_last : bool
-        Run the backbone in channels-last memory format.
     device : str
-        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    num_workers : int or None
-        DataLoader worker processes decoding JPEGs; ``None`` takes ``data.num_workers`` from the job.
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with the job's ``extract.batching: auto``, CUDA runs batched.
     scheduler : str or None
         Address of an existing ``dask.distributed`` scheduler to send shard tasks to; ``None``,
         ``threads`` or ``sync``: this process (the backbone batches videos itself).
     workers : int or None
         Start a local dask cluster of this many worker processes (CPU).
-    batching : {'auto', 'batched', 'per-step'}
-        ``batched``: the backbone runs on ``batch_videos`` videos' steps at once (on some backbones and
-        input sizes the last bits differ from sequential inference's, measured by probes);
-        ``per-step``: one step per forward pass, as ``frameexit infer`` runs it, so the features equal its
-        own bit for bit; ``auto``: batched on CUDA, per-step on a CPU
-        (:func:`cache.exactness.resolve_batching`). Part of the cache key.
     probe_videos : int
         Videos per shard (the first and the last) whose steps are run again one per forward pass, to
         measure how far the shard's features are from sequential inference's (:mod:`cache.exactness`);
@@ -101,14 +87,9 @@ class ExtractOptions:
     cache_root: str
     shard_size: int = 64
     batch_videos: int = 8
-    dtype: str = "float32"
-    precision: str = "fp32"
-    channels_last: bool = False
     device: str = "auto"
-    num_workers: int | None = None
     scheduler: str | None = "threads"
     workers: int | None = None
-    batching: str = "auto"
     probe_videos: int = 2
 
 
@@ -188,36 +169,36 @@ class ShardResult:
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
 ) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
-    """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes.
+    """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes
+    on ``options.device``.
 
     Reads the split, labels, the frame listing and the checkpoint, each file once (digest and contents from the
     same bytes), but runs no backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
     """
     dataset = load_job_dataset(job.data, job.model.num_class)
     state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
+    settings = resolved(job, options.device).extract
     inputs = key_inputs(
         job.data,
         job.model,
-        dtype=options.dtype,
-        precision=options.precision,
-        channels_last=options.channels_last,
+        dtype=settings.dtype,
+        precision=settings.precision,
+        channels_last=settings.channels_last,
         backbone_digest=backbone_digest(state),
-        batching=resolved(job, options).batching,
+        batching=settings.batching,
         digests=dataset.digests,
     )
     return inputs, dataset, state, sha256
 
 
-def resolved(job: Job, options: ExtractOptions) -> ExtractOptions:
-    """``options`` with ``batching='auto'`` resolved for the device the backbone will run on."""
-    device = options.device
+def resolved(job: Job, device: str) -> Job:
+    """``job`` with ``extract.batching: auto`` resolved for ``device``, where the backbone will run."""
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    batching = exactness.resolve_batching(options.batching, clips=job.model.clips, cuda=cuda)
-    return dataclasses.replace(options, batching=batching)
+    batching = exactness.resolve_batching(job.extract.batching, clips=job.model.clips, cuda=cuda)
+    return job if batching == job.extract.batching else job.with_value("extract.batching", batching)
 
 
 def _check_options(options: ExtractOptions) -> None:
-    check_feature_options(options.dtype, options.precision, options.batching)
     if options.probe_videos < 0:
         raise ConfigError(f"probe_videos must be at least 0, got {options.probe_videos}")
     for name in ("shard_size", "batch_videos"):
@@ -249,7 +230,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             "checkpoints that share a backbone share one cache"
         )
     checkpoint = job.checkpoints[0]
-    options = resolved(job, options)
+    job = resolved(job, options.device)
     check_writable_dir(options.cache_root, "--cache")
     inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
@@ -289,7 +270,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             )
             for i in checked.pending
         ]
-        backbone = BackboneHolder(job, checkpoint, options.channels_last, state=state)
+        backbone = BackboneHolder(job, checkpoint, job.extract.channels_last, state=state)
         del state  # the holder drops it once the backbone is built
         frames = 0
         for result in _run(tasks, backbone, options, cache.manifest, progress):
@@ -415,7 +396,7 @@ def _run(
         bar.update(n_videos)
         bar.set_postfix_str(f"{frames / max(time.perf_counter() - started, 1e-9):.0f} frames/s", refresh=False)
 
-    num_workers = job.data.num_workers if options.num_workers is None else options.num_workers
+    num_workers = job.data.num_workers
     advice = "lower --num-workers (data.num_workers) or --batch-videos; the shards written so far are kept"
     try:
         with explaining_lost_workers("decoding JPEGs", advice):
@@ -475,7 +456,7 @@ def run_shard_task(task: ShardTask, backbone: BackboneHolder) -> ShardResult:
     """Compute and write one shard in a worker process (dask task), with this worker's backbone."""
     # under LocalCUDACluster each worker sees exactly one GPU, so 'auto' means that one
     device = resolve_device(task.options.device)
-    num_workers = task.job.data.num_workers if task.options.num_workers is None else task.options.num_workers
+    num_workers = task.job.data.num_workers
     if multiprocessing.current_process().daemon:
         num_workers = 0  # a daemonic worker process cannot start DataLoader processes
     (result,) = compute_shards([task], backbone.get(device), device, num_workers=num_workers)
@@ -570,7 +551,7 @@ def compute_shards(
             owner.append(t)
         start += len(task.videos)
     last_batch = {t: max((b for b, o in enumerate(owner) if o == t), default=-1) for t in range(len(tasks))}
-    options = tasks[0].options
+    options, settings = tasks[0].options, tasks[0].job.extract
     job = tasks[0].job
     loader = DataLoader(
         ClipDataset(videos, job),
@@ -583,15 +564,15 @@ def compute_shards(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    memory_format = _memory_format(options.channels_last, job.model.clips)
-    dtype = np.dtype(options.dtype)
+    memory_format = _memory_format(settings.channels_last, job.model.clips)
+    dtype = np.dtype(settings.dtype)
     feat_dim = job.model.output_dim
-    effective = exactness.effective_batching(options.batching, job.model.clips, device.type)
+    effective = exactness.effective_batching(settings.batching, job.model.clips, device.type)
     exact = exactness.is_exact(
-        effective, dtype=options.dtype, precision=options.precision, channels_last=options.channels_last
+        effective, dtype=settings.dtype, precision=settings.precision, channels_last=settings.channels_last
     )
     probes = {t: _ProbeCandidates(0 if exact else options.probe_videos) for t in range(len(tasks))}
-    reference = _Reference(backbone, options.channels_last, device)
+    reference = _Reference(backbone, settings.channels_last, device)
     parts: dict[int, list] = {t: [] for t in range(len(tasks))}
     # shards with no video at all are written straight away
     pending_empty = [t for t in range(len(tasks)) if last_batch[t] < 0]
@@ -605,7 +586,7 @@ def compute_shards(
             x = torch.cat([item[1] for item in good]).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             with torch.inference_mode():
-                with backbone_precision(options.precision, device):
+                with backbone_precision(settings.precision, device):
                     out = _forward(backbone, x, effective == exactness.PER_STEP, memory_format)
                 feats = out.float().cpu().numpy().reshape(len(good), job.data.num_frames, -1)
             rows = {item[0]: feats[g] for g, item in enumerate(good)}

@@ -6,39 +6,66 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from cache.inputs import FILES
 from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
-from frameexit.cost import exit_histogram, paper_gflops
+from frameexit.cost import exit_histogram
 from frameexit.errors import ConfigError
+from frameexit.exactness import SAFETY_FACTOR
 from frameexit.head import FrameExit
 from frameexit.inference import infer_video
-from frameexit.metrics import evaluate
+from frameexit.metrics import Metrics, evaluate
 from frameexit.sampling import clip_indices
+from frameexit.step_costs import StepCosts
+from frameexit.sweep import SweepMetrics
 from reports.commit import output_set
 from reports.records import (
+    INFER_SCHEDULER,
     METRICS_FILE,
     REPLAY_FILE,
+    SEQUENTIAL_REFERENCE,
+    CheckpointExactness,
+    CheckpointRecord,
+    ExactnessRecord,
     InferCheckpoint,
     InferDataset,
     InferMetrics,
     InferRuntime,
     InferUnits,
+    MetricRow,
+    ReplayRecord,
+    ReplayRuntime,
+    Setting,
     SkippedVideo,
     StepCostsRecord,
     runtime,
+    versions,
 )
-from reports.schema import VIDEOS
+from reports.schema import SWEEP, VIDEOS
 from reports.write import write_json, write_table
 
 from .config import Job
 from .datasets import Dataset, Skipped, load_categories, load_job_dataset, require_videos
 from .frames import FrameReadError, check_frame, read_frame, step_input
 from .model import load_model, paper_per_step, resolve_device, step_costs
-from .outputs import INFER_FILES, REPORT_FILES, SWEEP_FILE, VIDEOS_FILE, category_maps, out_paths, writing
+from .outputs import (
+    INFER_FILES,
+    REPORT_FILES,
+    SWEEP_FILE,
+    VIDEOS_FILE,
+    dataset_files,
+    metric_columns,
+    metric_row,
+    order_name,
+    out_paths,
+    sweep_columns,
+    writing,
+)
 from .process import exact_fp32
 from .progress import progress as progress_bar
 
@@ -53,15 +80,20 @@ class InferResult:
     videos_path: str
     metrics_path: str
     metrics: InferMetrics
+    sweep_path: str
+    replay_path: str
 
 
 def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
     """Evaluate the job's checkpoint on its split with sequential early exit.
 
-    Writes ``<out_dir>/videos.parquet`` (one row per evaluated video) and
-    ``<out_dir>/metrics.json`` once every video is done, as one set
+    Writes ``<out_dir>/videos.parquet`` (one row per evaluated video),
+    ``<out_dir>/metrics.json``, and the replay files of its one setting
+    (``sweep.parquet``, one row; ``replay.json``, with no cache and exactness
+    'exact': this is the sequential reference), so that ``frameexit report``
+    reads the folder as a replay's, once every video is done, as one set
     (:mod:`jobs.outputs`) that replaces the previous one (and removes a
-    replay's outputs there, which would not match it): an interrupted or
+    report there, which would not match it): an interrupted or
     failed run leaves the previous files as they were.
 
     Parameters
@@ -80,11 +112,11 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     torch_device = resolve_device(device)
 
     check_writable_dir(out_dir, "--out")
-    stale = (SWEEP_FILE, REPLAY_FILE, *REPORT_FILES)  # a replay's outputs would no longer match videos.parquet
-    with writing(out_dir), output_set(out_dir, INFER_FILES, seals=(METRICS_FILE,), stale=stale) as stage:
+    seals = (METRICS_FILE, REPLAY_FILE)  # a report's would no longer match the new files
+    with writing(out_dir), output_set(out_dir, INFER_FILES, seals=seals, stale=REPORT_FILES) as stage:
         document = _infer_into(job, checkpoint, torch_device, stage, progress)
-    paths = out_paths(out_dir, INFER_FILES)
-    return InferResult(out_dir, paths[VIDEOS_FILE], paths[METRICS_FILE], document)
+    p = out_paths(out_dir, INFER_FILES)
+    return InferResult(out_dir, p[VIDEOS_FILE], p[METRICS_FILE], document, p[SWEEP_FILE], p[REPLAY_FILE])
 
 
 @dataclass
@@ -105,9 +137,9 @@ class _Evaluated:
 def _infer_into(
     job: Job, checkpoint: str, torch_device: torch.device, folder: str, progress: bool | None
 ) -> InferMetrics:
-    """:func:`infer`'s evaluation, its two files written into ``folder`` (a staging folder); ``metrics.json``."""
+    """:func:`infer`'s evaluation, its files written into ``folder`` (a staging folder); ``metrics.json``."""
     data, model_cfg = job.data, job.model
-    videos_path, metrics_path = (os.path.join(folder, name) for name in INFER_FILES)
+    paths = out_paths(folder, INFER_FILES)
     dataset = load_job_dataset(data, model_cfg.num_class)
     require_videos(len(dataset.videos), dataset.skipped, data.path_split)
     categories = load_categories(data)
@@ -118,10 +150,16 @@ def _infer_into(
         raise RuntimeError(f"accounted for {len(done.keys) + len(done.skipped)} videos of {dataset.n_listed} listed")
     done.skipped.sort(key=lambda s: s.video)
     require_videos(len(done.keys), done.skipped, data.path_split)
-    document = _document(job, checkpoint, torch_device, model, dataset.n_listed, done, categories)
+    scores = np.stack(done.probs) if done.probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
+    evaluated = evaluate(done.keys, scores, dict(zip(done.keys, done.labels, strict=True)), model_cfg.num_class)
+    costs = step_costs(job, model.mlp.layers[0].out_features)
     name = os.path.basename(checkpoint)
+    columns = _metric_columns(job, name, done, evaluated, costs, categories)
+    row = metric_row(columns, 0)
+    document = _document(job, checkpoint, torch_device, costs, dataset.n_listed, done, evaluated, row)
+    record = _replay_record(job, name, model.mlp.layers[0].out_features, document, row)
     n = len(done.keys)
-    columns = {
+    videos = {
         "video": done.keys,
         "exit_step": done.exits,
         "prediction": done.predictions,
@@ -131,9 +169,41 @@ def _infer_into(
         "gate_threshold": [model_cfg.gate_threshold] * n,
         "checkpoint": [name] * n,
     }
-    write_table(videos_path, columns, VIDEOS)
-    write_json(metrics_path, document)
+    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
+    write_table(paths[SWEEP_FILE], sweep_columns([columns], order_name(model_cfg.input_order), n), SWEEP)
+    write_json(paths[REPLAY_FILE], record)
+    write_json(paths[METRICS_FILE], document)
     return document
+
+
+def _metric_columns(
+    job: Job,
+    name: str,
+    done: _Evaluated,
+    evaluated: Metrics,
+    costs: StepCosts,
+    categories: dict[str, tuple[int, ...]] | None,
+) -> dict[str, Any]:
+    """The metric columns of the job's setting (:func:`jobs.outputs.metric_columns`, a grid of one setting, no
+    video at risk): what ``metrics.json``, ``sweep.parquet`` and ``replay.json`` say of it."""
+    exits = np.asarray(done.exits, dtype=np.int64)
+    one = SweepMetrics(
+        map=np.array([[evaluated.map]]),
+        top1=np.array([[evaluated.top1]]),
+        mean_frames=np.array([[(exits + 1).mean() if len(exits) else np.nan]], dtype=np.float64),
+        exit_histogram=exit_histogram(exits, job.data.num_frames)[None, None],
+        ap=np.asarray(evaluated.ap, dtype=np.float64)[None, None],
+    )
+    return metric_columns(
+        one,
+        (np.array([0]), np.array([0])),
+        np.array([[job.model.first_threshold, job.model.gate_threshold]], dtype=np.float64),
+        checkpoint=name,
+        costs=costs,
+        per_frame=paper_per_step(job),
+        categories=categories,
+        at_risk=np.zeros((1, 1), dtype=np.int64),
+    )
 
 
 def _evaluate(
@@ -189,32 +259,28 @@ def _document(
     job: Job,
     checkpoint: str,
     torch_device: torch.device,
-    model: FrameExit,
+    costs: StepCosts,
     n_listed: int,
     done: _Evaluated,
-    categories: dict[str, tuple[int, ...]] | None,
+    evaluated: Metrics,
+    row: MetricRow,
 ) -> InferMetrics:
-    """``metrics.json`` of the evaluated videos: metrics, costs, provenance, units."""
+    """``metrics.json`` of the evaluated videos: the metric row of the job's setting, per-class AP, costs,
+    provenance, units."""
     data, model_cfg = job.data, job.model
-    keys = done.keys
-    exits_arr = np.asarray(done.exits, dtype=np.int64)
-    scores = np.stack(done.probs) if done.probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
-    metrics = evaluate(keys, scores, dict(zip(keys, done.labels, strict=True)), model_cfg.num_class)
-    costs = step_costs(job, model.mlp.layers[0].out_features)
-    per_frame = paper_per_step(job)
     return InferMetrics(
-        map=metrics.map,
-        top1=metrics.top1,
-        gflops=paper_gflops(exits_arr, per_frame),
-        gflops_per_frame=per_frame,
-        gmacs_measured=float(costs.video_gmacs(exits_arr).mean()) if len(exits_arr) else float("nan"),
+        map=row["map"],
+        top1=row["top1"],
+        gflops=row["gflops"],
+        gflops_per_frame=paper_per_step(job),
+        gmacs_measured=row["gmacs_measured"],
         gmacs_measured_parts=StepCostsRecord(**costs.__dict__),
-        mean_frames=float((exits_arr + 1).mean()) if len(exits_arr) else float("nan"),
-        exit_histogram=exit_histogram(exits_arr, data.num_frames).tolist(),
-        ap_per_class=metrics.ap.tolist(),
-        map_per_category=category_maps(metrics.ap, categories),
-        n_videos=metrics.n_videos,
-        n_videos_labelled=metrics.n_labelled,
+        mean_frames=row["mean_frames"],
+        exit_histogram=row["exit_histogram"],
+        ap_per_class=evaluated.ap.tolist(),
+        map_per_category=row.get("map_per_category"),
+        n_videos=evaluated.n_videos,
+        n_videos_labelled=evaluated.n_labelled,
         n_videos_listed=n_listed,
         skipped=[SkippedVideo(video=s.video, reason=s.reason) for s in done.skipped],
         first_threshold=model_cfg.first_threshold,
@@ -231,7 +297,7 @@ def _document(
         ),
         backbone=model_cfg.backbone_name,
         runtime=InferRuntime(
-            **runtime(), device=str(torch_device), seconds=done.seconds, frames_read=int((exits_arr + 1).sum())
+            **runtime(), device=str(torch_device), seconds=done.seconds, frames_read=sum(done.exits) + len(done.exits)
         ),
         units=InferUnits(
             map="fraction in [0, 1], mean over classes with a positive video",
@@ -239,4 +305,66 @@ def _document(
             gflops="paper convention: per-frame GMACs of the backbone x frames read; null if the backbone has none",
             gmacs_measured="multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
         ),
+    )
+
+
+def _replay_record(job: Job, name: str, hidden_dim: int, document: InferMetrics, row: MetricRow) -> ReplayRecord:
+    """``replay.json`` of infer's one setting, so that ``frameexit report`` reads the folder: no feature cache
+    (``cache`` null, the dataset files' digests instead), and exact agreement with infer, which it is."""
+    model_cfg = job.model
+    return ReplayRecord(
+        cache=None,
+        checkpoints=[
+            CheckpointRecord(
+                name=name,
+                path=document["checkpoint"]["path"],
+                sha256=document["checkpoint"]["sha256"],
+                hidden_dim=hidden_dim,
+                gmacs_measured_parts=document["gmacs_measured_parts"],
+            )
+        ],
+        order=list(model_cfg.input_order),
+        order_name=order_name(model_cfg.input_order),
+        first_thresholds=[model_cfg.first_threshold],
+        gate_thresholds=[model_cfg.gate_threshold],
+        default_setting=Setting(first_threshold=model_cfg.first_threshold, gate_threshold=model_cfg.gate_threshold),
+        default_metrics=[row],
+        per_video="default",
+        n_settings=1,
+        n_videos=document["n_videos"],
+        n_videos_listed=document["n_videos_listed"],
+        skipped=document["skipped"],
+        gflops_per_frame=document["gflops_per_frame"],
+        dataset=job.data.name,
+        dataset_files=dataset_files(job),
+        backbone=model_cfg.backbone_name,
+        job=job.resolved,
+        runtime=ReplayRuntime(
+            **versions(document["runtime"]), date=document["runtime"]["date"], scheduler=INFER_SCHEDULER
+        ),
+        n_videos_labelled=document["n_videos_labelled"],
+        exactness=ExactnessRecord(
+            status="exact",
+            batching="per-step",
+            effective="per-step",
+            reference=SEQUENTIAL_REFERENCE,
+            safety_factor=SAFETY_FACTOR,
+            probe_videos=[],
+            feature_max_abs_deviation=0.0,
+            feature_max_rel_deviation=0.0,
+            checkpoints=[
+                CheckpointExactness(
+                    checkpoint=name,
+                    status="exact",
+                    probs_max_abs_deviation=0.0,
+                    gates_max_abs_deviation=0.0,
+                    first_margin=0.0,
+                    gate_margin=0.0,
+                    top2_margin=0.0,
+                    n_at_risk=0,
+                    at_risk=[],
+                )
+            ],
+        ),
+        dataset_digests={digest: file_sha256(getattr(job.data, key)) for digest, key in FILES.items()},
     )

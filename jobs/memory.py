@@ -11,9 +11,10 @@ from typing import Any
 from frameexit.errors import UsageError
 from frameexit.sweep import sweep_block_bytes
 
-#: Bytes per row of sweep.parquet while a replay assembles it: the metrics arrays, the Python row
-#: (a dozen objects and a list of 10 floats) and the Arrow table; measured at about 1 KB, rounded up.
-SWEEP_ROW_BYTES = 1500
+#: Bytes per row of sweep.parquet while a replay assembles it, besides the per-class AP: the metrics arrays, their
+#: columns (jobs.outputs.metric_columns, six categories), the Arrow arrays and the Parquet writer's buffers; measured
+#: at about 900 on a million rows (tests/test_sweep_rows_memory.py), rounded up.
+SWEEP_ROW_BYTES = 1000
 #: Bytes per per-video row (videos.parquet): built in a worker, sent here, copied into the columns and the
 #: Arrow table; measured at about 300, rounded up.
 VIDEO_ROW_BYTES = 500
@@ -30,7 +31,7 @@ class MemoryEstimate:
     Attributes
     ----------
     sweep_rows : int
-        The metrics of every checkpoint and setting (with the per-class AP), as arrays, Python rows
+        The metrics of every checkpoint and setting (with the per-class AP), as arrays, their columns
         and the Arrow table.
     video_rows : int
         The per-video rows (one per video, setting and checkpoint with ``per_video='all'``).

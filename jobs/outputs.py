@@ -1,12 +1,15 @@
 """The files each command writes into ``--out``, and how: one writer at a time, every command's files as one set.
 
-``infer`` writes :data:`INFER_FILES`, ``replay`` :data:`REPLAY_FILES`,
-``report`` :data:`REPORT_FILES` (from the replay files beside them) and ``run``
-the replay and report files together. Each command's files replace the previous
+``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``),
+``replay`` :data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` (from the files of ``replay`` or ``infer``
+beside them) and ``run`` the replay and report files together. Each command's files replace the previous
 ones as a set (:func:`reports.commit.output_set`), and the files of another
-command that the new set makes meaningless (the report of an earlier replay,
-an ``infer``'s ``videos.parquet`` under a replay's ``replay.json``) go in the
+command that the new set makes meaningless (the report of an earlier replay or infer,
+an ``infer``'s ``metrics.json`` beside a replay's ``replay.json``) go in the
 same commit: a folder never holds files of two runs that look like one.
+
+The metric columns of ``sweep.parquet`` and the rows of ``replay.json``'s ``default_metrics`` (and of
+``metrics.json``) are computed in one place, :func:`metric_columns`, from the metric arrays of a grid.
 """
 
 from __future__ import annotations
@@ -14,19 +17,29 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy.typing as npt
+import numpy as np
+import pyarrow as pa
 
 from frameexit.atomic import folder_lock
 from frameexit.metrics import category_map
+from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
-from reports.records import METRICS_FILE, REPLAY_FILE, SUMMARY_FILE
+from reports.records import METRICS_FILE, REPLAY_FILE, SUMMARY_FILE, MetricRow
+from reports.schema import SWEEP
+
+if TYPE_CHECKING:  # frameexit.sweep imports torch, which frameexit report must not load
+    from frameexit.step_costs import StepCosts
+    from frameexit.sweep import SweepMetrics
+
+    from .config import Job
 
 SWEEP_FILE = "sweep.parquet"
 VIDEOS_FILE = "videos.parquet"
 SUMMARY_MD, SUMMARY_JSON, CURVE_PNG = REPORT_FILES = ("summary.md", SUMMARY_FILE, "curve.png")
-INFER_FILES = (VIDEOS_FILE, METRICS_FILE)
 REPLAY_FILES = (SWEEP_FILE, VIDEOS_FILE, REPLAY_FILE)
+INFER_FILES = (*REPLAY_FILES, METRICS_FILE)
 #: Every file a frameexit command writes into ``--out``: what a killed writer's temporary files may be named after.
 ALL_FILES = tuple(dict.fromkeys((*INFER_FILES, *REPLAY_FILES, *REPORT_FILES)))
 
@@ -53,9 +66,113 @@ def checkpoint_names(paths: Sequence[str]) -> list[str]:
     return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
 
-def category_maps(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]] | None) -> dict[str, float] | None:
-    """``map_per_category`` of a record (:class:`reports.records.MetricRow`): :func:`frameexit.metrics.category_map`
-    of one setting's per-class AP, as floats (NaN is written as null); ``None`` without categories."""
+def metric_columns(
+    metrics: SweepMetrics,
+    index: tuple[np.ndarray, np.ndarray],
+    settings: np.ndarray,
+    *,
+    checkpoint: str,
+    costs: StepCosts,
+    per_frame: float | None,
+    categories: Mapping[str, Sequence[int]] | None,
+    at_risk: np.ndarray | None,
+) -> dict[str, Any]:
+    """The one place a metric row's values are computed: the columns of :class:`reports.records.MetricRow` (those of
+    ``sweep.parquet`` less ``order`` and ``n_videos``) of one checkpoint at ``n`` settings of its metrics' grid.
+
+    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays (each of shape ``(n,)``);
+    ``settings``: their ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at
+    every setting of the grid (``Risk.counts``), ``None`` when unknown. Columns are arrays of ``n`` values
+    (``exit_histogram`` of shape ``(n, steps)``, ``map_per_category`` one per category), ``None`` for a column of
+    nulls; :func:`metric_row` reads one row, :func:`sweep_columns` makes them Arrow arrays.
+    """
+    frames = metrics.mean_frames[index]
+    hist = metrics.exit_histogram[index]
+    return {
+        "checkpoint": checkpoint,
+        "first_threshold": settings[:, 0],
+        "gate_threshold": settings[:, 1],
+        "map": metrics.map[index],
+        "top1": metrics.top1[index],
+        "gflops": frames * per_frame if per_frame is not None else None,
+        "gmacs_measured": costs.mean_video_gmacs(frames, hist[:, 0]),
+        "mean_frames": frames,
+        "exit_histogram": hist,
+        "map_per_category": _category_maps(metrics.ap, index, categories),
+        "n_at_risk": at_risk[index] if at_risk is not None else None,
+    }
+
+
+def order_name(order: Sequence[int]) -> str:
+    """A policy order's name in ``sweep.parquet`` and ``replay.json``: coarse_to_fine, sequential or the positions."""
+    order = tuple(order)
+    if order == COARSE_TO_FINE:
+        return "coarse_to_fine"
+    if order == tuple(range(len(order))):
+        return "sequential"
+    return ",".join(map(str, order))
+
+
+def dataset_files(job: Job) -> dict[str, str]:
+    """``replay.json``'s ``dataset_files``: absolute paths of the job's dataset files (those it sets), by job key;
+    relative ones are taken from here."""
+    keys = ("path_split", "path_label", "path_classid", "path_frame")
+    return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
+
+
+def _category_maps(
+    ap: np.ndarray, index: tuple[np.ndarray, np.ndarray], categories: Mapping[str, Sequence[int]] | None
+) -> dict[str, np.ndarray] | None:
+    """:func:`frameexit.metrics.category_map` of the per-class AP of each setting at ``index`` (of ``ap``'s grid), one
+    setting at a time: numpy sums a row of a 2-D array in another order than the same row alone, and one setting's
+    figures do not depend on the grid around it. ``None`` without categories."""
     if categories is None:
         return None
-    return {name: float(value) for name, value in category_map(ap, categories).items()}
+    out = np.empty((len(categories), len(index[0])), dtype=np.float64)
+    for k, (g, f) in enumerate(zip(*index, strict=True)):
+        out[:, k] = list(category_map(ap[g, f], categories).values())
+    return dict(zip(categories, out, strict=True))
+
+
+def metric_row(columns: Mapping[str, Any], k: int) -> MetricRow:
+    """Row ``k`` of :func:`metric_columns` as a :class:`reports.records.MetricRow` of plain Python values."""
+
+    def value(name: str) -> Any:
+        column = columns[name]
+        if column is None or isinstance(column, str):
+            return column
+        if isinstance(column, Mapping):
+            return {key: float(values[k]) for key, values in column.items()}
+        return column[k].tolist()  # a number, or the histogram's list
+
+    return MetricRow(**{name: value(name) for name in MetricRow.__annotations__})  # type: ignore[typeddict-item]
+
+
+def sweep_columns(parts: Sequence[Mapping[str, Any]], order: str, n_videos: int) -> dict[str, pa.Array]:
+    """The columns of ``sweep.parquet``: the :func:`metric_columns` of each checkpoint in turn, with the order's name
+    (as ``replay.json``'s ``order_name``) and the videos evaluated."""
+    arrays: dict[str, list[pa.Array]] = {name: [] for name in SWEEP.names}
+    for part in parts:
+        n = len(part["first_threshold"])
+        for name, column in part.items():
+            arrays[name].append(_arrow(column, n, SWEEP.field(name).type))
+        arrays["order"].append(pa.array([order] * n, pa.string()))
+        arrays["n_videos"].append(pa.array(np.full(n, n_videos, dtype=np.int64)))
+    return {name: pa.concat_arrays(chunks) for name, chunks in arrays.items()}
+
+
+def _arrow(column: Any, n: int, kind: pa.DataType) -> pa.Array:
+    """A column of :func:`metric_columns` (``n`` values) as an Arrow array of type ``kind``."""
+    if column is None:
+        return pa.nulls(n, kind)
+    if isinstance(column, str):
+        return pa.array([column] * n, kind)
+    if pa.types.is_map(kind):  # a category's mAP per setting -> a map per setting, the categories in their order
+        names = list(column)
+        items = np.stack([column[k] for k in names], axis=1).ravel() if names else np.zeros(0)
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * len(names))
+        return pa.MapArray.from_arrays(offsets, pa.array(names * n, pa.string()), pa.array(items, pa.float64()))
+    if pa.types.is_list(kind):  # the exit histogram, shape (n, steps)
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * column.shape[1])
+        return pa.ListArray.from_arrays(offsets, pa.array(column.ravel(), kind.value_type))
+    return pa.array(column, kind)

@@ -28,7 +28,6 @@ from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
-from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import (
     SweepMetrics,
@@ -61,9 +60,13 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
-    category_maps,
     checkpoint_names,
+    dataset_files,
+    metric_columns,
+    metric_row,
+    order_name,
     out_paths,
+    sweep_columns,
     writing,
 )
 from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
@@ -75,7 +78,8 @@ BLOCK_BYTES = 150 * 10**6
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """How to run a replay.
+    """How to run a replay; what it computes is the job's (its ``replay`` keys, the policy order
+    ``model.adaptive.input_order``, and the ``extract`` keys of the cache it reads).
 
     Attributes
     ----------
@@ -84,12 +88,6 @@ class ReplayOptions:
         as extract computes it (:mod:`cache.find`), without reading the frames.
     features : str or None
         A cache directory to use instead; every input its manifest records must equal the job's.
-    first_thresholds, gate_thresholds : tuple of float or None
-        The grid; ``None`` takes ``replay.*_thresholds`` of the job (default: the model's own thresholds).
-    order : str or None
-        ``coarse_to_fine``, ``sequential``, or ``None`` for the job's ``model.adaptive.input_order``.
-    per_video : {'default', 'all'}
-        Per-video rows for the job's default setting only, or for every setting.
     scheduler : str
         ``threads`` (dask's local threaded scheduler), ``sync``, or the address of a dask.distributed scheduler.
     workers : int or None
@@ -98,10 +96,6 @@ class ReplayOptions:
         Classes per AP task (default: enough blocks to keep every worker busy, each holding at most
         about 150 MB of scores); made smaller when the memory available requires it (results do
         not depend on it).
-    dtype, precision, channels_last, batching
-        Extraction settings the cache was written with (part of its key, as extract's options); batching
-        ``auto`` (the default) takes a cache of either mode, per-step first: both keys are computed and
-        the first directory that exists is opened.
     verify_frames : bool
         Read the frames the steps use and refuse a cache whose manifest records other frames (another
         listing, or other bytes: frames re-prepared under the same split file); without it the
@@ -110,18 +104,10 @@ class ReplayOptions:
 
     cache_root: str
     features: str | None = None
-    first_thresholds: tuple[float, ...] | None = None
-    gate_thresholds: tuple[float, ...] | None = None
-    order: str | None = None
-    per_video: str = "default"
     scheduler: str = "threads"
     workers: int | None = None
     class_block: int | None = None
-    dtype: str = "float32"
-    precision: str = "fp32"
-    channels_last: bool = False
     verify_frames: bool = False
-    batching: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -152,7 +138,7 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     memory the grid needs, a writable ``out_dir`` that no other frameexit
     command is writing, the cache against the job, every checkpoint's backbone).
     """
-    _check_grid(job, options)
+    _check_grid(job)
     check_writable_dir(out_dir, "--out")
     stale = (METRICS_FILE, *REPORT_FILES)
     with writing(out_dir), output_set(out_dir, REPLAY_FILES, seals=(REPLAY_FILE,), stale=stale) as stage:
@@ -161,8 +147,8 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
 
 
-def _check_grid(job: Job, options: ReplayOptions) -> _Grid:
-    grid = _grid(job, options)
+def _check_grid(job: Job) -> _Grid:
+    grid = _grid(job)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     return grid
@@ -185,7 +171,7 @@ def replay_into(
     extraction in this process just read (:mod:`jobs.run`), which are then not read again; without them the
     cache is found from the job (:func:`_open_cache`) and the class list and checkpoints are read.
     """
-    grid = _check_grid(job, options)
+    grid = _check_grid(job)
     read = None
     if cache is None:
         # the first checkpoint is read once: its backbone digest names the cache, its head replays
@@ -234,12 +220,8 @@ class _Grid:
 
     @property
     def order_name(self) -> str:
-        """The order's name in ``sweep.parquet`` and ``replay.json``: coarse_to_fine, sequential or the positions."""
-        if self.order == COARSE_TO_FINE:
-            return "coarse_to_fine"
-        if self.order == tuple(range(len(self.order))):
-            return "sequential"
-        return ",".join(map(str, self.order))
+        """The order's name in ``sweep.parquet`` and ``replay.json`` (:func:`jobs.outputs.order_name`)."""
+        return order_name(self.order)
 
     @property
     def settings(self) -> list[tuple[float, float]]:
@@ -276,20 +258,16 @@ class _Grid:
         )
 
 
-def _grid(job: Job, options: ReplayOptions) -> _Grid:
-    """The grid of ``options`` (else of the job), checked: thresholds are probabilities, ``per_video`` is known."""
+def _grid(job: Job) -> _Grid:
+    """The grid of the job, checked: thresholds are probabilities."""
     job.require("checkpoint.init")
-    if options.per_video not in ("default", "all"):
-        raise ConfigError(f"per_video must be 'default' or 'all', got {options.per_video!r}")
-    first = tuple(options.first_thresholds or job.replay.first_thresholds)
-    gate = tuple(options.gate_thresholds or job.replay.gate_thresholds)
+    first, gate = job.replay.first_thresholds, job.replay.gate_thresholds
     default = (job.model.first_threshold, job.model.gate_threshold)
     for ft in (*first, default[0]):
         check_thresholds(ft, default[1])
     for gt in gate:
         check_thresholds(default[0], gt)
-    order = policy_order(options.order or job.model.input_order, job.data.num_frames)
-    return _Grid(first, gate, default, order, options.per_video)
+    return _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
 
 
 def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: str) -> HeadState:
@@ -382,42 +360,35 @@ class _Outputs:
     costs: Sequence[StepCosts]  # measured GMACs per part, per checkpoint
     per_frame: float | None  # the paper's per-frame GMACs of the backbone
     categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
-    risks: Sequence[Risk] | None = None  # videos at risk over the computed grid, per checkpoint
+    risks: Sequence[Risk]  # videos at risk over the computed grid, per checkpoint
 
-    def row(self, m: SweepMetrics, i: int, g: int, f: int, setting: tuple[float, float]) -> MetricRow:
-        """The one place a metric row is made: entry ``[g, f]`` of checkpoint ``i``'s metrics, at ``(first, gate)``."""
-        hist = m.exit_histogram[g, f]
-        frames = float(m.mean_frames[g, f])
-        return MetricRow(
-            checkpoint=self.names[i],
-            first_threshold=setting[0],
-            gate_threshold=setting[1],
-            map=float(m.map[g, f]),
-            top1=float(m.top1[g, f]),
-            gflops=frames * self.per_frame if self.per_frame is not None else None,
-            gmacs_measured=self.costs[i].mean_video_gmacs(frames, float(hist[0])),
-            mean_frames=frames,
-            exit_histogram=hist.tolist(),
-            map_per_category=category_maps(m.ap[g, f], self.categories),
-            n_at_risk=self.risks[i].count(g, f) if self.risks is not None else None,
-        )
+    def columns(self, metrics: Sequence[SweepMetrics], gate: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
+        """Per checkpoint, :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
+        computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
+        settings = np.stack([computed_first[first], computed_gate[gate]], axis=1)
+        return [
+            metric_columns(
+                m,
+                (gate, first),
+                settings,
+                checkpoint=self.names[i],
+                costs=self.costs[i],
+                per_frame=self.per_frame,
+                categories=self.categories,
+                at_risk=self.risks[i].counts,
+            )
+            for i, m in enumerate(metrics)
+        ]
 
-    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, list]:
+    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, Any]:
         """The columns of ``sweep.parquet``: a row per checkpoint and setting of the grid (gate-major)."""
-        columns: dict[str, list] = {k: [] for k in SWEEP.names}
-        for i, m in enumerate(metrics):
-            for g, gt in enumerate(self.grid.gate):
-                for f, ft in enumerate(self.grid.first):
-                    for k, value in self.row(m, i, g, f, (ft, gt)).items():
-                        columns[k].append(value)
-        columns["order"] = [self.grid.order_name] * len(columns["checkpoint"])
-        columns["n_videos"] = [n_videos] * len(columns["checkpoint"])
-        return columns
+        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
+        return sweep_columns(self.columns(metrics, gate, first), self.grid.order_name, n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
         """Per checkpoint, the metric row of the job's own setting."""
         g, f = self.grid.default_index
-        return [self.row(m, i, g, f, self.grid.default) for i, m in enumerate(metrics)]
+        return [metric_row(c, 0) for c in self.columns(metrics, np.array([g]), np.array([f]))]
 
 
 def _video_columns(
@@ -486,7 +457,7 @@ def _replay_record(
         skipped=cache.manifest.all_skipped(),
         gflops_per_frame=per_frame,
         dataset=job.data.name,
-        dataset_files=_dataset_files(job),
+        dataset_files=dataset_files(job),
         backbone=job.model.backbone_name,
         job=job.resolved,
         runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
@@ -530,12 +501,6 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
     )
 
 
-def _dataset_files(job: Job) -> dict[str, str]:
-    """Absolute paths of the job's dataset files (those it sets), by job key: relative ones are taken from here."""
-    keys = ("path_split", "path_label", "path_classid", "path_frame")
-    return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -552,15 +517,17 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
     checkpoint = job.checkpoints[0]
     if digest is None:
         digest = backbone_digest(checkpoint_state(job, checkpoint))
-    modes = (PER_STEP, BATCHED) if options.batching == "auto" else (options.batching,)
+    settings = job.extract
+    # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
+    modes = (PER_STEP, BATCHED) if settings.batching == "auto" else (settings.batching,)
     digests = file_digests(job.data)  # each file read once, whichever modes are tried
     inputs = [
         key_inputs(
             job.data,
             job.model,
-            dtype=options.dtype,
-            precision=options.precision,
-            channels_last=options.channels_last,
+            dtype=settings.dtype,
+            precision=settings.precision,
+            channels_last=settings.channels_last,
             backbone_digest=digest,
             batching=mode,
             digests=digests,

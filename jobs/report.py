@@ -441,6 +441,8 @@ def build_summary(
             job=replay["job"],
         ),
     )
+    if "dataset_digests" in replay:  # infer's: no cache records the dataset files' digests
+        summary["provenance"]["dataset_digests"] = replay["dataset_digests"]
     if budget is not None:
         summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
     summary["exactness"] = exactness_summary(replay, summary.get("budget"))

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from reports.summary import first_keys
+from reports.summary import first_keys, is_sequential_reference
 
 NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
 MAX_SKIPPED_SHOWN = 50
@@ -107,9 +107,16 @@ def _videos(baseline: Mapping[str, Any]) -> str:
 MAX_AT_RISK_SHOWN = 10
 
 
-def _exactness_lines(exactness: Mapping[str, Any] | None) -> list[str]:
-    """Whether ``frameexit infer`` would decide as this replay did: exact, or how many videos may differ."""
+def _exactness_lines(exactness: Mapping[str, Any] | None, *, reference: bool = False) -> list[str]:
+    """Whether ``frameexit infer`` would decide as this replay did: exact, or how many videos may differ
+    (``reference``: the report is of infer's own outputs)."""
     head = ["## Agreement with `frameexit infer` (sequential inference)", ""]
+    if reference:
+        text = (
+            "This report is of `frameexit infer`'s own outputs: the sequential reference itself, which read each "
+            "video's frames one step at a time (no feature cache), so there is nothing to differ from."
+        )
+        return [*head, text, ""]
     if not exactness:
         return [*head, "The replay recorded no exactness (a replay of an older frameexit).", ""]
     if exactness["status"] == "exact":
@@ -245,7 +252,7 @@ def _results(summary: Mapping[str, Any]) -> list[str]:
             "",
         ]
         lines += _category_table(default)
-        lines += _exactness_lines(summary.get("exactness"))
+        lines += _exactness_lines(summary.get("exactness"), reference=is_sequential_reference(summary))
     return lines
 
 

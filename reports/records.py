@@ -91,7 +91,8 @@ class StepCostsRecord(TypedDict):
 
 class MetricRow(TypedDict):
     """The metrics of one checkpoint at one setting: a row of ``sweep.parquet`` (less ``order`` and ``n_videos``)
-    and an entry of ``replay.json``'s ``default_metrics``."""
+    and an entry of ``replay.json``'s ``default_metrics``. Its keys and types are those of the columns of
+    :data:`reports.schema.SWEEP` (``| None`` where a column is nullable; checked by a test)."""
 
     checkpoint: str  # checkpoint file name (the path as given where two checkpoints share a file name)
     first_threshold: float  # step-0 exit threshold (probability)
@@ -99,8 +100,8 @@ class MetricRow(TypedDict):
     map: float | None  # mean average precision, fraction in [0, 1]; NaN (null) without any positive label
     top1: float | None  # top-1 accuracy, fraction in [0, 1] of the videos with a label; NaN (null) without one
     gflops: float | None  # mean GFLOPs per video, paper convention; null for backbones without a paper figure
-    gmacs_measured: float  # mean measured GMACs per video, backbone + head
-    mean_frames: float  # mean frames read per video (exit_step + 1)
+    gmacs_measured: float | None  # mean measured GMACs per video, backbone + head; NaN (null) without videos
+    mean_frames: float | None  # mean frames read per video (exit_step + 1); NaN (null) without videos
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based), sums to 1
     # mAP of each category of classes (data.path_category, e.g. HVU's scene, object, ...), fractions in [0, 1],
     # null for a category without a positive video; null without categories (absent in files before 0.1 wrote it)
@@ -188,6 +189,12 @@ class InferMetrics(TypedDict):
 # ---------------------------------------------------------------------------------------------- replay.json
 
 
+#: ``replay.json``'s exactness reference and scheduler in the replay files ``frameexit infer`` writes beside
+#: ``metrics.json`` (a replay of its one setting, read by ``frameexit report``): no cache, no deviation.
+SEQUENTIAL_REFERENCE = "this is the sequential reference: frameexit infer's own run"
+INFER_SCHEDULER = "none: frameexit infer, one video at a time"
+
+
 class CacheRecord(TypedDict):
     directory: str  # absolute path of the feature cache directory
     key: str  # the cache key (the directory's name under the cache root)
@@ -241,13 +248,16 @@ class ExactnessRecord(TypedDict):
 
 
 class ReplayRuntime(Runtime):
-    scheduler: str  # the dask scheduler: threads, sync, an address, or "local cluster of N processes"
+    # the dask scheduler: threads, sync, an address, or "local cluster of N processes"; INFER_SCHEDULER for infer's
+    scheduler: str
 
 
 class ReplayRecord(TypedDict):
-    """``replay.json`` of ``frameexit replay``: what was replayed, over what, and the job's setting."""
+    """``replay.json`` of ``frameexit replay``: what was replayed, over what, and the job's setting. ``frameexit
+    infer`` writes one too, of its one setting: ``cache`` null, ``dataset_digests`` set, ``exactness`` exact with
+    reference :data:`SEQUENTIAL_REFERENCE`."""
 
-    cache: CacheRecord  # the feature cache replayed over
+    cache: CacheRecord | None  # the feature cache replayed over; null for infer's (no cache: the frames themselves)
     checkpoints: list[CheckpointRecord]  # in the job's order
     order: list[int]  # the policy order: sampled-frame position read at each step
     order_name: str  # coarse_to_fine, sequential, or the positions joined by commas (the sweep's order column)
@@ -270,19 +280,23 @@ class ReplayRecord(TypedDict):
     n_videos_labelled: NotRequired[int]
     # agreement with frameexit infer: deviation of the features and the videos at risk (absent before 0.1 wrote it)
     exactness: NotRequired[ExactnessRecord]
+    # SHA-256 of the split file, label file and class list, by cache input name (split_digest, labels_digest,
+    # classes_digest): infer's, which has no cache.inputs to record them (a replay's are there)
+    dataset_digests: NotRequired[dict[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------- summary.json
 
 
 class Provenance(TypedDict):
-    cache: CacheRecord  # the feature cache replayed over (replay.json's)
+    cache: CacheRecord | None  # the feature cache replayed over (replay.json's); null for a report of infer's outputs
     checkpoints: list[CheckpointRecord]  # replay.json's, with SHA-256
     dataset_files: dict[str, str]  # absolute paths of the dataset files, as the replay recorded them
     order: str  # the policy order's name (replay.json's order_name)
     versions: Versions  # of the replay
     replayed: str  # date of the replay: ISO 8601, UTC
     job: dict[str, Any]  # the resolved job of the replay
+    dataset_digests: NotRequired[dict[str, str]]  # replay.json's, where it has them (infer's)
 
 
 class VideoResults(TypedDict):

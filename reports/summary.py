@@ -284,8 +284,9 @@ class Identity:
     order: str | None = None  # the policy order's name
 
 
-def _identity(dataset: Any, cache: Any, checkpoints: Any, order: Any) -> Identity:
-    inputs = cache.get("inputs") if isinstance(cache, Mapping) else None
+def _identity(dataset: Any, cache: Any, checkpoints: Any, order: Any, digests: Any) -> Identity:
+    # the file digests a replay's cache records, or those infer's replay.json records itself (it has no cache)
+    inputs = cache.get("inputs") if isinstance(cache, Mapping) else digests
     inputs = inputs if isinstance(inputs, Mapping) else {}
 
     def text(value: Any) -> str | None:
@@ -304,12 +305,20 @@ def _identity(dataset: Any, cache: Any, checkpoints: Any, order: Any) -> Identit
 def summary_identity(summary: Mapping[str, Any]) -> Identity:
     """The :class:`Identity` a ``summary.json`` records (its provenance is the replay's)."""
     p = summary.get("provenance", {})
-    return _identity(summary.get("dataset"), p.get("cache"), p.get("checkpoints"), p.get("order"))
+    return _identity(
+        summary.get("dataset"), p.get("cache"), p.get("checkpoints"), p.get("order"), p.get("dataset_digests")
+    )
 
 
 def replay_identity(replay: Mapping[str, Any]) -> Identity:
     """The :class:`Identity` a ``replay.json`` records."""
-    return _identity(replay.get("dataset"), replay.get("cache"), replay.get("checkpoints"), replay.get("order_name"))
+    return _identity(
+        replay.get("dataset"),
+        replay.get("cache"),
+        replay.get("checkpoints"),
+        replay.get("order_name"),
+        replay.get("dataset_digests"),
+    )
 
 
 def _same_name(field: str, label: str) -> Callable[[Identity, Identity, str], list[str]]:
@@ -518,13 +527,14 @@ def baseline_gate(
     return result
 
 
-def _split_digest(summary: Mapping[str, Any]) -> str | None:
-    inputs = summary.get("provenance", {}).get("cache", {}).get("inputs", {})
-    digest = inputs.get("split_digest") if isinstance(inputs, Mapping) else None
-    return digest if isinstance(digest, str) else None
-
-
 # ---------------------------------------------------------------------------------------------- exactness
+
+
+def is_sequential_reference(summary: Mapping[str, Any]) -> bool:
+    """Whether a ``summary.json`` reports ``frameexit infer``'s own outputs (the sequential reference: its
+    ``replay.json`` names no feature cache), not a replay's."""
+    provenance = summary.get("provenance") or {}
+    return "cache" in provenance and provenance["cache"] is None
 
 
 def exactness_summary(replay: Mapping[str, Any], budget: Mapping[str, Any] | None = None) -> SummaryExactness | None:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from reports.summary import is_sequential_reference
+
 
 def _num(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -41,7 +43,8 @@ def _labelled_and(n_labelled: int | None) -> str:
 def render_infer_summary(result: Any) -> str:
     """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs.
 
-    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``.
+    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``, ``sweep_path``,
+    ``replay_path``.
     """
     metrics = result.metrics
     per_frame = metrics.get("gflops_per_frame")
@@ -70,7 +73,7 @@ def render_infer_summary(result: Any) -> str:
     if categories:
         lines.append("  mAP per category " + " ".join(f"{k}:{_num(v)}" for k, v in categories.items()))
     lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
-    lines.append(f"  wrote {result.videos_path}, {result.metrics_path}")
+    lines.append(f"  wrote {result.videos_path}, {result.metrics_path}, {result.sweep_path}, {result.replay_path}")
     return "\n".join(lines)
 
 
@@ -190,7 +193,9 @@ def render_report_summary(result: Any) -> str:
             "mAP not compared"
         )
     exactness = result.summary.get("exactness")
-    if exactness and exactness["status"] == "measured":
+    if is_sequential_reference(result.summary):
+        head += "; this is frameexit infer's own run (the sequential reference)"
+    elif exactness and exactness["status"] == "measured":
         n = sum(c["n_at_risk"] or 0 for c in exactness["checkpoints"])
         head += f"; {n} video(s) at the job's setting may be decided otherwise by infer (batched features)"
     elif exactness:

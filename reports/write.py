@@ -16,10 +16,16 @@ from frameexit.atomic import atomic_write
 
 
 def write_table(path: str | os.PathLike, columns: Mapping[str, Any], schema: pa.Schema) -> None:
-    """Write ``columns`` (name -> values) as a Parquet file with exactly ``schema``."""
-    table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+    """Write ``columns`` (name -> values, or Arrow arrays of the schema's types) as a Parquet file with exactly
+    ``schema``."""
+    arrays = {f.name: _array(columns[f.name], f.type) for f in schema}
+    table = pa.table(arrays, schema=schema)
     with atomic_write(path) as handle:
         pq.write_table(table, handle)
+
+
+def _array(values: Any, kind: pa.DataType) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values, type=kind)
 
 
 def jsonable(value: Any) -> Any:

@@ -102,8 +102,8 @@ def reported(anet, checkpoint, tmp_path_factory):
     cache = str(root / "cache")
     extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
     run = str(root / "run")
-    grid = ReplayOptions(cache_root=cache, first_thresholds=(0.5, 1.0), gate_thresholds=(0.5,))
-    replay(load_job(job_file), run, grid)
+    grid = ["--replay.first_thresholds", "[0.5, 1.0]", "--replay.gate_thresholds", "[0.5]"]
+    replay(load_job(job_file, grid), run, ReplayOptions(cache_root=cache))
     report(run)
     return job_file, run
 

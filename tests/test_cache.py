@@ -19,7 +19,7 @@ from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract
 from jobs.replay import ReplayOptions, replay
 
-GRID = dict(first_thresholds=(0.0, 0.5, 0.99), gate_thresholds=(0.1, 0.5), scheduler="sync")
+GRID = ["--replay.first_thresholds", "[0.0, 0.5, 0.99]", "--replay.gate_thresholds", "[0.1, 0.5]"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _copy(cache_dir, dest, **inputs):
 
 
 def _sweep(job_file, root, out, **options):
-    result = replay(load_job(job_file), str(out), ReplayOptions(cache_root=root, **GRID, **options))
+    result = replay(load_job(job_file, GRID), str(out), ReplayOptions(cache_root=root, scheduler="sync", **options))
     return pq.read_table(result.sweep_path)
 
 
@@ -104,7 +104,9 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(dataset, check
     # issue 19, item 2: channels-last features differ in the last bits; they are another cache
     job_file = write_job(str(tmp_path / "job.yml"), dataset, checkpoint)
     root = str(tmp_path / "cache")
-    made = extract(load_job(job_file), ExtractOptions(cache_root=root, channels_last=True, shard_size=4))
+    made = extract(
+        load_job(job_file, ["--extract.channels_last", "true"]), ExtractOptions(cache_root=root, shard_size=4)
+    )
     args = ["replay", job_file, "--cache", root, "--out", str(tmp_path / "o"), "--scheduler", "sync"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1, r.output
@@ -142,15 +144,15 @@ def test_a_hand_made_cache_is_compared_on_the_inputs_it_records(extracted, tmp_p
     path.write_text(json.dumps(doc))
     split = tmp_path / "elsewhere.txt"
     split.write_text("v_alpha.mp4\n")
-    job = load_job(job_file, ["--data.path_split", str(split)])
-    out = replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), **GRID))
+    job = load_job(job_file, ["--data.path_split", str(split), *GRID])
+    out = replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), scheduler="sync"))
     assert pq.read_table(out.sweep_path).num_rows == 6
     doc["inputs"] = {"backbone_digest": "0" * 64}
     path.write_text(json.dumps(doc))
     with pytest.raises(
         CacheError, match=r"backbone weights \(checkpoint.init\): SHA-256 000000000000\.\.\. in the cache"
     ):
-        replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), **GRID))
+        replay(job, str(tmp_path / "o"), ReplayOptions(cache_root="", features=str(made), scheduler="sync"))
 
 
 def test_a_cache_with_other_inputs_is_refused_naming_them(extracted, tmp_path):
@@ -313,7 +315,8 @@ def test_extract_leaves_the_tf32_flags_as_they_were(dataset, checkpoint, tmp_pat
         extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4))
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "tf32"), precision="tf32", shard_size=4))
+        tf32 = load_job(job_file, ["--extract.precision", "tf32"])
+        extract(tf32, ExtractOptions(cache_root=str(tmp_path / "tf32"), shard_size=4))
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags

@@ -230,20 +230,14 @@ def test_run_builds_the_stage_options_from_one_set_of_options(captured, tmp_path
         "cpu",
     )
     assert r.exit_code == 130, r.output
-    kwargs = captured["run"][1]
+    (job, _), kwargs = captured["run"]
     cache = str(tmp_path / "c")
-    assert kwargs["extract_options"] == ExtractOptions(
-        cache_root=cache, shard_size=16, dtype="float16", channels_last=True, device="cpu", workers=3
-    )
-    assert kwargs["replay_options"] == ReplayOptions(
-        cache_root=cache,
-        gate_thresholds=(0.0, 0.5, 1.0),
-        per_video="all",
-        workers=3,
-        dtype="float16",
-        channels_last=True,
-    )
+    assert kwargs["extract_options"] == ExtractOptions(cache_root=cache, shard_size=16, device="cpu", workers=3)
+    assert kwargs["replay_options"] == ReplayOptions(cache_root=cache, workers=3)
     assert kwargs["report_options"] == ReportOptions(budget=5.0, metric="top1")
+    # what is computed is the job's: the options that stand for job keys are set there
+    assert (job.extract.dtype, job.extract.channels_last) == ("float16", True)
+    assert (job.replay.gate_thresholds, job.replay.per_video) == ((0.0, 0.5, 1.0), "all")
 
 
 def test_extract_replay_and_train_get_the_same_options_objects(captured, tmp_path):
@@ -254,15 +248,20 @@ def test_extract_replay_and_train_get_the_same_options_objects(captured, tmp_pat
     r = invoke("extract", ANET_JOB, "--cache", cache, "--precision", "bf16", "--scheduler", "sync")
     assert r.exit_code == 130, r.output
     # dask's local schedulers mean: extract in this process (jobs.scheduling.LOCAL_SCHEDULERS)
-    assert captured["extract"][0][1] == ExtractOptions(cache_root=cache, precision="bf16", scheduler="sync")
+    assert captured["extract"][0][1] == ExtractOptions(cache_root=cache, scheduler="sync")
+    assert captured["extract"][0][0].extract.precision == "bf16"
     r = invoke(
         "replay", ANET_JOB, "--cache", cache, "--out", tmp_path / "o", "--channels-last", "--order", "sequential"
     )
     assert r.exit_code == 130, r.output
-    assert captured["replay"][0][2] == ReplayOptions(cache_root=cache, channels_last=True, order="sequential")
+    assert captured["replay"][0][2] == ReplayOptions(cache_root=cache)
+    assert captured["replay"][0][0].extract.channels_last and captured["replay"][0][0].model.input_order == tuple(
+        range(10)
+    )
     r = invoke("train", ANET_JOB, "--cache", cache, "--out", tmp_path / "h.pth", "--num-workers", "0")
     assert r.exit_code == 130, r.output
-    assert captured["train"][1]["extract_options"] == ExtractOptions(cache_root=cache, num_workers=0)
+    assert captured["train"][1]["extract_options"] == ExtractOptions(cache_root=cache)
+    assert captured["train"][0][0].data.num_workers == 0
 
 
 def test_the_options_of_every_command_come_from_one_table():

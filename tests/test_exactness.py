@@ -95,8 +95,9 @@ def test_a_threshold_between_the_two_roundings_per_step_equals_infer_batched_nam
     assert (reference[video]["exit_step"] == 0) == (conf["per-step"][v] > np.float32(first))
 
     for mode in ("per-step", "batched"):
-        extract(job, ExtractOptions(cache_root=cache, batching=mode))
-        replay(job, str(tmp_path / mode), ReplayOptions(cache_root=cache, batching=mode))
+        moded = job.with_value("extract.batching", mode)
+        extract(moded, ExtractOptions(cache_root=cache))
+        replay(moded, str(tmp_path / mode), ReplayOptions(cache_root=cache))
     exact, batched = _rows(tmp_path / "per-step" / "videos.parquet"), _rows(tmp_path / "batched" / "videos.parquet")
 
     # per-step: every decision equal to infer's, confidence bit for bit; replay.json says exact
@@ -253,12 +254,14 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
     expected = torch.empty(10, recorded[0].shape[1])
     for step, position in enumerate(job.model.input_order):
         expected[position] = recorded[step][0]
-    result = extract(job, ExtractOptions(cache_root=str(tmp_path / "cache"), batching="per-step"))
+    result = extract(job.with_value("extract.batching", "per-step"), ExtractOptions(cache_root=str(tmp_path / "cache")))
     assert result.exactness["status"] == "exact" and result.exactness["effective"] == "per-step"
     shard = read_shard(os.path.join(result.cache_dir, "shard-00000.h5"))
     assert torch.equal(torch.from_numpy(shard.features[0]), expected)
     if backbone == "x3d_s":  # on a CPU the 3D backbone runs one clip per forward pass even when batched
-        batched = extract(job, ExtractOptions(cache_root=str(tmp_path / "cache"), batching="batched"))
+        batched = extract(
+            job.with_value("extract.batching", "batched"), ExtractOptions(cache_root=str(tmp_path / "cache"))
+        )
         assert batched.cache_dir != result.cache_dir
         assert (batched.exactness["status"], batched.exactness["effective"]) == ("exact", "per-step")
         shard = read_shard(os.path.join(batched.cache_dir, "shard-00000.h5"))

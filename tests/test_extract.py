@@ -211,7 +211,7 @@ def test_key_follows_backbone_weights_preprocessing_and_split(job_file, extracte
             precision="fp32",
             channels_last=False,
             backbone_digest=backbone_digest(state),
-            batching=resolved(job, ExtractOptions(cache_root="")).batching,  # auto: per-step on a CPU
+            batching=resolved(job, "auto").extract.batching,  # auto: per-step on a CPU
         )
         return cache_key(inputs)
 
@@ -238,7 +238,7 @@ def test_float16_storage(job_file, tmp_path, anet):
     split = tmp_path / "split.txt"
     split.write_text("v_bravo.mp4\n")
     job = load_job(job_file, ["--data.path_split", str(split)])
-    r16 = extract(job, ExtractOptions(cache_root=str(tmp_path), dtype="float16"))
+    r16 = extract(job.with_value("extract.dtype", "float16"), ExtractOptions(cache_root=str(tmp_path)))
     r32 = extract(job, ExtractOptions(cache_root=str(tmp_path)))
     assert r16.key != r32.key
     f16 = cached_video(FeatureCache.open(r16.cache_dir), "v_bravo.mp4")[0]

@@ -114,14 +114,15 @@ def test_storage_and_report_writers_import_no_torch():
 
 def test_report_imports_neither_torch_nor_dask(anet, checkpoint, tmp_path):
     """`frameexit report` on a real replay's output reads tables and writes text and a figure: no model, no graph."""
-    from jobs.config import load_job
+    from jobs.config import load_job, with_options
     from jobs.extract import ExtractOptions, extract
     from jobs.replay import ReplayOptions, replay
 
     job = load_job(write_job(str(tmp_path / "job.yml"), anet, checkpoint))
     out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
     extract(job, ExtractOptions(cache_root=cache, shard_size=4))
-    replay(job, out, ReplayOptions(cache_root=cache, first_thresholds=(0.5, 0.9), gate_thresholds=(0.5,)))
+    grid = with_options(job, dict(first_thresholds=(0.5, 0.9), gate_thresholds=(0.5,)))
+    replay(grid, out, ReplayOptions(cache_root=cache))
     code = "from cli import main\nmain(sys.argv[1:])\n"
     p, loaded = _loaded_after(code, "report", "--out", out)
     assert p.returncode == 0, p.stdout + p.stderr

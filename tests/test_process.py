@@ -56,7 +56,10 @@ def test_preprocessing_a_frame_leaves_the_process_as_it_was(threads, tmp_path):
 def test_extracting_in_process_leaves_the_process_as_it_was(anet, checkpoint, threads, tmp_path):
     job_file = write_job(str(tmp_path / "job.yml"), anet, checkpoint)
     before = _state()
-    extract(load_job(job_file), ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4, num_workers=0))
+    extract(
+        load_job(job_file, ["--data.num_workers", "0"]),
+        ExtractOptions(cache_root=str(tmp_path / "cache"), shard_size=4),
+    )
     assert _same(before, _state())
 
 

@@ -18,7 +18,7 @@ from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
 from frameexit.sampling import COARSE_TO_FINE
 from frameexit.sweep import exit_tables
-from jobs.config import load_job
+from jobs.config import load_job, with_options
 from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer
 from jobs.replay import ReplayOptions, replay
@@ -56,13 +56,8 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
     first = [0.0, float(np.nextafter(np.float32(c), np.float32(0))), c, 1.0]
     gate = [0.0, s, float(np.nextafter(np.float32(s), np.float32(1))), 0.5, 1.0]
     out = tmp_path / "replay"
-    replay(
-        load_job(job_file),
-        str(out),
-        ReplayOptions(
-            cache_root=cache_root, first_thresholds=tuple(first), gate_thresholds=tuple(gate), per_video="all"
-        ),
-    )
+    grid = dict(first_thresholds=first, gate_thresholds=gate, per_video="all")
+    replay(with_options(load_job(job_file), grid), str(out), ReplayOptions(cache_root=cache_root))
     rows = _rows(out / "videos.parquet")
     sweep = {(r["first_threshold"], r["gate_threshold"]): r for r in pq.read_table(out / "sweep.parquet").to_pylist()}
     assert len(sweep) == 20 and len(rows) == 20 * 6
@@ -98,21 +93,22 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
 def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, tmp_path):
     job_file, cache_root, _ = setup
     grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
+    job = with_options(load_job(job_file), dict(grid, per_video="all"))
     tables, videos = {}, {}
     for name, options in {
-        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync", per_video="all", **grid),
-        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1, per_video="all", **grid),
-        "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7, per_video="all", **grid),
-        "cluster": ReplayOptions(cache_root=cache_root, workers=2, per_video="all", **grid),
+        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync"),
+        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1),
+        "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7),
+        "cluster": ReplayOptions(cache_root=cache_root, workers=2),
     }.items():
-        replay(load_job(job_file), str(tmp_path / name), options)
+        replay(job, str(tmp_path / name), options)
         tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
         videos[name] = pq.read_table(tmp_path / name / "videos.parquet")
     for size in (1, 3, 64):
         root = str(tmp_path / f"cache-{size}")
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
         out = tmp_path / f"shards-{size}"
-        replay(load_job(job_file), str(out), ReplayOptions(cache_root=root, per_video="all", **grid))
+        replay(job, str(out), ReplayOptions(cache_root=root))
         tables[out.name], videos[out.name] = pq.read_table(out / "sweep.parquet"), pq.read_table(out / "videos.parquet")
     reference, reference_videos = tables.pop("sync"), videos.pop("sync")
     assert reference.num_rows == 25 and reference_videos.num_rows == 25 * 6
@@ -125,9 +121,9 @@ def test_sequential_order_differs_and_equals_infer_with_that_order(setup, checkp
     job_file, cache_root, _ = setup
     # step 0 reads sampled frame 5 in one order and frame 0 in the other: different confidences
     grid = dict(first_thresholds=(0.57,), gate_thresholds=(0.025,))
-    job = load_job(job_file, ["--model.first_threshold", "0.57", "--model.gate_threshold", "0.025"])
-    replay(job, str(tmp_path / "c2f"), ReplayOptions(cache_root=cache_root, **grid))
-    replay(job, str(tmp_path / "seq"), ReplayOptions(cache_root=cache_root, order="sequential", **grid))
+    job = with_options(load_job(job_file, ["--model.first_threshold", "0.57", "--model.gate_threshold", "0.025"]), grid)
+    replay(job, str(tmp_path / "c2f"), ReplayOptions(cache_root=cache_root))
+    replay(with_options(job, dict(order="sequential")), str(tmp_path / "seq"), ReplayOptions(cache_root=cache_root))
     c2f, seq = _rows(tmp_path / "c2f" / "videos.parquet"), _rows(tmp_path / "seq" / "videos.parquet")
     assert [r["exit_step"] for r in c2f.values()] != [r["exit_step"] for r in seq.values()]
     assert pq.read_table(tmp_path / "seq" / "sweep.parquet").column("order").to_pylist() == ["sequential"]
@@ -161,7 +157,8 @@ def test_several_checkpoints_share_one_cache(setup, checkpoint, tmp_path):
     other = {k: (v * 1.5 if k.startswith("module.classifiers") else v) for k, v in state.items()}
     torch.save(other, tmp_path / "beta_b.pth")
     job = load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {tmp_path / 'beta_b.pth'}]"])
-    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root, gate_thresholds=(0.1, 0.5)))
+    job = with_options(job, dict(gate_thresholds=(0.1, 0.5)))
+    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root))
     sweep = pq.read_table(result.sweep_path).to_pylist()
     assert sorted({r["checkpoint"] for r in sweep}) == sorted([os.path.basename(checkpoint), "beta_b.pth"])
     assert len(sweep) == 4 and len(result.summary["default_metrics"]) == 2
@@ -259,17 +256,17 @@ def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, tm
     torch.save(_with_head(state, hidden=64, seed=22), tmp_path / "narrow.pth")
     checkpoints = [checkpoint, str(tmp_path / "same_width.pth"), str(tmp_path / "narrow.pth")]
     grid = dict(first_thresholds=(0.0, 0.5, 0.9, 1.0), gate_thresholds=(0.0, 0.3, 0.6, 1.0), per_video="all")
-    job = load_job(job_file, ["--checkpoint.init", f"[{', '.join(checkpoints)}]"])
-    together = replay(job, str(tmp_path / "cluster"), ReplayOptions(cache_root=cache_root, workers=2, **grid))
+    job = with_options(load_job(job_file, ["--checkpoint.init", f"[{', '.join(checkpoints)}]"]), grid)
+    together = replay(job, str(tmp_path / "cluster"), ReplayOptions(cache_root=cache_root, workers=2))
     sweep = pq.read_table(together.sweep_path).to_pylist()
     videos = pq.read_table(together.videos_path).to_pylist()
     by_name = {}
     for path in checkpoints:
         name = os.path.basename(path)
         alone = replay(
-            load_job(job_file, ["--checkpoint.init", path]),
+            with_options(load_job(job_file, ["--checkpoint.init", path]), grid),
             str(tmp_path / f"alone-{name}"),
-            ReplayOptions(cache_root=cache_root, scheduler="threads", **grid),
+            ReplayOptions(cache_root=cache_root, scheduler="threads"),
         )
         expected = pq.read_table(alone.sweep_path).to_pylist()
         assert [r for r in sweep if r["checkpoint"] == name] == expected, name
@@ -289,9 +286,10 @@ def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
     """--progress: tqdm's dask callback draws one bar of the graph's tasks on stderr; --no-progress and, off a
     terminal, the default draw none."""
     job_file, cache_root, _ = setup
-    options = ReplayOptions(cache_root=cache_root, first_thresholds=(0.5,), gate_thresholds=(0.5,), class_block=100)
+    options = ReplayOptions(cache_root=cache_root, class_block=100)
+    job = with_options(load_job(job_file), dict(first_thresholds=(0.5,), gate_thresholds=(0.5,)))
     for progress, shown in ((True, True), (False, False), (None, False)):
-        replay(load_job(job_file), str(tmp_path / str(progress)), options, progress=progress)
+        replay(job, str(tmp_path / str(progress)), options, progress=progress)
         err = capsys.readouterr().err
         assert ("replay tasks" in err) is shown, (progress, err)
         if shown:
@@ -309,8 +307,10 @@ def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_p
     job_file, cache_root, _ = setup
     seen = []
     monkeypatch.setattr(jobs.replay, "limit_fragmentation", lambda tables: seen.append(tables) or False)
-    job = load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {checkpoint}]"])
-    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root, gate_thresholds=(0.5,)))
+    job = load_job(
+        job_file, ["--checkpoint.init", f"[{checkpoint}, {checkpoint}]", "--replay.gate_thresholds", "[0.5]"]
+    )
+    result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root))
     n_videos = len(pq.read_table(result.videos_path)) // 2
     assert n_videos > 0 and seen == [2 * n_videos * 10 * (4 * job.model.num_class + 4)]
 

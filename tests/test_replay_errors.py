@@ -204,13 +204,6 @@ def test_per_video_rows_for_every_setting_count_in_the_estimate(setup, tmp_path,
     assert r.exit_code == 2, r.output
     assert "--per-video all" in r.output and "1,500,000 per-video rows" in r.output
     with pytest.raises(UsageError, match="per-video"):
-        replay(
-            load_job(job_file),
-            str(tmp_path / "o"),
-            ReplayOptions(
-                cache_root=cache_root,
-                first_thresholds=tuple(i / 499 for i in range(500)),
-                gate_thresholds=tuple(i / 499 for i in range(500)),
-                per_video="all",
-            ),
-        )
+        grid = ["--replay.first_thresholds", "0:1:500", "--replay.gate_thresholds", "0:1:500"]
+        job = load_job(job_file, [*grid, "--replay.per_video", "all"])
+        replay(job, str(tmp_path / "o"), ReplayOptions(cache_root=cache_root))

@@ -460,7 +460,8 @@ def test_dataset_files_are_made_absolute_where_the_replay_ran(anet, checkpoint, 
     out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
     monkeypatch.chdir(root)
     extract(load_job(job_file), ExtractOptions(cache_root=cache, shard_size=4))
-    replay(load_job(job_file), out, ReplayOptions(cache_root=cache, first_thresholds=(0.5,), gate_thresholds=(0.5,)))
+    grid = ["--replay.first_thresholds", "[0.5]", "--replay.gate_thresholds", "[0.5]"]
+    replay(load_job(job_file, grid), out, ReplayOptions(cache_root=cache))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
