@@ -145,10 +145,10 @@ def write_cache(cache_dir: str, rng, keys, labels, steps: int, dim: int, shard_s
 def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, float]:
     """(a): every shard's exit tables, as replay's shard tasks compute them; the tables, seconds, peak MiB."""
     head_d = dask.delayed(head, name="bench-head", traverse=False)
-    tasks = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, head_d, order) for e in shards]
+    tasks = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, order, head_d) for e in shards]
     t0 = time.perf_counter()
     (tables,) = dask.compute(tasks, scheduler="threads")
-    return tables, time.perf_counter() - t0, peak_mib()
+    return [t for (t,) in tables], time.perf_counter() - t0, peak_mib()
 
 
 def sweep_pass(tables, shards, head: HeadState, order, first, gate, n_class, block) -> tuple:

@@ -16,9 +16,7 @@ from typing import Any
 
 from .inputs import differences
 from .key import CacheKeyInputs, cache_key
-from .manifest import MANIFEST, CacheError, Manifest, read_manifest
-from .plan import usable_videos
-from .reader import FeatureCache
+from .manifest import MANIFEST, CacheError, FeatureCache, Manifest, read_manifest
 
 #: Extraction options in the key, with the option that sets each: named when a cache differs only in them.
 OPTIONS = {
@@ -81,7 +79,7 @@ def open_cache(
         cache = FeatureCache.open(directory)
         if cache.manifest.key != key:
             raise CacheError(f"{directory}/{MANIFEST} belongs to key {cache.manifest.key}, not {key}")
-    require_features(cache)
+    cache.require_features()
     return cache
 
 
@@ -106,21 +104,6 @@ def frames_differences(manifest: Manifest, videos: Sequence[str], now: Mapping[s
     if readable:
         out.append(f"{_count(readable)} could not be read when extracted and can be now: {_first(readable)}")
     return out
-
-
-def require_features(cache: FeatureCache) -> int:
-    """Videos with features in the cache; raises :class:`CacheError` naming the cache when there are none."""
-    n_videos = usable_videos(cache.manifest)
-    if n_videos == 0:
-        skipped = cache.manifest.all_skipped()
-        reasons = "; ".join(f"{s['video']}: {s['reason']}" for s in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        raise CacheError(
-            f"the feature cache {cache.directory} holds no video to evaluate: {cache.manifest.n_listed} listed in the "
-            f"split, {len(skipped)} skipped ({reasons or 'none'}{more}); fix the dataset (frameexit prepare check "
-            "lists what is missing) and run frameexit extract again"
-        )
-    return n_videos
 
 
 def _count(videos: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from frameexit.errors import ConfigError
@@ -100,10 +100,12 @@ def key_inputs(
     channels_last: bool,
     backbone_digest: str,
     batching: str,
+    digests: Mapping[str, str] | None = None,
 ) -> CacheKeyInputs:
     """The key inputs of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`).
 
-    Reads the split, label and class-list files (to digest them), nothing else;
+    Reads the split, label and class-list files (to digest them), nothing else, unless ``digests`` gives
+    their SHA-256 by path (:func:`file_digests`; those of the bytes a dataset was parsed from);
     ``backbone_digest`` is the caller's (:func:`frameexit.checkpoint.backbone_digest`);
     ``batching`` the mode the backbone runs in, ``auto`` resolved first (:mod:`cache.exactness`).
     """
@@ -114,6 +116,7 @@ def key_inputs(
 
     pre = data.preprocessing
     clip_length = model.clip_length
+    digests = digests if digests is not None else file_digests(data)
     return CacheKeyInputs(
         backbone=model_name(model.backbone_name),
         truncate_modules=model.truncate_modules,
@@ -135,10 +138,13 @@ def key_inputs(
         dataset=data.name,
         key_format=data.key_format,
         num_class=model.num_class,
-        split_digest=file_sha256(data.path_split),
-        labels_digest=file_sha256(data.path_label),
-        classes_digest=file_sha256(data.path_classid),
+        **{name: digests[getattr(data, path)] for name, path in FILES.items()},
     )
+
+
+def file_digests(data: Any) -> dict[str, str]:
+    """The SHA-256 of the split, label and class-list files of ``data``, by path, each file read once."""
+    return {path: file_sha256(path) for path in dict.fromkeys(getattr(data, name) for name in FILES.values())}
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any], names: Sequence[str], data: Any = None) -> list[str]:

@@ -23,12 +23,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frameexit.atomic import TMP_SUFFIX
+from frameexit.atomic import TMP_SUFFIX, folder_lock
 
 from .key import FORMAT_VERSION, CacheKeyInputs, cache_key
-from .lock import writer_lock
-from .manifest import CacheError, Manifest, ShardEntry, read_manifest, write_manifest
-from .reader import verify_shard
+from .manifest import CacheError, FeatureCache, Manifest, ShardEntry, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +73,31 @@ class Checked:
         Videos whose frames are not those their features were computed from.
     retried : list of str
         Videos that could not be read when extracted and can be now.
+    replanned : bool
+        The split's frame folders changed since the cache was planned: it was planned anew.
     """
 
     pending: list[int] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
+    replanned: bool = False
 
 
-def pending_shards(cache_dir: str, manifest: Manifest, check_frames: FrameCheck | None = None) -> Checked:
-    """Shards to (re)compute (see the module docstring); those planned again are reset in ``manifest``.
+def pending_shards(cache: FeatureCache, check_frames: FrameCheck | None = None) -> Checked:
+    """Shards to (re)compute (see the module docstring); those planned again are reset in its manifest.
 
     ``check_frames`` gives the frame records of the written shards' videos as
     they are now; without it the frames are trusted (a shard is then planned
     again only when it is missing or corrupt).
     """
-    checked = Checked()
+    checked, manifest = Checked(), cache.manifest
     written = [i for i, entry in enumerate(manifest.shards) if entry.done]
     now = check_frames([v for i in written for v in manifest.shards[i].videos]) if check_frames else None
     for i, entry in enumerate(manifest.shards):
         stale = not entry.done
         if entry.done:
             try:
-                verify_shard(os.path.join(cache_dir, entry.name), entry.sha256 or "")
+                cache.verify(i)
             except CacheError as exc:
                 log.warning("%s", exc)
                 stale = True
@@ -131,75 +132,9 @@ def remove_stale_temporaries(cache_dir: str) -> None:
             os.unlink(path)
 
 
-def usable_videos(manifest: Manifest) -> int:
-    """Videos with features in the cache (planned, and not skipped while extracting)."""
-    failed = {s["video"] for s in manifest.all_skipped()}
-    return sum(1 for entry in manifest.shards for v in entry.videos if v not in failed)
-
-
-@dataclass
-class CacheWriter:
-    """A cache directory held by this process for writing (see :func:`open_for_writing`).
-
-    Attributes
-    ----------
-    directory : str
-    inputs : CacheKeyInputs
-        Those of its key.
-    manifest : Manifest
-    checked : Checked
-        The shards to compute (``pending``) and the videos whose frames changed or are read again.
-    replanned : bool
-        The split's frame folders changed since the cache was planned: it was planned anew.
-    """
-
-    directory: str
-    inputs: CacheKeyInputs
-    manifest: Manifest
-    checked: Checked
-    replanned: bool = False
-
-    @property
-    def pending(self) -> list[int]:
-        """Indices of the shards to compute."""
-        return self.checked.pending
-
-    @property
-    def key(self) -> str:
-        return self.manifest.key
-
-    @property
-    def complete(self) -> bool:
-        return not self.pending and self.manifest.complete
-
-    def shard_path(self, index: int) -> str:
-        return os.path.join(self.directory, self.manifest.shards[index].name)
-
-    def attrs(self) -> dict[str, Any]:
-        """The attributes every shard of this cache carries."""
-        return {"key": self.key, "inputs": self.inputs.to_json(), "format_version": FORMAT_VERSION}
-
-    def set_provenance(self, provenance: dict[str, Any]) -> None:
-        self.manifest.provenance = provenance
-
-    def record(
-        self,
-        index: int,
-        sha256: str,
-        skipped: list[dict[str, str]],
-        frames: Mapping[str, str | None],
-        probe: dict[str, Any] | None = None,
-    ) -> None:
-        """Shard ``index`` is written: its checksum, the videos it had to skip, the frame record of each of its
-        videos and its exactness probe (:mod:`cache.exactness`) go to the manifest at once."""
-        entry = self.manifest.shards[index]
-        entry.sha256, entry.skipped, entry.frames, entry.probe = sha256, skipped, dict(frames), probe
-        write_manifest(self.directory, self.manifest)
-
-    def finish(self) -> None:
-        """Mark the cache complete when every shard is written."""
-        self.manifest.complete = all(entry.done for entry in self.manifest.shards)
-        write_manifest(self.directory, self.manifest)
+def shard_attrs(inputs: CacheKeyInputs) -> dict[str, Any]:
+    """The attributes every shard of the cache of ``inputs`` carries."""
+    return {"key": cache_key(inputs), "inputs": inputs.to_json(), "format_version": FORMAT_VERSION}
 
 
 @contextlib.contextmanager
@@ -212,8 +147,10 @@ def open_for_writing(
     n_listed: int,
     skipped: Sequence[dict[str, str]],
     check_frames: FrameCheck | None = None,
-) -> Iterator[CacheWriter]:
-    """The cache directory of ``inputs`` under ``root``, locked, resumed from its manifest or planned anew.
+) -> Iterator[tuple[FeatureCache, Checked]]:
+    """The cache directory of ``inputs`` under ``root``, locked, resumed from its manifest or planned anew, and
+    what is left to do in it: the shards to compute (``pending``), the videos whose frames changed or are read
+    again.
 
     ``videos`` are the split's videos that have frames now, ``skipped`` those
     that have none (with the reason); ``check_frames`` reads the frames of the
@@ -224,7 +161,10 @@ def open_for_writing(
     key = cache_key(inputs)
     cache_dir = os.path.join(root, key)
     os.makedirs(cache_dir, exist_ok=True)
-    with writer_lock(cache_dir):
+    # one writer: an operating-system lock, released when its process dies (a killed run leaves nothing to clean
+    # up); readers do not take it: they read complete shards only, checked against the manifest
+    busy = f"another frameexit extract is writing {cache_dir}; wait for it to finish"
+    with folder_lock(cache_dir, busy, lock_name=".lock", error=CacheError):
         remove_stale_temporaries(cache_dir)
         manifest = read_manifest(cache_dir)
         replanned = False
@@ -238,7 +178,9 @@ def open_for_writing(
             log.warning("the frame folders of the split changed since %s was planned: planning it anew", cache_dir)
             fresh = plan(key, inputs, videos, shard_size=manifest.shard_size, n_listed=n_listed, skipped=skipped)
             manifest, replanned = replan(manifest, fresh), True
-        checked = pending_shards(cache_dir, manifest, check_frames)
+        cache = FeatureCache(cache_dir, manifest)
+        checked = pending_shards(cache, check_frames)
+        checked.replanned = replanned
         if checked.pending and manifest.shard_size != shard_size:
             log.warning("resuming with the shard size the cache was started with (%d)", manifest.shard_size)
-        yield CacheWriter(cache_dir, inputs, manifest, checked, replanned)
+        yield cache, checked

@@ -95,7 +95,7 @@ def write_shard(
 
 
 def read_shard(path: str) -> Shard:
-    """Read a whole shard (checksums are the reader's job, see :mod:`cache.reader`)."""
+    """Read a whole shard (checksums are checked before, see :class:`cache.manifest.FeatureCache`)."""
     with h5py.File(path, "r") as f:
         probed = "probe_videos" in f and "probe_features" in f
         return Shard(

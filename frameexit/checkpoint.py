@@ -10,6 +10,7 @@ code can load our checkpoints too.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ BACKBONE = "backbone."
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict stored in a checkpoint file, keys without the ``module.`` prefix.
+    """The state dict stored in a checkpoint file, keys without the ``module.`` prefix (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict stored in a checkpoint file, keys without the ``module.`` prefix, and the SHA-256 of the
+    file: both from the same bytes, read once.
 
     Raises :class:`CheckpointError` naming the file if it is missing, unreadable,
     holds anything but tensors and containers (``weights_only=True``; the message names the pickled
@@ -39,7 +46,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:
+            content = handle.read()
+        obj = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for bad files
         raise CheckpointError(
             f"cannot load checkpoint {path} with weights_only=True: {refusal_reason(exc)}; "
@@ -51,7 +60,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} does not hold a state dict (a mapping of names to tensors)")
     state = {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in obj.items()}
     check_finite(state, path=path)
-    return state
+    return state, hashlib.sha256(content).hexdigest()
 
 
 def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:

@@ -17,13 +17,15 @@ its reader and split builder, here) and its tests.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import glob
+import hashlib
 import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
 
@@ -57,11 +59,21 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Evaluated videos (sorted by key), skipped videos (sorted by key), and how many the split lists."""
+    """Evaluated videos (sorted by key), skipped videos (sorted by key), and how many the split lists.
+
+    ``classes``: the class list's names; ``digests``: the SHA-256 of every file read (split, labels, class
+    list), by path, from the bytes parsed (the cache key's file digests, :func:`cache.inputs.key_inputs`).
+    """
 
     videos: tuple[Video, ...]
     skipped: tuple[Skipped, ...]
     n_listed: int
+    classes: tuple[str, ...] = ()
+    digests: Mapping[str, str] = field(default_factory=dict)
+
+
+#: While :func:`load_dataset` reads: the SHA-256 of each file :func:`_open` reads, by path.
+_DIGESTS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("dataset_digests", default=None)
 
 
 def _open(path: str, what: str, key: str) -> io.StringIO:
@@ -71,12 +83,17 @@ def _open(path: str, what: str, key: str) -> io.StringIO:
     if not os.path.isfile(path):
         raise DatasetFileNotFoundError(f"{what} not found: {path} (from {key})")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            return io.StringIO(handle.read(), newline="")
+        with open(path, "rb") as handle:
+            content = handle.read()
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{what} {path} (from {key}) is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except OSError as exc:
         raise DatasetError(f"cannot read {what} {path} (from {key}): {exc.strerror or exc}") from None
+    digests = _DIGESTS.get()
+    if digests is not None:
+        digests[path] = hashlib.sha256(content).hexdigest()
+    return io.StringIO(text, newline="")
 
 
 def read_class_list(path: str) -> list[str]:
@@ -355,12 +372,19 @@ def load_dataset(
     not ``num_class``. Videos without a frame folder, without ``*.jpeg`` files
     or without an entry in the label file are skipped with their reason.
     """
-    classes = read_class_list(path_classid or "")
-    if len(classes) != num_class:
-        raise DatasetError(f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}")
+    digests: dict[str, str] = {}
+    token = _DIGESTS.set(digests)  # the files' SHA-256, from the bytes parsed
+    try:
+        classes = read_class_list(path_classid or "")
+        if len(classes) != num_class:
+            raise DatasetError(
+                f"class list {path_classid} has {len(classes)} classes but model.num_class is {num_class}"
+            )
+        keys = read_split(path_split or "")
+        labels = read_labels(name, path_label or "", key_format)
+    finally:
+        _DIGESTS.reset(token)
     index = {c: i for i, c in enumerate(classes)}
-    keys = read_split(path_split or "")
-    labels = read_labels(name, path_label or "", key_format)
     if not path_frame:
         raise DatasetError("no frames root given: set data.path_frame")
     if not os.path.isdir(path_frame):
@@ -385,7 +409,7 @@ def load_dataset(
             skipped.append(Skipped(key, f"no *.jpeg frames in {folder}"))
             continue
         videos.append(Video(key, tuple(frames), tuple(sorted({index[lab] for lab in labels[key]}))))
-    return Dataset(tuple(videos), tuple(skipped), len(keys))
+    return Dataset(tuple(videos), tuple(skipped), len(keys), tuple(classes), digests)
 
 
 def load_job_dataset(data, num_class: int) -> Dataset:
@@ -424,11 +448,14 @@ def require_videos(n_videos: int, skipped, path_split: str | None) -> None:
     )
 
 
-def load_categories(data) -> dict[str, tuple[int, ...]] | None:
-    """The classes of each category of a job's ``data.path_category`` (see :func:`read_categories`); ``None`` without one."""
+def load_categories(data, classes: Sequence[str] | None = None) -> dict[str, tuple[int, ...]] | None:
+    """The classes of each category of a job's ``data.path_category`` (see :func:`read_categories`); ``None`` without one.
+
+    ``classes``: the class list when already read (else it is read from ``data.path_classid``).
+    """
     if not data.path_category:
         return None
-    return read_categories(data.path_category, read_class_list(data.path_classid or ""))
+    return read_categories(data.path_category, classes or read_class_list(data.path_classid or ""))
 
 
 @dataclass(frozen=True)

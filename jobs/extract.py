@@ -11,7 +11,7 @@ every shard exactly as an uninterrupted one.
 
 This module wires the torch pipeline (frames -> backbone -> shard) and the
 scheduling (one process, or shard tasks on dask); the cache directory (key,
-lock, plan, manifest, checksums) is :mod:`cache.plan`'s.
+lock, plan, manifest, checksums) is :mod:`cache.plan`'s and :mod:`cache.manifest`'s.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from torch.utils.data import Dataset as TorchDataset
 from cache import exactness
 from cache.inputs import frame_files, key_inputs, video_frames_digest
 from cache.key import CacheKeyInputs
-from cache.manifest import CacheError, Manifest
-from cache.plan import CacheWriter, open_for_writing, usable_videos
+from cache.manifest import CacheError, FeatureCache, Manifest
+from cache.plan import Checked, open_for_writing, shard_attrs
 from cache.shard import file_sha256, write_shard
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest, build_backbone_from_state
@@ -47,11 +47,12 @@ from frameexit.sampling import clip_indices
 from reports.records import runtime
 
 from .config import Job
-from .datasets import Video, load_job_dataset, require_videos
+from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import LazyModel, backbone_geometry, checkpoint_state, resolve_device
+from .model import LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
+from .replay_graph import HeadState
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class ExtractResult:
         The split's frame folders had changed (videos gained or lost frames): the cache was planned anew.
     exactness : dict or None
         How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
+    cache, classes, head
+        The cache, class list and checkpoint head (:class:`jobs.replay_graph.HeadState`), for :mod:`jobs.run`'s replay.
     """
 
     cache_dir: str
@@ -133,6 +136,9 @@ class ExtractResult:
     retried: list[str] = dataclasses.field(default_factory=list)
     replanned: bool = False
     exactness: dict[str, Any] | None = None
+    cache: FeatureCache | None = dataclasses.field(default=None, repr=False, compare=False)
+    classes: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    head: HeadState | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -162,15 +168,15 @@ class ShardResult:
 
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
-) -> tuple[CacheKeyInputs, Any, dict[str, torch.Tensor]]:
-    """Key inputs, dataset and checkpoint state of the cache that ``job`` (with ``checkpoint``'s backbone) writes
+) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
+    """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes
     on ``options.device``.
 
-    Reads the split, labels, the frame listing and the checkpoint, but runs no
-    backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
+    Reads the split, labels, the frame listing and the checkpoint, each file once (digest and contents from the
+    same bytes), but runs no backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
     """
     dataset = load_job_dataset(job.data, job.model.num_class)
-    state = checkpoint_state(job, checkpoint or job.checkpoints[0])
+    state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
     settings = resolved(job, options.device).extract
     inputs = key_inputs(
         job.data,
@@ -180,8 +186,9 @@ def cache_inputs(
         channels_last=settings.channels_last,
         backbone_digest=backbone_digest(state),
         batching=settings.batching,
+        digests=dataset.digests,
     )
-    return inputs, dataset, state
+    return inputs, dataset, state, sha256
 
 
 def resolved(job: Job, device: str) -> Job:
@@ -225,8 +232,10 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     checkpoint = job.checkpoints[0]
     job = resolved(job, options.device)
     check_writable_dir(options.cache_root, "--cache")
-    inputs, dataset, state = cache_inputs(job, options, checkpoint)
+    inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
+    # for a replay that follows in this process (jobs.run): the head weights and the SHA-256 of the bytes read
+    head = HeadState(checkpoint, sha256, state)
     started = time.perf_counter()
     by_key = {v.key: v for v in dataset.videos}
 
@@ -243,12 +252,12 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         n_listed=dataset.n_listed,
         skipped=[{"video": s.video, "reason": s.reason} for s in dataset.skipped],
         check_frames=check_frames,
-    ) as cache:
-        if cache.complete:
+    ) as (cache, checked):
+        if not checked.pending and cache.manifest.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(job, cache, 0, 0, time.perf_counter() - started))
-        cache.set_provenance(_provenance(job, checkpoint, options))
-        attrs = cache.attrs()
+            return _checked(job, _result(job, cache, checked, 0, 0, time.perf_counter() - started), dataset, head)
+        cache.manifest.provenance = _provenance(job, checkpoint, options)
+        attrs = shard_attrs(inputs)
         tasks = [
             ShardTask(
                 index=i,
@@ -259,7 +268,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
                 options=options,
                 attrs=attrs,
             )
-            for i in cache.pending
+            for i in checked.pending
         ]
         backbone = BackboneHolder(job, checkpoint, job.extract.channels_last, state=state)
         del state  # the holder drops it once the backbone is built
@@ -268,33 +277,36 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped, result.records, result.probe)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(job, cache, len(tasks), frames, time.perf_counter() - started))
+    return _checked(job, _result(job, cache, checked, len(tasks), frames, time.perf_counter() - started), dataset, head)
 
 
-def _checked(job: Job, result: ExtractResult) -> ExtractResult:
+def _checked(job: Job, result: ExtractResult, dataset: Dataset, head: HeadState) -> ExtractResult:
     # every video can fail at decoding time (corrupt JPEGs): the cache is complete, but holds nothing to evaluate
     require_videos(result.n_videos, result.skipped, job.data.path_split)
-    return result
+    return dataclasses.replace(result, classes=dataset.classes, head=head)
 
 
-def _result(job: Job, cache: CacheWriter, written: int, frames: int, seconds: float) -> ExtractResult:
+def _result(
+    job: Job, cache: FeatureCache, checked: Checked, written: int, frames: int, seconds: float
+) -> ExtractResult:
     manifest = cache.manifest
     return ExtractResult(
         cache.directory,
         manifest.key,
-        usable_videos(manifest),
+        manifest.usable_videos(),
         len(manifest.shards),
         written,
         frames,
         seconds,
         manifest.all_skipped(),
         "clips" if job.model.clips else "frames",
-        frames_changed=cache.checked.changed,
-        retried=cache.checked.retried,
-        replanned=cache.replanned,
+        frames_changed=checked.changed,
+        retried=checked.retried,
+        replanned=checked.replanned,
         exactness=exactness.summarize(
             manifest.inputs.get("batching", exactness.BATCHED), [e.probe for e in manifest.shards]
         ),
+        cache=cache,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from frameexit.backbone import feature_dim, pretrained_state_dict
-from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_state_dict
+from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_checkpoint
 from frameexit.cost import measure_step_costs, paper_per_frame
 from frameexit.errors import CheckpointError, ConfigError
 from frameexit.head import FrameExit
@@ -64,7 +64,13 @@ def check_backbone_dim(job: Job) -> None:
 
 
 def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's state dict, checked against the job, with backbone weights.
+    """The checkpoint's state dict, checked against the job, with backbone weights (see :func:`checkpoint_file`)."""
+    return checkpoint_file(job, checkpoint)[0]
+
+
+def checkpoint_file(job: Job, checkpoint: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The checkpoint's state dict, checked against the job, with backbone weights; and the SHA-256 of the
+    checkpoint file, from the bytes the state was read from (the file is read once).
 
     The backbone comes from the checkpoint when it has one (the released ones
     do, fine-tuned); otherwise from the published weights already on disk
@@ -72,7 +78,7 @@ def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
     ``model.backbone.pretrained`` is true. Nothing is downloaded.
     """
     check_backbone_dim(job)
-    state = read_state_dict(checkpoint)
+    state, sha256 = read_checkpoint(checkpoint)
     check_state(job, state, checkpoint)
     if not any(k.startswith(BACKBONE) for k in state):
         model_cfg = job.model
@@ -82,7 +88,7 @@ def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
             )
         backbone = pretrained_state_dict(model_cfg.backbone_name, truncate_modules=model_cfg.truncate_modules)
         state = {**{BACKBONE + k: v for k, v in backbone.items()}, **state}
-    return state
+    return state, sha256
 
 
 def backbone_geometry(job: Job) -> dict[str, int | None]:

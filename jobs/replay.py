@@ -21,13 +21,10 @@ import numpy as np
 
 from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
-from cache.inputs import check_job_files, key_inputs
-from cache.manifest import CacheError
-from cache.plan import usable_videos
-from cache.reader import FeatureCache
-from cache.shard import file_sha256
+from cache.inputs import check_job_files, file_digests, key_inputs
+from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import BACKBONE, backbone_digest
+from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
@@ -57,7 +54,7 @@ from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import checkpoint_state, paper_per_step, step_costs
+from .model import checkpoint_file, checkpoint_state, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
@@ -157,17 +154,34 @@ def _check_grid(job: Job) -> _Grid:
     return grid
 
 
-def replay_into(job: Job, folder: str, options: ReplayOptions, *, progress: bool | None = None) -> ReplayRecord:
+def replay_into(
+    job: Job,
+    folder: str,
+    options: ReplayOptions,
+    *,
+    progress: bool | None = None,
+    cache: FeatureCache | None = None,
+    classes: Sequence[str] | None = None,
+    first: HeadState | None = None,
+) -> ReplayRecord:
     """The sweep of :func:`replay`, its three files written into ``folder`` (a staging folder); returns
-    ``replay.json``'s record."""
+    ``replay.json``'s record.
+
+    ``cache``, ``classes`` and ``first`` (the first checkpoint's head, given with ``cache``): those an
+    extraction in this process just read (:mod:`jobs.run`), which are then not read again; without them the
+    cache is found from the job (:func:`_open_cache`) and the class list and checkpoints are read.
+    """
     grid = _check_grid(job)
-    # the first checkpoint is read once: its backbone digest names the cache, its head replays
-    first = checkpoint_state(job, job.checkpoints[0])
-    cache = _open_cache(job, options, backbone_digest(first))
-    categories = load_categories(job.data)
-    n_videos = usable_videos(cache.manifest)
-    heads = _load_heads(job, cache, first)
-    del first
+    read = None
+    if cache is None:
+        # the first checkpoint is read once: its backbone digest names the cache, its head replays
+        read = checkpoint_file(job, job.checkpoints[0])
+        cache = _open_cache(job, options, backbone_digest(read[0]))
+    categories = load_categories(job.data, classes)
+    n_videos = cache.manifest.usable_videos()
+    heads = [first] if read is None else [_head(job, cache, job.checkpoints[0], *read)]
+    del read  # the first checkpoint's backbone weights
+    heads += [_head(job, cache, c, *checkpoint_file(job, c)) for c in job.checkpoints[1:]]
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
@@ -256,25 +270,17 @@ def _grid(job: Job) -> _Grid:
     return _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
 
 
-def _load_heads(job: Job, cache: FeatureCache, first: dict | None = None) -> list[HeadState]:
-    """Every checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache.
-
-    ``first``: the first checkpoint's state dict when already read.
-    """
+def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: str) -> HeadState:
+    """A checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache."""
     cache_digest = cache.manifest.inputs.get("backbone_digest")
-    heads = []
-    for i, checkpoint in enumerate(job.checkpoints):
-        state = first if i == 0 and first is not None else checkpoint_state(job, checkpoint)
-        digest = backbone_digest(state)
-        if digest != cache_digest:
-            raise ConfigError(
-                f"checkpoint {checkpoint} has other backbone weights than the feature cache {cache.directory} "
-                f"(backbone digest {digest[:12]}..., cache {str(cache_digest)[:12]}...); its heads cannot replay over "
-                f"these features: run frameexit extract with --checkpoint.init {checkpoint}"
-            )
-        head_state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
-        heads.append(HeadState(checkpoint, file_sha256(checkpoint), head_state))
-    return heads
+    digest = backbone_digest(state)
+    if digest != cache_digest:
+        raise ConfigError(
+            f"checkpoint {checkpoint} has other backbone weights than the feature cache {cache.directory} "
+            f"(backbone digest {digest[:12]}..., cache {str(cache_digest)[:12]}...); its heads cannot replay over "
+            f"these features: run frameexit extract with --checkpoint.init {checkpoint}"
+        )
+    return HeadState(checkpoint, sha256, state)
 
 
 def _concurrency(options: ReplayOptions) -> int:
@@ -299,11 +305,13 @@ def _sweep(
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
     computed grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's
     setting)."""
-    shards = [(os.path.join(cache.directory, e.name), e.sha256) for e in cache.manifest.shards]
+    shards = cache.shards()
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
-        block = options.class_block or default_class_block(n_class, cache_videos(cache), n_steps, cpu_workers(client))
+        block = options.class_block or default_class_block(
+            n_class, len(cache.manifest.planned()), n_steps, cpu_workers(client)
+        )
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
         graph = build_graph(
             heads,
@@ -333,11 +341,6 @@ def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: in
     by_workers = math.ceil(num_class / max(2 * workers, 1))
     by_memory = BLOCK_BYTES // max(4 * n_videos * n_steps, 1)
     return int(max(1, min(num_class, by_workers, by_memory)))
-
-
-def cache_videos(cache: FeatureCache) -> int:
-    """Videos planned in the cache's shards (those skipped while extracting included: an upper bound)."""
-    return sum(len(entry.videos) for entry in cache.manifest.shards)
 
 
 # ---------------------------------------------------------------------------------------------- the outputs
@@ -517,6 +520,7 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
     settings = job.extract
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
     modes = (PER_STEP, BATCHED) if settings.batching == "auto" else (settings.batching,)
+    digests = file_digests(job.data)  # each file read once, whichever modes are tried
     inputs = [
         key_inputs(
             job.data,
@@ -526,6 +530,7 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
             channels_last=settings.channels_last,
             backbone_digest=digest,
             batching=mode,
+            digests=digests,
         )
         for mode in modes
     ]

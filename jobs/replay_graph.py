@@ -2,8 +2,8 @@
 
 Per checkpoint head ``i``:
 
-- ``tables-i-s``, one task per shard: verify and read the shard, run the head
-  (:func:`shard_exit_tables`); everything else reads these.
+- ``tables-i-s``, per shard: the head's exit tables; one task per shard (``shard-s``) verifies and reads
+  the shard once and runs every head (:func:`shard_exit_tables`); everything else reads these.
 - ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's
   tables (step-0 confidence, gates, top-1 hits; small), merged in key order.
 - ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy);
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import operator
 import os
 import uuid
 from collections.abc import Sequence
@@ -42,10 +43,9 @@ import numpy as np
 import torch
 from tqdm.dask import TqdmCallback
 
-from cache.manifest import CacheError
-from cache.reader import ShardMissingError, verify_shard
+from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
-from frameexit.checkpoint import build_model
+from frameexit.checkpoint import BACKBONE, build_model
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -93,14 +93,15 @@ class HeadState(LazyModel):
     sha256 : str
         Of the checkpoint file.
     state : dict of str to Tensor
-        The head's weights (no ``backbone.*``), float32 as stored.
+        The checkpoint's weights, float32 as stored: the head's are kept, the backbone's (``backbone.*``) left out.
     """
 
     TRAVELS = ("name", "sha256", "state")
 
     def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
         super().__init__()
-        self.name, self.sha256, self.state = name, sha256, state
+        self.name, self.sha256 = name, sha256
+        self.state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
 
     @property
     def hidden_dim(self) -> int:
@@ -121,13 +122,16 @@ class HeadState(LazyModel):
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-def shard_exit_tables(path: str, sha256: str, head: HeadState, order: tuple[int, ...]) -> ExitTables:
-    """Dask task: verify and read one shard, return its exit tables for one checkpoint's head, with the
-    head's deviation on the shard's probed videos (:func:`shard_deviation`)."""
+def shard_exit_tables(path: str, sha256: str, order: tuple[int, ...], *heads: HeadState) -> tuple[ExitTables, ...]:
+    """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables
+    for each checkpoint's head, with the head's deviation on the shard's probed videos (:func:`shard_deviation`)."""
     verify_shard(path, sha256)
     shard = read_shard(path)
-    tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-    return dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables))
+    out = []
+    for head in heads:
+        tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
+        out.append(dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables)))
+    return tuple(out)
 
 
 def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables: ExitTables) -> HeadDeviation:
@@ -327,21 +331,27 @@ def build_graph(
     bounds = class_bounds(num_class, class_block_size)
     given = tables
     graph = Graph()
-    for i, head in enumerate(heads):
-        # the head weights (tens of MB) travel once per worker, not once per task, as one object
-        if client is not None:
-            shipped = client.scatter(head, broadcast=True, hash=False)
-        else:
-            shipped = dask.delayed(head, name=f"head-{i}-{token}", traverse=False)
+    # the head weights (tens of MB) travel once per worker, not once per task, each as one object
+    if client is not None:
+        shipped = [client.scatter(head, broadcast=True, hash=False) for head in heads]
+    else:
+        shipped = [dask.delayed(head, name=f"head-{i}-{token}", traverse=False) for i, head in enumerate(heads)]
+    # one task per shard verifies and reads it once for every head; absolute: a dask worker elsewhere resolves
+    # a relative path against its own working directory
+    read = [
+        dask.delayed(shard_exit_tables)(
+            os.path.abspath(path), digest, order, *shipped, dask_key_name=f"shard-{s}-{token}"
+        )
+        for s, (path, digest) in enumerate(shards if given is None else ())
+    ]
+    for i in range(len(heads)):
         tables, exits, pieces, rows, deviations = [], [], [], [], []
-        for s, (path, digest) in enumerate(shards):
+        for s in range(len(shards)):
             key = f"tables-{i}-{s}-{token}"
             if given is not None:
                 tables.append(dask.delayed(given[i][s], name=key, traverse=False))
             else:
-                # absolute: a dask worker elsewhere resolves a relative path against its own working directory
-                where = os.path.abspath(path)
-                tables.append(dask.delayed(shard_exit_tables)(where, digest, shipped, order, dask_key_name=key))
+                tables.append(dask.delayed(operator.getitem)(read[s], i, dask_key_name=key))
             graph.tables[key] = tables[-1]
             exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)

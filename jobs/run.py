@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,11 +53,11 @@ def run(
         extracted = extract(job, extract_options, progress=progress)
         if on_stage:
             on_stage("extract", extracted)
-        # the cache just extracted or verified: no need to compute its key again
-        replay_options = dataclasses.replace(replay_options, features=extracted.cache_dir)
         # replay and report write one set: a report that fails leaves the previous replay and report together
         with output_set(out_dir, names, seals=(REPLAY_FILE, SUMMARY_JSON), stale=(METRICS_FILE,)) as stage:
-            record = replay_into(job, stage, replay_options, progress=progress)
+            # the cache just extracted or verified, the class list and the head extract read: none is read again
+            handed = dict(cache=extracted.cache, classes=extracted.classes, first=extracted.head)
+            record = replay_into(job, stage, replay_options, progress=progress, **handed)
             summary = report_into(stage, stage, report_options)
     paths = out_paths(out_dir, names)
     replayed = ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.reader import FeatureCache
+from cache.manifest import FeatureCache
 from frameexit.atomic import check_writable_dir, folder_lock
 from frameexit.checkpoint import build_backbone_from_state, save_checkpoint
 from frameexit.errors import (

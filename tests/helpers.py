@@ -370,7 +370,7 @@ def hvu_overrides(hvu, checkpoint, first_threshold):
 
 
 def cached_videos(cache) -> list[str]:
-    """Every video key of a :class:`cache.reader.FeatureCache`, in shard order (sorted)."""
+    """Every video key of a :class:`cache.manifest.FeatureCache`, in shard order (sorted)."""
     return [v for shard in cache.iter_shards() for v in shard.videos]
 
 

@@ -78,9 +78,6 @@ def test_a_reader_opens_the_directory_its_key_names_and_reads_no_other_manifest(
     read = []
     original = cache.manifest.read_manifest
     monkeypatch.setattr(cache.manifest, "read_manifest", lambda d: read.append(d) or original(d))
-    import cache.reader
-
-    monkeypatch.setattr(cache.reader, "read_manifest", cache.manifest.read_manifest)
     assert _open(job, root).directory == cache_dir
     assert read == [cache_dir]
 

@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import ROOT, copy_cache
 
-from cache.manifest import read_manifest
-from cache.reader import verify_shard
+from cache.manifest import read_manifest, verify_shard
 from cli import main
 from frameexit.atomic import LOCK_NAME
 

@@ -27,8 +27,7 @@ from helpers import (
 )
 
 from cache.key import CacheKeyInputs, cache_key
-from cache.manifest import CacheCorruptError, read_manifest
-from cache.reader import FeatureCache
+from cache.manifest import CacheCorruptError, FeatureCache, read_manifest
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.preprocess import Preprocessing

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from helpers import ROOT, official_head_shapes, official_state
 from oracles import concat_tables
 
-from cache.reader import FeatureCache
+from cache.manifest import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
@@ -296,10 +296,10 @@ def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert ("replay tasks" in err) is shown, (progress, err)
         if shown:
-            # per shard (2): tables, their video exits, their 2 class blocks (3 tasks), the per-video rows, their
-            # deviation, what the risk rule reads of them and the videos at risk; then the merged exits, an AP task
-            # per class block (2), the sweep, the merged rows, the merged deviation and the merged videos at risk
-            assert "100%" in err and "25/25" in err, err
+            # per shard (2): its read, tables, their video exits, their 2 class blocks (3 tasks), the per-video rows,
+            # their deviation, what the risk rule reads of them and the videos at risk; then the merged exits, an AP
+            # task per class block (2), the sweep, the merged rows, the merged deviation and the merged videos at risk
+            assert "100%" in err and "27/27" in err, err
 
 
 def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_path, monkeypatch):

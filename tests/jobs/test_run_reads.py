@@ -1,0 +1,89 @@
+"""`run` reads each input once: every dataset file and the checkpoint once (their SHA-256 from the bytes parsed),
+each shard verified once per replay, whatever the number of checkpoints (issue 21)."""
+
+import builtins
+import collections
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import write_job
+
+from cli import main
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts, by path, the files opened for reading (``open``) and the shards read as HDF5 by replay's tasks."""
+    import jobs.replay_graph
+
+    opened, hdf5 = collections.Counter(), collections.Counter()
+    real_open, real_read = builtins.open, jobs.replay_graph.read_shard
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and not set(mode) & set("wax+"):
+            opened[os.path.realpath(file)] += 1
+        return real_open(file, mode, *args, **kwargs)
+
+    def counting_read(path):
+        hdf5[os.path.realpath(path)] += 1
+        return real_read(path)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(jobs.replay_graph, "read_shard", counting_read)
+    return opened, hdf5
+
+
+def _dataset_files(paths):
+    return [os.path.realpath(paths[k]) for k in ("split", "labels", "classes", "categories")]
+
+
+def _shards(cache_dir):
+    return sorted(os.path.realpath(os.path.join(cache_dir, n)) for n in os.listdir(cache_dir) if n.endswith(".h5"))
+
+
+def test_run_reads_every_dataset_file_and_the_checkpoint_once(hvu, checkpoint, tmp_path, reads):
+    opened, hdf5 = reads
+    job = write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu")
+    cache = tmp_path / "cache"
+    args = ["run", job, "--cache", str(cache), "--shard-size", "2", "--gate-thresholds", "0.5"]
+    for attempt in ("extracts", "reuses the cache"):
+        opened.clear()
+        hdf5.clear()
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / attempt)])
+        assert r.exit_code == 0, r.output
+        (cache_dir,) = [str(p) for p in cache.iterdir()]
+        for path in [*_dataset_files(hvu), os.path.realpath(checkpoint)]:
+            assert opened[path] == 1, (attempt, path, opened[path])
+        shards = _shards(cache_dir)
+        assert len(shards) == 3
+        # a shard extract writes is hashed from its bytes in memory; one it finds is checked once, and replay
+        # checks each once more before reading it (the file may have changed since)
+        expected = 1 if attempt == "extracts" else 2
+        assert {s: opened[s] for s in shards} == dict.fromkeys(shards, expected), attempt
+        assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, 1), attempt
+        assert opened[os.path.realpath(os.path.join(cache_dir, "manifest.json"))] == (attempt != "extracts")
+
+
+def test_a_replay_of_several_checkpoints_verifies_and_reads_each_shard_once(hvu, checkpoint, tmp_path, reads):
+    opened, hdf5 = reads
+    job = write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu")
+    cache = tmp_path / "cache"
+    r = CliRunner().invoke(main, ["extract", job, "--cache", str(cache), "--shard-size", "2"])
+    assert r.exit_code == 0, r.output
+    state = torch.load(checkpoint, weights_only=True)
+    other = str(tmp_path / "other.pth")
+    torch.save({k: (v * 1.5 if k.startswith("module.classifiers") else v) for k, v in state.items()}, other)
+    opened.clear()
+    hdf5.clear()
+    both = f"[{checkpoint}, {other}]"
+    args = ["replay", job, "--cache", str(cache), "--out", str(tmp_path / "o"), "--checkpoint.init", both]
+    r = CliRunner().invoke(main, [*args, "--gate-thresholds", "0.5"])
+    assert r.exit_code == 0, r.output
+    (cache_dir,) = [str(p) for p in cache.iterdir()]
+    shards = _shards(cache_dir)
+    assert {s: opened[s] for s in shards} == dict.fromkeys(shards, 1)
+    assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, 1)
+    for path in (checkpoint, other, hvu["split"], hvu["labels"], hvu["categories"]):
+        assert opened[os.path.realpath(path)] == 1, path
