@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 
 from cache.inputs import FILES
-from cache.shard import file_sha256
 from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram
 from frameexit.errors import ConfigError
@@ -142,8 +142,8 @@ def _infer_into(
     paths = out_paths(folder, INFER_FILES)
     dataset = load_job_dataset(data, model_cfg.num_class)
     require_videos(len(dataset.videos), dataset.skipped, data.path_split)
-    categories = load_categories(data)
-    model = load_model(job, checkpoint, torch_device)
+    categories = load_categories(data, dataset.classes)
+    model, sha256 = load_model(job, checkpoint, torch_device)  # the file read once: weights and digest
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
     done = _evaluate(job, model, dataset, torch_device, progress)
     if len(done.keys) + len(done.skipped) != dataset.n_listed:
@@ -156,8 +156,8 @@ def _infer_into(
     name = os.path.basename(checkpoint)
     columns = _metric_columns(job, name, done, evaluated, costs, categories)
     row = metric_row(columns, 0)
-    document = _document(job, checkpoint, torch_device, costs, dataset.n_listed, done, evaluated, row)
-    record = _replay_record(job, name, model.mlp.layers[0].out_features, document, row)
+    document = _document(job, (checkpoint, sha256), torch_device, costs, dataset.n_listed, done, evaluated, row)
+    record = _replay_record(job, name, model.mlp.layers[0].out_features, document, row, dataset.digests)
     n = len(done.keys)
     videos = {
         "video": done.keys,
@@ -257,7 +257,7 @@ def _evaluate(
 
 def _document(
     job: Job,
-    checkpoint: str,
+    checkpoint: tuple[str, str],
     torch_device: torch.device,
     costs: StepCosts,
     n_listed: int,
@@ -266,7 +266,7 @@ def _document(
     row: MetricRow,
 ) -> InferMetrics:
     """``metrics.json`` of the evaluated videos: the metric row of the job's setting, per-class AP, costs,
-    provenance, units."""
+    provenance, units. ``checkpoint``: its path and the SHA-256 of the bytes its weights were read from."""
     data, model_cfg = job.data, job.model
     return InferMetrics(
         map=row["map"],
@@ -286,7 +286,7 @@ def _document(
         first_threshold=model_cfg.first_threshold,
         gate_threshold=model_cfg.gate_threshold,
         input_order=list(model_cfg.input_order),
-        checkpoint=InferCheckpoint(path=os.path.abspath(checkpoint), sha256=file_sha256(checkpoint)),
+        checkpoint=InferCheckpoint(path=os.path.abspath(checkpoint[0]), sha256=checkpoint[1]),
         dataset=InferDataset(
             name=data.name,
             split=os.path.abspath(data.path_split),
@@ -308,9 +308,12 @@ def _document(
     )
 
 
-def _replay_record(job: Job, name: str, hidden_dim: int, document: InferMetrics, row: MetricRow) -> ReplayRecord:
+def _replay_record(
+    job: Job, name: str, hidden_dim: int, document: InferMetrics, row: MetricRow, digests: Mapping[str, str]
+) -> ReplayRecord:
     """``replay.json`` of infer's one setting, so that ``frameexit report`` reads the folder: no feature cache
-    (``cache`` null, the dataset files' digests instead), and exact agreement with infer, which it is."""
+    (``cache`` null, the dataset files' digests instead: ``digests``, by path, of the bytes parsed), and exact
+    agreement with infer, which it is."""
     model_cfg = job.model
     return ReplayRecord(
         cache=None,
@@ -366,5 +369,5 @@ def _replay_record(job: Job, name: str, hidden_dim: int, document: InferMetrics,
                 )
             ],
         ),
-        dataset_digests={digest: file_sha256(getattr(job.data, key)) for digest, key in FILES.items()},
+        dataset_digests={digest: digests[getattr(job.data, key)] for digest, key in FILES.items()},
     )

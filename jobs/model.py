@@ -108,16 +108,18 @@ def paper_per_step(job: Job) -> float | None:
     return paper_per_frame(job.model.backbone_name, **backbone_geometry(job))
 
 
-def load_model(job: Job, checkpoint: str, device: torch.device) -> FrameExit:
-    """The job's model with the checkpoint's weights (see :func:`checkpoint_state`), in eval mode on ``device``."""
+def load_model(job: Job, checkpoint: str, device: torch.device) -> tuple[FrameExit, str]:
+    """The job's model with the checkpoint's weights (see :func:`checkpoint_file`), in eval mode on ``device``;
+    and the SHA-256 of the checkpoint file, from the bytes the weights were read from."""
+    state, sha256 = checkpoint_file(job, checkpoint)
     model = build_model(
-        checkpoint_state(job, checkpoint),
+        state,
         backbone_name=job.model.backbone_name,
         truncate_modules=job.model.truncate_modules,
         path=os.fspath(checkpoint),
         **backbone_geometry(job),
     )
-    return model.to(device)
+    return model.to(device), sha256
 
 
 def step_costs(job: Job, hidden_dim: int) -> StepCosts:

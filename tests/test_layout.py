@@ -62,7 +62,8 @@ def test_the_command_line_parses_and_delegates():
 
 
 def test_the_cache_package_owns_its_directory():
-    # cache/ (key inputs, find, lock, plan, manifest, shards, reader) runs no model and schedules nothing
+    # cache/ (key inputs and key, find, plan and the writer's lock, the directory and its manifest, shards,
+    # probes) runs no model and schedules nothing
     imported = _imports("cache")
     forbidden = {"torch", "torchvision", "dask", "distributed", "click", "tqdm", "fcntl"}
     assert not forbidden & set(imported), {m: imported[m] for m in forbidden & set(imported)}
@@ -129,3 +130,14 @@ RUFF = RUFF if os.path.exists(RUFF) else shutil.which("ruff")
 def test_ruff_clean():
     p = subprocess.run([RUFF, "check", "--no-cache", ROOT], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_tests_are_grouped_by_the_package_they_test():
+    # one folder per package, cli/ for whole commands; only this project-wide file and the shared modules at the top
+    tests = os.path.join(ROOT, "tests")
+    folders = {d for d in os.listdir(tests) if os.path.isdir(os.path.join(tests, d)) and not d.startswith((".", "_"))}
+    assert folders == {"frameexit", "cache", "jobs", "reports", "cli"}, folders
+    top = {f for f in os.listdir(tests) if f.endswith(".py")}
+    assert top == {"conftest.py", "helpers.py", "oracles.py", "test_layout.py"}, top
+    for folder in folders:
+        assert any(f.startswith("test_") for f in os.listdir(os.path.join(tests, folder))), folder

@@ -215,7 +215,7 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
     calls = []
 
     def recording(*args, **kwargs):  # infer's model, its backbone's outputs recorded as infer calls it
-        model = load_model(*args, **kwargs)
+        model, sha256 = load_model(*args, **kwargs)
         backbone = model.backbone
 
         class Recorder(torch.nn.Module):
@@ -231,7 +231,7 @@ def test_per_step_features_equal_infers_per_frame_backbone(name, tmp_path, monke
                 return out
 
         model.backbone = Recorder()
-        return model
+        return model, sha256
 
     load_model, recorded = infer_module.load_model, []
     monkeypatch.setattr(infer_module, "load_model", recording)

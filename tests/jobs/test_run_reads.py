@@ -87,3 +87,22 @@ def test_a_replay_of_several_checkpoints_verifies_and_reads_each_shard_once(hvu,
     assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, 1)
     for path in (checkpoint, other, hvu["split"], hvu["labels"], hvu["categories"]):
         assert opened[os.path.realpath(path)] == 1, path
+
+
+def test_infer_reads_every_dataset_file_and_the_checkpoint_once(hvu, checkpoint, tmp_path, reads):
+    """metrics.json's checkpoint digest and replay.json's dataset digests come from the bytes infer used."""
+    import hashlib
+    import json
+
+    opened, _ = reads
+    job = write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu")
+    r = CliRunner().invoke(main, ["infer", job, "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    for path in [*_dataset_files(hvu), os.path.realpath(checkpoint)]:
+        assert opened[path] == 1, (path, opened[path])
+    with open(checkpoint, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["checkpoint"]["sha256"] == digest
+    with open(hvu["labels"], "rb") as f:
+        labels = hashlib.sha256(f.read()).hexdigest()
+    assert json.loads((tmp_path / "o" / "replay.json").read_text())["dataset_digests"]["labels_digest"] == labels
