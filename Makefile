@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo-out
+# the suite on every core (pytest-xdist): its tests are independent, half of them wait on subprocesses and files
+PYTEST_ARGS ?= -n auto
 
 .PHONY: install test demo lint clean
 
@@ -16,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 test: install
-	@$(PY) -m pytest; rc=$$?; \
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no test ran" >&2; fi; \
 	exit $$rc
 
