@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo-out
-# the suite on every core (pytest-xdist): its tests are independent, half of them wait on subprocesses and files
-PYTEST_ARGS ?= -n auto
+# the suite on every core (pytest-xdist; worksteal: test durations range from milliseconds to 20 s)
+PYTEST_ARGS ?= -n auto --dist worksteal
 
 .PHONY: install test demo lint clean
 
