@@ -63,8 +63,9 @@ from frameexit.head import FrameExit  # noqa: E402
 from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
 from jobs.memory import limit_fragmentation, memory_estimate  # noqa: E402
+from jobs.model import HeadState  # noqa: E402
 from jobs.replay import BLOCK_BYTES, default_class_block  # noqa: E402
-from jobs.replay_graph import HeadState, build_graph, compute_local, shard_exit_tables  # noqa: E402
+from jobs.replay_graph import build_graph, compute_local, shard_exit_tables  # noqa: E402
 
 PRESETS = {
     "activitynet": {"videos": 4926, "num_class": 200},

@@ -49,10 +49,9 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
+from .model import HeadState, LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
-from .replay_graph import HeadState
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ class ExtractResult:
     exactness : dict or None
         How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
     cache, classes, head
-        The cache, class list and checkpoint head (:class:`jobs.replay_graph.HeadState`), for :mod:`jobs.run`'s replay.
+        The cache, class list and checkpoint head (:class:`jobs.model.HeadState`), for :mod:`jobs.run`'s replay.
     """
 
     cache_dir: str

@@ -174,3 +174,45 @@ class LazyModel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         LazyModel.__init__(self)
+
+
+class HeadState(LazyModel):
+    """One checkpoint's head weights as one object for dask, and the head built from them once per process
+    (:class:`LazyModel`).
+
+    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
+    heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
+    An instance of this class travels whole, under a key of its own, with its weights (the built head,
+    twice their size in float64, is made again where it lands).
+
+    Parameters
+    ----------
+    name : str
+        The checkpoint (named in errors).
+    sha256 : str
+        Of the checkpoint file.
+    state : dict of str to Tensor
+        The checkpoint's weights, float32 as stored: the head's are kept, the backbone's (``backbone.*``) left out.
+    """
+
+    TRAVELS = ("name", "sha256", "state")
+
+    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.name, self.sha256 = name, sha256
+        self.state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the projection (4096 in the released checkpoints)."""
+        return int(self.state["mlp.layers.0.weight"].shape[0])
+
+    def model(self) -> FrameExit:
+        """The head in eval mode (float64), built on first use; threads of one process share it."""
+        return self.built()
+
+    def build(self, key: str) -> FrameExit:
+        return build_model(self.state, backbone_name=None, path=self.name)
+
+    def __repr__(self) -> str:
+        return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"

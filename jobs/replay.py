@@ -54,7 +54,7 @@ from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import checkpoint_file, checkpoint_state, paper_per_step, step_costs
+from .model import HeadState, checkpoint_file, checkpoint_state, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
@@ -69,7 +69,7 @@ from .outputs import (
     sweep_columns,
     writing,
 )
-from .replay_graph import HeadState, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
+from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import LOCAL_SCHEDULERS, dask_client
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).

@@ -40,12 +40,10 @@ from typing import Any
 
 import dask
 import numpy as np
-import torch
 from tqdm.dask import TqdmCallback
 
 from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
-from frameexit.checkpoint import BACKBONE, build_model
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -72,52 +70,9 @@ from frameexit.sweep import (
     video_exits,
 )
 
-from .model import LazyModel
+from .model import HeadState
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
-
-
-class HeadState(LazyModel):
-    """One checkpoint's head weights as one object for dask, and the head built from them once per process
-    (:class:`jobs.model.LazyModel`).
-
-    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
-    heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
-    An instance of this class travels whole, under a key of its own, with its weights (the built head,
-    twice their size in float64, is made again where it lands).
-
-    Parameters
-    ----------
-    name : str
-        The checkpoint (named in errors).
-    sha256 : str
-        Of the checkpoint file.
-    state : dict of str to Tensor
-        The checkpoint's weights, float32 as stored: the head's are kept, the backbone's (``backbone.*``) left out.
-    """
-
-    TRAVELS = ("name", "sha256", "state")
-
-    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
-        super().__init__()
-        self.name, self.sha256 = name, sha256
-        self.state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
-
-    @property
-    def hidden_dim(self) -> int:
-        """Width of the projection (4096 in the released checkpoints)."""
-        return int(self.state["mlp.layers.0.weight"].shape[0])
-
-    def model(self) -> FrameExit:
-        """The head in eval mode (float64), built on first use; threads of one process share it."""
-        return self.built()
-
-    def build(self, key: str) -> FrameExit:
-        return build_model(self.state, backbone_name=None, path=self.name)
-
-    def __repr__(self) -> str:
-        return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"
-
 
 # ---------------------------------------------------------------------------------------------- tasks
 
