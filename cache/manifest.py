@@ -173,6 +173,10 @@ class FeatureCache:
             raise CacheError(f"cache {directory} is incomplete (an extraction was interrupted); run extract again")
         return cls(directory, manifest)
 
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
     def shard_path(self, index: int) -> str:
         return os.path.join(self.directory, self.manifest.shards[index].name)
 
