@@ -1,13 +1,8 @@
-"""Job files: the official FrameExit YAML configs (and any file in their format) plus overrides.
+"""Job files: the official FrameExit YAML configs (or any file in their format) plus overrides.
 
-A job file is validated against :data:`SCHEMA`: an unknown key, a wrong type
-or an unsupported value is a :class:`~frameexit.errors.ConfigError` naming the
-key. Overrides use the official syntax, ``--data.path_frame DIR`` or
-``--model.first_threshold=0.9``; their values are read as YAML scalars or
-lists. Relative paths are relative to the working directory, as in the
-official code. A job file is plain YAML of bounded size: no aliases, no deep
-nesting (:class:`_JobLoader`), so no value can grow while it is copied or
-recorded.
+Validated against :data:`SCHEMA` (a :class:`~frameexit.errors.ConfigError` names the key). Overrides use the
+official syntax (``--data.path_frame DIR``, ``--model.first_threshold=0.9``), values read as YAML. Relative
+paths are relative to the working directory, as in the official code.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ import difflib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
 
@@ -195,14 +190,8 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """``extract`` keys of the job (ours): how the cached features are computed, all in the cache key.
-
-    ``dtype`` stores them (float32, float16); ``precision`` is the backbone's arithmetic (fp32: exact, TF32
-    off; tf32; bf16 or fp16 autocast); ``channels_last`` its memory format; ``batching``: ``batched`` runs
-    several videos' steps per forward pass (the last bits may differ from sequential inference's, measured
-    by probes), ``per-step`` one step per pass as ``frameexit infer`` (equal to it bit for bit), ``auto``
-    batched on CUDA, per-step on a CPU (:func:`cache.exactness.resolve_batching`; a reader takes either).
-    """
+    """``extract`` keys of the job (ours): how the cached features are computed, all in the cache key (see the
+    ``--dtype``, ``--precision``, ``--channels-last`` and ``--batching`` help, :func:`cache.exactness.resolve_batching`)."""
 
     dtype: str
     precision: str
@@ -220,12 +209,8 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class Job:
-    """A fully resolved job: the file it came from and its validated key tree, with typed sections.
-
-    ``resolved`` (every key of :data:`SCHEMA`, overrides applied) is the one
-    source of truth; the typed sections are computed from it on construction
-    and cannot be replaced on their own: :meth:`with_value` makes a new job.
-    """
+    """A fully resolved job: its file and validated key tree ``resolved`` (every key of :data:`SCHEMA`, overrides
+    applied), the one source of truth, and typed sections computed from it (:meth:`with_value` makes a new job)."""
 
     source: str
     resolved: Mapping[str, Any] = field(repr=False)
@@ -242,13 +227,8 @@ class Job:
 
     def with_value(self, dotted: str, value: Any) -> Job:
         """The same job with key ``dotted`` (e.g. ``data.path_split``) set to ``value``, validated."""
-        spec = _spec(dotted)
         tree = copy.deepcopy(dict(self.resolved))
-        node = tree
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = _coerce(value, spec, dotted, self.source)
+        _set(tree, dotted, _coerce(value, _spec(dotted), dotted, self.source))
         return Job(self.source, tree)
 
     def require(self, *dotted: str) -> None:
@@ -290,6 +270,13 @@ def resolve_job_path(path: str) -> str:
     raise ConfigError(f"job file not found: {path}.{hint}")
 
 
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[last] = value
+
+
 def _get(tree: Mapping[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
@@ -325,11 +312,8 @@ _TYPE_NAMES = {
 
 
 def _number(value: Any) -> float | None:
-    """A finite float from a YAML number or from text such as ``1e-3``, else ``None``.
-
-    YAML 1.1 (PyYAML) reads ``1e-3`` and ``1E5`` as strings (it wants ``1.0e-3``), yet
-    everyone writes them, so text that Python reads as a finite number is accepted.
-    """
+    """A finite float from a YAML number or from text such as ``1e-3``, else ``None``: YAML 1.1 (PyYAML) reads
+    ``1e-3`` and ``1E5`` as strings (it wants ``1.0e-3``), yet everyone writes them."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -462,12 +446,10 @@ MAX_JOB_DEPTH = 32
 
 
 class _JobLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases and with bounded nesting.
+    """PyYAML's safe loader without aliases and with bounded nesting, each refused with the line.
 
-    An alias (``*name``) shares one value between several places, so a few hundred bytes can
-    stand for 10^9 values ("billion laughs") that every later copy or JSON dump of the job
-    (replay.json records it) expands; a job file has no need for them, so they are refused,
-    as is nesting deeper than :data:`MAX_JOB_DEPTH`, each with the line.
+    An alias (``*name``) lets a few hundred bytes stand for 10^9 values ("billion laughs") that every copy or
+    JSON dump of the job (replay.json records it) expands; a job file has no need for them.
     """
 
     def __init__(self, stream: str, source: str) -> None:
@@ -493,10 +475,7 @@ class _JobLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    """The YAML document ``text`` (of ``source``, named in errors) with :class:`_JobLoader`.
-
-    :class:`ConfigError` for an alias or too deep nesting; :class:`yaml.YAMLError` for invalid YAML.
-    """
+    """The YAML document ``text`` (of ``source``) by :class:`_JobLoader`; :class:`yaml.YAMLError` if invalid."""
     loader = _JobLoader(text, source)
     try:
         return loader.get_single_data()
@@ -519,26 +498,13 @@ def _apply_override(tree: dict[str, Any], dotted: str, text: str) -> None:
         value = _load_yaml(text, f"override --{dotted}") if text.strip() else None
     except yaml.YAMLError:
         value = text
-    value = _coerce(
-        value, spec, dotted, f"override --{dotted}", raw=text if spec.kind in ("str", "strs", "grid") else None
-    )
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node[part]
-    node[parts[-1]] = value
+    raw = text if spec.kind in ("str", "strs", "grid") else None
+    _set(tree, dotted, _coerce(value, spec, dotted, f"override --{dotted}", raw=raw))
 
 
 def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
-    """Read, override and validate a job file.
-
-    Parameters
-    ----------
-    path : str
-        A YAML file in the official config format, or the name of a bundled job.
-    overrides : sequence of str
-        Command-line words such as ``['--data.path_frame', 'DIR', '--model.first_threshold=0.9']``.
-    """
+    """Read, override and validate the job file ``path`` (or the bundled job of that name); ``overrides``:
+    command-line words such as ``['--data.path_frame', 'DIR', '--model.first_threshold=0.9']``."""
     path = resolve_job_path(path)
     try:
         with open(path, "rb") as handle:
@@ -589,56 +555,34 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     for dotted in ("replay.per_video", *(f"extract.{key}" for key in tree["extract"])):
         if _get(tree, dotted) is None:  # the cache key and the outputs need a value: no empty one means a default
             raise ConfigError(f"{source}: {dotted} must be set, got an empty value")
-    pre, norm = data["preprocessing"], data["preprocessing"]["normalize"]
+    pre, norm, backbone = data["preprocessing"], data["preprocessing"]["normalize"], model["backbone"]
     order = policy_order(model["adaptive"]["input_order"], data["num_frames"])
-    backbone = model["backbone"]
     clip_length, clip_stride = _clip(backbone, source)
+    grids = {}
+    for name in ("first_threshold", "gate_threshold"):  # each grid defaults to the model's single threshold
+        grid = tree["replay"][f"{name}s"]
+        grids[f"{name}s"] = tuple([model[name]] if grid is None else parse_grid(grid, name=f"{source}: replay.{name}s"))
+    preprocessing = Preprocessing(
+        resize=pre["resize"],
+        crop=pre["crop_center"],
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        normalize_first=_normalizes_first(pre),
+    )
     return dict(
-        data=DataConfig(
-            name=data["name"],
-            path_frame=data["path_frame"],
-            path_split=data["path_split"],
-            path_label=data["path_label"],
-            path_classid=data["path_classid"],
-            path_category=data["path_category"],
-            key_format=data["key_format"],
-            num_frames=data["num_frames"],
-            num_workers=data["num_workers"],
-            preprocessing=Preprocessing(
-                resize=pre["resize"],
-                crop=pre["crop_center"],
-                mean=tuple(norm["mean"]),
-                std=tuple(norm["std"]),
-                normalize_first=_normalizes_first(pre),
-            ),
-        ),
+        # every field of DataConfig but the last, preprocessing, is the data key of its name
+        data=DataConfig(**{f.name: data[f.name] for f in fields(DataConfig)[:-1]}, preprocessing=preprocessing),
         model=ModelConfig(
             backbone_name=backbone["name"],
-            truncate_modules=backbone["truncate_modules"],
-            output_dim=backbone["output_dim"],
-            pretrained=backbone["pretrained"],
-            num_class=model["num_class"],
-            first_threshold=model["first_threshold"],
-            gate_threshold=model["gate_threshold"],
-            input_order=order,
             backbone_type=backbone["type"],
+            **{k: backbone[k] for k in ("truncate_modules", "output_dim", "pretrained")},
+            **{k: model[k] for k in ("num_class", "first_threshold", "gate_threshold")},
+            input_order=order,
             clip_length=clip_length,
             clip_stride=clip_stride,
         ),
         checkpoints=tuple(tree["checkpoint"]["init"] or ()),
-        replay=ReplayConfig(
-            first_thresholds=tuple(
-                parse_grid(tree["replay"]["first_thresholds"], name=f"{source}: replay.first_thresholds")
-                if tree["replay"]["first_thresholds"] is not None
-                else [model["first_threshold"]]
-            ),
-            gate_thresholds=tuple(
-                parse_grid(tree["replay"]["gate_thresholds"], name=f"{source}: replay.gate_thresholds")
-                if tree["replay"]["gate_thresholds"] is not None
-                else [model["gate_threshold"]]
-            ),
-            per_video=tree["replay"]["per_video"],
-        ),
+        replay=ReplayConfig(**grids, per_video=tree["replay"]["per_video"]),
         extract=ExtractConfig(**tree["extract"]),
         train=_train_section(tree["train"], source, multi_label=BY_NAME[data["name"]].multi_label),
     )
@@ -727,13 +671,8 @@ def _check_key_format(key_format: str, name: str, source: str) -> None:
 
 
 def _train_section(section: dict[str, Any], source: str, *, multi_label: bool) -> TrainSection:
-    """The ``train`` keys as a :class:`TrainSection`, refusing settings that cannot give a trained head.
-
-    Every setting that would run yet train nothing (0 epochs of a stage, mini-batches
-    of one video that BatchNorm skips) or diverge at once (an infinite learning rate)
-    is a :class:`ConfigError` naming the key, here, before any feature is extracted.
-    """
-
+    """The ``train`` keys as a :class:`TrainSection`; a setting that would train nothing or diverge at once
+    (:func:`frameexit.train_config.config_problem`) is a :class:`ConfigError` here, before any extraction."""
     values = {k: v for k, v in section.items() if k != "val_path_split"}
     if values["loss"] is None:  # the loss fits the labels: independent classes when a video has many
         values["loss"] = "bce" if multi_label else "softmax"

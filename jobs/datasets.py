@@ -1,18 +1,9 @@
-"""Dataset files in the official layouts (SEMANTICS 1-3).
+"""Dataset files in the official layouts (SEMANTICS 1-3): class list, split file, labels (ActivityNet-1.3 JSON,
+Mini-Kinetics CSV, HVU v1.0 CSV), HVU's ``Tag,Category`` CSV, frames ``<frames root>/<video key>/*.jpeg``.
 
-- class list: one class name per line; the class index is the 0-based line number;
-- split file: one video key per line (``v_<id>.mp4``, ``<ytid>_<start>_<end>.mp4``);
-- labels: the ActivityNet-1.3 JSON, the Mini-Kinetics CSV or an HVU v1.0 CSV (tags separated by ``|``);
-- categories (HVU): a ``Tag,Category`` CSV, for the mAP of each category of tags;
-- frames: ``<frames root>/<video key>/*.jpeg``, sorted by path.
-
-A split video that cannot be evaluated is not dropped silently: it is listed in
-``Dataset.skipped`` with the reason.
-
-:data:`REGISTRY` holds one :class:`DatasetSpec` per dataset, every fact about it in one place (job and
-``--dataset`` names, label reader, split builder, key format, accuracy metric, multi-label, frame preset,
-bundled job file); job validation, ``prepare`` and ``report`` read it. Adding a dataset is one entry (and
-its reader and split builder, here) and its tests.
+A split video that cannot be evaluated is listed in ``Dataset.skipped`` with the reason. :data:`REGISTRY`
+holds every fact about each dataset (one :class:`DatasetSpec`); adding a dataset is one entry, its reader
+and split builder, and its tests.
 """
 
 from __future__ import annotations
@@ -32,21 +23,11 @@ from frameexit.errors import DatasetError, DatasetFileNotFoundError
 
 @dataclass(frozen=True)
 class Video:
-    """A split video that can be evaluated.
+    """A split video that can be evaluated."""
 
-    Attributes
-    ----------
-    key : str
-        The split-file entry, e.g. ``v_abc.mp4``.
-    frames : tuple of str
-        Its ``*.jpeg`` files, sorted by path.
-    labels : tuple of int
-        Class indices (empty for a video without annotations).
-    """
-
-    key: str
-    frames: tuple[str, ...]
-    labels: tuple[int, ...]
+    key: str  # the split-file entry, e.g. v_abc.mp4
+    frames: tuple[str, ...]  # its *.jpeg files, sorted by path
+    labels: tuple[int, ...]  # class indices (empty for a video without annotations)
 
 
 @dataclass(frozen=True)
@@ -59,11 +40,8 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Evaluated videos (sorted by key), skipped videos (sorted by key), and how many the split lists.
-
-    ``classes``: the class list's names; ``digests``: the SHA-256 of every file read (split, labels, class
-    list), by path, from the bytes parsed (the cache key's file digests, :func:`cache.inputs.key_inputs`).
-    """
+    """Evaluated and skipped videos (each sorted by key), how many the split lists, the class names, and the
+    SHA-256 of every file read, by path, from the bytes parsed (the cache key's, :func:`cache.inputs.key_inputs`)."""
 
     videos: tuple[Video, ...]
     skipped: tuple[Skipped, ...]
@@ -115,11 +93,8 @@ def read_class_list(path: str) -> list[str]:
 
 
 def unsafe_key(key: str) -> str | None:
-    """Why ``key`` cannot name a folder directly under the frames root (``None`` when it can).
-
-    A key is joined to ``data.path_frame`` (and ``prepare frames`` writes there): one with a
-    path separator, ``.`` or ``..``, or a NUL would name a folder elsewhere.
-    """
+    """Why ``key`` cannot name a folder directly under the frames root (``None`` when it can): a key is joined
+    to ``data.path_frame``, and one with a path separator, ``.`` or ``..``, or a NUL would name one elsewhere."""
     if key in (".", ".."):
         return f"{key!r} names a folder itself, not one under it"
     if "/" in key or os.sep in key or (os.altsep and os.altsep in key):
@@ -132,10 +107,8 @@ def unsafe_key(key: str) -> str | None:
 def read_split(path: str) -> list[str]:
     """Video keys of a split file, in file order (lines stripped, blank lines ignored).
 
-    A key listed twice is an error naming both lines: dropping the copy would
-    evaluate something other than what the file says, and counting it twice
-    would weigh that video double. A key that is not one folder name under the
-    frames root (:func:`unsafe_key`) is an error naming its line.
+    A key listed twice is an error naming both lines (dropping the copy would evaluate something other than
+    the file says; counting it twice would weigh it double), as is an :func:`unsafe_key`.
     """
     with _open(path, "split file", "data.path_split") as handle:
         lines = [line.strip() for line in handle.read().splitlines()]
@@ -155,11 +128,7 @@ def read_split(path: str) -> list[str]:
 
 
 def read_activitynet_database(path: str) -> Mapping[str, Mapping]:
-    """``database`` of an ActivityNet annotation file: ``{<id>: entry}``, each entry a mapping.
-
-    :class:`DatasetError` naming the file for anything else: invalid JSON, JSON nested deeper than
-    Python's parser goes, no ``database`` mapping, or an entry that is not a mapping.
-    """
+    """``database`` of an ActivityNet annotation file, ``{<id>: entry mapping}``; else :class:`DatasetError`."""
     with _open(path, "ActivityNet label file", "data.path_label") as handle:
         try:
             doc = json.load(handle)
@@ -203,16 +172,18 @@ def read_minikinetics_labels(path: str) -> dict[str, list[str]]:
     return labels
 
 
-def _kinetics_rows(path: str, what: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, str, str, str]]:
-    """``(line, labels, youtube_id, time_start, time_end)`` of each row of a Kinetics-style CSV (Mini-Kinetics,
-    HVU), stripped, after checking its header starts with ``columns``; empty rows are skipped."""
-    with _open(path, what, "data.path_label") as handle:
+def _csv_rows(path: str, what: str, key: str, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """``(line, row)`` of each non-empty row of a CSV whose header must start with ``columns``."""
+    with _open(path, what, key) as handle:
         rows = list(csv.reader(handle))
     if not rows or tuple(c.strip() for c in rows[0][: len(columns)]) != columns:
         raise DatasetError(f"{what} {path} must start with the header {','.join(columns)}")
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
+    return [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+
+
+def _kinetics_rows(path: str, what: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, str, str, str]]:
+    """``(line, labels, youtube_id, time_start, time_end)`` of each row of a Kinetics-style CSV, stripped."""
+    for line, row in _csv_rows(path, what, "data.path_label", columns):
         if len(row) < 4:
             raise DatasetError(f"{what} {path}, line {line}: expected at least 4 columns, got {row}")
         yield (line, *(c.strip() for c in row[:4]))
@@ -224,11 +195,8 @@ HVU_KEY_FORMAT = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 
 
 def hvu_key(youtube_id: str, time_start: str, time_end: str, key_format: str | None = None) -> str:
-    """The split key of an HVU row: ``key_format`` (default :data:`HVU_KEY_FORMAT`) filled with the row's fields.
-
-    ``time_start`` and ``time_end`` are given to the format as integers (their
-    integer part), so ``{time_start:06d}`` zero-pads as the Kinetics keys do.
-    """
+    """The split key of an HVU row: ``key_format`` (default :data:`HVU_KEY_FORMAT`) filled with the row's fields,
+    the times as integers (their integer part) so that ``{time_start:06d}`` zero-pads as the Kinetics keys do."""
     fields = {"youtube_id": youtube_id, "time_start": _seconds(time_start), "time_end": _seconds(time_end)}
     return (key_format or HVU_KEY_FORMAT).format(**fields)
 
@@ -238,11 +206,8 @@ def _seconds(text: str) -> int:
 
 
 def read_hvu_labels(path: str, key_format: str | None = None) -> dict[str, list[str]]:
-    """``{key: [tag, ...]}`` from an HVU v1.0 annotation CSV (header ``Tags,youtube_id,time_start,time_end``).
-
-    Tags are separated by ``|``; a row with no tag is a video without labels. A
-    video listed on several rows gets the tags of all of them.
-    """
+    """``{key: [tag, ...]}`` from an HVU v1.0 CSV (header ``Tags,youtube_id,time_start,time_end``, tags separated
+    by ``|``); a row with no tag is a video without labels; a video on several rows gets the tags of all."""
     labels: dict[str, list[str]] = {}
     for line, tags, youtube_id, start, end in _kinetics_rows(path, "HVU label file", HVU_COLUMNS):
         try:
@@ -260,14 +225,8 @@ def read_hvu_labels(path: str, key_format: str | None = None) -> dict[str, list[
 
 def read_tag_categories(path: str) -> list[tuple[str, str]]:
     """``(tag, category)`` rows of a ``Tag,Category`` CSV (HVU's tag-category file), in file order."""
-    with _open(path, "category file", "data.path_category") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or [c.strip() for c in rows[0][:2]] != ["Tag", "Category"]:
-        raise DatasetError(f"category file {path} must start with the header Tag,Category")
     pairs = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
+    for line, row in _csv_rows(path, "category file", "data.path_category", ("Tag", "Category")):
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise DatasetError(f"category file {path}, line {line}: expected a tag and a category, got {row}")
         pairs.append((row[0].strip(), row[1].strip()))
@@ -280,12 +239,10 @@ def read_tags(path: str) -> list[str]:
 
 
 def read_categories(path: str, classes: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The classes of each category, from a ``Tag,Category`` CSV, by category name.
+    """The classes of each category of a ``Tag,Category`` CSV, by category name (sorted; indices ascending).
 
-    Every class of the class list must have a category (a class without one is
-    an error naming it); a tag of the file that is not a class is ignored (the
-    class list may be a subset). A tag listed under two categories counts in both.
-    Categories are sorted by name, class indices ascending.
+    Every class must have a category (else an error naming it); a tag that is not a class is ignored (the class
+    list may be a subset); a tag under two categories counts in both.
     """
     pairs = read_tag_categories(path)
     index = {c: i for i, c in enumerate(classes)}
@@ -317,21 +274,14 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg
 
 
 def split_key(video_file: str) -> str:
-    """The split key, hence the frame folder name, of a video file: its stem plus ``.mp4``.
-
-    Split keys always end in ``.mp4`` (``v_<id>.mp4``, ``<ytid>_<start>_<end>.mp4``)
-    whatever container a downloader saved, e.g. ``v_abc.mkv`` -> ``v_abc.mp4``.
-    """
+    """The split key, hence the frame folder name, of a video file: its stem plus ``.mp4`` whatever container a
+    downloader saved (``v_abc.mkv`` -> ``v_abc.mp4``), as split keys always end in ``.mp4``."""
     return os.path.splitext(os.path.basename(video_file))[0] + ".mp4"
 
 
 class FolderHints:
-    """Why a split key has no frame folder, when a folder of the same video exists under another extension.
-
-    Frame roots written by other tools (or by older versions of ``prepare
-    frames``) name folders after the video file, e.g. ``v_abc.mkv`` for the key
-    ``v_abc.mp4``. The root is listed once, on the first question.
-    """
+    """Why a split key has no frame folder, when one of the same video exists under another extension (other
+    tools, or older ``prepare frames``, name it after the video file: ``v_abc.mkv``); the root is listed once."""
 
     def __init__(self, frames_root: str) -> None:
         self.frames_root = frames_root
@@ -367,10 +317,8 @@ def load_dataset(
 ) -> Dataset:
     """Read the split, labels and class list, and find every video's frames.
 
-    Raises :class:`DatasetError` for a missing file, a label that is not in the
-    class list (naming video, label and file) or a class list whose length is
-    not ``num_class``. Videos without a frame folder, without ``*.jpeg`` files
-    or without an entry in the label file are skipped with their reason.
+    :class:`DatasetError` for a missing file, a label not in the class list (naming video, label and file) or
+    a class list whose length is not ``num_class``. Videos without frames or label entry are skipped, with why.
     """
     digests: dict[str, str] = {}
     token = _DIGESTS.set(digests)  # the files' SHA-256, from the bytes parsed
@@ -414,23 +362,13 @@ def load_dataset(
 
 def load_job_dataset(data, num_class: int) -> Dataset:
     """:func:`load_dataset` for a job's ``data`` section (a :class:`jobs.config.DataConfig`)."""
-    return load_dataset(
-        data.name,
-        path_frame=data.path_frame,
-        path_split=data.path_split,
-        path_label=data.path_label,
-        path_classid=data.path_classid,
-        num_class=num_class,
-        key_format=data.key_format,
-    )
+    paths = {k: getattr(data, k) for k in ("path_frame", "path_split", "path_label", "path_classid", "key_format")}
+    return load_dataset(data.name, num_class=num_class, **paths)
 
 
 def require_videos(n_videos: int, skipped, path_split: str | None) -> None:
-    """Raise :class:`DatasetError` when no video of the split can be evaluated, with the first reasons.
-
-    An evaluation of nothing has no mAP or top-1; it must not pass as a run that "evaluated 0 videos".
-    ``skipped`` holds :class:`Skipped` entries (or ``{'video', 'reason'}`` mappings).
-    """
+    """:class:`DatasetError` with the first reasons when no video can be evaluated (nothing has no mAP or top-1);
+    ``skipped`` holds :class:`Skipped` entries or ``{'video', 'reason'}`` mappings."""
     if n_videos > 0:
         return
     entries = [(s["video"], s["reason"]) if isinstance(s, Mapping) else (s.video, s.reason) for s in skipped]
@@ -449,10 +387,8 @@ def require_videos(n_videos: int, skipped, path_split: str | None) -> None:
 
 
 def load_categories(data, classes: Sequence[str] | None = None) -> dict[str, tuple[int, ...]] | None:
-    """The classes of each category of a job's ``data.path_category`` (see :func:`read_categories`); ``None`` without one.
-
-    ``classes``: the class list when already read (else it is read from ``data.path_classid``).
-    """
+    """:func:`read_categories` of a job's ``data.path_category`` (``None`` without one); ``classes``: the class
+    list when already read (else read from ``data.path_classid``)."""
     if not data.path_category:
         return None
     return read_categories(data.path_category, classes or read_class_list(data.path_classid or ""))
@@ -460,17 +396,12 @@ def load_categories(data, classes: Sequence[str] | None = None) -> dict[str, tup
 
 @dataclass(frozen=True)
 class SplitRows:
-    """A validation split as one dataset's annotation files give it (:attr:`DatasetSpec.build_split`).
+    """A validation split as one dataset's annotation files give it (:attr:`DatasetSpec.build_split`)."""
 
-    ``keys``: the split's video keys, sorted; ``labels``: the labels by key of the annotation file;
-    ``names``: the class names of the split's class list; ``left_out``: what the annotations hold that
-    the split leaves out, counted, in words.
-    """
-
-    keys: list[str]
-    labels: dict[str, list[str]]
-    names: set[str]
-    left_out: list[str]
+    keys: list[str]  # sorted
+    labels: dict[str, list[str]]  # by key, of the annotation file
+    names: set[str]  # the class names of the split's class list
+    left_out: list[str]  # what the annotations hold that the split leaves out, counted, in words
 
 
 def activitynet_split(annotation: str, **_: object) -> SplitRows:
@@ -498,9 +429,8 @@ def activitynet_split(annotation: str, **_: object) -> SplitRows:
 def minikinetics_split(
     annotation: str, *, val_list: str, read_val_list: Callable[[], list[str]], **_: object
 ) -> SplitRows:
-    """The videos of ``mini_val_videofolder.txt`` (``val_list``, its ids read by ``read_val_list``) found in the
-    Kinetics CSV; classes: the labels of those videos (the CSV holds all 400 Kinetics classes, Mini-Kinetics
-    uses 200 of them)."""
+    """The videos of ``val_list`` (``mini_val_videofolder.txt``, its ids read by ``read_val_list``) found in the
+    Kinetics CSV; classes: the labels of those videos (the CSV holds all 400 Kinetics classes)."""
     labels = read_minikinetics_labels(annotation)
     wanted = read_val_list()
     by_id: dict[str, list[str]] = {}
@@ -526,53 +456,25 @@ def hvu_split(annotation: str, *, categories: str | None, key_format: str | None
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything that differs between datasets: one entry of :data:`REGISTRY` each.
+    """Everything that differs between datasets: one entry of :data:`REGISTRY` each."""
 
-    Attributes
-    ----------
-    name : str
-        ``data.name`` of its job files, e.g. ``activitynet1.3``; also the dataset of replay and report records.
-    cli_name : str
-        ``--dataset`` of ``prepare frames`` and ``prepare splits``, e.g. ``activitynet``.
-    read_labels : callable
-        ``(path_label, key_format) -> {video key: [label, ...]}``.
-    build_split : callable
-        ``(annotation, *, val_list, read_val_list, categories, key_format) -> SplitRows``: its validation split.
-    key_format : str or None
-        The default of ``data.key_format`` (``--key-format``), how a video key is made from the label file's
-        fields; ``None``: the reader's keys are fixed (``v_<id>.mp4``, the Kinetics style) and the option refused.
-    accuracy : str
-        ``map`` or ``top1``: the accuracy the report's frontier, budget and curve use by default.
-    multi_label : bool
-        Videos carry several labels each: training defaults to a per-class (BCE) loss.
-    fps, min_side : int
-        The ``prepare frames`` preset: frames per second and the shorter side in pixels.
-    job_file : str
-        Its bundled job file under ``jobs/``.
-    num_class : int
-        ``model.num_class`` of that job file.
-    val_list : str or None
-        The file ``--val-list`` names when the split comes from one (``prepare splits`` refuses to run without).
-    title : str
-        Its name in messages, e.g. ``Mini-Kinetics``.
-    published_curve : bool
-        The official README publishes FrameExit's ResNet-50 curve on it
-        (:data:`reports.summary.PUBLISHED_ACTIVITYNET_RESNET50`): the report draws it for such a job.
-    """
-
-    name: str
-    cli_name: str
-    read_labels: Callable[[str, str | None], dict[str, list[str]]]
+    name: str  # data.name of its job files (e.g. activitynet1.3); also the dataset of replay and report records
+    cli_name: str  # --dataset of prepare frames and prepare splits, e.g. activitynet
+    title: str  # its name in messages, e.g. Mini-Kinetics
+    job_file: str  # its bundled job file under jobs/
+    read_labels: Callable[[str, str | None], dict[str, list[str]]]  # (path_label, key_format) -> {key: [label]}
+    # (annotation, *, val_list, read_val_list, categories, key_format) -> SplitRows: its validation split
     build_split: Callable[..., SplitRows]
-    key_format: str | None
-    accuracy: str
-    multi_label: bool
-    fps: int
-    min_side: int
-    job_file: str
-    num_class: int
-    val_list: str | None
-    title: str
+    # the default of data.key_format (--key-format), how a key is made from the label file's fields; None: the
+    # reader's keys are fixed (v_<id>.mp4, the Kinetics style) and the option refused
+    key_format: str | None = None
+    accuracy: str = "map"  # map or top1: what the report's frontier, budget and curve use by default
+    multi_label: bool = False  # several labels per video: training defaults to a per-class (BCE) loss
+    fps: int = 5  # the prepare frames preset: frames per second (Kinetics's) ...
+    min_side: int = 256  # ... and the shorter side in pixels
+    num_class: int = 200  # model.num_class of its job file
+    val_list: str | None = None  # the file --val-list names when the split comes from one (then required)
+    # the official README publishes FrameExit's ResNet-50 curve on it (reports.summary.PUBLISHED_ACTIVITYNET_RESNET50)
     published_curve: bool = False
 
     @property
@@ -587,48 +489,34 @@ REGISTRY: tuple[DatasetSpec, ...] = (
     DatasetSpec(
         name="activitynet1.3",
         cli_name="activitynet",
+        title="ActivityNet",
+        job_file="activitynet_inference_2d.yml",
         read_labels=lambda path, key_format: read_activitynet_labels(path),
         build_split=activitynet_split,
-        key_format=None,
-        accuracy="map",
-        multi_label=False,
         fps=1,
         min_side=350,
-        job_file="activitynet_inference_2d.yml",
-        num_class=200,
-        val_list=None,
-        title="ActivityNet",
         published_curve=True,
     ),
     DatasetSpec(
         name="minikinetics",
         cli_name="minikinetics",
+        title="Mini-Kinetics",
+        job_file="minikinetics_inference_2d.yml",
         read_labels=lambda path, key_format: read_minikinetics_labels(path),
         build_split=minikinetics_split,
-        key_format=None,
         accuracy="top1",
-        multi_label=False,
-        fps=5,
-        min_side=256,
-        job_file="minikinetics_inference_2d.yml",
-        num_class=200,
         val_list="mini_val_videofolder.txt",
-        title="Mini-Kinetics",
     ),
     DatasetSpec(
         name="hvu",
         cli_name="hvu",
+        title="HVU",
+        job_file="hvu_inference_2d.yml",
         read_labels=read_hvu_labels,
         build_split=hvu_split,
         key_format=HVU_KEY_FORMAT,
-        accuracy="map",
         multi_label=True,
-        fps=5,
-        min_side=256,
-        job_file="hvu_inference_2d.yml",
         num_class=3142,
-        val_list=None,
-        title="HVU",
     ),
 )
 #: :data:`REGISTRY` by ``data.name``.
