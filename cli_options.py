@@ -1,16 +1,12 @@
-"""The command line's plumbing: every option declared once, their checks, one error handler, JOB parsing.
-
-:mod:`cli` declares the commands with these pieces and nothing else: :data:`OPTIONS`
-holds every option by parameter name; :func:`options` adds the options of a command
-and hands it the `jobs` options objects built from them (ExtractOptions,
-ReplayOptions, ReportOptions); :func:`job_command` makes a command that takes JOB and
-its overrides; :class:`FrameExitGroup` maps every outcome to one exit status. Only
-click is imported here: ``frameexit --help`` stays instant.
+"""The command line's plumbing: every option declared once (:data:`OPTIONS`, :func:`options`), their checks,
+JOB parsing (:func:`job_command`), one exit status per outcome (:class:`FrameExitGroup`). Only click is
+imported here: ``frameexit --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import math
@@ -35,13 +31,9 @@ def _on_sigterm(signum, frame) -> None:
 
 
 class _ReaderGone:
-    """``sys.stdout`` or ``sys.stderr`` that outlives its reader (``frameexit run ... | head -1``).
-
-    The first write or flush that meets a closed pipe points the stream's descriptor at /dev/null (what it
-    still buffers, and all later output, is dropped there, the interpreter's last flush included) instead of
-    raising BrokenPipeError, which would stop the command between two stages with its outputs half written.
-    ``gone`` tells whether that happened.
-    """
+    """``sys.stdout`` or ``sys.stderr`` that outlives its reader (``frameexit run ... | head -1``): the first write
+    or flush that meets a closed pipe points the descriptor at /dev/null (and sets ``gone``) instead of raising
+    BrokenPipeError, which would stop the command between two stages with its outputs half written."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -73,12 +65,12 @@ class _ReaderGone:
         return getattr(self._stream, name)
 
 
-def _outlive_readers() -> tuple[_ReaderGone, _ReaderGone]:
-    """Make ``sys.stdout`` and ``sys.stderr`` outlive their readers (:class:`_ReaderGone`), once per process."""
+def _outlive_readers() -> _ReaderGone:
+    """Make ``sys.stdout`` and ``sys.stderr`` outlive their readers (:class:`_ReaderGone`) once; the new stdout."""
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is not None and not isinstance(getattr(sys, name), _ReaderGone):
             setattr(sys, name, _ReaderGone(getattr(sys, name)))
-    return sys.stdout, sys.stderr  # type: ignore[return-value]
+    return sys.stdout  # type: ignore[return-value]
 
 
 class PathNotFoundError(FrameExitError, FileNotFoundError):
@@ -99,7 +91,7 @@ class FrameExitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         if ctx.parent is None:
             signal.signal(signal.SIGTERM, _on_sigterm)
-            stdout, _ = _outlive_readers()
+            stdout = _outlive_readers()
             # a closed stdout stops nothing: the command runs to its end, then says so (stderr may be open)
             ctx.call_on_close(lambda: _say_if_cut(stdout))
         try:
@@ -348,23 +340,15 @@ REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "ac
 def _build(keyword: str, values: dict):
     """The `jobs` options object handed to a command as ``keyword``, from the parsed values of its options."""
     # only the command's own stages: jobs.extract imports torch and jobs.replay dask, which `report` does not need
-    if keyword == "extract_options":
-        from jobs.extract import ExtractOptions as kind
-    elif keyword == "replay_options":
-        from jobs.replay import ReplayOptions as kind
-    elif keyword == "report_options":
-        from jobs.report import ReportOptions as kind
-    else:
-        raise KeyError(keyword)
-    return kind(**values)
+    stage = keyword.removesuffix("_options")
+    kind = {"extract": "ExtractOptions", "replay": "ReplayOptions", "report": "ReportOptions"}[stage]
+    return getattr(importlib.import_module(f"jobs.{stage}"), kind)(**values)
 
 
 def options(*plain: str, job_keys: tuple[str, ...] = (), **objects: tuple[str, ...]):
-    """Adds the options named in ``plain``, ``job_keys`` and those that ``objects`` (keyword -> option names)
-    are built from, each once and in the order of :data:`OPTIONS`; the command gets the ``plain`` values as
-    they are, one options object per keyword of ``objects`` (see :func:`_build`) instead of their values, and
-    its ``job`` with the ``job_keys`` options given set as the keys they stand for
-    (:func:`jobs.config.with_options`), after the job's own overrides."""
+    """Adds the options named in ``plain``, ``job_keys`` and ``objects`` (keyword -> option names), each once in the
+    order of :data:`OPTIONS`; the command gets the ``plain`` values, one :func:`_build` object per keyword of
+    ``objects``, and its ``job`` with the ``job_keys`` given set (:func:`jobs.config.with_options`)."""
     grouped = {n for group in objects.values() for n in group}
     job_keys = tuple(dict.fromkeys(job_keys))  # each once: run takes extract's and replay's
     names = sorted(grouped.union(plain, job_keys), key=list(OPTIONS).index)

@@ -1,19 +1,11 @@
 """`frameexit demo`: the whole method on a synthetic dataset that needs nothing but the installed package.
 
-The dataset (ActivityNet layout: JSON labels with training and validation
-subsets, class list, split files, JPEG frame folders) has 12 classes, a shape
-(circle, square, triangle) in a colour (red, green, blue, yellow), visible in
-single frames, because FrameExit max-pools per-frame features and cannot see
-motion. 70 % of the videos are easy (the object is in every frame); in the
-other 30 % it appears in only 4 of the 10 sampled frames, the others showing
-background only, so that reading more frames pays off only for them.
-:func:`make_dataset` is the project's one generator of synthetic
-ActivityNet-layout data: the extraction benchmark uses it too, at a larger
-frame size.
-
-The backbone is a ResNet-18 with torchvision's random initialisation under a
-fixed seed (no pretrained weights can be downloaded): its features are random
-projections, good enough to tell these classes apart at 112 pixels.
+The dataset (ActivityNet layout) has 12 classes, a shape in a colour, visible in single frames: FrameExit
+max-pools per-frame features and cannot see motion. In 30 % of the videos the object appears in only 4 of
+the 10 sampled frames, so that reading more frames pays off only for them. :func:`make_dataset` is the
+project's one generator of synthetic ActivityNet-layout data (the extraction benchmark uses it too).
+The backbone is a ResNet-18 randomly initialised under a fixed seed (nothing can be downloaded): its random
+projections tell these classes apart at 112 pixels.
 """
 
 from __future__ import annotations
@@ -68,16 +60,18 @@ def _frame(rng: np.random.Generator, cls: int | None, size: int) -> Image.Image:
     return image
 
 
+def _paths(root: str) -> dict[str, str]:
+    """The demo dataset's files under ``root``: frames, labels, classes, split_train, split_val."""
+    names = ("frames", "labels.json", "classes.txt", "split_train.txt", "split_val.txt")
+    return {name.split(".")[0]: os.path.join(root, name) for name in names}
+
+
 def make_dataset(
     root: str, *, n_train: int = 1200, n_val: int = 300, seed: int = 0, size: int = SIZE
 ) -> dict[str, str]:
-    """Write the demo dataset under ``root``; returns its paths (frames, splits, labels, classes).
-
-    ``size`` is the side of the square frames in pixels (the demo's 128; the
-    extraction benchmark uses 350, the shorter side of the official ActivityNet frames).
-    """
+    """Write the demo dataset under ``root``, frames ``size`` pixels square; returns its paths (:func:`_paths`)."""
     rng = np.random.default_rng(seed)
-    frames = os.path.join(root, "frames")
+    frames = _paths(root)["frames"]
     database: dict[str, Any] = {}
     splits: dict[str, list[str]] = {"training": [], "validation": []}
     for i in range(n_train + n_val):
@@ -100,13 +94,7 @@ def make_dataset(
             "difficulty": "hard" if hard else "easy",
         }
         splits[subset].append(f"v_{vid}.mp4")
-    paths = {
-        "frames": frames,
-        "labels": os.path.join(root, "labels.json"),
-        "classes": os.path.join(root, "classes.txt"),
-        "split_train": os.path.join(root, "split_train.txt"),
-        "split_val": os.path.join(root, "split_val.txt"),
-    }
+    paths = _paths(root)
     with open(paths["labels"], "w") as f:
         json.dump({"version": "demo", "database": database}, f)
     with open(paths["classes"], "w") as f:
@@ -171,13 +159,7 @@ def demo(out: str, *, progress: bool | None = None, say: Callable[[str], None] =
     data_dir = os.path.join(out, "data")
     if os.path.isfile(os.path.join(data_dir, "split_val.txt")):
         say(f"demo data already in {data_dir}")
-        paths = {
-            "frames": os.path.join(data_dir, "frames"),
-            "labels": os.path.join(data_dir, "labels.json"),
-            "classes": os.path.join(data_dir, "classes.txt"),
-            "split_train": os.path.join(data_dir, "split_train.txt"),
-            "split_val": os.path.join(data_dir, "split_val.txt"),
-        }
+        paths = _paths(data_dir)
     else:
         say(f"generating the demo dataset in {data_dir} (12 classes, 1200 training and 300 validation videos)")
         paths = make_dataset(data_dir, seed=seed)

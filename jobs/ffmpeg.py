@@ -1,19 +1,14 @@
 """The ffmpeg command line that writes the official frame folders, run as it is.
 
-Frames are what ``ffmpeg -i VIDEO -vf fps=R,scale=S:S:force_original_aspect_ratio=increase
--q:v 2 DIR/img_%05d.jpeg`` writes, because that command is what runs: the command line's
-own behaviour (timestamps rebased to the file's start, autorotation, the image2 muxer's
-constant-rate output from time 0, the pixel format the mjpeg encoder negotiates) comes
-with it instead of being imitated. The only options added change what ffmpeg prints,
-not what it writes.
-
-Which ffmpeg: ``--ffmpeg PATH``, else an ``ffmpeg`` on ``PATH``, else the static binary
-that the ``imageio-ffmpeg`` wheel carries (so a fresh machine needs no system package).
+That command runs, so its own behaviour (timestamps rebased to the file's start, autorotation, the image2
+muxer's constant-rate output from time 0, the mjpeg encoder's pixel format) comes with it instead of being
+imitated; the only options added change what ffmpeg prints, not what it writes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import shlex
@@ -42,22 +37,11 @@ class FFmpegNotFoundError(FrameExitError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class FFmpeg:
-    """An ffmpeg executable and what it says it is.
+    """An ffmpeg executable and what it says it is."""
 
-    Attributes
-    ----------
-    path : str
-        Absolute path of the executable.
-    version : str
-        The version of ``ffmpeg -version`` (e.g. ``n9.0.2-17-g2a571b6068-20260930``): frames are equal
-        byte for byte between two runs of the same version.
-    source : str
-        Why this one: ``--ffmpeg``, ``PATH``, or ``imageio-ffmpeg <version>`` (its bundled binary).
-    """
-
-    path: str
-    version: str
-    source: str
+    path: str  # absolute
+    version: str  # of ffmpeg -version: frames are equal byte for byte between two runs of one version
+    source: str  # why this one: --ffmpeg, PATH, or imageio-ffmpeg <version> (its bundled binary)
 
 
 def ffmpeg_filter(fps: int, min_side: int) -> str:
@@ -75,12 +59,8 @@ def _argv(ffmpeg: str, video: str, pattern: str, fps: int, min_side: int) -> lis
 
 
 def frames_argv(ffmpeg: str, video: str, out_dir: str, *, fps: int, min_side: int, prefix: str = "img") -> list[str]:
-    """The official command with ``ffmpeg`` as the executable, writing ``out_dir/<prefix>_00001.jpeg, ...``.
-
-    Paths are made absolute, so that a file name starting with ``-`` is not
-    taken for an option, and ``%`` in ``out_dir`` or ``prefix`` is escaped from
-    the image2 muxer's pattern.
-    """
+    """The official command with ``ffmpeg`` as the executable, writing ``out_dir/<prefix>_00001.jpeg, ...``; paths
+    absolute (a name starting with ``-`` is no option), ``%`` escaped from the image2 muxer's pattern."""
     pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}_").replace("%", "%%") + "%05d.jpeg"
     return _argv(ffmpeg, os.path.abspath(video), pattern, fps, min_side)
 
@@ -91,12 +71,8 @@ def command_line(ffmpeg: str, *, fps: int, min_side: int, prefix: str = "img") -
 
 
 def find_ffmpeg(explicit: str | None = None) -> FFmpeg:
-    """The ffmpeg to run: ``explicit`` (``--ffmpeg``), else ``ffmpeg`` on ``PATH``, else imageio-ffmpeg's binary.
-
-    An ffmpeg the user installed wins over the bundled one: it is the one the
-    official command would run on this machine. Raises
-    :class:`FFmpegNotFoundError` when none can be run.
-    """
+    """The ffmpeg to run: ``explicit`` (``--ffmpeg``), else ``ffmpeg`` on ``PATH`` (what the official command would
+    run here), else imageio-ffmpeg's binary; :class:`FFmpegNotFoundError` when none can be run."""
     if explicit:
         path, source = explicit, "--ffmpeg"
     elif shutil.which("ffmpeg"):
@@ -151,20 +127,10 @@ _PRCTL = _libc_prctl()
 def start(argv: list[str], log: IO[bytes]) -> subprocess.Popen:
     """Start ``argv`` with stdout and stderr into ``log``; on Linux it is killed when this process dies.
 
-    Without the parent-death signal the ffmpeg processes of a killed run (SIGKILL
-    gives the parent no chance to stop them) would keep writing into the frames
-    folder. The signal is tied to the thread that starts the process: the
-    caller starts them from the thread that waits for them. Elsewhere an
-    ffmpeg outlives a killed parent by the rest of its one video, whose folder
-    keeps its temporary name.
+    Else the ffmpeg processes of a SIGKILLed run would keep writing into the frames folder. The signal is tied
+    to the thread that starts the process: start them from the thread that waits for them.
     """
-    preexec = None
-    if _PRCTL is not None:
-        parent, prctl = os.getpid(), _PRCTL
-
-        def preexec() -> None:
-            _arm_parent_death_signal(parent, prctl)
-
+    preexec = None if _PRCTL is None else functools.partial(_arm_parent_death_signal, os.getpid(), _PRCTL)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=preexec)
 
 
@@ -178,11 +144,8 @@ def input_duration(log: str) -> float | None:
 
 
 def problems(log: str, limit: int = 2) -> str:
-    """The first ``limit`` distinct error messages of an ffmpeg log, without their addresses, joined by ``; ``.
-
-    A log without messages tagged ``[error]`` or ``[fatal]`` (an ffmpeg too old
-    for ``-loglevel level+...``) gives its last line.
-    """
+    """The first ``limit`` distinct error messages of an ffmpeg log, without their addresses, joined by ``; ``;
+    its last line when none is tagged ``[error]`` or ``[fatal]`` (an ffmpeg too old for ``-loglevel level+``)."""
     messages: list[str] = []
     for message in _PROBLEM.findall(log):
         message = message.strip()

@@ -1,15 +1,9 @@
 """`frameexit prepare`: from raw videos and annotation files to the official frame folders and split files.
 
-Frames are written by the official ffmpeg command line itself (:mod:`jobs.ffmpeg`):
-``ffmpeg -i VIDEO -vf fps=<rate>,scale=<side>:<side>:force_original_aspect_ratio=increase
--q:v 2 <folder>/img_%05d.jpeg``, one process per video. Each video's folder is named by
-its split key (the file's stem plus ``.mp4``), written under a short temporary name
-(``.partial-<hash of the key>.<random>``) and renamed when complete.
-``FRAMES_DIR/prepare-frames.json`` records the command and the FFmpeg version, and a
-later run refuses to add frames made another way.
-
-This module imports nothing heavy (no torch) at module level: a rerun with nothing
-to do takes a fraction of a second.
+Frames are written by the official ffmpeg command itself (:mod:`jobs.ffmpeg`), one process per video, into a
+temporary ``.partial-<hash of the key>.<random>`` folder renamed to the split key when complete.
+``FRAMES_DIR/prepare-frames.json`` records the command and FFmpeg version; a later run refuses other ones.
+Nothing heavy (no torch) is imported at module level: a rerun with nothing to do takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -73,10 +67,8 @@ class PrepareError(FrameExitError, ValueError):
 def _make_partial_dir(frames_dir: str, key: str) -> str:
     """A new, empty ``<frames_dir>/.partial-<hash>.<random>`` folder, with the umask's permissions.
 
-    The name holds a hash of the key, not the key: a legal 252-byte video name plus the
-    prefix and the random part would exceed the 255 bytes a file name can have. Not
-    ``tempfile.mkdtemp``: its folders are 0700, and the renamed frame folder must be
-    readable as any other folder the user creates.
+    A hash of the key, not the key: a legal 252-byte video name plus prefix and random part would exceed the
+    255 bytes of a file name. Not ``tempfile.mkdtemp``: its folders are 0700, and the frame folder must not be.
     """
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     while True:
@@ -189,11 +181,8 @@ def _finish(task: _Running, frames_dir: str, *, fps: int) -> _Outcome:
 
 
 def _disk_full(log: str, folder: str) -> int | None:
-    """The errno of a full disk (or quota, or file size limit) when ffmpeg failed writing into ``folder``, or None.
-
-    ffmpeg prints the system's message (``av_interleaved_write_frame(): No space left on device``); an ffmpeg
-    that prints something else is caught by the file system itself having no block left, even for root.
-    """
+    """The errno of a full disk (or quota, or file size limit) when ffmpeg failed writing into ``folder``, or None:
+    from the system's message in the log, else from the file system having no block left (even for root)."""
     for code in DISK_FULL_ERRNOS:
         if os.strerror(code) in log:
             return code
@@ -209,9 +198,8 @@ def _run(
 ) -> Iterator[_Outcome]:
     """Run one ffmpeg per video, ``workers`` at once, and yield each video's outcome as it ends.
 
-    The processes are started from the thread that iterates (their parent-death
-    signal is tied to it). When the iteration stops early (an error, Ctrl-C,
-    SIGTERM, ``close()``), the running ones are killed and their folders removed.
+    Started from the thread that iterates (their parent-death signal is tied to it); when the iteration stops
+    early (an error, Ctrl-C, SIGTERM, ``close()``), the running ones are killed and their folders removed.
     """
     pending = list(reversed(videos))
     running: list[_Running] = []
@@ -232,13 +220,9 @@ def _run(
 
 
 def check_folders(videos_dir: str, frames_dir: str) -> None:
-    """Raise :class:`UsageError` when VIDEOS_DIR and FRAMES_DIR are one folder or one holds the other.
-
-    Frame folders are named ``<video>.mp4``: among the videos they would be taken
-    for videos with a folder of their own (``v_a.mp4`` is a file), and a folder of
-    one inside the other mixes what the user keeps with what a rerun may replace.
-    Links are followed: two names of one folder are one folder.
-    """
+    """Raise :class:`UsageError` when VIDEOS_DIR and FRAMES_DIR (links followed) are one folder or one holds the
+    other: frame folders named ``<video>.mp4`` would pass for videos, and what a rerun may replace would mix
+    with what the user keeps."""
     videos, frames = os.path.realpath(videos_dir), os.path.realpath(frames_dir)
     if videos == frames:
         problem = f"VIDEOS_DIR {videos_dir} and FRAMES_DIR {frames_dir} are one folder"
@@ -252,12 +236,8 @@ def check_folders(videos_dir: str, frames_dir: str) -> None:
 
 
 def _unmakeable(frames_dir: str, key: str, prefix: str, limits: tuple[int, int]) -> str | None:
-    """Why the frame folder of ``key`` cannot be made in ``frames_dir`` (a name or path too long), or None.
-
-    ``limits``: the folder's ``(NAME_MAX, PATH_MAX)``. A file name of the videos'
-    file system may be longer than the frames' allows, and a long FRAMES_DIR path
-    leaves less room: such a video fails with the reason instead of stopping the run.
-    """
+    """Why the frame folder of ``key`` cannot be made in ``frames_dir`` (``limits``: its ``(NAME_MAX, PATH_MAX)``),
+    or None: the videos' file system may allow longer names, so such a video fails instead of the run."""
     name_max, path_max = limits
     name = len(os.fsencode(key))
     if name > name_max:
@@ -287,11 +267,8 @@ def _name_limits(frames_dir: str) -> tuple[int, int]:
 
 
 def find_videos(videos_dir: str) -> dict[str, str]:
-    """``{split key: video path}`` of the video files in ``videos_dir`` (by extension, not recursive).
-
-    Raises :class:`PrepareError` when two files have the same split key
-    (``v_x.mkv`` and ``v_x.mp4``): both would be written to one folder.
-    """
+    """``{split key: video path}`` of the video files in ``videos_dir`` (by extension, not recursive);
+    :class:`PrepareError` when two have one split key (``v_x.mkv``, ``v_x.mp4``)."""
     by_key: dict[str, str] = {}
     for name in sorted(os.listdir(videos_dir)):
         path = os.path.join(videos_dir, name)
@@ -316,12 +293,9 @@ def read_manifest(frames_dir: str) -> dict[str, Any] | None:
             manifest = json.load(handle)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise PrepareError(f"cannot read {path}: {exc}; remove it only if every frame folder is redone") from None
-    except RecursionError:  # json's parser recurses once per level
-        raise PrepareError(
-            f"cannot read {path}: nested too deeply; remove it only if every frame folder is redone"
-        ) from None
+    except (OSError, ValueError, RecursionError) as exc:  # json's parser recurses once per level
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise PrepareError(f"cannot read {path}: {why}; remove it only if every frame folder is redone") from None
     if not (
         isinstance(manifest, dict)
         and isinstance(manifest.get("official_command"), str)
@@ -345,10 +319,7 @@ def _record(
     manifest: dict[str, Any] | None, ffmpeg: FFmpeg, frames_dir: str, *, dataset: str, **preset: Any
 ) -> dict[str, Any]:
     """Write the manifest before the first frame, or check that this run uses the FFmpeg it records; returns it.
-
-    Frames of one FFmpeg version are equal byte for byte; another version may
-    differ by a level here and there. One folder holds frames of one version.
-    """
+    One folder holds frames of one FFmpeg version: another may differ by a level here and there."""
     path = os.path.join(frames_dir, MANIFEST)
     if manifest is not None:
         recorded = manifest["ffmpeg"]["version"]
@@ -378,43 +349,22 @@ def _record(
 
 @dataclass(frozen=True)
 class FramesResult:
-    """What :func:`prepare_frames` did.
+    """What :func:`prepare_frames` did; ``failed`` and ``too_short`` hold ``{'video': file name, 'reason': ...}``."""
 
-    Attributes
-    ----------
-    written : dict of str to int
-        Frames written, by split key.
-    already_done : list of str
-        Split keys whose folder already held frames (skipped).
-    failed : list of dict
-        ``{'video': file name, 'reason': ...}`` per video ffmpeg could not turn into frames.
-    too_short : list of dict
-        ``{'video': file name, 'reason': ...}`` per video shorter than one output frame
-        (it decodes, but the official command writes no frame either).
-    ffmpeg : FFmpeg or None
-        The ffmpeg that ran (None when there was nothing to do).
-    manifest : str or None
-        Path of ``prepare-frames.json`` (None when none was written or read).
-    predating : int
-        Frame folders the manifest lists as already there when it was written: made
-        another way (another tool, an older frameexit), by an FFmpeg it cannot name.
-    """
-
-    written: dict[str, int]
-    already_done: list[str]
-    failed: list[dict[str, str]] = field(default_factory=list)
+    written: dict[str, int]  # frames written, by split key
+    already_done: list[str]  # split keys whose folder already held frames (skipped)
+    failed: list[dict[str, str]] = field(default_factory=list)  # videos ffmpeg could not turn into frames
+    # videos shorter than one output frame (they decode, but the official command writes no frame either)
     too_short: list[dict[str, str]] = field(default_factory=list)
-    ffmpeg: FFmpeg | None = None
-    manifest: str | None = None
+    ffmpeg: FFmpeg | None = None  # the ffmpeg that ran (None when there was nothing to do)
+    manifest: str | None = None  # path of prepare-frames.json (None when none was written or read)
+    # frame folders the manifest lists as there when it was written: made by another tool or an older frameexit
     predating: int = 0
 
 
 def check_prefix(prefix: str) -> None:
-    """Raise :class:`PrepareError` unless ``prefix`` makes frame file names in the video's own folder.
-
-    The frames are ``<folder>/<prefix>_00001.jpeg``: a path separator (``../../x``, an absolute path) would
-    write them elsewhere, and ``%`` is ffmpeg's pattern character.
-    """
+    """Raise :class:`PrepareError` unless ``prefix`` makes frame file names ``<prefix>_00001.jpeg`` in the video's
+    own folder (a path separator would write elsewhere; ``%`` is ffmpeg's pattern character)."""
     bad = (
         "is empty"
         if not prefix
@@ -448,20 +398,11 @@ def prepare_frames(
     ffmpeg: str | None = None,
     progress: Callable[[Any, int], Any] | None = None,
 ) -> FramesResult:
-    """Run the official ffmpeg command on every video of ``videos_dir``, in parallel and resumably.
+    """Run the official ffmpeg command on every video of ``videos_dir`` into ``<frames_dir>/<split key>/``,
+    ``workers`` at once, resumably (see ``frameexit prepare frames --help``).
 
-    Each video goes to ``<frames_dir>/<split key>/`` (``v_x.mkv`` -> ``v_x.mp4/``).
-    A video whose folder already holds frames is skipped; folders left half
-    written by a killed run (temporary names) are removed and their videos
-    redone. ``workers`` ffmpeg processes run at once; they die with this
-    process. ``ffmpeg``: the executable (``--ffmpeg``), else ``ffmpeg`` on
-    ``PATH``, else imageio-ffmpeg's. The command and FFmpeg version are
-    recorded in ``<frames_dir>/prepare-frames.json``; a run with another
-    command or FFmpeg version that would write frames raises
-    :class:`PrepareError` before any work. ``FramesResult.written`` and
-    ``already_done`` are by split key, ``failed`` and ``too_short`` by video
-    file name. One ``prepare frames`` writes ``frames_dir`` at a time: a
-    second is refused (:class:`~frameexit.atomic.BusyError`) before any work.
+    :class:`PrepareError` before any work for another command or FFmpeg version than the manifest's;
+    :class:`~frameexit.atomic.BusyError` when another ``prepare frames`` writes ``frames_dir``.
     """
     spec = prepare_dataset(dataset)
     if not os.path.isdir(videos_dir):
@@ -494,27 +435,17 @@ def _prepare_frames(
             shutil.rmtree(os.path.join(frames_dir, entry), ignore_errors=True)
     done = [key for key in videos if list_frames(frames_dir, key)]
     finished = set(done)  # built once: a set per key made a rerun over 10,000 videos take seconds
+    pending = [key for key in videos if key not in finished]
     # a folder without our frames that holds anything (another tool's .jpg frames, notes) is not ours to replace
-    occupied = {key for key, path in videos.items() if key not in finished and _holds_anything(frames_dir, key)}
+    occupied = {k: _occupied(os.path.join(frames_dir, k)) for k in pending if _holds_anything(frames_dir, k)}
     limits = _name_limits(frames_dir)
-    too_long = {
-        key: why
-        for key in videos
-        if key not in finished
-        and key not in occupied
-        and (why := _unmakeable(frames_dir, key, preset["prefix"], limits))
-    }
-    skip = finished | occupied | set(too_long)
-    todo = [path for key, path in videos.items() if key not in skip]
-    refused = [
-        {"video": os.path.basename(videos[key]), "reason": _occupied(os.path.join(frames_dir, key))}
-        for key in sorted(occupied)
-    ] + [{"video": os.path.basename(videos[key]), "reason": why} for key, why in sorted(too_long.items())]
-    if not todo and refused:
-        return FramesResult({}, sorted(done), refused)
+    unmakeable = {k: _unmakeable(frames_dir, k, preset["prefix"], limits) for k in pending if k not in occupied}
+    refusals = {**dict(sorted(occupied.items())), **{k: why for k, why in sorted(unmakeable.items()) if why}}
+    todo = [videos[key] for key in pending if key not in refusals]
+    refused = [{"video": os.path.basename(videos[k]), "reason": why} for k, why in refusals.items()]
     if not todo:
-        if manifest is None:
-            return FramesResult({}, sorted(done))
+        if refused or manifest is None:
+            return FramesResult({}, sorted(done), refused)
         predating = len(manifest.get("folders_before_manifest", []))
         return FramesResult({}, sorted(done), manifest=os.path.join(frames_dir, MANIFEST), predating=predating)
     binary = find_ffmpeg(ffmpeg)
@@ -554,30 +485,13 @@ def _prepare_frames(
 
 @dataclass(frozen=True)
 class Split:
-    """A split built from an annotation file.
+    """A split built from an annotation file."""
 
-    Attributes
-    ----------
-    keys : list of str
-        The split file's video keys, sorted.
-    missing : list of str
-        Labels of the split's videos that are not in the given class list (sorted; empty without one).
-    classes : list of str
-        A class list for it, sorted by Python string order (code points): ActivityNet,
-        every label of the annotation file (all subsets: the 200 classes);
-        Mini-Kinetics, the labels of the split's videos (the CSV holds all 400
-        Kinetics classes, Mini-Kinetics uses 200 of them); HVU, every tag.
-    num_class : int
-        ``model.num_class`` of the dataset's bundled job file (200, or 3,142 for HVU).
-    left_out : list of str
-        What the annotations hold that the split leaves out, counted, in words.
-    """
-
-    keys: list[str]
-    missing: list[str]
-    classes: list[str]
+    keys: list[str]  # the split file's video keys, sorted
+    missing: list[str]  # labels of its videos not in the given class list (sorted; empty without one)
+    classes: list[str]  # a class list for it (SplitRows.names), sorted by code points
     num_class: int  # model.num_class of the dataset's bundled job file
-    left_out: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # what the annotations hold that the split leaves out
 
 
 def prepare_dataset(dataset: str) -> DatasetSpec:
@@ -606,14 +520,8 @@ def build_split(
     categories: str | None = None,
     key_format: str | None = None,
 ) -> Split:
-    """The validation split as the official help text builds it, and a class list for it.
-
-    The dataset's registry entry builds it (:attr:`jobs.datasets.DatasetSpec.build_split`:
-    :func:`~jobs.datasets.activitynet_split`, :func:`~jobs.datasets.minikinetics_split`,
-    :func:`~jobs.datasets.hvu_split`); ``val_list`` is required by an entry with a ``val_list``,
-    ``categories`` and ``key_format`` are refused by one without a ``key_format``.
-    ``classes``: a class list to check the split's labels against.
-    """
+    """The validation split as the official help text builds it (:attr:`jobs.datasets.DatasetSpec.build_split`),
+    and a class list for it; ``classes``: a class list to check the split's labels against."""
     spec = BY_CLI_NAME.get(dataset)
     if (spec is None or spec.key_format is None) and (categories or key_format):
         keyed = ", ".join(s.cli_name for s in REGISTRY if s.key_format is not None)
@@ -664,13 +572,8 @@ class CheckResult:
     label_file: str = ""
 
     def failure(self, max_missing: int = 0) -> str | None:
-        """Why the check fails (one sentence), or None.
-
-        It fails on more than ``max_missing`` split videos that the evaluation
-        would skip: without frames (missing or empty folders) or without an
-        entry in the label file (each counted once), and on any label not in
-        the class list (the evaluation would stop on it).
-        """
+        """Why the check fails (one sentence), or None: more than ``max_missing`` split videos the evaluation
+        would skip (no frames or no label entry, each counted once), or any label not in the class list."""
         reasons = []
         if self.unknown_labels:
             reasons.append(f"{len(self.unknown_labels)} label(s) not in the class list")
@@ -706,15 +609,12 @@ def check(job: Job) -> CheckResult:
         folder = os.path.join(data.path_frame, key)
         if not os.path.isdir(folder):
             missing.append(key)
-            found = hint(key)
-            if found:
+            if found := hint(key):
                 hints[key] = found.strip()
-            continue
-        n = len(list_frames(data.path_frame, key))
-        if n == 0:
-            empty.append(key)
-        else:
+        elif n := len(list_frames(data.path_frame, key)):
             counts[key] = n
+        else:
+            empty.append(key)
     unlabelled = [key for key in keys if key not in labels]  # the evaluation skips them, as videos without frames
     unknown: dict[str, list[str]] = {}
     for key in keys:

@@ -53,17 +53,9 @@ def cached_arrays(cache_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     return videos, features, labels
 
 
-def with_split(job: Job, split: str) -> Job:
-    """The same job on another split file."""
-    return job.with_value("data.path_split", split)
-
-
 def check_split_file(path: str, key: str) -> None:
-    """Refuse a split file that is missing, unreadable, not UTF-8 text or lists no video.
-
-    Every message names the file and ``key``, the job key it came from: the
-    dataset readers name ``data.path_split`` whichever split they read.
-    """
+    """Refuse a split file that is missing, unreadable, not UTF-8 text or lists no video, naming it and ``key``, the
+    job key it came from (the dataset readers name ``data.path_split`` whichever split they read)."""
     if not os.path.isfile(path):
         raise DatasetFileNotFoundError(f"split file not found: {path} (from {key})")
     try:
@@ -83,10 +75,8 @@ def check_split_file(path: str, key: str) -> None:
 def _extract_split(
     job: Job, key: str, options: ExtractOptions, progress: bool | None
 ) -> tuple[ExtractResult, list[str], np.ndarray, np.ndarray]:
-    """Extract (or reuse) the features of the job's split, which came from ``key``; refuse a split without videos.
-
-    Returns the extraction result and ``(videos, features, labels)`` as :func:`cached_arrays`.
-    """
+    """Extract (or reuse) the features of the job's split, which came from ``key``, refusing one without videos;
+    the extraction result and :func:`cached_arrays`."""
     path = job.data.path_split or ""
     try:
         result = extract(job, options, progress=progress)
@@ -118,22 +108,13 @@ def _extract_split(
 
 
 def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress: bool | None = None) -> TrainResult:
-    """Extract (or reuse) the training split's features, train a head, export it with the backbone.
+    """Extract (or reuse) the training split's features, train a head, export it with the backbone of
+    ``checkpoint.init`` in the official format (``module.``-prefixed, the released checkpoints' gate polarity).
 
-    The checkpoint is written in the official format (``module.``-prefixed,
-    gate polarity of the released checkpoints) and carries the backbone of
-    ``checkpoint.init``, so ``infer``, ``replay`` and the official code load it.
-    Nothing is written when training fails; a head with NaN or infinite weights
-    is refused; one ``train`` writes ``out_path`` at a time (``.NAME.lock`` beside
-    it), and the temporary files of a killed one are removed (:class:`frameexit.train.TrainingError`, naming the stage).
-
-    Raises
-    ------
-    DatasetError
-        A split file (``data.path_split`` or ``train.val_path_split``, named) that is
-        missing, unreadable or has no usable video, or fewer than 2 training videos with labels.
-    TrainingError
-        Non-finite features, or training that diverged.
+    Nothing is written when training fails or the head has non-finite weights; one ``train`` writes
+    ``out_path`` at a time (``.NAME.lock`` beside it); the temporary files of a killed one are removed.
+    Raises :class:`DatasetError` for a split file (named) that is missing, unreadable or has no usable video,
+    or fewer than 2 labelled training videos; :class:`TrainingError` for non-finite features or divergence.
     """
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     val_split = job.train.val_path_split
@@ -166,7 +147,7 @@ def _train(job: Job, out_path: str, extract_options: ExtractOptions, progress: b
     val = None
     if val_split:
         _, _, val_features, val_labels = _extract_split(
-            with_split(job, val_split), VAL_SPLIT, extract_options, progress
+            job.with_value(TRAIN_SPLIT, val_split), VAL_SPLIT, extract_options, progress
         )
         order = list(job.model.input_order)
         val = (torch.from_numpy(np.ascontiguousarray(val_features[:, order])), val_labels)
