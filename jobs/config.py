@@ -45,8 +45,6 @@ class Field:
     doc: str = ""
 
 
-REQ = dict(required=True)
-
 #: Every key a job file may hold. Keys marked "official" are those of the official configs.
 SCHEMA: dict[str, Any] = {
     "help": Field("bool", False, doc="official; ignored"),
@@ -54,7 +52,7 @@ SCHEMA: dict[str, Any] = {
         "init": Field("strs", None, doc="FrameExit checkpoint file (official DataParallel format)"),
     },
     "data": {
-        "name": Field("str", **REQ, choices=tuple(BY_NAME), doc="dataset; picks the label-file reader"),
+        "name": Field("str", required=True, choices=tuple(BY_NAME), doc="dataset; picks the label-file reader"),
         "path_frame": Field("str", None, doc="root of the frame folders <root>/<video key>/*.jpeg"),
         "path_split": Field("str", None, doc="split file, one video key per line"),
         "path_label": Field("str", None, doc="ActivityNet JSON, Mini-Kinetics CSV or HVU CSV"),
@@ -79,19 +77,17 @@ SCHEMA: dict[str, Any] = {
         "shuffle": Field("bool", False, doc="official; ignored (videos run in key order)"),
     },
     "model": {
-        "first_threshold": Field("float", **REQ, doc="exit at step 0 if top probability > this"),
+        "first_threshold": Field("float", required=True, doc="exit at step 0 if top probability > this"),
         "gate_threshold": Field("float", DEFAULT_GATE_THRESHOLD, doc="exit at a gate if s_t < this (ours)"),
         "backbone": {
             "type": Field("str", "2d", choices=("2d", "3d"), doc="2d: a step reads a frame; 3d: a clip"),
-            "name": Field("str", **REQ, doc="torchvision.<model> (2d) or pytorchvideo.x3d_s (3d)"),
+            "name": Field("str", required=True, doc="torchvision.<model> (2d) or pytorchvideo.x3d_s (3d)"),
             "clip_length": Field("int", None, doc="3d: frames per clip (X3D-S: 13)"),
             "clip_stride": Field("int", None, doc="3d: frame files between consecutive clip frames"),
-            "pretrained": Field(
-                "bool", False, doc="published weights (ImageNet, Kinetics) when no checkpoint gives the backbone"
-            ),
+            "pretrained": Field("bool", False, doc="published weights when no checkpoint gives the backbone"),
             "requires_grad": Field("bool", False, doc="official; ignored at inference"),
             "truncate_modules": Field("int", -1, doc="keep children[:truncate_modules]"),
-            "output_dim": Field("int", **REQ, doc="feature length of the truncated backbone"),
+            "output_dim": Field("int", required=True, doc="feature length of the truncated backbone"),
         },
         "pooling": {"name": Field("str", "max", choices=("max",))},
         "name": Field("str", "adaptive", choices=("adaptive",)),
@@ -114,9 +110,7 @@ SCHEMA: dict[str, Any] = {
     "replay": {
         "first_thresholds": Field("grid", None, doc="grid of first_threshold values: list or 'start:stop:count'"),
         "gate_thresholds": Field("grid", None, doc="grid of gate_threshold values: list or 'start:stop:count'"),
-        "per_video": Field(
-            "str", "default", choices=("default", "all"), doc="per-video rows: the job's setting or all"
-        ),
+        "per_video": Field("str", "default", choices=("default", "all"), doc="per-video rows: job's setting or all"),
     },
     "extract": {
         "dtype": Field("str", "float32", choices=DTYPES, doc="storage type of the features"),
@@ -446,11 +440,8 @@ MAX_JOB_DEPTH = 32
 
 
 class _JobLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases and with bounded nesting, each refused with the line.
-
-    An alias (``*name``) lets a few hundred bytes stand for 10^9 values ("billion laughs") that every copy or
-    JSON dump of the job (replay.json records it) expands; a job file has no need for them.
-    """
+    """PyYAML's safe loader refusing, with the line, deep nesting and aliases: with ``*name`` a few hundred bytes can
+    stand for 10^9 values ("billion laughs") that every copy or JSON dump of the job (replay.json) expands."""
 
     def __init__(self, stream: str, source: str) -> None:
         super().__init__(stream)
@@ -519,19 +510,19 @@ def load_job(path: str, overrides: Sequence[str] = ()) -> Job:
         raise ConfigError(f"job file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
-    if isinstance(raw, Mapping):
-        pre = _get(raw, "data.preprocessing")
-        if isinstance(pre, Mapping):
-            given = [k for k in pre if k in PREPROCESSING_ORDER]
-            if given not in ([k for k in order if k in pre] for order in (PREPROCESSING_ORDER, PYTORCHVIDEO_ORDER)):
-                raise ConfigError(
-                    f"{path}: data.preprocessing runs its keys in file order; only "
-                    f"{', '.join(PREPROCESSING_ORDER)} (the official order) or {', '.join(PYTORCHVIDEO_ORDER)} "
-                    f"(pytorchvideo's) is supported, got {', '.join(given)}"
-                )
+    pre = _get(raw, "data.preprocessing")
+    if isinstance(pre, Mapping):
+        given = [k for k in pre if k in PREPROCESSING_ORDER]
+        if given not in ([k for k in order if k in pre] for order in (PREPROCESSING_ORDER, PYTORCHVIDEO_ORDER)):
+            raise ConfigError(
+                f"{path}: data.preprocessing runs its keys in file order; only "
+                f"{', '.join(PREPROCESSING_ORDER)} (the official order) or {', '.join(PYTORCHVIDEO_ORDER)} "
+                f"(pytorchvideo's) is supported, got {', '.join(given)}"
+            )
     tree = _validate(raw, SCHEMA, "", path)
-    if isinstance(raw, Mapping) and _normalizes_first(_get(raw, "data.preprocessing")):
-        tree["data"]["preprocessing"] = _reordered(tree["data"]["preprocessing"], PYTORCHVIDEO_ORDER)
+    if _normalizes_first(pre):  # the validated section follows the schema's order: put the file's back
+        section = tree["data"]["preprocessing"]
+        tree["data"]["preprocessing"] = {**{k: section[k] for k in PYTORCHVIDEO_ORDER}, **section}
     for dotted, text in parse_overrides(overrides):
         _apply_override(tree, dotted, text)
     return Job(path, tree)
@@ -541,11 +532,6 @@ def _normalizes_first(pre: Any) -> bool:
     """Whether a job file's ``data.preprocessing`` lists ``normalize`` before ``resize`` (pytorchvideo's order)."""
     keys = list(pre) if isinstance(pre, Mapping) else []
     return "normalize" in keys and "resize" in keys and keys.index("normalize") < keys.index("resize")
-
-
-def _reordered(section: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
-    """``section`` with the keys of ``order`` first, in that order (the validated tree follows the schema's)."""
-    return {**{k: section[k] for k in order}, **{k: v for k, v in section.items() if k not in order}}
 
 
 def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -105,11 +105,8 @@ def unsafe_key(key: str) -> str | None:
 
 
 def read_split(path: str) -> list[str]:
-    """Video keys of a split file, in file order (lines stripped, blank lines ignored).
-
-    A key listed twice is an error naming both lines (dropping the copy would evaluate something other than
-    the file says; counting it twice would weigh it double), as is an :func:`unsafe_key`.
-    """
+    """Video keys of a split file, in file order (lines stripped, blank lines ignored); a key listed twice (neither
+    dropping nor counting the copy is what the file says) or an :func:`unsafe_key` is an error naming the line."""
     with _open(path, "split file", "data.path_split") as handle:
         lines = [line.strip() for line in handle.read().splitlines()]
     seen: dict[str, int] = {}
@@ -239,11 +236,8 @@ def read_tags(path: str) -> list[str]:
 
 
 def read_categories(path: str, classes: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The classes of each category of a ``Tag,Category`` CSV, by category name (sorted; indices ascending).
-
-    Every class must have a category (else an error naming it); a tag that is not a class is ignored (the class
-    list may be a subset); a tag under two categories counts in both.
-    """
+    """The classes of each category of a ``Tag,Category`` CSV, by category name (sorted; indices ascending); every
+    class must have one; a tag that is not a class is ignored; a tag under two categories counts in both."""
     pairs = read_tag_categories(path)
     index = {c: i for i, c in enumerate(classes)}
     members: dict[str, set[int]] = {}
@@ -315,11 +309,8 @@ def load_dataset(
     num_class: int,
     key_format: str | None = None,
 ) -> Dataset:
-    """Read the split, labels and class list, and find every video's frames.
-
-    :class:`DatasetError` for a missing file, a label not in the class list (naming video, label and file) or
-    a class list whose length is not ``num_class``. Videos without frames or label entry are skipped, with why.
-    """
+    """Read the split, labels and class list, and find every video's frames; a :class:`DatasetError` for a missing
+    file, an unknown label or a class list of another length than ``num_class``; other videos are skipped."""
     digests: dict[str, str] = {}
     token = _DIGESTS.set(digests)  # the files' SHA-256, from the bytes parsed
     try:

@@ -123,17 +123,9 @@ def write_demo_job(out: str, paths: dict[str, str], backbone_checkpoint: str) ->
     job["model"]["num_class"] = len(CLASSES)
     job["model"]["first_threshold"] = 0.95
     job["model"]["backbone"].update(name="torchvision.resnet18", output_dim=512, pretrained=False)
-    job["train"] = {
-        "epochs_classifier": 25,
-        "epochs_gates": 20,
-        "batch_size": 64,
-        "lr": 1e-3,
-        "lr_gates": 1e-3,
-        "weight_decay": 5e-4,
-        "hidden_dim": 1024,
-        "seed": 0,
-        "val_path_split": paths["split_val"],
-    }
+    # in this key order: yaml.safe_dump below keeps it
+    job["train"] = dict(epochs_classifier=25, epochs_gates=20, batch_size=64, lr=1e-3, lr_gates=1e-3, weight_decay=5e-4)
+    job["train"].update(hidden_dim=1024, seed=0, val_path_split=paths["split_val"])
     job["replay"] = {"first_thresholds": "0.5:1:51", "gate_thresholds": "0:1:41"}
     # batched on every device: on a CPU per-step extraction takes 1.6 times as long at 112 pixels (README)
     job["extract"] = {"batching": "batched"}

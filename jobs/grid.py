@@ -15,12 +15,9 @@ RANGE_DECIMALS = 12
 
 
 def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float]:
-    """Threshold values in [0, 1] from a list, a comma-separated string or a ``start:stop:count`` range.
-
-    A range includes both ends and is rounded to :data:`RANGE_DECIMALS` decimals; a range of one
-    value must start where it stops. Raises :class:`ConfigError` naming ``name`` and the bad value
-    (also for a value given twice, which would give the same setting twice).
-    """
+    """Threshold values in [0, 1] from a list, a comma-separated string or a ``start:stop:count`` range (both ends
+    included, rounded to :data:`RANGE_DECIMALS` decimals; one value must start where it stops); else, or for a
+    value given twice (the same setting twice), :class:`ConfigError` naming ``name`` and the value."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         values = [float(value)]
     elif isinstance(value, str):

@@ -65,11 +65,8 @@ class PrepareError(FrameExitError, ValueError):
 
 
 def _make_partial_dir(frames_dir: str, key: str) -> str:
-    """A new, empty ``<frames_dir>/.partial-<hash>.<random>`` folder, with the umask's permissions.
-
-    A hash of the key, not the key: a legal 252-byte video name plus prefix and random part would exceed the
-    255 bytes of a file name. Not ``tempfile.mkdtemp``: its folders are 0700, and the frame folder must not be.
-    """
+    """A new, empty ``<frames_dir>/.partial-<hash>.<random>`` folder, with the umask's permissions (not mkdtemp's
+    0700); a hash, as a legal 252-byte key plus prefix and random part would exceed a file name's 255 bytes."""
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     while True:
         path = os.path.join(frames_dir, f"{PARTIAL}{digest}.{secrets.token_hex(4)}")
@@ -196,11 +193,8 @@ def _disk_full(log: str, folder: str) -> int | None:
 def _run(
     ffmpeg: FFmpeg, videos: list[str], frames_dir: str, *, workers: int, fps: int, min_side: int, prefix: str
 ) -> Iterator[_Outcome]:
-    """Run one ffmpeg per video, ``workers`` at once, and yield each video's outcome as it ends.
-
-    Started from the thread that iterates (their parent-death signal is tied to it); when the iteration stops
-    early (an error, Ctrl-C, SIGTERM, ``close()``), the running ones are killed and their folders removed.
-    """
+    """Run one ffmpeg per video, ``workers`` at once, from the iterating thread (which their parent-death signal is
+    tied to); yield each outcome as it ends; when stopped early, kill the running ones and remove their folders."""
     pending = list(reversed(videos))
     running: list[_Running] = []
     try:
@@ -365,22 +359,17 @@ class FramesResult:
 def check_prefix(prefix: str) -> None:
     """Raise :class:`PrepareError` unless ``prefix`` makes frame file names ``<prefix>_00001.jpeg`` in the video's
     own folder (a path separator would write elsewhere; ``%`` is ffmpeg's pattern character)."""
-    bad = (
-        "is empty"
-        if not prefix
-        else "holds a path separator"
-        if "/" in prefix or os.sep in prefix or (os.altsep and os.altsep in prefix)
-        else "holds '%', ffmpeg's pattern character"
-        if "%" in prefix
-        else "starts with '.'"
-        if prefix.startswith(".")
-        else "holds a NUL or a line break"
-        if any(c in prefix for c in "\0\n\r")
-        # 255 bytes: the longest file name of common file systems (ext4, XFS, tmpfs), frame numbers to 999999
-        else f"is too long: {prefix}_000001.jpeg would be a file name over 255 bytes"
-        if len(f"{prefix}_000001.jpeg".encode("utf-8", "surrogateescape")) > 255
-        else None
+    checks = (
+        (not prefix, "is empty"),
+        ("/" in prefix or os.sep in prefix or (os.altsep and os.altsep in prefix), "holds a path separator"),
+        ("%" in prefix, "holds '%', ffmpeg's pattern character"),
+        (prefix.startswith("."), "starts with '.'"),
+        (any(c in prefix for c in "\0\n\r"), "holds a NUL or a line break"),
     )
+    bad = next((why for failed, why in checks if failed), None)
+    # 255 bytes: the longest file name of common file systems (ext4, XFS, tmpfs), frame numbers to 999999
+    if not bad and len(f"{prefix}_000001.jpeg".encode("utf-8", "surrogateescape")) > 255:
+        bad = f"is too long: {prefix}_000001.jpeg would be a file name over 255 bytes"
     if bad:
         raise PrepareError(
             f"--prefix {prefix!r} {bad}: frames are written as FRAMES_DIR/<video>/<prefix>_00001.jpeg, so the "
@@ -399,11 +388,7 @@ def prepare_frames(
     progress: Callable[[Any, int], Any] | None = None,
 ) -> FramesResult:
     """Run the official ffmpeg command on every video of ``videos_dir`` into ``<frames_dir>/<split key>/``,
-    ``workers`` at once, resumably (see ``frameexit prepare frames --help``).
-
-    :class:`PrepareError` before any work for another command or FFmpeg version than the manifest's;
-    :class:`~frameexit.atomic.BusyError` when another ``prepare frames`` writes ``frames_dir``.
-    """
+    ``workers`` at once, resumably, as ``frameexit prepare frames --help`` says."""
     spec = prepare_dataset(dataset)
     if not os.path.isdir(videos_dir):
         raise PrepareError(f"videos folder not found: {videos_dir}")
@@ -627,12 +612,6 @@ def check(job: Job) -> CheckResult:
         import numpy as np
 
         p10, median, p90 = np.percentile(values, [10, 50, 90]).tolist()  # linear interpolation
-        stats = {
-            "min": float(values[0]),
-            "p10": p10,
-            "median": median,
-            "p90": p90,
-            "max": float(values[-1]),
-            "under_10": float(sum(v < 10 for v in values)),
-        }
+        under_10 = float(sum(v < 10 for v in values))
+        stats = dict(min=float(values[0]), p10=p10, median=median, p90=p90, max=float(values[-1]), under_10=under_10)
     return CheckResult(len(keys), len(counts), missing, empty, unknown, stats, hints, unlabelled, data.path_label)

@@ -111,11 +111,9 @@ def train(job: Job, out_path: str, *, extract_options: ExtractOptions, progress:
     """Extract (or reuse) the training split's features, train a head, export it with the backbone of
     ``checkpoint.init`` in the official format (``module.``-prefixed, the released checkpoints' gate polarity).
 
-    Nothing is written when training fails or the head has non-finite weights; one ``train`` writes
-    ``out_path`` at a time (``.NAME.lock`` beside it); the temporary files of a killed one are removed.
-    Raises :class:`DatasetError` for a split file (named) that is missing, unreadable or has no usable video,
-    or fewer than 2 labelled training videos; :class:`TrainingError` for non-finite features or divergence.
-    """
+    Nothing is written when training fails or the head is not finite; one ``train`` writes ``out_path`` at a time.
+    :class:`DatasetError` for a split file that is missing, unreadable or without usable videos, or fewer than
+    2 labelled training videos; :class:`TrainingError` for non-finite features or divergence."""
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     val_split = job.train.val_path_split
     # both split files before any extraction, which can take hours
