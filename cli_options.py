@@ -140,9 +140,6 @@ class ExistingPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-# ---------------------------------------------------------------------------------------------- callbacks
-
-
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
     """``-v`` before or after the command: the larger count wins (0 warnings, 1 info, 2 debug)."""
     root = ctx.find_root()
@@ -208,8 +205,6 @@ def default_cache_root() -> str:
     """``~/.cache/frameexit`` (the convention of torch and Hugging Face); ``$FRAMEEXIT_CACHE`` overrides it."""
     return os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
 
-
-# ---------------------------------------------------------------------------------------------- options
 
 SCHEDULER_OR_WORKERS = "give either --scheduler or --workers, not both"
 CLASSES_EXCLUSIVE = "--classes and --classes-out exclude each other: check against a list, or write one"

@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from frameexit.errors import DatasetError, DatasetFileNotFoundError
@@ -194,12 +194,8 @@ HVU_KEY_FORMAT = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 def hvu_key(youtube_id: str, time_start: str, time_end: str, key_format: str | None = None) -> str:
     """The split key of an HVU row: ``key_format`` (default :data:`HVU_KEY_FORMAT`) filled with the row's fields,
     the times as integers (their integer part) so that ``{time_start:06d}`` zero-pads as the Kinetics keys do."""
-    fields = {"youtube_id": youtube_id, "time_start": _seconds(time_start), "time_end": _seconds(time_end)}
-    return (key_format or HVU_KEY_FORMAT).format(**fields)
-
-
-def _seconds(text: str) -> int:
-    return int(text.split(".")[0] or 0)
+    start, end = (int(text.split(".")[0] or 0) for text in (time_start, time_end))
+    return (key_format or HVU_KEY_FORMAT).format(youtube_id=youtube_id, time_start=start, time_end=end)
 
 
 def read_hvu_labels(path: str, key_format: str | None = None) -> dict[str, list[str]]:
@@ -259,7 +255,8 @@ def read_labels(name: str, path: str, key_format: str | None = None) -> dict[str
     """Labels by video key for the ``data.name`` of a :data:`REGISTRY` entry, read by that entry's reader."""
     spec = BY_NAME.get(name)
     if spec is None:
-        raise DatasetError(f"data.name must be {_one_of(repr(s.name) for s in REGISTRY)}, got {name!r}")
+        *head, last = (repr(s.name) for s in REGISTRY)
+        raise DatasetError(f"data.name must be {', '.join(head)} or {last}, got {name!r}")
     return spec.read_labels(path, key_format)
 
 
@@ -514,9 +511,3 @@ REGISTRY: tuple[DatasetSpec, ...] = (
 BY_NAME: dict[str, DatasetSpec] = {spec.name: spec for spec in REGISTRY}
 #: :data:`REGISTRY` by ``--dataset`` (``prepare``).
 BY_CLI_NAME: dict[str, DatasetSpec] = {spec.cli_name: spec for spec in REGISTRY}
-
-
-def _one_of(words: Iterable[str]) -> str:
-    """``'a', 'b' or 'c'``."""
-    *head, last = words
-    return f"{', '.join(head)} or {last}" if head else last

@@ -7,6 +7,7 @@ imitated; the only options added change what ffmpeg prints, not what it writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -112,16 +113,10 @@ def _arm_parent_death_signal(parent: int, prctl) -> None:
         os._exit(1)
 
 
-def _libc_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
+_PRCTL = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError, AttributeError):
+        _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def start(argv: list[str], log: IO[bytes]) -> subprocess.Popen:

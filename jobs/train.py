@@ -43,16 +43,6 @@ class TrainResult:
     loss: str  # the classification loss trained with and behind the pseudo-labels: 'softmax' or 'bce'
 
 
-def cached_arrays(cache_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(videos, features (n, T, D) float32, labels (n, C))`` of a complete cache, shards verified."""
-    cache = FeatureCache.open(cache_dir)
-    shards = list(cache.iter_shards())
-    videos = [v for s in shards for v in s.videos]
-    features = np.concatenate([s.features for s in shards]).astype(np.float32, copy=False)
-    labels = np.concatenate([s.labels for s in shards])
-    return videos, features, labels
-
-
 def check_split_file(path: str, key: str) -> None:
     """Refuse a split file that is missing, unreadable, not UTF-8 text or lists no video, naming it and ``key``, the
     job key it came from (the dataset readers name ``data.path_split`` whichever split they read)."""
@@ -76,7 +66,7 @@ def _extract_split(
     job: Job, key: str, options: ExtractOptions, progress: bool | None
 ) -> tuple[ExtractResult, list[str], np.ndarray, np.ndarray]:
     """Extract (or reuse) the features of the job's split, which came from ``key``, refusing one without videos;
-    the extraction result and :func:`cached_arrays`."""
+    the extraction result and the cache's ``(videos, features (n, T, D) float32, labels (n, C))``, shards verified."""
     path = job.data.path_split or ""
     try:
         result = extract(job, options, progress=progress)
@@ -96,7 +86,10 @@ def _extract_split(
             f"split file {path} (from {key}) has no video that can be used; "
             f"all {len(result.skipped)} were left out ({shown}{more})"
         )
-    videos, features, labels = cached_arrays(result.cache_dir)
+    shards = list(FeatureCache.open(result.cache_dir).iter_shards())
+    videos = [v for s in shards for v in s.videos]
+    features = np.concatenate([s.features for s in shards]).astype(np.float32, copy=False)
+    labels = np.concatenate([s.labels for s in shards])
     bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
     if bad.any():
         names = [v for v, b in zip(videos, bad, strict=True) if b]
