@@ -334,11 +334,8 @@ def prepare_frames(
         ffmpeg=ffmpeg,
         progress=lambda it, n: bar(it, desc="prepare frames", total=n, enabled=progress),
     )
-    click.echo(
-        render_frames_summary(
-            result, ffmpeg_filter=ffmpeg_filter(**prepare_dataset(dataset).frames_preset), frames_dir=frames_dir
-        )
-    )
+    preset = prepare_dataset(dataset).frames_preset
+    click.echo(render_frames_summary(result, ffmpeg_filter=ffmpeg_filter(**preset), frames_dir=frames_dir))
     if result.failed:
         raise PrepareError(f"{len(result.failed)} video(s) failed (listed above with the reason)")
 

@@ -117,11 +117,9 @@ def write_demo_job(out: str, paths: dict[str, str], backbone_checkpoint: str) ->
         path_label=paths["labels"],
         path_classid=paths["classes"],
     )
-    job["data"]["preprocessing"]["resize"] = 112
-    job["data"]["preprocessing"]["crop_center"] = 112
+    job["data"]["preprocessing"].update(resize=112, crop_center=112)
     job["data"]["preprocessing_label"]["one_hot_encoding"] = len(CLASSES)
-    job["model"]["num_class"] = len(CLASSES)
-    job["model"]["first_threshold"] = 0.95
+    job["model"].update(num_class=len(CLASSES), first_threshold=0.95)
     job["model"]["backbone"].update(name="torchvision.resnet18", output_dim=512, pretrained=False)
     # in this key order: yaml.safe_dump below keeps it
     job["train"] = dict(epochs_classifier=25, epochs_gates=20, batch_size=64, lr=1e-3, lr_gates=1e-3, weight_decay=5e-4)
