@@ -141,11 +141,7 @@ def input_duration(log: str) -> float | None:
 def problems(log: str, limit: int = 2) -> str:
     """The first ``limit`` distinct error messages of an ffmpeg log, without their addresses, joined by ``; ``;
     its last line when none is tagged ``[error]`` or ``[fatal]`` (an ffmpeg too old for ``-loglevel level+``)."""
-    messages: list[str] = []
-    for message in _PROBLEM.findall(log):
-        message = message.strip()
-        if message and message not in messages:
-            messages.append(message)
+    messages = [message for message in dict.fromkeys(m.strip() for m in _PROBLEM.findall(log)) if message]
     if not messages:
         messages = [line.strip() for line in log.splitlines() if line.strip()][-1:]
     return "; ".join(messages[:limit])

@@ -24,10 +24,8 @@ def parse_grid(value: str | float | Sequence[float], *, name: str) -> list[float
         text = value.strip()
         try:
             if ":" in text:
-                parts = text.split(":")
-                if len(parts) != 3:
-                    raise ValueError
-                start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+                first, last, number = text.split(":")  # another number of parts: ValueError, as a bad number
+                start, stop, count = float(first), float(last), int(number)
                 values = [round(v, RANGE_DECIMALS) for v in np.linspace(start, stop, max(count, 0)).tolist()]
             else:
                 values = [float(v) for v in text.split(",") if v.strip()]

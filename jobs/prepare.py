@@ -190,9 +190,7 @@ def _disk_full(log: str, folder: str) -> int | None:
     return errno.ENOSPC if stat.f_bfree == 0 else None
 
 
-def _run(
-    ffmpeg: FFmpeg, videos: list[str], frames_dir: str, *, workers: int, fps: int, min_side: int, prefix: str
-) -> Iterator[_Outcome]:
+def _run(ffmpeg: FFmpeg, videos: list[str], frames_dir: str, *, workers: int, **preset: Any) -> Iterator[_Outcome]:
     """Run one ffmpeg per video, ``workers`` at once, from the iterating thread (which their parent-death signal is
     tied to); yield each outcome as it ends; when stopped early, kill the running ones and remove their folders."""
     pending = list(reversed(videos))
@@ -200,14 +198,14 @@ def _run(
     try:
         while pending or running:
             while pending and len(running) < workers:
-                running.append(_start(ffmpeg, pending.pop(), frames_dir, fps=fps, min_side=min_side, prefix=prefix))
+                running.append(_start(ffmpeg, pending.pop(), frames_dir, **preset))
             ended = [task for task in running if task.proc.poll() is not None]
             if not ended:
                 time.sleep(POLL_S)
                 continue
             for task in ended:
                 running.remove(task)
-                yield _finish(task, frames_dir, fps=fps)
+                yield _finish(task, frames_dir, fps=preset["fps"])
     finally:
         for task in running:
             task.stop()
