@@ -286,9 +286,7 @@ class FolderHints:
                 if entry.lower().endswith(VIDEO_SUFFIXES) and split_key(entry) != entry:
                     self._by_key.setdefault(split_key(entry), entry)
         found = self._by_key.get(key)
-        if found is None:
-            return ""
-        return f" (found {found}: frame folders are named by split key; rename it to {key})"
+        return "" if found is None else f" (found {found}: frame folders are named by split key; rename it to {key})"
 
 
 def list_frames(frames_root: str, key: str) -> list[str]:
