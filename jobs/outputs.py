@@ -3,13 +3,12 @@
 ``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``),
 ``replay`` :data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` (from the files of ``replay`` or ``infer``
 beside them) and ``run`` the replay and report files together. Each command's files replace the previous
-ones as a set (:func:`reports.commit.output_set`), and the files of another
-command that the new set makes meaningless (the report of an earlier replay or infer,
-an ``infer``'s ``metrics.json`` beside a replay's ``replay.json``) go in the
-same commit: a folder never holds files of two runs that look like one.
+ones as a set (:func:`reports.commit.output_set`), and the files of another command that the new set makes
+meaningless (the report of an earlier replay or infer, an ``infer``'s ``metrics.json`` beside a replay's
+``replay.json``) go in the same commit: a folder never holds files of two runs that look like one.
 
-The metric columns of ``sweep.parquet`` and the rows of ``replay.json``'s ``default_metrics`` (and of
-``metrics.json``) are computed in one place, :func:`metric_columns`, from the metric arrays of a grid.
+Metric rows (``sweep.parquet``, ``default_metrics``, ``metrics.json``) are computed in one place,
+:func:`metric_columns`; ``replay.json`` is built by :func:`replay_record` for both ``replay`` and ``infer``.
 """
 
 from __future__ import annotations
@@ -26,8 +25,18 @@ from frameexit.atomic import folder_lock
 from frameexit.metrics import category_map
 from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
-from reports.records import METRICS_FILE, REPLAY_FILE, SUMMARY_FILE, MetricRow
-from reports.schema import SWEEP
+from reports.records import (
+    METRICS_FILE,
+    REPLAY_FILE,
+    SUMMARY_FILE,
+    CheckpointRecord,
+    MetricRow,
+    ReplayRecord,
+    Setting,
+    StepCostsRecord,
+)
+from reports.schema import SWEEP, VIDEOS
+from reports.write import write_json, write_table
 
 if TYPE_CHECKING:  # frameexit.sweep imports torch, which frameexit report must not load
     from frameexit.step_costs import StepCosts
@@ -59,6 +68,48 @@ def out_paths(out_dir: str, names: Sequence[str]) -> dict[str, str]:
     return {name: os.path.join(out_dir, name) for name in names}
 
 
+def write_replay_files(folder: str, sweep: Mapping[str, Any], videos: Mapping[str, Any], record: ReplayRecord) -> None:
+    """Write :data:`REPLAY_FILES` into ``folder``: the columns of ``sweep.parquet`` and ``videos.parquet``, and
+    ``replay.json``."""
+    paths = out_paths(folder, REPLAY_FILES)
+    write_table(paths[SWEEP_FILE], sweep, SWEEP)
+    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
+    write_json(paths[REPLAY_FILE], record)
+
+
+def checkpoint_record(name: str, path: str, sha256: str, hidden_dim: int, costs: StepCosts) -> CheckpointRecord:
+    """A checkpoint of ``replay.json``: ``name`` as in the checkpoint column, ``costs`` for its head's width."""
+    return CheckpointRecord(
+        name=name,
+        path=os.path.abspath(path),
+        sha256=sha256,
+        hidden_dim=hidden_dim,
+        gmacs_measured_parts=StepCostsRecord(**costs.__dict__),
+    )
+
+
+def replay_record(
+    job: Job, first: Sequence[float], gate: Sequence[float], per_video: str, **fields: Any
+) -> ReplayRecord:
+    """``replay.json`` of the job's grid of ``first`` x ``gate`` thresholds, its order and own setting; ``fields``:
+    the keys that depend on the command (cache, checkpoints, metrics, videos, runtime, ...)."""
+    order = job.model.input_order
+    return ReplayRecord(
+        order=list(order),
+        order_name=order_name(order),
+        first_thresholds=list(first),
+        gate_thresholds=list(gate),
+        default_setting=Setting(first_threshold=job.model.first_threshold, gate_threshold=job.model.gate_threshold),
+        per_video=per_video,
+        n_settings=len(first) * len(gate),
+        dataset=job.data.name,
+        dataset_files=dataset_files(job),
+        backbone=job.model.backbone_name,
+        job=job.resolved,
+        **fields,
+    )
+
+
 def checkpoint_names(paths: Sequence[str]) -> list[str]:
     """The names of checkpoints in the ``checkpoint`` column of the output files: file names, or the paths as
     given where two checkpoints share a file name."""
@@ -77,8 +128,8 @@ def metric_columns(
     categories: Mapping[str, Sequence[int]] | None,
     at_risk: np.ndarray | None,
 ) -> dict[str, Any]:
-    """The one place a metric row's values are computed: the columns of :class:`reports.records.MetricRow` (those of
-    ``sweep.parquet`` less ``order`` and ``n_videos``) of one checkpoint at ``n`` settings of its metrics' grid.
+    """The columns of :class:`reports.records.MetricRow` (``sweep.parquet``'s less ``order`` and ``n_videos``) of
+    one checkpoint at ``n`` settings of its metrics' grid.
 
     ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays (each of shape ``(n,)``);
     ``settings``: their ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at
