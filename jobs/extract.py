@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from cache import exactness
-from cache.inputs import frame_files, key_inputs, video_frames_digest
+from cache.inputs import frame_files, video_frames_digest
 from cache.key import CacheKeyInputs
 from cache.manifest import CacheError, FeatureCache, Manifest
 from cache.plan import Checked, open_for_writing, shard_attrs
@@ -43,7 +43,7 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import HeadState, LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
+from .model import HeadState, LazyModel, backbone_geometry, cache_key_inputs, checkpoint_file, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
@@ -127,17 +127,8 @@ def cache_inputs(
     on ``options.device``: each file read once (digest and contents from the same bytes), no backbone run."""
     dataset = load_job_dataset(job.data, job.model.num_class)
     state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
-    settings = resolved(job, options.device).extract
-    inputs = key_inputs(
-        job.data,
-        job.model,
-        dtype=settings.dtype,
-        precision=settings.precision,
-        channels_last=settings.channels_last,
-        backbone_digest=backbone_digest(state),
-        batching=settings.batching,
-        digests=dataset.digests,
-    )
+    batching = resolved(job, options.device).extract.batching
+    inputs = cache_key_inputs(job, backbone_digest(state), batching, dataset.digests)
     return inputs, dataset, state, sha256
 
 
@@ -203,7 +194,15 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
         if not checked.pending and cache.manifest.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
             return _result(job, cache, checked, 0, 0, started, dataset, head)
-        cache.manifest.provenance = _provenance(job, checkpoint, options)
+        cache.manifest.provenance = {
+            "checkpoint": os.path.abspath(checkpoint),
+            "frames_root": os.path.abspath(job.data.path_frame),
+            "split": os.path.abspath(job.data.path_split),
+            "labels": os.path.abspath(job.data.path_label),
+            "classes": os.path.abspath(job.data.path_classid),
+            "device": options.device,
+            **runtime(),
+        }
         attrs = shard_attrs(inputs)
         tasks = [
             ShardTask(
@@ -263,18 +262,6 @@ def _result(
     return result
 
 
-def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str, Any]:
-    return {
-        "checkpoint": os.path.abspath(checkpoint),
-        "frames_root": os.path.abspath(job.data.path_frame),
-        "split": os.path.abspath(job.data.path_split),
-        "labels": os.path.abspath(job.data.path_label),
-        "classes": os.path.abspath(job.data.path_classid),
-        "device": options.device,
-        **runtime(),
-    }
-
-
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -298,7 +285,7 @@ class BackboneHolder(LazyModel):
         return self.built(str(device))
 
     def build(self, key: str) -> nn.Module:
-        state = self._state if self._state is not None else checkpoint_state(self.job, self.checkpoint)
+        state = self._state if self._state is not None else checkpoint_file(self.job, self.checkpoint)[0]
         backbone = build_backbone_from_state(
             state,
             backbone_name=self.job.model.backbone_name,

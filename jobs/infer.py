@@ -84,25 +84,13 @@ class InferResult:
 
 
 def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
-    """Evaluate the job's checkpoint on its split with sequential early exit.
+    """Evaluate the job's checkpoint (exactly one) on its split with sequential early exit, on ``device`` (auto,
+    cpu, cuda, cuda:N).
 
-    Writes ``<out_dir>/videos.parquet`` (one row per evaluated video),
-    ``<out_dir>/metrics.json``, and the replay files of its one setting
-    (``sweep.parquet``, one row; ``replay.json``, with no cache and exactness
-    'exact': this is the sequential reference), so that ``frameexit report``
-    reads the folder as a replay's, once every video is done, as one set
-    (:mod:`jobs.outputs`) that replaces the previous one (and removes a
-    report there, which would not match it): an interrupted or
-    failed run leaves the previous files as they were.
-
-    Parameters
-    ----------
-    job : Job
-        Needs ``checkpoint.init`` (exactly one) and the four ``data.path_*`` keys.
-    out_dir : str
-    device : {'auto', 'cpu', 'cuda', 'cuda:N'}, default='auto'
-    progress : bool or None
-        Progress bar on stderr; ``None`` shows it on a terminal only.
+    Writes ``videos.parquet`` (a row per evaluated video), ``metrics.json`` and the replay files of its one
+    setting (``sweep.parquet``, one row; ``replay.json``, no cache, exactness 'exact': this is the sequential
+    reference), so that ``frameexit report`` reads the folder as a replay's, as one set (:mod:`jobs.outputs`)
+    that replaces the previous one and removes a report there, which would not match it.
     """
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:

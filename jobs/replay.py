@@ -16,7 +16,7 @@ import numpy as np
 
 from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
-from cache.inputs import check_job_files, file_digests, key_inputs
+from cache.inputs import check_job_files, file_digests
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest
@@ -43,7 +43,7 @@ from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import HeadState, checkpoint_file, checkpoint_state, paper_per_step, step_costs
+from .model import HeadState, cache_key_inputs, checkpoint_file, checkpoint_state, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
@@ -61,7 +61,7 @@ from .outputs import (
     writing,
 )
 from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
-from .scheduling import LOCAL_SCHEDULERS, dask_client
+from .scheduling import dask_client
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
@@ -250,12 +250,8 @@ def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: s
 
 
 def _concurrency(options: ReplayOptions) -> int:
-    """Sweep tasks that run at once on this machine's memory."""
-    if options.workers:
-        return options.workers
-    if options.scheduler in LOCAL_SCHEDULERS:
-        return 1 if options.scheduler == "sync" else (os.cpu_count() or 1)
-    return 1  # a remote cluster's tasks use its own machines' memory
+    """Sweep tasks that run at once on this machine's memory (a remote cluster's use its own machines')."""
+    return options.workers or ((os.cpu_count() or 1) if options.scheduler == "threads" else 1)
 
 
 def _sweep(
@@ -428,23 +424,10 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
     checkpoint = job.checkpoints[0]
     if digest is None:
         digest = backbone_digest(checkpoint_state(job, checkpoint))
-    settings = job.extract
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
-    modes = (PER_STEP, BATCHED) if settings.batching == "auto" else (settings.batching,)
+    modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
     digests = file_digests(job.data)  # each file read once, whichever modes are tried
-    inputs = [
-        key_inputs(
-            job.data,
-            job.model,
-            dtype=settings.dtype,
-            precision=settings.precision,
-            channels_last=settings.channels_last,
-            backbone_digest=digest,
-            batching=mode,
-            digests=digests,
-        )
-        for mode in modes
-    ]
+    inputs = [cache_key_inputs(job, digest, mode, digests) for mode in modes]
     cache = open_cache(
         options.cache_root,
         inputs,

@@ -300,25 +300,20 @@ def _not_calibration(run_dir: str, mismatches: list[str]) -> str:
     )
 
 
-def job_identity(job: Job) -> Identity:
-    """What a job's run will be computed from, known before extracting: its dataset and checkpoints (SHA-256 of
-    those that can be read; the others fail later, in extraction)."""
-    from cache.shard import file_sha256
-
-    shas = {}
-    for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
-        with contextlib.suppress(OSError):
-            shas[name] = file_sha256(path)
-    return Identity(dataset=job.data.name, checkpoints=shas)
-
-
 def check_job_comparable(job: Job, options: ReportOptions) -> None:
     """What ``frameexit run`` can check of the baseline and calibration run before extracting: the dataset and the
     checkpoints (the same checks the report makes later with every fact, :func:`report`). ``options`` as returned by
     :func:`check_report_options`. :class:`ReportInputError` naming what differs."""
     if options.baseline is None and options.calibrate_on is None:
         return
-    ours = job_identity(job)
+    from cache.shard import file_sha256
+
+    # the SHA-256 of the checkpoints that can be read; the others fail later, in extraction
+    shas = {}
+    for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
+        with contextlib.suppress(OSError):
+            shas[name] = file_sha256(path)
+    ours = Identity(dataset=job.data.name, checkpoints=shas)
     if isinstance(options.baseline, Baseline):
         theirs = summary_identity(options.baseline.document)
         mismatches = identity_mismatches(ours, theirs, BASELINE_CHECKS, "the baseline")

@@ -22,16 +22,9 @@ NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashbo
 def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) -> Iterator[object | None]:
     """A ``distributed.Client`` for the tasks, closed (with its cluster) on exit; ``None`` for a local scheduler.
 
-    Parameters
-    ----------
-    scheduler : str or None
-        ``threads``, ``sync`` or ``None``: dask's local schedulers (no client);
-        anything else is the address of a running ``dask.distributed`` scheduler.
-    workers : int or None
-        Start a local cluster of this many single-threaded worker processes instead.
-    gpus : int, default=0
-        GPUs visible here: more than one, with neither of the above, starts a
-        ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
+    ``scheduler``: ``threads``, ``sync`` or ``None`` (dask's local schedulers), else a running scheduler's address;
+    ``workers``: start a local cluster of this many single-threaded worker processes instead; ``gpus`` visible
+    here: more than one, with neither of the above, starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
     """
     if workers:
         from distributed import Client, LocalCluster
