@@ -1,11 +1,9 @@
 """`frameexit extract`: backbone features of every step (sampled frame or clip) into resumable HDF5 shards.
 
-The 10 sampled frames of every video (for a 3D backbone, the 10 clips around them) go through the backbone in
-batches of several videos, and the features land in ``<cache root>/<key>/shard-NNNNN.h5``. Batches never cross a
-shard boundary, so a resumed run computes every shard exactly as an uninterrupted one. This module wires the torch
-pipeline (frames -> backbone -> shard) and the scheduling (one process, or shard tasks on dask); the key is
-:mod:`cache.key`'s (its inputs :mod:`cache.inputs`), the directory (lock, plan, manifest, checksums)
-:mod:`cache.plan`'s and :mod:`cache.manifest`'s.
+The sampled frames (or clips) of several videos go through the backbone per batch, into
+``<cache root>/<key>/shard-NNNNN.h5``; batches never cross a shard boundary, so a resumed run computes every shard
+exactly as an uninterrupted one. This module wires frames -> backbone -> shard and the scheduling (one process, or
+shard tasks on dask); the key and directory are :mod:`cache`'s (``key``, ``inputs``, ``plan``, ``manifest``).
 """
 
 from __future__ import annotations
@@ -117,9 +115,6 @@ class ShardResult:
     probe: dict[str, Any] | None = None  # cache.exactness.ShardProbe as a dict
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-
-
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
 ) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
@@ -147,9 +142,6 @@ def _check_options(options: ExtractOptions) -> None:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
     if options.scheduler not in (None, *LOCAL_SCHEDULERS) and options.workers:
         raise UsageError("give either --scheduler or --workers, not both")
-
-
-# ---------------------------------------------------------------------------------------------- the stage
 
 
 def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) -> ExtractResult:
@@ -262,15 +254,9 @@ def _result(
     return result
 
 
-# ---------------------------------------------------------------------------------------------- running
-
-
 class BackboneHolder(LazyModel):
-    """One checkpoint's backbone for extraction's shard tasks (:class:`jobs.model.LazyModel`), built per device.
-
-    It pickles without the state dict (``state``: when already read, this process only) or the built backbone: a
-    worker reads the checkpoint itself (the path must be readable there, as the cache must be writable).
-    """
+    """One checkpoint's backbone for extraction's shard tasks (:class:`jobs.model.LazyModel`), built per device; a
+    worker reads the checkpoint itself (``state``, when already read, does not travel)."""
 
     TRAVELS = ("job", "checkpoint", "channels_last")
     _state: dict[str, torch.Tensor] | None = None  # not after a trip to a worker: read there
@@ -400,9 +386,6 @@ def _memory_format(channels_last: bool, clips: bool) -> torch.memory_format:
     return torch.channels_last_3d if clips else torch.channels_last
 
 
-# ---------------------------------------------------------------------------------------------- compute
-
-
 class ClipDataset(TorchDataset):
     """Item ``i``: ``(i, inputs or None, sampled positions, reason it cannot be read or None, frame record)``.
 
@@ -455,11 +438,9 @@ def compute_shards(
     """Run the backbone over the shards' videos and write each shard as soon as its last batch is done.
 
     One DataLoader serves all shards; its batches never cross a shard boundary, so a shard's features do not
-    depend on which other shards run with it. The backbone runs on a whole batch, or on one step per forward pass
-    (``batching='per-step'``, as sequential inference does). Unless the features are exact by construction
-    (:func:`cache.exactness.is_exact`), the first and last videos of each shard run again one step per forward
-    pass with sequential inference's arithmetic: their features and deviation go into the shard
-    (:class:`cache.exactness.ShardProbe`).
+    depend on the others. The backbone runs on a whole batch, or one step per forward pass (``per-step``, as
+    sequential inference). Unless the features are exact by construction, each shard's first and last videos run
+    again as sequential inference runs them (:class:`cache.exactness.ShardProbe`).
     """
     videos = [v for task in tasks for v in task.videos]
     batches, owner, start = [], [], 0

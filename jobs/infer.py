@@ -213,8 +213,7 @@ def _evaluate(
             return step_input([_decoded[j] for j in _files[position].tolist()], model_cfg.clips)
 
         try:
-            # float32 with TF32 off (CUDA's cuDNN allows TF32 by default), as extract's default --precision fp32,
-            # so that per-step extraction computes this backbone's features bit for bit
+            # as extract's default --precision fp32, so that per-step extraction equals these features bit for bit
             with exact_fp32():
                 decision = infer_video(
                     model,

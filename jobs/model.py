@@ -150,11 +150,10 @@ def step_costs(job: Job, hidden_dim: int) -> StepCosts:
 class LazyModel:
     """A model that dask tasks share, built on first use and kept on the instance: one build per process.
 
-    A worker deserializes a scattered object once and hands that same instance to each of its tasks (the local
-    schedulers hand every task the one instance), so no module-level cache can hand out another checkpoint's
-    model. Threads of one process share it (a lock). It pickles only the attributes named in :attr:`TRAVELS`.
-    Subclasses define :meth:`build` and call :meth:`built` with the key of what they need (the device: a model
-    built for another key is replaced).
+    A worker deserializes a scattered object once and hands that same instance to each of its tasks, so no
+    module-level cache can hand out another checkpoint's model; threads share it (a lock). It pickles only
+    :attr:`TRAVELS`. Subclasses define :meth:`build`, called by :meth:`built` with the key of what they need (the
+    device: a model built for another key is replaced).
     """
 
     #: The attributes that travel with the object to a dask worker.

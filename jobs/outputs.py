@@ -1,14 +1,11 @@
 """The files each command writes into ``--out``, and how: one writer at a time, every command's files as one set.
 
-``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``),
-``replay`` :data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` (from the files of ``replay`` or ``infer``
-beside them) and ``run`` the replay and report files together. Each command's files replace the previous
-ones as a set (:func:`reports.commit.output_set`), and the files of another command that the new set makes
-meaningless (the report of an earlier replay or infer, an ``infer``'s ``metrics.json`` beside a replay's
-``replay.json``) go in the same commit: a folder never holds files of two runs that look like one.
-
-Metric rows (``sweep.parquet``, ``default_metrics``, ``metrics.json``) are computed in one place,
-:func:`metric_columns`; ``replay.json`` is built by :func:`replay_record` for both ``replay`` and ``infer``.
+``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``), ``replay``
+:data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` and ``run`` the replay and report files together. Each
+command's files replace the previous ones as a set (:func:`reports.commit.output_set`), and the files of another
+command that the new set makes meaningless (an earlier report, an ``infer``'s ``metrics.json`` beside a replay's
+``replay.json``) go in the same commit: a folder never holds files of two runs that look like one. Metric rows
+are computed in one place, :func:`metric_columns`; ``replay.json`` in :func:`replay_record`.
 """
 
 from __future__ import annotations
@@ -129,13 +126,11 @@ def metric_columns(
     at_risk: np.ndarray | None,
 ) -> dict[str, Any]:
     """The columns of :class:`reports.records.MetricRow` (``sweep.parquet``'s less ``order`` and ``n_videos``) of
-    one checkpoint at ``n`` settings of its metrics' grid.
+    one checkpoint at ``n`` settings of its metrics' grid: arrays of ``n`` values, ``None`` for a column of nulls.
 
-    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays (each of shape ``(n,)``);
-    ``settings``: their ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at
-    every setting of the grid (``Risk.counts``), ``None`` when unknown. Columns are arrays of ``n`` values
-    (``exit_histogram`` of shape ``(n, steps)``, ``map_per_category`` one per category), ``None`` for a column of
-    nulls; :func:`metric_row` reads one row, :func:`sweep_columns` makes them Arrow arrays.
+    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays; ``settings``: their
+    ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at every setting of the
+    grid (``Risk.counts``), ``None`` when unknown.
     """
     frames = metrics.mean_frames[index]
     hist = metrics.exit_histogram[index]

@@ -2,16 +2,15 @@
 
 Library code (``frameexit/``, ``cache/``) changes none of them; the jobs layer sets them here:
 
-- **threads**: a worker process (DataLoader or dask worker) gets its thread count once, when it starts
-  (:func:`configure_process`). Frames are resized on one thread (:func:`one_thread`): torch's CPU bilinear
-  kernel rounds differently where its work is split between threads (vector and scalar code meet at chunk
-  borders), so a frame would depend on the thread count of the process that decoded it (DataLoader workers 1,
-  dask workers cores / workers, the main process all). The main process (``infer``, ``extract --num-workers
-  0``) keeps its cores for the backbone, whose forward passes come between frame reads.
-- **TF32**: the backbone's arithmetic (:func:`backbone_precision`) is set around its forward passes only,
-  because training, the demo and library callers go on in the same process with their own settings.
-- **malloc**: ``jobs.memory.limit_fragmentation``, made by a replay whose exit tables are large, once, for the
-  rest of the process (glibc cannot say what the threshold was, so it is not restored).
+- **threads**: a worker process gets its thread count once, when it starts (:func:`configure_process`). Frames
+  are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently where its work
+  is split between threads (vector and scalar code meet at chunk borders), so a frame would depend on the
+  thread count of the process that decoded it. The main process (``infer``, ``extract --num-workers 0``) keeps
+  its cores for the backbone, whose forward passes come between frame reads.
+- **TF32** (:func:`backbone_precision`): set around the backbone's forward passes only, because training, the
+  demo and library callers go on in the same process with their own settings.
+- **malloc** (``jobs.memory.limit_fragmentation``): made once by a replay whose exit tables are large, never
+  restored (glibc cannot say what the threshold was).
 - **random numbers**: nothing here seeds torch's global generator; code that needs seeded draws forks it
   (``torch.random.fork_rng``) or uses its own ``torch.Generator``.
 """

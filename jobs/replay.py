@@ -43,7 +43,7 @@ from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import HeadState, cache_key_inputs, checkpoint_file, checkpoint_state, paper_per_step, step_costs
+from .model import HeadState, cache_key_inputs, checkpoint_file, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
@@ -95,17 +95,10 @@ class ReplayResult:
     summary: ReplayRecord  # what replay.json holds
 
 
-# ---------------------------------------------------------------------------------------------- the stage
-
-
 def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | None = None) -> ReplayResult:
-    """Sweep the exit thresholds of every checkpoint of ``job`` over its feature cache.
-
-    Writes ``sweep.parquet`` (a row per checkpoint and setting), ``videos.parquet`` (per-video rows at the job's
-    setting, or every setting with ``per_video='all'``) and ``replay.json`` into ``out_dir`` as one set
-    (:mod:`jobs.outputs`) that replaces an earlier replay's outputs and removes its report. Everything that needs
-    no computation is checked first (options, memory, ``out_dir``, the cache, every checkpoint's backbone).
-    """
+    """Sweep the exit thresholds of every checkpoint of ``job`` over its feature cache: ``sweep.parquet``,
+    ``videos.parquet`` and ``replay.json`` into ``out_dir``, as one set that replaces an earlier replay's and
+    removes its report (:mod:`jobs.outputs`). Everything that needs no computation is checked first."""
     _check_grid(job)
     check_writable_dir(out_dir, "--out")
     stale = (METRICS_FILE, *REPORT_FILES)
@@ -305,9 +298,6 @@ def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: in
     return int(max(1, min(num_class, by_workers, by_memory)))
 
 
-# ---------------------------------------------------------------------------------------------- the outputs
-
-
 @dataclass(frozen=True)
 class _Outputs:
     """Turns the computed metrics into the rows of ``sweep.parquet`` and ``replay.json``, per checkpoint ``i``."""
@@ -410,20 +400,11 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
     )
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> FeatureCache:
-    """The job's cache: the directory its key names under the root, or ``--features`` (checked against the job).
-
-    The key is computed as ``extract`` computes it, with the first checkpoint's backbone digest; the frames are
-    not in it, so they are read only when ``verify_frames`` compares them with the manifest's record.
-    """
+def _open_cache(job: Job, options: ReplayOptions, digest: str) -> FeatureCache:
+    """The job's cache: the directory its key (extract's, with ``digest`` of the first checkpoint's backbone) names
+    under the root, or ``--features``; the frames are read only when ``verify_frames`` asks."""
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
-    checkpoint = job.checkpoints[0]
-    if digest is None:
-        digest = backbone_digest(checkpoint_state(job, checkpoint))
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
     modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
     digests = file_digests(job.data)  # each file read once, whichever modes are tried
@@ -433,7 +414,7 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> 
         inputs,
         features=options.features,
         data=job.data,
-        hint=f" (for the backbone of {checkpoint})",
+        hint=f" (for the backbone of {job.checkpoints[0]})",
     )
     if options.verify_frames:
         job.require("data.path_frame")

@@ -2,9 +2,8 @@
 
 Per checkpoint head ``i``:
 
-- ``tables-i-s``, per shard: the head's exit tables (projection, cumulative max in policy order, all classifiers'
-  softmax, all gates); one task per shard (``shard-s``) verifies and reads the shard once and runs every head
-  (:func:`shard_exit_tables`); everything else reads these.
+- ``tables-i-s``, per shard: the head's exit tables; one task per shard (``shard-s``) verifies and reads the shard
+  once and runs every head (:func:`shard_exit_tables`); everything else reads these.
 - ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's tables (step-0 confidence, gates,
   top-1 hits; small), merged in key order.
 - ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy); ``ap-i-b``, one task per class
@@ -17,8 +16,8 @@ Per checkpoint head ``i``:
   deviation could change (:mod:`frameexit.exactness`), counted at every setting.
 
 The job's own setting is computed with the grid (its thresholds added when not on it): the AP of a setting does
-not depend on the other settings computed with it, bit for bit (``tests/frameexit/test_sweep.py``). Results do not
-depend on the scheduler, the number of workers, the shard size or the class blocks.
+not depend on the other settings computed with it, bit for bit; nor do results depend on the scheduler, the
+workers, the shard size or the class blocks.
 """
 
 from __future__ import annotations
@@ -69,8 +68,6 @@ from .model import HeadState
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
 
-# ---------------------------------------------------------------------------------------------- tasks
-
 
 def shard_exit_tables(path: str, sha256: str, order: tuple[int, ...], *heads: HeadState) -> tuple[ExitTables, ...]:
     """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables
@@ -93,11 +90,6 @@ def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables
     if status == MEASURED and shard.probe_videos is not None:
         return head_deviation(model, shard.probe_features, order, tables, shard.probe_videos)
     return HeadDeviation(UNKNOWN)
-
-
-def table_deviation(tables: ExitTables) -> HeadDeviation | None:
-    """Dask task: the deviation a shard's tables carry (small: what the merge needs, not the tables)."""
-    return tables.deviation
 
 
 @dataclass(frozen=True)
@@ -202,16 +194,10 @@ def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
     )
 
 
-# ---------------------------------------------------------------------------------------------- the graph
-
-
 @dataclass
 class Graph:
-    """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``.
-
-    Keys carry a token of their own: on a shared dask scheduler, another client's ``sweep-0`` must not be
-    taken for ours.
-    """
+    """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``. Keys carry a token of their
+    own: on a shared dask scheduler, another client's ``sweep-0`` must not be taken for ours."""
 
     tables: dict[str, Any] = field(default_factory=dict)  # per shard and checkpoint: its exit tables
     blocks: dict[str, Any] = field(default_factory=dict)  # per class block and checkpoint: its AP
@@ -278,7 +264,9 @@ def build_graph(
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
             pieces.append(cut(tables[-1], bounds, dask_key_name=f"pieces-{i}-{s}-{token}"))
             rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
-            deviations.append(dask.delayed(table_deviation)(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
+            # the deviation a shard's tables carry (small: what the merge needs, not the tables)
+            carried = dask.delayed(operator.attrgetter("deviation"))
+            deviations.append(carried(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
         deviation = dask.delayed(merge_deviations)(deviations, dask_key_name=f"deviation-{i}-{token}")
         # what the risk rule reads of each shard's tables, so that the tables need not wait for every shard's deviation
         compact = [

@@ -242,15 +242,10 @@ class ReportOptions:
 
 
 def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
-    """Check every report option that needs no replay output, before any work or deletion (``run`` calls it before
-    extracting). Returns ``options`` with the baseline read (a :class:`Baseline`), so that a baseline inside
-    ``out_dir`` survives what a later stage writes there.
-
-    Raises :class:`UsageError` (exit status 2) for options that contradict each other or mean nothing;
-    :class:`ReportInputError` for a calibration directory without replay outputs or a baseline that is not a
-    readable ``summary.json`` (or of another ``metric``); :class:`~frameexit.errors.OutputError` for an
-    ``out_dir`` that cannot be written to.
-    """
+    """Check every report option that needs no replay output, before any work (``run``: before extracting); return
+    ``options`` with the baseline read, so that a baseline inside ``out_dir`` survives what a later stage writes.
+    :class:`UsageError` (exit status 2) for options that contradict each other or mean nothing,
+    :class:`ReportInputError` for unreadable inputs, :class:`~frameexit.errors.OutputError` for ``out_dir``."""
     budget, calibrate_on, baseline = options.budget, options.calibrate_on, options.baseline
     max_drop, max_cost_rise, metric = options.max_drop, options.max_cost_rise, options.metric
     if metric not in (None, "map", "top1"):

@@ -68,12 +68,8 @@ _FAILED_TO_START = re.compile(r"\b(?:Nanny|Worker) failed to start")
 
 
 def lost_worker(exc: BaseException, doing: str, advice: str) -> WorkerLostError | None:
-    """A one-line :class:`WorkerLostError` when ``exc`` says that a worker process died, else None.
-
-    Understands dask.distributed's ``KilledWorker`` (the worker that ran the task last died: the cluster gave
-    up on it) and torch's DataLoader errors (a worker killed by a signal, or gone). ``doing`` says what the
-    worker was doing (``decoding JPEGs``), ``advice`` what to change; the likely cause, memory, is named.
-    """
+    """A one-line :class:`WorkerLostError` when ``exc`` (distributed's ``KilledWorker``, torch's DataLoader errors)
+    says that a worker process died, else None; ``doing``: what it was doing, ``advice``: what to change."""
     chain = list(exception_chain(exc))
     likely = "most likely killed for lack of memory (the out-of-memory killer; see the worker's log)"
     text = " ".join(str(error) for error in chain)
