@@ -61,9 +61,8 @@ class ExtractOptions:
     # (the backbone batches videos itself)
     scheduler: str | None = "threads"
     workers: int | None = None  # start a local dask cluster of this many worker processes (CPU)
-    # videos per shard (the first and the last) whose steps run again one per forward pass, to measure how far the
-    # shard's features are from sequential inference's (cache.exactness); not where they are exact by construction.
-    # 0: none (replay then cannot say which videos may disagree with infer)
+    # videos per shard (first and last) run again one step per forward pass, to measure how far the features are
+    # from sequential inference's (cache.exactness); 0: none (replay then cannot say which may disagree with infer)
     probe_videos: int = 2
 
 
@@ -145,13 +144,9 @@ def _check_options(options: ExtractOptions) -> None:
 
 
 def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) -> ExtractResult:
-    """Extract (or finish extracting, or verify) the feature cache of ``job``.
-
-    A complete cache whose shards match their checksums, and whose videos' frames are those recorded when their
-    features were computed (every file the steps read is hashed), is left as it is. Shards that are missing or
-    corrupt, hold a video whose frames changed, or one that could not be read and now can, are (re)computed;
-    everything else is reused. The directory itself is :func:`cache.plan.open_for_writing`'s.
-    """
+    """Extract (or finish extracting, or verify) the feature cache of ``job``: shards that are missing or corrupt,
+    hold a video whose frames changed (every file the steps read is hashed), or one that could not be read and now
+    can, are (re)computed; everything else is reused (:func:`cache.plan.open_for_writing`)."""
     _check_options(options)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:
@@ -389,11 +384,9 @@ def _memory_format(channels_last: bool, clips: bool) -> torch.memory_format:
 class ClipDataset(TorchDataset):
     """Item ``i``: ``(i, inputs or None, sampled positions, reason it cannot be read or None, frame record)``.
 
-    The inputs are ``(T, 3, H, W)``, or ``(T, 3, clip_length, H, W)`` for a 3D backbone; every file is read and
-    decoded once, even when steps share it. The sampled positions (the clips' middle frames) go to the shard's
-    ``frame_indices``; the record is :func:`cache.inputs.video_frames_digest` of the bytes decoded, ``None`` when
-    a file could not be read at all (a reason that can pass: retried next time).
-    """
+    Inputs ``(T, 3, H, W)`` or ``(T, 3, clip_length, H, W)``; every file is read and decoded once, even when steps
+    share it. The record (:func:`cache.inputs.video_frames_digest`) is ``None`` when a file could not be read at all
+    (a reason that can pass: retried next time)."""
 
     def __init__(self, videos: Sequence[Video], job: Job):
         self.videos = list(videos)

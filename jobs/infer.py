@@ -108,8 +108,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
 
 @dataclass
 class _Evaluated:
-    """Per evaluated video (in split order): key, exit step, prediction, confidence, probabilities, labels;
-    the videos skipped with their reason; the seconds the loop took."""
+    """Per evaluated video (in split order): its decision and labels; the videos skipped; the loop's seconds."""
 
     keys: list[str] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)

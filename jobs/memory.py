@@ -136,16 +136,15 @@ def available_memory() -> int:
 
 def limit_fragmentation(tables: int) -> bool:
     """For a replay keeping ``tables`` bytes of exit tables: from :data:`FRAGMENTING_TABLES` on, have glibc's malloc
-    map every allocation of :data:`MMAP_THRESHOLD` bytes or more on its own, for the rest of the process and in the
-    worker processes it starts. Returns whether the setting was made.
+    map every allocation of :data:`MMAP_THRESHOLD` bytes or more on its own, for the rest of the process (never
+    restored, :mod:`jobs.process`) and in the worker processes it starts. Returns whether the setting was made.
 
     glibc raises that threshold (up to 32 MiB) after freeing a large block, so the tables a replay keeps
     until every class block has read them (8 MB per shard at HVU scale) are carved out of heaps between
     the head's freed temporaries, which it then cannot give back: the whole replay at HVU scale peaked at
     13.8 GB by default and 7.0 GB with this setting, in about 8 % more time (bench/README.md). Small
     tables are left alone: mapping every temporary on its own costs page faults (the ActivityNet head pass,
-    17 % slower) and gains little there. The environment variable reaches the dask worker processes a
-    replay starts; elsewhere than glibc nothing is set. A process-wide setting, never restored (:mod:`jobs.process`).
+    17 % slower) and gains little there. Elsewhere than glibc nothing is set.
     """
     if tables < FRAGMENTING_TABLES:
         return False

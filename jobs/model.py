@@ -183,9 +183,8 @@ class LazyModel:
 
 class HeadState(LazyModel):
     """One checkpoint's head weights (float32 as stored, without ``backbone.*``) as one object for dask, and the
-    head built from them once per process (:class:`LazyModel`); ``name``: the checkpoint, named in errors.
-
-    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the heads
+    head built from them once per process (:class:`LazyModel`); ``name``: the checkpoint, named in errors. dask
+    takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the heads
     of several checkpoints (which share every parameter name) overwrote each other on the workers. An instance
     travels whole, under a key of its own (the built head, twice its size in float64, is made again there).
     """

@@ -108,8 +108,7 @@ def replay_record(
 
 
 def checkpoint_names(paths: Sequence[str]) -> list[str]:
-    """The names of checkpoints in the ``checkpoint`` column of the output files: file names, or the paths as
-    given where two checkpoints share a file name."""
+    """The ``checkpoint`` column's names of checkpoints: file names, or the paths where two share a file name."""
     base = [os.path.basename(p) for p in paths]
     return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
@@ -127,11 +126,8 @@ def metric_columns(
 ) -> dict[str, Any]:
     """The columns of :class:`reports.records.MetricRow` (``sweep.parquet``'s less ``order`` and ``n_videos``) of
     one checkpoint at ``n`` settings of its metrics' grid: arrays of ``n`` values, ``None`` for a column of nulls.
-
-    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays; ``settings``: their
-    ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at every setting of the
-    grid (``Risk.counts``), ``None`` when unknown.
-    """
+    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays; ``settings``: their ``(first,
+    gate)``, shape ``(n, 2)``; ``at_risk``: videos at risk at every setting of the grid, ``None`` when unknown."""
     frames = metrics.mean_frames[index]
     hist = metrics.exit_histogram[index]
     return {
@@ -160,8 +156,7 @@ def order_name(order: Sequence[int]) -> str:
 
 
 def dataset_files(job: Job) -> dict[str, str]:
-    """``replay.json``'s ``dataset_files``: absolute paths of the job's dataset files (those it sets), by job key;
-    relative ones are taken from here."""
+    """``replay.json``'s ``dataset_files``: absolute paths (from here) of the job's dataset files set, by job key."""
     keys = ("path_split", "path_label", "path_classid", "path_frame")
     return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 

@@ -72,14 +72,12 @@ class ReplayOptions:
     """How to run a replay; what it computes is the job's (its ``replay`` keys, the policy order
     ``model.adaptive.input_order``, and the ``extract`` keys of the cache it reads)."""
 
-    # extract's cache root; the cache is <root>/<key>, the key computed from the job as extract computes it
-    # (cache.find), without reading the frames
-    cache_root: str
+    cache_root: str  # extract's: the cache is <root>/<key>, the key computed from the job (cache.find)
     features: str | None = None  # a cache directory to use instead; its manifest's inputs must equal the job's
     scheduler: str = "threads"  # threads, sync (dask's local schedulers) or a dask.distributed scheduler's address
     workers: int | None = None  # start a local dask cluster of this many worker processes instead
-    # classes per AP task (default: enough blocks to keep every worker busy, each holding at most about 150 MB of
-    # scores); made smaller when the memory available requires it (results do not depend on it)
+    # classes per AP task (default: enough to keep every worker busy, each task holding at most about 150 MB of
+    # scores; smaller where memory requires it; results do not depend on it)
     class_block: int | None = None
     # read the frames the steps use and refuse a cache whose manifest records other frames (another listing, or
     # other bytes: frames re-prepared under the same split file); without it no frame is read
@@ -150,7 +148,8 @@ def replay_into(
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
-        concurrency=_concurrency(options),
+        # sweep tasks that run at once on this machine's memory (a remote cluster's use its own machines')
+        concurrency=options.workers or ((os.cpu_count() or 1) if options.scheduler == "threads" else 1),
         class_block=options.class_block or job.model.num_class,
         limit=available_memory(),
     )
@@ -242,11 +241,6 @@ def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: s
     return HeadState(checkpoint, sha256, state)
 
 
-def _concurrency(options: ReplayOptions) -> int:
-    """Sweep tasks that run at once on this machine's memory (a remote cluster's use its own machines')."""
-    return options.workers or ((os.cpu_count() or 1) if options.scheduler == "threads" else 1)
-
-
 def _sweep(
     job: Job,
     grid: _Grid,
@@ -257,10 +251,8 @@ def _sweep(
     *,
     progress: bool | None,
 ) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk]]:
-    """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
-    computed grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's
-    setting)."""
-    shards = cache.shards()
+    """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the computed
+    grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's setting)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
@@ -270,7 +262,7 @@ def _sweep(
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
         graph = build_graph(
             heads,
-            shards,
+            cache.shards(),
             order=grid.order,
             first=first,
             gate=gate,
@@ -284,11 +276,7 @@ def _sweep(
             results = compute_local(options.scheduler, graph, progress=progress)
         else:
             results = compute_distributed(client, graph, progress=progress)
-    return (
-        [results[key] for key in graph.sweeps],
-        [results[key] for key in graph.videos],
-        [results[key] for key in graph.risks],
-    )
+    return tuple([results[key] for key in keys] for keys in (graph.sweeps, graph.videos, graph.risks))
 
 
 def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: int) -> int:

@@ -226,14 +226,11 @@ def build_graph(
     tables: Sequence[Sequence[ExitTables]] | None = None,
     named: Sequence[tuple[int, int]] = (),
 ) -> Graph:
-    """Every task of a replay (see the module docstring), per checkpoint of ``heads``.
-
-    ``shards``: ``(path, sha256)`` of each shard; ``first`` x ``gate``: the thresholds the sweep computes;
-    ``row_settings``: ``(first, gate)`` of the per-video rows; ``client``: a ``distributed.Client`` to scatter the
-    heads to, else ``None``; ``tables``: each checkpoint's shard tables when already computed (``bench/replay.py``
-    times the head pass and the rest apart); ``named``: ``(gate index, first index)`` of the settings whose videos
-    at risk are named (:class:`frameexit.exactness.Risk`).
-    """
+    """Every task of a replay (see the module docstring), per checkpoint of ``heads``; ``shards``: ``(path,
+    sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep computes; ``row_settings``: ``(first, gate)``
+    of the per-video rows; ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
+    checkpoint's shard tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of
+    the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables

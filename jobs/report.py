@@ -72,8 +72,7 @@ from .outputs import (
 
 
 def default_metric(dataset: str) -> str:
-    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset's registry entry's, else
-    ``map``."""
+    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset registry's, else ``map``."""
     spec = BY_NAME.get(dataset)
     return spec.accuracy if spec else "map"
 
@@ -227,12 +226,8 @@ class ReportOptions:
     verdicts are :mod:`reports.summary`'s (``identity_mismatches``, ``baseline_gate``)."""
 
     budget: float | None = None  # cost budget (the summary's cost metric, GFLOPs per video) to choose a setting at
-    # another replay output directory (e.g. a held-out split) on which the budget setting is chosen: the same
-    # dataset, class list, checkpoints and policy order, over other videos
-    calibrate_on: str | None = None
-    # an earlier summary.json (path, or read_baseline's) to compare the job's setting with: the same dataset, split,
-    # labels, class list, checkpoints (by SHA-256), accuracy and cost metric
-    baseline: str | Baseline | None = None
+    calibrate_on: str | None = None  # another replay's output directory (e.g. a held-out split) to choose it on
+    baseline: str | Baseline | None = None  # an earlier summary.json (or read_baseline's) to compare the job's with
     max_drop: float | None = None  # largest accepted accuracy drop (fraction) against the baseline
     max_cost_rise: float | None = None  # largest accepted cost rise (GFLOPs) against the baseline
     # videos that may differ between the run and the baseline without failing the gate (default 0); top-1 and cost
