@@ -144,6 +144,7 @@ def _infer_into(
     row = metric_row(columns, 0)
     document = _document(job, (checkpoint, sha256), torch_device, costs, dataset.n_listed, done, evaluated, row)
     record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row)
+    # no cache records the dataset files' digests: those of the bytes parsed, by path
     record["dataset_digests"] = {digest: dataset.digests[getattr(data, key)] for digest, key in FILES.items()}
     n = len(done.keys)
     videos = {
