@@ -1,17 +1,9 @@
 """`frameexit extract`: backbone features of every step (sampled frame or clip) into resumable HDF5 shards.
 
-The backbone is paid once per dataset: the 10 sampled frames of every video
-(for a 3D backbone, the 10 clips around them) go through it in batches of
-several videos, and the features land in
-``<cache root>/<key>/shard-NNNNN.h5``. The key (:mod:`cache.key`, its inputs
-:mod:`cache.inputs`) changes with anything the features depend on, so a changed
-backbone, preprocessing or split gets a new directory and old caches stay
-untouched. Batches never cross a shard boundary, so a resumed run computes
-every shard exactly as an uninterrupted one.
-
-This module wires the torch pipeline (frames -> backbone -> shard) and the
-scheduling (one process, or shard tasks on dask); the cache directory (key,
-lock, plan, manifest, checksums) is :mod:`cache.plan`'s and :mod:`cache.manifest`'s.
+The sampled frames (or clips) of several videos go through the backbone per batch, into
+``<cache root>/<key>/shard-NNNNN.h5``; batches never cross a shard boundary, so a resumed run computes every shard
+exactly as an uninterrupted one. This module wires frames -> backbone -> shard and the scheduling (one process, or
+shard tasks on dask); the key and directory are :mod:`cache`'s (``key``, ``inputs``, ``plan``, ``manifest``).
 """
 
 from __future__ import annotations
@@ -34,7 +26,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from cache import exactness
-from cache.inputs import frame_files, key_inputs, video_frames_digest
+from cache.inputs import frame_files, video_frames_digest
 from cache.key import CacheKeyInputs
 from cache.manifest import CacheError, FeatureCache, Manifest
 from cache.plan import Checked, open_for_writing, shard_attrs
@@ -49,7 +41,7 @@ from reports.records import runtime
 from .config import Job
 from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import HeadState, LazyModel, backbone_geometry, checkpoint_file, checkpoint_state, resolve_device
+from .model import HeadState, LazyModel, backbone_geometry, cache_key_inputs, checkpoint_file, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
@@ -59,82 +51,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How to run an extraction; what it computes is the job's (its ``extract`` keys, :class:`jobs.config.ExtractConfig`).
+    """How to run an extraction; what it computes is the job's (its ``extract`` keys, :class:`jobs.config.ExtractConfig`)."""
 
-    Attributes
-    ----------
-    cache_root : str
-        Directory holding one sub-directory per cache key.
-    shard_size : int, default=64
-        Videos per shard (a resumed run keeps the size it started with).
-    batch_videos : int, default=8
-        Videos per backbone batch (x ``num_frames`` frames).
-    device : str
-        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with the job's ``extract.batching: auto``, CUDA runs batched.
-    scheduler : str or None
-        Address of an existing ``dask.distributed`` scheduler to send shard tasks to; ``None``,
-        ``threads`` or ``sync``: this process (the backbone batches videos itself).
-    workers : int or None
-        Start a local dask cluster of this many worker processes (CPU).
-    probe_videos : int
-        Videos per shard (the first and the last) whose steps are run again one per forward pass, to
-        measure how far the shard's features are from sequential inference's (:mod:`cache.exactness`);
-        not done where the features are exact by construction. 0: none (replay then cannot say which
-        videos may disagree with infer).
-    """
-
-    cache_root: str
-    shard_size: int = 64
-    batch_videos: int = 8
-    device: str = "auto"
+    cache_root: str  # one sub-directory per cache key
+    shard_size: int = 64  # videos per shard (a resumed run keeps the size it started with)
+    batch_videos: int = 8  # videos per backbone batch (x num_frames frames)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N; with extract.batching auto, CUDA runs batched
+    # the address of a dask.distributed scheduler to send shard tasks to; None, threads or sync: this process
+    # (the backbone batches videos itself)
     scheduler: str | None = "threads"
-    workers: int | None = None
+    workers: int | None = None  # start a local dask cluster of this many worker processes (CPU)
+    # videos per shard (first and last) run again one step per forward pass, to measure how far the features are
+    # from sequential inference's (cache.exactness); 0: none (replay then cannot say which may disagree with infer)
     probe_videos: int = 2
 
 
 @dataclass(frozen=True)
 class ExtractResult:
-    """What an extraction did.
-
-    Attributes
-    ----------
-    cache_dir, key : str
-    n_videos : int
-        Videos with features in the cache.
-    n_shards, shards_written : int
-        Shards in the cache, and how many this run computed (0: nothing to do).
-    frames : int
-        Frames (for a 3D backbone: clips) this run sent through the backbone.
-    seconds : float
-    skipped : list of dict
-        ``{'video', 'reason'}`` for every split video without features.
-    unit : {'frames', 'clips'}
-        What ``frames`` counts.
-    frames_changed : list of str
-        Videos whose frames were not those their cached features came from: extracted again.
-    retried : list of str
-        Videos that could not be read by an earlier extraction and were tried again.
-    replanned : bool
-        The split's frame folders had changed (videos gained or lost frames): the cache was planned anew.
-    exactness : dict or None
-        How far the cached features are from sequential inference's (:func:`cache.exactness.summarize`).
-    cache, classes, head
-        The cache, class list and checkpoint head (:class:`jobs.model.HeadState`), for :mod:`jobs.run`'s replay.
-    """
+    """What an extraction did (``frames``: frames, or clips for a 3D backbone, sent through the backbone)."""
 
     cache_dir: str
     key: str
-    n_videos: int
+    n_videos: int  # videos with features in the cache
     n_shards: int
-    shards_written: int
+    shards_written: int  # by this run (0: nothing to do)
     frames: int
     seconds: float
-    skipped: list[dict[str, str]]
-    unit: str = "frames"
+    skipped: list[dict[str, str]]  # {'video', 'reason'} for every split video without features
+    unit: str = "frames"  # what frames counts: frames or clips
+    # videos whose frames were not those their cached features came from: extracted again
     frames_changed: list[str] = dataclasses.field(default_factory=list)
+    # videos that an earlier extraction could not read, tried again
     retried: list[str] = dataclasses.field(default_factory=list)
-    replanned: bool = False
+    replanned: bool = False  # the split's frame folders had changed: the cache was planned anew
+    # how far the cached features are from sequential inference's (cache.exactness.summarize)
     exactness: dict[str, Any] | None = None
+    # the cache, class list and checkpoint head, for jobs.run's replay
     cache: FeatureCache | None = dataclasses.field(default=None, repr=False, compare=False)
     classes: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
     head: HeadState | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -162,31 +114,15 @@ class ShardResult:
     probe: dict[str, Any] | None = None  # cache.exactness.ShardProbe as a dict
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-
-
 def cache_inputs(
     job: Job, options: ExtractOptions, checkpoint: str | None = None
 ) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
     """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes
-    on ``options.device``.
-
-    Reads the split, labels, the frame listing and the checkpoint, each file once (digest and contents from the
-    same bytes), but runs no backbone. Readers compute the same inputs without the frames (:mod:`cache.find`).
-    """
+    on ``options.device``: each file read once (digest and contents from the same bytes), no backbone run."""
     dataset = load_job_dataset(job.data, job.model.num_class)
     state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
-    settings = resolved(job, options.device).extract
-    inputs = key_inputs(
-        job.data,
-        job.model,
-        dtype=settings.dtype,
-        precision=settings.precision,
-        channels_last=settings.channels_last,
-        backbone_digest=backbone_digest(state),
-        batching=settings.batching,
-        digests=dataset.digests,
-    )
+    batching = resolved(job, options.device).extract.batching
+    inputs = cache_key_inputs(job, backbone_digest(state), batching, dataset.digests)
     return inputs, dataset, state, sha256
 
 
@@ -207,20 +143,10 @@ def _check_options(options: ExtractOptions) -> None:
         raise UsageError("give either --scheduler or --workers, not both")
 
 
-# ---------------------------------------------------------------------------------------------- the stage
-
-
 def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) -> ExtractResult:
-    """Extract (or finish extracting, or verify) the feature cache of ``job``.
-
-    A complete cache whose shards all match their checksums, and whose videos'
-    frames are those recorded when their features were computed (every file
-    the steps read is read and hashed), is left as it is and no backbone work
-    is done. Shards that are missing or corrupt, hold a video whose frames
-    changed, or one that could not be read and now can, are (re)computed;
-    everything else is reused. The directory itself (key, lock, plan, manifest)
-    is :func:`cache.plan.open_for_writing`'s.
-    """
+    """Extract (or finish extracting, or verify) the feature cache of ``job``: shards that are missing or corrupt,
+    hold a video whose frames changed (every file the steps read is hashed), or one that could not be read and now
+    can, are (re)computed; everything else is reused (:func:`cache.plan.open_for_writing`)."""
     _check_options(options)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:
@@ -254,8 +180,16 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     ) as (cache, checked):
         if not checked.pending and cache.manifest.complete:
             log.info("cache %s is complete; nothing to do", cache.directory)
-            return _checked(job, _result(job, cache, checked, 0, 0, time.perf_counter() - started), dataset, head)
-        cache.manifest.provenance = _provenance(job, checkpoint, options)
+            return _result(job, cache, checked, 0, 0, started, dataset, head)
+        cache.manifest.provenance = {
+            "checkpoint": os.path.abspath(checkpoint),
+            "frames_root": os.path.abspath(job.data.path_frame),
+            "split": os.path.abspath(job.data.path_split),
+            "labels": os.path.abspath(job.data.path_label),
+            "classes": os.path.abspath(job.data.path_classid),
+            "device": options.device,
+            **runtime(),
+        }
         attrs = shard_attrs(inputs)
         tasks = [
             ShardTask(
@@ -276,27 +210,28 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
             cache.record(result.index, result.sha256, result.skipped, result.records, result.probe)
             frames += result.frames
         cache.finish()
-    return _checked(job, _result(job, cache, checked, len(tasks), frames, time.perf_counter() - started), dataset, head)
-
-
-def _checked(job: Job, result: ExtractResult, dataset: Dataset, head: HeadState) -> ExtractResult:
-    # every video can fail at decoding time (corrupt JPEGs): the cache is complete, but holds nothing to evaluate
-    require_videos(result.n_videos, result.skipped, job.data.path_split)
-    return dataclasses.replace(result, classes=dataset.classes, head=head)
+    return _result(job, cache, checked, len(tasks), frames, started, dataset, head)
 
 
 def _result(
-    job: Job, cache: FeatureCache, checked: Checked, written: int, frames: int, seconds: float
+    job: Job,
+    cache: FeatureCache,
+    checked: Checked,
+    written: int,
+    frames: int,
+    started: float,
+    dataset: Dataset,
+    head: HeadState,
 ) -> ExtractResult:
     manifest = cache.manifest
-    return ExtractResult(
+    result = ExtractResult(
         cache.directory,
         manifest.key,
         manifest.usable_videos(),
         len(manifest.shards),
         written,
         frames,
-        seconds,
+        time.perf_counter() - started,
         manifest.all_skipped(),
         "clips" if job.model.clips else "frames",
         frames_changed=checked.changed,
@@ -306,40 +241,17 @@ def _result(
             manifest.inputs.get("batching", exactness.BATCHED), [e.probe for e in manifest.shards]
         ),
         cache=cache,
+        classes=dataset.classes,
+        head=head,
     )
-
-
-def _provenance(job: Job, checkpoint: str, options: ExtractOptions) -> dict[str, Any]:
-    return {
-        "checkpoint": os.path.abspath(checkpoint),
-        "frames_root": os.path.abspath(job.data.path_frame),
-        "split": os.path.abspath(job.data.path_split),
-        "labels": os.path.abspath(job.data.path_label),
-        "classes": os.path.abspath(job.data.path_classid),
-        "device": options.device,
-        **runtime(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- running
+    # every video can fail at decoding time (corrupt JPEGs): the cache is complete, but holds nothing to evaluate
+    require_videos(result.n_videos, result.skipped, job.data.path_split)
+    return result
 
 
 class BackboneHolder(LazyModel):
-    """One checkpoint's backbone for extraction's shard tasks (:class:`jobs.model.LazyModel`), built per device.
-
-    It pickles without the state dict or the built backbone: a worker reads the
-    checkpoint itself (the path must be readable there, as the cache directory
-    must be writable), instead of receiving its weights from the client.
-
-    Parameters
-    ----------
-    job : Job
-    checkpoint : str
-    channels_last : bool
-        Put the backbone in channels-last memory format.
-    state : dict of str to Tensor, optional
-        The checkpoint's state dict when already read (this process only).
-    """
+    """One checkpoint's backbone for extraction's shard tasks (:class:`jobs.model.LazyModel`), built per device; a
+    worker reads the checkpoint itself (``state``, when already read, does not travel)."""
 
     TRAVELS = ("job", "checkpoint", "channels_last")
     _state: dict[str, torch.Tensor] | None = None  # not after a trip to a worker: read there
@@ -354,7 +266,7 @@ class BackboneHolder(LazyModel):
         return self.built(str(device))
 
     def build(self, key: str) -> nn.Module:
-        state = self._state if self._state is not None else checkpoint_state(self.job, self.checkpoint)
+        state = self._state if self._state is not None else checkpoint_file(self.job, self.checkpoint)[0]
         backbone = build_backbone_from_state(
             state,
             backbone_name=self.job.model.backbone_name,
@@ -363,7 +275,10 @@ class BackboneHolder(LazyModel):
             **backbone_geometry(self.job),
         )
         self._state = None  # the weights now live in the backbone
-        return _prepare_backbone(backbone, torch.device(key), self.channels_last, self.job.model.clips)
+        backbone = backbone.to(torch.device(key))
+        if self.channels_last:
+            backbone = backbone.to(memory_format=_memory_format(True, self.job.model.clips))
+        return backbone.eval()
 
     def __repr__(self) -> str:
         return f"BackboneHolder({self.checkpoint!r}, channels_last={self.channels_last})"
@@ -433,11 +348,8 @@ def _run_distributed(
 
 
 def _check_written_here(result: ShardResult, tasks: Sequence[ShardTask]) -> None:
-    """Raise :class:`CacheError` unless this process sees the shard a worker wrote, with the bytes it reported.
-
-    A worker on another machine writes to its own file system: unless the cache is a folder every worker
-    shares (at the same path), the shard is not here, and the manifest must not record it as written.
-    """
+    """Raise :class:`CacheError` unless this process sees the shard a worker wrote, with the bytes it reported: a
+    worker on another machine writes to its own file system, and the manifest must not record such a shard."""
     path = next(t.path for t in tasks if t.index == result.index)
     try:
         digest = file_sha256(path)
@@ -469,27 +381,12 @@ def _memory_format(channels_last: bool, clips: bool) -> torch.memory_format:
     return torch.channels_last_3d if clips else torch.channels_last
 
 
-def _prepare_backbone(backbone: nn.Module, device: torch.device, channels_last: bool, clips: bool) -> nn.Module:
-    backbone = backbone.to(device)
-    if channels_last:
-        backbone = backbone.to(memory_format=_memory_format(channels_last, clips))
-    return backbone.eval()
-
-
-# ---------------------------------------------------------------------------------------------- compute
-
-
 class ClipDataset(TorchDataset):
-    """Item ``i``: the backbone inputs of the steps of video ``i``, or the reason it cannot be read, and the
-    record of the frames read.
+    """Item ``i``: ``(i, inputs or None, sampled positions, reason it cannot be read or None, frame record)``.
 
-    The inputs are ``(T, 3, H, W)`` (one sampled frame per step) or, for a 3D
-    backbone, ``(T, 3, clip_length, H, W)``; every file is read and decoded
-    once, even when steps share it. The sampled positions (the clips' middle
-    frames) go to the shard's ``frame_indices``; the record is the digest of the
-    bytes decoded (:func:`cache.inputs.video_frames_digest`), ``None`` when a
-    file could not be read at all (a reason that can pass: retried next time).
-    """
+    Inputs ``(T, 3, H, W)`` or ``(T, 3, clip_length, H, W)``; every file is read and decoded once, even when steps
+    share it. The record (:func:`cache.inputs.video_frames_digest`) is ``None`` when a file could not be read at all
+    (a reason that can pass: retried next time)."""
 
     def __init__(self, videos: Sequence[Video], job: Job):
         self.videos = list(videos)
@@ -533,14 +430,10 @@ def compute_shards(
 ) -> Iterator[ShardResult]:
     """Run the backbone over the shards' videos and write each shard as soon as its last batch is done.
 
-    One DataLoader serves all shards; its batches never cross a shard boundary,
-    so a shard's features do not depend on which other shards run with it.
-    The backbone runs on a whole batch, or on one step per forward pass
-    (``batching='per-step'``, as sequential inference does). Unless the
-    features are exact by construction (:func:`cache.exactness.is_exact`), the
-    first and last videos of each shard are run again one step per forward
-    pass with sequential inference's arithmetic: their features and deviation
-    go into the shard (:class:`cache.exactness.ShardProbe`).
+    One DataLoader serves all shards; its batches never cross a shard boundary, so a shard's features do not
+    depend on the others. The backbone runs on a whole batch, or one step per forward pass (``per-step``, as
+    sequential inference). Unless the features are exact by construction, each shard's first and last videos run
+    again as sequential inference runs them (:class:`cache.exactness.ShardProbe`).
     """
     videos = [v for task in tasks for v in task.videos]
     batches, owner, start = [], [], 0
@@ -656,10 +549,8 @@ def _probe(
     exact: bool,
     dtype: np.dtype,
 ) -> tuple[exactness.ShardProbe, np.ndarray | None]:
-    """The shard's :class:`cache.exactness.ShardProbe`, and the probed videos' per-step features (or ``None``).
-
-    The deviation compares the features as stored (in ``dtype``) with the reference.
-    """
+    """The shard's :class:`cache.exactness.ShardProbe`, and the probed videos' per-step features (or ``None``);
+    the deviation compares the features as stored (in ``dtype``) with the reference."""
     if exact or all(r[3] is not None for r in rows):
         return exactness.ShardProbe(effective, exactness.EXACT, []), None
     chosen = candidates.chosen

@@ -76,22 +76,16 @@ def frames_records(
 ) -> dict[str, str | None]:
     """:func:`video_frames_record` of each video (``key``, ``frames``), read by a few threads (I/O bound:
     hashing releases the GIL), with a progress bar."""
-
-    def one(video) -> str | None:
-        return video_frames_record(video.frames, num_frames, clip_length, clip_stride)
-
     threads = min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
-        records = pool.map(one, videos)
+        records = pool.map(lambda v: video_frames_record(v.frames, num_frames, clip_length, clip_stride), videos)
         bar = progress_bar(records, desc="check frames", total=len(videos), unit="video", enabled=progress)
         return {video.key: record for video, record in zip(videos, bar, strict=True)}
 
 
 def read_frame(path: str, params: Preprocessing) -> torch.Tensor:
-    """Decode ``path`` with PIL (converted to RGB) and preprocess it: (3, crop, crop) float32.
-
-    Raises :class:`FrameReadError` naming the file if it is missing, truncated or not an image.
-    """
+    """Decode ``path`` with PIL (converted to RGB) and preprocess it: (3, crop, crop) float32;
+    :class:`FrameReadError` naming the file if it is missing, truncated or not an image."""
     return _decoded(path, lambda image: _preprocess(image, params))
 
 
@@ -102,12 +96,8 @@ def _preprocess(image: Image.Image, params: Preprocessing) -> torch.Tensor:
 
 
 def step_input(frames: Sequence[torch.Tensor], clips: bool) -> torch.Tensor:
-    """One step's backbone input from its preprocessed frames (each (3, H, W) float32).
-
-    A 2D backbone's step is its one frame, (3, H, W); a 3D backbone's is the
-    clip, (3, clip_length, H, W), frames in temporal order (pytorchvideo's
-    channel-first layout).
-    """
+    """One step's backbone input from its preprocessed frames (each (3, H, W) float32): a 2D backbone's one frame,
+    or a 3D backbone's clip, (3, clip_length, H, W), frames in temporal order (pytorchvideo's layout)."""
     if clips:
         return torch.stack(list(frames), dim=1)
     (frame,) = frames

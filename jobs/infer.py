@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,14 +39,12 @@ from reports.records import (
     MetricRow,
     ReplayRecord,
     ReplayRuntime,
-    Setting,
     SkippedVideo,
     StepCostsRecord,
     runtime,
     versions,
 )
-from reports.schema import SWEEP, VIDEOS
-from reports.write import write_json, write_table
+from reports.write import write_json
 
 from .config import Job
 from .datasets import Dataset, Skipped, load_categories, load_job_dataset, require_videos
@@ -58,12 +55,14 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
-    dataset_files,
+    checkpoint_record,
     metric_columns,
     metric_row,
     order_name,
     out_paths,
+    replay_record,
     sweep_columns,
+    write_replay_files,
     writing,
 )
 from .process import exact_fp32
@@ -85,25 +84,13 @@ class InferResult:
 
 
 def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
-    """Evaluate the job's checkpoint on its split with sequential early exit.
+    """Evaluate the job's checkpoint (exactly one) on its split with sequential early exit, on ``device`` (auto,
+    cpu, cuda, cuda:N).
 
-    Writes ``<out_dir>/videos.parquet`` (one row per evaluated video),
-    ``<out_dir>/metrics.json``, and the replay files of its one setting
-    (``sweep.parquet``, one row; ``replay.json``, with no cache and exactness
-    'exact': this is the sequential reference), so that ``frameexit report``
-    reads the folder as a replay's, once every video is done, as one set
-    (:mod:`jobs.outputs`) that replaces the previous one (and removes a
-    report there, which would not match it): an interrupted or
-    failed run leaves the previous files as they were.
-
-    Parameters
-    ----------
-    job : Job
-        Needs ``checkpoint.init`` (exactly one) and the four ``data.path_*`` keys.
-    out_dir : str
-    device : {'auto', 'cpu', 'cuda', 'cuda:N'}, default='auto'
-    progress : bool or None
-        Progress bar on stderr; ``None`` shows it on a terminal only.
+    Writes ``videos.parquet`` (a row per evaluated video), ``metrics.json`` and the replay files of its one
+    setting (``sweep.parquet``, one row; ``replay.json``, no cache, exactness 'exact': this is the sequential
+    reference), so that ``frameexit report`` reads the folder as a replay's, as one set (:mod:`jobs.outputs`)
+    that replaces the previous one and removes a report there, which would not match it.
     """
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:
@@ -121,8 +108,7 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
 
 @dataclass
 class _Evaluated:
-    """Per evaluated video (in split order): key, exit step, prediction, confidence, probabilities, labels;
-    the videos skipped with their reason; the seconds the loop took."""
+    """Per evaluated video (in split order): its decision and labels; the videos skipped; the loop's seconds."""
 
     keys: list[str] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
@@ -139,7 +125,6 @@ def _infer_into(
 ) -> InferMetrics:
     """:func:`infer`'s evaluation, its files written into ``folder`` (a staging folder); ``metrics.json``."""
     data, model_cfg = job.data, job.model
-    paths = out_paths(folder, INFER_FILES)
     dataset = load_job_dataset(data, model_cfg.num_class)
     require_videos(len(dataset.videos), dataset.skipped, data.path_split)
     categories = load_categories(data, dataset.classes)
@@ -152,12 +137,15 @@ def _infer_into(
     require_videos(len(done.keys), done.skipped, data.path_split)
     scores = np.stack(done.probs) if done.probs else np.zeros((0, model_cfg.num_class), dtype=np.float32)
     evaluated = evaluate(done.keys, scores, dict(zip(done.keys, done.labels, strict=True)), model_cfg.num_class)
-    costs = step_costs(job, model.mlp.layers[0].out_features)
+    hidden_dim = model.mlp.layers[0].out_features
+    costs = step_costs(job, hidden_dim)
     name = os.path.basename(checkpoint)
     columns = _metric_columns(job, name, done, evaluated, costs, categories)
     row = metric_row(columns, 0)
     document = _document(job, (checkpoint, sha256), torch_device, costs, dataset.n_listed, done, evaluated, row)
-    record = _replay_record(job, name, model.mlp.layers[0].out_features, document, row, dataset.digests)
+    record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row)
+    # no cache records the dataset files' digests: those of the bytes parsed, by path
+    record["dataset_digests"] = {digest: dataset.digests[getattr(data, key)] for digest, key in FILES.items()}
     n = len(done.keys)
     videos = {
         "video": done.keys,
@@ -169,10 +157,9 @@ def _infer_into(
         "gate_threshold": [model_cfg.gate_threshold] * n,
         "checkpoint": [name] * n,
     }
-    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
-    write_table(paths[SWEEP_FILE], sweep_columns([columns], order_name(model_cfg.input_order), n), SWEEP)
-    write_json(paths[REPLAY_FILE], record)
-    write_json(paths[METRICS_FILE], document)
+    sweep = sweep_columns([columns], order_name(model_cfg.input_order), n)
+    write_replay_files(folder, sweep, videos, record)
+    write_json(out_paths(folder, INFER_FILES)[METRICS_FILE], document)
     return document
 
 
@@ -226,8 +213,7 @@ def _evaluate(
             return step_input([_decoded[j] for j in _files[position].tolist()], model_cfg.clips)
 
         try:
-            # float32 with TF32 off (CUDA's cuDNN allows TF32 by default), as extract's default --precision fp32,
-            # so that per-step extraction computes this backbone's features bit for bit
+            # as extract's default --precision fp32, so that per-step extraction equals these features bit for bit
             with exact_fp32():
                 decision = infer_video(
                     model,
@@ -308,40 +294,26 @@ def _document(
     )
 
 
-def _replay_record(
-    job: Job, name: str, hidden_dim: int, document: InferMetrics, row: MetricRow, digests: Mapping[str, str]
-) -> ReplayRecord:
-    """``replay.json`` of infer's one setting, so that ``frameexit report`` reads the folder: no feature cache
-    (``cache`` null, the dataset files' digests instead: ``digests``, by path, of the bytes parsed), and exact
-    agreement with infer, which it is."""
+def _replay_record(job: Job, checkpoint: CheckpointRecord, document: InferMetrics, row: MetricRow) -> ReplayRecord:
+    """``replay.json`` of infer's one setting, so that ``frameexit report`` reads the folder: no feature cache, and
+    exact agreement with infer, which it is."""
     model_cfg = job.model
-    return ReplayRecord(
+    zero = ("probs_max_abs_deviation", "gates_max_abs_deviation", "first_margin", "gate_margin", "top2_margin")
+    exact = CheckpointExactness(
+        checkpoint=checkpoint["name"], status="exact", n_at_risk=0, at_risk=[], **dict.fromkeys(zero, 0.0)
+    )
+    return replay_record(
+        job,
+        [model_cfg.first_threshold],
+        [model_cfg.gate_threshold],
+        "default",
         cache=None,
-        checkpoints=[
-            CheckpointRecord(
-                name=name,
-                path=document["checkpoint"]["path"],
-                sha256=document["checkpoint"]["sha256"],
-                hidden_dim=hidden_dim,
-                gmacs_measured_parts=document["gmacs_measured_parts"],
-            )
-        ],
-        order=list(model_cfg.input_order),
-        order_name=order_name(model_cfg.input_order),
-        first_thresholds=[model_cfg.first_threshold],
-        gate_thresholds=[model_cfg.gate_threshold],
-        default_setting=Setting(first_threshold=model_cfg.first_threshold, gate_threshold=model_cfg.gate_threshold),
+        checkpoints=[checkpoint],
         default_metrics=[row],
-        per_video="default",
-        n_settings=1,
         n_videos=document["n_videos"],
         n_videos_listed=document["n_videos_listed"],
         skipped=document["skipped"],
         gflops_per_frame=document["gflops_per_frame"],
-        dataset=job.data.name,
-        dataset_files=dataset_files(job),
-        backbone=model_cfg.backbone_name,
-        job=job.resolved,
         runtime=ReplayRuntime(
             **versions(document["runtime"]), date=document["runtime"]["date"], scheduler=INFER_SCHEDULER
         ),
@@ -355,19 +327,6 @@ def _replay_record(
             probe_videos=[],
             feature_max_abs_deviation=0.0,
             feature_max_rel_deviation=0.0,
-            checkpoints=[
-                CheckpointExactness(
-                    checkpoint=name,
-                    status="exact",
-                    probs_max_abs_deviation=0.0,
-                    gates_max_abs_deviation=0.0,
-                    first_margin=0.0,
-                    gate_margin=0.0,
-                    top2_margin=0.0,
-                    n_at_risk=0,
-                    at_risk=[],
-                )
-            ],
+            checkpoints=[exact],
         ),
-        dataset_digests={digest: digests[getattr(job.data, key)] for digest, key in FILES.items()},
     )

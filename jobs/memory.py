@@ -26,31 +26,18 @@ MMAP_THRESHOLD = 1 << 20
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Memory a replay is expected to hold at its peak, in bytes, by part.
+    """Memory a replay is expected to hold at its peak, in bytes, by part."""
 
-    Attributes
-    ----------
-    sweep_rows : int
-        The metrics of every checkpoint and setting (with the per-class AP), as arrays, their columns
-        and the Arrow table.
-    video_rows : int
-        The per-video rows (one per video, setting and checkpoint with ``per_video='all'``).
-    tables : int
-        Exit tables of every checkpoint's shards (float32, videos x steps x classes), held until every
-        class block has read them.
-    sweep_tasks : int
-        Working memory of the AP tasks that run at once, each on ``class_block`` classes (its
-        classes' scores of every video, and the AP's own), and of the task putting the grid together.
-    n_settings, n_video_rows : int
-        Settings of the grid, and per-video rows, over all checkpoints.
-    """
-
-    sweep_rows: int
-    video_rows: int
+    sweep_rows: int  # the metrics of every checkpoint and setting (with per-class AP): arrays, columns, Arrow table
+    video_rows: int  # the per-video rows (one per video, setting and checkpoint with per_video='all')
+    # exit tables of every checkpoint's shards (float32, videos x steps x classes), held until every class block
+    # has read them
     tables: int
+    # working memory of the AP tasks that run at once, each on class_block classes (its classes' scores of every
+    # video, and the AP's own), and of the task putting the grid together
     sweep_tasks: int
-    n_settings: int
-    n_video_rows: int
+    n_settings: int  # settings of the grid, over all checkpoints
+    n_video_rows: int  # per-video rows, over all checkpoints
 
     @property
     def total(self) -> int:
@@ -88,12 +75,9 @@ def memory_estimate(
 
 
 def plan_memory(*, limit: int, class_block: int, **grid: Any) -> int:
-    """The largest number of classes per AP task (at most ``class_block``) that fits in ``limit`` bytes.
-
-    Raises :class:`UsageError` with the estimate, the limit and how to shrink the
-    grid when even one class per task does not fit. ``grid`` holds the other
-    arguments of :func:`memory_estimate`.
-    """
+    """The largest number of classes per AP task (at most ``class_block``) that fits in ``limit`` bytes; ``grid``:
+    the other arguments of :func:`memory_estimate`. :class:`UsageError` (with the estimate, the limit and how to
+    shrink the grid) when even one class per task does not fit."""
     one = memory_estimate(**grid, class_block=1)
     if one.total > limit:
         raise UsageError(_too_large(one, limit, **grid))
@@ -152,19 +136,15 @@ def available_memory() -> int:
 
 def limit_fragmentation(tables: int) -> bool:
     """For a replay keeping ``tables`` bytes of exit tables: from :data:`FRAGMENTING_TABLES` on, have glibc's malloc
-    map every allocation of :data:`MMAP_THRESHOLD` bytes or more on its own, for the rest of the process and in the
-    worker processes it starts. Returns whether the setting was made.
+    map every allocation of :data:`MMAP_THRESHOLD` bytes or more on its own, for the rest of the process (never
+    restored, :mod:`jobs.process`) and in the worker processes it starts. Returns whether the setting was made.
 
     glibc raises that threshold (up to 32 MiB) after freeing a large block, so the tables a replay keeps
     until every class block has read them (8 MB per shard at HVU scale) are carved out of heaps between
     the head's freed temporaries, which it then cannot give back: the whole replay at HVU scale peaked at
     13.8 GB by default and 7.0 GB with this setting, in about 8 % more time (bench/README.md). Small
     tables are left alone: mapping every temporary on its own costs page faults (the ActivityNet head pass,
-    17 % slower) and gains little there. The environment variable reaches the dask worker processes a
-    replay starts; elsewhere than glibc nothing is set.
-
-    A process-wide setting (``jobs.process``): made at most once per process, by the replay that needs it, and
-    kept for the rest of it (glibc cannot say what the threshold was before, so it cannot be restored).
+    17 % slower) and gains little there. Elsewhere than glibc nothing is set.
     """
     if tables < FRAGMENTING_TABLES:
         return False

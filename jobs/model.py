@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from cache.inputs import key_inputs
+from cache.key import CacheKeyInputs
 from frameexit.backbone import feature_dim, pretrained_state_dict
 from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_checkpoint
 from frameexit.cost import measure_step_costs, paper_per_frame
@@ -26,6 +28,21 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+
+def cache_key_inputs(job: Job, backbone_digest: str, batching: str, digests: Mapping[str, str]) -> CacheKeyInputs:
+    """:func:`cache.inputs.key_inputs` of the job's features in ``batching`` mode: the key extract and replay use."""
+    settings = job.extract
+    return key_inputs(
+        job.data,
+        job.model,
+        dtype=settings.dtype,
+        precision=settings.precision,
+        channels_last=settings.channels_last,
+        backbone_digest=backbone_digest,
+        batching=batching,
+        digests=digests,
+    )
 
 
 def check_state(job: Job, state: Mapping[str, torch.Tensor], path: str) -> None:
@@ -72,10 +89,8 @@ def checkpoint_file(job: Job, checkpoint: str) -> tuple[dict[str, torch.Tensor],
     """The checkpoint's state dict, checked against the job, with backbone weights; and the SHA-256 of the
     checkpoint file, from the bytes the state was read from (the file is read once).
 
-    The backbone comes from the checkpoint when it has one (the released ones
-    do, fine-tuned); otherwise from the published weights already on disk
-    (torchvision's ImageNet ones, pytorchvideo's Kinetics model-zoo file) if
-    ``model.backbone.pretrained`` is true. Nothing is downloaded.
+    The backbone comes from the checkpoint when it has one (the released ones do, fine-tuned); otherwise from
+    the published weights already on disk if ``model.backbone.pretrained`` is true. Nothing is downloaded.
     """
     check_backbone_dim(job)
     state, sha256 = read_checkpoint(checkpoint)
@@ -92,11 +107,8 @@ def checkpoint_file(job: Job, checkpoint: str) -> tuple[dict[str, torch.Tensor],
 
 
 def backbone_geometry(job: Job) -> dict[str, int | None]:
-    """``clip_length`` and ``input_size`` of the job's backbone input, as :mod:`frameexit.backbone` takes them.
-
-    A 3D backbone is built for the clip it will see (its head averages over a
-    whole clip); for a 2D backbone both are ``None``.
-    """
+    """``clip_length`` and ``input_size`` of the job's backbone input, as :mod:`frameexit.backbone` takes them: a 3D
+    backbone is built for the clip it will see (its head averages over a whole clip); ``None`` for a 2D one."""
     if not job.model.clips:
         return {"clip_length": None, "input_size": None}
     return {"clip_length": job.model.clip_length, "input_size": job.data.preprocessing.crop}
@@ -138,16 +150,10 @@ def step_costs(job: Job, hidden_dim: int) -> StepCosts:
 class LazyModel:
     """A model that dask tasks share, built on first use and kept on the instance: one build per process.
 
-    A worker deserializes a scattered object once and hands that same instance to
-    each of its tasks (the local schedulers hand every task the one instance), so
-    the built model kept here serves every task of the process, and no
-    module-level cache can hand out another checkpoint's model. Threads of one
-    process share it (a lock). It pickles only the attributes named in
-    :attr:`TRAVELS`: the built model and the lock are made again where it lands.
-
-    Subclasses set :attr:`TRAVELS`, define :meth:`build` and call :meth:`built`
-    with the key of what they need (the device: a model built for another key is
-    replaced).
+    A worker deserializes a scattered object once and hands that same instance to each of its tasks, so no
+    module-level cache can hand out another checkpoint's model; threads share it (a lock). It pickles only
+    :attr:`TRAVELS`. Subclasses define :meth:`build`, called by :meth:`built` with the key of what they need (the
+    device: a model built for another key is replaced).
     """
 
     #: The attributes that travel with the object to a dask worker.
@@ -158,7 +164,6 @@ class LazyModel:
         self._lock = threading.Lock()
 
     def build(self, key: str) -> Any:
-        """The model for ``key`` (built once per process and key)."""
         raise NotImplementedError
 
     def built(self, key: str = "") -> Any:
@@ -177,22 +182,11 @@ class LazyModel:
 
 
 class HeadState(LazyModel):
-    """One checkpoint's head weights as one object for dask, and the head built from them once per process
-    (:class:`LazyModel`).
-
-    dask takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the
-    heads of several checkpoints (which share every parameter name) overwrote each other on the workers.
-    An instance of this class travels whole, under a key of its own, with its weights (the built head,
-    twice their size in float64, is made again where it lands).
-
-    Parameters
-    ----------
-    name : str
-        The checkpoint (named in errors).
-    sha256 : str
-        Of the checkpoint file.
-    state : dict of str to Tensor
-        The checkpoint's weights, float32 as stored: the head's are kept, the backbone's (``backbone.*``) left out.
+    """One checkpoint's head weights (float32 as stored, without ``backbone.*``) as one object for dask, and the
+    head built from them once per process (:class:`LazyModel`); ``name``: the checkpoint, named in errors. dask
+    takes a dict apart: ``client.scatter(dict)`` makes one future per key, *named by the key*, so the heads
+    of several checkpoints (which share every parameter name) overwrote each other on the workers. An instance
+    travels whole, under a key of its own (the built head, twice its size in float64, is made again there).
     """
 
     TRAVELS = ("name", "sha256", "state")

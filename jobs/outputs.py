@@ -1,15 +1,11 @@
 """The files each command writes into ``--out``, and how: one writer at a time, every command's files as one set.
 
-``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``),
-``replay`` :data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` (from the files of ``replay`` or ``infer``
-beside them) and ``run`` the replay and report files together. Each command's files replace the previous
-ones as a set (:func:`reports.commit.output_set`), and the files of another
-command that the new set makes meaningless (the report of an earlier replay or infer,
-an ``infer``'s ``metrics.json`` beside a replay's ``replay.json``) go in the
-same commit: a folder never holds files of two runs that look like one.
-
-The metric columns of ``sweep.parquet`` and the rows of ``replay.json``'s ``default_metrics`` (and of
-``metrics.json``) are computed in one place, :func:`metric_columns`, from the metric arrays of a grid.
+``infer`` writes :data:`INFER_FILES` (a replay's three files, of its one setting, and ``metrics.json``), ``replay``
+:data:`REPLAY_FILES`, ``report`` :data:`REPORT_FILES` and ``run`` the replay and report files together. Each
+command's files replace the previous ones as a set (:func:`reports.commit.output_set`), and the files of another
+command that the new set makes meaningless (an earlier report, an ``infer``'s ``metrics.json`` beside a replay's
+``replay.json``) go in the same commit: a folder never holds files of two runs that look like one. Metric rows
+are computed in one place, :func:`metric_columns`; ``replay.json`` in :func:`replay_record`.
 """
 
 from __future__ import annotations
@@ -26,8 +22,18 @@ from frameexit.atomic import folder_lock
 from frameexit.metrics import category_map
 from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
-from reports.records import METRICS_FILE, REPLAY_FILE, SUMMARY_FILE, MetricRow
-from reports.schema import SWEEP
+from reports.records import (
+    METRICS_FILE,
+    REPLAY_FILE,
+    SUMMARY_FILE,
+    CheckpointRecord,
+    MetricRow,
+    ReplayRecord,
+    Setting,
+    StepCostsRecord,
+)
+from reports.schema import SWEEP, VIDEOS
+from reports.write import write_json, write_table
 
 if TYPE_CHECKING:  # frameexit.sweep imports torch, which frameexit report must not load
     from frameexit.step_costs import StepCosts
@@ -59,9 +65,50 @@ def out_paths(out_dir: str, names: Sequence[str]) -> dict[str, str]:
     return {name: os.path.join(out_dir, name) for name in names}
 
 
+def write_replay_files(folder: str, sweep: Mapping[str, Any], videos: Mapping[str, Any], record: ReplayRecord) -> None:
+    """Write :data:`REPLAY_FILES` into ``folder``: the columns of ``sweep.parquet`` and ``videos.parquet``, and
+    ``replay.json``."""
+    paths = out_paths(folder, REPLAY_FILES)
+    write_table(paths[SWEEP_FILE], sweep, SWEEP)
+    write_table(paths[VIDEOS_FILE], videos, VIDEOS)
+    write_json(paths[REPLAY_FILE], record)
+
+
+def checkpoint_record(name: str, path: str, sha256: str, hidden_dim: int, costs: StepCosts) -> CheckpointRecord:
+    """A checkpoint of ``replay.json``: ``name`` as in the checkpoint column, ``costs`` for its head's width."""
+    return CheckpointRecord(
+        name=name,
+        path=os.path.abspath(path),
+        sha256=sha256,
+        hidden_dim=hidden_dim,
+        gmacs_measured_parts=StepCostsRecord(**costs.__dict__),
+    )
+
+
+def replay_record(
+    job: Job, first: Sequence[float], gate: Sequence[float], per_video: str, **fields: Any
+) -> ReplayRecord:
+    """``replay.json`` of the job's grid of ``first`` x ``gate`` thresholds, its order and own setting; ``fields``:
+    the keys that depend on the command (cache, checkpoints, metrics, videos, runtime, ...)."""
+    order = job.model.input_order
+    return ReplayRecord(
+        order=list(order),
+        order_name=order_name(order),
+        first_thresholds=list(first),
+        gate_thresholds=list(gate),
+        default_setting=Setting(first_threshold=job.model.first_threshold, gate_threshold=job.model.gate_threshold),
+        per_video=per_video,
+        n_settings=len(first) * len(gate),
+        dataset=job.data.name,
+        dataset_files=dataset_files(job),
+        backbone=job.model.backbone_name,
+        job=job.resolved,
+        **fields,
+    )
+
+
 def checkpoint_names(paths: Sequence[str]) -> list[str]:
-    """The names of checkpoints in the ``checkpoint`` column of the output files: file names, or the paths as
-    given where two checkpoints share a file name."""
+    """The ``checkpoint`` column's names of checkpoints: file names, or the paths where two share a file name."""
     base = [os.path.basename(p) for p in paths]
     return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
@@ -77,15 +124,10 @@ def metric_columns(
     categories: Mapping[str, Sequence[int]] | None,
     at_risk: np.ndarray | None,
 ) -> dict[str, Any]:
-    """The one place a metric row's values are computed: the columns of :class:`reports.records.MetricRow` (those of
-    ``sweep.parquet`` less ``order`` and ``n_videos``) of one checkpoint at ``n`` settings of its metrics' grid.
-
-    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays (each of shape ``(n,)``);
-    ``settings``: their ``(first_threshold, gate_threshold)``, shape ``(n, 2)``; ``at_risk``: videos at risk at
-    every setting of the grid (``Risk.counts``), ``None`` when unknown. Columns are arrays of ``n`` values
-    (``exit_histogram`` of shape ``(n, steps)``, ``map_per_category`` one per category), ``None`` for a column of
-    nulls; :func:`metric_row` reads one row, :func:`sweep_columns` makes them Arrow arrays.
-    """
+    """The columns of :class:`reports.records.MetricRow` (``sweep.parquet``'s less ``order`` and ``n_videos``) of
+    one checkpoint at ``n`` settings of its metrics' grid: arrays of ``n`` values, ``None`` for a column of nulls.
+    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays; ``settings``: their ``(first,
+    gate)``, shape ``(n, 2)``; ``at_risk``: videos at risk at every setting of the grid, ``None`` when unknown."""
     frames = metrics.mean_frames[index]
     hist = metrics.exit_histogram[index]
     return {
@@ -114,8 +156,7 @@ def order_name(order: Sequence[int]) -> str:
 
 
 def dataset_files(job: Job) -> dict[str, str]:
-    """``replay.json``'s ``dataset_files``: absolute paths of the job's dataset files (those it sets), by job key;
-    relative ones are taken from here."""
+    """``replay.json``'s ``dataset_files``: absolute paths (from here) of the job's dataset files set, by job key."""
     keys = ("path_split", "path_label", "path_classid", "path_frame")
     return {k: os.path.abspath(getattr(job.data, k)) for k in keys if getattr(job.data, k)}
 

@@ -2,16 +2,15 @@
 
 Library code (``frameexit/``, ``cache/``) changes none of them; the jobs layer sets them here:
 
-- **threads**: a worker process (DataLoader worker, dask worker) gets its thread count once, when it
-  starts (:func:`configure_process`, through :func:`dataloader_worker_init` and :func:`dask_worker_setup`).
-  Frames are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently
-  where its work is split between threads. In a worker of one thread that is a no-op; the main process
-  (``infer``, ``extract --num-workers 0``) keeps its cores for the backbone, whose forward passes come
-  between frame reads (infer reads a frame only when the previous step did not exit).
-- **TF32**: the backbone's arithmetic (:func:`backbone_precision`) is set around its forward passes only,
-  because training, the demo and library callers go on in the same process with their own settings.
-- **malloc**: ``jobs.memory.limit_fragmentation``, made by a replay whose exit tables are large, once, for the
-  rest of the process (glibc cannot say what the threshold was, so it is not restored).
+- **threads**: a worker process gets its thread count once, when it starts (:func:`configure_process`). Frames
+  are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently where its work
+  is split between threads (vector and scalar code meet at chunk borders), so a frame would depend on the
+  thread count of the process that decoded it. The main process (``infer``, ``extract --num-workers 0``) keeps
+  its cores for the backbone, whose forward passes come between frame reads.
+- **TF32** (:func:`backbone_precision`): set around the backbone's forward passes only, because training, the
+  demo and library callers go on in the same process with their own settings.
+- **malloc** (``jobs.memory.limit_fragmentation``): made once by a replay whose exit tables are large, never
+  restored (glibc cannot say what the threshold was).
 - **random numbers**: nothing here seeds torch's global generator; code that needs seeded draws forks it
   (``torch.random.fork_rng``) or uses its own ``torch.Generator``.
 """
@@ -34,11 +33,7 @@ ARITHMETIC: dict[str, tuple[bool, torch.dtype | None]] = {
 
 
 def configure_process(threads: int | None = None) -> None:
-    """Set this process's torch intra-op thread count (``None``: leave torch's default). Idempotent.
-
-    Call it once where a process starts: a DataLoader worker (:func:`dataloader_worker_init`), a dask worker
-    (:func:`dask_worker_setup`).
-    """
+    """Set this process's torch intra-op thread count (``None``: leave torch's default), where a worker starts."""
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -50,11 +45,8 @@ def dataloader_worker_init(worker_id: int) -> None:
 
 
 def dask_worker_setup(threads: int | None = None) -> object:
-    """A dask worker plugin (for ``Client.register_plugin``) that runs :func:`configure_process` in every worker
-    of the cluster, those there now and those started later (a lost worker's replacement).
-
-    ``threads`` is each worker's torch intra-op thread count (``None``: torch's default). distributed is
-    imported here, not with this module: infer and the single-process commands never load it.
+    """A dask worker plugin (``Client.register_plugin``) running :func:`configure_process` in every worker, those
+    there now and those started later. distributed is imported here: infer and single-process commands never load it.
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -77,14 +69,8 @@ def dask_worker_setup(threads: int | None = None) -> object:
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the body on one torch intra-op thread, the thread count restored afterwards (a no-op in a worker
-    configured with one thread).
-
-    CPU bilinear interpolation rounds differently where its work is split between threads (vector and
-    scalar code meet at chunk borders), so a resized frame would depend on the thread count of the process
-    that decoded it: DataLoader workers run 1 thread, dask workers cores / workers, the main process all
-    cores. One thread gives the same tensor everywhere. Wrap the preprocessing of frames only.
-    """
+    """Run the body on one torch intra-op thread, the count restored afterwards; wrap frame preprocessing only
+    (why: the module docstring)."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
@@ -98,13 +84,12 @@ def one_thread() -> Iterator[None]:
 
 @contextlib.contextmanager
 def backbone_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """The backbone's arithmetic around its forward passes (:data:`ARITHMETIC`): ``fp32`` turns TF32 off for
-    CUDA matmuls and cuDNN convolutions (cuDNN allows it by default), ``tf32`` on, ``bf16``/``fp16`` autocast.
+    """The backbone's arithmetic (:data:`ARITHMETIC`) for the body: ``fp32`` turns TF32 off for CUDA matmuls and
+    cuDNN convolutions (cuDNN allows it by default), ``tf32`` on, ``bf16``/``fp16`` autocast.
 
-    ``frameexit infer``, the exactness probes and ``extract --precision fp32`` (the default) all compute in
-    exact float32, which per-step extraction needs to equal infer's features bit for bit. The TF32 switches
-    are process-wide: they are set for the body only and restored when it ends, so wrap forward passes only,
-    never a ``yield`` to a caller (the caller would run with them changed).
+    ``infer``, the exactness probes and ``extract --precision fp32`` compute in exact float32, which per-step
+    extraction needs to equal infer's features bit for bit. The switches are process-wide and restored when the
+    body ends: wrap forward passes only, never a ``yield`` to a caller (it would run with them changed).
     """
     tf32, dtype = ARITHMETIC[precision]
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -20,11 +20,8 @@ def progress(
     leave: bool = True,
     initial: int = 0,
 ) -> Iterator[T]:
-    """Wrap ``iterable`` in a tqdm bar.
-
-    ``enabled=None`` shows the bar only on a terminal (so CI logs stay clean);
-    ``True``/``False`` force it on or off (``--progress/--no-progress``).
-    """
+    """Wrap ``iterable`` in a tqdm bar; ``enabled=None`` shows it only on a terminal (so CI logs stay clean),
+    ``True``/``False`` force it on or off (``--progress/--no-progress``)."""
     disable = None if enabled is None else not enabled
     return tqdm(
         iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial, dynamic_ncols=True

@@ -1,12 +1,7 @@
-"""`frameexit replay`: threshold sweeps over cached features, on dask.
+"""`frameexit replay`: threshold sweeps over cached features, on dask (the graph: :mod:`jobs.replay_graph`).
 
-The graph (:mod:`jobs.replay_graph`), per checkpoint head: one task per shard
-computes the exit tables (projection, cumulative max in policy order, all
-classifiers' softmax, all gates); one task per block of classes computes their AP
-at every setting; one task puts every metric of the grid together. Results do
-not depend on the scheduler, the number of workers, the shard size or the class
-blocks. The memory a grid needs is estimated before any work: class blocks are
-made small enough for the memory available, and a grid that cannot fit is refused.
+The memory a grid needs is estimated before any work (:mod:`jobs.memory`): class blocks are made small enough
+for the memory available, and a grid that cannot fit is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import numpy as np
 
 from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
-from cache.inputs import check_job_files, file_digests, key_inputs
+from cache.inputs import check_job_files, file_digests
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest
@@ -29,48 +24,44 @@ from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.step_costs import StepCosts
-from frameexit.sweep import (
-    SweepMetrics,
-)
+from frameexit.sweep import SweepMetrics
 from reports.commit import output_set
 from reports.records import (
     METRICS_FILE,
     REPLAY_FILE,
     CacheRecord,
     CheckpointExactness,
-    CheckpointRecord,
     ExactnessRecord,
     MetricRow,
     ReplayRecord,
     ReplayRuntime,
-    Setting,
-    StepCostsRecord,
     runtime,
 )
-from reports.schema import SWEEP, VIDEOS
-from reports.write import write_json, write_table
+from reports.schema import VIDEOS
 
 from .config import Job
 from .datasets import load_categories, load_job_dataset
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import HeadState, checkpoint_file, checkpoint_state, paper_per_step, step_costs
+from .model import HeadState, cache_key_inputs, checkpoint_file, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
     checkpoint_names,
-    dataset_files,
+    checkpoint_record,
     metric_columns,
     metric_row,
     order_name,
     out_paths,
+    replay_record,
     sweep_columns,
+    write_replay_files,
     writing,
 )
 from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
-from .scheduling import LOCAL_SCHEDULERS, dask_client
+from .scheduling import dask_client
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
@@ -79,34 +70,17 @@ BLOCK_BYTES = 150 * 10**6
 @dataclass(frozen=True)
 class ReplayOptions:
     """How to run a replay; what it computes is the job's (its ``replay`` keys, the policy order
-    ``model.adaptive.input_order``, and the ``extract`` keys of the cache it reads).
+    ``model.adaptive.input_order``, and the ``extract`` keys of the cache it reads)."""
 
-    Attributes
-    ----------
-    cache_root : str
-        Cache root of ``frameexit extract``; the cache is ``<root>/<key>``, the key computed from the job
-        as extract computes it (:mod:`cache.find`), without reading the frames.
-    features : str or None
-        A cache directory to use instead; every input its manifest records must equal the job's.
-    scheduler : str
-        ``threads`` (dask's local threaded scheduler), ``sync``, or the address of a dask.distributed scheduler.
-    workers : int or None
-        Start a local dask cluster of this many worker processes instead.
-    class_block : int or None
-        Classes per AP task (default: enough blocks to keep every worker busy, each holding at most
-        about 150 MB of scores); made smaller when the memory available requires it (results do
-        not depend on it).
-    verify_frames : bool
-        Read the frames the steps use and refuse a cache whose manifest records other frames (another
-        listing, or other bytes: frames re-prepared under the same split file); without it the
-        frames are not read at all.
-    """
-
-    cache_root: str
-    features: str | None = None
-    scheduler: str = "threads"
-    workers: int | None = None
+    cache_root: str  # extract's: the cache is <root>/<key>, the key computed from the job (cache.find)
+    features: str | None = None  # a cache directory to use instead; its manifest's inputs must equal the job's
+    scheduler: str = "threads"  # threads, sync (dask's local schedulers) or a dask.distributed scheduler's address
+    workers: int | None = None  # start a local dask cluster of this many worker processes instead
+    # classes per AP task (default: enough to keep every worker busy, each task holding at most about 150 MB of
+    # scores; smaller where memory requires it; results do not depend on it)
     class_block: int | None = None
+    # read the frames the steps use and refuse a cache whose manifest records other frames (another listing, or
+    # other bytes: frames re-prepared under the same split file); without it no frame is read
     verify_frames: bool = False
 
 
@@ -119,25 +93,10 @@ class ReplayResult:
     summary: ReplayRecord  # what replay.json holds
 
 
-# ---------------------------------------------------------------------------------------------- the stage
-
-
 def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | None = None) -> ReplayResult:
-    """Sweep the exit thresholds of every checkpoint of ``job`` over its feature cache.
-
-    Writes ``sweep.parquet`` (one row per checkpoint and setting),
-    ``videos.parquet`` (per-video rows for the default setting, or every
-    setting with ``per_video='all'``) and ``replay.json`` (provenance, grid,
-    skipped videos; :class:`reports.records.ReplayRecord`) into ``out_dir``,
-    once everything is computed, as one set (:mod:`jobs.outputs`): they
-    replace an earlier replay's outputs, and its report (``summary.md``,
-    ``summary.json``, ``curve.png``) is removed in the same step. A replay
-    that fails or is killed leaves the previous outputs as they were.
-
-    Everything that needs no computation is checked first (options, the
-    memory the grid needs, a writable ``out_dir`` that no other frameexit
-    command is writing, the cache against the job, every checkpoint's backbone).
-    """
+    """Sweep the exit thresholds of every checkpoint of ``job`` over its feature cache: ``sweep.parquet``,
+    ``videos.parquet`` and ``replay.json`` into ``out_dir``, as one set that replaces an earlier replay's and
+    removes its report (:mod:`jobs.outputs`). Everything that needs no computation is checked first."""
     _check_grid(job)
     check_writable_dir(out_dir, "--out")
     stale = (METRICS_FILE, *REPORT_FILES)
@@ -148,7 +107,15 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
 
 
 def _check_grid(job: Job) -> _Grid:
-    grid = _grid(job)
+    """The grid of the job, checked: thresholds are probabilities, and the sweep rows fit in memory."""
+    job.require("checkpoint.init")
+    first, gate = job.replay.first_thresholds, job.replay.gate_thresholds
+    default = (job.model.first_threshold, job.model.gate_threshold)
+    for ft in (*first, default[0]):
+        check_thresholds(ft, default[1])
+    for gt in gate:
+        check_thresholds(default[0], gt)
+    grid = _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     return grid
@@ -165,12 +132,8 @@ def replay_into(
     first: HeadState | None = None,
 ) -> ReplayRecord:
     """The sweep of :func:`replay`, its three files written into ``folder`` (a staging folder); returns
-    ``replay.json``'s record.
-
-    ``cache``, ``classes`` and ``first`` (the first checkpoint's head, given with ``cache``): those an
-    extraction in this process just read (:mod:`jobs.run`), which are then not read again; without them the
-    cache is found from the job (:func:`_open_cache`) and the class list and checkpoints are read.
-    """
+    ``replay.json``'s record. ``cache``, ``classes`` and ``first`` (the first checkpoint's head): those an
+    extraction in this process just read (:mod:`jobs.run`); without them they are found from the job."""
     grid = _check_grid(job)
     read = None
     if cache is None:
@@ -185,7 +148,8 @@ def replay_into(
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
-        concurrency=_concurrency(options),
+        # sweep tasks that run at once on this machine's memory (a remote cluster's use its own machines')
+        concurrency=options.workers or ((os.cpu_count() or 1) if options.scheduler == "threads" else 1),
         class_block=options.class_block or job.model.num_class,
         limit=available_memory(),
     )
@@ -193,18 +157,33 @@ def replay_into(
     metrics, rows, risks = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
     names = checkpoint_names([h.name for h in heads])
-    by_width = _step_costs(job, heads)
+    # measured GMACs per part, by head width: the width changes the projection, gates and classifiers
+    by_width = {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
     costs = [by_width[h.hidden_dim] for h in heads]
-    per_frame = paper_per_step(job)
-    outputs = _Outputs(grid, names, costs, per_frame, categories, risks)
-    paths = out_paths(folder, REPLAY_FILES)
-    write_table(paths[SWEEP_FILE], outputs.sweep_columns(metrics, n_videos), SWEEP)
-    write_table(paths[VIDEOS_FILE], _video_columns(rows, grid, names, cache, n_videos), VIDEOS)
-    default_metrics = outputs.default_metrics(metrics)
-    record = _replay_record(job, options, grid, cache, n_videos, names, heads, costs, per_frame, default_metrics)
-    record["n_videos_labelled"] = sum(1 for labels in rows[0].labels if labels)  # the same for every checkpoint
-    record["exactness"] = _exactness_record(cache, names, risks)
-    write_json(paths[REPLAY_FILE], record)
+    outputs = _Outputs(grid, names, costs, paper_per_step(job), categories, risks)
+    sweep = outputs.sweep_columns(metrics, n_videos)
+    videos = _video_columns(rows, grid, names, cache, n_videos)
+    manifest = cache.manifest
+    scheduler = options.scheduler if not options.workers else f"local cluster of {options.workers} processes"
+    record = replay_record(
+        job,
+        grid.first,
+        grid.gate,
+        grid.per_video,
+        cache=CacheRecord(directory=os.path.abspath(cache.directory), key=manifest.key, inputs=manifest.inputs),
+        checkpoints=[
+            checkpoint_record(n, h.name, h.sha256, h.hidden_dim, c) for n, h, c in zip(names, heads, costs, strict=True)
+        ],
+        default_metrics=outputs.default_metrics(metrics),
+        n_videos=n_videos,
+        n_videos_listed=manifest.n_listed,
+        skipped=manifest.all_skipped(),
+        gflops_per_frame=outputs.per_frame,
+        runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
+        n_videos_labelled=sum(1 for labels in rows[0].labels if labels),  # the same for every checkpoint
+        exactness=_exactness_record(cache, names, risks),
+    )
+    write_replay_files(folder, sweep, videos, record)
     return record
 
 
@@ -219,19 +198,10 @@ class _Grid:
     per_video: str
 
     @property
-    def order_name(self) -> str:
-        """The order's name in ``sweep.parquet`` and ``replay.json`` (:func:`jobs.outputs.order_name`)."""
-        return order_name(self.order)
-
-    @property
-    def settings(self) -> list[tuple[float, float]]:
-        """Every ``(first, gate)`` of the grid, in the order of the sweep rows (gate-major)."""
-        return [(ft, gt) for gt in self.gate for ft in self.first]
-
-    @property
     def per_video_settings(self) -> list[tuple[float, float]]:
-        """The settings with per-video rows: every one with ``per_video='all'``, else the job's own."""
-        return self.settings if self.per_video == "all" else [self.default]
+        """The ``(first, gate)`` with per-video rows: the grid's (gate-major) with ``per_video='all'``, else the
+        job's own."""
+        return [(ft, gt) for gt in self.gate for ft in self.first] if self.per_video == "all" else [self.default]
 
     @property
     def computed(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -258,18 +228,6 @@ class _Grid:
         )
 
 
-def _grid(job: Job) -> _Grid:
-    """The grid of the job, checked: thresholds are probabilities."""
-    job.require("checkpoint.init")
-    first, gate = job.replay.first_thresholds, job.replay.gate_thresholds
-    default = (job.model.first_threshold, job.model.gate_threshold)
-    for ft in (*first, default[0]):
-        check_thresholds(ft, default[1])
-    for gt in gate:
-        check_thresholds(default[0], gt)
-    return _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
-
-
 def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: str) -> HeadState:
     """A checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache."""
     cache_digest = cache.manifest.inputs.get("backbone_digest")
@@ -283,15 +241,6 @@ def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: s
     return HeadState(checkpoint, sha256, state)
 
 
-def _concurrency(options: ReplayOptions) -> int:
-    """Sweep tasks that run at once on this machine's memory."""
-    if options.workers:
-        return options.workers
-    if options.scheduler in LOCAL_SCHEDULERS:
-        return 1 if options.scheduler == "sync" else (os.cpu_count() or 1)
-    return 1  # a remote cluster's tasks use its own machines' memory
-
-
 def _sweep(
     job: Job,
     grid: _Grid,
@@ -302,10 +251,8 @@ def _sweep(
     *,
     progress: bool | None,
 ) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk]]:
-    """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the
-    computed grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's
-    setting)."""
-    shards = cache.shards()
+    """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the computed
+    grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's setting)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
@@ -315,7 +262,7 @@ def _sweep(
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
         graph = build_graph(
             heads,
-            shards,
+            cache.shards(),
             order=grid.order,
             first=first,
             gate=gate,
@@ -329,11 +276,7 @@ def _sweep(
             results = compute_local(options.scheduler, graph, progress=progress)
         else:
             results = compute_distributed(client, graph, progress=progress)
-    return (
-        [results[key] for key in graph.sweeps],
-        [results[key] for key in graph.videos],
-        [results[key] for key in graph.risks],
-    )
+    return tuple([results[key] for key in keys] for keys in (graph.sweeps, graph.videos, graph.risks))
 
 
 def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: int) -> int:
@@ -341,14 +284,6 @@ def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: in
     by_workers = math.ceil(num_class / max(2 * workers, 1))
     by_memory = BLOCK_BYTES // max(4 * n_videos * n_steps, 1)
     return int(max(1, min(num_class, by_workers, by_memory)))
-
-
-# ---------------------------------------------------------------------------------------------- the outputs
-
-
-def _step_costs(job: Job, heads: Sequence[HeadState]) -> dict[int, StepCosts]:
-    """Measured GMACs per part, by head width: the width changes the projection, gates and classifiers."""
-    return {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
 
 
 @dataclass(frozen=True)
@@ -383,7 +318,7 @@ class _Outputs:
     def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, Any]:
         """The columns of ``sweep.parquet``: a row per checkpoint and setting of the grid (gate-major)."""
         gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
-        return sweep_columns(self.columns(metrics, gate, first), self.grid.order_name, n_videos)
+        return sweep_columns(self.columns(metrics, gate, first), order_name(self.grid.order), n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
         """Per checkpoint, the metric row of the job's own setting."""
@@ -414,54 +349,6 @@ def _video_columns(
         columns["labels"] += r.labels * len(settings)
         columns["checkpoint"] += [name] * n_rows
     return {k: np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v for k, v in columns.items()}
-
-
-def _replay_record(
-    job: Job,
-    options: ReplayOptions,
-    grid: _Grid,
-    cache: FeatureCache,
-    n_videos: int,
-    names: Sequence[str],
-    heads: Sequence[HeadState],
-    costs: Sequence[StepCosts],
-    per_frame: float | None,
-    default_metrics: list[MetricRow],
-) -> ReplayRecord:
-    """``replay.json``: the cache, checkpoints, grid, the job's setting and its metrics, skipped videos, runtime."""
-    scheduler = options.scheduler if not options.workers else f"local cluster of {options.workers} processes"
-    return ReplayRecord(
-        cache=CacheRecord(
-            directory=os.path.abspath(cache.directory), key=cache.manifest.key, inputs=cache.manifest.inputs
-        ),
-        checkpoints=[
-            CheckpointRecord(
-                name=n,
-                path=os.path.abspath(h.name),
-                sha256=h.sha256,
-                hidden_dim=h.hidden_dim,
-                gmacs_measured_parts=StepCostsRecord(**c.__dict__),
-            )
-            for n, h, c in zip(names, heads, costs, strict=True)
-        ],
-        order=list(grid.order),
-        order_name=grid.order_name,
-        first_thresholds=list(grid.first),
-        gate_thresholds=list(grid.gate),
-        default_setting=Setting(first_threshold=grid.default[0], gate_threshold=grid.default[1]),
-        default_metrics=default_metrics,
-        per_video=grid.per_video,
-        n_settings=len(grid.settings),
-        n_videos=n_videos,
-        n_videos_listed=cache.manifest.n_listed,
-        skipped=cache.manifest.all_skipped(),
-        gflops_per_frame=per_frame,
-        dataset=job.data.name,
-        dataset_files=dataset_files(job),
-        backbone=job.model.backbone_name,
-        job=job.resolved,
-        runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
-    )
 
 
 def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence[Risk]) -> ExactnessRecord:
@@ -501,45 +388,21 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
     )
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _open_cache(job: Job, options: ReplayOptions, digest: str | None = None) -> FeatureCache:
-    """The job's cache: the directory its key names under the root, or ``--features`` (checked against the job).
-
-    The key is computed as ``extract`` computes it (:func:`cache.inputs.key_inputs`), with
-    the backbone digest of the first checkpoint; the frames are not in it, so they
-    are not read unless ``verify_frames`` asks to compare them with the manifest's
-    record of what the features were computed from.
-    """
+def _open_cache(job: Job, options: ReplayOptions, digest: str) -> FeatureCache:
+    """The job's cache: the directory its key (extract's, with ``digest`` of the first checkpoint's backbone) names
+    under the root, or ``--features``; the frames are read only when ``verify_frames`` asks."""
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
-    checkpoint = job.checkpoints[0]
-    if digest is None:
-        digest = backbone_digest(checkpoint_state(job, checkpoint))
-    settings = job.extract
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
-    modes = (PER_STEP, BATCHED) if settings.batching == "auto" else (settings.batching,)
+    modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
     digests = file_digests(job.data)  # each file read once, whichever modes are tried
-    inputs = [
-        key_inputs(
-            job.data,
-            job.model,
-            dtype=settings.dtype,
-            precision=settings.precision,
-            channels_last=settings.channels_last,
-            backbone_digest=digest,
-            batching=mode,
-            digests=digests,
-        )
-        for mode in modes
-    ]
+    inputs = [cache_key_inputs(job, digest, mode, digests) for mode in modes]
     cache = open_cache(
         options.cache_root,
         inputs,
         features=options.features,
         data=job.data,
-        hint=f" (for the backbone of {checkpoint})",
+        hint=f" (for the backbone of {job.checkpoints[0]})",
     )
     if options.verify_frames:
         job.require("data.path_frame")

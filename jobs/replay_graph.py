@@ -2,28 +2,22 @@
 
 Per checkpoint head ``i``:
 
-- ``tables-i-s``, per shard: the head's exit tables; one task per shard (``shard-s``) verifies and reads
-  the shard once and runs every head (:func:`shard_exit_tables`); everything else reads these.
-- ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's
-  tables (step-0 confidence, gates, top-1 hits; small), merged in key order.
-- ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy);
-  ``ap-i-b``, one task per class block: the per-class AP of its classes at every
-  setting, from the pieces of every shard (:func:`block_ap`). Classes are
-  independent, so no task ever holds more than one block of every video's
-  scores, and each class is sorted once for all settings.
+- ``tables-i-s``, per shard: the head's exit tables; one task per shard (``shard-s``) verifies and reads the shard
+  once and runs every head (:func:`shard_exit_tables`); everything else reads these.
+- ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's tables (step-0 confidence, gates,
+  top-1 hits; small), merged in key order.
+- ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy); ``ap-i-b``, one task per class
+  block: the per-class AP of its classes at every setting, from the pieces of every shard. Classes are
+  independent, so no task holds more than one block of every video's scores, and each class is sorted once.
 - ``sweep-i``: all metrics of the grid from the exits and the AP blocks.
-- ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for,
-  per shard, merged in key order.
-- ``deviation-i-s`` and ``deviation-i``: how far each shard's head outputs may
-  be from those on per-step features (its probe), and the largest;
-  ``risk-i-s`` and ``risk-i``: the videos whose decision at a setting this
+- ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for, per shard, merged in key order.
+- ``deviation-i-s`` and ``deviation-i``: how far each shard's head outputs may be from those on per-step features
+  (its probe), and the largest; ``risk-i-s`` and ``risk-i``: the videos whose decision at a setting this
   deviation could change (:mod:`frameexit.exactness`), counted at every setting.
 
-The job's own setting is computed with the grid (its thresholds added to the
-grid's when they are not on it): the AP of a setting does not depend on the other
-settings computed with it, bit for bit (tested in ``tests/frameexit/test_sweep.py``).
-Results do not depend on the scheduler, the number of workers, the shard size or
-the class blocks.
+The job's own setting is computed with the grid (its thresholds added when not on it): the AP of a setting does
+not depend on the other settings computed with it, bit for bit; nor do results depend on the scheduler, the
+workers, the shard size or the class blocks.
 """
 
 from __future__ import annotations
@@ -74,8 +68,6 @@ from .model import HeadState
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
 
-# ---------------------------------------------------------------------------------------------- tasks
-
 
 def shard_exit_tables(path: str, sha256: str, order: tuple[int, ...], *heads: HeadState) -> tuple[ExitTables, ...]:
     """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables
@@ -90,23 +82,14 @@ def shard_exit_tables(path: str, sha256: str, order: tuple[int, ...], *heads: He
 
 
 def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables: ExitTables) -> HeadDeviation:
-    """How far the head's outputs on a shard's features (``tables``) may be from those on per-step features.
-
-    ``exact`` for a shard extracted as sequential inference runs the backbone; measured on the probed
-    videos (the head on their per-step features against their rows of ``tables``) otherwise;
-    ``unknown`` without a probe.
-    """
+    """How far the head's outputs on a shard's features (``tables``) may be from those on per-step features:
+    ``exact``, measured on the probed videos (against their rows of ``tables``), or ``unknown`` (no probe)."""
     status = shard.attrs.get("exactness")
     if status == EXACT:
         return HeadDeviation(EXACT)
     if status == MEASURED and shard.probe_videos is not None:
         return head_deviation(model, shard.probe_features, order, tables, shard.probe_videos)
     return HeadDeviation(UNKNOWN)
-
-
-def table_deviation(tables: ExitTables) -> HeadDeviation | None:
-    """Dask task: the deviation a shard's tables carry (small: what the merge needs, not the tables)."""
-    return tables.deviation
 
 
 @dataclass(frozen=True)
@@ -155,44 +138,20 @@ def class_pieces(tables: ExitTables, bounds: tuple[int, ...]) -> tuple[ExitTable
 
 
 def block_ap(pieces: Sequence[ExitTables], exits: VideoExits, first: Sequence[float], gate: Sequence[float]):
-    """Dask task: per-class AP of one class block at every setting, shape (n_gate, n_first, n_block).
-
-    ``pieces``: the block's columns of every shard's tables; ``exits``: of all videos.
-    """
+    """Dask task: per-class AP of one class block (its columns of every shard's tables) at every setting, shape
+    (n_gate, n_first, n_block)."""
     return class_block_ap(class_block(pieces, slice(None)), exits, first, gate)
-
-
-def merge_exits(parts: Sequence[VideoExits]) -> VideoExits:
-    """Dask task: the shards' video exits as one, rows in key order."""
-    return concat_video_exits(parts)
-
-
-def sweep(exits: VideoExits, blocks: Sequence[np.ndarray], first: Sequence[float], gate: Sequence[float]):
-    """Dask task: every metric of the grid (:class:`frameexit.sweep.SweepMetrics`) from the AP blocks."""
-    return combine_sweep(exits, blocks, first, gate)
 
 
 @dataclass(frozen=True)
 class VideoRows:
-    """Per-video decisions at some settings, arrays of shape (n_settings, n_videos) unless said otherwise.
+    """Per-video decisions at some settings, arrays of shape (n_settings, n_videos)."""
 
-    Attributes
-    ----------
-    videos : list of str of length n_videos
-        Keys, sorted.
-    labels : list of list of int
-        Ground-truth class indices of each video.
-    exit_step, prediction : int64
-        0-based exit step; class of the top probability at it.
-    confidence : float64
-        That probability (a float32 value).
-    """
-
-    videos: list[str]
-    labels: list[list[int]]
-    exit_step: np.ndarray
-    prediction: np.ndarray
-    confidence: np.ndarray
+    videos: list[str]  # keys, sorted
+    labels: list[list[int]]  # ground-truth class indices of each video
+    exit_step: np.ndarray  # int64, 0-based
+    prediction: np.ndarray  # int64: the class of the top probability at the exit step
+    confidence: np.ndarray  # float64: that probability (a float32 value)
 
 
 def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> VideoRows:
@@ -235,16 +194,10 @@ def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
     )
 
 
-# ---------------------------------------------------------------------------------------------- the graph
-
-
 @dataclass
 class Graph:
-    """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``.
-
-    Keys carry a token of their own: on a shared dask scheduler, another client's ``sweep-0`` must not be
-    taken for ours.
-    """
+    """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``. Keys carry a token of their
+    own: on a shared dask scheduler, another client's ``sweep-0`` must not be taken for ours."""
 
     tables: dict[str, Any] = field(default_factory=dict)  # per shard and checkpoint: its exit tables
     blocks: dict[str, Any] = field(default_factory=dict)  # per class block and checkpoint: its AP
@@ -273,15 +226,11 @@ def build_graph(
     tables: Sequence[Sequence[ExitTables]] | None = None,
     named: Sequence[tuple[int, int]] = (),
 ) -> Graph:
-    """Every task of a replay (see the module docstring), per checkpoint of ``heads``.
-
-    ``shards``: ``(path, sha256)`` of each shard; ``first`` x ``gate``: the thresholds
-    the sweep computes; ``row_settings``: ``(first, gate)`` of the per-video rows;
-    ``client``: a ``distributed.Client`` to scatter the heads to, else ``None``;
-    ``tables``: each checkpoint's shard tables when already computed (``bench/replay.py``
-    times the head pass and the rest apart), else tasks compute them; ``named``: ``(gate index, first
-    index)`` of the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`).
-    """
+    """Every task of a replay (see the module docstring), per checkpoint of ``heads``; ``shards``: ``(path,
+    sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep computes; ``row_settings``: ``(first, gate)``
+    of the per-video rows; ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
+    checkpoint's shard tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of
+    the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
@@ -312,7 +261,9 @@ def build_graph(
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
             pieces.append(cut(tables[-1], bounds, dask_key_name=f"pieces-{i}-{s}-{token}"))
             rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
-            deviations.append(dask.delayed(table_deviation)(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
+            # the deviation a shard's tables carry (small: what the merge needs, not the tables)
+            carried = dask.delayed(operator.attrgetter("deviation"))
+            deviations.append(carried(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
         deviation = dask.delayed(merge_deviations)(deviations, dask_key_name=f"deviation-{i}-{token}")
         # what the risk rule reads of each shard's tables, so that the tables need not wait for every shard's deviation
         compact = [
@@ -324,14 +275,16 @@ def build_graph(
         ]
         graph.risks.append(f"risk-{i}-{token}")
         graph.outputs[graph.risks[i]] = dask.delayed(merge_risk)(risks, deviation, dask_key_name=graph.risks[i])
-        merged = dask.delayed(merge_exits)(exits, dask_key_name=f"exits-{i}-{token}")
+        merged = dask.delayed(concat_video_exits)(exits, dask_key_name=f"exits-{i}-{token}")
         aps = []
         for b in range(len(bounds) - 1):
             key = f"ap-{i}-{b}-{token}"
             aps.append(dask.delayed(block_ap)([p[b] for p in pieces], merged, first, gate, dask_key_name=key))
             graph.blocks[key] = aps[-1]
         graph.sweeps.append(f"sweep-{i}-{token}")
-        graph.outputs[graph.sweeps[i]] = dask.delayed(sweep)(merged, aps, first, gate, dask_key_name=graph.sweeps[i])
+        graph.outputs[graph.sweeps[i]] = dask.delayed(combine_sweep)(
+            merged, aps, first, gate, dask_key_name=graph.sweeps[i]
+        )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])
     return graph

@@ -72,8 +72,7 @@ from .outputs import (
 
 
 def default_metric(dataset: str) -> str:
-    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset's registry entry's
-    (``map`` for a dataset the registry does not know, e.g. a replay record of another version)."""
+    """The accuracy the frontier, budget and curve use without ``--metric``: the dataset registry's, else ``map``."""
     spec = BY_NAME.get(dataset)
     return spec.accuracy if spec else "map"
 
@@ -95,23 +94,10 @@ class ReportResult:
 
 @dataclass(frozen=True)
 class Baseline:
-    """An earlier ``summary.json``, read and checked (:func:`read_baseline`).
-
-    Attributes
-    ----------
-    path : str
-        Where it was read from.
-    document : dict
-        The whole document (dataset, metrics and provenance are compared with the run's).
-    """
+    """An earlier ``summary.json``, read and checked (:func:`read_baseline`), and where it was read from."""
 
     path: str
     document: Summary
-
-    @property
-    def rows(self) -> list[SummaryRow]:
-        """Its default-setting rows, one per checkpoint."""
-        return self.document["default"]
 
 
 def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
@@ -127,11 +113,8 @@ def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
 
 
 def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
-    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory.
-
-    :class:`ReportInputError` when a file cannot be read, or ``replay.json`` lacks a key of
-    :class:`reports.records.ReplayRecord` (an older replay: replay again).
-    """
+    """``(sweep rows with gflops_measured, replay.json)`` of a replay output directory; :class:`ReportInputError`
+    when a file cannot be read, or ``replay.json`` lacks a key of :class:`reports.records.ReplayRecord`."""
     sweep, meta = _require_replay_outputs(run_dir)
     try:
         table = pq.read_table(sweep)
@@ -147,15 +130,10 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
 
 def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], dict[str, VideoResults | None], int]:
     """``(videos, video_results, n_labelled)`` of ``summary.json`` from ``videos.parquet`` in a replay output
-    directory.
-
-    ``videos``: the evaluated video keys, sorted; ``n_labelled``: how many of them have a label (top-1's
-    denominator); ``video_results``: per checkpoint of
-    ``replay.json``, its exit step and hit for each of them at the job's setting, or
-    ``None`` where ``videos.parquet`` has no row at that setting (``--per-video all``
-    on a grid without it). Only the rows of one setting are read, however many it holds.
-    :class:`ReportInputError` when the file is missing or unreadable, or its videos are
-    not the ones ``replay.json`` counts.
+    directory: the evaluated video keys, sorted; per checkpoint, its exit step and hit for each at the job's
+    setting (``None`` where ``videos.parquet`` has no row at it: ``--per-video all`` on a grid without it); how
+    many have a label (top-1's denominator). Only the rows of one setting are read. :class:`ReportInputError`
+    when the file is missing or unreadable, or its videos are not the ones ``replay.json`` counts.
     """
     path = os.path.join(run_dir, VIDEOS_FILE)
     if not os.path.isfile(path):
@@ -213,13 +191,9 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
 
 
 def read_baseline(path: str) -> Baseline:
-    """An earlier ``summary.json`` as a :class:`Baseline`; :class:`ReportInputError` if it cannot be one.
-
-    It must have this version's ``schema_version`` and every key of
-    :class:`reports.records.Summary`. Read it before anything in its directory
-    is replaced: ``frameexit run`` reads it before its new report replaces
-    the one in ``--out``, which may be it.
-    """
+    """An earlier ``summary.json`` (this version's ``schema_version``, every key of :class:`reports.records.Summary`)
+    as a :class:`Baseline`; :class:`ReportInputError` if it cannot be one. Read it before anything in its directory
+    is replaced (``frameexit run``'s new report may replace it)."""
     settled(os.path.dirname(os.path.abspath(path)))  # a report killed while moving its files: finish it first
     if not os.path.isfile(path):
         raise ReportInputError(f"--baseline file not found: {path}")
@@ -248,56 +222,25 @@ def read_baseline(path: str) -> Baseline:
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """What a report chooses and compares: the options of ``frameexit report`` (and of ``run``).
+    """What a report chooses and compares: the options of ``frameexit report`` (and of ``run``); the checks and
+    verdicts are :mod:`reports.summary`'s (``identity_mismatches``, ``baseline_gate``)."""
 
-    Attributes
-    ----------
-    budget : float, optional
-        Cost budget (in the summary's cost metric, GFLOPs per video) for choosing a setting.
-    calibrate_on : str, optional
-        Another replay output directory (e.g. a held-out split) on which the budget setting is chosen. It must
-        be of the same dataset, class list, checkpoints and policy order, over other videos (another split
-        file, no video in common), else :class:`ReportInputError`.
-    baseline : str or Baseline, optional
-        An earlier ``summary.json`` (path, or already read with :func:`read_baseline`) to compare the
-        job's setting with. It must come from the same dataset, split file, label file, class list,
-        checkpoints (those of one name, by SHA-256), accuracy and cost metric, else :class:`ReportInputError`;
-        see :func:`reports.summary.baseline_gate` for the verdict (which also compares the videos evaluated).
-    max_drop, max_cost_rise : float, optional
-        Largest accepted accuracy drop (fraction) and cost rise (GFLOPs) against the baseline.
-    accept_missing : int, optional
-        Videos that may differ between the run and the baseline (missing from the run, or not in the
-        baseline) without failing the gate; top-1 and cost are then compared over the videos both
-        evaluated, mAP is not compared (see :func:`reports.summary.baseline_gate`). Default 0.
-    metric : {'map', 'top1'}, optional
-        Accuracy the frontier, budget and curve use (default: mAP for ActivityNet, top-1 for Mini-Kinetics).
-    """
-
-    budget: float | None = None
-    calibrate_on: str | None = None
-    baseline: str | Baseline | None = None
-    max_drop: float | None = None
-    max_cost_rise: float | None = None
+    budget: float | None = None  # cost budget (the summary's cost metric, GFLOPs per video) to choose a setting at
+    calibrate_on: str | None = None  # another replay's output directory (e.g. a held-out split) to choose it on
+    baseline: str | Baseline | None = None  # an earlier summary.json (or read_baseline's) to compare the job's with
+    max_drop: float | None = None  # largest accepted accuracy drop (fraction) against the baseline
+    max_cost_rise: float | None = None  # largest accepted cost rise (GFLOPs) against the baseline
+    # videos that may differ between the run and the baseline without failing the gate (default 0); top-1 and cost
+    # are then compared over the videos both evaluated, mAP is not
     accept_missing: int | None = None
-    metric: str | None = None
+    metric: str | None = None  # map or top1 (default: the dataset's, default_metric)
 
 
 def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
-    """Check every report option that needs no replay output, before any work or deletion.
-
-    Returns ``options`` with the baseline read (a :class:`Baseline`), so that
-    a baseline inside ``out_dir`` survives what a later stage writes there.
-
-    Raises :class:`UsageError` (exit status 2) for options that contradict each
-    other or mean nothing (a budget or limit that is negative, NaN or infinite;
-    ``calibrate_on`` without ``budget`` or naming ``out_dir`` itself; ``max_drop``,
-    ``max_cost_rise`` or ``accept_missing`` without ``baseline``, or a negative
-    ``accept_missing``; an unknown ``metric``);
-    :class:`ReportInputError` for a calibration directory without replay outputs
-    or a baseline that is not a readable ``summary.json`` (or was made with
-    another ``metric``); :class:`~frameexit.errors.OutputError` when ``out_dir``
-    cannot be created or written to. ``frameexit run`` calls it before extracting.
-    """
+    """Check every report option that needs no replay output, before any work (``run``: before extracting); return
+    ``options`` with the baseline read, so that a baseline inside ``out_dir`` survives what a later stage writes.
+    :class:`UsageError` (exit status 2) for options that contradict each other or mean nothing,
+    :class:`ReportInputError` for unreadable inputs, :class:`~frameexit.errors.OutputError` for ``out_dir``."""
     budget, calibrate_on, baseline = options.budget, options.calibrate_on, options.baseline
     max_drop, max_cost_rise, metric = options.max_drop, options.max_cost_rise, options.metric
     if metric not in (None, "map", "top1"):
@@ -324,13 +267,12 @@ def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
     if baseline is not None:
         baseline = baseline if isinstance(baseline, Baseline) else read_baseline(baseline)
         if metric is not None and baseline.document["accuracy_metric"] != metric:
-            raise ReportInputError(_not_comparable(baseline, [_metric_mismatch(baseline, metric)]))
+            mismatch = (
+                f"accuracy metric {baseline.document['accuracy_metric']!r} in the baseline, {metric!r} in this run"
+            )
+            raise ReportInputError(_not_comparable(baseline, [mismatch]))
     check_writable_dir(out_dir, "--out")
     return dataclasses.replace(options, baseline=baseline)
-
-
-def _metric_mismatch(base: Baseline, metric: str) -> str:
-    return f"accuracy metric {base.document['accuracy_metric']!r} in the baseline, {metric!r} in this run"
 
 
 def _not_comparable(base: Baseline, mismatches: list[str]) -> str:
@@ -348,25 +290,20 @@ def _not_calibration(run_dir: str, mismatches: list[str]) -> str:
     )
 
 
-def job_identity(job: Job) -> Identity:
-    """What a job's run will be computed from, known before extracting: its dataset and checkpoints (SHA-256 of
-    those that can be read; the others fail later, in extraction)."""
-    from cache.shard import file_sha256
-
-    shas = {}
-    for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
-        with contextlib.suppress(OSError):
-            shas[name] = file_sha256(path)
-    return Identity(dataset=job.data.name, checkpoints=shas)
-
-
 def check_job_comparable(job: Job, options: ReportOptions) -> None:
     """What ``frameexit run`` can check of the baseline and calibration run before extracting: the dataset and the
     checkpoints (the same checks the report makes later with every fact, :func:`report`). ``options`` as returned by
     :func:`check_report_options`. :class:`ReportInputError` naming what differs."""
     if options.baseline is None and options.calibrate_on is None:
         return
-    ours = job_identity(job)
+    from cache.shard import file_sha256
+
+    # the SHA-256 of the checkpoints that can be read; the others fail later, in extraction
+    shas = {}
+    for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
+        with contextlib.suppress(OSError):
+            shas[name] = file_sha256(path)
+    ours = Identity(dataset=job.data.name, checkpoints=shas)
     if isinstance(options.baseline, Baseline):
         theirs = summary_identity(options.baseline.document)
         mismatches = identity_mismatches(ours, theirs, BASELINE_CHECKS, "the baseline")
@@ -452,14 +389,8 @@ def build_summary(
 def report(run_dir: str, options: ReportOptions = ReportOptions()) -> ReportResult:
     """Write ``summary.md``, ``summary.json`` and ``curve.png`` into ``run_dir`` from its replay outputs.
 
-    Every option is checked first (:func:`check_report_options`) and every input
-    read before anything is written; nothing is deleted beforehand: the three
-    files replace the previous ones as one set (:mod:`jobs.outputs`), so a
-    baseline inside ``run_dir`` (the previous report) is read intact, and a
-    report that fails or is killed leaves the previous one as it was.
-
-    ``run_dir`` holds ``sweep.parquet`` and ``replay.json`` of ``frameexit replay``;
-    ``options`` (:class:`ReportOptions`) the budget, calibration run, baseline and metric.
+    Every option is checked and every input read before anything is written: the three files replace the previous
+    ones as one set (:mod:`jobs.outputs`), so a baseline inside ``run_dir`` (the previous report) is read intact.
     """
     options = check_report_options(run_dir, options)
     with writing(run_dir), output_set(run_dir, REPORT_FILES, seals=(SUMMARY_JSON,)) as stage:

@@ -34,15 +34,9 @@ def run(
     progress: bool | None = None,
     on_stage: Callable[[str, Any], None] | None = None,
 ) -> RunResult:
-    """The whole job: every stage's artefacts in ``out_dir`` (the features in the cache).
-
-    The replay's and the report's files are written as one set, once both are
-    computed (:mod:`jobs.outputs`): a run that fails or is killed leaves
-    ``out_dir``'s previous files as they were.
-    ``on_stage(name, result)`` is called after each stage (the CLI prints a line).
-    Every option is checked before any work: a mistake in a report option must
-    not surface after an hour of extraction.
-    """
+    """The whole job: every stage's artefacts in ``out_dir`` (the features in the cache), the replay's and the
+    report's files as one set (:mod:`jobs.outputs`); ``on_stage(name, result)`` after each stage (the CLI prints a
+    line). Every option is checked before any work: a report option's mistake must not surface after an hour."""
     check_writable_dir(out_dir, "--out")
     # the baseline is read here, before anything runs: it may be OUT/summary.json, which this run replaces
     report_options = check_report_options(out_dir, report_options or ReportOptions())

@@ -22,16 +22,9 @@ NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashbo
 def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) -> Iterator[object | None]:
     """A ``distributed.Client`` for the tasks, closed (with its cluster) on exit; ``None`` for a local scheduler.
 
-    Parameters
-    ----------
-    scheduler : str or None
-        ``threads``, ``sync`` or ``None``: dask's local schedulers (no client);
-        anything else is the address of a running ``dask.distributed`` scheduler.
-    workers : int or None
-        Start a local cluster of this many single-threaded worker processes instead.
-    gpus : int, default=0
-        GPUs visible here: more than one, with neither of the above, starts a
-        ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
+    ``scheduler``: ``threads``, ``sync`` or ``None`` (dask's local schedulers), else a running scheduler's address;
+    ``workers``: start a local cluster of this many single-threaded worker processes instead; ``gpus`` visible
+    here: more than one, with neither of the above, starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
     """
     if workers:
         from distributed import Client, LocalCluster
@@ -75,12 +68,8 @@ _FAILED_TO_START = re.compile(r"\b(?:Nanny|Worker) failed to start")
 
 
 def lost_worker(exc: BaseException, doing: str, advice: str) -> WorkerLostError | None:
-    """A one-line :class:`WorkerLostError` when ``exc`` says that a worker process died, else None.
-
-    Understands dask.distributed's ``KilledWorker`` (the worker that ran the task last died: the cluster gave
-    up on it) and torch's DataLoader errors (a worker killed by a signal, or gone). ``doing`` says what the
-    worker was doing (``decoding JPEGs``), ``advice`` what to change; the likely cause, memory, is named.
-    """
+    """A one-line :class:`WorkerLostError` when ``exc`` (distributed's ``KilledWorker``, torch's DataLoader errors)
+    says that a worker process died, else None; ``doing``: what it was doing, ``advice``: what to change."""
     chain = list(exception_chain(exc))
     likely = "most likely killed for lack of memory (the out-of-memory killer; see the worker's log)"
     text = " ".join(str(error) for error in chain)

@@ -106,7 +106,7 @@ def test_a_baseline_without_a_key_is_refused(outputs, tmp_path):
     path = _edited(os.path.join(run, "summary.json"), tmp_path, lambda d: d["provenance"].pop("cache"))
     with pytest.raises(ReportInputError, match="is not a frameexit summary.json: key 'provenance.cache' is missing"):
         read_baseline(path)
-    assert read_baseline(os.path.join(run, "summary.json")).rows[0]["checkpoint"]
+    assert read_baseline(os.path.join(run, "summary.json")).document["default"][0]["checkpoint"]
 
 
 def test_summary_records_each_video_and_what_its_metrics_are_recomputed_from(outputs):
