@@ -84,29 +84,17 @@ def build_backbone(
     clip_length: int | None = None,
     input_size: int | None = None,
 ) -> nn.Module:
-    """An uninitialised truncated backbone (parameters on ``device``, default the meta device).
+    """An uninitialised truncated :class:`Backbone` (2D) or :class:`frameexit.x3d.ClipBackbone` (3D), parameters
+    on ``device`` (default the meta device).
 
     Weights are meant to come from a checkpoint (``load_state_dict(..., assign=True)``)
     or from :func:`pretrained_state_dict`; building on the meta device skips the
     cost of a random initialisation that would be overwritten anyway.
 
-    Parameters
-    ----------
-    name : str
-        ``torchvision.<model>`` or ``pytorchvideo.x3d_s``.
-    truncate_modules : int, default=-1
-        Children kept (``children[:truncate_modules]``); a 3D backbone is always
-        cut before its classification projection and accepts only -1.
-    device : torch.device or str, optional
-    clip_length, input_size : int, optional
-        3D backbones only: the clip the backbone will see (frames, and the side
-        in pixels), which sizes the head's average pool; default the model's own
-        (X3D-S: 13 frames of 160 pixels). Ignored for 2D backbones.
-
-    Returns
-    -------
-    backbone : nn.Module
-        A :class:`Backbone` (2D) or :class:`frameexit.x3d.ClipBackbone` (3D).
+    ``truncate_modules``: children kept (``children[:truncate_modules]``); a 3D backbone is always cut before its
+    classification projection and accepts only -1. ``clip_length``, ``input_size``: 3D backbones only, the clip
+    the backbone will see (frames, and the side in pixels), which sizes the head's average pool; default the
+    model's own (X3D-S: 13 frames of 160 pixels).
     """
     short = model_name(name)
     if is_clip_backbone(name):
