@@ -101,8 +101,10 @@ class Margins:
     top2: float
 
     @classmethod
-    def of(cls, deviation: HeadDeviation, safety: float = SAFETY_FACTOR) -> Margins:
-        return cls(safety * deviation.probs, safety * deviation.gates, 2 * safety * deviation.probs)
+    def of(cls, deviation: HeadDeviation) -> Margins:
+        return cls(
+            SAFETY_FACTOR * deviation.probs, SAFETY_FACTOR * deviation.gates, 2 * SAFETY_FACTOR * deviation.probs
+        )
 
     @property
     def zero(self) -> bool:
@@ -198,9 +200,6 @@ class Risk:
     counts: np.ndarray | None
     videos: list[str]
     masks: np.ndarray
-
-    def count(self, g: int, f: int) -> int | None:
-        return None if self.counts is None else int(self.counts[g, f])
 
     def at_risk(self, k: int) -> list[str] | None:
         """The videos at risk at named setting ``k``, sorted; ``None`` when unknown."""

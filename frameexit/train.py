@@ -191,24 +191,14 @@ def train_head(
     # the seed fixes the head's initialisation without changing the caller's random state
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _train_head(features, labels, order, config, on_epoch)
-
-
-def _train_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    order: tuple[int, ...],
-    config: TrainConfig,
-    on_epoch: EpochCallback | None,
-) -> FrameExit:
-    generator = torch.Generator().manual_seed(config.seed)  # one stream for both stages, in this order
-    x, y, labelled = _training_tensors(features, labels, order)
-    _, steps, dim = x.shape
-    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
-    _train_classifiers(model, x, y, labelled, config, generator, on_epoch)
-    _train_gates(model, x, y, config, generator, on_epoch)
-    model.requires_grad_(False)
-    return model.eval()
+        generator = torch.Generator().manual_seed(config.seed)  # one stream for both stages, in this order
+        x, y, labelled = _training_tensors(features, labels, order)
+        _, steps, dim = x.shape
+        model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
+        _train_classifiers(model, x, y, labelled, config, generator, on_epoch)
+        _train_gates(model, x, y, config, generator, on_epoch)
+        model.requires_grad_(False)
+        return model.eval()
 
 
 def _training_tensors(
