@@ -27,8 +27,6 @@ from .backbone_names import CLIP_PREFIX, TORCHVISION_PREFIX, is_clip_backbone
 from .errors import BackboneError
 from .weights_file import refusal_reason
 
-PREFIX = TORCHVISION_PREFIX
-
 
 def model_name(name: str) -> str:
     """The model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``,
@@ -37,11 +35,11 @@ def model_name(name: str) -> str:
         short = name[len(CLIP_PREFIX) :]
         x3d.spec(short)
         return short
-    short = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    short = name[len(TORCHVISION_PREFIX) :] if name.startswith(TORCHVISION_PREFIX) else name
     known = torchvision.models.list_models(module=torchvision.models)
     if short not in known:
         close = difflib.get_close_matches(short, known, n=3)
-        hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
+        hint = f" Did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}?" if close else ""
         raise BackboneError(f"model.backbone.name {name!r} is not a torchvision classification model.{hint}")
     return short
 
