@@ -13,16 +13,12 @@ from .errors import OutputError
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permission bits ``open(path, 'w')`` would give a new file under the current umask (e.g. 0o644)."""
     # os.umask can only be read by setting it; set it straight back (no thread of ours creates files meanwhile)
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The permission bits ``open(path, 'w')`` would give a new file under the current umask (e.g. 0o644)."""
-    return 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> str:

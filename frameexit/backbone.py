@@ -27,8 +27,6 @@ from .backbone_names import CLIP_PREFIX, TORCHVISION_PREFIX, is_clip_backbone
 from .errors import BackboneError
 from .weights_file import refusal_reason
 
-PREFIX = TORCHVISION_PREFIX
-
 
 def model_name(name: str) -> str:
     """The model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``,
@@ -37,11 +35,11 @@ def model_name(name: str) -> str:
         short = name[len(CLIP_PREFIX) :]
         x3d.spec(short)
         return short
-    short = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    short = name[len(TORCHVISION_PREFIX) :] if name.startswith(TORCHVISION_PREFIX) else name
     known = torchvision.models.list_models(module=torchvision.models)
     if short not in known:
         close = difflib.get_close_matches(short, known, n=3)
-        hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
+        hint = f" Did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}?" if close else ""
         raise BackboneError(f"model.backbone.name {name!r} is not a torchvision classification model.{hint}")
     return short
 
@@ -84,29 +82,17 @@ def build_backbone(
     clip_length: int | None = None,
     input_size: int | None = None,
 ) -> nn.Module:
-    """An uninitialised truncated backbone (parameters on ``device``, default the meta device).
+    """An uninitialised truncated :class:`Backbone` (2D) or :class:`frameexit.x3d.ClipBackbone` (3D), parameters
+    on ``device`` (default the meta device).
 
     Weights are meant to come from a checkpoint (``load_state_dict(..., assign=True)``)
     or from :func:`pretrained_state_dict`; building on the meta device skips the
     cost of a random initialisation that would be overwritten anyway.
 
-    Parameters
-    ----------
-    name : str
-        ``torchvision.<model>`` or ``pytorchvideo.x3d_s``.
-    truncate_modules : int, default=-1
-        Children kept (``children[:truncate_modules]``); a 3D backbone is always
-        cut before its classification projection and accepts only -1.
-    device : torch.device or str, optional
-    clip_length, input_size : int, optional
-        3D backbones only: the clip the backbone will see (frames, and the side
-        in pixels), which sizes the head's average pool; default the model's own
-        (X3D-S: 13 frames of 160 pixels). Ignored for 2D backbones.
-
-    Returns
-    -------
-    backbone : nn.Module
-        A :class:`Backbone` (2D) or :class:`frameexit.x3d.ClipBackbone` (3D).
+    ``truncate_modules``: children kept (``children[:truncate_modules]``); a 3D backbone is always cut before its
+    classification projection and accepts only -1. ``clip_length``, ``input_size``: 3D backbones only, the clip
+    the backbone will see (frames, and the side in pixels), which sizes the head's average pool; default the
+    model's own (X3D-S: 13 frames of 160 pixels).
     """
     short = model_name(name)
     if is_clip_backbone(name):

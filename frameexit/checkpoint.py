@@ -37,10 +37,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     """The state dict stored in a checkpoint file, keys without the ``module.`` prefix, and the SHA-256 of the
     file: both from the same bytes, read once.
 
-    Raises :class:`CheckpointError` naming the file if it is missing, unreadable,
-    holds anything but tensors and containers (``weights_only=True``; the message names the pickled
-    objects and never advises loading it otherwise), is not a state dict, or
-    holds NaN or infinite values (see :func:`check_finite`).
+    Raises :class:`CheckpointError` naming the file if it is missing, unreadable, holds anything but tensors and
+    containers (the message names the pickled objects and never advises loading it otherwise), is not a state
+    dict, or holds NaN or infinite values (:func:`check_finite`).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -63,41 +62,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     return state, hashlib.sha256(content).hexdigest()
 
 
-def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
-    """``(key, n_nan, n_inf)`` of every floating tensor of ``state`` holding NaN or +-inf, in key order.
-
-    Integer tensors (BatchNorm ``num_batches_tracked``) cannot hold either and are skipped.
-    """
-    found = []
-    for key, tensor in state.items():
-        # one reduction per tensor in the common case; counting only for the offending ones
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            found.append((key, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())))
-    return found
-
-
 def check_finite(state: Mapping[str, torch.Tensor], *, path: str = "(state dict)", action: str = "checkpoint") -> None:
-    """Refuse a state dict with NaN or infinite weights, naming the first offending keys.
+    """Refuse a state dict with NaN or infinite weights: :class:`CheckpointError` ``<action> <path>: non-finite
+    values in module.classifiers.3.weight (12 NaN), ...`` (keys shown with ``module.``, the first five).
 
     A diverged training run leaves such values; loading them would give
     predictions without meaning (NaN confidences never pass a threshold) rather
-    than an error.
-
-    Parameters
-    ----------
-    state : mapping of str to Tensor
-        Keys with or without ``module.`` (messages always show it).
-    path : str
-        The file, named in the message.
-    action : str, default='checkpoint'
-        How the message starts, e.g. ``refusing to write checkpoint``.
-
-    Raises
-    ------
-    CheckpointError
-        ``checkpoint X.pth: non-finite values in module.classifiers.3.weight (12 NaN), ...``.
+    than an error. Integer tensors (BatchNorm ``num_batches_tracked``) cannot hold them and are skipped.
     """
-    found = nonfinite_tensors(state)
+    found = [
+        (key, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum()))
+        for key, tensor in state.items()
+        # one reduction per tensor in the common case; counting only for the offending ones
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if not found:
         return
     limit = 5
@@ -152,12 +130,8 @@ def load_state(
 ) -> None:
     """Load ``state`` into ``model`` (which may live on the meta device), requiring an exact match.
 
-    ``key_prefix`` is prepended to key names in messages (``backbone.`` for a backbone alone).
-
-    Raises
-    ------
-    CheckpointError
-        Listing the missing and unexpected keys, or the keys whose shapes differ.
+    Raises :class:`CheckpointError` listing the missing and unexpected keys, or the keys whose shapes differ,
+    with ``key_prefix`` before their names (``backbone.`` for a backbone alone).
     """
     expected = model.state_dict()
     named = PREFIX + key_prefix
@@ -227,33 +201,22 @@ def build_model(
 ) -> FrameExit:
     """A FrameExit model in eval mode holding the weights of ``state`` (keys without ``module.``).
 
-    Parameters
-    ----------
-    state : mapping of str to Tensor
-        From :func:`read_state_dict`.
-    backbone_name : str or None
-        ``torchvision.<model>`` or ``pytorchvideo.x3d_s``; ``None`` builds the
-        head alone (for cached features) and ignores the checkpoint's backbone weights.
-    truncate_modules : int, default=-1
-    path : str
-        Named in error messages.
-    clip_length, input_size : int, optional
-        The clip a 3D backbone will see (:func:`frameexit.backbone.build_backbone`).
+    ``backbone_name``: ``torchvision.<model>`` or ``pytorchvideo.x3d_s``; ``None`` builds the head alone (for
+    cached features) and ignores the checkpoint's backbone weights. ``path`` is named in error messages;
+    ``clip_length``, ``input_size``: the clip a 3D backbone will see (:func:`frameexit.backbone.build_backbone`).
     """
     shape = head_shape(state, path=path)
-    if backbone_name is not None and not shape.has_backbone:
-        raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
-    backbone = (
-        None
-        if backbone_name is None
-        else build_backbone(
-            backbone_name, truncate_modules=truncate_modules, clip_length=clip_length, input_size=input_size
-        )
-    )
-    with torch.device("meta"):
-        model = FrameExit(backbone, shape.feat_dim, shape.num_class, shape.num_steps, shape.hidden_dim)
+    backbone = None
     if backbone_name is None:
         state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+    elif not shape.has_backbone:
+        raise CheckpointError(f"checkpoint {path} has no backbone weights ({PREFIX}{BACKBONE}*)")
+    else:
+        backbone = build_backbone(
+            backbone_name, truncate_modules=truncate_modules, clip_length=clip_length, input_size=input_size
+        )
+    with torch.device("meta"):
+        model = FrameExit(backbone, shape.feat_dim, shape.num_class, shape.num_steps, shape.hidden_dim)
     load_state(model, state, path=path)
     return model.set_head_dtype().eval()
 

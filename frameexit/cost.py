@@ -55,21 +55,6 @@ def paper_per_frame(
     return per_step
 
 
-def paper_gflops(exit_step: npt.ArrayLike, per_frame: float | None) -> float:
-    """Mean over videos of ``(exit_step + 1) * per_frame``; NaN when ``per_frame`` is ``None``.
-
-    Parameters
-    ----------
-    exit_step : array-like of shape (n_videos,), dtype=int
-    per_frame : float or None
-        Paper-convention cost of one frame (:func:`paper_per_frame`).
-    """
-    steps = np.asarray(exit_step, dtype=np.float64)
-    if per_frame is None or steps.size == 0:
-        return float("nan")
-    return float(np.mean((steps + 1.0) * per_frame))
-
-
 def exit_histogram(exit_step: npt.ArrayLike, num_steps: int = 10) -> np.ndarray:
     """Share of videos exiting at each step: shape (num_steps,), fractions summing to 1 (zeros if no video)."""
     steps = np.asarray(exit_step, dtype=np.int64)
@@ -92,22 +77,11 @@ def measure_step_costs(
     hidden_dim: int = HIDDEN_DIM,
     clip_length: int | None = None,
 ) -> StepCosts:
-    """Count the GMACs of each part of a FrameExit model.
+    """Count the GMACs of each part of a FrameExit model whose backbone sees frames of ``input_size`` pixels square
+    (the centre crop) or, for a 3D backbone, clips of ``clip_length`` such frames (default the model's own).
 
     Builds the model on the meta device and runs meta tensors through it, so it
     costs no compute or memory whatever the backbone.
-
-    Parameters
-    ----------
-    backbone_name : str
-        ``torchvision.<model>``, ``<model>`` or ``pytorchvideo.x3d_s``.
-    input_size : int
-        Side in pixels of the square frame the backbone sees (the centre crop).
-    num_class : int
-    truncate_modules : int, default=-1
-    hidden_dim : int, default=4096
-    clip_length : int, optional
-        3D backbones: frames per clip (default the model's own, 13 for X3D-S).
     """
     meta = torch.device("meta")
     backbone = build_backbone(

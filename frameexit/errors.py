@@ -93,8 +93,7 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike | None = None) -
 
     The message names ``path`` (the file, or folder, being written), else the file the error itself names, e.g.
     ``no space left on device writing /cache/KEY/shard-00003.h5: free some space (or write elsewhere) and run
-    again``. For callers that know what they write (:func:`reporting_disk_full`) and for the command line's error
-    handler, which maps whatever escaped.
+    again``.
     """
     if isinstance(exc, DiskFullError):
         return exc

@@ -40,17 +40,9 @@ EXACT, MEASURED, UNKNOWN = "exact", "measured", "unknown"
 class HeadDeviation:
     """How far a head's outputs on cached features may be from those on per-step features.
 
-    Attributes
-    ----------
-    status : {'exact', 'measured', 'unknown'}
-        ``exact``: the features are per-step ones (deviation 0); ``measured``: from probed videos;
-        ``unknown``: not measured.
-    videos : tuple of str
-        The probed videos.
-    probs : float
-        Largest absolute difference of any step's class probability (probability units).
-    gates : float
-        Largest absolute difference of any gate output (probability units).
+    ``status``: ``exact`` (the features are per-step ones, deviation 0), ``measured`` (on the probed ``videos``)
+    or ``unknown``; ``probs``, ``gates``: largest absolute difference of any step's class probability, of any gate
+    output (probability units).
     """
 
     status: str
@@ -109,8 +101,10 @@ class Margins:
     top2: float
 
     @classmethod
-    def of(cls, deviation: HeadDeviation, safety: float = SAFETY_FACTOR) -> Margins:
-        return cls(safety * deviation.probs, safety * deviation.gates, 2 * safety * deviation.probs)
+    def of(cls, deviation: HeadDeviation) -> Margins:
+        return cls(
+            SAFETY_FACTOR * deviation.probs, SAFETY_FACTOR * deviation.gates, 2 * SAFETY_FACTOR * deviation.probs
+        )
 
     @property
     def zero(self) -> bool:
@@ -135,19 +129,10 @@ def _near(values: np.ndarray, threshold: np.ndarray, margin: float) -> np.ndarra
 
 @dataclass(frozen=True)
 class RiskTables:
-    """What the risk rule reads of one shard's exit tables: a few numbers per video, so that every shard's can
-    be kept until the deviation of the whole cache is known, where its full tables (every class at every
-    step) would not.
-
-    Attributes
-    ----------
-    videos : list of str
-    confidence0 : ndarray of shape (n_videos,)
-        Step-0 confidence (top softmax probability), float32.
-    gates : ndarray of shape (n_videos, n_steps - 1)
-        Gate outputs, float32.
-    top2 : ndarray of shape (n_videos, n_steps)
-        Largest minus second-largest class probability at every step (:func:`top2_gaps`).
+    """What the risk rule reads of one shard's exit tables (``confidence0`` and ``gates`` as in
+    :class:`frameexit.sweep.ExitTables`, ``top2``: :func:`top2_gaps`): a few numbers per video, so that every
+    shard's can be kept until the deviation of the whole cache is known, where its full tables (every class at
+    every step) would not.
     """
 
     videos: list[str]
@@ -205,17 +190,9 @@ def risk_grid(
 class Risk:
     """Videos whose replayed decision may differ from sequential inference's, for one checkpoint's head.
 
-    Attributes
-    ----------
-    deviation : HeadDeviation
-    margins : Margins or None
-        ``None`` when the deviation is unknown.
-    counts : ndarray of shape (n_gate, n_first), int64, or None
-        Videos at risk at each setting of the computed grid; ``None`` when unknown.
-    videos : list of str
-        Keys, sorted.
-    masks : ndarray of shape (n_named, n_videos), bool
-        Which videos are at risk at each named setting.
+    ``counts`` (n_gate, n_first) int64: videos at risk at each setting of the computed grid; ``masks`` (n_named,
+    n_videos) bool: which videos (of ``videos``, sorted) at each named setting. ``margins`` and ``counts`` are
+    ``None`` when the deviation is unknown.
     """
 
     deviation: HeadDeviation
@@ -223,9 +200,6 @@ class Risk:
     counts: np.ndarray | None
     videos: list[str]
     masks: np.ndarray
-
-    def count(self, g: int, f: int) -> int | None:
-        return None if self.counts is None else int(self.counts[g, f])
 
     def at_risk(self, k: int) -> list[str] | None:
         """The videos at risk at named setting ``k``, sorted; ``None`` when unknown."""

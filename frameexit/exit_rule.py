@@ -100,30 +100,3 @@ def exit_steps_grid(
     """
     first = first_exit_mask(confidence0, first_thresholds)
     return np.where(first[None], 0, gate_exit_steps(np.asarray(gates), gate_thresholds)[:, None, :])
-
-
-def exit_steps(
-    confidence: npt.ArrayLike,
-    gates: npt.ArrayLike,
-    first_threshold: float,
-    gate_threshold: float = DEFAULT_GATE_THRESHOLD,
-) -> np.ndarray:
-    """The step at which each video exits, from its step-0 confidence and its gate outputs.
-
-    One setting of :func:`exit_steps_grid`.
-
-    Parameters
-    ----------
-    confidence : array-like of shape (n_videos,)
-        Top softmax probability of classifier 0.
-    gates : array-like of shape (n_videos, n_steps - 1)
-        ``s_t`` for steps 1..T-1 (column ``t - 1``).
-    first_threshold, gate_threshold : float in [0, 1]
-
-    Returns
-    -------
-    exit_step : ndarray of shape (n_videos,), dtype=int64
-        0-based step; the number of frames read is ``exit_step + 1``.
-    """
-    check_thresholds(first_threshold, gate_threshold)
-    return exit_steps_grid(confidence, gates, [first_threshold], [gate_threshold])[0, 0]

@@ -62,17 +62,9 @@ class Gate(nn.Module):
 class FrameExit(nn.Module):
     """Backbone (optional), projection, accumulated max pooling, ``num_steps`` classifiers and ``num_steps - 1`` gates.
 
-    Parameters
-    ----------
-    backbone : nn.Module or None
-        The truncated feature network of one step (a frame, or a clip for a 3D
-        backbone) to a vector; ``None`` for a head that runs on cached features.
-    feat_dim : int
-        Length of a backbone feature vector (2048 for ResNet-50).
-    num_class : int
-    num_steps : int, default=10
-        ``T``, the largest number of frames read per video.
-    hidden_dim : int, default=4096
+    ``backbone``: the truncated feature network of one step (a frame, or a clip for a 3D backbone) to a vector of
+    ``feat_dim`` (2048 for ResNet-50); ``None`` for a head that runs on cached features. ``num_steps``: ``T``, the
+    largest number of frames read per video.
     """
 
     def __init__(
@@ -89,12 +81,9 @@ class FrameExit(nn.Module):
         self.exit_selector = nn.ModuleList(Gate(hidden_dim) for _ in range(num_steps - 1))
         self.classifiers = nn.ModuleList(nn.Linear(hidden_dim, num_class) for _ in range(num_steps))
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.mlp, self.exit_selector, self.classifiers]
-
     def set_head_dtype(self, dtype: torch.dtype = HEAD_DTYPE) -> FrameExit:
         """Compute the head (projection, gates, classifiers) in ``dtype``; the backbone is untouched."""
-        for module in self.head_modules():
+        for module in (self.mlp, self.exit_selector, self.classifiers):
             module.to(dtype)
         return self
 
@@ -139,20 +128,11 @@ class FrameExit(nn.Module):
         return self.exit_selector[step - 1](z_t, z_prev)
 
     def exit_tables(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Everything any exit threshold needs, for features already in policy order.
+        """Everything any exit threshold needs, of ``features`` (n_videos, n_steps, feat_dim) in policy order.
 
-        Parameters
-        ----------
-        features : Tensor of shape (n_videos, n_steps, feat_dim)
-            Backbone features, step t holding the frame read at step t.
-
-        Returns
-        -------
-        probs : Tensor of shape (n_videos, n_steps, num_class), dtype=float32
-            ``softmax(logits_t(z_t))`` for every step (computed in the head's dtype, rounded to float32).
-        gates : Tensor of shape (n_videos, n_steps - 1), dtype=float32
-            ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
-            to the final step, where a video always exits, and is only informative.
+        Returns ``probs`` (n_videos, n_steps, num_class) float32, :meth:`probs` of every step, and ``gates``
+        (n_videos, n_steps - 1) float32, ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
+        to the final step, where a video always exits, and is only informative.
         """
         z = self.pooled(features)
         steps = z.shape[1]

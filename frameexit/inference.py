@@ -16,25 +16,11 @@ import torch
 from .exit_rule import check_thresholds, exits_at, first_step_exits, gate_exits
 from .head import FrameExit
 
-#: ``read_frame(position)`` returns sampled frame ``position`` (0..T-1, temporal order), preprocessed: (3, H, W) float32.
-FrameReader = Callable[[int], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class VideoDecision:
-    """The outcome of early exit on one video.
-
-    Attributes
-    ----------
-    exit_step : int
-        0-based step at which the video exited; ``exit_step + 1`` frames were read.
-    prediction : int
-        Class index with the highest probability at the exit step.
-    confidence : float
-        That probability, in [0, 1].
-    probs : ndarray of shape (num_class,), dtype=float32
-        ``softmax(logits_t(z_t))`` at the exit step.
-    """
+    """The outcome of early exit on one video: ``exit_step`` (0-based; ``exit_step + 1`` frames were read), and
+    at that step the ``probs`` (num_class,) float32, their top class ``prediction`` and its ``confidence``."""
 
     exit_step: int
     prediction: int
@@ -51,7 +37,7 @@ def _decision(step: int, probs: torch.Tensor) -> VideoDecision:
 @torch.inference_mode()
 def infer_video(
     model: FrameExit,
-    read_frame: FrameReader,
+    read_frame: Callable[[int], torch.Tensor],
     order: Sequence[int],
     *,
     first_threshold: float,
@@ -60,19 +46,9 @@ def infer_video(
 ) -> VideoDecision:
     """Run early exit on one video, reading only the frames it needs.
 
-    Parameters
-    ----------
-    model : FrameExit
-        With a backbone, in eval mode, on ``device``.
-    read_frame : callable
-        ``read_frame(position)`` returns the preprocessed sampled frame ``position``,
-        a (3, H, W) float32 tensor; it is called once per step actually taken.
-    order : sequence of int of length n_steps
-        Policy order: step t reads sampled frame ``order[t]``.
-    first_threshold, gate_threshold : float in [0, 1]
-        Exit at step 0 if the top probability is above ``first_threshold``; at a
-        gate step if ``s_t`` is below ``gate_threshold``.
-    device : torch.device or str, default='cpu'
+    ``model``: with a backbone, in eval mode, on ``device``. ``read_frame(position)`` returns the preprocessed
+    sampled frame ``position`` (0..T-1, temporal order), a (3, H, W) float32 tensor; it is called once per step
+    actually taken. Step t reads sampled frame ``order[t]``.
     """
     check_thresholds(first_threshold, gate_threshold)
     device = torch.device(device)

@@ -18,22 +18,12 @@ from .errors import DatasetError
 
 
 def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> np.ndarray:
-    """Non-interpolated average precision of every class.
+    """Non-interpolated average precision of every class: (n_classes,) float64, NaN without a positive video.
 
     ``AP_c = sum_k precision@k * y_k / n_positives``, ranking videos by ``scores[:, c]``
     descending; ties keep the row order (rows are in key order in this project).
-
-    Parameters
-    ----------
-    scores : array-like of shape (n_videos, n_classes)
-        Class probabilities of each video's prediction.
-    labels : array-like of shape (n_videos, n_classes)
-        Multi-hot ground truth (0 or 1); videos without labels are negatives for every class.
-
-    Returns
-    -------
-    ap : ndarray of shape (n_classes,), dtype=float64
-        NaN for classes without a positive video.
+    ``scores`` and ``labels`` (multi-hot, 0 or 1): (n_videos, n_classes); videos without labels are negatives for
+    every class.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels, dtype=np.float64)
@@ -67,40 +57,19 @@ def mean_average_precision(ap: npt.ArrayLike) -> float:
 
 
 def category_map(ap: npt.ArrayLike, categories: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
-    """mAP of each category of classes: the mean AP of its classes with a positive video.
+    """:func:`mean_ap` of each category of classes: shape ``ap.shape[:-1]``, NaN where no class of the category
+    has a positive video.
 
-    Parameters
-    ----------
-    ap : array-like of shape (..., n_classes)
-        Per-class AP (NaN for classes without a positive video), e.g. of every
-        setting of a grid, shape (n_gate, n_first, n_classes).
-    categories : mapping of str to sequence of int
-        Class indices of each category (HVU: scene, object, action, event,
-        attribute, concept); a class may be in several.
-
-    Returns
-    -------
-    dict of str to ndarray of shape (...), dtype=float64
-        NaN where no class of the category has a positive video.
+    ``ap`` (..., n_classes): per-class AP, e.g. of every setting of a grid; ``categories``: class indices of each
+    category (HVU: scene, object, action, event, attribute, concept); a class may be in several.
     """
     ap = np.asarray(ap, dtype=np.float64)
     return {name: mean_ap(ap[..., list(classes)]) for name, classes in categories.items()}
 
 
 def top1_accuracy(predictions: npt.ArrayLike, labels: npt.ArrayLike) -> float:
-    """Hit@1: over videos with at least one label, the share whose predicted class is one of them.
-
-    Parameters
-    ----------
-    predictions : array-like of shape (n_videos,), dtype=int
-        Predicted class index (argmax of the probabilities).
-    labels : array-like of shape (n_videos, n_classes)
-        Multi-hot ground truth.
-
-    Returns
-    -------
-    top1 : float in [0, 1], NaN if no video has a label.
-    """
+    """Hit@1: over videos with at least one label (multi-hot ``labels``), the share whose predicted class
+    (``predictions``, argmax of the probabilities) is one of them; NaN if no video has a label."""
     predictions = np.asarray(predictions, dtype=np.int64)
     labels = np.asarray(labels)
     labelled = labels.sum(axis=1) > 0
@@ -120,21 +89,9 @@ def multi_hot(label_indices: Sequence[Sequence[int]], num_class: int) -> np.ndar
 
 @dataclass(frozen=True)
 class Metrics:
-    """Accuracy of one prediction per video.
-
-    Attributes
-    ----------
-    map : float
-        Mean over classes with a positive video of the per-class AP, in [0, 1].
-    top1 : float
-        Hit@1 over videos with at least one label, in [0, 1].
-    ap : ndarray of shape (n_classes,)
-        Per-class AP, NaN where a class has no positive video.
-    n_videos : int
-        Videos evaluated.
-    n_labelled : int
-        Videos with at least one label (the top-1 denominator).
-    """
+    """Accuracy of one prediction per video: ``map``, ``top1`` and per-class ``ap`` as :func:`mean_ap`,
+    :func:`top1_accuracy` and :func:`average_precision` give them; ``n_labelled``: videos with at least one label
+    (the top-1 denominator)."""
 
     map: float
     top1: float
@@ -149,17 +106,10 @@ def evaluate(
     labels_by_key: Mapping[str, Sequence[int]],
     num_class: int,
 ) -> Metrics:
-    """mAP and top-1 of per-video scores, matched to the ground truth by video key.
+    """mAP and top-1 of per-video ``scores`` (n_videos, num_class), matched to the ground truth by video key.
 
-    Parameters
-    ----------
-    keys : sequence of str of length n_videos
-        Video keys (split-file entries), one per row of ``scores``; must be unique.
-    scores : array-like of shape (n_videos, num_class)
-        Probabilities at each video's exit step.
-    labels_by_key : mapping of str to sequence of int
-        Class indices of every video (an empty list for a video without labels).
-    num_class : int
+    ``keys``: unique video keys (split-file entries), one per row of ``scores``; ``labels_by_key``: class indices
+    of every video (an empty list for a video without labels).
     """
     scores = np.asarray(scores)
     keys = list(keys)

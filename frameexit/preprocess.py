@@ -59,20 +59,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 def preprocess_tensor(frame: torch.Tensor, params: Preprocessing = DEFAULT) -> torch.Tensor:
     """Resize, centre-crop and normalise one frame (normalise first if ``params.normalize_first``).
 
-    Parameters
-    ----------
-    frame : Tensor of shape (3, height, width), dtype=float32
-        Values in [0, 1], as returned by :func:`to_tensor`.
-    params : Preprocessing
-
-    Notes
-    -----
-    Run on one torch intra-op thread (``torch.get_num_threads() == 1``) to get the tensor every process
-    gets: with more threads the resize rounds differently (see the module's docstring).
-
-    Returns
-    -------
-    frame : Tensor of shape (3, crop, crop), dtype=float32
+    ``frame``: (3, height, width) float32 in [0, 1], as :func:`to_tensor` returns it; the result is (3, crop, crop).
+    Run on one torch intra-op thread to get the tensor every process gets (see the module's docstring).
     """
     if params.normalize_first:
         frame = _normalize(frame, params)

@@ -14,23 +14,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Parameters of the per-frame pipeline.
+    """Parameters of the per-frame pipeline (lengths in pixels)."""
 
-    Attributes
-    ----------
-    resize : int, default=224
-        Length in pixels of the shorter side after resizing.
-    crop : int, default=224
-        Side in pixels of the square centre crop.
-    mean, std : tuple of 3 floats
-        Per-channel normalisation of the [0, 1] RGB tensor.
-    normalize_first : bool, default=False
-        Normalise before resizing and cropping (pytorchvideo's order) instead of
-        after (the official FrameExit order).
-    """
-
-    resize: int = 224
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
+    resize: int = 224  # the shorter side after resizing
+    crop: int = 224  # side of the square centre crop
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalisation of the [0, 1] RGB tensor
     std: tuple[float, float, float] = IMAGENET_STD
+    # normalise before resizing and cropping (pytorchvideo's order), not after (the official FrameExit order)
     normalize_first: bool = False

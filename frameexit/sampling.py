@@ -18,23 +18,12 @@ COARSE_TO_FINE: tuple[int, ...] = (5, 0, 9, 2, 7, 4, 6, 3, 8, 1)
 
 
 def sample_indices(n_files: int, num_frames: int = 10) -> np.ndarray:
-    """Indices of the frame files a video contributes, in temporal order.
+    """Positions of the ``num_frames`` (T) sampled files among a video's ``n_files`` (L, at least 1) frame files
+    sorted by path: (T,) int64, temporal order.
 
     ``int(clip(linspace(0, L, T), 0, L - 1))``: both ends of ``linspace`` are
     included and the cast truncates toward zero, so the first and the last file
     are always sampled and short videos repeat frames.
-
-    Parameters
-    ----------
-    n_files : int
-        ``L``, the number of frame files of the video (sorted by path), at least 1.
-    num_frames : int, default=10
-        ``T``, the number of sampled frames.
-
-    Returns
-    -------
-    indices : ndarray of shape (num_frames,), dtype=int64
-        Positions in the sorted list of frame files.
     """
     if n_files < 1:
         raise ValueError(f"a video needs at least one frame file to be sampled, got {n_files}")
@@ -44,7 +33,8 @@ def sample_indices(n_files: int, num_frames: int = 10) -> np.ndarray:
 
 
 def clip_indices(n_files: int, num_frames: int = 10, clip_length: int = 1, clip_stride: int = 1) -> np.ndarray:
-    """Indices of the frame files each step reads: its sampled frame, or a clip around it.
+    """Positions of the frame files each step reads (its sampled frame, or a clip around it): (T, clip_length)
+    int64, in temporal order within each clip; arguments as :func:`sample_indices`.
 
     Step ``t``'s clip holds the files ``p + clip_stride * (k - clip_length // 2)``
     for ``k = 0 .. clip_length - 1``, where ``p`` is the step's sampled position
@@ -52,22 +42,6 @@ def clip_indices(n_files: int, num_frames: int = 10, clip_length: int = 1, clip_
     the clip's middle frame (for an even length, the first of the two middle
     ones), and clips at the ends of a video repeat its first or last file.
     ``clip_length=1`` gives the sampled positions themselves.
-
-    Parameters
-    ----------
-    n_files : int
-        ``L``, the number of frame files of the video (sorted by path), at least 1.
-    num_frames : int, default=10
-        ``T``, the number of steps (sampled positions).
-    clip_length : int, default=1
-        Frames per step.
-    clip_stride : int, default=1
-        Distance, in frame files, between consecutive frames of a clip.
-
-    Returns
-    -------
-    indices : ndarray of shape (num_frames, clip_length), dtype=int64
-        Positions in the sorted list of frame files, in temporal order within each clip.
     """
     if clip_length < 1 or clip_stride < 1:
         raise ValueError(f"clip_length and clip_stride must be at least 1, got {clip_length} and {clip_stride}")
@@ -79,17 +53,9 @@ def clip_indices(n_files: int, num_frames: int = 10, clip_length: int = 1, clip_
 def policy_order(order: Sequence[int] | str | None, num_frames: int = 10) -> tuple[int, ...]:
     """The reading order of the sampled frames: step t reads sampled frame ``order[t]``.
 
-    Parameters
-    ----------
-    order : sequence of int, {'coarse_to_fine', 'sequential'} or None
-        An explicit permutation of ``range(num_frames)``, or a named order.
-        ``None`` and ``'coarse_to_fine'`` give the official order (only defined
-        for ``num_frames=10``); ``'sequential'`` gives ``0, 1, ..., T-1``.
-    num_frames : int, default=10
-
-    Returns
-    -------
-    order : tuple of int of length num_frames
+    ``order``: an explicit permutation of ``range(num_frames)``, or a named order: ``None`` and
+    ``'coarse_to_fine'`` give the official order (only defined for ``num_frames=10``); ``'sequential'`` gives
+    ``0, 1, ..., T-1``.
     """
     if order is None or order == "coarse_to_fine":
         if num_frames != len(COARSE_TO_FINE):

@@ -1,4 +1,4 @@
-"""Measured cost of one video by its exit step, from the measured GMACs of each part of the network
+"""Measured cost of videos by their exit steps, from the measured GMACs of each part of the network
 (:func:`frameexit.cost.measure_step_costs`): importable without torch, for a report recomputing costs over
 another set of videos."""
 
@@ -13,40 +13,22 @@ import numpy.typing as npt
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Measured GMACs of each part of the network for one video.
-
-    Attributes
-    ----------
-    backbone : float
-        One step (a frame; a clip for a 3D backbone) through the truncated backbone at the configured input size.
-    projection : float
-        One frame's features through the projection.
-    classifier : float
-        One classifier on pooled features.
-    gate : float
-        One gate (its branch twice, then the linear layer).
-    """
+    """Measured GMACs of each part of the network: ``backbone``, one step (a frame; a clip for a 3D backbone) at
+    the configured input size; ``projection``, one frame's features; ``classifier``, one classifier on pooled
+    features; ``gate``, one gate (its branch twice, then the linear layer)."""
 
     backbone: float
     projection: float
     classifier: float
     gate: float
 
-    def video_gmacs(self, exit_step: npt.ArrayLike) -> np.ndarray:
-        """GMACs spent on each video by sequential early exit.
+    def mean_video_gmacs(self, mean_frames: npt.ArrayLike, share_step0: npt.ArrayLike) -> Any:
+        """Mean over videos of the GMACs sequential early exit spends, from their mean frames read and the share
+        exiting at step 0.
 
         A video exiting at step t reads t + 1 frames (backbone and projection),
         evaluates classifier 0 for the step-0 rule, gates 1..t, and, if t > 0,
         the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
-        """
-        t = np.asarray(exit_step, dtype=np.float64)
-        return (
-            (t + 1.0) * (self.backbone + self.projection) + self.classifier + t * self.gate + (t > 0) * self.classifier
-        )
-
-    def mean_video_gmacs(self, mean_frames: npt.ArrayLike, share_step0: npt.ArrayLike) -> Any:
-        """Mean of :meth:`video_gmacs` over videos, from their mean frames read and the share exiting at step 0.
-
         The cost is linear in the exit step except for the exit classifier, which
         every video that passes step 0 runs: these two figures determine the mean.
         NaN when ``mean_frames`` is (no videos). Of two floats a float; of arrays (every

@@ -53,7 +53,7 @@ from .metrics import mean_ap
 #: within this, unless a single class and a single first threshold already need more (about
 #: :data:`AP_BYTES_PER_CANDIDATE` x ``n_videos x n_steps``).
 AP_MAX_BYTES = 256 * 2**20
-#: Peak bytes of :func:`sweep_metrics` per setting and video (exit steps in int64, their shifted copy, the
+#: Peak bytes of a sweep (:func:`combine_sweep`) per setting and video (exit steps in int64, their shifted copy, the
 #: top-1 hits and one histogram bin at a time), measured with tracemalloc at about 17, rounded up.
 BYTES_PER_SETTING_VIDEO = 24
 #: Working bytes of the AP per candidate and class of a chunk (sort keys, buckets, their scatter), per video
@@ -70,20 +70,12 @@ _U64 = np.uint64
 
 @dataclass(frozen=True)
 class ExitTables:
-    """What replay needs of every video, for one checkpoint head and one policy order.
+    """What replay needs of every video (keys sorted), for one checkpoint head and one policy order.
 
-    Attributes
-    ----------
-    videos : list of str of length n_videos
-        Video keys, sorted.
-    labels : ndarray of shape (n_videos, num_class), dtype=bool
-        Multi-hot ground truth.
-    probs : ndarray of shape (n_videos, n_steps, num_class), dtype=float32
-        Softmax of classifier t on ``z_t``, step t reading sampled frame ``order[t]``.
-    gates : ndarray of shape (n_videos, n_steps - 1), dtype=float32
-        ``s_t`` for steps 1..T-1.
-    deviation : frameexit.exactness.HeadDeviation or None
-        How far these outputs may be from those on per-step features (a shard's probe); ``None``: not known.
+    ``labels`` (n_videos, num_class) bool: multi-hot; ``probs`` (n_videos, n_steps, num_class) float32: softmax
+    of classifier t on ``z_t``, step t reading sampled frame ``order[t]``; ``gates`` (n_videos, n_steps - 1)
+    float32: ``s_t`` for steps 1..T-1; ``deviation``: how far these outputs may be from those on per-step
+    features (a shard's probe, :class:`frameexit.exactness.HeadDeviation`), ``None`` when not known.
     """
 
     videos: list[str]
@@ -108,20 +100,10 @@ def exit_tables(
     labels: np.ndarray,
     chunk: int = 256,
 ) -> ExitTables:
-    """Exit tables of cached features.
+    """Exit tables of cached ``features`` (n_videos, n_frames, feat_dim; temporal order) through ``model``'s head.
 
-    Parameters
-    ----------
-    model : FrameExit
-        Its head is used; the backbone, if any, is not.
-    features : ndarray of shape (n_videos, n_frames, feat_dim)
-        Backbone features of the sampled frames in temporal order (as cached).
-    order : sequence of int
-        Policy order: step t reads sampled frame ``order[t]``.
-    videos, labels
-        Keys (sorted) and multi-hot labels of the rows.
-    chunk : int, default=256
-        Videos per head evaluation (bounds memory; results do not depend on it).
+    ``order``: step t reads sampled frame ``order[t]``; ``videos``, ``labels``: keys (sorted) and multi-hot labels
+    of the rows; ``chunk``: videos per head evaluation (bounds memory; results do not depend on it).
     """
     order = list(order)
     probs, gates = [], []
@@ -172,20 +154,10 @@ def _gather_rows(parts: Sequence, order: np.ndarray, name: str, index=None) -> n
 class VideoExits:
     """The part of the exit tables that does not grow with the classes: all metrics but AP need only this.
 
-    Attributes
-    ----------
-    videos : list of str of length n_videos
-        Video keys, sorted.
-    confidence0 : ndarray of shape (n_videos,), dtype=float32
-        Top probability at step 0 over *all* classes (decides the step-0 exit).
-    gates : ndarray of shape (n_videos, n_steps - 1), dtype=float32
-        ``s_t`` for steps 1..T-1.
-    hits : ndarray of shape (n_videos, n_steps), dtype=bool
-        Whether the top class of step t (argmax over all classes) is one of the video's labels.
-    labelled : ndarray of shape (n_videos,), dtype=bool
-        Videos with at least one label (the top-1 denominator).
-    positives : ndarray of shape (num_class,), dtype=int64
-        Positive videos per class (mAP averages the classes with at least one).
+    Rows sorted by key, as in :class:`ExitTables`: ``confidence0``, top step-0 probability over *all* classes
+    (decides the step-0 exit); ``hits`` (n_videos, n_steps) bool, whether step t's top class (over all classes)
+    is one of the video's labels; ``labelled``, videos with a label (the top-1 denominator). ``positives``
+    (num_class,) int64: positive videos per class (mAP averages the classes with at least one).
     """
 
     videos: list[str]
@@ -225,17 +197,8 @@ def concat_video_exits(parts: Sequence[VideoExits]) -> VideoExits:
 
 @dataclass(frozen=True)
 class ClassBlock:
-    """Probabilities and labels of some classes for every video, rows sorted by video key.
-
-    Attributes
-    ----------
-    videos : list of str of length n_videos
-        Video keys, sorted.
-    classes : ndarray of shape (n_block,), dtype=int64
-        Indices of the block's classes in the class list.
-    probs : ndarray of shape (n_videos, n_steps, n_block), dtype=float32
-    labels : ndarray of shape (n_videos, n_block), dtype=bool
-    """
+    """``probs`` (n_videos, n_steps, n_block) float32 and ``labels`` (n_videos, n_block) bool of the classes
+    ``classes`` (int64 indices in the class list) for every video, rows sorted by video key."""
 
     videos: list[str]
     classes: np.ndarray
@@ -252,12 +215,9 @@ def class_block(parts: Sequence[ExitTables], classes: slice | npt.ArrayLike) -> 
     videos, order = _key_order(parts)
     num_class = parts[0].probs.shape[2]
     index = np.arange(num_class)[classes]
-    if isinstance(classes, slice):
-        probs = _gather_rows(parts, order, "probs", (slice(None), slice(None), classes))
-        labels = _gather_rows(parts, order, "labels", (slice(None), classes))
-    else:
-        probs = _gather_rows(parts, order, "probs", (slice(None), slice(None), index))
-        labels = _gather_rows(parts, order, "labels", (slice(None), index))
+    columns = classes if isinstance(classes, slice) else index  # a slice takes views, not copies
+    probs = _gather_rows(parts, order, "probs", np.s_[:, :, columns])
+    labels = _gather_rows(parts, order, "labels", np.s_[:, columns])
     return ClassBlock(videos=videos, classes=index.astype(np.int64), probs=probs, labels=labels)
 
 
@@ -377,22 +337,13 @@ def average_precision_block(
     Equal to :func:`frameexit.metrics.average_precision` of each setting's scores
     (higher first, ties by row, i.e. video key) up to floating-point summation
     order; NaN for a class without positives. The AP of a class depends only on
-    its own column: any split of the classes into blocks, and any ``max_bytes``,
-    gives the same numbers bit for bit.
+    its own column: any split of the classes into blocks, and any ``max_bytes``
+    (working memory, default :data:`AP_MAX_BYTES`), gives the same numbers bit for bit.
 
-    Parameters
-    ----------
-    probs : ndarray of shape (n_videos, n_steps, n_block), dtype=float32
-        Probabilities of the block's classes, rows in video-key order.
-    labels : ndarray of shape (n_videos, n_block), dtype=bool
-    confidence0 : ndarray of shape (n_videos,), dtype=float32
-        Top step-0 probability over *all* classes (from which ``first_mask`` came).
-    gate_steps : ndarray of shape (n_gate, n_videos), dtype=int64
-        From :func:`gate_exit_steps`.
-    first_mask : ndarray of shape (n_first, n_videos), dtype=bool
-        From :func:`first_exit_mask`: every row must be a prefix of the step-0 confidence order.
-    max_bytes : int, optional
-        Working memory in bytes (default :data:`AP_MAX_BYTES`).
+    ``probs`` (n_videos, n_steps, n_block) float32 and ``labels`` (n_videos, n_block): the block's classes, rows
+    in video-key order; ``confidence0``: top step-0 probability over *all* classes (``first_mask`` came from it);
+    ``gate_steps`` (n_gate, n_videos): from :func:`gate_exit_steps`; ``first_mask`` (n_first, n_videos): from
+    :func:`first_exit_mask`, every row a prefix of the step-0 confidence order.
 
     Work: per class, one sort of its candidate scores (``n_videos x (1 + distinct gate
     exit steps)``) and, per gate threshold, ``O(candidates of its positives x segments)``
@@ -570,19 +521,13 @@ def _average_precision_chunk(
 
 @dataclass(frozen=True)
 class SweepMetrics:
-    """Metrics of every setting, arrays of shape (n_gate, n_first) unless said otherwise.
+    """Metrics of every setting, float64 arrays of shape (n_gate, n_first) unless said otherwise.
 
-    Attributes
-    ----------
-    map, top1 : float64
-        Fractions in [0, 1]; NaN when no class / no video has a positive label.
-    mean_frames : float64
-        Mean number of frames read (``exit_step + 1``).
-    exit_histogram : ndarray of shape (n_gate, n_first, n_steps)
-        Share of videos exiting at each step.
-    ap : ndarray of shape (n_gate, n_first, num_class), float64
-        Per-class AP, NaN for a class without positives (``map`` is their mean over the other
-        classes; a mean over a subset of classes, e.g. a tag category, is taken the same way).
+    ``map``, ``top1``: fractions in [0, 1], NaN when no class / no video has a positive label; ``mean_frames``:
+    mean frames read (``exit_step + 1``); ``exit_histogram`` (n_gate, n_first, n_steps): share of videos exiting
+    at each step; ``ap`` (n_gate, n_first, num_class): per-class AP, NaN for a class without positives (``map``
+    is their mean over the other classes; a mean over a subset of classes, e.g. a tag category, is taken the
+    same way).
     """
 
     map: np.ndarray
@@ -593,7 +538,7 @@ class SweepMetrics:
 
 
 def sweep_block_bytes(n_videos: int, n_first: int, n_gate: int, num_class: int, n_steps: int = 10) -> int:
-    """Estimated peak memory of :func:`sweep_metrics` on ``n_gate x n_first`` settings, in bytes.
+    """Estimated peak memory of a sweep on ``n_gate x n_first`` settings, in bytes.
 
     The exit tables it reads are not counted (they exist before and after); the
     estimate is an upper bound of what tracemalloc measures (tested). The AP works
@@ -654,17 +599,8 @@ def combine_sweep(
     first_thresholds: npt.ArrayLike,
     gate_thresholds: npt.ArrayLike,
 ) -> SweepMetrics:
-    """All metrics of the grid from the video exits and the per-class AP of class blocks.
-
-    Parameters
-    ----------
-    exits : VideoExits
-        Of all videos, rows sorted by key.
-    ap_blocks : sequence of ndarray of shape (n_gate, n_first, n_block)
-        :func:`class_block_ap` of consecutive class blocks that together cover classes
-        ``0..num_class-1`` in order.
-    first_thresholds, gate_thresholds : array-like of float in [0, 1]
-    """
+    """All metrics of the grid from the video ``exits`` (all videos, rows sorted by key) and ``ap_blocks``, the
+    :func:`class_block_ap` of consecutive class blocks that together cover classes ``0..num_class-1`` in order."""
     first, gate = _check_grid(first_thresholds, gate_thresholds)
     ap = np.concatenate(list(ap_blocks), axis=2) if len(ap_blocks) else np.empty((len(gate), len(first), 0))
     if ap.shape != (len(gate), len(first), len(exits.positives)):

@@ -30,9 +30,12 @@ from .metrics import average_precision, mean_average_precision, top1_accuracy
 from .train_config import LOSSES, TrainConfig, config_problem  # noqa: F401  (re-exported)
 
 
-def _nonfinite_weights(module: torch.nn.Module) -> list[str]:
-    """Names of the floating parameters and buffers of ``module`` holding NaN or +-inf."""
-    return [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def _check_weights(model: torch.nn.Module, stage: str, epoch: int, config: TrainConfig, recalibrated=False) -> None:
+    """Raise :func:`_diverged` naming the floating parameters or buffers of ``model`` holding NaN or +-inf."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        what = f"BatchNorm statistics in {bad[0]}" if recalibrated else f"weights in {', '.join(bad[:5])}"
+        raise _diverged(stage, epoch, config, f"non-finite {what}")
 
 
 def _diverged(stage: str, epoch: int, config: TrainConfig, what: str) -> TrainingError:
@@ -53,15 +56,8 @@ def exit_tolerance(beta: float, num_steps: int) -> np.ndarray:
 def pseudo_exit_labels(losses: np.ndarray, beta: float) -> np.ndarray:
     """Whether each video should exit at each step: ``loss_t <= beta * exp(t / 2)``, t counted from 1.
 
-    Parameters
-    ----------
-    losses : ndarray of shape (n_videos, n_steps)
-        Per-video classification loss at each step (NaN for videos without labels: never exit-labelled).
-    beta : float
-
-    Returns
-    -------
-    exit : ndarray of shape (n_videos, n_steps), dtype=bool
+    ``losses`` (n_videos, n_steps): per-video classification loss at each step (NaN for videos without labels:
+    never exit-labelled). Returns bool of the same shape.
     """
     losses = np.asarray(losses, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -88,23 +84,24 @@ def _steps_logits(model: FrameExit, features: torch.Tensor) -> tuple[torch.Tenso
     return z, torch.stack([model.logits(t, z[:, t]) for t in range(z.shape[1])], dim=1)
 
 
+def _eval_logits(model: FrameExit, features: torch.Tensor, chunk: int):
+    """``(rows, logits of every step)`` of consecutive chunks of ``chunk`` videos, model in eval mode."""
+    model.eval()
+    for i in range(0, len(features), chunk):
+        with torch.no_grad():
+            yield slice(i, i + chunk), _steps_logits(model, features[i : i + chunk])[1]
+
+
 def step_losses(
     model: FrameExit, features: torch.Tensor, labels: torch.Tensor, kind: str, chunk: int = 512
 ) -> np.ndarray:
     """Per-video classification loss at every step, model in eval mode: (n_videos, n_steps), float64."""
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(features), chunk):
-            _, logits = _steps_logits(model, features[i : i + chunk])
-            out.append(
-                torch.stack(
-                    [classification_loss(logits[:, t], labels[i : i + chunk], kind) for t in range(logits.shape[1])],
-                    dim=1,
-                )
-                .double()
-                .numpy()
-            )
+    out = [
+        torch.stack([classification_loss(logits[:, t], labels[rows], kind) for t in range(logits.shape[1])], dim=1)
+        .double()
+        .numpy()
+        for rows, logits in _eval_logits(model, features, chunk)
+    ]
     return np.concatenate(out) if out else np.zeros((0, features.shape[1]))
 
 
@@ -112,13 +109,7 @@ def step_accuracy(
     model: FrameExit, features: torch.Tensor, labels: np.ndarray, chunk: int = 512
 ) -> dict[str, list[float]]:
     """Top-1 and mAP of every step's classifier after reading 1..T frames (eval mode)."""
-    probs = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(features), chunk):
-            _, logits = _steps_logits(model, features[i : i + chunk])
-            probs.append(F.softmax(logits.float(), dim=2).numpy())
-    p = np.concatenate(probs)
+    p = np.concatenate([F.softmax(logits.float(), dim=2).numpy() for _, logits in _eval_logits(model, features, chunk)])
     steps = p.shape[1]
     return {
         "top1": [top1_accuracy(p[:, t].argmax(1), labels) for t in range(steps)],
@@ -182,35 +173,17 @@ def train_head(
     *,
     on_epoch: EpochCallback | None = None,
 ) -> FrameExit:
-    """Train projection, classifiers (stage 1) and gates (stage 2) on cached features.
+    """Train projection, classifiers (stage 1) and gates (stage 2) on cached features; a head alone (``backbone``
+    None), float32, eval mode, every weight finite.
 
-    Parameters
-    ----------
-    features : ndarray of shape (n_videos, n_frames, feat_dim)
-        Cached backbone features, temporal order.
-    labels : ndarray of shape (n_videos, num_class)
-        Multi-hot ground truth.
-    order : tuple of int
-        Policy order: step t reads sampled frame ``order[t]``.
-    config : TrainConfig
-    on_epoch : callable, optional
-        ``on_epoch(stage, epoch, mean_loss, model)`` after every epoch; ``stage`` is 'classifier' or
-        'gates'; ``mean_loss`` is the per-video mean over the epoch's trained mini-batches, always finite.
-        It may evaluate the model; training mode is restored afterwards.
+    ``features`` (n_videos, n_frames, feat_dim): cached, temporal order; ``labels`` (n_videos, num_class):
+    multi-hot; ``order``: step t reads sampled frame ``order[t]``. ``on_epoch(stage, epoch, mean_loss, model)``
+    runs after every epoch; ``stage`` is 'classifier' or 'gates'; ``mean_loss`` is the per-video mean over the
+    epoch's trained mini-batches, always finite. It may evaluate the model; training mode is restored afterwards.
 
-    Returns
-    -------
-    model : FrameExit
-        Head only (``backbone`` is None), float32, eval mode, every weight finite.
-
-    Raises
-    ------
-    ConfigError
-        A setting that cannot train (see :func:`config_problem`).
-    DatasetError
-        Fewer than two videos with labels.
-    TrainingError
-        Non-finite features, or a loss or weights that became NaN or infinite (naming the stage and epoch).
+    Raises :class:`ConfigError` for a setting that cannot train (:func:`config_problem`), :class:`DatasetError`
+    for fewer than two videos with labels, :class:`TrainingError` for non-finite features, or a loss or weights
+    that became NaN or infinite (naming the stage and epoch).
     """
     problem = config_problem(config)
     if problem:
@@ -218,24 +191,14 @@ def train_head(
     # the seed fixes the head's initialisation without changing the caller's random state
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _train_head(features, labels, order, config, on_epoch)
-
-
-def _train_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    order: tuple[int, ...],
-    config: TrainConfig,
-    on_epoch: EpochCallback | None,
-) -> FrameExit:
-    generator = torch.Generator().manual_seed(config.seed)  # one stream for both stages, in this order
-    x, y, labelled = _training_tensors(features, labels, order)
-    _, steps, dim = x.shape
-    model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
-    _train_classifiers(model, x, y, labelled, config, generator, on_epoch)
-    _train_gates(model, x, y, config, generator, on_epoch)
-    model.requires_grad_(False)
-    return model.eval()
+        generator = torch.Generator().manual_seed(config.seed)  # one stream for both stages, in this order
+        x, y, labelled = _training_tensors(features, labels, order)
+        _, steps, dim = x.shape
+        model = FrameExit(None, dim, y.shape[1], steps, config.hidden_dim)
+        _train_classifiers(model, x, y, labelled, config, generator, on_epoch)
+        _train_gates(model, x, y, config, generator, on_epoch)
+        model.requires_grad_(False)
+        return model.eval()
 
 
 def _training_tensors(
@@ -292,18 +255,14 @@ def _train_classifiers(
             loss.backward()
             optimiser.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
-        bad = _nonfinite_weights(model)
-        if bad:
-            raise _diverged(stage, epoch, config, f"non-finite weights in {', '.join(bad[:5])}")
+        _check_weights(model, stage, epoch, config)
         if on_epoch:
             on_epoch("classifier", epoch, total / count, model)  # count > 0: two labelled videos, batches >= 2
 
     model.eval()
     chunks = _chunks(n, config.batch_size)
     recalibrate_batchnorm(model.mlp, lambda b: model.project(x[b].reshape(-1, dim)), chunks)
-    bad = _nonfinite_weights(model)
-    if bad:
-        raise _diverged(stage, config.epochs_classifier - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
+    _check_weights(model, stage, config.epochs_classifier - 1, config, recalibrated=True)
 
 
 def _train_gates(
@@ -345,9 +304,7 @@ def _train_gates(
             loss.backward()
             optimiser.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
-        bad = _nonfinite_weights(model)  # stage 1 is frozen: anything non-finite is in the gates
-        if bad:
-            raise _diverged(stage, epoch, config, f"non-finite weights in {', '.join(bad[:5])}")
+        _check_weights(model, stage, epoch, config)  # stage 1 is frozen: anything non-finite is in the gates
         if count == 0:  # cannot happen with two labelled videos; a loss of 0.0 here would be a made-up number
             raise TrainingError(f"{stage}, epoch {epoch + 1}: no mini-batch had a video with labels")
         if on_epoch:
@@ -360,6 +317,4 @@ def _train_gates(
             model.gate(t, z[:, t], z[:, t - 1])
 
     recalibrate_batchnorm(model.exit_selector, gates_forward, chunks)
-    bad = _nonfinite_weights(model)
-    if bad:
-        raise _diverged(stage, config.epochs_gates - 1, config, f"non-finite BatchNorm statistics in {bad[0]}")
+    _check_weights(model, stage, config.epochs_gates - 1, config, recalibrated=True)

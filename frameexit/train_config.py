@@ -16,41 +16,18 @@ LOSSES = ("softmax", "bce")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters (all in the job file under ``train``).
+    """Hyper-parameters (all in the job file under ``train``)."""
 
-    Attributes
-    ----------
-    epochs_classifier : int, default=20
-        Epochs of stage 1 (projection and classifiers).
-    epochs_gates : int, default=10
-        Epochs of stage 2 (gates).
-    batch_size : int, default=64
-        Videos per mini-batch.
-    lr : float, default=1e-3
-        Adam learning rate of stage 1.
-    lr_gates : float, default=1e-3
-        Adam learning rate of stage 2.
-    weight_decay : float, default=0.0
-    beta : float, default=1e-3
-        Pseudo-label tolerance: exit at step t when the loss is at most ``beta * exp(t / 2)``.
-    loss : {'softmax', 'bce'}, default='softmax'
-        Classification loss; 'bce' treats classes independently (multi-label data).
-    seed : int, default=0
-        Initialisation and mini-batch order.
-    hidden_dim : int, default=4096
-        Width of the projection (4096 in the released checkpoints).
-    """
-
-    epochs_classifier: int = 20
-    epochs_gates: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_gates: float = 1e-3
+    epochs_classifier: int = 20  # stage 1 (projection and classifiers)
+    epochs_gates: int = 10  # stage 2 (gates)
+    batch_size: int = 64  # videos per mini-batch
+    lr: float = 1e-3  # Adam learning rate of stage 1
+    lr_gates: float = 1e-3  # Adam learning rate of stage 2
     weight_decay: float = 0.0
-    beta: float = 1e-3
-    loss: str = "softmax"
-    seed: int = 0
-    hidden_dim: int = HIDDEN_DIM
+    beta: float = 1e-3  # pseudo-label tolerance: exit at step t when the loss is at most beta * exp(t / 2)
+    loss: str = "softmax"  # one of LOSSES; 'bce' treats classes independently (multi-label data)
+    seed: int = 0  # initialisation and mini-batch order
+    hidden_dim: int = HIDDEN_DIM  # width of the projection
 
 
 # why each lower bound: a setting below it trains nothing, or trains without meaning, yet would run

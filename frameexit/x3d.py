@@ -32,21 +32,10 @@ from .weights_file import refusal_reason
 
 @dataclass(frozen=True)
 class X3DSpec:
-    """One X3D size: the arguments of ``create_x3d`` and what is known of its cost.
-
-    Attributes
-    ----------
-    clip_length : int
-        Frames per clip the model was trained with (``input_clip_length``).
-    crop : int
-        Side in pixels of the square clip (``input_crop_size``).
-    depth_factor : float
-        ``create_x3d``'s ``depth_factor``.
-    feature_dim : int
-        Length of the feature vector before the classification projection.
-    zoo_file : str
-        File name of pytorchvideo's Kinetics-400 model-zoo checkpoint.
-    """
+    """One X3D size: ``create_x3d``'s ``input_clip_length`` (frames per clip the model was trained with),
+    ``input_crop_size`` (side in pixels of the square clip) and ``depth_factor``; the length of the feature
+    vector before the classification projection; the file name of pytorchvideo's Kinetics-400 model-zoo
+    checkpoint."""
 
     clip_length: int
     crop: int
@@ -128,8 +117,7 @@ def build_x3d(short: str, *, clip_length: int, crop: int, device: torch.device |
     create_x3d = _create_x3d()
     with torch.device(device):
         net = create_x3d(input_clip_length=clip_length, input_crop_size=crop, depth_factor=x3d.depth_factor)
-    head = net.blocks[-1]
-    del head.proj  # the classification projection; dropout and softmax hold no weights and are not run
+    del net.blocks[-1].proj  # the classification projection; dropout and softmax hold no weights and are not run
     return ClipBackbone(net.blocks)
 
 
@@ -143,11 +131,8 @@ def zoo_state_dict(short: str, path: str | None = None) -> dict[str, torch.Tenso
 
     Read from disk only, with ``weights_only=True``; by default from torch's hub
     cache, where pytorchvideo's ``x3d_s(pretrained=True)`` would have put it.
-
-    Raises
-    ------
-    BackboneError
-        The file is missing (saying where it was expected), unreadable, or holds no ``model_state``.
+    :class:`BackboneError` if the file is missing (saying where it was expected), unreadable, or has no
+    ``model_state``.
     """
     path = path or zoo_weights_path(short)
     if not os.path.isfile(path):

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds, exit_steps_grid
+from frameexit.step_costs import StepCosts
 from frameexit.sweep import (
     ClassBlock,
     ExitTables,
@@ -78,3 +80,31 @@ def sweep_metrics(
     block = ClassBlock(exits.videos, np.arange(tables.probs.shape[2]), tables.probs, tables.labels)
     ap = class_block_ap(block, exits, first_thresholds, gate_thresholds, max_bytes=max_bytes)
     return combine_sweep(exits, [ap], first_thresholds, gate_thresholds)
+
+
+def exit_steps(
+    confidence: npt.ArrayLike,
+    gates: npt.ArrayLike,
+    first_threshold: float,
+    gate_threshold: float = DEFAULT_GATE_THRESHOLD,
+) -> np.ndarray:
+    """Exit step of each video at one setting of :func:`frameexit.exit_rule.exit_steps_grid`: (n_videos,) int64."""
+    check_thresholds(first_threshold, gate_threshold)
+    return exit_steps_grid(confidence, gates, [first_threshold], [gate_threshold])[0, 0]
+
+
+def paper_gflops(exit_step: npt.ArrayLike, per_frame: float | None) -> float:
+    """Mean over videos of ``(exit_step + 1) * per_frame``; NaN when ``per_frame`` is ``None`` (SEMANTICS 8)."""
+    steps = np.asarray(exit_step, dtype=np.float64)
+    if per_frame is None or steps.size == 0:
+        return float("nan")
+    return float(np.mean((steps + 1.0) * per_frame))
+
+
+def video_gmacs(costs: StepCosts, exit_step: npt.ArrayLike) -> np.ndarray:
+    """GMACs sequential early exit spends on each video (the per-video form of
+    :meth:`frameexit.step_costs.StepCosts.mean_video_gmacs`)."""
+    t = np.asarray(exit_step, dtype=np.float64)
+    return (
+        (t + 1.0) * (costs.backbone + costs.projection) + costs.classifier + t * costs.gate + (t > 0) * costs.classifier
+    )

@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import activitynet_dataset, data_overrides, invoke, official_state, x3d_s
+from oracles import paper_gflops
 
 from frameexit.backbone import feature_dim, model_name, pretrained_state_dict
 from frameexit.checkpoint import build_backbone_from_state, read_state_dict
-from frameexit.cost import measure_step_costs, paper_gflops, paper_per_frame
+from frameexit.cost import measure_step_costs, paper_per_frame
 from frameexit.errors import BackboneError
 from frameexit.sampling import sample_indices
 from frameexit.x3d import zoo_weights_path

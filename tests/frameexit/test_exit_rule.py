@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from oracles import exit_steps
 
 from frameexit.errors import ThresholdError
-from frameexit.exit_rule import check_thresholds, exit_steps, first_step_exits, gate_exits
+from frameexit.exit_rule import check_thresholds, first_step_exits, gate_exits
 
 F32 = np.float32
 CONTINUE = np.full(9, 0.9, dtype=F32)  # every gate says "continue" (s >= 0.5)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import load_fixture
+from oracles import exit_steps
 
 from frameexit.checkpoint import build_model, read_state_dict
-from frameexit.exit_rule import exit_steps
 from frameexit.inference import infer_video
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices

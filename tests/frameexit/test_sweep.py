@@ -4,11 +4,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from oracles import average_precision_grid, concat_tables, sweep_metrics
+from oracles import average_precision_grid, concat_tables, exit_steps, sweep_metrics
 
 from frameexit import sweep
 from frameexit.errors import ConfigError
-from frameexit.exit_rule import exit_steps, exit_steps_grid, first_exit_mask, gate_exit_steps
+from frameexit.exit_rule import exit_steps_grid, first_exit_mask, gate_exit_steps
 from frameexit.metrics import average_precision, mean_average_precision, top1_accuracy
 from frameexit.sweep import (
     ExitTables,

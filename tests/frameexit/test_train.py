@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import copy_cache, official_head_shapes, write_job
+from oracles import exit_steps
 
 from frameexit.errors import ConfigError, DatasetError
-from frameexit.exit_rule import exit_steps
 from frameexit.sampling import COARSE_TO_FINE
 from frameexit.sweep import exit_tables
 from frameexit.train import TrainConfig, exit_tolerance, pseudo_exit_labels, train_head
