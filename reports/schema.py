@@ -1,10 +1,9 @@
 """The columns of every table frameexit writes, in one place.
 
-Units and conventions: ``map`` and ``top1`` are fractions in [0, 1];
-``confidence`` is a softmax probability in [0, 1]; ``exit_step`` is 0-based
-(0..9), so a video read ``exit_step + 1`` frames; ``gflops`` is the paper's
-convention (per-frame multiply-accumulates x frames read, called GFLOPs in the
-paper, really GMACs); ``gmacs_measured`` is counted by torch's FLOP counter.
+Units and conventions: ``map`` and ``top1`` are fractions in [0, 1]; ``confidence`` is a softmax probability in [0,
+1]; ``exit_step`` is 0-based (0..9), so a video read ``exit_step + 1`` frames; ``gflops`` is the paper's convention
+(per-frame multiply-accumulates x frames read, called GFLOPs in the paper, really GMACs); ``gmacs_measured`` is
+counted by torch's FLOP counter.
 """
 
 from __future__ import annotations
