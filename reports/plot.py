@@ -28,28 +28,14 @@ def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *,
             ax.scatter(xs, ys, s=14, alpha=0.45, color=colour, label=f"{name}: every setting")
     frontier = summary["frontier"]
     if frontier:
-        ax.plot(
-            [r[cost] for r in frontier],
-            [r[acc] for r in frontier],
-            "-",
-            color="black",
-            lw=1.6,
-            drawstyle="steps-post",
-            label="Pareto frontier",
-        )
+        xs, ys = [r[cost] for r in frontier], [r[acc] for r in frontier]
+        ax.plot(xs, ys, "-", color="black", lw=1.6, drawstyle="steps-post", label="Pareto frontier")
     for r in summary["default"]:
         if r.get(cost) is not None and r.get(acc) is not None:
             colour = colours[names.index(r["checkpoint"])] if r["checkpoint"] in names else "black"
-            ax.plot(
-                [r[cost]],
-                [r[acc]],
-                marker="*",
-                ms=16,
-                color=colour,
-                markeredgecolor="black",
-                linestyle="none",
-                label=f"{r['checkpoint']}: job setting (first {r['first_threshold']:g}, gate {r['gate_threshold']:g})",
-            )
+            label = f"{r['checkpoint']}: job setting (first {r['first_threshold']:g}, gate {r['gate_threshold']:g})"
+            star = dict(marker="*", ms=16, color=colour, markeredgecolor="black", linestyle="none")
+            ax.plot([r[cost]], [r[acc]], **star, label=label)
     if published:
         gx, gy = zip(*PUBLISHED_ACTIVITYNET_RESNET50, strict=True)
         ax.plot(gx, [y / 100 for y in gy], "o--", color="grey", lw=1.2, ms=5, label="FrameExit ResNet-50, published")

@@ -1,10 +1,8 @@
 """The JSON documents frameexit writes, each defined once: ``metrics.json``, ``replay.json``, ``summary.json``.
 
-Each document is a :class:`~typing.TypedDict` (a plain ``dict`` at run time, so it is written with
-:func:`reports.write.write_json` as it is). Its writer builds it through the class and its reader reads it with
-:func:`read_record`, which checks every key the class names and the type of its value, nested documents included: a
-file with a missing or renamed key, or a value of another type, is an error naming the file and the key, not a value
-that silently becomes ``null`` or a traceback later.
+Each document is a :class:`~typing.TypedDict` (a plain ``dict`` at run time, written as it is). Its writer builds it
+through the class; :func:`read_record` checks every key and value type it names, so that a file with a missing or
+renamed key, or a value of another type, is an error naming the file and the key, not a ``null`` or a traceback later.
 
 Units: accuracies (``map``, ``top1``) are fractions in [0, 1]; ``gflops`` is the paper convention (per-frame GMACs of
 the backbone x frames read, called GFLOPs in the paper); ``gmacs_measured`` is multiply-accumulates counted by

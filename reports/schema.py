@@ -50,11 +50,8 @@ SWEEP = pa.schema(
 
 
 def column_problem(table: pa.Table, schema: pa.Schema, columns: list[str] | None = None) -> str | None:
-    """The first way ``table`` does not hold the columns of ``schema`` (those named in ``columns``), in words.
-
-    A column missing, of another type, holding nulls where the schema has none, or lists holding nulls.
-    ``None`` when every column fits: a reader can then use the values as the schema types them.
-    """
+    """The first way ``table`` does not hold the columns of ``schema`` (those named in ``columns``), in words:
+    missing, of another type, or with nulls the schema has none of. ``None`` when every column fits."""
     for name in columns or schema.names:
         expected = schema.field(name)
         if name not in table.column_names:

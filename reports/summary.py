@@ -103,12 +103,9 @@ def choose_budget(
     cost: str,
     calibration_rows: Sequence[Row] | None = None,
 ) -> dict[str, Any]:
-    """Per checkpoint, the setting chosen for a compute budget, evaluated on ``rows``.
-
-    Without calibration the choice is made on ``rows`` themselves. With ``calibration_rows`` (another split's sweep,
-    e.g. held-out training videos) the thresholds are chosen there and looked up in ``rows``, so the reported
-    accuracy is not tuned on the evaluated split.
-    """
+    """Per checkpoint, the setting chosen for a compute budget, evaluated on ``rows``: chosen on ``rows``, or on
+    ``calibration_rows`` (another split's sweep, e.g. held-out training videos) and looked up in ``rows``, so that
+    the reported accuracy is not tuned on the evaluated split."""
     by_ckpt: dict[str, list[Row]] = {}
     for r in rows:
         by_ckpt.setdefault(r["checkpoint"], []).append(r)
