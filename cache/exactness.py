@@ -1,28 +1,24 @@
 """How far a cache's features are from those sequential inference computes: per-shard probes, summed up.
 
-``frameexit infer`` runs the backbone on one step (frame or clip) per forward
-pass, as the official code does. Run on a batch of several videos' steps, the
-same network rounds differently in the last bits on some backbones and input
-sizes (on one 2-core AMD EPYC CPU: ResNet-18 at 112 and 160 pixels, up to
-1.9e-6; ResNet-50 at 224 agrees), and a threshold between the two roundings of
-a video's confidence makes replay and infer decide differently.
+``frameexit infer`` runs the backbone on one step (frame or clip) per forward pass, as the official code does. Run on
+a batch of several videos' steps, the same network rounds differently in the last bits on some backbones and input
+sizes (on one 2-core AMD EPYC CPU: ResNet-18 at 112 and 160 pixels, up to 1.9e-6; ResNet-50 at 224 agrees), and a
+threshold between the two roundings of a video's confidence makes replay and infer decide differently.
 
-Every shard therefore records how its backbone ran (:class:`ShardProbe`, in the
-manifest's shard entry and the shard's attributes):
+Every shard therefore records how its backbone ran (:class:`ShardProbe`, in the manifest's shard entry and the
+shard's attributes):
 
-- ``exact``: the features are computed as sequential inference computes them
-  (one step per forward pass, float32 storage, fp32 arithmetic, contiguous
-  memory format), so they equal its features bit for bit: ``--batching
-  per-step``, or a 3D backbone on a CPU, which runs one clip per forward pass
-  whatever the batch (:class:`frameexit.x3d.ClipBackbone`);
-- ``measured``: otherwise, the steps of a few videos of the shard (the first and
-  the last, by default) were run again one per forward pass, with sequential
-  inference's arithmetic, on the extraction device; their features are stored
+- ``exact``: the features are computed as sequential inference computes them (one step per forward pass, float32
+  storage, fp32 arithmetic, contiguous memory format), so they equal its features bit for bit: ``--batching
+  per-step``, or a 3D backbone on a CPU, which runs one clip per forward pass whatever the batch
+  (:class:`frameexit.x3d.ClipBackbone`);
+- ``measured``: otherwise, the steps of a few videos of the shard (the first and the last, by default) were run again
+  one per forward pass, with sequential inference's arithmetic, on the extraction device; their features are stored
   in the shard (``probe_features``) and their largest deviation recorded;
 - ``unknown``: a shard written before probes existed, or extracted without any.
 
-The reference is sequential inference *on the extraction device*: features
-extracted on a GPU are not compared with a CPU's.
+The reference is sequential inference *on the extraction device*: features extracted on a GPU are not compared with a
+CPU's.
 """
 
 from __future__ import annotations
@@ -77,24 +73,12 @@ def feature_deviation(reference: np.ndarray, stored: np.ndarray) -> tuple[float,
 
 @dataclass(frozen=True)
 class ShardProbe:
-    """How one shard's backbone ran, and its features' deviation from sequential inference's.
+    """How one shard's backbone ran, and its features' deviation from sequential inference's."""
 
-    Attributes
-    ----------
-    effective : {'per-step', 'batched'}
-        How the backbone ran (:func:`effective_batching`).
-    status : {'exact', 'measured', 'unknown'}
-        See the module docstring. A shard without any video to evaluate is ``exact``.
-    videos : list of str
-        The videos probed (whose per-step features are in the shard's ``probe_features``).
-    max_abs_deviation, max_rel_deviation : float
-        Largest deviation of the probed videos' stored features from their per-step ones (0 when
-        ``exact``; :func:`feature_deviation`).
-    """
-
-    effective: str
-    status: str
-    videos: list[str]
+    effective: str  # per-step or batched (effective_batching)
+    status: str  # exact, measured or unknown (module docstring); a shard without any video to evaluate is exact
+    videos: list[str]  # the videos probed (their per-step features are the shard's probe_features)
+    # largest deviation of the probed videos' stored features from their per-step ones (feature_deviation; 0 if exact)
     max_abs_deviation: float = 0.0
     max_rel_deviation: float = 0.0
 
@@ -114,10 +98,8 @@ class ShardProbe:
 def summarize(batching: str, probes: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """The exactness of a whole cache from its shards' probes (the manifest's entries, ``None`` where absent).
 
-    Returns a dict: ``batching`` (the mode asked, a key input), ``effective`` (``per-step``,
-    ``batched``, ``mixed``, or ``unknown``), ``status`` (``exact`` when every shard is, ``unknown`` when
-    one is, else ``measured``), ``probe_videos`` (every probed video), ``max_abs_deviation`` and
-    ``max_rel_deviation`` (over the shards; ``None`` when unknown).
+    ``effective`` is ``mixed`` when shards differ; ``status`` is ``exact`` when every shard is, ``unknown``
+    when one is, else ``measured``; the deviations are the shards' largest (``None`` when unknown).
     """
     known = [p for p in probes if p is not None]
     statuses = {p["status"] for p in known} | ({UNKNOWN} if len(known) < len(probes) or not probes else set())

@@ -1,11 +1,9 @@
 """A reader's way to the cache of a job: the directory its key names, or one given, checked against the job.
 
-The reader computes the key from the job (:func:`cache.inputs.key_inputs`, the
-same function ``extract`` uses) and opens ``<root>/<key>``: no manifest is
-scanned to decide anything, and no input is compared by a rule of its own. The
-frames are not in the key, so a cache can be replayed where its frames are gone;
-:func:`frames_differences` compares them with what the manifest recorded when
-asked to.
+The reader computes the key from the job (:func:`cache.inputs.key_inputs`, the same function ``extract`` uses) and
+opens ``<root>/<key>``: no manifest is scanned to decide anything, and no input is compared by a rule of its own. The
+frames are not in the key, so a cache can be replayed where its frames are gone; :func:`frames_differences` compares
+them with what the manifest recorded when asked to.
 """
 
 from __future__ import annotations
@@ -35,29 +33,14 @@ def open_cache(
     data: Any = None,
     hint: str = "",
 ) -> FeatureCache:
-    """The complete cache of ``inputs``, holding at least one video to evaluate.
+    """The complete cache ``root/<key>`` of ``inputs``, holding at least one video to evaluate.
 
-    Parameters
-    ----------
-    root : str
-        The cache root: the cache is ``root/<key>``.
-    inputs : CacheKeyInputs or sequence of them
-        The job's key inputs; several when the job accepts either of some caches (``--batching auto``:
-        per-step, then batched): the first whose directory exists is opened.
-    features : str, optional
-        A cache directory to use instead; every input its manifest records must
-        equal the job's (a hand-made cache that records fewer is compared on those).
-    data : object, optional
-        The job's ``data`` settings, to name its files in messages.
-    hint : str
-        Appended to the "no cache" message (which checkpoint).
-
-    Raises
-    ------
-    CacheError
-        No such cache (naming caches of this job extracted with other options,
-        or the nearest ones and how they differ), an incomplete one, one
-        extracted for other inputs, or one without any video to evaluate.
+    Several ``inputs`` when the job accepts either of some caches (``--batching auto``: per-step, then
+    batched): the first whose directory exists is opened. ``features``: a cache directory to use instead,
+    every input its manifest records equal to the job's (a hand-made one that records fewer is compared on
+    those). ``data``: the job's settings, to name its files in messages; ``hint`` ends the "no cache" one.
+    Raises :class:`CacheError`: no such cache (naming caches of this job with other options, or the nearest
+    ones and how they differ), an incomplete one, one for other inputs, or one without a video to evaluate.
     """
     choices = [inputs] if isinstance(inputs, CacheKeyInputs) else list(inputs)
     if features:
@@ -85,10 +68,7 @@ def open_cache(
 
 def frames_differences(manifest: Manifest, videos: Sequence[str], now: Mapping[str, str | None]) -> list[str]:
     """How the split's frames now differ from those a cache was extracted from, in words (empty: the same).
-
-    ``videos`` are the split's videos that have frames now; ``now`` their frame
-    records (:func:`cache.inputs.video_frames_digest`).
-    """
+    ``videos``: the split's videos that have frames now; ``now``: their frame records."""
     out = []
     planned = set(manifest.planned())
     gained, lost = sorted(set(videos) - planned), sorted(planned - set(videos))

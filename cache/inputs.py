@@ -1,19 +1,15 @@
 """The inputs of a cache key, from a job's settings; a video's frame record; how two sets of inputs differ.
 
-The one place that says which job setting feeds which input of
-:class:`cache.key.CacheKeyInputs`. The job is read through two plain objects
-(this package does not import ``jobs``):
+The one place that says which job setting feeds which input of :class:`cache.key.CacheKeyInputs`. The job is read
+through two plain objects (this package does not import ``jobs``):
 
-- ``data`` with ``name``, ``num_frames``, ``preprocessing`` (a
-  :class:`frameexit.preprocess.Preprocessing`), ``key_format``, ``path_split``,
-  ``path_label`` and ``path_classid``;
-- ``model`` with ``backbone_name``, ``truncate_modules``, ``num_class``,
-  ``clip_length`` and ``clip_stride`` (1 and 1 for a 2D backbone: a step reads one frame).
+- ``data`` with ``name``, ``num_frames``, ``preprocessing`` (a :class:`frameexit.preprocess.Preprocessing`),
+  ``key_format``, ``path_split``, ``path_label`` and ``path_classid``;
+- ``model`` with ``backbone_name``, ``truncate_modules``, ``num_class``, ``clip_length`` and ``clip_stride`` (1 and 1
+  for a 2D backbone: a step reads one frame).
 
-Writers and readers compute the key with :func:`key_inputs` alike. The frames are
-not an input: each video's listing and file contents are recorded in the
-manifest (:func:`video_frames_digest`) and compared by the commands that check
-them.
+Writers and readers compute the key with :func:`key_inputs` alike. The frames are not an input (:mod:`cache.key`):
+:func:`video_frames_digest` records them per video.
 """
 
 from __future__ import annotations
@@ -78,12 +74,8 @@ def frame_files(n_frames: int, num_frames: int, clip_length: int = 1, clip_strid
 
 
 def video_frames_digest(n_frames: int, files: Sequence[tuple[str, bytes]]) -> str:
-    """What a video's features were computed from: 32 hex digits of a SHA-256.
-
-    It covers the video's frame count (which decides the sampled positions) and,
-    for every file its steps read (:func:`frame_files`), the file's name and
-    bytes. Frames replaced by other JPEGs of the same name and size change it.
-    """
+    """What a video's features were computed from: 32 hex digits of a SHA-256 of its frame count (which decides
+    the sampled positions) and the name and bytes of every file its steps read (:func:`frame_files`)."""
     h = hashlib.sha256(f"{n_frames}".encode())
     for name, content in files:
         h.update(f"|{os.path.basename(name)}:{len(content)}|".encode())
@@ -105,17 +97,14 @@ def key_inputs(
     """The key inputs of ``data`` through ``model``'s backbone (see :class:`CacheKeyInputs`).
 
     Reads the split, label and class-list files (to digest them), nothing else, unless ``digests`` gives
-    their SHA-256 by path (:func:`file_digests`; those of the bytes a dataset was parsed from);
-    ``backbone_digest`` is the caller's (:func:`frameexit.checkpoint.backbone_digest`);
-    ``batching`` the mode the backbone runs in, ``auto`` resolved first (:mod:`cache.exactness`).
+    their SHA-256 by path (:func:`file_digests`); ``batching`` has ``auto`` resolved (:mod:`cache.exactness`).
     """
     if batching not in BATCHINGS:
         raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
     # here, not at the top: frameexit.backbone imports torch, which a reader of the cache does not need
     from frameexit.backbone import model_name
 
-    pre = data.preprocessing
-    clip_length = model.clip_length
+    pre, clip_length = data.preprocessing, model.clip_length
     digests = digests if digests is not None else file_digests(data)
     return CacheKeyInputs(
         backbone=model_name(model.backbone_name),
@@ -148,11 +137,8 @@ def file_digests(data: Any) -> dict[str, str]:
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any], names: Sequence[str], data: Any = None) -> list[str]:
-    """How ``recorded`` (a cache's inputs) differs from ``wanted`` (a job's) in the inputs ``names``, in words.
-
-    A file digest names the job's file (from ``data``) and both digests'
-    first 12 digits; any other input its job key and both values.
-    """
+    """How ``recorded`` (a cache's inputs) differs from ``wanted`` (a job's) in the inputs ``names``, in words:
+    a digest by its first 12 digits (a file's named from ``data``), any other input by its job key and values."""
     out = []
     for name in names:
         have, want = recorded.get(name), wanted.get(name)

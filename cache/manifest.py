@@ -1,8 +1,7 @@
 """A cache directory and its manifest (:class:`FeatureCache`), for readers and the writer alike.
 
-``manifest.json`` is rewritten atomically after every shard, so an interrupted
-extraction knows what it finished; ``complete`` becomes true only when every
-planned shard is written, which makes the manifest the completion marker. A
+``manifest.json`` is rewritten atomically after every shard, so an interrupted extraction knows what it finished;
+``complete`` becomes true only when every planned shard is written, which makes the manifest the completion marker. A
 shard is read only after its bytes match the checksum the manifest records.
 """
 
@@ -49,19 +48,14 @@ class ShardMissingError(CacheCorruptError):
 
 @dataclass
 class ShardEntry:
-    """One shard of the plan: the videos it holds, and once written its checksum and what it was made from.
-
-    ``frames`` maps each of its videos to the record of the frames its
-    features were computed from (:func:`cache.inputs.video_frames_digest`), or
-    to ``None`` where a file could not be read (a reason that can pass: the
-    video is tried again by the next extraction). ``skipped`` lists its videos
-    that could not be used, with the reason.
-    """
+    """One shard of the plan: the videos it holds, and once written its checksum and what it was made from."""
 
     name: str
     videos: list[str]
     sha256: str | None = None
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # its videos that could not be used, with the reason
+    # per video, the record of the frames its features came from (cache.inputs.video_frames_digest), or None
+    # where a file could not be read (a reason that can pass: the next extraction tries the video again)
     frames: dict[str, str | None] = field(default_factory=dict)
     # how the backbone ran for this shard and how far its features are from per-step ones
     # (cache.exactness.ShardProbe as a dict); None for a shard not written yet
@@ -105,22 +99,17 @@ class Manifest:
         return sum(1 for v in self.planned() if v not in failed)
 
 
-def manifest_path(cache_dir: str) -> str:
-    return os.path.join(cache_dir, MANIFEST)
-
-
 def write_manifest(cache_dir: str, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically (a full disk: :class:`~frameexit.errors.DiskFullError` naming it)."""
-    doc = asdict(manifest)
-    text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
-    path = manifest_path(cache_dir)
+    text = json.dumps(asdict(manifest), sort_keys=True, indent=1, allow_nan=False)
+    path = os.path.join(cache_dir, MANIFEST)
     with reporting_disk_full(path), atomic_write(path, "w") as handle:
         handle.write(text + "\n")
 
 
 def read_manifest(cache_dir: str) -> Manifest | None:
     """The manifest of ``cache_dir``, or ``None`` if there is none yet."""
-    path = manifest_path(cache_dir)
+    path = os.path.join(cache_dir, MANIFEST)
     if not os.path.exists(path):
         return None
     try:
@@ -128,12 +117,9 @@ def read_manifest(cache_dir: str) -> Manifest | None:
             doc = json.load(handle)
         shards = [ShardEntry(**entry) for entry in doc.pop("shards")]
         manifest = Manifest(shards=shards, **doc)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CacheError(f"cannot read cache manifest {path}: {exc}; remove {cache_dir} to rebuild it") from None
-    except RecursionError:  # json's parser recurses once per level
-        raise CacheError(
-            f"cannot read cache manifest {path}: nested too deeply; remove {cache_dir} to rebuild it"
-        ) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc  # json's parser recurses per level
+        raise CacheError(f"cannot read cache manifest {path}: {why}; remove {cache_dir} to rebuild it") from None
     for entry in manifest.shards:
         if not isinstance(entry.name, str) or not SHARD_NAME.fullmatch(entry.name):
             raise CacheError(
@@ -144,8 +130,7 @@ def read_manifest(cache_dir: str) -> Manifest | None:
 
 
 def verify_shard(path: str, expected: str) -> None:
-    """Raise :class:`CacheCorruptError` naming the shard and both checksums unless they match
-    (:class:`ShardMissingError` when there is no file)."""
+    """Raise :class:`CacheCorruptError` unless they match (:class:`ShardMissingError` when there is no file)."""
     if not os.path.exists(path):
         raise ShardMissingError(path)
     actual = file_sha256(path)
@@ -194,8 +179,7 @@ class FeatureCache:
         return read_shard(self.shard_path(index))
 
     def iter_shards(self) -> Iterator[Shard]:
-        for index in range(len(self.manifest.shards)):
-            yield self.read(index)
+        return (self.read(index) for index in range(len(self.manifest.shards)))
 
     def require_features(self) -> int:
         """Videos with features in the cache; raises :class:`CacheError` naming the cache when there are none."""
@@ -219,8 +203,8 @@ class FeatureCache:
         frames: Mapping[str, str | None],
         probe: dict[str, Any] | None = None,
     ) -> None:
-        """Shard ``index`` is written: its checksum, the videos it had to skip, the frame record of each of its
-        videos and its exactness probe (:mod:`cache.exactness`) go to the manifest at once."""
+        """Shard ``index`` is written: its checksum, skipped videos, frame records and exactness probe
+        (:mod:`cache.exactness`) go to the manifest at once."""
         entry = self.manifest.shards[index]
         entry.sha256, entry.skipped, entry.frames, entry.probe = sha256, skipped, dict(frames), probe
         write_manifest(self.directory, self.manifest)

@@ -1,16 +1,13 @@
 """Writing a cache directory: the plan of its shards, what is left to do, and the manifest kept up to date.
 
-``extract`` computes features; everything about the directory it writes them to
-is here: it is created under the root and named by the key, locked for one
-writer, cleared of the temporary files a killed run left, planned (which videos
-go to which shard) or resumed from its manifest, and checked. A written shard
-is planned again when its file does not match its checksum, when the frames of
-one of its videos are not those its features were computed from (another
-listing or other bytes), or when one of its videos could not be read and now
-can (a file that was being copied, a network mount that failed). A split whose
-frame folders changed (videos gained or lost their frames) is planned anew,
-keeping the shards that hold the same videos. The manifest is rewritten after
-every shard, ``complete`` once every shard is written.
+``extract`` computes features; everything about the directory it writes them to is here: it is created under the root
+and named by the key, locked for one writer, cleared of the temporary files a killed run left, planned (which videos
+go to which shard) or resumed from its manifest, and checked. A written shard is planned again when its file does not
+match its checksum, when the frames of one of its videos are not those its features were computed from (another
+listing or other bytes), or when one of its videos could not be read and now can (a file that was being copied, a
+network mount that failed). A split whose frame folders changed (videos gained or lost their frames) is planned anew,
+keeping the shards that hold the same videos. The manifest is rewritten after every shard, ``complete`` once every
+shard is written.
 """
 
 from __future__ import annotations
@@ -63,32 +60,18 @@ FrameCheck = Callable[[Sequence[str]], Mapping[str, "str | None"]]
 
 @dataclass
 class Checked:
-    """What checking a cache's written shards against their files and frames found.
+    """What checking a cache's written shards against their files and frames found."""
 
-    Attributes
-    ----------
-    pending : list of int
-        Shards to compute: never written, corrupt, or made from other frames.
-    changed : list of str
-        Videos whose frames are not those their features were computed from.
-    retried : list of str
-        Videos that could not be read when extracted and can be now.
-    replanned : bool
-        The split's frame folders changed since the cache was planned: it was planned anew.
-    """
-
-    pending: list[int] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    retried: list[str] = field(default_factory=list)
-    replanned: bool = False
+    pending: list[int] = field(default_factory=list)  # shards to compute: never written, corrupt, other frames
+    changed: list[str] = field(default_factory=list)  # videos whose frames are not those their features came from
+    retried: list[str] = field(default_factory=list)  # videos that could not be read when extracted and can be now
+    replanned: bool = False  # the split's frame folders changed since the cache was planned: it was planned anew
 
 
 def pending_shards(cache: FeatureCache, check_frames: FrameCheck | None = None) -> Checked:
     """Shards to (re)compute (see the module docstring); those planned again are reset in its manifest.
 
-    ``check_frames`` gives the frame records of the written shards' videos as
-    they are now; without it the frames are trusted (a shard is then planned
-    again only when it is missing or corrupt).
+    Without ``check_frames`` the frames are trusted: a shard is planned again only when missing or corrupt.
     """
     checked, manifest = Checked(), cache.manifest
     written = [i for i, entry in enumerate(manifest.shards) if entry.done]
@@ -116,22 +99,6 @@ def pending_shards(cache: FeatureCache, check_frames: FrameCheck | None = None) 
     return checked
 
 
-def replan(manifest: Manifest, fresh: Manifest) -> Manifest:
-    """``fresh`` (the plan of the split as its frame folders are now), keeping ``manifest``'s written shards
-    that hold exactly the same videos under the same name."""
-    old = {(e.name, tuple(e.videos)): e for e in manifest.shards if e.done}
-    fresh.shards = [old.get((e.name, tuple(e.videos)), e) for e in fresh.shards]
-    fresh.provenance = manifest.provenance
-    return fresh
-
-
-def remove_stale_temporaries(cache_dir: str) -> None:
-    """Remove the temporary files a run killed between creating a shard and renaming it left behind."""
-    for path in glob.glob(os.path.join(glob.escape(cache_dir), f".*{TMP_SUFFIX}")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 def shard_attrs(inputs: CacheKeyInputs) -> dict[str, Any]:
     """The attributes every shard of the cache of ``inputs`` carries."""
     return {"key": cache_key(inputs), "inputs": inputs.to_json(), "format_version": FORMAT_VERSION}
@@ -149,14 +116,11 @@ def open_for_writing(
     check_frames: FrameCheck | None = None,
 ) -> Iterator[tuple[FeatureCache, Checked]]:
     """The cache directory of ``inputs`` under ``root``, locked, resumed from its manifest or planned anew, and
-    what is left to do in it: the shards to compute (``pending``), the videos whose frames changed or are read
-    again.
+    what is left to do in it (:class:`Checked`).
 
-    ``videos`` are the split's videos that have frames now, ``skipped`` those
-    that have none (with the reason); ``check_frames`` reads the frames of the
-    written shards' videos (see :func:`pending_shards`). A resumed cache keeps
-    the shard size it was started with. Raises :class:`CacheError` when another
-    process writes there, or when its manifest belongs to another key.
+    ``videos`` are the split's videos that have frames now, ``skipped`` those that have none (with the
+    reason). A resumed cache keeps the shard size it was started with. Raises :class:`CacheError` when
+    another process writes there, or when its manifest belongs to another key.
     """
     key = cache_key(inputs)
     cache_dir = os.path.join(root, key)
@@ -165,19 +129,24 @@ def open_for_writing(
     # up); readers do not take it: they read complete shards only, checked against the manifest
     busy = f"another frameexit extract is writing {cache_dir}; wait for it to finish"
     with folder_lock(cache_dir, busy, lock_name=".lock", error=CacheError):
-        remove_stale_temporaries(cache_dir)
-        manifest = read_manifest(cache_dir)
-        replanned = False
-        if manifest is None:
-            manifest = plan(key, inputs, videos, shard_size=shard_size, n_listed=n_listed, skipped=skipped)
-        elif manifest.key != key:
-            raise CacheError(
-                f"{cache_dir}/manifest.json belongs to key {manifest.key}, not {key}; remove the directory"
-            )
-        elif manifest.planned() != list(videos):
+        # the temporary files a run killed between creating a shard and renaming it left behind
+        for path in glob.glob(os.path.join(glob.escape(cache_dir), f".*{TMP_SUFFIX}")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        old = read_manifest(cache_dir)
+        if old is not None and old.key != key:
+            raise CacheError(f"{cache_dir}/manifest.json belongs to key {old.key}, not {key}; remove the directory")
+        size = shard_size if old is None else old.shard_size
+        manifest = plan(key, inputs, videos, shard_size=size, n_listed=n_listed, skipped=skipped)
+        replanned = old is not None and old.planned() != list(videos)
+        if replanned:
             log.warning("the frame folders of the split changed since %s was planned: planning it anew", cache_dir)
-            fresh = plan(key, inputs, videos, shard_size=manifest.shard_size, n_listed=n_listed, skipped=skipped)
-            manifest, replanned = replan(manifest, fresh), True
+            # keep the written shards that hold exactly the same videos under the same name
+            done = {(e.name, tuple(e.videos)): e for e in old.shards if e.done}
+            manifest.shards = [done.get((e.name, tuple(e.videos)), e) for e in manifest.shards]
+            manifest.provenance = old.provenance
+        elif old is not None:
+            manifest = old
         cache = FeatureCache(cache_dir, manifest)
         checked = pending_shards(cache, check_frames)
         checked.replanned = replanned

@@ -12,11 +12,10 @@ and, from batched extraction, the exactness probe (:mod:`cache.exactness`)::
 
     probe_videos    (n_probe,) UTF-8 strings                       videos whose steps also ran one per forward pass
     probe_features  (n_probe, n_frames, feat_dim) float32          their per-step features (sequential inference's)
-    attrs: batching_effective, exact, probe_max_abs_deviation, probe_max_rel_deviation
+    attrs: batching_effective, exactness, probe_max_abs_deviation, probe_max_rel_deviation
 
-A shard is built in memory (HDF5's core driver), then written under a temporary
-name, fsynced and renamed; dataset timestamps are off so the same content gives
-the same bytes (those HDF5 writes to a file itself).
+A shard is built in memory (HDF5's core driver), then written under a temporary name, fsynced and renamed; dataset
+timestamps are off so the same content gives the same bytes (those HDF5 writes to a file itself).
 """
 
 from __future__ import annotations
@@ -59,13 +58,9 @@ def write_shard(
     probe_videos: Sequence[str] | None = None,
     probe_features: np.ndarray | None = None,
 ) -> str:
-    """Write a shard atomically; returns the SHA-256 of the file written.
-
-    A full disk is a :class:`~frameexit.errors.DiskFullError` naming ``path``, with nothing left behind.
-
-    ``probe_videos`` and ``probe_features`` (float32, in temporal order as ``features``): the per-step
-    reference features of the videos probed for exactness (:mod:`cache.exactness`), written when given.
-    """
+    """Write a shard atomically; returns the SHA-256 of the file written. A full disk is a
+    :class:`~frameexit.errors.DiskFullError` naming ``path``, with nothing left behind. The probe (see the
+    module docstring) is written when given."""
     n = len(videos)
     if features.shape[0] != n or labels.shape[0] != n or frame_indices.shape[0] != n:
         raise ValueError(

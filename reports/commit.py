@@ -1,26 +1,22 @@
 """Output sets: the files one command writes into a folder replace the previous ones as a set, or not at all.
 
-A command writes its files into a staging folder ``.frameexit-new-XXXXXXXX``
-inside the output folder (same file system: every later step is a rename).
-Once all of them are written and fsynced, a plan (``commit.json``: the files,
-the seals moved last, the earlier files they make stale) is written there and
-the staging folder is renamed ``.frameexit-ready-XXXXXXXX``: that rename is the
-commit point. The files are then moved into the output folder: the previous
-*seals* (the files a reader checks first, ``summary.json``, ``replay.json``,
-``metrics.json``) are removed first and the new ones moved in last, so that at
-no moment does a mix of old and new files hold a seal.
+A command writes its files into a staging folder ``.frameexit-new-XXXXXXXX`` inside the output folder (same file
+system: every later step is a rename). Once all of them are written and fsynced, a plan (``commit.json``: the files,
+the seals moved last, the earlier files they make stale) is written there and the staging folder is renamed
+``.frameexit-ready-XXXXXXXX``: that rename is the commit point. The files are then moved into the output folder: the
+previous *seals* (the files a reader checks first, ``summary.json``, ``replay.json``, ``metrics.json``) are removed
+first and the new ones moved in last, so that at no moment does a mix of old and new files hold a seal.
 
 What a failure or a kill leaves:
 
-- before the commit point: the previous files as they were, and at most a
-  ``.frameexit-new-*`` folder that the next writer (:func:`settle`) removes;
-- after it: a ``.frameexit-ready-*`` folder (the marker) and not every seal, or the
-  complete new set; :func:`settle` finishes the moves, and a reader that finds
-  the marker finishes them too or refuses (:func:`settled`).
+- before the commit point: the previous files as they were, and at most a ``.frameexit-new-*`` folder that the next
+  writer (:func:`settle`) removes;
+- after it: a ``.frameexit-ready-*`` folder (the marker) and not every seal, or the complete new set; :func:`settle`
+  finishes the moves, and a reader that finds the marker finishes them too or refuses (:func:`settled`).
 
-Leftover temporary files of the atomic writers (``.NAME.XXXXXXXX.tmp``, from a
-killed writer) are removed by :func:`settle` as well. Callers hold the folder's
-lock (:func:`frameexit.atomic.folder_lock`) around :func:`output_set`.
+Leftover temporary files of the atomic writers (``.NAME.XXXXXXXX.tmp``, from a killed writer) are removed by
+:func:`settle` as well. Callers hold the folder's lock (:func:`frameexit.atomic.folder_lock`) around
+:func:`output_set`.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from frameexit.atomic import TMP_SUFFIX, BusyError, folder_lock, fsync_dir
 from frameexit.errors import OutputError, reporting_disk_full
@@ -50,27 +45,14 @@ class PendingCommitError(OutputError):
     """A folder holds a committed but unfinished output set that this process may not finish."""
 
 
-@dataclass(frozen=True)
-class Settled:
-    """What :func:`settle` did in a folder: output sets finished, staging folders and temporary files removed."""
-
-    finished: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-
-
 @contextlib.contextmanager
 def output_set(folder: str, names: Sequence[str], *, seals: Sequence[str], stale: Iterable[str] = ()) -> Iterator[str]:
     """A staging folder to write ``names`` into; on success they replace ``folder``'s previous files as a set.
 
-    Yields the staging folder's path: the body writes every file of ``names``
-    there (under those names). When the body returns, the set is committed
-    and moved into ``folder``: the previous ``seals`` (some of ``names``: the
-    files a reader checks first) are removed, the other files moved in, then
-    the seals in their order. ``stale``
-    names files of ``folder`` that the new set makes meaningless (the report of
-    an earlier replay) and that are removed in the same commit. When the body
-    raises, the staging folder is removed and ``folder`` is left as it was.
-    The caller holds ``folder``'s lock.
+    When the body returns, the set is committed and moved in (module docstring), the ``seals`` (some of
+    ``names``) last in their order; ``stale`` names files of ``folder`` the new set makes meaningless (the
+    report of an earlier replay), removed in the same commit. When the body raises, the staging folder is
+    removed and ``folder`` is left as it was. The caller holds ``folder``'s lock.
     """
     if not seals or set(seals) - set(names):
         raise ValueError(f"the seals {list(seals)} are not some of the files {list(names)}")
@@ -133,41 +115,32 @@ def _is_leftover_tmp(entry: str, names: Iterable[str]) -> bool:
     return False
 
 
-def remove_leftovers(folder: str, names: Iterable[str]) -> list[str]:
-    """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) killed atomic writers of ``names`` left in ``folder``;
-    the paths removed. The caller holds the lock of what it writes there."""
+def remove_leftovers(folder: str, names: Iterable[str]) -> None:
+    """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) killed atomic writers of ``names`` left in ``folder``.
+    The caller holds the lock of what it writes there."""
     names = tuple(names)
-    removed = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
         if _is_leftover_tmp(entry, names) and os.path.isfile(path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            removed.append(path)
-    return removed
 
 
-def settle(folder: str, names: Iterable[str] = ()) -> Settled:
-    """Finish the committed output sets in ``folder`` and remove the leftovers of killed writers.
-
-    Leftovers are staging folders never committed and temporary files of the
-    atomic writers for the files ``names``. The caller holds ``folder``'s lock.
+def settle(folder: str, names: Iterable[str] = ()) -> None:
+    """Finish the committed output sets in ``folder`` and remove the leftovers of killed writers: staging
+    folders never committed and temporary files of the atomic writers of ``names``. The caller holds the lock.
     """
     try:
         entries = sorted(os.listdir(folder))
     except FileNotFoundError:
-        return Settled()
-    finished, removed = [], []
+        return
     for entry in entries:
         path = os.path.join(folder, entry)
         if entry.startswith(READY_PREFIX) and os.path.isdir(path):
             _finish(folder, path)
-            finished.append(path)
         elif entry.startswith(NEW_PREFIX) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    removed += remove_leftovers(folder, names)
-    return Settled(tuple(finished), tuple(removed))
+    remove_leftovers(folder, names)
 
 
 def pending(folder: str) -> list[str]:
@@ -180,12 +153,8 @@ def pending(folder: str) -> list[str]:
 
 
 def settled(folder: str) -> None:
-    """Make sure ``folder`` holds no half-moved output set before reading it.
-
-    A reader that finds one finishes it (taking the folder's lock for the
-    moment it takes), or raises :class:`PendingCommitError` naming the folder
-    when another process is writing it or the folder cannot be written.
-    """
+    """Make sure ``folder`` holds no half-moved output set before reading it: finish one under the folder's
+    lock, or raise :class:`PendingCommitError` (:class:`BusyError` while another process writes it)."""
     if not pending(folder):
         return
     busy = f"another frameexit command is writing {folder}; read it once that command has finished"

@@ -12,6 +12,7 @@ from reports.summary import first_keys, is_sequential_reference
 NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
 MAX_SKIPPED_SHOWN = 50
 MAX_FRONTIER_SHOWN = 24
+MAX_AT_RISK_SHOWN = 10
 
 
 def thin(rows: list, limit: int) -> list:
@@ -22,7 +23,8 @@ def thin(rows: list, limit: int) -> list:
     return [rows[i] for i in picks]
 
 
-def _f(value: Any, digits: int = 4) -> str:
+def number(value: Any, digits: int = 4) -> str:
+    """``value`` with ``digits`` decimals; ``n/a`` for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
@@ -74,14 +76,10 @@ def _category_table(default: list[Mapping[str, Any]]) -> list[str]:
     names = sorted({name for r in default for name in (r.get("map_per_category") or {})})
     if not names:
         return []
-    rows = [[r["checkpoint"], *(_f((r.get("map_per_category") or {}).get(n)) for n in names)] for r in default]
+    rows = [[r["checkpoint"], *(number((r.get("map_per_category") or {}).get(n)) for n in names)] for r in default]
     note = "Mean AP of each category's classes that have a positive video (data.path_category); n/a: none has one."
     header = ["Checkpoint", *(f"{n} ↑" for n in names)]
     return ["## mAP per category at the job's setting", "", *_table(header, rows), "", note, ""]
-
-
-def _over_common(baseline: Mapping[str, Any]) -> bool:
-    return (baseline.get("videos") or {}).get("compared_over") == "common"
 
 
 def _videos(baseline: Mapping[str, Any]) -> str:
@@ -104,9 +102,6 @@ def _videos(baseline: Mapping[str, Any]) -> str:
     return text + (f" mAP is {why}." if why else "")
 
 
-MAX_AT_RISK_SHOWN = 10
-
-
 def _exactness_lines(exactness: Mapping[str, Any] | None, *, reference: bool = False) -> list[str]:
     """Whether ``frameexit infer`` would decide as this replay did: exact, or how many videos may differ
     (``reference``: the report is of infer's own outputs)."""
@@ -116,50 +111,49 @@ def _exactness_lines(exactness: Mapping[str, Any] | None, *, reference: bool = F
             "This report is of `frameexit infer`'s own outputs: the sequential reference itself, which read each "
             "video's frames one step at a time (no feature cache), so there is nothing to differ from."
         )
-        return [*head, text, ""]
-    if not exactness:
-        return [*head, "The replay recorded no exactness (a replay of an older frameexit).", ""]
-    if exactness["status"] == "exact":
+    elif not exactness:
+        text = "The replay recorded no exactness (a replay of an older frameexit)."
+    elif exactness["status"] == "exact":
         text = (
             "Exact: the features were computed as `frameexit infer` computes them (one step per backbone forward "
             f"pass, effective batching {exactness['effective']}), so every decision equals infer's bit for bit."
         )
-        return [*head, text, ""]
-    if exactness["status"] == "unknown":
+    elif exactness["status"] == "unknown":
         text = (
             "Unknown: the feature cache records no measurement of how far its batched features are from infer's "
             "per-step ones (extracted before probes, or with `--probe-videos 0`). Videos near a threshold may "
             "exit or predict otherwise in `frameexit infer`; extract with `--batching per-step` for equal decisions."
         )
-        return [*head, text, ""]
+    else:  # measured: the deviation, and per checkpoint the videos at risk
+        return [*head, *_at_risk_lines(exactness)]
+    return [*head, text, ""]
+
+
+def _at_risk_lines(exactness: Mapping[str, Any]) -> list[str]:
     checkpoints = exactness["checkpoints"]
     total = sum(c["n_at_risk"] or 0 for c in checkpoints)
     budget = any("n_at_risk_budget" in c for c in checkpoints)
-    lines = [
-        *head,
+    text = (
         f"Batched features: on {exactness['n_probe_videos']} probed videos they differ from infer's per-step "
         f"features by at most {_g(exactness['feature_max_abs_deviation'])} (relative "
         f"{_g(exactness['feature_max_rel_deviation'])}). **{total} video(s)** at the job's setting lie within "
         f"{exactness['safety_factor']:g} x the resulting deviation of a threshold or of a tie between the top two "
         "classes, where `frameexit infer` could decide otherwise. Extract with `--batching per-step` for decisions "
-        "equal to infer's bit for bit.",
-        "",
-    ]
+        "equal to infer's bit for bit."
+    )
     header = ["Checkpoint", "At risk, job's setting", *(["At risk, budget setting"] if budget else []), "Videos"]
     rows = []
     for c in checkpoints:
         names = c["at_risk"] or []
         shown = ", ".join(names[:MAX_AT_RISK_SHOWN]) + (" ..." if len(names) > MAX_AT_RISK_SHOWN else "")
-        cells = [c["checkpoint"], str(c["n_at_risk"])]
-        if budget:
-            value = c.get("n_at_risk_budget")
-            cells.append("n/a" if value is None else str(value))
-        rows.append([*cells, shown])
+        at_budget = c.get("n_at_risk_budget")
+        at_budget_cell = ["n/a" if at_budget is None else str(at_budget)] if budget else []
+        rows.append([c["checkpoint"], str(c["n_at_risk"]), *at_budget_cell, shown])
     note = (
         "Those at the job's setting are named in summary.json and replay.json; sweep.parquet counts them at every "
         "setting (`n_at_risk`)."
     )
-    return [*lines, *_table(header, rows), "", note, ""]
+    return [text, "", *_table(header, rows), "", note, ""]
 
 
 def _labelled(summary: Mapping[str, Any], *, why: bool = True) -> str:
@@ -175,209 +169,150 @@ def _g(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
+def _thresholds(setting: Mapping[str, Any]) -> list[str]:
+    return [f"{setting['first_threshold']:.4g}", f"{setting['gate_threshold']:.4g}"]
+
+
 def _alert(summary: Mapping[str, Any]) -> list[str]:
     """The caution or note above the title when a baseline was compared."""
-    acc = summary["accuracy_metric"]
-    lines: list[str] = []
-    baseline = summary["baseline"]
+    acc, baseline = summary["accuracy_metric"], summary["baseline"]
     if baseline and not baseline["passed"]:
-        lines += ["> [!CAUTION]", "> **Regression against the baseline**", ">"]
-        lines += [f"> - {one_line(r)}" for r in baseline["regressions"]]
-        lines.append("")
-    elif baseline and _over_common(baseline):
-        lines += [
-            "> [!NOTE]",
-            f"> **Baseline gate passed over the videos both runs evaluated only**: {_videos(baseline)}",
-        ]
-        if acc in (baseline.get("not_compared") or {}):
-            lines += [">", f"> {NAMES[acc]}, this report's accuracy metric, was not compared."]
-        lines.append("")
-    return lines
+        regressions = [f"> - {one_line(r)}" for r in baseline["regressions"]]
+        return ["> [!CAUTION]", "> **Regression against the baseline**", ">", *regressions, ""]
+    if not baseline or (baseline.get("videos") or {}).get("compared_over") != "common":
+        return []
+    lines = ["> [!NOTE]", f"> **Baseline gate passed over the videos both runs evaluated only**: {_videos(baseline)}"]
+    if acc in (baseline.get("not_compared") or {}):
+        lines += [">", f"> {NAMES[acc]}, this report's accuracy metric, was not compared."]
+    return [*lines, ""]
 
 
 def _headline(summary: Mapping[str, Any]) -> list[str]:
     """The title and the counts of videos and settings."""
-    acc = summary["accuracy_metric"]
-    lines: list[str] = []
-    lines += [f"# FrameExit report: {summary['dataset']}", ""]
-    lines.append(
+    return [
+        f"# FrameExit report: {summary['dataset']}",
+        "",
         f"{summary['n_videos_evaluated']} videos evaluated{_labelled(summary)}, {summary['n_videos_skipped']} "
         f"skipped (of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
-        f"Accuracy metric: {NAMES[acc]}; cost: {summary['cost_label']}."
-    )
-    lines.append("")
-    return lines
+        f"Accuracy metric: {NAMES[summary['accuracy_metric']]}; cost: {summary['cost_label']}.",
+        "",
+    ]
 
 
 def _results(summary: Mapping[str, Any]) -> list[str]:
     """The job's setting: results, categories, agreement with infer."""
-    higher = summary["higher_is_better"]
-    lines: list[str] = []
-    default = summary["default"]
-    if default:
-        d = default[0]
-        lines += [
-            f"## Results at the job's setting (first_threshold={d['first_threshold']:g}, "
-            f"gate_threshold={d['gate_threshold']:g})",
-            "",
-        ]
-        lines += _table(
-            [
-                "Name",
-                "mAP" + _arrow("map", higher),
-                "Top-1" + _arrow("top1", higher),
-                "GFLOPs" + _arrow("gflops", higher),
-                "GMACs measured" + _arrow("gmacs_measured", higher),
-                "Frames",
-            ],
-            [
-                [
-                    r["checkpoint"],
-                    _f(r["map"]),
-                    _f(r["top1"]),
-                    _f(r.get("gflops"), 2),
-                    _f(r.get("gmacs_measured"), 2),
-                    _f(r.get("mean_frames"), 2),
-                ]
-                for r in default
-            ],
-        )
-        lines += [
-            "",
-            "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for "
-            "ResNet-50, 1.8 for EfficientNet-B3, 1.96 per 13x160x160 clip for X3D-S; n/a for other backbones "
-            "and X3D-S clips of another size); GMACs "
-            "measured counts the actual backbone and head with torch's FLOP counter (GFLOPs = 2 x GMACs). "
-            "For a 3D backbone a frame in these columns is a clip.",
-            "",
-        ]
-        lines += _category_table(default)
-        lines += _exactness_lines(summary.get("exactness"), reference=is_sequential_reference(summary))
-    return lines
+    higher, default = summary["higher_is_better"], summary["default"]
+    if not default:
+        return []
+    columns = (("mAP", "map"), ("Top-1", "top1"), ("GFLOPs", "gflops"), ("GMACs measured", "gmacs_measured"))
+    header = ["Name", *(name + _arrow(key, higher) for name, key in columns), "Frames"]
+    costs = ("gflops", "gmacs_measured", "mean_frames")
+    rows = [
+        [r["checkpoint"], number(r["map"]), number(r["top1"]), *(number(r.get(k), 2) for k in costs)] for r in default
+    ]
+    return [
+        f"## Results at the job's setting (first_threshold={default[0]['first_threshold']:g}, "
+        f"gate_threshold={default[0]['gate_threshold']:g})",
+        "",
+        *_table(header, rows),
+        "",
+        "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for ResNet-50, "
+        "1.8 for EfficientNet-B3, 1.96 per 13x160x160 clip for X3D-S; n/a for other backbones and X3D-S clips of "
+        "another size); GMACs measured counts the actual backbone and head with torch's FLOP counter (GFLOPs = 2 x "
+        "GMACs). For a 3D backbone a frame in these columns is a clip.",
+        "",
+        *_category_table(default),
+        *_exactness_lines(summary.get("exactness"), reference=is_sequential_reference(summary)),
+    ]
 
 
 def _frontier(summary: Mapping[str, Any]) -> list[str]:
     """The Pareto frontier, thinned to at most MAX_FRONTIER_SHOWN rows."""
     acc, cost = summary["accuracy_metric"], summary["cost_metric"]
-    lines: list[str] = []
     frontier = summary["frontier"]
-    lines += [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
-    if frontier:
-        shown = thin(frontier, MAX_FRONTIER_SHOWN)
-        lines += _table(
-            ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc] + " ↑", NAMES[cost] + " ↓", "Frames"],
-            [
-                [
-                    r["checkpoint"],
-                    f"{r['first_threshold']:.4g}",
-                    f"{r['gate_threshold']:.4g}",
-                    _f(r[acc]),
-                    _f(r[cost], 2),
-                    _f(r.get("mean_frames"), 2),
-                ]
-                for r in shown
-            ],
-        )
-        if len(shown) < len(frontier):
-            lines.append(
-                f"\n{len(shown)} of the {len(frontier)} frontier settings, evenly spread; all in summary.json."
-            )
-    else:
-        lines.append("No setting has both an accuracy and a cost.")
-    lines.append("")
-    return lines
+    lines = [f"## Pareto frontier (best {NAMES[acc]} for each cost)", ""]
+    if not frontier:
+        return [*lines, "No setting has both an accuracy and a cost.", ""]
+    shown = thin(frontier, MAX_FRONTIER_SHOWN)
+    lines += _table(
+        ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc] + " ↑", NAMES[cost] + " ↓", "Frames"],
+        [
+            [r["checkpoint"], *_thresholds(r), number(r[acc]), number(r[cost], 2), number(r.get("mean_frames"), 2)]
+            for r in shown
+        ],
+    )
+    if len(shown) < len(frontier):
+        lines.append(f"\n{len(shown)} of the {len(frontier)} frontier settings, evenly spread; all in summary.json.")
+    return [*lines, ""]
 
 
 def _budget(summary: Mapping[str, Any]) -> list[str]:
     """The best setting within the budget, per checkpoint."""
     acc, cost = summary["accuracy_metric"], summary["cost_metric"]
-    lines: list[str] = []
     budget = summary["budget"]
-    if budget:
-        how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
-        lines += [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", ""]
-        rows = []
-        for b in budget["checkpoints"]:
-            s, e = b.get("setting"), b.get("evaluated")
-            if s is None or e is None:
-                rows.append([b["checkpoint"], "-", "-", "-", "-", b.get("note", "")])
-            else:
-                cal = b.get("calibration")
-                note = f"calibration: {NAMES[acc]} {_f(cal[acc])} at {_f(cal[cost], 2)}" if cal else ""
-                rows.append(
-                    [
-                        b["checkpoint"],
-                        f"{s['first_threshold']:.4g}",
-                        f"{s['gate_threshold']:.4g}",
-                        _f(e[acc]),
-                        _f(e[cost], 2),
-                        note,
-                    ]
-                )
-        lines += _table(["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc], NAMES[cost], "Note"], rows)
-        lines.append("")
-    return lines
+    if not budget:
+        return []
+    rows = []
+    for b in budget["checkpoints"]:
+        s, e, cal = b.get("setting"), b.get("evaluated"), b.get("calibration")
+        if s is None or e is None:
+            rows.append([b["checkpoint"], "-", "-", "-", "-", b.get("note", "")])
+        else:
+            note = f"calibration: {NAMES[acc]} {number(cal[acc])} at {number(cal[cost], 2)}" if cal else ""
+            rows.append([b["checkpoint"], *_thresholds(s), number(e[acc]), number(e[cost], 2), note])
+    how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
+    header = ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc], NAMES[cost], "Note"]
+    return [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", "", *_table(header, rows), ""]
+
+
+def _change(value: Mapping[str, Any] | None, digits: int) -> str:
+    """One metric of a baseline check, as a cell."""
+    if value is None:
+        return "n/a"
+    if "not_compared" in value:
+        return "not compared"
+    if value.get("current") is None:  # the baseline has it, this run does not: a failure, shown as such
+        return f"{number(value['baseline'], digits)} → n/a"
+    delta = value["current"] - value["baseline"]  # not -drop: an unchanged value would print as -0.0000
+    return f"{number(value['baseline'], digits)} → {number(value['current'], digits)} ({delta:+.{digits}f})"
 
 
 def _baseline(summary: Mapping[str, Any]) -> list[str]:
     """The baseline comparison, per checkpoint and metric."""
-    cost = summary["cost_metric"]
-    baseline = summary["baseline"]
-    lines: list[str] = []
-    if baseline:
-        lines += [
-            "## Baseline comparison",
-            "",
-            f"Passed: **{'yes' if baseline['passed'] else 'no'}** ({baseline.get('n_compared', 0)} checkpoint(s) "
-            f"compared; max drop {baseline['max_drop']}, max cost rise {baseline['max_cost_rise']})",
-            "",
-        ]
-        if baseline.get("videos"):
-            lines += [_videos(baseline), ""]
-        rows = []
-        for c in baseline["checks"]:
-            if "note" in c:
-                rows.append([c["checkpoint"], c["note"], "", ""])
-                continue
-            cells = [c["checkpoint"]]
-            for key in ("map", "top1", cost):
-                v = c.get(key)
-                if v is None:
-                    cells.append("n/a")
-                elif "not_compared" in v:
-                    cells.append("not compared")
-                elif v.get("current") is None:  # the baseline has it, this run does not: a failure, shown as such
-                    cells.append(f"{_f(v['baseline'], 4 if key != cost else 2)} → n/a")
-                else:
-                    delta = v["current"] - v["baseline"]  # not -drop: an unchanged value would print as -0.0000
-                    digits = 4 if key != cost else 2
-                    cells.append(f"{_f(v['baseline'], digits)} → {_f(v['current'], digits)} ({delta:+.{digits}f})")
-            rows.append(cells)
-        lines += _table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows)
-        lines.append("")
-    return lines
+    cost, baseline = summary["cost_metric"], summary["baseline"]
+    if not baseline:
+        return []
+    lines = [
+        "## Baseline comparison",
+        "",
+        f"Passed: **{'yes' if baseline['passed'] else 'no'}** ({baseline.get('n_compared', 0)} checkpoint(s) "
+        f"compared; max drop {baseline['max_drop']}, max cost rise {baseline['max_cost_rise']})",
+        "",
+        *([_videos(baseline), ""] if baseline.get("videos") else []),
+    ]
+    rows = [
+        [c["checkpoint"], c["note"], "", ""]
+        if "note" in c
+        else [c["checkpoint"], *(_change(c.get(key), 2 if key == cost else 4) for key in ("map", "top1", cost))]
+        for c in baseline["checks"]
+    ]
+    return [*lines, *_table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows), ""]
 
 
 def _histogram(summary: Mapping[str, Any]) -> list[str]:
     """The exit histogram at the job's setting."""
     default = summary["default"]
-    lines: list[str] = []
-    if default:
-        steps = len(default[0]["exit_histogram"])
-        lines += ["## Exit histogram at the job's setting (% of videos per exit step)", ""]
-        lines += _table(
-            ["Checkpoint", *[str(t) for t in range(steps)]],
-            [[r["checkpoint"], *[f"{100 * v:.1f}" for v in r["exit_histogram"]]] for r in default],
-        )
-        lines.append("")
-    return lines
+    if not default:
+        return []
+    header = ["Checkpoint", *[str(t) for t in range(len(default[0]["exit_histogram"]))]]
+    rows = [[r["checkpoint"], *[f"{100 * v:.1f}" for v in r["exit_histogram"]]] for r in default]
+    return ["## Exit histogram at the job's setting (% of videos per exit step)", "", *_table(header, rows), ""]
 
 
 def _video_counts(summary: Mapping[str, Any]) -> list[str]:
     """Videos listed, evaluated and skipped (the first MAX_SKIPPED_SHOWN named)."""
-    lines: list[str] = []
     skipped = summary["skipped"]
-    lines += [
+    lines = [
         "## Videos",
         "",
         f"{summary['n_videos_listed']} listed in the split, {summary['n_videos_evaluated']} "
@@ -394,22 +329,18 @@ def _video_counts(summary: Mapping[str, Any]) -> list[str]:
 
 def _provenance(summary: Mapping[str, Any]) -> list[str]:
     """Cache, checkpoints, dataset files, versions and date."""
-    lines: list[str] = []
     p = summary["provenance"]
-    lines += ["## Provenance", ""]
-    cache = p["cache"]
-    if cache:
+    lines = ["## Provenance", ""]
+    if p["cache"]:
+        inputs = p["cache"]["inputs"]
         lines.append(
-            f"- feature cache: {code(cache['key'])} (backbone {one_line(cache['inputs'].get('backbone'))}, "
-            f"backbone weights SHA-256 `{str(cache['inputs'].get('backbone_digest'))[:16]}...`)"
+            f"- feature cache: {code(p['cache']['key'])} (backbone {one_line(inputs.get('backbone'))}, "
+            f"backbone weights SHA-256 `{str(inputs.get('backbone_digest'))[:16]}...`)"
         )
-    for c in p["checkpoints"]:
-        lines.append(f"- checkpoint {code(c['name'])}: SHA-256 {code(c['sha256'])}")
-    for name, path in p["dataset_files"].items():
-        lines.append(f"- {name}: {code(path)}")
-    versions = p["versions"]
-    if versions:
-        lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines += [f"- checkpoint {code(c['name'])}: SHA-256 {code(c['sha256'])}" for c in p["checkpoints"]]
+    lines += [f"- {name}: {code(path)}" for name, path in p["dataset_files"].items()]
+    if p["versions"]:
+        lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()))
     lines.append(
         f"- created {summary['created']}" + (f", git {summary['git_hash'][:12]}" if summary["git_hash"] else "")
     )

@@ -13,57 +13,29 @@ ACCURACY_LABELS = {"map": "mAP (fraction of 1)", "top1": "top-1 accuracy (fracti
 
 
 def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *, published: bool = False) -> Figure:
-    """The accuracy-versus-cost figure (not saved; the caller writes and closes it).
-
-    Parameters
-    ----------
-    summary : Summary
-        Gives the metrics (``accuracy_metric``, ``cost_metric``, ``cost_label``),
-        the frontier and the job's default setting.
-    rows : sequence of dict
-        Every setting of the sweep (with ``gflops_measured`` added).
-    published : bool, default=False
-        Also draw the published FrameExit ResNet-50 ActivityNet curve (only
-        meaningful for that job, in paper-convention GFLOPs).
-    """
+    """The accuracy-versus-cost figure of a :class:`reports.records.Summary` and every setting of its sweep
+    (``rows``, with ``gflops_measured``); not saved: the caller writes and closes it. ``published``: also
+    the published FrameExit ResNet-50 ActivityNet curve (that job's only, in paper-convention GFLOPs)."""
     acc, cost = summary["accuracy_metric"], summary["cost_metric"]
     fig = Figure(figsize=(7.5, 5.0), dpi=120)
     ax = fig.add_subplot()
     names = sorted({r["checkpoint"] for r in rows})
     colours = [f"C{i % 10}" for i in range(len(names))]
     for name, colour in zip(names, colours, strict=True):
-        pts = [
-            (r[cost], r[acc])
-            for r in rows
-            if r["checkpoint"] == name and r.get(cost) is not None and r.get(acc) is not None
-        ]
+        pts = [(r[cost], r[acc]) for r in rows if r["checkpoint"] == name and None not in (r.get(cost), r.get(acc))]
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.scatter(xs, ys, s=14, alpha=0.45, color=colour, label=f"{name}: every setting")
     frontier = summary["frontier"]
     if frontier:
-        ax.plot(
-            [r[cost] for r in frontier],
-            [r[acc] for r in frontier],
-            "-",
-            color="black",
-            lw=1.6,
-            drawstyle="steps-post",
-            label="Pareto frontier",
-        )
+        xs, ys = [r[cost] for r in frontier], [r[acc] for r in frontier]
+        ax.plot(xs, ys, "-", color="black", lw=1.6, drawstyle="steps-post", label="Pareto frontier")
     for r in summary["default"]:
         if r.get(cost) is not None and r.get(acc) is not None:
             colour = colours[names.index(r["checkpoint"])] if r["checkpoint"] in names else "black"
-            ax.plot(
-                [r[cost]],
-                [r[acc]],
-                marker="*",
-                ms=16,
-                color=colour,
-                markeredgecolor="black",
-                linestyle="none",
-                label=f"{r['checkpoint']}: job setting (first {r['first_threshold']:g}, gate {r['gate_threshold']:g})",
-            )
+            label = f"{r['checkpoint']}: job setting (first {r['first_threshold']:g}, gate {r['gate_threshold']:g})"
+            star = dict(marker="*", ms=16, color=colour, markeredgecolor="black", linestyle="none")
+            ax.plot([r[cost]], [r[acc]], **star, label=label)
     if published:
         gx, gy = zip(*PUBLISHED_ACTIVITYNET_RESNET50, strict=True)
         ax.plot(gx, [y / 100 for y in gy], "o--", color="grey", lw=1.2, ms=5, label="FrameExit ResNet-50, published")

@@ -1,18 +1,13 @@
 """The JSON documents frameexit writes, each defined once: ``metrics.json``, ``replay.json``, ``summary.json``.
 
-Each document is a :class:`~typing.TypedDict` (a plain ``dict`` at run time,
-so it is written with :func:`reports.write.write_json` as it is). Its writer
-builds it through the class and its reader reads it with :func:`read_record`,
-which checks every key the class names and the type of its value, nested
-documents included: a file with a missing or renamed key, or a value of another
-type, is an error naming the file and the key, not a value that silently becomes
-``null`` or a traceback later.
+Each document is a :class:`~typing.TypedDict` (a plain ``dict`` at run time, written as it is). Its writer builds it
+through the class; :func:`read_record` checks every key and value type it names, so that a file with a missing or
+renamed key, or a value of another type, is an error naming the file and the key, not a ``null`` or a traceback later.
 
-Units: accuracies (``map``, ``top1``) are fractions in [0, 1]; ``gflops`` is
-the paper convention (per-frame GMACs of the backbone x frames read, called
-GFLOPs in the paper); ``gmacs_measured`` is multiply-accumulates counted by
-torch's ``FlopCounterMode`` (GFLOPs = 2 x GMACs); costs are per video;
-thresholds are probabilities in [0, 1]; NaN is written as ``null``.
+Units: accuracies (``map``, ``top1``) are fractions in [0, 1]; ``gflops`` is the paper convention (per-frame GMACs of
+the backbone x frames read, called GFLOPs in the paper); ``gmacs_measured`` is multiply-accumulates counted by
+torch's ``FlopCounterMode`` (GFLOPs = 2 x GMACs); costs are per video; thresholds are probabilities in [0, 1]; NaN is
+written as ``null``.
 """
 
 import datetime
@@ -168,9 +163,7 @@ class InferMetrics(TypedDict):
     gmacs_measured_parts: StepCostsRecord  # measured GMACs per part
     mean_frames: float  # mean frames read per video (exit_step + 1)
     exit_histogram: list[float]  # share of the videos exiting at each step (0-based)
-    ap_per_class: list[
-        float | None
-    ]  # average precision of each class (line of the class list), NaN (null) without positives
+    ap_per_class: list[float | None]  # average precision of each class (line of the class list); NaN (null) if none
     map_per_category: dict[str, float | None] | None  # mAP of each category of data.path_category; null without one
     n_videos: int  # videos evaluated
     n_videos_labelled: int  # of those, videos with at least one label
@@ -384,14 +377,8 @@ MAX_DEPTH = 64
 def read_record(
     path: str | os.PathLike, record: type[R], *, error: type[RecordError] = RecordError, what: str | None = None
 ) -> R:
-    """Read the JSON document at ``path`` and check it against ``record`` (:func:`check_record`).
-
-    Raises ``error`` (a :class:`RecordError`): naming the file when it cannot
-    be read, is not JSON or is nested too deeply to be parsed (``cannot read WHAT
-    PATH: ...``, ``what`` naming the document in words), and naming the file and
-    the key (``provenance.cache.key``) when a key is missing or holds a value of
-    another type than its record's.
-    """
+    """Read the JSON document at ``path`` (:func:`load_json`) and check it against ``record`` (:func:`check_record`);
+    raises ``error`` naming the file, and the key where one does not fit."""
     document = load_json(path, error=error, what=what)
     check_record(document, record, str(path), error=error)
     return document
@@ -412,13 +399,10 @@ def load_json(path: str | os.PathLike, *, error: type[RecordError] = RecordError
 def check_record(document: Any, record: type, where: str, *, error: type[RecordError] = RecordError) -> None:
     """Raise ``error`` naming ``where`` and the key when ``document`` does not fit ``record``.
 
-    One walk, driven by the record's type hints: every required key present, every
-    key present (optional ones too) of its type, nested records, lists and maps
-    included (``str``, ``int``, ``bool``; ``float`` a finite number; ``X | None``
-    also null; ``Any`` anything); nothing nested deeper than :data:`MAX_DEPTH`.
-    Keys the record does not name are allowed. The error is one line, e.g.
-    ``summary.json is not a frameexit summary.json: default[0].map is not a finite
-    number or null (got "high")``.
+    One walk, driven by the record's type hints: every required key present, every key present of its type, nested
+    records, lists and maps included (``float`` a finite number; ``X | None`` also null; ``Any`` anything); nothing
+    nested deeper than :data:`MAX_DEPTH`; keys the record does not name are allowed. One line, e.g. ``summary.json is
+    not a frameexit summary.json: default[0].map is not a finite number or null (got "high")``.
     """
     problem = _too_deep(document) or _check_value(document, record, "")
     if problem is not None:
@@ -517,33 +501,23 @@ def _check_value(value: Any, hint: Any, name: str) -> str | None:
     if typing.is_typeddict(hint):
         if not isinstance(value, Mapping):
             return f"{where} is not a JSON object (got {_shown(value)})"
-        for key, item_hint in _hints(hint).items():
-            path = _key(name, key)
-            if key not in value:
-                if key in hint.__required_keys__:  # type: ignore[attr-defined]
-                    return f"key {path!r} is missing"
-                continue
-            problem = _check_value(value[key], item_hint, path)
-            if problem is not None:
-                return problem
+        for key, item_hint in _hints(hint).items():  # in the record's order: the first problem is reported
+            if key in value:
+                problem = _check_value(value[key], item_hint, _key(name, key))
+                if problem is not None:
+                    return problem
+            elif key in hint.__required_keys__:  # type: ignore[attr-defined]
+                return f"key {_key(name, key)!r} is missing"
         return None
     origin = typing.get_origin(hint) or hint
-    if origin is list:
-        if not isinstance(value, list):
-            return f"{where} is not a JSON list (got {_shown(value)})"
-        for i, item in enumerate(value if args else ()):
-            problem = _check_value(item, args[0], f"{name}[{i}]")
-            if problem is not None:
-                return problem
-        return None
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            return f"{where} is not a JSON object (got {_shown(value)})"
-        for key, item in value.items() if len(args) == 2 else ():
-            problem = _check_value(item, args[1], f"{name}[{key!r}]")
-            if problem is not None:
-                return problem
-        return None
+    if origin is list or origin is dict:
+        if not isinstance(value, list if origin is list else Mapping):
+            return f"{where} is not {_expected(origin)} (got {_shown(value)})"
+        if origin is list:
+            items = ((item, args[0], f"{name}[{i}]") for i, item in enumerate(value if args else ()))
+        else:
+            items = ((item, args[1], f"{name}[{key!r}]") for key, item in (value.items() if len(args) == 2 else ()))
+        return next((p for p in (_check_value(*item) for item in items) if p is not None), None)
     if isinstance(origin, type) and not _scalar_fits(value, origin):
         return f"{where} is not {_expected(hint)} (got {_shown(value)})"
     return None

@@ -1,10 +1,9 @@
 """The columns of every table frameexit writes, in one place.
 
-Units and conventions: ``map`` and ``top1`` are fractions in [0, 1];
-``confidence`` is a softmax probability in [0, 1]; ``exit_step`` is 0-based
-(0..9), so a video read ``exit_step + 1`` frames; ``gflops`` is the paper's
-convention (per-frame multiply-accumulates x frames read, called GFLOPs in the
-paper, really GMACs); ``gmacs_measured`` is counted by torch's FLOP counter.
+Units and conventions: ``map`` and ``top1`` are fractions in [0, 1]; ``confidence`` is a softmax probability in [0,
+1]; ``exit_step`` is 0-based (0..9), so a video read ``exit_step + 1`` frames; ``gflops`` is the paper's convention
+(per-frame multiply-accumulates x frames read, called GFLOPs in the paper, really GMACs); ``gmacs_measured`` is
+counted by torch's FLOP counter.
 """
 
 from __future__ import annotations
@@ -51,11 +50,8 @@ SWEEP = pa.schema(
 
 
 def column_problem(table: pa.Table, schema: pa.Schema, columns: list[str] | None = None) -> str | None:
-    """The first way ``table`` does not hold the columns of ``schema`` (those named in ``columns``), in words.
-
-    A column missing, of another type, holding nulls where the schema has none, or lists holding nulls.
-    ``None`` when every column fits: a reader can then use the values as the schema types them.
-    """
+    """The first way ``table`` does not hold the columns of ``schema`` (those named in ``columns``), in words:
+    missing, of another type, or with nulls the schema has none of. ``None`` when every column fits."""
     for name in columns or schema.names:
         expected = schema.field(name)
         if name not in table.column_names:

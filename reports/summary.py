@@ -1,14 +1,14 @@
 """The facts of a report, computed from replay outputs: headline, Pareto frontier, budgets, baseline gate.
 
-Pure functions over plain rows (dicts as read from ``sweep.parquet``); the
-JSON document they build is ``summary.json`` (:class:`reports.records.Summary`
-documents every key) and the input of the Markdown and plot renderers.
+Pure functions over plain rows (dicts as read from ``sweep.parquet``); the JSON document they build is
+``summary.json`` (:class:`reports.records.Summary` documents every key) and the input of the Markdown and plot
+renderers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +26,9 @@ PUBLISHED_ACTIVITYNET_RESNET50 = (
     (41.2, 77.30),
 )
 
-HIGHER_IS_BETTER = {
-    "map": True,
-    "top1": True,
-    "gflops": False,
-    "gflops_measured": False,
-    "gmacs_measured": False,
-    "mean_frames": False,
-}
+HIGHER_IS_BETTER = {"map": True, "top1": True} | dict.fromkeys(
+    ("gflops", "gflops_measured", "gmacs_measured", "mean_frames"), False
+)
 
 Row = Mapping[str, Any]
 
@@ -62,21 +57,14 @@ def with_cost(row: Row) -> dict[str, Any]:
 
 
 def pareto_frontier(rows: Sequence[Row], *, accuracy: str, cost: str) -> list[dict[str, Any]]:
-    """Settings no other setting beats: strictly more accurate than every cheaper-or-equal one.
-
-    Sorted by cost ascending (ties: higher accuracy first); rows without a
-    finite accuracy or cost are ignored. Returns copies of the rows.
-    """
+    """Settings no other setting beats (strictly more accurate than every cheaper-or-equal one), copied, by cost
+    ascending (ties: higher accuracy first); rows without a finite accuracy or cost are ignored."""
     usable = [dict(r) for r in rows if _finite(r.get(accuracy)) and _finite(r.get(cost))]
-    usable.sort(
-        key=lambda r: (
-            r[cost],
-            -r[accuracy],
-            r.get("checkpoint", ""),
-            r.get("first_threshold", 0),
-            r.get("gate_threshold", 0),
-        )
-    )
+
+    def rank(r: Row) -> tuple:
+        return r[cost], -r[accuracy], r.get("checkpoint", ""), r.get("first_threshold", 0), r.get("gate_threshold", 0)
+
+    usable.sort(key=rank)
     frontier, best = [], -math.inf
     for r in usable:
         if r[accuracy] > best:
@@ -94,9 +82,7 @@ def best_within_budget(rows: Sequence[Row], budget: float, *, accuracy: str, cos
 
 
 def why_none_fits(rows: Sequence[Row], *, accuracy: str, cost: str, calibrated: bool = False) -> str:
-    """Why :func:`best_within_budget` found no setting in one checkpoint's ``rows``, in words: no rows (not in the
-    calibration run), no accuracy at any setting (no evaluated video has a label: the budget is not the reason),
-    no cost, or every setting costs more than the budget (the cheapest named)."""
+    """Why :func:`best_within_budget` found no setting in one checkpoint's ``rows``, in words."""
     run = "the calibration run" if calibrated else "this run"
     if not rows:
         return "checkpoint not in the calibration run"
@@ -117,13 +103,9 @@ def choose_budget(
     cost: str,
     calibration_rows: Sequence[Row] | None = None,
 ) -> dict[str, Any]:
-    """Per checkpoint, the setting chosen for a compute budget, evaluated on ``rows``.
-
-    Without calibration the choice is made on ``rows`` themselves. With
-    ``calibration_rows`` (another split's sweep, e.g. held-out training videos)
-    the thresholds are chosen there and looked up in ``rows``, so the reported
-    accuracy is not tuned on the evaluated split.
-    """
+    """Per checkpoint, the setting chosen for a compute budget, evaluated on ``rows``: chosen on ``rows``, or on
+    ``calibration_rows`` (another split's sweep, e.g. held-out training videos) and looked up in ``rows``, so that
+    the reported accuracy is not tuned on the evaluated split."""
     by_ckpt: dict[str, list[Row]] = {}
     for r in rows:
         by_ckpt.setdefault(r["checkpoint"], []).append(r)
@@ -139,12 +121,9 @@ def choose_budget(
             entry["setting"] = None
             entry["note"] = why_none_fits(source, accuracy=accuracy, cost=cost, calibrated=calibration_rows is not None)
         else:
-            entry["setting"] = {"first_threshold": pick["first_threshold"], "gate_threshold": pick["gate_threshold"]}
-            match = [
-                r
-                for r in own
-                if r["first_threshold"] == pick["first_threshold"] and r["gate_threshold"] == pick["gate_threshold"]
-            ]
+            setting = {"first_threshold": pick["first_threshold"], "gate_threshold": pick["gate_threshold"]}
+            entry["setting"] = setting
+            match = [r for r in own if all(r[k] == v for k, v in setting.items())]
             entry["evaluated"] = dict(match[0]) if match else None
             if calibration_rows is not None:
                 entry["calibration"] = pick
@@ -169,18 +148,13 @@ def compare_baseline(
     cost: str,
     not_compared: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Compare the default setting's mAP, top-1 and cost of each checkpoint with a baseline's.
+    """Compare the default setting's mAP, top-1 and cost of each checkpoint (matched by name) with a baseline's.
 
-    A regression is an accuracy drop above ``max_drop`` (fraction) or a cost
-    rise above ``max_cost_rise`` (GFLOPs); ``None`` disables that check.
-    Checkpoints are matched by name. The comparison fails (``passed`` false,
-    the reason among ``regressions``) whatever the limits when it cannot vouch
-    for the run: a baseline checkpoint missing from the run, a value the
-    baseline has that the run lacks (NaN), or nothing compared at all. A
-    checkpoint new in the run is listed as not in the baseline and passes.
-    ``n_compared`` counts the checkpoints with at least one value compared.
-    ``not_compared`` (metric -> why) names metrics that cannot be compared: each
-    check holds ``{"not_compared": why}`` for them, and they count for nothing.
+    A regression is an accuracy drop above ``max_drop`` (fraction) or a cost rise above ``max_cost_rise``
+    (GFLOPs); ``None`` disables that check. Whatever the limits, the comparison fails when it cannot vouch
+    for the run: a baseline checkpoint missing from the run, a value the baseline has and the run lacks
+    (NaN), or nothing compared at all; a checkpoint new in the run passes. ``not_compared`` (metric -> why)
+    names metrics that cannot be compared: they count for nothing.
     """
     not_compared = dict(not_compared or {})
     base = {r["checkpoint"]: r for r in baseline}
@@ -230,28 +204,20 @@ def _compare_value(
     """One metric of one checkpoint against the baseline's finite value: its check entry, and the regression
     (a drop, for ``higher`` is better, or a rise above ``limit``; or no value in this run), if any."""
     if not _finite(current):
-        return {
-            "baseline": base,
-            "current": None,
-        }, f"{checkpoint}: {key} is not defined in this run (baseline {base:.4f})"
+        why = f"{checkpoint}: {key} is not defined in this run (baseline {base:.4f})"
+        return {"baseline": base, "current": None}, why
+    change = base - current if higher else current - base
     if higher:
-        drop = base - current
-        over = limit is not None and drop > limit
-        why = f"{checkpoint}: {key} fell by {drop:.4f} ({base:.4f} -> {current:.4f}), more than {limit}"
-        return {"baseline": base, "current": current, "drop": drop}, why if over else None
-    rise = current - base
-    over = limit is not None and rise > limit
-    why = f"{checkpoint}: {key} rose by {rise:.2f} ({base:.2f} -> {current:.2f}), more than {limit}"
-    return {"baseline": base, "current": current, "rise": rise}, why if over else None
+        why = f"{checkpoint}: {key} fell by {change:.4f} ({base:.4f} -> {current:.4f}), more than {limit}"
+    else:
+        why = f"{checkpoint}: {key} rose by {change:.2f} ({base:.2f} -> {current:.2f}), more than {limit}"
+    over = limit is not None and change > limit
+    return {"baseline": base, "current": current, "drop" if higher else "rise": change}, why if over else None
 
 
 def baseline_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
-    """Why two ``summary.json`` documents cannot be compared: metrics, dataset, files or checkpoints differ.
-
-    An empty list when they can: the same dataset, accuracy and cost metric, and
-    :data:`BASELINE_CHECKS` (split file, label file and class list by the SHA-256
-    the feature cache records, checkpoints of one name by their SHA-256), each
-    compared where both documents record it. Which videos each evaluated is the
+    """Why two ``summary.json`` documents cannot be compared (empty when they can): other accuracy or cost
+    metrics, or :data:`BASELINE_CHECKS` differ where both record them. Which videos each evaluated is the
     gate's concern (:func:`baseline_gate`), not a mismatch.
     """
     out = []
@@ -270,11 +236,8 @@ def baseline_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any])
 
 @dataclass(frozen=True)
 class Identity:
-    """What a run's numbers were computed from, as its documents record it; ``None`` where one does not say.
-
-    Built from a ``summary.json`` (:func:`summary_identity`), a ``replay.json``
-    (:func:`replay_identity`) or, before any replay, a job (``jobs.report``).
-    """
+    """What a run's numbers were computed from, as its documents (or, before any replay, its job: ``jobs.report``)
+    record it; ``None`` where one does not say."""
 
     dataset: str | None = None  # data.name
     split: str | None = None  # SHA-256 of the split file (the feature cache's split_digest)
@@ -312,52 +275,17 @@ def summary_identity(summary: Mapping[str, Any]) -> Identity:
 
 def replay_identity(replay: Mapping[str, Any]) -> Identity:
     """The :class:`Identity` a ``replay.json`` records."""
-    return _identity(
-        replay.get("dataset"),
-        replay.get("cache"),
-        replay.get("checkpoints"),
-        replay.get("order_name"),
-        replay.get("dataset_digests"),
-    )
+    return _identity(*(replay.get(k) for k in ("dataset", "cache", "checkpoints", "order_name", "dataset_digests")))
 
 
-def _same_name(field: str, label: str) -> Callable[[Identity, Identity, str], list[str]]:
-    def check(ours: Identity, theirs: Identity, where: str) -> list[str]:
-        a, b = getattr(theirs, field), getattr(ours, field)
-        return [] if a is None or b is None or a == b else [f"{label} {a!r} in {where}, {b!r} in this run"]
-
-    return check
-
-
-def _same_digest(field: str, label: str) -> Callable[[Identity, Identity, str], list[str]]:
-    def check(ours: Identity, theirs: Identity, where: str) -> list[str]:
-        a, b = getattr(theirs, field), getattr(ours, field)
-        if a is None or b is None or a == b:
-            return []
-        return [f"{label} SHA-256 {a[:12]}... in {where}, {b[:12]}... in this run"]
-
-    return check
-
-
-def _same_checkpoints(ours: Identity, theirs: Identity, where: str) -> list[str]:
-    if ours.checkpoints is None or theirs.checkpoints is None:
-        return []
-    return [
-        f"checkpoint {name} SHA-256 {theirs.checkpoints[name][:12]}... in {where}, {sha[:12]}... in this run"
-        for name, sha in ours.checkpoints.items()
-        if name in theirs.checkpoints and theirs.checkpoints[name] != sha
-    ]
-
-
-#: Every identity check, once: ``check(ours, theirs, where)`` -> what differs, in words (empty when nothing does or
-#: a side does not record it).
-IDENTITY_CHECKS: dict[str, Callable[[Identity, Identity, str], list[str]]] = {
-    "dataset": _same_name("dataset", "dataset"),
-    "split": _same_digest("split", "split file"),
-    "labels": _same_digest("labels", "label file"),
-    "classes": _same_digest("classes", "class list"),
-    "checkpoints": _same_checkpoints,
-    "order": _same_name("order", "policy order"),
+#: Identity fields compared by value: their name in words, and whether they are SHA-256 digests (shown by
+#: their first 12 digits); ``checkpoints`` are compared by name, then digest.
+_IDENTITY_FIELDS = {
+    "dataset": ("dataset", False),
+    "split": ("split file", True),
+    "labels": ("label file", True),
+    "classes": ("class list", True),
+    "order": ("policy order", False),
 }
 #: A baseline: the same dataset, split file, label file, class list and checkpoints (those of one name).
 BASELINE_CHECKS = ("dataset", "split", "labels", "classes", "checkpoints")
@@ -367,8 +295,28 @@ CALIBRATION_CHECKS = ("dataset", "classes", "checkpoints", "order")
 
 
 def identity_mismatches(ours: Identity, theirs: Identity, checks: Sequence[str], where: str) -> list[str]:
-    """What differs between this run (``ours``) and another (``theirs``, called ``where``) under ``checks``."""
-    return [problem for name in checks for problem in IDENTITY_CHECKS[name](ours, theirs, where)]
+    """What differs between this run (``ours``) and another (``theirs``, called ``where``) under ``checks``, in
+    words; a field one side does not record is not compared."""
+    out = []
+    for check in checks:
+        if check == "checkpoints":
+            if ours.checkpoints is not None and theirs.checkpoints is not None:
+                out += [
+                    f"checkpoint {name} SHA-256 {theirs.checkpoints[name][:12]}... in {where}, "
+                    f"{sha[:12]}... in this run"
+                    for name, sha in ours.checkpoints.items()
+                    if name in theirs.checkpoints and theirs.checkpoints[name] != sha
+                ]
+            continue
+        label, digest = _IDENTITY_FIELDS[check]
+        a, b = getattr(theirs, check), getattr(ours, check)
+        if a is None or b is None or a == b:
+            continue
+        if digest:
+            out.append(f"{label} SHA-256 {a[:12]}... in {where}, {b[:12]}... in this run")
+        else:
+            out.append(f"{label} {a!r} in {where}, {b!r} in this run")
+    return out
 
 
 def first_keys(keys: Sequence[str], n: int = 3) -> str:
@@ -379,12 +327,8 @@ def first_keys(keys: Sequence[str], n: int = 3) -> str:
 def calibration_mismatches(
     ours: Identity, our_videos: Sequence[str], theirs: Identity, their_videos: Sequence[str]
 ) -> list[str]:
-    """Why a calibration run cannot choose this run's setting: :data:`CALIBRATION_CHECKS`, or the same videos.
-
-    It must be of the same dataset, class list, checkpoints and policy order, and
-    of other videos: the same split file (by SHA-256), or any video evaluated in
-    both, would choose the setting on videos it is then evaluated on.
-    """
+    """Why a calibration run cannot choose this run's setting: :data:`CALIBRATION_CHECKS` differ, or it
+    evaluated the same split file or any of the same videos."""
     out = identity_mismatches(ours, theirs, CALIBRATION_CHECKS, "the calibration run")
     if ours.split is not None and ours.split == theirs.split:
         out.append(
@@ -433,8 +377,8 @@ def subset_row(
     per_frame: float | None,
 ) -> dict[str, Any]:
     """The job's-setting metrics of one checkpoint over the videos at ``index`` (of ``Summary.videos``),
-    recomputed from its per-video results: top-1, mean frames and both costs; mAP is ``None`` (it needs every
-    class's score). Every value is ``None`` without per-video results, NaN without videos."""
+    recomputed from its per-video results; mAP is ``None`` (it needs every class's score), every value
+    ``None`` without per-video results, NaN without videos."""
     row: dict[str, Any] = {"checkpoint": checkpoint, "n_videos": len(index), "map": None}
     if results is None:
         return {**row, **dict.fromkeys(("top1", "mean_frames", "gflops", "gmacs_measured", "gflops_measured"))}
@@ -458,14 +402,9 @@ def common_rows(summary: Mapping[str, Any], videos: set[str]) -> list[dict[str, 
     """Per checkpoint of ``summary["default"]``, :func:`subset_row` over those of its videos in ``videos``."""
     index = [i for i, key in enumerate(summary["videos"]) if key in videos]
     parts = {c["name"]: c["gmacs_measured_parts"] for c in summary["provenance"]["checkpoints"]}
+    results, per_frame = summary["video_results"], summary["gflops_per_frame"]
     return [
-        subset_row(
-            r["checkpoint"],
-            summary["video_results"].get(r["checkpoint"]),
-            index,
-            parts.get(r["checkpoint"]),
-            summary["gflops_per_frame"],
-        )
+        subset_row(r["checkpoint"], results.get(r["checkpoint"]), index, parts.get(r["checkpoint"]), per_frame)
         for r in summary["default"]
     ]
 
@@ -487,12 +426,9 @@ def baseline_gate(
 ) -> dict[str, Any]:
     """The baseline gate of two comparable ``summary.json`` documents (:func:`baseline_mismatches` empty).
 
-    When both evaluated the same videos, :func:`compare_baseline` of their
-    job's-setting rows. Otherwise the metrics of each side are recomputed over the
-    videos both evaluated (:func:`common_rows`): top-1 and cost are compared
-    there, mAP is not (:data:`MAP_NOT_COMPARED`); and the gate fails unless at most
-    ``accept_missing`` videos differ (missing from this run plus added to it),
-    naming the counts and the first keys. ``videos`` holds the difference.
+    When both evaluated the same videos, :func:`compare_baseline` of their job's-setting rows. Otherwise
+    top-1 and cost are compared over the videos both evaluated (:func:`common_rows`; mAP cannot be), and the
+    gate fails unless at most ``accept_missing`` videos differ (missing plus added). ``videos``: the difference.
     """
     cost = current["cost_metric"]
     diff = video_difference(current["videos"], baseline["videos"])
@@ -538,26 +474,16 @@ def is_sequential_reference(summary: Mapping[str, Any]) -> bool:
 
 
 def exactness_summary(replay: Mapping[str, Any], budget: Mapping[str, Any] | None = None) -> SummaryExactness | None:
-    """``summary.json``'s ``exactness``: how far replay may be from ``frameexit infer``, from ``replay.json``.
-
-    The replay's status, batching and feature deviation, and per checkpoint the videos at risk at the
-    job's setting (``n_at_risk``, ``at_risk``) and, with a budget, at the setting chosen for it
-    (``n_at_risk_budget``, from that sweep row). ``None`` when the replay did not record it.
-    """
+    """``summary.json``'s ``exactness`` (:class:`reports.records.SummaryExactness`) from ``replay.json``'s;
+    ``None`` when the replay did not record it. ``n_at_risk_budget`` comes from the budget's sweep row."""
     record = replay.get("exactness")
     if not record:
         return None
     chosen = {b["checkpoint"]: b for b in (budget or {}).get("checkpoints", [])}
     checkpoints = []
     for c in record["checkpoints"]:
-        entry = CheckpointAtRisk(
-            checkpoint=c["checkpoint"],
-            status=c["status"],
-            n_at_risk=c["n_at_risk"],
-            at_risk=c["at_risk"],
-            first_margin=c["first_margin"],
-            gate_margin=c["gate_margin"],
-        )
+        keys = ("checkpoint", "status", "n_at_risk", "at_risk", "first_margin", "gate_margin")
+        entry = CheckpointAtRisk(**{k: c[k] for k in keys})  # type: ignore[typeddict-item]
         evaluated = chosen.get(c["checkpoint"], {}).get("evaluated")
         if budget is not None:
             entry["n_at_risk_budget"] = evaluated.get("n_at_risk") if evaluated else None

@@ -6,18 +6,12 @@ module imports nothing of ``jobs``) and returns the lines to print, joined by ne
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from reports.markdown import number
 from reports.summary import is_sequential_reference
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
 
 
 def _skipped(skipped: list[Mapping[str, str]], head: str, where: str) -> list[str]:
@@ -30,25 +24,12 @@ def _skipped(skipped: list[Mapping[str, str]], head: str, where: str) -> list[st
     return lines
 
 
-def _with_labels(n_labelled: int | None) -> str:
-    """`` (N with a label)`` after a count of videos evaluated: top-1 is over those only (nothing when unknown)."""
-    return "" if n_labelled is None else f" ({n_labelled} with a label)"
-
-
-def _labelled_and(n_labelled: int | None) -> str:
-    """``N with a label, `` inside a parenthesis of counts (nothing when unknown)."""
-    return "" if n_labelled is None else f"{n_labelled} with a label, "
-
-
 def render_infer_summary(result: Any) -> str:
-    """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs.
-
-    ``result``: ``metrics`` (the content of metrics.json), ``videos_path``, ``metrics_path``, ``sweep_path``,
-    ``replay_path``.
-    """
+    """``frameexit infer``: headline metrics, exit histogram, skipped videos, outputs. ``result``: ``metrics``
+    (metrics.json's content), ``videos_path``, ``metrics_path``, ``sweep_path``, ``replay_path``."""
     metrics = result.metrics
     per_frame = metrics.get("gflops_per_frame")
-    gflops = _num(metrics.get("gflops"), 2)
+    gflops = number(metrics.get("gflops"), 2)
     step = "clip" if str(metrics.get("backbone", "")).startswith("pytorchvideo.") else "frame"
     gflops_note = (
         f"(paper convention: {per_frame} per {step} x {step}s read)"
@@ -57,21 +38,22 @@ def render_infer_summary(result: Any) -> str:
     )
     hist = metrics.get("exit_histogram", [])
     labelled = metrics.get("n_videos_labelled")
+    with_label = "" if labelled is None else f" ({labelled} with a label)"  # top-1 is over those only
     lines = [
-        f"FrameExit infer: {metrics['n_videos']} videos evaluated{_with_labels(labelled)}, "
+        f"FrameExit infer: {metrics['n_videos']} videos evaluated{with_label}, "
         f"{len(metrics['skipped'])} skipped (of {metrics['n_videos_listed']} listed); "
         f"first_threshold={metrics['first_threshold']:g} gate_threshold={metrics['gate_threshold']:g}",
-        f"  mAP            {_num(metrics.get('map'))}",
-        f"  top-1          {_num(metrics.get('top1'))}"
+        f"  mAP            {number(metrics.get('map'))}",
+        f"  top-1          {number(metrics.get('top1'))}"
         + (f" (of the {labelled} videos with a label)" if labelled is not None else ""),
         f"  GFLOPs         {gflops} {gflops_note}",
-        f"  GMACs measured {_num(metrics.get('gmacs_measured'), 2)} per video (backbone + head; GFLOPs = 2 x GMACs)",
-        f"  {'mean ' + step + 's':<15}{_num(metrics.get('mean_frames'), 2)}",
+        f"  GMACs measured {number(metrics.get('gmacs_measured'), 2)} per video (backbone + head; GFLOPs = 2 x GMACs)",
+        f"  {'mean ' + step + 's':<15}{number(metrics.get('mean_frames'), 2)}",
         "  exits per step " + " ".join(f"{i}:{100 * f:.1f}%" for i, f in enumerate(hist)),
     ]
     categories = metrics.get("map_per_category") or {}
     if categories:
-        lines.append("  mAP per category " + " ".join(f"{k}:{_num(v)}" for k, v in categories.items()))
+        lines.append("  mAP per category " + " ".join(f"{k}:{number(v)}" for k, v in categories.items()))
     lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
     lines.append(f"  wrote {result.videos_path}, {result.metrics_path}, {result.sweep_path}, {result.replay_path}")
     return "\n".join(lines)
@@ -79,12 +61,10 @@ def render_infer_summary(result: Any) -> str:
 
 def render_extract_summary(result: Any) -> str:
     """``frameexit extract`` (and run's first stage): what was computed or reused, skipped videos, the cache.
-
     ``result``: ``cache_dir``, ``key``, ``n_videos``, ``n_shards``, ``shards_written``, ``frames``,
     ``unit`` (``frames`` or ``clips``), ``seconds``, ``skipped`` (``{'video', 'reason'}`` each),
     ``frames_changed`` and ``retried`` (video keys), ``replanned``, ``exactness``
-    (:func:`cache.exactness.summarize`'s dict, optional).
-    """
+    (:func:`cache.exactness.summarize`'s dict, optional)."""
     n_shards, written = result.n_shards, result.shards_written
     if written == 0:
         head = (
@@ -129,24 +109,22 @@ def render_extract_summary(result: Any) -> str:
 
 def render_replay_summary(result: Any) -> str:
     """``frameexit replay`` (and run's second stage): grid size, each checkpoint at the default setting, outputs.
-
-    ``result``: ``summary`` (the content of replay.json), ``sweep_path``, ``videos_path``, ``replay_path``.
-    """
+    ``result``: ``summary`` (replay.json's content), ``sweep_path``, ``videos_path``, ``replay_path``."""
     summary = result.summary
-    d = summary["default_setting"]
+    d, labelled = summary["default_setting"], summary.get("n_videos_labelled")
     lines = [
         f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {summary['n_settings']} settings "
-        f"over {summary['n_videos']} videos ({_labelled_and(summary.get('n_videos_labelled'))}"
+        f"over {summary['n_videos']} videos ({'' if labelled is None else f'{labelled} with a label, '}"
         f"{len(summary['skipped'])} skipped), order {summary['order_name']}",
         f"  cache {summary['cache']['directory']}",
         f"  default setting first_threshold={d['first_threshold']:g} gate_threshold={d['gate_threshold']:g}:",
         "    checkpoint                          mAP     top-1   GFLOPs  GMACs   frames"
-        + ("" if summary.get("n_videos_labelled") is None else "   (top-1 of the videos with a label)"),
+        + ("" if labelled is None else "   (top-1 of the videos with a label)"),
     ]
     for row in summary["default_metrics"]:
         lines.append(
-            f"    {row['checkpoint'][:34]:<34} {_num(row['map']):>7} {_num(row['top1']):>7} "
-            f"{_num(row['gflops'], 2):>7} {_num(row['gmacs_measured'], 2):>7} {_num(row['mean_frames'], 2):>6}"
+            f"    {row['checkpoint'][:34]:<34} {number(row['map']):>7} {number(row['top1']):>7} "
+            f"{number(row['gflops'], 2):>7} {number(row['gmacs_measured'], 2):>7} {number(row['mean_frames'], 2):>6}"
         )
     lines += _exactness(summary.get("exactness"))
     lines.append(f"  wrote {result.sweep_path}, {result.videos_path}, {result.replay_path}")
@@ -162,7 +140,7 @@ def _exactness(record: Mapping[str, Any] | None) -> list[str]:
     if record["status"] == "unknown":
         return ["  agreement with infer: unknown (the cache has no probe: videos near a threshold may differ)"]
     lines = [
-        f"  agreement with infer: batched features, {_num(record['feature_max_abs_deviation'], 9)} max deviation "
+        f"  agreement with infer: batched features, {number(record['feature_max_abs_deviation'], 9)} max deviation "
         f"on {len(record['probe_videos'])} probed videos; videos at risk at the default setting:"
     ]
     for c in record["checkpoints"]:
@@ -179,10 +157,8 @@ def _report_paths(paths: Mapping[str, str]) -> str:
 
 
 def render_report_summary(result: Any) -> str:
-    """``frameexit report``: settings, frontier, where the report is.
-
-    ``result``: ``summary`` (the content of summary.json), ``paths`` (by file name).
-    """
+    """``frameexit report``: settings, frontier, where the report is. ``result``: ``summary`` (summary.json's
+    content), ``paths`` (by file name)."""
     n_frontier = len(result.summary["frontier"])
     head = f"FrameExit report: {result.summary['n_settings']} settings, {n_frontier} on the frontier"
     videos = (result.summary.get("baseline") or {}).get("videos") or {}
@@ -216,10 +192,8 @@ def render_regressions(summary: Mapping[str, Any]) -> str:
 
 def render_train_summary(result: Any) -> str:
     """``frameexit train``: final losses, validation accuracy per step, the checkpoint.
-
     ``result``: ``n_videos``, ``history`` (``{'stage', 'epoch', 'loss'}`` per epoch), ``validation``
-    (``{'top1': [10 values]}`` or None), ``checkpoint``, ``loss`` (its kind).
-    """
+    (``{'top1': [10 values]}`` or None), ``checkpoint``, ``loss`` (its kind)."""
     last = {e["stage"]: e for e in result.history}
     lines = [
         f"FrameExit train: {result.n_videos} videos; final loss ({result.loss}) classifiers "
@@ -234,9 +208,7 @@ def render_train_summary(result: Any) -> str:
 
 def render_demo_summary(result: Any) -> str:
     """``frameexit demo``: where the report is, each head's accuracy, the job's setting, the frontier.
-
-    ``result``: ``run_dir``, ``ten_frame_top1`` (by checkpoint name), ``summary`` (of the report).
-    """
+    ``result``: ``run_dir``, ``ten_frame_top1`` (by checkpoint name), ``summary`` (of the report)."""
     summary = result.summary
     report = os.path.join(result.run_dir, "summary.md")
     lines = [f"FrameExit demo: report in {report} and {os.path.join(result.run_dir, 'curve.png')}"]
@@ -285,9 +257,7 @@ def render_frames_summary(result: Any, *, ffmpeg_filter: str, frames_dir: str) -
 
 def render_splits_summary(split: Any, *, out_path: str, classes: str | None, classes_out: str | None) -> str:
     """``frameexit prepare splits``: videos in the split file, labels missing from ``classes``, the class list.
-
-    ``split``: ``keys``, ``missing`` (labels not in ``classes``), ``classes`` (written to ``classes_out``).
-    """
+    ``split``: ``keys``, ``missing`` (labels not in ``classes``), ``classes`` (written to ``classes_out``)."""
     lines = [f"FrameExit prepare splits: {len(split.keys)} videos written to {out_path}"]
     lines += [f"  left out: {what}" for what in getattr(split, "left_out", [])]
     if split.missing:
@@ -301,11 +271,9 @@ def render_splits_summary(split: Any, *, out_path: str, classes: str | None, cla
 
 def render_check_summary(result: Any) -> str:
     """``frameexit prepare check``: videos with frames, frame counts, the first missing, empty and unknown.
-
     ``result``: ``n_listed``, ``with_frames``, ``missing``, ``empty``, ``unknown_labels`` (keys by label),
     ``frame_counts`` (min, p10, median, p90, max, under_10; empty without videos), ``hints`` (by key),
-    ``unlabelled`` (keys without an entry in the label file).
-    """
+    ``unlabelled`` (keys without an entry in the label file)."""
     r = result
     unlabelled = f"; {len(r.unlabelled)} without a label entry" if r.unlabelled else ""
     lines = [
