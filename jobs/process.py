@@ -3,10 +3,14 @@
 Library code (``frameexit/``, ``cache/``) changes none of them; the jobs layer sets them here:
 
 - **threads**: a worker process gets its thread count once, when it starts (:func:`configure_process`). Frames
-  are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently where its work
-  is split between threads (vector and scalar code meet at chunk borders), so a frame would depend on the
-  thread count of the process that decoded it. The main process (``infer``, ``extract --num-workers 0``) keeps
-  its cores for the backbone, whose forward passes come between frame reads.
+  are resized on one thread (:func:`one_thread`): torch's CPU bilinear kernel rounds differently when its work
+  is split between threads (a 350x467 frame resized to 224 pixels: 73,246 of 200,256 values differ between 1
+  and 2 threads, by up to 1.2e-7; the official frames are one thread's), so a frame would depend on the thread
+  count of the process that decoded it. One count per process cannot serve both the resize and the backbone
+  where one process runs both (``infer``, ``extract --num-workers 0``, a dask worker): the backbone's forward
+  passes come between frame reads and need the cores. Nor can a decoding thread of its own: a thread that sets
+  its count (OpenMP's is per thread) also sets the count of every thread started later (tried with torch 2.14:
+  replay's dask threads would then run the head on one core).
 - **TF32** (:func:`backbone_precision`): set around the backbone's forward passes only, because training, the
   demo and library callers go on in the same process with their own settings.
 - **malloc** (``jobs.memory.limit_fragmentation``): made once by a replay whose exit tables are large, never
