@@ -106,9 +106,7 @@ def _require_replay_outputs(run_dir: str) -> tuple[str, str]:
     sweep, meta = os.path.join(run_dir, SWEEP_FILE), os.path.join(run_dir, REPLAY_FILE)
     for path in (sweep, meta):
         if not os.path.isfile(path):
-            raise ReportInputError(
-                f"{path} not found: run frameexit replay (or frameexit run) with --out {run_dir} first"
-            )
+            raise ReportInputError(f"{path} not found: run frameexit replay, run or infer with --out {run_dir} first")
     return sweep, meta
 
 
@@ -137,7 +135,7 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
     """
     path = os.path.join(run_dir, VIDEOS_FILE)
     if not os.path.isfile(path):
-        raise ReportInputError(f"{path} not found: run frameexit replay (or frameexit run) with --out {run_dir} again")
+        raise ReportInputError(f"{path} not found: run frameexit replay, run or infer with --out {run_dir} again")
     setting = replay["default_setting"]
     columns = ["checkpoint", "video", "exit_step", "prediction", "labels"]
 

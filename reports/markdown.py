@@ -30,6 +30,11 @@ def number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def count(n: int, noun: str) -> str:
+    """``1 setting``, ``2 settings``: ``n`` and ``noun``, plural unless ``n`` is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _arrow(key: str, higher: Mapping[str, bool]) -> str:
     return "" if key not in higher else (" ↑" if higher[key] else " ↓")
 
@@ -193,7 +198,7 @@ def _headline(summary: Mapping[str, Any]) -> list[str]:
         f"# FrameExit report: {summary['dataset']}",
         "",
         f"{summary['n_videos_evaluated']} videos evaluated{_labelled(summary)}, {summary['n_videos_skipped']} "
-        f"skipped (of {summary['n_videos_listed']} listed); {summary['n_settings']} settings swept. "
+        f"skipped (of {summary['n_videos_listed']} listed); {count(summary['n_settings'], 'setting')} swept. "
         f"Accuracy metric: {NAMES[summary['accuracy_metric']]}; cost: {summary['cost_label']}.",
         "",
     ]

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from reports.markdown import number
+from reports.markdown import count, number
 from reports.summary import is_sequential_reference
 
 
@@ -113,7 +113,7 @@ def render_replay_summary(result: Any) -> str:
     summary = result.summary
     d, labelled = summary["default_setting"], summary.get("n_videos_labelled")
     lines = [
-        f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {summary['n_settings']} settings "
+        f"FrameExit replay: {len(summary['checkpoints'])} checkpoint(s) x {count(summary['n_settings'], 'setting')} "
         f"over {summary['n_videos']} videos ({'' if labelled is None else f'{labelled} with a label, '}"
         f"{len(summary['skipped'])} skipped), order {summary['order_name']}",
         f"  cache {summary['cache']['directory']}",
@@ -160,7 +160,7 @@ def render_report_summary(result: Any) -> str:
     """``frameexit report``: settings, frontier, where the report is. ``result``: ``summary`` (summary.json's
     content), ``paths`` (by file name)."""
     n_frontier = len(result.summary["frontier"])
-    head = f"FrameExit report: {result.summary['n_settings']} settings, {n_frontier} on the frontier"
+    head = f"FrameExit report: {count(result.summary['n_settings'], 'setting')}, {n_frontier} on the frontier"
     videos = (result.summary.get("baseline") or {}).get("videos") or {}
     if videos.get("compared_over") == "common":
         head += (
@@ -223,7 +223,7 @@ def render_demo_summary(result: Any) -> str:
         for row in summary["default"]
     ]
     lines.append(
-        f"  {len(summary['frontier'])} settings on the Pareto frontier of {summary['n_settings']} (see summary.md)"
+        f"  {count(len(summary['frontier']), 'setting')} on the Pareto frontier of {summary['n_settings']} (see summary.md)"
     )
     return "\n".join(lines)
 

@@ -134,3 +134,11 @@ def test_a_folder_holds_one_commands_files(hvu, checkpoint, tmp_path):
 
 def _files(folder):
     return {name for name in os.listdir(folder) if not name.startswith(".")}  # the lock file is not an output
+
+
+def test_a_report_of_one_setting_says_setting(runs):
+    r = invoke("report", "--out", runs / "infer")
+    assert r.exit_code == 0, r.output
+    assert "FrameExit report: 1 setting, 1 on the frontier" in r.output
+    assert "1 settings" not in r.output
+    assert "1 setting swept" in (runs / "infer" / "summary.md").read_text()

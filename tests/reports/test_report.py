@@ -244,7 +244,8 @@ def test_calibrated_budget_through_the_cli(tmp_path):
 
 def test_report_errors(tmp_path):
     r = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
-    assert r.exit_code == 1 and "sweep.parquet not found: run frameexit replay" in r.output
+    # infer writes the replay's files too (issue 21): the message names every command that does
+    assert r.exit_code == 1 and "sweep.parquet not found: run frameexit replay, run or infer with --out" in r.output
     r = CliRunner().invoke(main, ["report", "--help"])
     assert r.exit_code == 0 and "--baseline" in r.output and "3 when" in r.output
 
