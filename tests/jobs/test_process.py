@@ -17,6 +17,7 @@ from jobs.extract import ExtractOptions, extract
 from jobs.frames import read_frame
 from jobs.model import LazyModel
 from jobs.process import configure_process, dask_worker_setup, dataloader_worker_init
+from jobs.scheduling import NO_DASHBOARD
 
 
 def _state():
@@ -82,7 +83,7 @@ def test_configure_process_sets_the_thread_count_once(threads):
 def test_dask_workers_are_configured_when_they_start():
     distributed = pytest.importorskip("distributed")
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, **NO_DASHBOARD) as cluster,
         distributed.Client(cluster) as client,
     ):
         client.register_plugin(dask_worker_setup(3))
