@@ -115,12 +115,13 @@ class ShardResult:
 
 
 def cache_inputs(
-    job: Job, options: ExtractOptions, checkpoint: str | None = None
+    job: Job, options: ExtractOptions, checkpoint: str | None = None, read: tuple[dict, str] | None = None
 ) -> tuple[CacheKeyInputs, Dataset, dict[str, torch.Tensor], str]:
     """Key inputs, dataset, checkpoint state and SHA-256 of the cache that ``job`` (``checkpoint``'s backbone) writes
-    on ``options.device``: each file read once (digest and contents from the same bytes), no backbone run."""
+    on ``options.device``: each file read once (digest and contents from the same bytes), no backbone run.
+    ``read``: :func:`jobs.model.checkpoint_file` of the checkpoint when the caller has already read it."""
     dataset = load_job_dataset(job.data, job.model.num_class)
-    state, sha256 = checkpoint_file(job, checkpoint or job.checkpoints[0])
+    state, sha256 = read or checkpoint_file(job, checkpoint or job.checkpoints[0])
     batching = resolved(job, options.device).extract.batching
     inputs = cache_key_inputs(job, backbone_digest(state), batching, dataset.digests)
     return inputs, dataset, state, sha256
@@ -143,10 +144,13 @@ def _check_options(options: ExtractOptions) -> None:
         raise UsageError("give either --scheduler or --workers, not both")
 
 
-def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) -> ExtractResult:
+def extract(
+    job: Job, options: ExtractOptions, *, progress: bool | None = None, checkpoint_read: tuple[dict, str] | None = None
+) -> ExtractResult:
     """Extract (or finish extracting, or verify) the feature cache of ``job``: shards that are missing or corrupt,
     hold a video whose frames changed (every file the steps read is hashed), or one that could not be read and now
-    can, are (re)computed; everything else is reused (:func:`cache.plan.open_for_writing`)."""
+    can, are (re)computed; everything else is reused (:func:`cache.plan.open_for_writing`). ``checkpoint_read``:
+    :func:`jobs.model.checkpoint_file` of the job's checkpoint when the caller has read it (``run``)."""
     _check_options(options)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:
@@ -157,7 +161,7 @@ def extract(job: Job, options: ExtractOptions, *, progress: bool | None = None) 
     checkpoint = job.checkpoints[0]
     job = resolved(job, options.device)
     check_writable_dir(options.cache_root, "--cache")
-    inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint)
+    inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint, checkpoint_read)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
     # for a replay that follows in this process (jobs.run): the head weights and the SHA-256 of the bytes read
     head = HeadState(checkpoint, sha256, state)

@@ -8,6 +8,7 @@ import datetime
 import math
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,10 +289,11 @@ def _not_calibration(run_dir: str, mismatches: list[str]) -> str:
     )
 
 
-def check_job_comparable(job: Job, options: ReportOptions) -> None:
+def check_job_comparable(job: Job, options: ReportOptions, digests: Mapping[str, str] | None = None) -> None:
     """What ``frameexit run`` can check of the baseline and calibration run before extracting: the dataset and the
     checkpoints (the same checks the report makes later with every fact, :func:`report`). ``options`` as returned by
-    :func:`check_report_options`. :class:`ReportInputError` naming what differs."""
+    :func:`check_report_options`; ``digests``: the SHA-256 of each checkpoint path already read (the others are
+    hashed here). :class:`ReportInputError` naming what differs."""
     if options.baseline is None and options.calibrate_on is None:
         return
     from cache.shard import file_sha256
@@ -299,6 +301,9 @@ def check_job_comparable(job: Job, options: ReportOptions) -> None:
     # the SHA-256 of the checkpoints that can be read; the others fail later, in extraction
     shas = {}
     for name, path in zip(checkpoint_names(job.checkpoints), job.checkpoints, strict=True):
+        if digests and path in digests:
+            shas[name] = digests[path]
+            continue
         with contextlib.suppress(OSError):
             shas[name] = file_sha256(path)
     ours = Identity(dataset=job.data.name, checkpoints=shas)

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from frameexit.atomic import check_writable_dir
+from frameexit.errors import FrameExitError
 from reports.commit import output_set
 from reports.records import METRICS_FILE, REPLAY_FILE
 
 from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
+from .model import checkpoint_file
 from .outputs import REPLAY_FILES, REPORT_FILES, SUMMARY_JSON, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
 from .replay import ReplayOptions, ReplayResult, replay_into
 from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report_into
@@ -40,11 +42,14 @@ def run(
     check_writable_dir(out_dir, "--out")
     # the baseline is read here, before anything runs: it may be OUT/summary.json, which this run replaces
     report_options = check_report_options(out_dir, report_options or ReportOptions())
-    check_job_comparable(job, report_options)  # a baseline or calibration run of another dataset or checkpoint
+    # the checks need the checkpoint's SHA-256: read it once, for them and for extraction
+    read = _read_checkpoint(job) if report_options.baseline or report_options.calibrate_on else None
+    digests = {job.checkpoints[0]: read[1]} if read else None
+    check_job_comparable(job, report_options, digests)  # a baseline or calibration run of another dataset or checkpoint
     names = (*REPLAY_FILES, *REPORT_FILES)
     # the lock is taken before extracting: a second run into the same --out is refused before an hour of work
     with writing(out_dir):
-        extracted = extract(job, extract_options, progress=progress)
+        extracted = extract(job, extract_options, progress=progress, checkpoint_read=read)
         if on_stage:
             on_stage("extract", extracted)
         # replay and report write one set: a report that fails leaves the previous replay and report together
@@ -60,3 +65,14 @@ def run(
         on_stage("replay", replayed)
         on_stage("report", reported)
     return RunResult(extracted, replayed, reported)
+
+
+def _read_checkpoint(job: Job) -> tuple[dict, str] | None:
+    """:func:`jobs.model.checkpoint_file` of the job's one checkpoint, or None where extraction will refuse it
+    (it says why, in its own words and order)."""
+    if len(job.checkpoints) != 1:
+        return None
+    try:
+        return checkpoint_file(job, job.checkpoints[0])
+    except (OSError, FrameExitError):
+        return None

@@ -66,6 +66,27 @@ def test_run_reads_every_dataset_file_and_the_checkpoint_once(hvu, checkpoint, t
         assert opened[os.path.realpath(os.path.join(cache_dir, "manifest.json"))] == (attempt != "extracts")
 
 
+def test_run_against_a_baseline_reads_the_checkpoint_once(hvu, checkpoint, tmp_path, reads):
+    # the baseline and calibration checks need the checkpoint's SHA-256 before extracting: from the same read
+    opened, _ = reads
+    # the run and its calibration run evaluate other videos: each half of the split
+    lines = open(hvu["split"]).readlines()
+    halves = {name: tmp_path / f"{name}_split.txt" for name in ("job", "calibration")}
+    halves["job"].write_text("".join(lines[: len(lines) // 2]))
+    halves["calibration"].write_text("".join(lines[len(lines) // 2 :]))
+    common = ["--cache", str(tmp_path / "cache"), "--shard-size", "2", "--gate-thresholds", "0.5"]
+    for name in ("calibration", "job"):
+        paths = {**hvu, "split": str(halves[name])}
+        args = ["run", write_job(str(tmp_path / f"{name}.yml"), paths, checkpoint, name="hvu"), *common]
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    for extra in (["--baseline", tmp_path / "job" / "summary.json"], ["--calibrate-on", tmp_path / "calibration"]):
+        opened.clear()
+        r = CliRunner().invoke(main, [*args, *map(str, extra), "--budget", "5", "--out", str(tmp_path / "again")])
+        assert r.exit_code == 0, r.output
+        assert opened[os.path.realpath(checkpoint)] == 1, (extra, opened[os.path.realpath(checkpoint)])
+
+
 def test_a_replay_of_several_checkpoints_verifies_and_reads_each_shard_once(hvu, checkpoint, tmp_path, reads):
     opened, hdf5 = reads
     job = write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu")
