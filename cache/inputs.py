@@ -131,9 +131,12 @@ def key_inputs(
     )
 
 
-def file_digests(data: Any) -> dict[str, str]:
-    """The SHA-256 of the split, label and class-list files of ``data``, by path, each file read once."""
-    return {path: file_sha256(path) for path in dict.fromkeys(getattr(data, name) for name in FILES.values())}
+def file_digests(data: Any, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The SHA-256 of the split, label and class-list files of ``data``, by path, each file read once; ``known``:
+    digests of files already read (from the bytes parsed), not read again."""
+    known = known or {}
+    paths = dict.fromkeys(getattr(data, name) for name in FILES.values())
+    return {path: known[path] if path in known else file_sha256(path) for path in paths}
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any], names: Sequence[str], data: Any = None) -> list[str]:

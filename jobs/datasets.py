@@ -74,6 +74,16 @@ def _open(path: str, what: str, key: str) -> io.StringIO:
     return io.StringIO(text, newline="")
 
 
+def read_class_list_digest(path: str) -> tuple[list[str], str]:
+    """:func:`read_class_list` and the SHA-256 of the bytes it parsed (the file is read once)."""
+    digests: dict[str, str] = {}
+    token = _DIGESTS.set(digests)
+    try:
+        return read_class_list(path), digests[path]
+    finally:
+        _DIGESTS.reset(token)
+
+
 def read_class_list(path: str) -> list[str]:
     """Class names in file order (lines stripped; blank lines at the end ignored)."""
     with _open(path, "class list", "data.path_classid") as handle:

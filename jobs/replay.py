@@ -40,7 +40,7 @@ from reports.records import (
 from reports.schema import VIDEOS
 
 from .config import Job
-from .datasets import load_categories, load_job_dataset
+from .datasets import load_categories, load_job_dataset, read_class_list_digest
 from .frames import frames_records
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
 from .model import HeadState, cache_key_inputs, checkpoint_file, paper_per_step, step_costs
@@ -139,7 +139,7 @@ def replay_into(
     if cache is None:
         # the first checkpoint is read once: its backbone digest names the cache, its head replays
         read = checkpoint_file(job, job.checkpoints[0])
-        cache = _open_cache(job, options, backbone_digest(read[0]))
+        cache, classes = _open_cache(job, options, backbone_digest(read[0]), classes=bool(job.data.path_category))
     categories = load_categories(job.data, classes)
     n_videos = cache.manifest.usable_videos()
     heads = [first] if read is None else [_head(job, cache, job.checkpoints[0], *read)]
@@ -388,14 +388,21 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
     )
 
 
-def _open_cache(job: Job, options: ReplayOptions, digest: str) -> FeatureCache:
+def _open_cache(
+    job: Job, options: ReplayOptions, digest: str, *, classes: bool = False
+) -> tuple[FeatureCache, list[str] | None]:
     """The job's cache: the directory its key (extract's, with ``digest`` of the first checkpoint's backbone) names
-    under the root, or ``--features``; the frames are read only when ``verify_frames`` asks."""
+    under the root, or ``--features``; the frames are read only when ``verify_frames`` asks. With ``classes``, the
+    class list too, parsed from the bytes hashed for the key (else None)."""
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
+    known: dict[str, str] = {}
+    class_list = None
+    if classes:
+        class_list, known[job.data.path_classid] = read_class_list_digest(job.data.path_classid)
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
     modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
-    digests = file_digests(job.data)  # each file read once, whichever modes are tried
+    digests = file_digests(job.data, known)  # each file read once, whichever modes are tried
     inputs = [cache_key_inputs(job, digest, mode, digests) for mode in modes]
     cache = open_cache(
         options.cache_root,
@@ -419,4 +426,4 @@ def _open_cache(job: Job, options: ReplayOptions, digest: str) -> FeatureCache:
                 f"the feature cache {cache.directory} was not extracted from the frames under data.path_frame "
                 f"{job.data.path_frame}: {'; '.join(found)}. Run frameexit extract (or run) to extract them again"
             )
-    return cache
+    return cache, class_list

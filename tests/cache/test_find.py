@@ -169,7 +169,7 @@ def _open(job, root, **options):
     from jobs.replay import _open_cache
 
     digest = backbone_digest(checkpoint_state(job, job.checkpoints[0]))  # replay_into's: the first checkpoint's
-    return _open_cache(job, ReplayOptions(cache_root=str(root), **options), digest)
+    return _open_cache(job, ReplayOptions(cache_root=str(root), **options), digest)[0]
 
 
 # ---------------------------------------------------------------------------------------------- frames

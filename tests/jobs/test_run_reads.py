@@ -106,7 +106,7 @@ def test_a_replay_of_several_checkpoints_verifies_and_reads_each_shard_once(hvu,
     shards = _shards(cache_dir)
     assert {s: opened[s] for s in shards} == dict.fromkeys(shards, 1)
     assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, 1)
-    for path in (checkpoint, other, hvu["split"], hvu["labels"], hvu["categories"]):
+    for path in (checkpoint, other, hvu["split"], hvu["labels"], hvu["classes"], hvu["categories"]):
         assert opened[os.path.realpath(path)] == 1, path
 
 
