@@ -16,12 +16,13 @@ from .inputs import differences
 from .key import CacheKeyInputs, cache_key
 from .manifest import MANIFEST, CacheError, FeatureCache, Manifest, read_manifest
 
-#: Extraction options in the key, with the option that sets each: named when a cache differs only in them.
+#: Extraction settings in the key, with the job key and the option that set each: named when a cache differs only
+#: in them.
 OPTIONS = {
-    "dtype": "--dtype",
-    "precision": "--precision",
-    "channels_last": "--channels-last",
-    "batching": "--batching",
+    "dtype": "extract.dtype (--dtype)",
+    "precision": "extract.precision (--precision)",
+    "channels_last": "extract.channels_last (--channels-last)",
+    "batching": "extract.batching (--batching)",
 }
 
 
@@ -120,7 +121,7 @@ def _no_cache(root: str, key: str, wanted: dict[str, Any], data: Any, hint: str)
         shown = "; ".join(f"{d}: {', '.join(found)}" for d, found in options[:3])
         return (
             f"{plain}; a cache of this job extracted with other options is there ({shown}): give replay the "
-            f"options it was extracted with ({', '.join(OPTIONS.values())}), or extract with these"
+            f"settings it was extracted with ({', '.join(OPTIONS.values())}), or extract with these"
         )
     if near:
         shown = " | ".join(f"{d}: {'; '.join(found)}" for d, _, found in near[:5])

@@ -93,7 +93,9 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(anet, checkpoi
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1, r.output
     assert "no feature cache for this job" in r.output and made.cache_dir in r.output
-    assert "memory format (--channels-last) True in the cache, False in the job" in r.output
+    assert "memory format extract.channels_last (--channels-last) True in the cache, False in the job" in r.output
+    # the settings are job keys (issue 21): the message names each by its key and its option
+    assert "give replay the settings it was extracted with (extract.dtype (--dtype), extract.precision" in r.output
     assert not (tmp_path / "o" / "sweep.parquet").exists()
     r = CliRunner().invoke(main, [*args, "--channels-last"])
     assert r.exit_code == 0, r.output
@@ -141,7 +143,10 @@ def test_a_cache_with_other_inputs_is_refused_naming_them(job_file, extracted, t
         _sweep(job_file, str(root), tmp_path / "o")
     message = str(info.value)
     assert f"no feature cache for this job under {root}" in message
-    assert "precision (--precision) 'fp16' in the cache, 'fp32' in the job" in message and fp16 in message
+    assert (
+        "precision extract.precision (--precision) 'fp16' in the cache, 'fp32' in the job" in message
+        and fp16 in message
+    )
     assert not (tmp_path / "o" / "sweep.parquet").exists()
     with pytest.raises(CacheError, match="extracted for other inputs than this job: precision"):
         _sweep(job_file, str(root), tmp_path / "o", features=fp16)

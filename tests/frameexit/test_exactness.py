@@ -168,7 +168,8 @@ def test_batching_enters_the_key_and_replay_finds_the_cache_of_its_mode(two, tmp
     assert read_manifest(os.path.join(root, name)).inputs["batching"] == "per-step"
     r = runner.invoke(main, ["replay", *common, "--batching", "batched", "--out", str(tmp_path / "out")])
     assert (
-        r.exit_code == 1 and "backbone batching (--batching) 'per-step' in the cache, 'batched' in the job" in r.output
+        r.exit_code == 1
+        and "backbone batching extract.batching (--batching) 'per-step' in the cache, 'batched' in the job" in r.output
     )
     r = runner.invoke(
         main, ["run", *common, "--batching", "batched", "--probe-videos", "1", "--out", str(tmp_path / "b")]
