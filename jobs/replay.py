@@ -393,12 +393,21 @@ def _open_cache(
 ) -> tuple[FeatureCache, list[str] | None]:
     """The job's cache: the directory its key (extract's, with ``digest`` of the first checkpoint's backbone) names
     under the root, or ``--features``; the frames are read only when ``verify_frames`` asks. With ``classes``, the
-    class list too, parsed from the bytes hashed for the key (else None)."""
+    class list too (else None). Each dataset file is read once: what is parsed is what is hashed for the key."""
     job.require("data.path_split", "data.path_label", "data.path_classid")
     check_job_files(job.data)
     known: dict[str, str] = {}
-    class_list = None
-    if classes:
+    class_list = dataset = None
+    if options.verify_frames:
+        job.require("data.path_frame")
+        if not os.path.isdir(job.data.path_frame):
+            raise ConfigError(
+                f"--verify-frames reads the frames, but data.path_frame {job.data.path_frame} is not a directory"
+            )
+        # the videos to verify, and the files' digests and the class list from the same read
+        dataset = load_job_dataset(job.data, job.model.num_class)
+        known, class_list = dict(dataset.digests), list(dataset.classes)
+    elif classes:
         class_list, known[job.data.path_classid] = read_class_list_digest(job.data.path_classid)
     # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
     modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
@@ -411,13 +420,7 @@ def _open_cache(
         data=job.data,
         hint=f" (for the backbone of {job.checkpoints[0]})",
     )
-    if options.verify_frames:
-        job.require("data.path_frame")
-        if not os.path.isdir(job.data.path_frame):
-            raise ConfigError(
-                f"--verify-frames reads the frames, but data.path_frame {job.data.path_frame} is not a directory"
-            )
-        dataset = load_job_dataset(job.data, job.model.num_class)
+    if dataset is not None:
         geometry = (job.data.num_frames, job.model.clip_length, job.model.clip_stride)
         now = frames_records(dataset.videos, *geometry)
         found = frames_differences(cache.manifest, [v.key for v in dataset.videos], now)
@@ -426,4 +429,4 @@ def _open_cache(
                 f"the feature cache {cache.directory} was not extracted from the frames under data.path_frame "
                 f"{job.data.path_frame}: {'; '.join(found)}. Run frameexit extract (or run) to extract them again"
             )
-    return cache, class_list
+    return cache, class_list if classes else None

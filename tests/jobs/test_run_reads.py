@@ -127,3 +127,18 @@ def test_infer_reads_every_dataset_file_and_the_checkpoint_once(hvu, checkpoint,
     with open(hvu["labels"], "rb") as f:
         labels = hashlib.sha256(f.read()).hexdigest()
     assert json.loads((tmp_path / "o" / "replay.json").read_text())["dataset_digests"]["labels_digest"] == labels
+
+
+def test_a_replay_that_verifies_the_frames_reads_every_dataset_file_once(hvu, checkpoint, tmp_path, reads):
+    # --verify-frames lists the videos from the dataset files: their digests for the cache key come from that read
+    opened, _ = reads
+    job = write_job(str(tmp_path / "job.yml"), hvu, checkpoint, name="hvu")
+    cache = str(tmp_path / "cache")
+    r = CliRunner().invoke(main, ["extract", job, "--cache", cache, "--shard-size", "2"])
+    assert r.exit_code == 0, r.output
+    opened.clear()
+    args = ["replay", job, "--cache", cache, "--out", str(tmp_path / "o"), "--gate-thresholds", "0.5"]
+    r = CliRunner().invoke(main, [*args, "--verify-frames"])
+    assert r.exit_code == 0, r.output
+    for path in [*_dataset_files(hvu), os.path.realpath(checkpoint)]:
+        assert opened[path] == 1, (path, opened[path])
