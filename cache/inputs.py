@@ -83,6 +83,12 @@ def video_frames_digest(n_frames: int, files: Sequence[tuple[str, bytes]]) -> st
     return h.hexdigest()[:32]
 
 
+def named_digests(data: Any, digests: Mapping[str, str]) -> dict[str, str]:
+    """The SHA-256 of ``data``'s split, label and class-list files by input name (:data:`FILES`), from ``digests``
+    by path."""
+    return {name: digests[getattr(data, path)] for name, path in FILES.items()}
+
+
 def key_inputs(
     data: Any,
     model: Any,
@@ -127,7 +133,7 @@ def key_inputs(
         dataset=data.name,
         key_format=data.key_format,
         num_class=model.num_class,
-        **{name: digests[getattr(data, path)] for name, path in FILES.items()},
+        **named_digests(data, digests),
     )
 
 

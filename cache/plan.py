@@ -136,17 +136,17 @@ def open_for_writing(
         old = read_manifest(cache_dir)
         if old is not None and old.key != key:
             raise CacheError(f"{cache_dir}/manifest.json belongs to key {old.key}, not {key}; remove the directory")
-        size = shard_size if old is None else old.shard_size
-        manifest = plan(key, inputs, videos, shard_size=size, n_listed=n_listed, skipped=skipped)
         replanned = old is not None and old.planned() != list(videos)
+        manifest = old
+        if old is None or replanned:  # a resumed cache that still holds the split's videos keeps its plan
+            size = shard_size if old is None else old.shard_size
+            manifest = plan(key, inputs, videos, shard_size=size, n_listed=n_listed, skipped=skipped)
         if replanned:
             log.warning("the frame folders of the split changed since %s was planned: planning it anew", cache_dir)
             # keep the written shards that hold exactly the same videos under the same name
             done = {(e.name, tuple(e.videos)): e for e in old.shards if e.done}
             manifest.shards = [done.get((e.name, tuple(e.videos)), e) for e in manifest.shards]
             manifest.provenance = old.provenance
-        elif old is not None:
-            manifest = old
         cache = FeatureCache(cache_dir, manifest)
         checked = pending_shards(cache, check_frames)
         checked.replanned = replanned

@@ -557,7 +557,10 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     )
     return dict(
         # every field of DataConfig but the last, preprocessing, is the data key of its name
-        data=DataConfig(**{f.name: data[f.name] for f in fields(DataConfig)[:-1]}, preprocessing=preprocessing),
+        data=DataConfig(
+            **{f.name: data[f.name] for f in fields(DataConfig) if f.name != "preprocessing"},
+            preprocessing=preprocessing,
+        ),
         model=ModelConfig(
             backbone_name=backbone["name"],
             backbone_type=backbone["type"],

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.inputs import FILES
+from cache.inputs import named_digests
 from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram
 from frameexit.errors import ConfigError
@@ -143,9 +143,9 @@ def _infer_into(
     columns = _metric_columns(job, name, done, evaluated, costs, categories)
     row = metric_row(columns, 0)
     document = _document(job, (checkpoint, sha256), torch_device, costs, dataset.n_listed, done, evaluated, row)
-    record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row)
-    # no cache records the dataset files' digests: those of the bytes parsed, by path
-    record["dataset_digests"] = {digest: dataset.digests[getattr(data, key)] for digest, key in FILES.items()}
+    # no cache records the dataset files' digests: those of the bytes parsed
+    digests = named_digests(data, dataset.digests)
+    record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row, digests)
     n = len(done.keys)
     videos = {
         "video": done.keys,
@@ -294,7 +294,9 @@ def _document(
     )
 
 
-def _replay_record(job: Job, checkpoint: CheckpointRecord, document: InferMetrics, row: MetricRow) -> ReplayRecord:
+def _replay_record(
+    job: Job, checkpoint: CheckpointRecord, document: InferMetrics, row: MetricRow, dataset_digests: dict[str, str]
+) -> ReplayRecord:
     """``replay.json`` of infer's one setting, so that ``frameexit report`` reads the folder: no feature cache, and
     exact agreement with infer, which it is."""
     model_cfg = job.model
@@ -318,6 +320,7 @@ def _replay_record(job: Job, checkpoint: CheckpointRecord, document: InferMetric
             **versions(document["runtime"]), date=document["runtime"]["date"], scheduler=INFER_SCHEDULER
         ),
         n_videos_labelled=document["n_videos_labelled"],
+        dataset_digests=dataset_digests,
         exactness=ExactnessRecord(
             status="exact",
             batching="per-step",
