@@ -120,7 +120,7 @@ def _no_cache(root: str, key: str, wanted: dict[str, Any], data: Any, hint: str)
     if options:
         shown = "; ".join(f"{d}: {', '.join(found)}" for d, found in options[:3])
         return (
-            f"{plain}; a cache of this job extracted with other options is there ({shown}): give replay the "
+            f"{plain}; a cache of this job extracted with other settings is there ({shown}): give replay the "
             f"settings it was extracted with ({', '.join(OPTIONS.values())}), or extract with these"
         )
     if near:

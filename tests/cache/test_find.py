@@ -95,6 +95,7 @@ def test_a_channels_last_cache_serves_only_a_channels_last_replay(anet, checkpoi
     assert "no feature cache for this job" in r.output and made.cache_dir in r.output
     assert "memory format extract.channels_last (--channels-last) True in the cache, False in the job" in r.output
     # the settings are job keys (issue 21): the message names each by its key and its option
+    assert "extracted with other settings is there" in r.output
     assert "give replay the settings it was extracted with (extract.dtype (--dtype), extract.precision" in r.output
     assert not (tmp_path / "o" / "sweep.parquet").exists()
     r = CliRunner().invoke(main, [*args, "--channels-last"])
