@@ -1,0 +1,90 @@
+"""Exit policies by hand on a small table (SEMANTICS' exit comparisons, issue 22's definitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from frameexit.exit_rule import exits_at
+from frameexit.metrics import average_precision
+from frameexit.policies import (
+    confidence_exit_steps,
+    fixed_exit_steps,
+    oracle_exit_steps,
+    policy_average_precision,
+    policy_fires,
+)
+
+# top probability of each step, 4 steps
+TOP = np.array(
+    [
+        [0.95, 0.99, 0.99, 0.99],  # above 0.9 at step 0
+        [0.5, 0.9, 0.95, 0.2],  # exactly 0.9 at step 1: strict, so not at 0.9
+        [0.1, 0.2, 0.3, 0.99],  # only the last step is confident: the last step exits anyway
+        [0.99000001, 0.1, 0.1, 0.1],  # 0.99 is 0.99000001 in float32: not strictly above 0.99
+    ],
+    dtype=np.float32,
+)
+
+
+def test_confidence_exits_by_hand():
+    steps = confidence_exit_steps(TOP, [0.9, 0.99, 0.0, 1.0])
+    assert steps.tolist() == [
+        [0, 2, 3, 0],  # tau 0.9
+        [3, 3, 3, 3],  # tau 0.99: nothing strictly above before the last step
+        [0, 0, 0, 0],  # tau 0: every positive probability fires at step 0
+        [3, 3, 3, 3],  # tau 1: never fires, the last step exits
+    ]
+
+
+def test_fixed_and_oracle_by_hand():
+    assert fixed_exit_steps(2, 3).tolist() == [[0, 0], [1, 1], [2, 2]]
+    hits = np.array(
+        [
+            [False, True, True],  # first right at step 1
+            [True, False, False],
+            [False, False, False],  # never right (or no label): step 0, the least cost
+            [False, False, True],
+        ]
+    )
+    assert oracle_exit_steps(hits).tolist() == [1, 0, 0, 2]
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5, 0.9, 0.95, 0.99, 1.0])
+def test_single_video_form_equals_the_grid_form(tau):
+    n_steps = TOP.shape[1]
+    grid = confidence_exit_steps(TOP, [tau])[0]
+    for video, row in enumerate(TOP):
+        step = next(
+            t
+            for t in range(n_steps)
+            if exits_at(t, n_steps, policy_fires("confidence", t, top_prob=float(row[t]), setting=tau))
+        )
+        assert step == grid[video]
+    for k in range(1, n_steps + 1):
+        step = next(t for t in range(n_steps) if exits_at(t, n_steps, policy_fires("fixed", t, top_prob=0, setting=k)))
+        assert step == k - 1
+
+
+def test_unknown_policy():
+    for policy in ("random", "oracle"):
+        with pytest.raises(ValueError, match=f"exit policy '{policy}' has no single-step form"):
+            policy_fires(policy, 0, top_prob=0.5, setting=0.5)
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1])
+def test_policy_ap_is_the_ap_of_the_scores_at_the_exits(max_bytes):
+    rng = np.random.default_rng(4)
+    n, steps, classes = 60, 5, 6
+    probs = (rng.integers(0, 8, size=(n, steps, classes)) / 8).astype(np.float32)  # many ties
+    labels = rng.random((n, classes)) < 0.3
+    labels[:, 5] = False  # a class without positives: NaN
+    top = probs.max(axis=2)
+    hits = labels[np.arange(n)[:, None], probs.argmax(axis=2)]
+    grids = [confidence_exit_steps(top, [0.3, 0.6, 0.9]), fixed_exit_steps(n, steps), oracle_exit_steps(hits)[None]]
+    for exit_steps in grids:
+        got = policy_average_precision(probs, labels, exit_steps, max_bytes=max_bytes)
+        for row, step in zip(got, exit_steps, strict=True):
+            want = average_precision(probs[np.arange(n), step], labels)
+            np.testing.assert_allclose(row, want, rtol=1e-12, atol=0, equal_nan=True)
+        assert np.isnan(got[:, 5]).all()
