@@ -151,3 +151,19 @@ def percentile_interval(values: npt.ArrayLike, level: float = DEFAULT_LEVEL) -> 
 def resampled_map(scores: npt.ArrayLike, labels: npt.ArrayLike, weights: np.ndarray) -> np.ndarray:
     """mAP of every resample (:func:`frameexit.metrics.mean_ap` of :func:`resampled_average_precision`)."""
     return mean_ap(resampled_average_precision(scores, labels, weights))
+
+
+def paired_difference(values: npt.ArrayLike, baseline: npt.ArrayLike, level: float = DEFAULT_LEVEL) -> Interval:
+    """Percentile interval of ``values - baseline``, a metric of two runs on the same resamples (the same
+    :func:`resample_weights` applied to the videos both evaluated, in the same order): a paired bootstrap."""
+    values, baseline = np.asarray(values, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if values.shape != baseline.shape:
+        raise ValueError(f"a paired difference needs the same resamples, got {values.shape} and {baseline.shape}")
+    return percentile_interval(values - baseline, level)
+
+
+def common_videos(keys: list[str], baseline_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``keys`` and of ``baseline_keys`` holding the videos both list, in key order (the pairing)."""
+    both = sorted(set(keys) & set(baseline_keys))
+    at, at_baseline = {k: i for i, k in enumerate(keys)}, {k: i for i, k in enumerate(baseline_keys)}
+    return np.array([at[k] for k in both], dtype=np.int64), np.array([at_baseline[k] for k in both], dtype=np.int64)

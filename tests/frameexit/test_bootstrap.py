@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from frameexit.bootstrap import (
+    common_videos,
+    paired_difference,
     percentile_interval,
     resample_weights,
     resampled_average_precision,
@@ -87,3 +89,34 @@ def test_interval_levels_and_errors():
         percentile_interval(values, 1.0)
     with pytest.raises(ValueError, match="do not match"):
         resampled_average_precision(np.zeros((3, 2)), np.zeros((3, 2)), np.ones((4, 2)))
+
+
+def test_a_run_against_itself_differs_by_exactly_zero():
+    scores, labels = _table(multi=True)
+    weights = resample_weights(len(scores), 200, seed=5)
+    values = resampled_map(scores, labels, weights)
+    interval = paired_difference(values, values.copy())
+    assert (interval.low, interval.high) == (0.0, 0.0)
+
+
+def test_paired_difference_by_hand():
+    # run A right on videos a, b, d; the baseline on a, d and on e, which A did not evaluate
+    keys, hits = ["d", "a", "b", "c"], np.array([True, True, True, False])
+    baseline_keys, baseline_hits = ["a", "c", "d", "b", "e"], np.array([True, False, True, False, True])
+    rows, baseline_rows = common_videos(keys, baseline_keys)
+    assert [keys[i] for i in rows] == [baseline_keys[i] for i in baseline_rows] == ["a", "b", "c", "d"]
+    weights = np.array([[1, 1, 1, 1], [0, 4, 0, 0], [2, 0, 2, 0]])  # resamples of a, b, c, d
+    labelled = np.ones(4, bool)
+    difference = resampled_top1(hits[rows], labelled, weights) - resampled_top1(
+        baseline_hits[baseline_rows], labelled, weights
+    )
+    # only b differs (A right, the baseline wrong): its share of each resample
+    np.testing.assert_allclose(difference, [0.25, 1.0, 0.0])
+    interval = paired_difference(
+        resampled_top1(hits[rows], labelled, weights),
+        resampled_top1(baseline_hits[baseline_rows], labelled, weights),
+        0.5,
+    )
+    assert (interval.low, interval.high) == (pytest.approx(0.125), pytest.approx(0.625))
+    with pytest.raises(ValueError, match="same resamples"):
+        paired_difference(np.zeros(3), np.zeros(4))
