@@ -27,6 +27,16 @@ DEFAULT_LEVEL = 0.95
 _POSITIVES_PER_PRODUCT = 2048
 
 
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are drawn: ``resamples`` (0: no intervals), the percentile interval's ``level`` in (0, 1),
+    and the ``seed`` of :func:`resample_weights`."""
+
+    resamples: int = DEFAULT_RESAMPLES
+    level: float = DEFAULT_LEVEL
+    seed: int = 0
+
+
 def resample_weights(n_videos: int, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
     """Copies of each video in each resample: shape (resamples, n_videos), int32, each row summing to n_videos.
 

@@ -16,13 +16,64 @@ through :func:`frameexit.exit_rule.stop_steps`, where "the last step always exit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
 from .exit_rule import first_step_exits, stop_steps
-from .sweep import average_precision_block
 
 POLICIES = ("frameexit", "confidence", "fixed", "oracle")
+#: The policies whose settings are not frameexit's (first, gate) grid: each has one threshold of its own, or none.
+BASELINES = POLICIES[1:]
+
+
+@dataclass(frozen=True)
+class PolicySetting:
+    """One setting of a baseline policy: ``tau`` (a probability) for ``confidence``, ``frames`` (k, 1..T) for
+    ``fixed``, neither for ``oracle``."""
+
+    policy: str
+    tau: float | None = None
+    frames: int | None = None
+
+
+def policy_settings(policies: Sequence[str], taus: Sequence[float], n_steps: int) -> list[PolicySetting]:
+    """The settings replay evaluates for the baseline ``policies`` (frameexit's are its grid), in
+    :data:`BASELINES` order: ``confidence`` at every ``tau``, ``fixed`` at ``k = 1..n_steps``, ``oracle`` once."""
+    out: list[PolicySetting] = []
+    if "confidence" in policies:
+        out += [PolicySetting("confidence", tau=float(t)) for t in taus]
+    if "fixed" in policies:
+        out += [PolicySetting("fixed", frames=k) for k in range(1, n_steps + 1)]
+    if "oracle" in policies:
+        out.append(PolicySetting("oracle"))
+    return out
+
+
+def policy_exit_steps(settings: Sequence[PolicySetting], top_probs: npt.ArrayLike, hits: npt.ArrayLike) -> np.ndarray:
+    """Exit step of every video at every baseline setting: shape (n_settings, n_videos), int64.
+
+    ``top_probs``: (n_videos, n_steps) float32, each step's top probability; ``hits``: (n_videos, n_steps), whether
+    step t's top class is one of the video's labels.
+    """
+    top_probs, hits = np.asarray(top_probs, dtype=np.float32), np.asarray(hits, dtype=bool)
+    n = len(top_probs)
+    out = np.empty((len(settings), n), dtype=np.int64)
+    by_policy: dict[str, list[int]] = {}
+    for row, setting in enumerate(settings):
+        by_policy.setdefault(setting.policy, []).append(row)
+    for policy, rows in by_policy.items():
+        if policy == "confidence":
+            out[rows] = confidence_exit_steps(top_probs, [settings[r].tau for r in rows])
+        elif policy == "fixed":
+            out[rows] = np.array([settings[r].frames - 1 for r in rows], dtype=np.int64)[:, None]
+        elif policy == "oracle":
+            out[rows] = oracle_exit_steps(hits)[None, :]
+        else:
+            raise ValueError(f"unknown baseline exit policy {policy!r}: expected one of {', '.join(BASELINES)}")
+    return out
 
 
 def confidence_fires(top_prob: npt.ArrayLike, tau: float) -> np.ndarray:
@@ -64,18 +115,3 @@ def policy_fires(policy: str, step: int, *, top_prob: float, setting: float) -> 
     if policy == "fixed":
         return step == int(setting) - 1
     raise ValueError(f"exit policy {policy!r} has no single-step form: expected confidence or fixed")
-
-
-def policy_average_precision(
-    probs: np.ndarray, labels: np.ndarray, exit_steps: np.ndarray, *, max_bytes: int | None = None
-) -> np.ndarray:
-    """Per-class AP at every row of ``exit_steps`` (any policy's grid form): shape (n_settings, n_block), float64.
-
-    ``probs``: (n_videos, n_steps, n_block) float32 and ``labels`` (n_videos, n_block) of some classes, rows in
-    key order. The exact AP of :func:`frameexit.sweep.average_precision_block`, with no step-0 prefix: every
-    exit comes from ``exit_steps``.
-    """
-    n = len(probs)
-    no_prefix = np.zeros((1, n), dtype=bool)
-    block = average_precision_block(probs, labels, np.zeros(n, np.float32), exit_steps, no_prefix, max_bytes=max_bytes)
-    return block[:, 0]

@@ -157,7 +157,8 @@ class VideoExits:
     Rows sorted by key, as in :class:`ExitTables`: ``confidence0``, top step-0 probability over *all* classes
     (decides the step-0 exit); ``hits`` (n_videos, n_steps) bool, whether step t's top class (over all classes)
     is one of the video's labels; ``labelled``, videos with a label (the top-1 denominator). ``positives``
-    (num_class,) int64: positive videos per class (mAP averages the classes with at least one).
+    (num_class,) int64: positive videos per class (mAP averages the classes with at least one). ``top_probs``
+    (n_videos, n_steps) float32: each step's top probability (the confidence policy's input).
     """
 
     videos: list[str]
@@ -166,19 +167,22 @@ class VideoExits:
     hits: np.ndarray
     labelled: np.ndarray
     positives: np.ndarray
+    top_probs: np.ndarray
 
 
 def video_exits(tables: ExitTables) -> VideoExits:
     """The class-independent part of ``tables`` (computed from all its classes; a shard's tables will do)."""
     n = len(tables.videos)
     predictions = tables.probs.argmax(axis=2)  # (n, T)
+    top_probs = tables.probs.max(axis=2)
     return VideoExits(
         videos=list(tables.videos),
-        confidence0=tables.confidence0,
+        confidence0=top_probs[:, 0].copy(),  # as ExitTables.confidence0, without a second pass over the classes
         gates=tables.gates,
         hits=tables.labels[np.arange(n)[:, None], predictions],
         labelled=tables.labels.any(axis=1),
         positives=tables.labels.sum(axis=0, dtype=np.int64),
+        top_probs=top_probs,
     )
 
 
@@ -192,6 +196,7 @@ def concat_video_exits(parts: Sequence[VideoExits]) -> VideoExits:
         hits=_gather_rows(parts, order, "hits"),
         labelled=_gather_rows(parts, order, "labelled"),
         positives=np.sum([p.positives for p in parts], axis=0, dtype=np.int64),
+        top_probs=_gather_rows(parts, order, "top_probs"),
     )
 
 
@@ -516,6 +521,21 @@ def _average_precision_chunk(
     return ap_sigma[:, segments.sigma, :]
 
 
+def policy_average_precision(
+    probs: np.ndarray, labels: np.ndarray, exit_steps: np.ndarray, *, max_bytes: int | None = None
+) -> np.ndarray:
+    """Per-class AP at every row of ``exit_steps`` (any policy's grid form): shape (n_settings, n_block), float64.
+
+    ``probs``: (n_videos, n_steps, n_block) float32 and ``labels`` (n_videos, n_block) of some classes, rows in
+    key order. The exact AP of :func:`frameexit.sweep.average_precision_block`, with no step-0 prefix: every
+    exit comes from ``exit_steps``.
+    """
+    n = len(probs)
+    no_prefix = np.zeros((1, n), dtype=bool)
+    block = average_precision_block(probs, labels, np.zeros(n, np.float32), exit_steps, no_prefix, max_bytes=max_bytes)
+    return block[:, 0]
+
+
 # ------------------------------------------------------------------------------------ the sweep
 
 
@@ -608,8 +628,25 @@ def combine_sweep(
             f"per-class AP of shape {ap.shape} does not cover the grid and classes "
             f"({len(gate)}, {len(first)}, {len(exits.positives)})"
         )
-    n, steps = exits.hits.shape
     exits_grid = exit_rule.exit_steps_grid(exits.confidence0, exits.gates, first, gate)
+    return _exit_metrics(exits, exits_grid, ap)
+
+
+def policy_metrics(exits: VideoExits, exit_steps: np.ndarray, ap_blocks: Sequence[np.ndarray]) -> SweepMetrics:
+    """All metrics of the baseline policies' settings: :class:`SweepMetrics` of shape (n_settings, 1), from the
+    video ``exits``, each setting's ``exit_steps`` (n_settings, n_videos; :func:`frameexit.policies.policy_exit_steps`)
+    and the :func:`policy_average_precision` of consecutive class blocks covering every class in order."""
+    n_settings = len(exit_steps)
+    ap = np.concatenate(list(ap_blocks), axis=1) if len(ap_blocks) else np.empty((n_settings, 0))
+    if ap.shape != (n_settings, len(exits.positives)):
+        raise ValueError(f"per-class AP of shape {ap.shape} does not cover ({n_settings}, {len(exits.positives)})")
+    return _exit_metrics(exits, np.asarray(exit_steps, dtype=np.int64)[:, None, :], ap[:, None, :])
+
+
+def _exit_metrics(exits: VideoExits, exits_grid: np.ndarray, ap: np.ndarray) -> SweepMetrics:
+    """The metrics of settings whose exit steps are ``exits_grid`` (rows, columns, n_videos) and per-class AP ``ap``
+    (rows, columns, num_class)."""
+    n, steps = exits.hits.shape
     no_label = np.full(exits_grid.shape[:2], np.nan)
     labelled = exits.labelled
     top1 = exits.hits[np.arange(n), exits_grid][..., labelled].mean(axis=-1) if labelled.any() else no_label

@@ -20,8 +20,10 @@ import yaml
 
 from cache.inputs import BATCHING_OPTIONS, DTYPES, PRECISIONS
 from frameexit.backbone_names import is_clip_backbone
+from frameexit.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Bootstrap
 from frameexit.errors import ConfigError
 from frameexit.exit_rule import DEFAULT_GATE_THRESHOLD, check_thresholds
+from frameexit.policies import POLICIES
 from frameexit.preprocess_params import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, policy_order
 from frameexit.train_config import TrainConfig, config_problem
@@ -111,6 +113,15 @@ SCHEMA: dict[str, Any] = {
         "first_thresholds": Field("grid", None, doc="grid of first_threshold values: list or 'start:stop:count'"),
         "gate_thresholds": Field("grid", None, doc="grid of gate_threshold values: list or 'start:stop:count'"),
         "per_video": Field("str", "default", choices=("default", "all"), doc="per-video rows: job's setting or all"),
+        "policies": Field(
+            "strs", list(POLICIES), doc="exit policies replayed beside frameexit's gates: confidence, fixed, oracle"
+        ),
+        "confidence_thresholds": Field(
+            "grid", None, doc="grid of the confidence policy's tau: list or 'start:stop:count' (default: first grid)"
+        ),
+        "bootstrap_resamples": Field("int", DEFAULT_RESAMPLES, doc="bootstrap resamples of the intervals; 0: none"),
+        "bootstrap_level": Field("float", DEFAULT_LEVEL, doc="level of the percentile intervals, in (0, 1)"),
+        "bootstrap_seed": Field("int", 0, doc="seed of the bootstrap's resamples"),
     },
     "extract": {
         "dtype": Field("str", "float32", choices=DTYPES, doc="storage type of the features"),
@@ -128,6 +139,11 @@ OPTION_KEYS = {
     "first_thresholds": "replay.first_thresholds",
     "gate_thresholds": "replay.gate_thresholds",
     "per_video": "replay.per_video",
+    "policies": "replay.policies",
+    "confidence_thresholds": "replay.confidence_thresholds",
+    "resamples": "replay.bootstrap_resamples",
+    "level": "replay.bootstrap_level",
+    "seed": "replay.bootstrap_seed",
     "dtype": "extract.dtype",
     "precision": "extract.precision",
     "channels_last": "extract.channels_last",
@@ -180,6 +196,9 @@ class ReplayConfig:
     first_thresholds: tuple[float, ...]
     gate_thresholds: tuple[float, ...]
     per_video: str  # 'default': per-video rows for the job's own setting; 'all': for every setting
+    policies: tuple[str, ...] = POLICIES  # exit policies replayed (frameexit always; frameexit.policies)
+    confidence_thresholds: tuple[float, ...] = ()  # the confidence policy's tau grid
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)  # resamples, level and seed of the intervals
 
 
 @dataclass(frozen=True)
@@ -548,6 +567,13 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
     for name in ("first_threshold", "gate_threshold"):  # each grid defaults to the model's single threshold
         grid = tree["replay"][f"{name}s"]
         grids[f"{name}s"] = tuple([model[name]] if grid is None else parse_grid(grid, name=f"{source}: replay.{name}s"))
+    replay = tree["replay"]
+    tau = replay["confidence_thresholds"]
+    grids["confidence_thresholds"] = (
+        grids["first_thresholds"]
+        if tau is None
+        else tuple(parse_grid(tau, name=f"{source}: replay.confidence_thresholds"))
+    )
     preprocessing = Preprocessing(
         resize=pre["resize"],
         crop=pre["crop_center"],
@@ -571,10 +597,37 @@ def _sections(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
             clip_stride=clip_stride,
         ),
         checkpoints=tuple(tree["checkpoint"]["init"] or ()),
-        replay=ReplayConfig(**grids, per_video=tree["replay"]["per_video"]),
+        replay=ReplayConfig(
+            **grids,
+            per_video=replay["per_video"],
+            policies=_policies(replay["policies"], source),
+            bootstrap=_bootstrap(replay, source),
+        ),
         extract=ExtractConfig(**tree["extract"]),
         train=_train_section(tree["train"], source, multi_label=BY_NAME[data["name"]].multi_label),
     )
+
+
+def _policies(names: Sequence[str], source: str) -> tuple[str, ...]:
+    """``replay.policies`` checked, in :data:`frameexit.policies.POLICIES` order (a list, or one comma-separated
+    string as ``--policies`` gives it); frameexit's gates are always replayed."""
+    given = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    unknown = [n for n in given if n not in POLICIES]
+    if unknown:
+        raise ConfigError(
+            f"{source}: replay.policies: unknown exit policy {unknown[0]!r}: expected some of {', '.join(POLICIES)}"
+        )
+    return tuple(p for p in POLICIES if p in given or p == "frameexit")
+
+
+def _bootstrap(replay: Mapping[str, Any], source: str) -> Bootstrap:
+    """The ``replay.bootstrap_*`` keys checked: resamples >= 0 (0: no intervals), a level in (0, 1)."""
+    resamples, level = replay["bootstrap_resamples"], replay["bootstrap_level"]
+    if resamples is None or resamples < 0:
+        raise ConfigError(f"{source}: replay.bootstrap_resamples must be an integer >= 0, got {resamples!r}")
+    if level is None or not 0.0 < level < 1.0:
+        raise ConfigError(f"{source}: replay.bootstrap_level must be a fraction in (0, 1), e.g. 0.95, got {level!r}")
+    return Bootstrap(resamples=resamples, level=level, seed=replay["bootstrap_seed"] or 0)
 
 
 def _check_values(data: Mapping[str, Any], model: Mapping[str, Any], source: str) -> None:

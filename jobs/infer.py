@@ -56,6 +56,7 @@ from .outputs import (
     SWEEP_FILE,
     VIDEOS_FILE,
     checkpoint_record,
+    frameexit_settings,
     metric_columns,
     metric_row,
     order_name,
@@ -153,8 +154,11 @@ def _infer_into(
         "prediction": done.predictions,
         "confidence": done.confidences,
         "labels": done.labels,
+        "policy": ["frameexit"] * n,
         "first_threshold": [model_cfg.first_threshold] * n,
         "gate_threshold": [model_cfg.gate_threshold] * n,
+        "tau": [None] * n,
+        "frames": [None] * n,
         "checkpoint": [name] * n,
     }
     sweep = sweep_columns([columns], order_name(model_cfg.input_order), n)
@@ -184,7 +188,7 @@ def _metric_columns(
     return metric_columns(
         one,
         (np.array([0]), np.array([0])),
-        np.array([[job.model.first_threshold, job.model.gate_threshold]], dtype=np.float64),
+        frameexit_settings([job.model.first_threshold], [job.model.gate_threshold]),
         checkpoint=name,
         costs=costs,
         per_frame=paper_per_step(job),

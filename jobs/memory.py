@@ -55,15 +55,19 @@ def memory_estimate(
     n_steps: int = 10,
     concurrency: int = 1,
     class_block: int = 1,
+    n_baseline: int = 0,
 ) -> MemoryEstimate:
-    """What a replay of ``n_first x n_gate`` settings for ``n_checkpoints`` over ``n_videos`` needs (see
-    :class:`MemoryEstimate`); ``concurrency`` AP tasks of ``class_block`` classes run at once."""
-    settings = n_first * n_gate * n_checkpoints
+    """What a replay of ``n_first x n_gate`` settings (and ``n_baseline`` baseline policy settings) for
+    ``n_checkpoints`` over ``n_videos`` needs (see :class:`MemoryEstimate`); ``concurrency`` AP tasks of
+    ``class_block`` classes run at once."""
+    settings = (n_first * n_gate + n_baseline) * n_checkpoints
     video_rows = n_checkpoints * n_videos * (n_first * n_gate if per_video_all else 1)
     block = max(1, min(class_block, num_class))
     # an AP task: a copy of its classes' scores, and sweep_block_bytes of them (which also bounds the task
     # putting the grid together: its exit steps of every setting and video)
     task = 4 * n_videos * n_steps * block + sweep_block_bytes(n_videos, n_first, n_gate, block, n_steps)
+    if n_baseline:  # the same task then computes the baselines' AP: their exit steps and AP working memory too
+        task += 8 * n_baseline * n_videos + sweep_block_bytes(n_videos, 1, n_baseline, block, n_steps)
     return MemoryEstimate(
         sweep_rows=settings * (SWEEP_ROW_BYTES + 8 * num_class),
         video_rows=video_rows * VIDEO_ROW_BYTES,

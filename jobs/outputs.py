@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from frameexit.atomic import folder_lock
@@ -32,10 +33,11 @@ from reports.records import (
     Setting,
     StepCostsRecord,
 )
-from reports.schema import SWEEP, VIDEOS
+from reports.schema import SETTING_COLUMNS, SWEEP, VIDEOS
 from reports.write import write_json, write_table
 
 if TYPE_CHECKING:  # frameexit.sweep imports torch, which frameexit report must not load
+    from frameexit.policies import PolicySetting
     from frameexit.step_costs import StepCosts
     from frameexit.sweep import SweepMetrics
 
@@ -113,10 +115,28 @@ def checkpoint_names(paths: Sequence[str]) -> list[str]:
     return [b if base.count(b) == 1 else p for b, p in zip(base, paths, strict=True)]
 
 
+def frameexit_settings(first: npt.ArrayLike, gate: npt.ArrayLike) -> dict[str, Any]:
+    """The setting columns (:data:`reports.schema.SETTING_COLUMNS`) of frameexit rows at thresholds ``first`` and
+    ``gate`` (one per row)."""
+    first, gate = np.asarray(first, dtype=np.float64), np.asarray(gate, dtype=np.float64)
+    return {"policy": "frameexit", "first_threshold": first, "gate_threshold": gate, "tau": None, "frames": None}
+
+
+def baseline_settings(settings: Sequence[PolicySetting]) -> dict[str, Any]:
+    """The setting columns of the rows of baseline policies' ``settings`` (:func:`frameexit.policies.policy_settings`)."""
+    return {
+        "policy": [s.policy for s in settings],
+        "first_threshold": None,
+        "gate_threshold": None,
+        "tau": [s.tau for s in settings],
+        "frames": [s.frames for s in settings],
+    }
+
+
 def metric_columns(
     metrics: SweepMetrics,
     index: tuple[np.ndarray, np.ndarray],
-    settings: np.ndarray,
+    settings: Mapping[str, Any],
     *,
     checkpoint: str,
     costs: StepCosts,
@@ -125,15 +145,15 @@ def metric_columns(
     at_risk: np.ndarray | None,
 ) -> dict[str, Any]:
     """The columns of :class:`reports.records.MetricRow` (``sweep.parquet``'s less ``order`` and ``n_videos``) of
-    one checkpoint at ``n`` settings of its metrics' grid: arrays of ``n`` values, ``None`` for a column of nulls.
-    ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays; ``settings``: their ``(first,
-    gate)``, shape ``(n, 2)``; ``at_risk``: videos at risk at every setting of the grid, ``None`` when unknown."""
+    one checkpoint at ``n`` settings of its metrics' grid: arrays (or lists) of ``n`` values, ``None`` for a column
+    of nulls. ``index``: the ``(gate, first)`` indices of the settings in ``metrics``' arrays (a baseline policy's
+    metrics: ``(setting, 0)``); ``settings``: their setting columns (:func:`frameexit_settings`,
+    :func:`baseline_settings`); ``at_risk``: videos at risk at every setting of the grid, ``None`` when unknown."""
     frames = metrics.mean_frames[index]
     hist = metrics.exit_histogram[index]
     return {
         "checkpoint": checkpoint,
-        "first_threshold": settings[:, 0],
-        "gate_threshold": settings[:, 1],
+        **{name: settings[name] for name in SETTING_COLUMNS},
         "map": metrics.map[index],
         "top1": metrics.top1[index],
         "gflops": frames * per_frame if per_frame is not None else None,
@@ -184,6 +204,8 @@ def metric_row(columns: Mapping[str, Any], k: int) -> MetricRow:
             return column
         if isinstance(column, Mapping):
             return {key: float(values[k]) for key, values in column.items()}
+        if isinstance(column, list):
+            return column[k]
         return column[k].tolist()  # a number, or the histogram's list
 
     return MetricRow(**{name: value(name) for name in MetricRow.__annotations__})  # type: ignore[typeddict-item]
@@ -194,7 +216,7 @@ def sweep_columns(parts: Sequence[Mapping[str, Any]], order: str, n_videos: int)
     (as ``replay.json``'s ``order_name``) and the videos evaluated."""
     arrays: dict[str, list[pa.Array]] = {name: [] for name in SWEEP.names}
     for part in parts:
-        n = len(part["first_threshold"])
+        n = len(part["mean_frames"])
         for name, column in part.items():
             arrays[name].append(_arrow(column, n, SWEEP.field(name).type))
         arrays["order"].append(pa.array([order] * n, pa.string()))
@@ -206,6 +228,8 @@ def _arrow(column: Any, n: int, kind: pa.DataType) -> pa.Array:
     """A column of :func:`metric_columns` (``n`` values) as an Arrow array of type ``kind``."""
     if column is None:
         return pa.nulls(n, kind)
+    if isinstance(column, list):  # a setting column of several policies: None where a row's policy has none
+        return pa.array(column, kind)
     if isinstance(column, str):
         return pa.array([column] * n, kind)
     if pa.types.is_map(kind):  # a category's mAP per setting -> a map per setting, the categories in their order

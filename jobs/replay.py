@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
 from cache.find import frames_differences, open_cache
@@ -23,6 +24,7 @@ from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
+from frameexit.policies import PolicySetting, policy_settings
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import SweepMetrics
 from reports.commit import output_set
@@ -49,8 +51,10 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
+    baseline_settings,
     checkpoint_names,
     checkpoint_record,
+    frameexit_settings,
     metric_columns,
     metric_row,
     order_name,
@@ -115,7 +119,12 @@ def _check_grid(job: Job) -> _Grid:
         check_thresholds(ft, default[1])
     for gt in gate:
         check_thresholds(default[0], gt)
-    grid = _Grid(first, gate, default, job.model.input_order, job.replay.per_video)
+    baselines = tuple(
+        policy_settings(job.replay.policies, job.replay.confidence_thresholds, len(job.model.input_order))
+    )
+    for tau in job.replay.confidence_thresholds:
+        check_thresholds(tau, default[1])  # tau is a probability, checked as a first threshold
+    grid = _Grid(first, gate, default, job.model.input_order, job.replay.per_video, baselines)
     # the sweep rows alone can exceed any memory (10^5 x 10^5 thresholds): refuse before touching anything
     plan_memory(**grid.memory_args(job), n_videos=0, concurrency=1, class_block=1, limit=available_memory())
     return grid
@@ -154,14 +163,14 @@ def replay_into(
         limit=available_memory(),
     )
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
-    metrics, rows, risks = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
+    metrics, rows, risks, baselines = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
 
     names = checkpoint_names([h.name for h in heads])
     # measured GMACs per part, by head width: the width changes the projection, gates and classifiers
     by_width = {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
     costs = [by_width[h.hidden_dim] for h in heads]
     outputs = _Outputs(grid, names, costs, paper_per_step(job), categories, risks)
-    sweep = outputs.sweep_columns(metrics, n_videos)
+    sweep = outputs.sweep_columns(metrics, baselines, n_videos)
     videos = _video_columns(rows, grid, names, cache, n_videos)
     manifest = cache.manifest
     scheduler = options.scheduler if not options.workers else f"local cluster of {options.workers} processes"
@@ -196,12 +205,18 @@ class _Grid:
     default: tuple[float, float]  # (first, gate) of the job
     order: tuple[int, ...]
     per_video: str
+    baselines: tuple[PolicySetting, ...] = ()  # the baseline policies' settings (frameexit.policies)
 
     @property
     def per_video_settings(self) -> list[tuple[float, float]]:
         """The ``(first, gate)`` with per-video rows: the grid's (gate-major) with ``per_video='all'``, else the
         job's own."""
         return [(ft, gt) for gt in self.gate for ft in self.first] if self.per_video == "all" else [self.default]
+
+    @property
+    def per_video_baselines(self) -> tuple[PolicySetting, ...]:
+        """The baseline policy settings with per-video rows: all of them with ``per_video='all'``."""
+        return self.baselines if self.per_video == "all" else ()
 
     @property
     def computed(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -225,6 +240,7 @@ class _Grid:
             num_class=job.model.num_class,
             per_video_all=self.per_video == "all",
             n_steps=len(self.order),
+            n_baseline=len(self.baselines),
         )
 
 
@@ -250,9 +266,10 @@ def _sweep(
     largest_block: int,
     *,
     progress: bool | None,
-) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk]]:
+) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk], list[SweepMetrics | None]]:
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the computed
-    grid (:attr:`_Grid.computed`), the per-video rows and the videos at risk (named at the job's setting)."""
+    grid (:attr:`_Grid.computed`), the per-video rows, the videos at risk (named at the job's setting) and the
+    metrics of the baseline policies' settings (``None`` without any)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
@@ -267,16 +284,19 @@ def _sweep(
             first=first,
             gate=gate,
             row_settings=grid.per_video_settings,
+            row_baselines=grid.per_video_baselines,
             num_class=n_class,
             class_block_size=block,
             client=client,
             named=[grid.default_index],
+            baselines=grid.baselines,
         )
         if client is None:
             results = compute_local(options.scheduler, graph, progress=progress)
         else:
             results = compute_distributed(client, graph, progress=progress)
-    return tuple([results[key] for key in keys] for keys in (graph.sweeps, graph.videos, graph.risks))
+    keys = (graph.sweeps, graph.videos, graph.risks, graph.policies)
+    return tuple([results[key] for key in names] for names in keys)
 
 
 def default_class_block(num_class: int, n_videos: int, n_steps: int, workers: int) -> int:
@@ -300,25 +320,35 @@ class _Outputs:
     def columns(self, metrics: Sequence[SweepMetrics], gate: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
         """Per checkpoint, :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
         computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
-        settings = np.stack([computed_first[first], computed_gate[gate]], axis=1)
-        return [
-            metric_columns(
-                m,
-                (gate, first),
-                settings,
-                checkpoint=self.names[i],
-                costs=self.costs[i],
-                per_frame=self.per_frame,
-                categories=self.categories,
-                at_risk=self.risks[i].counts,
-            )
-            for i, m in enumerate(metrics)
-        ]
+        settings = frameexit_settings(computed_first[first], computed_gate[gate])
+        return [self._columns(i, m, (gate, first), settings, self.risks[i].counts) for i, m in enumerate(metrics)]
 
-    def sweep_columns(self, metrics: Sequence[SweepMetrics], n_videos: int) -> dict[str, Any]:
-        """The columns of ``sweep.parquet``: a row per checkpoint and setting of the grid (gate-major)."""
+    def _columns(self, i: int, metrics: SweepMetrics, index: tuple, settings: dict, at_risk) -> dict[str, Any]:
+        return metric_columns(
+            metrics,
+            index,
+            settings,
+            checkpoint=self.names[i],
+            costs=self.costs[i],
+            per_frame=self.per_frame,
+            categories=self.categories,
+            at_risk=at_risk,
+        )
+
+    def sweep_columns(
+        self, metrics: Sequence[SweepMetrics], baselines: Sequence[SweepMetrics | None], n_videos: int
+    ) -> dict[str, Any]:
+        """The columns of ``sweep.parquet``: per checkpoint, a row per setting of the grid (gate-major), then a row
+        per baseline policy setting (their videos at risk are not counted: null)."""
         gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
-        return sweep_columns(self.columns(metrics, gate, first), order_name(self.grid.order), n_videos)
+        parts = []
+        n_baseline = len(self.grid.baselines)
+        at = (np.arange(n_baseline), np.zeros(n_baseline, dtype=np.int64))
+        for i, part in enumerate(self.columns(metrics, gate, first)):
+            parts.append(part)
+            if baselines[i] is not None:
+                parts.append(self._columns(i, baselines[i], at, baseline_settings(self.grid.baselines), None))
+        return sweep_columns(parts, order_name(self.grid.order), n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
         """Per checkpoint, the metric row of the job's own setting."""
@@ -331,6 +361,7 @@ def _video_columns(
 ) -> dict[str, Any]:
     """The columns of ``videos.parquet``: per checkpoint, setting and video (in key order), with the checkpoint."""
     settings = np.asarray(grid.per_video_settings, dtype=np.float64).reshape(-1, 2)
+    baselines = grid.per_video_baselines
     columns: dict[str, list] = {k: [] for k in VIDEOS.names}
     for name, r in zip(names, rows, strict=True):
         if len(r.videos) != n_videos:
@@ -339,16 +370,38 @@ def _video_columns(
                 f"the manifest of {cache.directory} counts {n_videos} videos with features, its shards hold "
                 f"{len(r.videos)}; run frameexit extract again"
             )
-        n_rows = len(settings) * len(r.videos)
-        columns["first_threshold"].append(np.repeat(settings[:, 0], len(r.videos)))
-        columns["gate_threshold"].append(np.repeat(settings[:, 1], len(r.videos)))
-        columns["video"] += r.videos * len(settings)
+        n, n_settings = len(r.videos), len(settings) + len(baselines)
+        n_rows = n_settings * n
+        own = baseline_settings(baselines)
+        columns["policy"] += ["frameexit"] * len(settings) * n + [p for p in own["policy"] for _ in range(n)]
+        # one setting column per policy's threshold, null on the rows of the other policies
+        for name, values in (("first_threshold", settings[:, 0]), ("gate_threshold", settings[:, 1])):
+            columns[name].append(_with_nulls(np.repeat(values, n), len(baselines) * n, pa.float64()))
+        for name, kind in (("tau", pa.float64()), ("frames", pa.int64())):
+            theirs = pa.array([v for v in own[name] for _ in range(n)], kind)
+            columns[name].append(pa.concat_arrays([pa.nulls(len(settings) * n, kind), theirs]))
+        columns["video"] += r.videos * n_settings
         columns["exit_step"].append(r.exit_step.ravel())
         columns["prediction"].append(r.prediction.ravel())
         columns["confidence"].append(r.confidence.ravel())
-        columns["labels"] += r.labels * len(settings)
+        columns["labels"] += r.labels * n_settings
         columns["checkpoint"] += [name] * n_rows
-    return {k: np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v for k, v in columns.items()}
+    return {k: _concat(v) for k, v in columns.items()}
+
+
+def _concat(parts: list) -> Any:
+    """A column of every checkpoint's parts: numpy arrays, Arrow arrays or list items."""
+    if parts and isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if parts and isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts)
+    return parts
+
+
+def _with_nulls(values: np.ndarray, n_null: int, kind: pa.DataType) -> pa.Array:
+    """``values`` then ``n_null`` nulls, as one Arrow array of ``kind``."""
+    mask = np.concatenate([np.zeros(len(values), dtype=bool), np.ones(n_null, dtype=bool)])
+    return pa.array(np.concatenate([values, np.zeros(n_null, dtype=values.dtype)]), kind, mask=mask)
 
 
 def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence[Risk]) -> ExactnessRecord:

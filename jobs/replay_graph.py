@@ -10,6 +10,9 @@ Per checkpoint head ``i``:
   block: the per-class AP of its classes at every setting, from the pieces of every shard. Classes are
   independent, so no task holds more than one block of every video's scores, and each class is sorted once.
 - ``sweep-i``: all metrics of the grid from the exits and the AP blocks.
+- ``policy-steps-i`` and ``policies-i``: every video's exit step at each setting of the baseline policies
+  (:mod:`frameexit.policies`: confidence, fixed frames, oracle), from the exits; their per-class AP is computed by
+  the ``ap-i-b`` tasks beside the grid's (one copy of each class block), and all their metrics from it.
 - ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for, per shard, merged in key order.
 - ``deviation-i-s`` and ``deviation-i``: how far each shard's head outputs may be from those on per-step features
   (its probe), and the largest; ``risk-i-s`` and ``risk-i``: the videos whose decision at a setting this
@@ -53,14 +56,18 @@ from frameexit.exactness import (
 )
 from frameexit.exit_rule import exit_steps_grid
 from frameexit.head import FrameExit
+from frameexit.policies import PolicySetting, policy_exit_steps
 from frameexit.sweep import (
     ExitTables,
+    SweepMetrics,
     VideoExits,
     class_block,
     class_block_ap,
     combine_sweep,
     concat_video_exits,
     exit_tables,
+    policy_average_precision,
+    policy_metrics,
     video_exits,
 )
 
@@ -137,10 +144,35 @@ def class_pieces(tables: ExitTables, bounds: tuple[int, ...]) -> tuple[ExitTable
     )
 
 
-def block_ap(pieces: Sequence[ExitTables], exits: VideoExits, first: Sequence[float], gate: Sequence[float]):
-    """Dask task: per-class AP of one class block (its columns of every shard's tables) at every setting, shape
-    (n_gate, n_first, n_block)."""
-    return class_block_ap(class_block(pieces, slice(None)), exits, first, gate)
+def block_ap(
+    pieces: Sequence[ExitTables],
+    exits: VideoExits,
+    first: Sequence[float],
+    gate: Sequence[float],
+    policy_steps: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Dask task: per-class AP of one class block (its columns of every shard's tables) at every setting of the
+    grid, shape (n_gate, n_first, n_block), and at the baseline policies' exit steps ``policy_steps`` (n_settings,
+    n_videos), shape (n_settings, n_block) (``None`` without them): the block is copied once for both."""
+    block = class_block(pieces, slice(None))
+    grid = class_block_ap(block, exits, first, gate)
+    if policy_steps is None or not len(policy_steps):
+        return grid, None
+    return grid, policy_average_precision(block.probs, block.labels, policy_steps)
+
+
+def baseline_metrics(
+    exits: VideoExits, steps: np.ndarray, ap_blocks: Sequence[np.ndarray | None]
+) -> SweepMetrics | None:
+    """Dask task: the baseline settings' metrics (:func:`frameexit.sweep.policy_metrics`); ``None`` without any."""
+    if not len(steps):
+        return None
+    return policy_metrics(exits, steps, [b for b in ap_blocks if b is not None])
+
+
+def baseline_steps(exits: VideoExits, settings: Sequence[PolicySetting]) -> np.ndarray:
+    """Dask task: every video's exit step at each baseline policy setting, (n_settings, n_videos)."""
+    return policy_exit_steps(settings, exits.top_probs, exits.hits)
 
 
 @dataclass(frozen=True)
@@ -154,8 +186,11 @@ class VideoRows:
     confidence: np.ndarray  # float64: that probability (a float32 value)
 
 
-def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]) -> VideoRows:
-    """Dask task: each video's exit step, prediction and confidence at each ``(first, gate)`` setting."""
+def shard_video_rows(
+    tables: ExitTables, settings: Sequence[tuple[float, float]], baselines: Sequence[PolicySetting] = ()
+) -> VideoRows:
+    """Dask task: each video's exit step, prediction and confidence at each ``(first, gate)`` setting, then at each
+    baseline policy setting (a video's exit under every policy depends on its own outputs only)."""
     n = len(tables.videos)
     steps = np.zeros((0, n), dtype=np.int64)
     if settings:
@@ -165,7 +200,11 @@ def shard_video_rows(tables: ExitTables, settings: Sequence[tuple[float, float]]
         steps = exit_steps_grid(tables.confidence0, tables.gates, first, gate)[at_gate, at_first]
     # the top class and its probability at every step, then picked at each setting's exit step
     predictions = tables.probs.argmax(axis=2)
-    confidences = tables.probs.max(axis=2).astype(np.float64)
+    confidences = tables.probs.max(axis=2)
+    if baselines:
+        hits = tables.labels[np.arange(n)[:, None], predictions]
+        steps = np.concatenate([steps, policy_exit_steps(baselines, confidences, hits)])
+    confidences = confidences.astype(np.float64)
     rows = np.arange(n)[None, :]
     return VideoRows(
         videos=list(tables.videos),
@@ -203,6 +242,7 @@ class Graph:
     blocks: dict[str, Any] = field(default_factory=dict)  # per class block and checkpoint: its AP
     outputs: dict[str, Any] = field(default_factory=dict)  # every task whose result is kept, by key
     sweeps: list[str] = field(default_factory=list)  # [i]: SweepMetrics of the grid (and the job's setting)
+    policies: list[str] = field(default_factory=list)  # [i]: SweepMetrics (n_settings, 1) of the baseline settings
     videos: list[str] = field(default_factory=list)  # [i]: VideoRows
     risks: list[str] = field(default_factory=list)  # [i]: frameexit.exactness.Risk over the grid
 
@@ -221,16 +261,19 @@ def build_graph(
     gate: Sequence[float],
     row_settings: Sequence[tuple[float, float]],
     num_class: int,
+    row_baselines: Sequence[PolicySetting] = (),
     class_block_size: int,
     client: Any = None,
     tables: Sequence[Sequence[ExitTables]] | None = None,
     named: Sequence[tuple[int, int]] = (),
+    baselines: Sequence[PolicySetting] = (),
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint of ``heads``; ``shards``: ``(path,
     sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep computes; ``row_settings``: ``(first, gate)``
-    of the per-video rows; ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
+    of the per-video rows, then ``row_baselines`` (baseline policy settings); ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
     checkpoint's shard tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of
-    the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`)."""
+    the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline
+    policies' settings (:func:`frameexit.policies.policy_settings`), computed with the same class blocks."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
@@ -260,7 +303,11 @@ def build_graph(
             exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
             pieces.append(cut(tables[-1], bounds, dask_key_name=f"pieces-{i}-{s}-{token}"))
-            rows.append(dask.delayed(shard_video_rows)(tables[-1], row_settings, dask_key_name=f"rows-{i}-{s}-{token}"))
+            rows.append(
+                dask.delayed(shard_video_rows)(
+                    tables[-1], row_settings, list(row_baselines), dask_key_name=f"rows-{i}-{s}-{token}"
+                )
+            )
             # the deviation a shard's tables carry (small: what the merge needs, not the tables)
             carried = dask.delayed(operator.attrgetter("deviation"))
             deviations.append(carried(tables[-1], dask_key_name=f"deviation-{i}-{s}-{token}"))
@@ -276,14 +323,23 @@ def build_graph(
         graph.risks.append(f"risk-{i}-{token}")
         graph.outputs[graph.risks[i]] = dask.delayed(merge_risk)(risks, deviation, dask_key_name=graph.risks[i])
         merged = dask.delayed(concat_video_exits)(exits, dask_key_name=f"exits-{i}-{token}")
-        aps = []
+        steps = dask.delayed(baseline_steps)(merged, list(baselines), dask_key_name=f"policy-steps-{i}-{token}")
+        aps, policy_aps = [], []
         for b in range(len(bounds) - 1):
             key = f"ap-{i}-{b}-{token}"
-            aps.append(dask.delayed(block_ap)([p[b] for p in pieces], merged, first, gate, dask_key_name=key))
-            graph.blocks[key] = aps[-1]
+            both = dask.delayed(block_ap, nout=2)(
+                [p[b] for p in pieces], merged, first, gate, steps if baselines else None, dask_key_name=key
+            )
+            graph.blocks[key] = both
+            aps.append(both[0])
+            policy_aps.append(both[1])
         graph.sweeps.append(f"sweep-{i}-{token}")
         graph.outputs[graph.sweeps[i]] = dask.delayed(combine_sweep)(
             merged, aps, first, gate, dask_key_name=graph.sweeps[i]
+        )
+        graph.policies.append(f"policies-{i}-{token}")
+        graph.outputs[graph.policies[i]] = dask.delayed(baseline_metrics)(
+            merged, steps, policy_aps, dask_key_name=graph.policies[i]
         )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])

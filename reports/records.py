@@ -90,8 +90,11 @@ class MetricRow(TypedDict):
     :data:`reports.schema.SWEEP` (``| None`` where a column is nullable; checked by a test)."""
 
     checkpoint: str  # checkpoint file name (the path as given where two checkpoints share a file name)
-    first_threshold: float  # step-0 exit threshold (probability)
-    gate_threshold: float  # gate exit threshold (probability)
+    policy: str  # exit policy: frameexit, confidence, fixed or oracle (frameexit.policies)
+    first_threshold: float | None  # frameexit: step-0 exit threshold (probability); null for the other policies
+    gate_threshold: float | None  # frameexit: gate exit threshold (probability); null for the other policies
+    tau: float | None  # confidence: its threshold (probability); null for the other policies
+    frames: int | None  # fixed: the frames every video reads; null for the other policies
     map: float | None  # mean average precision, fraction in [0, 1]; NaN (null) without any positive label
     top1: float | None  # top-1 accuracy, fraction in [0, 1] of the videos with a label; NaN (null) without one
     gflops: float | None  # mean GFLOPs per video, paper convention; null for backbones without a paper figure
@@ -203,8 +206,13 @@ class CheckpointRecord(TypedDict):
 
 
 class Setting(TypedDict):
+    """The job's own setting: frameexit's thresholds (``replay``), or the policy ``infer`` ran."""
+
     first_threshold: float  # step-0 exit threshold (probability)
     gate_threshold: float  # gate exit threshold (probability)
+    policy: NotRequired[str]  # infer --policy: the exit policy evaluated (absent: frameexit)
+    tau: NotRequired[float | None]  # infer --policy confidence: its threshold
+    frames: NotRequired[int | None]  # infer --policy fixed: the frames every video read
 
 
 class CheckpointExactness(TypedDict):

@@ -11,6 +11,17 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+#: The setting of a row: its exit policy (frameexit.policies) and that policy's threshold, null for the others'.
+POLICY_FIELDS = [
+    pa.field("policy", pa.string(), nullable=False),  # frameexit, confidence, fixed or oracle
+    pa.field("first_threshold", pa.float64()),  # frameexit: step-0 exit threshold (probability)
+    pa.field("gate_threshold", pa.float64()),  # frameexit: gate exit threshold (probability)
+    pa.field("tau", pa.float64()),  # confidence: exit at the first step whose top probability > tau
+    pa.field("frames", pa.int64()),  # fixed: every video reads this many frames (k, 1..T)
+]
+#: The columns that name a setting, in the order above.
+SETTING_COLUMNS = tuple(f.name for f in POLICY_FIELDS)
+
 #: ``videos.parquet``: one row per evaluated video.
 VIDEOS = pa.schema(
     [
@@ -19,19 +30,18 @@ VIDEOS = pa.schema(
         pa.field("prediction", pa.int32(), nullable=False),  # class index (line of the class list)
         pa.field("confidence", pa.float64(), nullable=False),  # softmax probability of the prediction
         pa.field("labels", pa.list_(pa.int32()), nullable=False),  # ground-truth class indices
-        pa.field("first_threshold", pa.float64(), nullable=False),
-        pa.field("gate_threshold", pa.float64(), nullable=False),
+        *POLICY_FIELDS,
         pa.field("checkpoint", pa.string(), nullable=False),  # checkpoint file name
     ]
 )
 
-#: ``sweep.parquet``: one row per checkpoint and setting of a replay.
+#: ``sweep.parquet``: one row per checkpoint, exit policy and setting of a replay (frameexit's grid, then the
+#: baselines' settings).
 SWEEP = pa.schema(
     [
         pa.field("checkpoint", pa.string(), nullable=False),  # checkpoint file name
         pa.field("order", pa.string(), nullable=False),  # policy order: coarse_to_fine, sequential or the list
-        pa.field("first_threshold", pa.float64(), nullable=False),
-        pa.field("gate_threshold", pa.float64(), nullable=False),
+        *POLICY_FIELDS,
         pa.field("map", pa.float64()),  # fraction in [0, 1]; NaN without any positive label
         pa.field("top1", pa.float64()),  # fraction in [0, 1] of labelled videos
         pa.field("gflops", pa.float64()),  # paper convention (GMACs really); null for backbones without a figure

@@ -11,9 +11,9 @@ from frameexit.policies import (
     confidence_exit_steps,
     fixed_exit_steps,
     oracle_exit_steps,
-    policy_average_precision,
     policy_fires,
 )
+from frameexit.sweep import policy_average_precision
 
 # top probability of each step, 4 steps
 TOP = np.array(
