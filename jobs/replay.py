@@ -6,6 +6,8 @@ for the memory available, and a grid that cannot fit is refused.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, file_digests
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
+from frameexit.bootstrap import Bootstrap, Interval
 from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
@@ -31,15 +34,18 @@ from reports.commit import output_set
 from reports.records import (
     METRICS_FILE,
     REPLAY_FILE,
+    BootstrapRecord,
     CacheRecord,
     CheckpointExactness,
     ExactnessRecord,
     MetricRow,
+    NamedInterval,
     ReplayRecord,
     ReplayRuntime,
     runtime,
 )
 from reports.schema import VIDEOS
+from reports.summary import cost_metric, named_settings, setting_of, with_cost
 
 from .config import Job
 from .datasets import load_categories, load_job_dataset, read_class_list_digest
@@ -64,7 +70,7 @@ from .outputs import (
     write_replay_files,
     writing,
 )
-from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
+from .replay_graph import NamedResult, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import dask_client
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
@@ -86,6 +92,9 @@ class ReplayOptions:
     # read the frames the steps use and refuse a cache whose manifest records other frames (another listing, or
     # other bytes: frames re-prepared under the same split file); without it no frame is read
     verify_frames: bool = False
+    # a cost budget (the report's cost metric): the frameexit setting a report would choose at it is named too,
+    # with its bootstrap intervals and per-video rows (frameexit run --budget passes the report's)
+    budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,15 +172,17 @@ def replay_into(
         limit=available_memory(),
     )
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
-    metrics, rows, risks, baselines = _sweep(job, grid, heads, cache, options, largest_block, progress=progress)
-
     names = checkpoint_names([h.name for h in heads])
     # measured GMACs per part, by head width: the width changes the projection, gates and classifiers
     by_width = {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
     costs = [by_width[h.hidden_dim] for h in heads]
-    outputs = _Outputs(grid, names, costs, paper_per_step(job), categories, risks)
+    outputs = _Outputs(grid, names, costs, paper_per_step(job), categories)
+    name = functools.partial(_name_settings, outputs, options.budget)
+    sweeps = _sweep(job, grid, heads, cache, options, largest_block, name, progress=progress)
+    metrics, rows, risks, baselines, named = sweeps
+    outputs = dataclasses.replace(outputs, risks=risks)
     sweep = outputs.sweep_columns(metrics, baselines, n_videos)
-    videos = _video_columns(rows, grid, names, cache, n_videos)
+    videos = _video_columns(rows, grid, names, cache, n_videos, named)
     manifest = cache.manifest
     scheduler = options.scheduler if not options.workers else f"local cluster of {options.workers} processes"
     record = replay_record(
@@ -191,9 +202,44 @@ def replay_into(
         runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
         n_videos_labelled=sum(1 for labels in rows[0].labels if labels),  # the same for every checkpoint
         exactness=_exactness_record(cache, names, risks),
+        bootstrap=_bootstrap_record(job.replay.bootstrap, names, named),
     )
     write_replay_files(folder, sweep, videos, record)
     return record
+
+
+def _name_settings(
+    outputs: _Outputs, budget: float | None, i: int, metrics: SweepMetrics, baselines: SweepMetrics | None
+) -> list[dict[str, Any]]:
+    """Dask task: the settings a report of checkpoint ``i`` names (:func:`reports.summary.named_settings`), from
+    the rows its sweep.parquet and replay.json will hold."""
+    rows = outputs.rows(i, metrics, baselines)
+    default = with_cost(outputs.default_row(i, metrics))
+    return named_settings(rows, default, cost=cost_metric([*rows, default]), budget=budget)
+
+
+def _bootstrap_record(
+    bootstrap: Bootstrap, names: Sequence[str], named: Sequence[Sequence[NamedResult]]
+) -> BootstrapRecord:
+    """``replay.json``'s ``bootstrap``: the intervals at every named setting, and per checkpoint the resampled mAP
+    at the job's setting (the first named), what a later run's paired comparison needs."""
+
+    def bounds(interval: Interval | None) -> list[float] | None:
+        return None if interval is None else [interval.low, interval.high]
+
+    return BootstrapRecord(
+        resamples=bootstrap.resamples,
+        level=bootstrap.level,
+        seed=bootstrap.seed,
+        intervals=[
+            NamedInterval(checkpoint=name, setting=r.setting, map=bounds(r.map), top1=bounds(r.top1))
+            for name, results in zip(names, named, strict=True)
+            for r in results
+        ],
+        map_resampled={
+            name: results[0].map_resampled.tolist() for name, results in zip(names, named, strict=True) if results
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -264,12 +310,14 @@ def _sweep(
     cache: FeatureCache,
     options: ReplayOptions,
     largest_block: int,
+    name_settings: Any,
     *,
     progress: bool | None,
-) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk], list[SweepMetrics | None]]:
+) -> tuple[list[SweepMetrics], list[VideoRows], list[Risk], list[SweepMetrics | None], list[list[NamedResult]]]:
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the computed
     grid (:attr:`_Grid.computed`), the per-video rows, the videos at risk (named at the job's setting) and the
-    metrics of the baseline policies' settings (``None`` without any)."""
+    metrics of the baseline policies' settings (``None`` without any), and the results at the named settings
+    (``name_settings``, :func:`jobs.replay_graph.build_graph`)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     with dask_client(options.scheduler, options.workers) as client:
@@ -290,12 +338,14 @@ def _sweep(
             client=client,
             named=[grid.default_index],
             baselines=grid.baselines,
+            name_settings=name_settings,
+            bootstrap=job.replay.bootstrap,
         )
         if client is None:
             results = compute_local(options.scheduler, graph, progress=progress)
         else:
             results = compute_distributed(client, graph, progress=progress)
-    keys = (graph.sweeps, graph.videos, graph.risks, graph.policies)
+    keys = (graph.sweeps, graph.videos, graph.risks, graph.policies, graph.named)
     return tuple([results[key] for key in names] for names in keys)
 
 
@@ -315,13 +365,50 @@ class _Outputs:
     costs: Sequence[StepCosts]  # measured GMACs per part, per checkpoint
     per_frame: float | None  # the paper's per-frame GMACs of the backbone
     categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
-    risks: Sequence[Risk]  # videos at risk over the computed grid, per checkpoint
+    risks: Sequence[Risk] | None = None  # videos at risk over the computed grid, per checkpoint (None: not yet)
 
     def columns(self, metrics: Sequence[SweepMetrics], gate: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
         """Per checkpoint, :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
         computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
         settings = frameexit_settings(computed_first[first], computed_gate[gate])
-        return [self._columns(i, m, (gate, first), settings, self.risks[i].counts) for i, m in enumerate(metrics)]
+        return [self._columns(i, m, (gate, first), settings, self._at_risk(i)) for i, m in enumerate(metrics)]
+
+    def _at_risk(self, i: int) -> np.ndarray | None:
+        return self.risks[i].counts if self.risks is not None else None
+
+    def _grid_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(gate, first)`` indices of the grid's settings (gate-major) in the computed grid."""
+        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
+        return gate, first
+
+    def rows(self, i: int, metrics: SweepMetrics, baselines: SweepMetrics | None) -> list[dict[str, Any]]:
+        """Checkpoint ``i``'s rows of ``sweep.parquet`` as the report reads them (:func:`reports.summary.with_cost`)."""
+        gate, first = self._grid_index()
+        computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
+        parts = [
+            self._columns(
+                i,
+                metrics,
+                (gate, first),
+                frameexit_settings(computed_first[first], computed_gate[gate]),
+                self._at_risk(i),
+            )
+        ]
+        if baselines is not None:
+            parts.append(self._baseline_columns(i, baselines))
+        return [with_cost(metric_row(part, k)) for part in parts for k in range(len(part["mean_frames"]))]
+
+    def default_row(self, i: int, metrics: SweepMetrics) -> MetricRow:
+        """Checkpoint ``i``'s metric row at the job's own setting."""
+        g, f = self.grid.default_index
+        computed_first, computed_gate = self.grid.computed
+        settings = frameexit_settings([computed_first[f]], [computed_gate[g]])
+        return metric_row(self._columns(i, metrics, (np.array([g]), np.array([f])), settings, self._at_risk(i)), 0)
+
+    def _baseline_columns(self, i: int, baselines: SweepMetrics) -> dict[str, Any]:
+        n_baseline = len(self.grid.baselines)
+        at = (np.arange(n_baseline), np.zeros(n_baseline, dtype=np.int64))
+        return self._columns(i, baselines, at, baseline_settings(self.grid.baselines), None)
 
     def _columns(self, i: int, metrics: SweepMetrics, index: tuple, settings: dict, at_risk) -> dict[str, Any]:
         return metric_columns(
@@ -340,26 +427,28 @@ class _Outputs:
     ) -> dict[str, Any]:
         """The columns of ``sweep.parquet``: per checkpoint, a row per setting of the grid (gate-major), then a row
         per baseline policy setting (their videos at risk are not counted: null)."""
-        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
         parts = []
-        n_baseline = len(self.grid.baselines)
-        at = (np.arange(n_baseline), np.zeros(n_baseline, dtype=np.int64))
-        for i, part in enumerate(self.columns(metrics, gate, first)):
+        for i, part in enumerate(self.columns(metrics, *self._grid_index())):
             parts.append(part)
             if baselines[i] is not None:
-                parts.append(self._columns(i, baselines[i], at, baseline_settings(self.grid.baselines), None))
+                parts.append(self._baseline_columns(i, baselines[i]))
         return sweep_columns(parts, order_name(self.grid.order), n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:
         """Per checkpoint, the metric row of the job's own setting."""
-        g, f = self.grid.default_index
-        return [metric_row(c, 0) for c in self.columns(metrics, np.array([g]), np.array([f]))]
+        return [self.default_row(i, m) for i, m in enumerate(metrics)]
 
 
 def _video_columns(
-    rows: Sequence[VideoRows], grid: _Grid, names: Sequence[str], cache: FeatureCache, n_videos: int
+    rows: Sequence[VideoRows],
+    grid: _Grid,
+    names: Sequence[str],
+    cache: FeatureCache,
+    n_videos: int,
+    named: Sequence[Sequence[NamedResult]] = (),
 ) -> dict[str, Any]:
-    """The columns of ``videos.parquet``: per checkpoint, setting and video (in key order), with the checkpoint."""
+    """The columns of ``videos.parquet``: per checkpoint, setting and video (in key order), with the checkpoint; the
+    per-video settings' rows, then those of the named settings not among them (a later run pairs with these)."""
     settings = np.asarray(grid.per_video_settings, dtype=np.float64).reshape(-1, 2)
     baselines = grid.per_video_baselines
     columns: dict[str, list] = {k: [] for k in VIDEOS.names}
@@ -386,7 +475,37 @@ def _video_columns(
         columns["confidence"].append(r.confidence.ravel())
         columns["labels"] += r.labels * n_settings
         columns["checkpoint"] += [name] * n_rows
+    for name, r, results in zip(names, rows, named, strict=False):
+        _named_video_columns(columns, name, r, grid, results)
     return {k: _concat(v) for k, v in columns.items()}
+
+
+def _named_video_columns(
+    columns: dict[str, list], name: str, rows: VideoRows, grid: _Grid, results: Sequence[NamedResult]
+) -> None:
+    """Append to ``columns`` the per-video rows of the named settings ``results`` that the per-video settings lack."""
+    have = [{"policy": "frameexit", "first_threshold": ft, "gate_threshold": gt} for ft, gt in grid.per_video_settings]
+    have += [setting_of({"policy": b.policy, "tau": b.tau, "frames": b.frames}) for b in grid.per_video_baselines]
+    n = len(rows.videos)
+    for r in results:
+        if r.setting in have:
+            continue
+        have.append(r.setting)
+        columns["policy"] += [r.setting["policy"]] * n
+        for key, kind in (
+            ("first_threshold", pa.float64()),
+            ("gate_threshold", pa.float64()),
+            ("tau", pa.float64()),
+            ("frames", pa.int64()),
+        ):
+            value = r.setting.get(key)
+            columns[key].append(pa.nulls(n, kind) if value is None else pa.array([value] * n, kind))
+        columns["video"] += rows.videos
+        columns["exit_step"].append(r.exit_step)
+        columns["prediction"].append(r.prediction)
+        columns["confidence"].append(r.confidence)
+        columns["labels"] += rows.labels
+        columns["checkpoint"] += [name] * n
 
 
 def _concat(parts: list) -> Any:

@@ -14,6 +14,8 @@ Per checkpoint head ``i``:
   (:mod:`frameexit.policies`: confidence, fixed frames, oracle), from the exits; their per-class AP is computed by
   the ``ap-i-b`` tasks beside the grid's (one copy of each class block), and all their metrics from it.
 - ``rows-i-s`` and ``videos-i``: per-video rows at the settings asked for, per shard, merged in key order.
+- ``names-i`` and ``named-i``: the settings a report names (the job's, each policy's points at equal cost, the
+  budget's), from the metrics; at each, every video's decision and the bootstrap intervals of mAP and top-1.
 - ``deviation-i-s`` and ``deviation-i``: how far each shard's head outputs may be from those on per-step features
   (its probe), and the largest; ``risk-i-s`` and ``risk-i``: the videos whose decision at a setting this
   deviation could change (:mod:`frameexit.exactness`), counted at every setting.
@@ -31,7 +33,7 @@ import itertools
 import operator
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,14 @@ from tqdm.dask import TqdmCallback
 
 from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
+from frameexit.bootstrap import (
+    Bootstrap,
+    Interval,
+    percentile_interval,
+    resample_weights,
+    resampled_map,
+    resampled_top1,
+)
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -233,6 +243,73 @@ def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
     )
 
 
+@dataclass(frozen=True)
+class NamedResult:
+    """One named setting of one checkpoint (:func:`reports.summary.named_settings`): its bootstrap intervals, the
+    resampled mAP (what a later run pairs with) and every video's decision there, videos in key order."""
+
+    setting: dict[str, Any]  # policy and its thresholds (reports.summary.setting_of)
+    map: Interval | None  # None without resamples
+    top1: Interval | None
+    map_resampled: np.ndarray  # (resamples,) float64
+    top1_resampled: np.ndarray
+    exit_step: np.ndarray  # (n_videos,) int64
+    prediction: np.ndarray  # int64
+    confidence: np.ndarray  # float64 (a float32 value)
+
+
+def setting_exit_steps(tables: ExitTables, setting: dict[str, Any]) -> np.ndarray:
+    """Every video's exit step in ``tables`` at one setting of any policy (frameexit's thresholds, or a
+    baseline's): the sweep's own functions, so the steps are the sweep's."""
+    if setting["policy"] == "frameexit":
+        first, gate = [setting["first_threshold"]], [setting["gate_threshold"]]
+        return exit_steps_grid(tables.confidence0, tables.gates, first, gate)[0, 0]
+    n = len(tables.videos)
+    top_probs = tables.probs.max(axis=2)
+    hits = tables.labels[np.arange(n)[:, None], tables.probs.argmax(axis=2)]
+    baseline = PolicySetting(setting["policy"], tau=setting.get("tau"), frames=setting.get("frames"))
+    return policy_exit_steps([baseline], top_probs, hits)[0]
+
+
+def named_bootstrap(
+    parts: Sequence[ExitTables], settings: Sequence[dict[str, Any]], bootstrap: Bootstrap
+) -> list[NamedResult]:
+    """Dask task: at each named setting, every video's decision and the bootstrap of mAP and top-1 over videos
+    (:mod:`frameexit.bootstrap`), from every shard's tables; one setting's scores (videos x classes) at a time."""
+    videos = [v for p in parts for v in p.videos]
+    order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
+    labels = np.concatenate([p.labels for p in parts])[order]
+    labelled = labels.any(axis=1)
+    weights = resample_weights(len(videos), bootstrap.resamples, bootstrap.seed) if bootstrap.resamples else None
+    out = []
+    for setting in settings:
+        steps = np.concatenate([setting_exit_steps(p, setting) for p in parts])[order]
+        scores = np.concatenate([p.probs[np.arange(len(p.videos)), setting_exit_steps(p, setting)] for p in parts])
+        scores = scores[order]
+        prediction = scores.argmax(axis=1)
+        hits = labels[np.arange(len(videos)), prediction]
+        if weights is None:
+            maps = top1s = np.zeros(0)
+            intervals = (None, None)
+        else:
+            maps = resampled_map(scores, labels, weights)
+            top1s = resampled_top1(hits, labelled, weights)
+            intervals = (percentile_interval(maps, bootstrap.level), percentile_interval(top1s, bootstrap.level))
+        out.append(
+            NamedResult(
+                setting=dict(setting),
+                map=intervals[0],
+                top1=intervals[1],
+                map_resampled=maps,
+                top1_resampled=top1s,
+                exit_step=steps,
+                prediction=prediction.astype(np.int64),
+                confidence=scores[np.arange(len(videos)), prediction].astype(np.float64),
+            )
+        )
+    return out
+
+
 @dataclass
 class Graph:
     """A replay's dask tasks and the keys of the results kept, per checkpoint ``i``. Keys carry a token of their
@@ -245,6 +322,7 @@ class Graph:
     policies: list[str] = field(default_factory=list)  # [i]: SweepMetrics (n_settings, 1) of the baseline settings
     videos: list[str] = field(default_factory=list)  # [i]: VideoRows
     risks: list[str] = field(default_factory=list)  # [i]: frameexit.exactness.Risk over the grid
+    named: list[str] = field(default_factory=list)  # [i]: list of NamedResult (with name_settings)
 
 
 def class_bounds(num_class: int, block: int) -> tuple[int, ...]:
@@ -267,13 +345,17 @@ def build_graph(
     tables: Sequence[Sequence[ExitTables]] | None = None,
     named: Sequence[tuple[int, int]] = (),
     baselines: Sequence[PolicySetting] = (),
+    name_settings: Callable[[int, SweepMetrics, SweepMetrics | None], list[dict[str, Any]]] | None = None,
+    bootstrap: Bootstrap | None = None,
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint of ``heads``; ``shards``: ``(path,
     sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep computes; ``row_settings``: ``(first, gate)``
     of the per-video rows, then ``row_baselines`` (baseline policy settings); ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
     checkpoint's shard tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of
     the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline
-    policies' settings (:func:`frameexit.policies.policy_settings`), computed with the same class blocks."""
+    policies' settings (:func:`frameexit.policies.policy_settings`), computed with the same class blocks;
+    ``name_settings(i, sweep, baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose
+    decisions and bootstrap intervals (``bootstrap``) are computed from the tables (``named-i``)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
@@ -341,6 +423,14 @@ def build_graph(
         graph.outputs[graph.policies[i]] = dask.delayed(baseline_metrics)(
             merged, steps, policy_aps, dask_key_name=graph.policies[i]
         )
+        if name_settings is not None:
+            named = dask.delayed(name_settings)(
+                i, graph.outputs[graph.sweeps[i]], graph.outputs[graph.policies[i]], dask_key_name=f"names-{i}-{token}"
+            )
+            graph.named.append(f"named-{i}-{token}")
+            graph.outputs[graph.named[i]] = dask.delayed(named_bootstrap)(
+                tables, named, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
+            )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])
     return graph

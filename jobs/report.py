@@ -45,15 +45,19 @@ from reports.summary import (
     Identity,
     baseline_gate,
     baseline_mismatches,
+    by_policy,
     calibration_mismatches,
     choose_budget,
     cost_metric,
     exactness_summary,
     identity_mismatches,
+    interval_lookup,
     pareto_frontier,
+    policy_summary,
     replay_identity,
     summary_identity,
     with_cost,
+    with_intervals,
 )
 from reports.write import jsonable, write_json
 
@@ -199,11 +203,15 @@ def read_baseline(path: str) -> Baseline:
     doc = load_json(path, error=ReportInputError, what="baseline")
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if isinstance(version, int) and 0 < version < SCHEMA_VERSION:
+        lacks = (
+            "the videos it evaluated: the gate cannot vouch that this run is compared with the same videos"
+            if version < 2
+            else "the exit policy of its rows nor the bootstrap a paired comparison needs"
+        )
         raise ReportInputError(
-            f"baseline {path} is a {SUMMARY_FILE} of schema_version {version}, which does not record the videos it "
-            f"evaluated: the gate cannot vouch that this run is compared with the same videos. Report the baseline's "
-            f"run again (frameexit report --out ITS_DIR) to write a schema_version {SCHEMA_VERSION} {SUMMARY_FILE}, "
-            "or make a new baseline"
+            f"baseline {path} is a {SUMMARY_FILE} of schema_version {version}, which does not record {lacks}. Replay "
+            f"and report the baseline's run again (frameexit run, or frameexit replay then report, with --out ITS_DIR) "
+            f"to write a schema_version {SCHEMA_VERSION} {SUMMARY_FILE}, or make a new baseline"
         )
     if version != SCHEMA_VERSION:
         raise ReportInputError(
@@ -345,8 +353,11 @@ def build_summary(
     per-video results (:func:`read_video_results`, with ``n_labelled``, the videos with a label), without the
     baseline comparison (:func:`report` adds it)."""
     accuracy = metric or default_metric(replay["dataset"])
-    default: list[SummaryRow] = [with_cost(r) for r in replay["default_metrics"]]  # type: ignore[misc]
+    lookup = interval_lookup(replay.get("bootstrap"))
+    default: list[SummaryRow] = [with_intervals(with_cost(r), lookup) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
+    policies = by_policy(rows)
+    frameexit_rows = policies.pop("frameexit", [])
     skipped = replay["skipped"]
     summary = Summary(
         schema_version=SCHEMA_VERSION,
@@ -359,8 +370,8 @@ def build_summary(
         cost_label=COST_LABELS[cost],
         higher_is_better=HIGHER_IS_BETTER,
         default=default,
-        frontier=pareto_frontier(rows, accuracy=accuracy, cost=cost),
-        n_settings=len(rows),
+        frontier=pareto_frontier(frameexit_rows, accuracy=accuracy, cost=cost),
+        n_settings=len(frameexit_rows),
         budget=None,
         baseline=None,
         n_videos_listed=replay["n_videos_listed"],
@@ -384,8 +395,26 @@ def build_summary(
     if "dataset_digests" in replay:  # infer's: no cache records the dataset files' digests
         summary["provenance"]["dataset_digests"] = replay["dataset_digests"]
     if budget is not None:
-        summary["budget"] = choose_budget(rows, budget, accuracy=accuracy, cost=cost, calibration_rows=calibration_rows)
+        calibration = by_policy(calibration_rows or [])
+
+        def choose(policy: str, own: list[dict[str, Any]]) -> dict[str, Any]:
+            theirs = calibration.get(policy, []) if calibration_rows is not None else None
+            chosen = choose_budget(own, budget, accuracy=accuracy, cost=cost, calibration_rows=theirs)
+            for entry in chosen["checkpoints"]:
+                entry["evaluated"] = with_intervals(entry.get("evaluated"), lookup)
+            return chosen
+
+        summary["budget"] = choose("frameexit", frameexit_rows)
+        # each baseline policy with a threshold to choose (the oracle has none)
+        summary["budget"]["policies"] = {
+            p: choose(p, own)["checkpoints"] for p, own in policies.items() if p in ("confidence", "fixed")
+        }
     summary["exactness"] = exactness_summary(replay, summary.get("budget"))
+    summary["policies"] = policy_summary(rows, default, accuracy=accuracy, cost=cost, lookup=lookup)
+    boot = replay.get("bootstrap")
+    summary["bootstrap"] = (
+        {k: boot[k] for k in ("resamples", "level", "seed", "map_resampled")} if boot and boot["resamples"] else None
+    )
     return summary
 
 

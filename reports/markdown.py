@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from reports.summary import first_keys, is_sequential_reference
+from reports.summary import ONE_POINT, describe_setting, first_keys, is_sequential_reference
 
 NAMES = {"map": "mAP", "top1": "Top-1", "gflops": "GFLOPs", "gflops_measured": "GFLOPs (measured)"}
 MAX_SKIPPED_SHOWN = 50
@@ -170,6 +170,27 @@ def _labelled(summary: Mapping[str, Any], *, why: bool = True) -> str:
     return f" ({n} with a label" + (": Top-1 is over these, mAP counts the others as negatives)" if why else ")")
 
 
+def with_interval(row: Mapping[str, Any], key: str, digits: int = 4) -> str:
+    """``row[key]`` and, where the replay computed its bootstrap interval, ``± half its width``."""
+    interval = row.get(f"{key}_interval")
+    text = number(row.get(key), digits)
+    if not interval or None in interval:
+        return text
+    return f"{text} ± {(interval[1] - interval[0]) / 2:.{digits}f}"
+
+
+def _interval_note(summary: Mapping[str, Any]) -> list[str]:
+    """What ``±`` means, when the summary has a bootstrap."""
+    boot = summary.get("bootstrap")
+    if not boot:
+        return []
+    return [
+        f"± is half the width of the {100 * boot['level']:g} % percentile bootstrap interval over videos "
+        f"({boot['resamples']} resamples, seed {boot['seed']}; [low, high] in summary.json).",
+        "",
+    ]
+
+
 def _g(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
@@ -213,14 +234,20 @@ def _results(summary: Mapping[str, Any]) -> list[str]:
     header = ["Name", *(name + _arrow(key, higher) for name, key in columns), "Frames"]
     costs = ("gflops", "gmacs_measured", "mean_frames")
     rows = [
-        [r["checkpoint"], number(r["map"]), number(r["top1"]), *(number(r.get(k), 2) for k in costs)] for r in default
+        [r["checkpoint"], with_interval(r, "map"), with_interval(r, "top1"), *(number(r.get(k), 2) for k in costs)]
+        for r in default
     ]
+    setting = (
+        f"first_threshold={default[0]['first_threshold']:g}, gate_threshold={default[0]['gate_threshold']:g}"
+        if default[0].get("policy", "frameexit") == "frameexit"
+        else describe_setting(default[0])
+    )
     return [
-        f"## Results at the job's setting (first_threshold={default[0]['first_threshold']:g}, "
-        f"gate_threshold={default[0]['gate_threshold']:g})",
+        f"## Results at the job's setting ({setting})",
         "",
         *_table(header, rows),
         "",
+        *_interval_note(summary),
         "GFLOPs follow the paper's convention (per-frame GMACs of the backbone x frames read: 4.12 for ResNet-50, "
         "1.8 for EfficientNet-B3, 1.96 per 13x160x160 clip for X3D-S; n/a for other backbones and X3D-S clips of "
         "another size); GMACs measured counts the actual backbone and head with torch's FLOP counter (GFLOPs = 2 x "
@@ -264,10 +291,56 @@ def _budget(summary: Mapping[str, Any]) -> list[str]:
             rows.append([b["checkpoint"], "-", "-", "-", "-", b.get("note", "")])
         else:
             note = f"calibration: {NAMES[acc]} {number(cal[acc])} at {number(cal[cost], 2)}" if cal else ""
-            rows.append([b["checkpoint"], *_thresholds(s), number(e[acc]), number(e[cost], 2), note])
+            rows.append([b["checkpoint"], *_thresholds(s), with_interval(e, acc), number(e[cost], 2), note])
     how = "chosen on the calibration run, evaluated here" if budget["calibrated"] else "chosen on this run"
     header = ["Checkpoint", "first_threshold", "gate_threshold", NAMES[acc], NAMES[cost], "Note"]
-    return [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", "", *_table(header, rows), ""]
+    lines = [f"## Best setting within {budget['budget']:g} {NAMES[cost]} ({how})", "", *_table(header, rows), ""]
+    others = []
+    for policy, chosen in (budget.get("policies") or {}).items():
+        for b in chosen:
+            e = b.get("evaluated")
+            if b.get("setting") is None or e is None:
+                others.append([b["checkpoint"], policy, "-", "-", "-", b.get("note", "")])
+            else:
+                others.append(
+                    [b["checkpoint"], policy, describe_setting(b["setting"]), number(e[acc]), number(e[cost], 2), ""]
+                )
+    if others:
+        header = ["Checkpoint", "Policy", "Setting", NAMES[acc], NAMES[cost], "Note"]
+        lines += ["The other exit policies within the same budget:", "", *_table(header, others), ""]
+    return lines
+
+
+def _policies(summary: Mapping[str, Any]) -> list[str]:
+    """The exit policies side by side at equal cost, per checkpoint."""
+    entries = summary.get("policies")
+    if not entries:
+        return []
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    a, c = NAMES[acc], NAMES[cost]
+    lines = [
+        "## Exit policies at equal cost",
+        "",
+        f"Each policy over the same head: its best {a} at no more than the job setting's cost, and the cheapest "
+        f"setting within {100 * ONE_POINT:g} point of the {a} of reading every frame (full T). confidence exits at "
+        "the first step whose top probability exceeds tau; fixed reads k frames; oracle exits at the first step "
+        "whose top class is right (the best any exit rule over this head can do).",
+        "",
+    ]
+    header = ["Checkpoint", "Policy", "At the job's cost", a, c, f"Within {100 * ONE_POINT:g} point of full T", a, c]
+    rows = []
+    for entry in entries:
+        for p in entry["points"]:
+            cells = [entry["checkpoint"], p["policy"]]
+            for row in (p["at_job_cost"], p["within_one_point"]):
+                if row is None:
+                    cells += ["none", "-", "-"]
+                else:
+                    cells += [describe_setting(row), with_interval(row, acc), number(row.get(cost), 2)]
+            rows.append(cells)
+    lines += _table(header, rows)
+    full = [f"{e['checkpoint']} {number(e['full_t'])}" for e in entries]
+    return [*lines, "", f"{a} reading every frame: {', '.join(full)}.", ""]
 
 
 def _change(value: Mapping[str, Any] | None, digits: int) -> str:
@@ -354,5 +427,16 @@ def _provenance(summary: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md`` from a :class:`reports.records.Summary`."""
-    sections = (_alert, _headline, _results, _frontier, _budget, _baseline, _histogram, _video_counts, _provenance)
+    sections = (
+        _alert,
+        _headline,
+        _results,
+        _policies,
+        _frontier,
+        _budget,
+        _baseline,
+        _histogram,
+        _video_counts,
+        _provenance,
+    )
     return "\n".join(line for section in sections for line in section(summary)) + "\n"

@@ -26,7 +26,8 @@ from frameexit.errors import FrameExitError
 
 #: ``summary.json``'s ``schema_version``: bumped when a key of the summary changes meaning or a key is added that
 #: its readers need. 2: ``videos``, ``video_results`` and ``gflops_per_frame`` (what the baseline gate compares).
-SCHEMA_VERSION = 2
+#: 3: exit policies (every metric row's ``policy``, ``tau``, ``frames``; ``policies``) and the bootstrap.
+SCHEMA_VERSION = 3
 
 #: File names of the documents, by record class name (named in errors).
 METRICS_FILE = "metrics.json"
@@ -114,6 +115,10 @@ class SummaryRow(MetricRow):
     """A metric row of ``summary.json`` (``default``): with the measured cost in GFLOPs."""
 
     gflops_measured: float | None  # 2 x gmacs_measured: measured GFLOPs per video; null when not measured
+    # the bootstrap's percentile interval [low, high] of map and top1 (replay.json's bootstrap), where the replay
+    # computed one at this setting; absent otherwise
+    map_interval: NotRequired[list[float | None] | None]
+    top1_interval: NotRequired[list[float | None] | None]
 
 
 class SkippedVideo(TypedDict):
@@ -253,6 +258,30 @@ class ReplayRuntime(Runtime):
     scheduler: str
 
 
+class NamedInterval(TypedDict):
+    """The bootstrap intervals of one checkpoint at one setting a report names."""
+
+    checkpoint: str  # as in the checkpoint column
+    setting: dict[
+        str, Any
+    ]  # policy and its thresholds (reports.summary.setting_of), e.g. {"policy": "fixed", "frames": 4}
+    map: list[float | None] | None  # [low, high]: percentile interval of mAP (fractions); null without resamples
+    top1: list[float | None] | None  # [low, high] of top-1
+
+
+class BootstrapRecord(TypedDict):
+    """``replay.json``'s ``bootstrap``: a seeded bootstrap over videos (resamples drawn per video, labels and
+    predictions together; frameexit.bootstrap) at the settings a report names (reports.summary.named_settings)."""
+
+    resamples: int  # resamples drawn (replay.bootstrap_resamples; 0: no intervals)
+    level: float  # of the percentile intervals, e.g. 0.95
+    seed: int  # of numpy.random.default_rng: the same seed and videos give the same resamples
+    intervals: list[NamedInterval]  # per checkpoint and named setting, the job's setting first
+    # per checkpoint: the mAP of each resample at the job's setting, what a later run pairs with (resample b of
+    # two runs over the same videos with the same seed holds the same videos)
+    map_resampled: dict[str, list[float | None]]
+
+
 class ReplayRecord(TypedDict):
     """``replay.json`` of ``frameexit replay``: what was replayed, over what, and the job's setting. ``frameexit
     infer`` writes one too, of its one setting: ``cache`` null, ``dataset_digests`` set, ``exactness`` exact with
@@ -284,6 +313,8 @@ class ReplayRecord(TypedDict):
     # SHA-256 of the split file, label file and class list, by cache input name (split_digest, labels_digest,
     # classes_digest): infer's, which has no cache.inputs to record them (a replay's are there)
     dataset_digests: NotRequired[dict[str, str]]
+    # bootstrap intervals at the named settings (absent before 0.1 wrote it, and in infer's)
+    bootstrap: NotRequired[BootstrapRecord]
 
 
 # ---------------------------------------------------------------------------------------------- summary.json
@@ -371,6 +402,12 @@ class Summary(TypedDict):
     # agreement with frameexit infer (reports.summary.exactness_summary): status, deviation, videos at risk at
     # the job's setting and at the budget setting; null when the replay did not record it
     exactness: NotRequired[SummaryExactness | None]
+    # per checkpoint, the exit policies side by side at equal cost (reports.summary.policy_points): checkpoint,
+    # full_t (accuracy reading every frame), points (per policy: at_job_cost, within_one_point; rows with
+    # intervals); frontiers (per policy, its Pareto frontier); empty when the replay swept frameexit alone
+    policies: NotRequired[list[dict[str, Any]]]
+    # replay.json's bootstrap (resamples, level, seed, map_resampled at the job's setting); null without one
+    bootstrap: NotRequired[dict[str, Any] | None]
 
 
 # ---------------------------------------------------------------------------------------------- reading

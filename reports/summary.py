@@ -7,6 +7,7 @@ renderers.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,13 +57,60 @@ def with_cost(row: Row) -> dict[str, Any]:
     return out
 
 
+#: The setting columns each exit policy uses (frameexit.policies); the others are null in its rows.
+POLICY_SETTING_KEYS = {
+    "frameexit": ("first_threshold", "gate_threshold"),
+    "confidence": ("tau",),
+    "fixed": ("frames",),
+    "oracle": (),
+}
+#: One point of accuracy, as a fraction: how close to the full-T accuracy a policy must come (summary.md).
+ONE_POINT = 0.01
+
+
+def policy_of(row: Row) -> str:
+    """The exit policy of a row (a replay.json row written before policies were: frameexit)."""
+    return row.get("policy") or "frameexit"
+
+
+def setting_of(row: Row) -> dict[str, Any]:
+    """The setting of a row: its policy and that policy's thresholds (``{"policy": "fixed", "frames": 4}``)."""
+    policy = policy_of(row)
+    return {"policy": policy, **{k: row[k] for k in POLICY_SETTING_KEYS.get(policy, ())}}
+
+
+def describe_setting(setting: Mapping[str, Any]) -> str:
+    """A setting in words: ``first 0.5, gate 0.5``, ``confidence tau 0.9``, ``fixed 4 frames``, ``oracle``."""
+    policy = setting.get("policy", "frameexit")
+    if policy == "frameexit":
+        return f"first {setting['first_threshold']:g}, gate {setting['gate_threshold']:g}"
+    if policy == "confidence":
+        return f"confidence tau {setting['tau']:g}"
+    if policy == "fixed":
+        return f"fixed {setting['frames']} frames"
+    return policy
+
+
+def _setting_rank(row: Row) -> tuple:
+    """Tie order of two rows of equal accuracy and cost: policy, then its thresholds, smaller first."""
+    return (policy_of(row), *(row.get(k) or 0 for k in ("first_threshold", "gate_threshold", "tau", "frames")))
+
+
+def by_policy(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Rows grouped by exit policy, in the order policies first appear."""
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        out.setdefault(policy_of(r), []).append(r)
+    return out
+
+
 def pareto_frontier(rows: Sequence[Row], *, accuracy: str, cost: str) -> list[dict[str, Any]]:
     """Settings no other setting beats (strictly more accurate than every cheaper-or-equal one), copied, by cost
     ascending (ties: higher accuracy first); rows without a finite accuracy or cost are ignored."""
     usable = [dict(r) for r in rows if _finite(r.get(accuracy)) and _finite(r.get(cost))]
 
     def rank(r: Row) -> tuple:
-        return r[cost], -r[accuracy], r.get("checkpoint", ""), r.get("first_threshold", 0), r.get("gate_threshold", 0)
+        return r[cost], -r[accuracy], r.get("checkpoint", ""), *_setting_rank(r)
 
     usable.sort(key=rank)
     frontier, best = [], -math.inf
@@ -78,7 +126,7 @@ def best_within_budget(rows: Sequence[Row], budget: float, *, accuracy: str, cos
     fits = [r for r in rows if _finite(r.get(cost)) and _finite(r.get(accuracy)) and r[cost] <= budget]
     if not fits:
         return None
-    return dict(min(fits, key=lambda r: (-r[accuracy], r[cost], r["first_threshold"], r["gate_threshold"])))
+    return dict(min(fits, key=lambda r: (-r[accuracy], r[cost], *_setting_rank(r))))
 
 
 def why_none_fits(rows: Sequence[Row], *, accuracy: str, cost: str, calibrated: bool = False) -> str:
@@ -121,9 +169,9 @@ def choose_budget(
             entry["setting"] = None
             entry["note"] = why_none_fits(source, accuracy=accuracy, cost=cost, calibrated=calibration_rows is not None)
         else:
-            setting = {"first_threshold": pick["first_threshold"], "gate_threshold": pick["gate_threshold"]}
+            setting = setting_of(pick)
             entry["setting"] = setting
-            match = [r for r in own if all(r[k] == v for k, v in setting.items())]
+            match = [r for r in own if setting_of(r) == setting]
             entry["evaluated"] = dict(match[0]) if match else None
             if calibration_rows is not None:
                 entry["calibration"] = pick
@@ -137,6 +185,123 @@ def choose_budget(
         "calibrated": calibration_rows is not None,
         "checkpoints": chosen,
     }
+
+
+def full_t_accuracy(rows: Sequence[Row], *, accuracy: str) -> float | None:
+    """One checkpoint's accuracy when every video reads every frame: its ``fixed`` row of the most frames (``None``
+    without fixed rows or without a finite accuracy there)."""
+    fixed = [r for r in rows if policy_of(r) == "fixed" and r.get("frames") is not None]
+    if not fixed:
+        return None
+    value = max(fixed, key=lambda r: r["frames"]).get(accuracy)
+    return value if _finite(value) else None
+
+
+def policy_points(rows: Sequence[Row], default: Row, *, accuracy: str, cost: str) -> list[dict[str, Any]]:
+    """One checkpoint's exit policies side by side at equal cost (summary.md's policy section), per policy of
+    ``rows`` (frameexit first): ``at_job_cost``, its most accurate setting costing at most the job's setting
+    ``default`` (frameexit: ``default`` itself; oracle: its one setting, whatever it costs); ``within_one_point``,
+    its cheapest setting whose accuracy is at least the full-T accuracy less :data:`ONE_POINT` (``None`` where none
+    is, or without a full-T accuracy); copies of the rows."""
+    full = full_t_accuracy(rows, accuracy=accuracy)
+    out = []
+    for policy, own in by_policy(rows).items():
+        if policy == "frameexit":
+            at_cost: dict[str, Any] | None = dict(default)
+        elif policy == "oracle":
+            at_cost = dict(own[0])
+        else:
+            at_cost = (
+                best_within_budget(own, default[cost], accuracy=accuracy, cost=cost)
+                if _finite(default.get(cost))
+                else None
+            )
+        close = None
+        if full is not None:
+            near = [
+                r for r in own if _finite(r.get(accuracy)) and _finite(r.get(cost)) and r[accuracy] >= full - ONE_POINT
+            ]
+            close = dict(min(near, key=lambda r: (r[cost], -r[accuracy], *_setting_rank(r)))) if near else None
+        out.append({"policy": policy, "at_job_cost": at_cost, "within_one_point": close})
+    return out
+
+
+def named_settings(
+    rows: Sequence[Row], default: Row, *, cost: str, budget: float | None = None
+) -> list[dict[str, Any]]:
+    """The settings a report of one checkpoint's ``rows`` names, each once (:func:`setting_of`): the job's
+    setting, every :func:`policy_points` point for either accuracy metric (a report may choose either), and the
+    frameexit setting chosen at ``budget``. Replay computes their bootstrap intervals and per-video rows."""
+    picked = [setting_of(default)]
+    frameexit = [r for r in rows if policy_of(r) == "frameexit"]
+    for accuracy in ("map", "top1"):
+        for point in policy_points(rows, default, accuracy=accuracy, cost=cost):
+            picked += [setting_of(r) for r in (point["at_job_cost"], point["within_one_point"]) if r is not None]
+        if budget is not None:
+            pick = best_within_budget(frameexit, budget, accuracy=accuracy, cost=cost)
+            picked += [setting_of(pick)] if pick is not None else []
+    out: list[dict[str, Any]] = []
+    for setting in picked:
+        if setting not in out:
+            out.append(setting)
+    return out
+
+
+def setting_key(checkpoint: str, setting: Mapping[str, Any]) -> str:
+    """A checkpoint's setting as one string (a dictionary key): the same for equal settings."""
+    return json.dumps([checkpoint, setting], sort_keys=True)
+
+
+def interval_lookup(bootstrap: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """replay.json's bootstrap intervals by :func:`setting_key` (empty without a bootstrap)."""
+    if not bootstrap:
+        return {}
+    return {setting_key(i["checkpoint"], i["setting"]): i for i in bootstrap["intervals"]}
+
+
+def with_intervals(row: Row | None, lookup: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A copy of ``row`` with ``map_interval`` and ``top1_interval`` where the replay computed them."""
+    if row is None:
+        return None
+    out = dict(row)
+    found = lookup.get(setting_key(row["checkpoint"], setting_of(row)))
+    if found is not None:
+        out["map_interval"], out["top1_interval"] = found["map"], found["top1"]
+    return out
+
+
+def policy_summary(
+    rows: Sequence[Row],
+    default: Sequence[Row],
+    *,
+    accuracy: str,
+    cost: str,
+    lookup: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """``summary.json``'s ``policies``: per checkpoint of ``default`` (its job's-setting rows), the full-T accuracy,
+    each policy's :func:`policy_points` (with their intervals) and each policy's Pareto frontier; empty when
+    ``rows`` hold frameexit's alone."""
+    if all(policy_of(r) == "frameexit" for r in rows):
+        return []
+    out = []
+    for d in default:
+        own = [r for r in rows if r["checkpoint"] == d["checkpoint"]]
+        points = policy_points(own, d, accuracy=accuracy, cost=cost)
+        for p in points:
+            p["at_job_cost"] = with_intervals(p["at_job_cost"], lookup)
+            p["within_one_point"] = with_intervals(p["within_one_point"], lookup)
+        out.append(
+            {
+                "checkpoint": d["checkpoint"],
+                "full_t": full_t_accuracy(own, accuracy=accuracy),
+                "points": points,
+                "frontiers": {
+                    policy: pareto_frontier(prows, accuracy=accuracy, cost=cost)
+                    for policy, prows in by_policy(own).items()
+                },
+            }
+        )
+    return out
 
 
 def compare_baseline(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reports.markdown import count, number
-from reports.summary import is_sequential_reference
+from reports.summary import describe_setting, is_sequential_reference
 
 
 def _skipped(skipped: list[Mapping[str, str]], head: str, where: str) -> list[str]:
@@ -126,9 +126,51 @@ def render_replay_summary(result: Any) -> str:
             f"    {row['checkpoint'][:34]:<34} {number(row['map']):>7} {number(row['top1']):>7} "
             f"{number(row['gflops'], 2):>7} {number(row['gmacs_measured'], 2):>7} {number(row['mean_frames'], 2):>6}"
         )
+    boot = summary.get("bootstrap")
+    if boot and boot["resamples"]:
+        own = {i["checkpoint"]: i for i in boot["intervals"] if i["setting"].get("policy") == "frameexit"}
+        lines.append(
+            f"  {100 * boot['level']:g} % bootstrap intervals at the default setting ({boot['resamples']} resamples):"
+        )
+        for row in summary["default_metrics"]:
+            i = own.get(row["checkpoint"])
+            if i is not None:
+                lines.append(f"    {row['checkpoint'][:34]:<34} mAP {bounds(i['map'])}  top-1 {bounds(i['top1'])}")
     lines += _exactness(summary.get("exactness"))
     lines.append(f"  wrote {result.sweep_path}, {result.videos_path}, {result.replay_path}")
     return "\n".join(lines)
+
+
+def bounds(interval: Any, digits: int = 3) -> str:
+    """An interval ``[low, high]`` as text; ``n/a`` without one."""
+    if not interval or None in interval:
+        return "n/a"
+    return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def _point(row: Mapping[str, Any] | None, acc: str, cost: str) -> str:
+    if row is None:
+        return "none"
+    interval = f" {bounds(row.get(f'{acc}_interval'))}" if row.get(f"{acc}_interval") else ""
+    return f"{describe_setting(row)}: {number(row.get(acc), 3)}{interval} at {number(row.get(cost), 2)}"
+
+
+def policy_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The exit policies side by side (summary.json's ``policies``): per checkpoint and policy, its accuracy at the
+    job's cost and the cheapest setting within one point of reading every frame, with intervals."""
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    name = {"map": "mAP", "top1": "top-1"}[acc]
+    lines = []
+    for entry in summary.get("policies") or []:
+        lines.append(
+            f"  {entry['checkpoint']}: {name} by exit policy (at the job's cost | cheapest within 1 point of "
+            f"{number(entry['full_t'], 3)}, every frame; cost {cost}):"
+        )
+        lines += [
+            f"    {p['policy']:<10} {_point(p['at_job_cost'], acc, cost)} | {_point(p['within_one_point'], acc, cost)}"
+            for p in entry["points"]
+        ]
+    return lines
 
 
 def _exactness(record: Mapping[str, Any] | None) -> list[str]:
@@ -176,7 +218,21 @@ def render_report_summary(result: Any) -> str:
         head += f"; {n} video(s) at the job's setting may be decided otherwise by infer (batched features)"
     elif exactness:
         head += f"; agreement with infer: {exactness['status']}"
-    return head + "\n" + _report_paths(result.paths)
+    lines = [head, *_default_intervals(result.summary), *policy_lines(result.summary)]
+    return "\n".join(lines) + "\n" + _report_paths(result.paths)
+
+
+def _default_intervals(summary: Mapping[str, Any]) -> list[str]:
+    """The job's setting of each checkpoint with its bootstrap intervals, when the replay computed them."""
+    boot = summary.get("bootstrap")
+    if not boot:
+        return []
+    return [
+        f"  {r['checkpoint']} at the job's setting: mAP {number(r.get('map'), 3)} {bounds(r.get('map_interval'))}, "
+        f"top-1 {number(r.get('top1'), 3)} {bounds(r.get('top1_interval'))} ({100 * boot['level']:g} % bootstrap "
+        f"intervals, {boot['resamples']} resamples)"
+        for r in summary["default"]
+    ]
 
 
 def render_run_summary(out_dir: str, report: Any) -> str:
@@ -225,6 +281,7 @@ def render_demo_summary(result: Any) -> str:
     lines.append(
         f"  {count(len(summary['frontier']), 'setting')} on the Pareto frontier of {summary['n_settings']} (see summary.md)"
     )
+    lines += _default_intervals(summary) + policy_lines(summary)
     return "\n".join(lines)
 
 
