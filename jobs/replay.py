@@ -464,11 +464,11 @@ def _video_columns(
         own = baseline_settings(baselines)
         columns["policy"] += ["frameexit"] * len(settings) * n + [p for p in own["policy"] for _ in range(n)]
         # one setting column per policy's threshold, null on the rows of the other policies
-        for name, values in (("first_threshold", settings[:, 0]), ("gate_threshold", settings[:, 1])):
-            columns[name].append(_with_nulls(np.repeat(values, n), len(baselines) * n, pa.float64()))
-        for name, kind in (("tau", pa.float64()), ("frames", pa.int64())):
-            theirs = pa.array([v for v in own[name] for _ in range(n)], kind)
-            columns[name].append(pa.concat_arrays([pa.nulls(len(settings) * n, kind), theirs]))
+        for column, values in (("first_threshold", settings[:, 0]), ("gate_threshold", settings[:, 1])):
+            columns[column].append(_with_nulls(np.repeat(values, n), len(baselines) * n, pa.float64()))
+        for column, kind in (("tau", pa.float64()), ("frames", pa.int64())):
+            theirs = pa.array([v for v in own[column] for _ in range(n)], kind)
+            columns[column].append(pa.concat_arrays([pa.nulls(len(settings) * n, kind), theirs]))
         columns["video"] += r.videos * n_settings
         columns["exit_step"].append(r.exit_step.ravel())
         columns["prediction"].append(r.prediction.ravel())

@@ -424,12 +424,12 @@ def build_graph(
             merged, steps, policy_aps, dask_key_name=graph.policies[i]
         )
         if name_settings is not None:
-            named = dask.delayed(name_settings)(
+            settings = dask.delayed(name_settings)(
                 i, graph.outputs[graph.sweeps[i]], graph.outputs[graph.policies[i]], dask_key_name=f"names-{i}-{token}"
             )
             graph.named.append(f"named-{i}-{token}")
             graph.outputs[graph.named[i]] = dask.delayed(named_bootstrap)(
-                tables, named, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
+                tables, settings, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
             )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])

@@ -240,7 +240,7 @@ def _results(summary: Mapping[str, Any]) -> list[str]:
     setting = (
         f"first_threshold={default[0]['first_threshold']:g}, gate_threshold={default[0]['gate_threshold']:g}"
         if default[0].get("policy", "frameexit") == "frameexit"
-        else describe_setting(default[0])
+        else describe_setting(default[0], policy=True)
     )
     return [
         f"## Results at the job's setting ({setting})",

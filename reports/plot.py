@@ -40,7 +40,7 @@ def plot_curve(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], *,
     for r in summary["default"]:
         if r.get(cost) is not None and r.get(acc) is not None:
             colour = colours[names.index(r["checkpoint"])] if r["checkpoint"] in names else "black"
-            label = f"{r['checkpoint']}: job setting ({describe_setting(r)})"
+            label = f"{r['checkpoint']}: job setting ({describe_setting(r, policy=policy_of(r) != 'frameexit')})"
             star = dict(marker="*", ms=16, color=colour, markeredgecolor="black", linestyle="none")
             ax.plot([r[cost]], [r[acc]], **star, label=label)
     if published:

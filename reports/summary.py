@@ -79,16 +79,19 @@ def setting_of(row: Row) -> dict[str, Any]:
     return {"policy": policy, **{k: row[k] for k in POLICY_SETTING_KEYS.get(policy, ())}}
 
 
-def describe_setting(setting: Mapping[str, Any]) -> str:
-    """A setting in words: ``first 0.5, gate 0.5``, ``confidence tau 0.9``, ``fixed 4 frames``, ``oracle``."""
-    policy = setting.get("policy", "frameexit")
-    if policy == "frameexit":
-        return f"first {setting['first_threshold']:g}, gate {setting['gate_threshold']:g}"
-    if policy == "confidence":
-        return f"confidence tau {setting['tau']:g}"
-    if policy == "fixed":
-        return f"fixed {setting['frames']} frames"
-    return policy
+def describe_setting(setting: Mapping[str, Any], *, policy: bool = False) -> str:
+    """A setting's thresholds in words: ``first 0.5, gate 0.5``, ``tau 0.9``, ``4 frames``, ``no threshold``
+    (oracle); with ``policy``, the policy's name first (``confidence tau 0.9``)."""
+    name = setting.get("policy", "frameexit")
+    if name == "frameexit":
+        text = f"first {setting['first_threshold']:g}, gate {setting['gate_threshold']:g}"
+    elif name == "confidence":
+        text = f"tau {setting['tau']:g}"
+    elif name == "fixed":
+        text = f"{setting['frames']} frames"
+    else:
+        text = "no threshold"
+    return f"{name} {text}" if policy else text
 
 
 def _setting_rank(row: Row) -> tuple:

@@ -128,7 +128,9 @@ def render_replay_summary(result: Any) -> str:
         )
     boot = summary.get("bootstrap")
     if boot and boot["resamples"]:
-        own = {i["checkpoint"]: i for i in boot["intervals"] if i["setting"].get("policy") == "frameexit"}
+        own: dict[str, Any] = {}
+        for i in boot["intervals"]:  # each checkpoint's first: the job's setting
+            own.setdefault(i["checkpoint"], i)
         lines.append(
             f"  {100 * boot['level']:g} % bootstrap intervals at the default setting ({boot['resamples']} resamples):"
         )
@@ -155,6 +157,10 @@ def _point(row: Mapping[str, Any] | None, acc: str, cost: str) -> str:
     return f"{describe_setting(row)}: {number(row.get(acc), 3)}{interval} at {number(row.get(cost), 2)}"
 
 
+#: The cost metrics in the terminal's words.
+COSTS = {"gflops": "GFLOPs per video", "gflops_measured": "measured GFLOPs per video"}
+
+
 def policy_lines(summary: Mapping[str, Any]) -> list[str]:
     """The exit policies side by side (summary.json's ``policies``): per checkpoint and policy, its accuracy at the
     job's cost and the cheapest setting within one point of reading every frame, with intervals."""
@@ -164,7 +170,7 @@ def policy_lines(summary: Mapping[str, Any]) -> list[str]:
     for entry in summary.get("policies") or []:
         lines.append(
             f"  {entry['checkpoint']}: {name} by exit policy (at the job's cost | cheapest within 1 point of "
-            f"{number(entry['full_t'], 3)}, every frame; cost {cost}):"
+            f"{number(entry['full_t'], 3)}, every frame; {COSTS.get(cost, cost)}):"
         )
         lines += [
             f"    {p['policy']:<10} {_point(p['at_job_cost'], acc, cost)} | {_point(p['within_one_point'], acc, cost)}"
