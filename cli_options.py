@@ -265,13 +265,26 @@ _option("--order", type=click.Choice(["coarse_to_fine", "sequential"]),
 _option("--per-video", type=click.Choice(["default", "all"]),
         help="Per-video rows for the job's default setting only, or for every setting: sets replay.per_video "
         "[default: replay.per_video of the job, else default].")
+_option("--policies", metavar="LIST",
+        help="Exit policies replayed beside frameexit's gates, e.g. confidence,fixed,oracle or frameexit (the gates "
+        "alone): sets replay.policies [default: all four]. confidence exits at the first step whose top probability "
+        "exceeds tau; fixed reads k frames (k = 1..T); oracle exits at the first step whose top class is right.")
+_option("--confidence-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
+        help="The confidence policy's tau values: sets replay.confidence_thresholds [default: the first_threshold grid].")
+_option("--resamples", type=click.IntRange(min=0), metavar="N",
+        help="Bootstrap resamples over videos of the intervals at the settings a report names: sets "
+        "replay.bootstrap_resamples [default: 1000; 0: no intervals].")
+_option("--level", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), metavar="FRACTION",
+        help="Level of the bootstrap's percentile intervals: sets replay.bootstrap_level [default: 0.95].")
+_option("--seed", type=int, help="Seed of the bootstrap's resamples: sets replay.bootstrap_seed [default: 0].")
 _option("--scheduler", default="threads", metavar="threads|sync|ADDRESS", callback=_not_with("workers", SCHEDULER_OR_WORKERS),
         help="Where the dask tasks run: threads or sync, dask's local threaded or synchronous scheduler "
         "(extraction: on this machine), or a dask.distributed scheduler address (tcp://HOST:PORT).")
 _option("--workers", type=click.IntRange(min=1), callback=_not_with("scheduler", SCHEDULER_OR_WORKERS),
         help="Run the tasks on a local dask cluster of N processes.")
 _option("--budget", type=click.FloatRange(min=0), callback=_finite, metavar="GFLOPS",
-        help="Report the most accurate setting costing at most GFLOPS per video.")
+        help="Report the most accurate setting costing at most GFLOPS per video (replay: compute the bootstrap "
+        "intervals and per-video rows of the setting a report would choose at this budget).")
 _option("--calibrate-on", type=ExistingPath(file_okay=False), metavar="RUN_DIR",
         help="Choose the budget setting on another run's sweep (e.g. a held-out split), evaluate it here. It "
         "must be of the same dataset, class list, checkpoints and policy order, over other videos.")
@@ -284,6 +297,10 @@ _option("--max-drop", type=click.FloatRange(min=0), callback=_finite,
         help="Largest accepted drop of mAP or top-1 (fraction, e.g. 0.005) against the baseline.")
 _option("--max-cost-rise", type=click.FloatRange(min=0), callback=_finite,
         help="Largest accepted rise of GFLOPs per video against the baseline.")
+_option("--significance", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), metavar="LEVEL",
+        help="Fail on --max-drop only when the drop is significant: when the paired bootstrap's LEVEL interval "
+        "(e.g. 0.95) of the drop against the baseline lies wholly above --max-drop [default: the point estimate "
+        "decides].")
 _option("--accept-missing", type=click.IntRange(min=0), metavar="N",
         help="Accept up to N videos evaluated by only one of this run and the baseline (e.g. ActivityNet videos "
         "that can no longer be downloaded) [default: 0]. Top-1 and cost are then compared over the videos both "
@@ -322,14 +339,15 @@ JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 #: The options each `jobs` options object is built from (a command gets a plain option or an object's): how a
 #: stage runs.
 EXTRACT = ("cache_root", "shard_size", "batch_videos", "probe_videos", "device", "scheduler", "workers")
-REPLAY = ("cache_root", "features", "verify_frames", "scheduler", "workers")
-# run replays the cache it has just extracted (and verified)
-RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames"))
+REPLAY = ("cache_root", "features", "verify_frames", "scheduler", "workers", "budget")
+# run replays the cache it has just extracted (and verified), and names the budget its report is given
+RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames", "budget"))
 #: The options that stand for job keys (what a stage computes; jobs.config.OPTION_KEYS maps them to their keys).
 FEATURES = ("dtype", "precision", "channels_last", "batching")  # extract.*: the extraction settings in the cache key
 EXTRACT_KEYS = ("num_workers", *FEATURES)
-REPLAY_KEYS = ("first_thresholds", "gate_thresholds", "order", "per_video", *FEATURES)
-REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "accept_missing", "metric")
+BOOTSTRAP_KEYS = ("policies", "confidence_thresholds", "resamples", "level", "seed")
+REPLAY_KEYS = ("first_thresholds", "gate_thresholds", "order", "per_video", *BOOTSTRAP_KEYS, *FEATURES)
+REPORT = ("budget", "calibrate_on", "baseline", "max_drop", "max_cost_rise", "significance", "accept_missing", "metric")
 
 
 def _build(keyword: str, values: dict):

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 import frameexit
 from frameexit.atomic import atomic_write, check_writable_dir
+from frameexit.bootstrap import DEFAULT_LEVEL
 from frameexit.errors import UsageError
 from reports.commit import output_set, settled
 from reports.markdown import render_markdown
@@ -45,6 +46,7 @@ from reports.summary import (
     Identity,
     baseline_gate,
     baseline_mismatches,
+    budget_matched,
     by_policy,
     calibration_mismatches,
     choose_budget,
@@ -52,9 +54,12 @@ from reports.summary import (
     exactness_summary,
     identity_mismatches,
     interval_lookup,
+    paired_comparison,
     pareto_frontier,
+    policy_of,
     policy_summary,
     replay_identity,
+    significance_test,
     summary_identity,
     with_cost,
     with_intervals,
@@ -237,6 +242,9 @@ class ReportOptions:
     baseline: str | Baseline | None = None  # an earlier summary.json (or read_baseline's) to compare the job's with
     max_drop: float | None = None  # largest accepted accuracy drop (fraction) against the baseline
     max_cost_rise: float | None = None  # largest accepted cost rise (GFLOPs) against the baseline
+    # fail on max_drop only when the paired bootstrap's interval of this level lies wholly above it (None: the
+    # point estimate decides)
+    significance: float | None = None
     # videos that may differ between the run and the baseline without failing the gate (default 0); top-1 and cost
     # are then compared over the videos both evaluated, mAP is not
     accept_missing: int | None = None
@@ -260,6 +268,10 @@ def check_report_options(out_dir: str, options: ReportOptions) -> ReportOptions:
         raise UsageError("--calibrate-on chooses a setting for a budget: give --budget too")
     if (max_drop is not None or max_cost_rise is not None) and baseline is None:
         raise UsageError("--max-drop and --max-cost-rise compare against a baseline: give --baseline too")
+    if options.significance is not None and max_drop is None:
+        raise UsageError("--significance tests a drop beyond --max-drop: give --max-drop (and --baseline) too")
+    if options.significance is not None and not 0.0 < options.significance < 1.0:
+        raise UsageError(f"--significance must be a level in (0, 1), e.g. 0.95, got {options.significance}")
     if options.accept_missing is not None and baseline is None:
         raise UsageError("--accept-missing accepts videos missing from a baseline: give --baseline too")
     if options.accept_missing is not None and options.accept_missing < 0:
@@ -459,12 +471,24 @@ def report_into(run_dir: str, folder: str, options: ReportOptions) -> Summary:
         mismatches = baseline_mismatches(summary, base.document)
         if mismatches:
             raise ReportInputError(_not_comparable(base, mismatches))
+        level = options.significance or (summary["bootstrap"] or {}).get("level") or DEFAULT_LEVEL
+        paired = paired_comparison(summary, base.document, level=level)
+        test = None
+        if options.significance is not None and options.max_drop is not None:
+            test = significance_test(paired, options.max_drop)
         summary["baseline"] = baseline_gate(
             summary,
             base.document,
             max_drop=options.max_drop,
             max_cost_rise=options.max_cost_rise,
             accept_missing=options.accept_missing or 0,
+            significant=test,
+        )
+        summary["baseline"]["significance"] = options.significance
+        summary["baseline"]["paired"] = paired
+        frameexit_rows = [r for r in rows if policy_of(r) == "frameexit"]
+        summary["baseline"]["budget_matched"] = budget_matched(
+            frameexit_rows, base.document, accuracy=summary["accuracy_metric"], cost=summary["cost_metric"]
         )
         summary["baseline"]["file"] = os.path.abspath(base.path)
     if calibrate_on:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,9 @@ def run(
         with output_set(out_dir, names, seals=(REPLAY_FILE, SUMMARY_JSON), stale=(METRICS_FILE,)) as stage:
             # the cache just extracted or verified, the class list and the head extract read: none is read again
             handed = dict(cache=extracted.cache, classes=extracted.classes, first=extracted.head)
-            record = replay_into(job, stage, replay_options, progress=progress, **handed)
+            # the setting the report chooses at its budget gets its intervals and per-video rows in the replay
+            named = dataclasses.replace(replay_options, budget=report_options.budget)
+            record = replay_into(job, stage, named, progress=progress, **handed)
             summary = report_into(stage, stage, report_options)
     paths = out_paths(out_dir, names)
     replayed = ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)

@@ -374,7 +374,83 @@ def _baseline(summary: Mapping[str, Any]) -> list[str]:
         else [c["checkpoint"], *(_change(c.get(key), 2 if key == cost else 4) for key in ("map", "top1", cost))]
         for c in baseline["checks"]
     ]
-    return [*lines, *_table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows), ""]
+    lines += [*_table(["Checkpoint", "mAP", "Top-1", NAMES[cost]], rows), ""]
+    return [*lines, *_paired(baseline), *_budget_matched(summary)]
+
+
+def _paired(baseline: Mapping[str, Any]) -> list[str]:
+    """The paired bootstrap of each checkpoint's change against the baseline, and the significance test."""
+    paired = baseline.get("paired")
+    if not paired:
+        return []
+    level = f"{100 * paired['level']:g} %"
+    rows = []
+    for c in paired["checkpoints"]:
+        cells = [c["checkpoint"]]
+        for key in ("map", "top1"):
+            value = c.get(key) or {}
+            if "interval" in value:
+                low, high = value["interval"]
+                cells.append(f"{number(value.get('change'))} [{number(low)}, {number(high)}]")
+            else:
+                cells.append("not compared")
+        rows.append(cells)
+    lines = [
+        f"Paired bootstrap over the {paired['n_videos']} videos both runs evaluated (the same {paired['resamples']} "
+        f"resamples, seed {paired['seed']}, applied to both): change of this run against the baseline, with its "
+        f"{level} interval. An interval that excludes 0 is a difference the resampling of videos does not explain.",
+        "",
+        *_table(["Checkpoint", "mAP change", "Top-1 change"], rows),
+        "",
+    ]
+    if baseline.get("significance") is not None:
+        notes = [
+            f"- {c['checkpoint']} {NAMES.get(key, key)}: {one_line(c[key]['significance'])}"
+            for c in baseline["checks"]
+            for key in ("map", "top1")
+            if isinstance(c.get(key), Mapping) and "significance" in c[key]
+        ]
+        lines += [
+            f"--significance {baseline['significance']:g}: a drop beyond max drop fails the gate only when its "
+            f"{level} interval lies wholly above max drop.",
+            "",
+            *(notes or ["- no drop beyond max drop to test"]),
+            "",
+        ]
+    return lines
+
+
+def _budget_matched(summary: Mapping[str, Any]) -> list[str]:
+    """This run's most accurate setting at the baseline's cost, per checkpoint."""
+    matched = (summary["baseline"] or {}).get("budget_matched")
+    if not matched:
+        return []
+    acc, cost = summary["accuracy_metric"], summary["cost_metric"]
+    rows = [
+        [
+            m["checkpoint"],
+            number(m["baseline_cost"], 2),
+            number(m["baseline_accuracy"]),
+            describe_setting(m["setting"]) if m["setting"] else m.get("note", "none"),
+            number(m.get("accuracy")),
+            number(m.get("change")),
+        ]
+        for m in matched
+    ]
+    header = [
+        "Checkpoint",
+        f"Baseline {NAMES[cost]}",
+        f"Baseline {NAMES[acc]}",
+        "This run's setting",
+        NAMES[acc],
+        "Change",
+    ]
+    return [
+        f"At equal cost: this run's best {NAMES[acc]} (its frameexit frontier) at no more than the baseline's cost.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
 
 
 def _histogram(summary: Mapping[str, Any]) -> list[str]:

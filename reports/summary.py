@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from frameexit.bootstrap import DEFAULT_RESAMPLES, paired_difference, resample_weights, resampled_top1
 from frameexit.step_costs import StepCosts
 
 from .records import CheckpointAtRisk, SummaryExactness
@@ -315,6 +318,7 @@ def compare_baseline(
     max_cost_rise: float | None,
     cost: str,
     not_compared: Mapping[str, str] | None = None,
+    significant: Callable[[str, str], tuple[bool | None, str]] | None = None,
 ) -> dict[str, Any]:
     """Compare the default setting's mAP, top-1 and cost of each checkpoint (matched by name) with a baseline's.
 
@@ -322,7 +326,9 @@ def compare_baseline(
     (GFLOPs); ``None`` disables that check. Whatever the limits, the comparison fails when it cannot vouch
     for the run: a baseline checkpoint missing from the run, a value the baseline has and the run lacks
     (NaN), or nothing compared at all; a checkpoint new in the run passes. ``not_compared`` (metric -> why)
-    names metrics that cannot be compared: they count for nothing.
+    names metrics that cannot be compared: they count for nothing. ``significant(checkpoint, metric)``: whether a
+    drop beyond ``max_drop`` is significant, and why; a drop that is not (``False``) is no regression, one that
+    cannot be tested (``None``) stays one.
     """
     not_compared = dict(not_compared or {})
     base = {r["checkpoint"]: r for r in baseline}
@@ -340,6 +346,9 @@ def compare_baseline(
                 entry[key] = {"not_compared": not_compared[key]}
             elif _finite(b.get(key)):  # else nothing to hold the run to
                 entry[key], regression = _compare_value(r["checkpoint"], key, b[key], r.get(key), limit, higher)
+                if regression and higher and "drop" in entry[key] and significant is not None:
+                    verdict, entry[key]["significance"] = significant(r["checkpoint"], key)
+                    regression = None if verdict is False else regression
                 regressions += [regression] if regression else []
                 compared = True
         n_compared += compared
@@ -591,6 +600,7 @@ def baseline_gate(
     max_drop: float | None,
     max_cost_rise: float | None,
     accept_missing: int = 0,
+    significant: Callable[[str, str], tuple[bool | None, str]] | None = None,
 ) -> dict[str, Any]:
     """The baseline gate of two comparable ``summary.json`` documents (:func:`baseline_mismatches` empty).
 
@@ -601,7 +611,7 @@ def baseline_gate(
     cost = current["cost_metric"]
     diff = video_difference(current["videos"], baseline["videos"])
     n_diff = len(diff["missing"]) + len(diff["added"])
-    limits = dict(max_drop=max_drop, max_cost_rise=max_cost_rise, cost=cost)
+    limits = dict(max_drop=max_drop, max_cost_rise=max_cost_rise, cost=cost, significant=significant)
     if n_diff == 0:
         result = compare_baseline(current["default"], baseline["default"], **limits)
         result["videos"] = {**diff, "accept_missing": accept_missing, "compared_over": "all"}
@@ -629,6 +639,100 @@ def baseline_gate(
         )
     result["passed"] = not result["regressions"]
     return result
+
+
+# ---------------------------------------------------------------------------------------------- paired
+
+
+def paired_comparison(current: Mapping[str, Any], baseline: Mapping[str, Any], *, level: float) -> dict[str, Any]:
+    """A paired bootstrap of each checkpoint's change (this run less the baseline) at the job's setting: the same
+    resamples of the videos both evaluated applied to both runs (``current``'s resamples and seed). Top-1 from
+    each run's per-video hits (``video_results``); mAP from the resampled mAP both replays kept, only when both
+    evaluated the same videos with the same resamples and seed (else not compared, with the reason). Each metric:
+    ``change`` (point estimate over the videos compared) and ``interval`` ``[low, high]`` at ``level``."""
+    ours, theirs = current.get("bootstrap") or {}, baseline.get("bootstrap") or {}
+    resamples, seed = ours.get("resamples") or DEFAULT_RESAMPLES, ours.get("seed", 0)
+    common = sorted(set(current["videos"]) & set(baseline["videos"]))
+    at_ours = {v: i for i, v in enumerate(current["videos"])}
+    at_theirs = {v: i for i, v in enumerate(baseline["videos"])}
+    weights = resample_weights(len(common), resamples, seed)
+    same = current["videos"] == baseline["videos"] and (theirs.get("resamples"), theirs.get("seed")) == (
+        ours.get("resamples"),
+        ours.get("seed"),
+    )
+    checks = []
+    for name, results in current["video_results"].items():
+        base = baseline["video_results"].get(name)
+        if name not in baseline["video_results"]:
+            continue
+        entry: dict[str, Any] = {"checkpoint": name}
+        if results is not None and base is not None:
+            hits = [results["hit"][at_ours[v]] for v in common]
+            base_hits = [base["hit"][at_theirs[v]] for v in common]
+            labelled = np.array([h is not None and b is not None for h, b in zip(hits, base_hits, strict=True)])
+            a, b = (np.array([bool(h) for h in x]) for x in (hits, base_hits))
+            change = (a[labelled].mean() - b[labelled].mean()) if labelled.any() else math.nan
+            ia = paired_difference(resampled_top1(a, labelled, weights), resampled_top1(b, labelled, weights), level)
+            entry["top1"] = {"change": change, "interval": [ia.low, ia.high], "n_videos": int(labelled.sum())}
+        else:
+            entry["top1"] = {"not_compared": "no per-video results at the job's setting in one of the runs"}
+        maps, base_maps = (ours.get("map_resampled") or {}).get(name), (theirs.get("map_resampled") or {}).get(name)
+        if not same or maps is None or base_maps is None:
+            entry["map"] = {
+                "not_compared": "a paired mAP needs both runs' resampled mAP over the same videos, resamples and seed"
+            }
+        else:
+            cur_map = next((r["map"] for r in current["default"] if r["checkpoint"] == name), None)
+            base_map = next((r["map"] for r in baseline["default"] if r["checkpoint"] == name), None)
+            im = paired_difference(_floats(maps), _floats(base_maps), level)
+            change = cur_map - base_map if _finite(cur_map) and _finite(base_map) else None
+            entry["map"] = {"change": change, "interval": [im.low, im.high], "n_videos": len(common)}
+        checks.append(entry)
+    return {"level": level, "resamples": resamples, "seed": seed, "n_videos": len(common), "checkpoints": checks}
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def significance_test(paired: Mapping[str, Any], max_drop: float) -> Callable[[str, str], tuple[bool | None, str]]:
+    """The ``significant`` test of :func:`compare_baseline` from a :func:`paired_comparison`: a drop beyond
+    ``max_drop`` is significant when the interval of the drop (the change's, negated) lies wholly above it."""
+    by_name = {c["checkpoint"]: c for c in paired["checkpoints"]}
+    level = f"{100 * paired['level']:g} %"
+
+    def significant(checkpoint: str, metric: str) -> tuple[bool | None, str]:
+        found = by_name.get(checkpoint, {}).get(metric) or {}
+        interval = found.get("interval")
+        if not interval or None in interval or any(math.isnan(v) for v in interval):
+            why = found.get("not_compared", "no paired interval")
+            return None, f"not tested ({why}): the point estimate decides"
+        low, high = -interval[1], -interval[0]
+        verdict = low > max_drop
+        words = "significant" if verdict else "not significant"
+        return verdict, f"{words} at {level}: the drop's interval [{low:.4f}, {high:.4f}] vs max drop {max_drop}"
+
+    return significant
+
+
+def budget_matched(
+    rows: Sequence[Row], baseline: Mapping[str, Any], *, accuracy: str, cost: str
+) -> list[dict[str, Any]]:
+    """Per checkpoint of the baseline's job's-setting rows: this run's most accurate frameexit setting costing no
+    more than the baseline's setting did (``rows``: this run's sweep), and its accuracy's change."""
+    out = []
+    for b in baseline["default"]:
+        own = [r for r in rows if r["checkpoint"] == b["checkpoint"] and policy_of(r) == "frameexit"]
+        entry: dict[str, Any] = {"checkpoint": b["checkpoint"], "baseline_cost": b.get(cost)}
+        entry["baseline_accuracy"] = b.get(accuracy)
+        pick = best_within_budget(own, b[cost], accuracy=accuracy, cost=cost) if _finite(b.get(cost)) else None
+        if pick is None:
+            entry.update(setting=None, note="no setting of this run costs that little")
+        else:
+            entry.update(setting=setting_of(pick), accuracy=pick[accuracy], cost=pick[cost])
+            entry["change"] = pick[accuracy] - b[accuracy] if _finite(b.get(accuracy)) else None
+        out.append(entry)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- exactness

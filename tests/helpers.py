@@ -402,3 +402,11 @@ def copy_cache(cache_dir: str, root) -> str:
     dest = os.path.join(str(root), os.path.basename(cache_dir))
     shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock"))
     return dest
+
+
+def frameexit_rows(rows, **thresholds):
+    """The rows of frameexit's gates (sweep.parquet, videos.parquet) of a replay, at ``thresholds`` if given: the
+    other exit policies' rows and the named settings' per-video rows left out."""
+    return [
+        r for r in rows if r.get("policy", "frameexit") == "frameexit" and all(r[k] == v for k, v in thresholds.items())
+    ]

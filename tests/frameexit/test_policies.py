@@ -8,10 +8,13 @@ import pytest
 from frameexit.exit_rule import exits_at
 from frameexit.metrics import average_precision
 from frameexit.policies import (
+    PolicySetting,
     confidence_exit_steps,
     fixed_exit_steps,
     oracle_exit_steps,
+    policy_exit_steps,
     policy_fires,
+    policy_settings,
 )
 from frameexit.sweep import policy_average_precision
 
@@ -88,3 +91,25 @@ def test_policy_ap_is_the_ap_of_the_scores_at_the_exits(max_bytes):
             want = average_precision(probs[np.arange(n), step], labels)
             np.testing.assert_allclose(row, want, rtol=1e-12, atol=0, equal_nan=True)
         assert np.isnan(got[:, 5]).all()
+
+
+def test_policy_settings_and_their_exit_steps_by_hand():
+    settings = policy_settings(("frameexit", "confidence", "fixed", "oracle"), [0.9, 1.0], 4)
+    assert settings == [
+        PolicySetting("confidence", tau=0.9),
+        PolicySetting("confidence", tau=1.0),
+        *[PolicySetting("fixed", frames=k) for k in (1, 2, 3, 4)],
+        PolicySetting("oracle"),
+    ]
+    assert policy_settings(("frameexit",), [0.9], 4) == []
+    hits = np.zeros(TOP.shape, dtype=bool)
+    hits[1, 2] = hits[1, 3] = True  # video 1 first right at step 2; the others never: step 0
+    steps = policy_exit_steps(settings, TOP, hits)
+    assert steps.tolist() == [
+        [0, 2, 3, 0],  # tau 0.9, as test_confidence_exits_by_hand
+        [3, 3, 3, 3],
+        *[[k - 1] * 4 for k in (1, 2, 3, 4)],
+        [0, 2, 0, 0],
+    ]
+    with pytest.raises(ValueError, match="unknown baseline exit policy 'gates'"):
+        policy_exit_steps([PolicySetting("gates")], TOP, hits)

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import frameexit_rows
 
 import frameexit
 from cli import main
@@ -114,7 +115,12 @@ def test_summary_records_each_video_and_what_its_metrics_are_recomputed_from(out
     setting's top-1, frames and cost over every video."""
     _, run = outputs
     summary = read_record(os.path.join(run, "summary.json"), Summary)
-    rows = pq.read_table(os.path.join(run, "videos.parquet")).to_pylist()
+    setting = summary["provenance"]["job"]["model"]
+    rows = frameexit_rows(
+        pq.read_table(os.path.join(run, "videos.parquet")).to_pylist(),
+        first_threshold=setting["first_threshold"],
+        gate_threshold=setting["gate_threshold"],
+    )
     assert summary["videos"] == sorted({r["video"] for r in rows}) and len(summary["videos"]) == 6
     assert summary["n_videos_evaluated"] == 6 and summary["gflops_per_frame"] is None
     by_key = {r["video"]: r for r in rows}

@@ -36,7 +36,8 @@ def _optional(hint) -> bool:
 @pytest.mark.parametrize("record", [MetricRow, SummaryRow])
 def test_a_metric_row_has_the_sweep_columns_and_their_types(record):
     hints = typing.get_type_hints(record)
-    own = {"gflops_measured"} if record is SummaryRow else set()  # the summary's addition: 2 x gmacs_measured
+    # the summary's additions: 2 x gmacs_measured, and the bootstrap intervals where the replay computed them
+    own = {"gflops_measured", "map_interval", "top1_interval"} if record is SummaryRow else set()
     assert set(hints) - own == set(SWEEP.names) - NOT_IN_ROW
     for name in set(SWEEP.names) - NOT_IN_ROW:
         field, hint = SWEEP.field(name), hints[name]

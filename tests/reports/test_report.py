@@ -8,7 +8,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import copy_cache, write_job
+from helpers import copy_cache, frameexit_rows, write_job
 from PIL import Image
 
 from cli import main
@@ -33,8 +33,11 @@ def _rows(spec=HAND):
     return [
         {
             "checkpoint": c,
+            "policy": "frameexit",
             "first_threshold": f,
             "gate_threshold": g,
+            "tau": None,
+            "frames": None,
             "map": m,
             "top1": m,
             "gflops": x,
@@ -64,10 +67,11 @@ def test_budget_choice_with_and_without_calibration():
     calibration = _rows([("a.pth", 0.1, 0.1, 0.3, 1.0), ("a.pth", 0.1, 0.2, 0.9, 2.4), ("a.pth", 0.2, 0.1, 0.5, 2.0)])
     chosen = choose_budget(rows, 2.5, accuracy="map", cost="gflops", calibration_rows=calibration)
     entry = chosen["checkpoints"][0]
-    assert chosen["calibrated"] and entry["setting"] == {"first_threshold": 0.1, "gate_threshold": 0.2}
+    setting = {"policy": "frameexit", "first_threshold": 0.1, "gate_threshold": 0.2}
+    assert chosen["calibrated"] and entry["setting"] == setting
     assert entry["evaluated"]["map"] == 0.4 and entry["calibration"]["map"] == 0.9
     uncalibrated = choose_budget(rows, 2.5, accuracy="map", cost="gflops")["checkpoints"][0]
-    assert uncalibrated["setting"] == {"first_threshold": 0.2, "gate_threshold": 0.1}
+    assert uncalibrated["setting"] == {"policy": "frameexit", "first_threshold": 0.2, "gate_threshold": 0.1}
     assert uncalibrated["evaluated"]["map"] == 0.6
 
 
@@ -125,8 +129,11 @@ def _fake_run(
         "prediction": [p for *_, p, _ in per_video],
         "confidence": [0.5] * len(per_video),
         "labels": [labels for *_, labels in per_video],
+        "policy": ["frameexit"] * len(per_video),
         "first_threshold": [(video_setting or default)[0]] * len(per_video),
         "gate_threshold": [(video_setting or default)[1]] * len(per_video),
+        "tau": [None] * len(per_video),
+        "frames": [None] * len(per_video),
         "checkpoint": [name for name, *_ in per_video],
     }
     write_table(os.path.join(path, "videos.parquet"), columns, VIDEOS)
@@ -235,7 +242,8 @@ def test_calibrated_budget_through_the_cli(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.load(open(os.path.join(run, "summary.json")))
     entry = summary["budget"]["checkpoints"][0]
-    assert entry["setting"] == {"first_threshold": 0.1, "gate_threshold": 0.2} and entry["evaluated"]["map"] == 0.4
+    assert entry["setting"] == {"policy": "frameexit", "first_threshold": 0.1, "gate_threshold": 0.2}
+    assert entry["evaluated"]["map"] == 0.4
     md = open(os.path.join(run, "summary.md")).read()
     assert "## Best setting within 2.5 GFLOPs (chosen on the calibration run, evaluated here)" in md
     r = CliRunner().invoke(main, ["report", "--out", run, "--calibrate-on", held_out])
@@ -278,7 +286,7 @@ def test_run_produces_every_artefact_with_the_sweep_numbers(anet, checkpoint, tm
         assert img.format == "PNG" and 600 <= img.width <= 2000 and 400 <= img.height <= 1500
     sweep = {
         (r["checkpoint"], r["first_threshold"], r["gate_threshold"]): r
-        for r in pq.read_table(out / "sweep.parquet").to_pylist()
+        for r in frameexit_rows(pq.read_table(out / "sweep.parquet").to_pylist())
     }
     summary = json.load(open(out / "summary.json"))
     assert summary["n_settings"] == len(sweep) == 30 and summary["cost_metric"] == "gflops_measured"
@@ -299,7 +307,10 @@ def test_run_produces_every_artefact_with_the_sweep_numbers(anet, checkpoint, tm
     best = max((r for r in sweep.values() if 2 * r["gmacs_measured"] <= 10), key=lambda r: r["map"])
     assert summary["budget"]["checkpoints"][0]["evaluated"]["map"] == best["map"]
     d = summary["default"][0]
-    assert f"| {d['checkpoint']} | {d['map']:.4f} | {d['top1']:.4f} | n/a | {d['gmacs_measured']:.2f} |" in md
+    # each accuracy with half the width of its bootstrap interval, which the replay computed at the job's setting
+    half = {k: (d[f"{k}_interval"][1] - d[f"{k}_interval"][0]) / 2 for k in ("map", "top1")}
+    accuracy = f"{d['map']:.4f} ± {half['map']:.4f} | {d['top1']:.4f} ± {half['top1']:.4f}"
+    assert f"| {d['checkpoint']} | {accuracy} | n/a | {d['gmacs_measured']:.2f} |" in md
     assert "v_nofolder.mp4" in md and "## Provenance" in md and summary["provenance"]["cache"]["key"]
     assert not math.isnan(d["map"])
 
@@ -572,7 +583,7 @@ def test_a_baseline_without_its_videos_is_refused(tmp_path):
     assert f"baseline {old} is a summary.json of schema_version 1, which does not record the videos it evaluated" in (
         r.output
     )
-    assert "Report the baseline's run again (frameexit report --out ITS_DIR)" in r.output
+    assert "Replay and report the baseline's run again" in r.output
     doc = json.load(open(_baseline(tmp_path, "base2")))
     doc["video_results"]["a.pth"]["hit"].pop()
     (tmp_path / "short.json").write_text(json.dumps(doc))
