@@ -22,24 +22,36 @@ class StepCosts:
     classifier: float
     gate: float
 
-    def mean_video_gmacs(self, mean_frames: npt.ArrayLike, share_step0: npt.ArrayLike) -> Any:
-        """Mean over videos of the GMACs sequential early exit spends, from their mean frames read and the share
-        exiting at step 0.
+    def step_gmacs(self, n_steps: int, policy: str = "frameexit") -> np.ndarray:
+        """GMACs a video exiting at step t spends under exit ``policy``, for t = 0..n_steps-1: shape (n_steps,).
 
-        A video exiting at step t reads t + 1 frames (backbone and projection),
-        evaluates classifier 0 for the step-0 rule, gates 1..t, and, if t > 0,
-        the classifier of its exit step: exactly what :mod:`frameexit.inference` runs.
-        The cost is linear in the exit step except for the exit classifier, which
-        every video that passes step 0 runs: these two figures determine the mean.
-        NaN when ``mean_frames`` is (no videos). Of two floats a float; of arrays (every
-        setting of a grid) an array, element by element.
+        Every policy reads t + 1 frames (backbone and projection); the head's share is what each policy runs:
+
+        - ``frameexit`` (:mod:`frameexit.inference`): classifier 0 for the step-0 rule, the gates of steps
+          1..min(t, T-2) (the last step exits without its gate), and, if t > 0, the exit step's classifier;
+        - ``confidence``: the classifier of every step read (its rule reads each step's top probability);
+        - ``fixed``: the classifier of the exit step alone;
+        - ``oracle``: as ``fixed``, what a perfect stop rule would spend (no rule can know the right step: the
+          oracle's sequential reference runs every step to find it, and its cost is not what it reports).
         """
-        frames = np.asarray(mean_frames, dtype=np.float64)
-        t = frames - 1.0  # mean exit step
-        gmacs = (
-            frames * (self.backbone + self.projection)
-            + self.classifier
-            + t * self.gate
-            + (1.0 - np.asarray(share_step0, dtype=np.float64)) * self.classifier
-        )
+        t = np.arange(n_steps, dtype=np.float64)
+        frames = (t + 1.0) * (self.backbone + self.projection)
+        if policy == "frameexit":
+            gates = np.clip(np.minimum(t, n_steps - 2), 0, None)
+            head = self.classifier + gates * self.gate + (t > 0) * self.classifier
+        elif policy == "confidence":
+            head = (t + 1.0) * self.classifier
+        elif policy in ("fixed", "oracle"):
+            head = np.full(n_steps, self.classifier)
+        else:
+            raise ValueError(f"unknown exit policy {policy!r}")
+        return frames + head
+
+    def mean_video_gmacs(self, exit_histogram: npt.ArrayLike, policy: str = "frameexit") -> Any:
+        """Mean over videos of the GMACs exit ``policy`` spends (:meth:`step_gmacs`), from the share of videos
+        exiting at each step (``exit_histogram``, last axis the steps: one setting, or every setting of a grid).
+        NaN without videos (a histogram of zeros). Of one histogram a float, of several an array."""
+        hist = np.asarray(exit_histogram, dtype=np.float64)
+        gmacs = hist @ self.step_gmacs(hist.shape[-1], policy)
+        gmacs = np.where(hist.sum(axis=-1) > 0, gmacs, np.nan)
         return float(gmacs) if gmacs.ndim == 0 else gmacs

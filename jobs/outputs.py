@@ -157,12 +157,24 @@ def metric_columns(
         "map": metrics.map[index],
         "top1": metrics.top1[index],
         "gflops": frames * per_frame if per_frame is not None else None,
-        "gmacs_measured": costs.mean_video_gmacs(frames, hist[:, 0]),
+        "gmacs_measured": _policy_gmacs(costs, hist, settings["policy"]),
         "mean_frames": frames,
         "exit_histogram": hist,
         "map_per_category": _category_maps(metrics.ap, index, categories),
         "n_at_risk": at_risk[index] if at_risk is not None else None,
     }
+
+
+def _policy_gmacs(costs: StepCosts, hist: np.ndarray, policy: str | Sequence[str]) -> np.ndarray:
+    """Each row's mean measured GMACs per video under its exit policy (one for every row, or one per row)."""
+    if isinstance(policy, str):
+        return costs.mean_video_gmacs(hist, policy)
+    policies = np.asarray(policy, dtype=object)
+    out = np.empty(len(hist))
+    for name in dict.fromkeys(policy):
+        rows = policies == name
+        out[rows] = costs.mean_video_gmacs(hist[rows], name)
+    return out
 
 
 def order_name(order: Sequence[int]) -> str:

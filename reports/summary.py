@@ -552,10 +552,13 @@ def subset_row(
     index: Sequence[int],
     parts: Mapping[str, float] | None,
     per_frame: float | None,
+    *,
+    n_steps: int,
+    policy: str = "frameexit",
 ) -> dict[str, Any]:
     """The job's-setting metrics of one checkpoint over the videos at ``index`` (of ``Summary.videos``),
-    recomputed from its per-video results; mAP is ``None`` (it needs every class's score), every value
-    ``None`` without per-video results, NaN without videos."""
+    recomputed from its per-video results (exit steps 0..n_steps-1 under exit ``policy``); mAP is ``None`` (it
+    needs every class's score), every value ``None`` without per-video results, NaN without videos."""
     row: dict[str, Any] = {"checkpoint": checkpoint, "n_videos": len(index), "map": None}
     if results is None:
         return {**row, **dict.fromkeys(("top1", "mean_frames", "gflops", "gmacs_measured", "gflops_measured"))}
@@ -563,8 +566,9 @@ def subset_row(
     labelled = [bool(results["hit"][i]) for i in index if results["hit"][i] is not None]
     nan = float("nan")
     frames = sum(s + 1 for s in steps) / len(steps) if steps else nan
-    share_step0 = sum(s == 0 for s in steps) / len(steps) if steps else nan
-    gmacs = StepCosts(**parts).mean_video_gmacs(frames, share_step0) if parts is not None else None
+    counts = np.bincount(np.asarray(steps, dtype=np.int64), minlength=n_steps)[:n_steps]
+    histogram = counts / max(len(steps), 1)
+    gmacs = StepCosts(**parts).mean_video_gmacs(histogram, policy) if parts is not None else None
     return {
         **row,
         "top1": sum(labelled) / len(labelled) if labelled else nan,
@@ -581,7 +585,15 @@ def common_rows(summary: Mapping[str, Any], videos: set[str]) -> list[dict[str, 
     parts = {c["name"]: c["gmacs_measured_parts"] for c in summary["provenance"]["checkpoints"]}
     results, per_frame = summary["video_results"], summary["gflops_per_frame"]
     return [
-        subset_row(r["checkpoint"], results.get(r["checkpoint"]), index, parts.get(r["checkpoint"]), per_frame)
+        subset_row(
+            r["checkpoint"],
+            results.get(r["checkpoint"]),
+            index,
+            parts.get(r["checkpoint"]),
+            per_frame,
+            n_steps=len(r["exit_histogram"]),
+            policy=policy_of(r),
+        )
         for r in summary["default"]
     ]
 

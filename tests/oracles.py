@@ -105,6 +105,11 @@ def video_gmacs(costs: StepCosts, exit_step: npt.ArrayLike) -> np.ndarray:
     """GMACs sequential early exit spends on each video (the per-video form of
     :meth:`frameexit.step_costs.StepCosts.mean_video_gmacs`)."""
     t = np.asarray(exit_step, dtype=np.float64)
+    # the gates of steps 1..t, but the last step (9) exits without computing its gate
+    gates = np.minimum(t, 8)
     return (
-        (t + 1.0) * (costs.backbone + costs.projection) + costs.classifier + t * costs.gate + (t > 0) * costs.classifier
+        (t + 1.0) * (costs.backbone + costs.projection)
+        + costs.classifier
+        + gates * costs.gate
+        + (t > 0) * costs.classifier
     )

@@ -42,10 +42,26 @@ def test_exit_histogram():
     assert exit_histogram([], 10).tolist() == [0.0] * 10
 
 
-def test_mean_video_gmacs_is_the_mean_over_videos_from_two_figures():
-    # replay knows each setting's mean frames and step-0 share, not every video's exit: the mean must agree
+def test_mean_video_gmacs_is_the_mean_over_videos_of_the_exit_histogram():
+    # replay knows each setting's exit histogram, not every video's exit: the mean must agree
     costs = StepCosts(backbone=4.1, projection=0.008, classifier=0.0008, gate=0.0005)
     exits = np.random.default_rng(0).integers(0, 10, size=1000)
-    mean = costs.mean_video_gmacs(float((exits + 1).mean()), float((exits == 0).mean()))
+    mean = costs.mean_video_gmacs(exit_histogram(exits, 10))
     assert mean == pytest.approx(video_gmacs(costs, exits).mean(), rel=1e-12)
-    assert math.isnan(costs.mean_video_gmacs(float("nan"), 0.0))
+    assert math.isnan(costs.mean_video_gmacs(exit_histogram([], 10)))
+
+
+def test_each_policy_is_charged_what_its_sequential_reference_runs():
+    """A video exiting at the last step ran no gate there (frameexit.inference stops without computing it); the
+    confidence rule runs every step's classifier and no gate; fixed frames and the oracle one classifier."""
+    gate_only, classifier_only = StepCosts(0, 0, 0, 1.0), StepCosts(0, 0, 1.0, 0)
+    assert gate_only.step_gmacs(10).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]
+    assert classifier_only.step_gmacs(10).tolist() == [1] + [2] * 9
+    assert classifier_only.step_gmacs(10, "confidence").tolist() == list(range(1, 11))
+    assert (
+        classifier_only.step_gmacs(10, "fixed").tolist()
+        == [1] * 10
+        == classifier_only.step_gmacs(10, "oracle").tolist()
+    )
+    frames = StepCosts(2.0, 0.5, 0, 0)
+    assert frames.step_gmacs(4, "fixed").tolist() == [2.5, 5.0, 7.5, 10.0]

@@ -1,5 +1,6 @@
 """`frameexit replay` agrees with `frameexit infer` video by video; results do not depend on how it runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, official_head_shapes, official_state
+from helpers import ROOT, frameexit_rows, official_head_shapes, official_state
 from oracles import concat_tables, video_gmacs
 
 from cache.manifest import FeatureCache
@@ -22,6 +23,7 @@ from jobs.config import load_job, with_options
 from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer
 from jobs.replay import ReplayOptions, replay
+from reports.summary import setting_of
 
 SEQUENTIAL = "[0,1,2,3,4,5,6,7,8,9]"
 
@@ -41,7 +43,8 @@ def _tables(cache_dir, checkpoint, order):
 
 
 def _rows(path):
-    return {(r["first_threshold"], r["gate_threshold"], r["video"]): r for r in pq.read_table(path).to_pylist()}
+    rows = frameexit_rows(pq.read_table(path).to_pylist())
+    return {(r["first_threshold"], r["gate_threshold"], r["video"]): r for r in rows}
 
 
 def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, tmp_path):
@@ -57,8 +60,9 @@ def test_replay_equals_infer_over_the_whole_threshold_range(setup, checkpoint, t
     grid = dict(first_thresholds=first, gate_thresholds=gate, per_video="all")
     replay(with_options(load_job(job_file), grid), str(out), ReplayOptions(cache_root=cache_root))
     rows = _rows(out / "videos.parquet")
-    sweep = {(r["first_threshold"], r["gate_threshold"]): r for r in pq.read_table(out / "sweep.parquet").to_pylist()}
-    assert len(sweep) == 20 and len(rows) == 20 * 6
+    rows_of_sweep = frameexit_rows(pq.read_table(out / "sweep.parquet").to_pylist())
+    sweep = {(r["first_threshold"], r["gate_threshold"]): r for r in rows_of_sweep}
+    assert len(sweep) == 20 and len(rows) == 21 * 6  # the grid's, and the job's setting (named: its intervals)
     # infer at settings covering every threshold of both lists, the boundary values against each other; each
     # setting's sequential decisions equal the full per-step tables' (frameexit/test_inference.py), so the
     # remaining six add no case (first threshold 0: every video exits at step 0 whatever the gate)
@@ -97,7 +101,7 @@ def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, cluster, tmp_pa
     job_file, cache_root, _ = setup
     grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
     job = with_options(load_job(job_file), dict(grid, per_video="all"))
-    tables, videos = {}, {}
+    tables, videos, boots = {}, {}, {}
     for name, options in {
         "sync": ReplayOptions(cache_root=cache_root, scheduler="sync"),
         "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1),
@@ -107,17 +111,22 @@ def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, cluster, tmp_pa
         replay(job, str(tmp_path / name), options)
         tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
         videos[name] = pq.read_table(tmp_path / name / "videos.parquet")
+        boots[name] = json.loads((tmp_path / name / "replay.json").read_text())["bootstrap"]
     for size in (1, 64):  # and 4, the shared cache's: one video a shard, one shard, shards of unequal sizes
         root = str(tmp_path / f"cache-{size}")
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
         out = tmp_path / f"shards-{size}"
         replay(job, str(out), ReplayOptions(cache_root=root))
         tables[out.name], videos[out.name] = pq.read_table(out / "sweep.parquet"), pq.read_table(out / "videos.parquet")
-    reference, reference_videos = tables.pop("sync"), videos.pop("sync")
-    assert reference.num_rows == 25 and reference_videos.num_rows == 25 * 6
+        boots[out.name] = json.loads((out / "replay.json").read_text())["bootstrap"]
+    reference, reference_videos, reference_boot = tables.pop("sync"), videos.pop("sync"), boots.pop("sync")
+    # the grid's 25, and the baselines': confidence at the 5 first thresholds, fixed 1..10, the oracle
+    assert len(frameexit_rows(reference.to_pylist())) == 25 and reference.num_rows == 25 + 5 + 10 + 1
+    assert len(frameexit_rows(reference_videos.to_pylist())) == 26 * 6  # and the job's setting, named
     for name, table in tables.items():
         assert table.equals(reference), name
         assert videos[name].equals(reference_videos), name
+        assert boots[name] == reference_boot, name  # the same intervals, bit for bit
 
 
 def test_sequential_order_differs_and_equals_infer_with_that_order(setup, checkpoint, tmp_path):
@@ -129,7 +138,7 @@ def test_sequential_order_differs_and_equals_infer_with_that_order(setup, checkp
     replay(with_options(job, dict(order="sequential")), str(tmp_path / "seq"), ReplayOptions(cache_root=cache_root))
     c2f, seq = _rows(tmp_path / "c2f" / "videos.parquet"), _rows(tmp_path / "seq" / "videos.parquet")
     assert [r["exit_step"] for r in c2f.values()] != [r["exit_step"] for r in seq.values()]
-    assert pq.read_table(tmp_path / "seq" / "sweep.parquet").column("order").to_pylist() == ["sequential"]
+    assert set(pq.read_table(tmp_path / "seq" / "sweep.parquet").column("order").to_pylist()) == {"sequential"}
     res = infer(
         load_job(
             job_file,
@@ -162,10 +171,11 @@ def test_several_checkpoints_share_one_cache(setup, checkpoint, tmp_path):
     job = load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {tmp_path / 'beta_b.pth'}]"])
     job = with_options(job, dict(gate_thresholds=(0.1, 0.5)))
     result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root))
-    sweep = pq.read_table(result.sweep_path).to_pylist()
+    sweep = frameexit_rows(pq.read_table(result.sweep_path).to_pylist())
     assert sorted({r["checkpoint"] for r in sweep}) == sorted([os.path.basename(checkpoint), "beta_b.pth"])
     assert len(sweep) == 4 and len(result.summary["default_metrics"]) == 2
-    videos = pq.read_table(result.videos_path).to_pylist()
+    default = result.summary["default_setting"]
+    videos = frameexit_rows(pq.read_table(result.videos_path).to_pylist(), **default)
     assert len(videos) == 12 and {r["checkpoint"] for r in videos} == {os.path.basename(checkpoint), "beta_b.pth"}
 
 
@@ -212,7 +222,7 @@ def test_replay_cli(setup, tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 checkpoint(s) x 3 settings over 6 videos (5 with a label, 2 skipped)" in r.output
     sweep = pq.read_table(tmp_path / "o" / "sweep.parquet")
-    assert sweep.column("first_threshold").to_pylist() == [0.5, 0.75, 1.0]
+    assert [r["first_threshold"] for r in frameexit_rows(sweep.to_pylist())] == [0.5, 0.75, 1.0]
     assert {
         "checkpoint",
         "first_threshold",
@@ -224,8 +234,17 @@ def test_replay_cli(setup, tmp_path):
         "mean_frames",
         "exit_histogram",
     } <= set(sweep.column_names)
-    videos = pq.read_table(tmp_path / "o" / "videos.parquet")  # the job's default setting only
-    assert set(videos.column("first_threshold").to_pylist()) == {0.99}
+    # the job's default setting, and the settings the report names (their intervals in replay.json)
+    videos = pq.read_table(tmp_path / "o" / "videos.parquet").to_pylist()
+    record = json.loads((tmp_path / "o" / "replay.json").read_text())
+    named = record["bootstrap"]["intervals"]
+    assert named[0]["setting"] == {"policy": "frameexit", **record["default_setting"]}
+    assert record["default_setting"]["first_threshold"] == 0.99
+
+    def keys(settings):
+        return {json.dumps(setting_of(s), sort_keys=True) for s in settings}
+
+    assert keys(videos) == keys(i["setting"] for i in named)
 
 
 def _with_head(state, *, hidden, seed):
@@ -298,8 +317,10 @@ def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
         if shown:
             # per shard (2): its read, tables, their video exits, their 2 class blocks (3 tasks), the per-video rows,
             # their deviation, what the risk rule reads of them and the videos at risk; then the merged exits, an AP
-            # task per class block (2), the sweep, the merged rows, the merged deviation and the merged videos at risk
-            assert "100%" in err and "27/27" in err, err
+            # task per class block (2) and its two results (grid and baseline policies: 4), the sweep, the merged rows,
+            # the merged deviation and the merged videos at risk; the baselines' exit steps and metrics, the named
+            # settings and their intervals
+            assert "100%" in err and "35/35" in err, err
 
 
 def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_path, monkeypatch):
@@ -314,7 +335,9 @@ def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_p
         job_file, ["--checkpoint.init", f"[{checkpoint}, {checkpoint}]", "--replay.gate_thresholds", "[0.5]"]
     )
     result = replay(job, str(tmp_path / "out"), ReplayOptions(cache_root=cache_root))
-    n_videos = len(pq.read_table(result.videos_path)) // 2
+    n_videos = (
+        len(frameexit_rows(pq.read_table(result.videos_path).to_pylist(), **result.summary["default_setting"])) // 2
+    )
     assert n_videos > 0 and seen == [2 * n_videos * 10 * (4 * job.model.num_class + 4)]
 
 
