@@ -53,11 +53,14 @@ Example:
       --data.path_frame frames/ --data.path_split split_val.txt \\
       --data.path_label activity_net.v1-3.min.json --data.path_classid classes.txt \\
       --checkpoint.init activitynet_checkpoint_25gmac.pth --out runs/anet
+  frameexit infer JOB --policy confidence --tau 0.9 --out runs/anet-confidence
 """,
 )
 @out_option("Output directory for videos.parquet and metrics.json.")
-@options("device", "progress", "verbose")
-def infer(job, out_dir: str, device: str, progress: bool | None) -> None:
+@options("device", "policy", "tau", "frames", "progress", "verbose")
+def infer(
+    job, out_dir: str, device: str, policy: str, tau: float | None, frames: int | None, progress: bool | None
+) -> None:
     """Sequential early-exit inference, as the official script computes it.
 
     Reads each video's frames one at a time in the coarse-to-fine order and
@@ -68,11 +71,21 @@ def infer(job, out_dir: str, device: str, progress: bool | None) -> None:
     (paper convention), measured GMACs and the exit histogram, and writes
     OUT/videos.parquet (one row per video) and OUT/metrics.json. Split videos
     without frames are skipped and listed with the reason.
+
+    Exit policies (--policy): frameexit, the gates (step 0 exits when its top
+    probability is > model.first_threshold, steps 1..T-2 when the gate output
+    is < model.gate_threshold, step T-1 always); confidence, the first step
+    whose top probability is > --tau; fixed, --frames K for every video;
+    oracle, the earliest step whose top class is one of the video's labels
+    (step 0 if none is; it runs every step to know, so reads every frame).
+    The baselines are what FrameExit should beat at equal cost; replay
+    computes them all over cached features, with the same results.
     """
     from jobs.infer import infer as run_infer
     from reports.text import render_infer_summary
 
-    click.echo(render_infer_summary(run_infer(job, out_dir, device=device, progress=progress)))
+    result = run_infer(job, out_dir, device=device, progress=progress, policy=policy, tau=tau, frames=frames)
+    click.echo(render_infer_summary(result))
 
 
 @job_command(

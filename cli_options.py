@@ -206,6 +206,8 @@ def default_cache_root() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "frameexit")
 
 
+#: The exit policies of ``infer --policy`` (frameexit.policies.POLICIES, which imports numpy: not imported here).
+EXIT_POLICIES = ("frameexit", "confidence", "fixed", "oracle")
 SCHEDULER_OR_WORKERS = "give either --scheduler or --workers, not both"
 CLASSES_EXCLUSIVE = "--classes and --classes-out exclude each other: check against a list, or write one"
 
@@ -253,6 +255,14 @@ _option("--probe-videos", type=click.IntRange(min=0), default=2,
         help="Videos per shard whose steps also run one per forward pass, to measure how far batched features "
         "are from infer's (0: none; replay then cannot tell which videos may disagree).")
 _option("--device", default="auto", callback=_device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+_option("--policy", type=click.Choice(EXIT_POLICIES), default="frameexit",
+        help="Exit policy: frameexit (the gates, at model.first_threshold and model.gate_threshold), confidence "
+        "(--tau), fixed (--frames) or oracle.")
+_option("--tau", type=click.FloatRange(0, 1), callback=_finite, metavar="PROB",
+        help="--policy confidence: exit at the first step whose top probability is > PROB "
+        "[default: model.first_threshold].")
+_option("--frames", type=click.IntRange(min=1), metavar="K",
+        help="--policy fixed: every video reads K frames, 1..T [default: T, the frames of the policy order].")
 _option("--first-thresholds", callback=_grid, metavar="LIST|START:STOP:COUNT",
         help="first_threshold values, e.g. 0.9,0.95,0.99 or 0.5:1:11 (ends included): sets replay.first_thresholds "
         "[default: replay.first_thresholds of the job, else model.first_threshold].")

@@ -1,10 +1,13 @@
-"""`frameexit infer`: sequential early exit over a split, reading only the frames each video needs."""
+"""`frameexit infer`: sequential early exit over a split, reading only the frames each video needs, under one exit
+policy (:mod:`frameexit.policies`: FrameExit's gates, or a baseline: confidence, fixed frames, oracle)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +17,12 @@ import torch
 from cache.inputs import named_digests
 from frameexit.atomic import check_writable_dir
 from frameexit.cost import exit_histogram
-from frameexit.errors import ConfigError
+from frameexit.errors import ConfigError, UsageError
 from frameexit.exactness import SAFETY_FACTOR
 from frameexit.head import FrameExit
 from frameexit.inference import infer_video
 from frameexit.metrics import Metrics, evaluate
+from frameexit.policies import POLICIES, PolicySetting
 from frameexit.sampling import clip_indices
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import SweepMetrics
@@ -39,11 +43,13 @@ from reports.records import (
     MetricRow,
     ReplayRecord,
     ReplayRuntime,
+    Setting,
     SkippedVideo,
     StepCostsRecord,
     runtime,
     versions,
 )
+from reports.schema import SETTING_COLUMNS
 from reports.write import write_json
 
 from .config import Job
@@ -55,6 +61,7 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
+    baseline_settings,
     checkpoint_record,
     frameexit_settings,
     metric_columns,
@@ -71,6 +78,13 @@ from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
+#: ``metrics.json``'s ``units.frames_read``.
+FRAMES_READ_UNIT = (
+    "frames run through the backbone, over all videos: exit_step + 1 per video; oracle: every step of every video "
+    "(it must know whether any step is right before it decides), while mean_frames and the costs count its "
+    "exit_step + 1 as for the other policies"
+)
+
 
 @dataclass(frozen=True)
 class InferResult:
@@ -84,15 +98,26 @@ class InferResult:
     replay_path: str
 
 
-def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None = None) -> InferResult:
+def infer(
+    job: Job,
+    out_dir: str,
+    *,
+    device: str = "auto",
+    progress: bool | None = None,
+    policy: str = "frameexit",
+    tau: float | None = None,
+    frames: int | None = None,
+) -> InferResult:
     """Evaluate the job's checkpoint (exactly one) on its split with sequential early exit, on ``device`` (auto,
-    cpu, cuda, cuda:N).
+    cpu, cuda, cuda:N), under the exit ``policy`` (:func:`policy_setting`: ``frameexit`` at the job's thresholds;
+    ``confidence`` at ``tau``, default ``model.first_threshold``; ``fixed`` at ``frames``, default T; ``oracle``).
 
     Writes ``videos.parquet`` (a row per evaluated video), ``metrics.json`` and the replay files of its one
     setting (``sweep.parquet``, one row; ``replay.json``, no cache, exactness 'exact': this is the sequential
     reference), so that ``frameexit report`` reads the folder as a replay's, as one set (:mod:`jobs.outputs`)
     that replaces the previous one and removes a report there, which would not match it.
     """
+    setting = policy_setting(job, policy, tau=tau, frames=frames)
     job.require("checkpoint.init", "data.path_frame", "data.path_split", "data.path_label", "data.path_classid")
     if len(job.checkpoints) != 1:
         raise ConfigError(f"infer evaluates one checkpoint, but checkpoint.init lists {len(job.checkpoints)}")
@@ -102,9 +127,52 @@ def infer(job: Job, out_dir: str, *, device: str = "auto", progress: bool | None
     check_writable_dir(out_dir, "--out")
     seals = (METRICS_FILE, REPLAY_FILE)  # a report's would no longer match the new files
     with writing(out_dir), output_set(out_dir, INFER_FILES, seals=seals, stale=REPORT_FILES) as stage:
-        document = _infer_into(job, checkpoint, torch_device, stage, progress)
+        document = _infer_into(job, checkpoint, setting, torch_device, stage, progress)
     p = out_paths(out_dir, INFER_FILES)
     return InferResult(out_dir, p[VIDEOS_FILE], p[METRICS_FILE], document, p[SWEEP_FILE], p[REPLAY_FILE])
+
+
+def policy_setting(job: Job, policy: str, *, tau: float | None = None, frames: int | None = None) -> PolicySetting:
+    """The setting ``infer --policy POLICY [--tau PROB] [--frames K]`` evaluates, checked before any work:
+    :class:`UsageError` (exit status 2) for an unknown policy, ``tau`` without ``confidence``, ``frames`` without
+    ``fixed``, ``tau`` not a probability, ``frames`` outside 1..T (T: the frames of the job's policy order).
+    ``confidence``'s ``tau`` defaults to ``model.first_threshold`` (step 0's rule, at every step), ``fixed``'s
+    ``frames`` to T; ``frameexit`` takes the job's thresholds, ``oracle`` nothing."""
+    if policy not in POLICIES:
+        raise UsageError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if tau is not None and policy != "confidence":
+        raise UsageError(
+            f"--tau is the threshold of --policy confidence, not of --policy {policy}: give --policy confidence, "
+            "or leave --tau out"
+        )
+    if frames is not None and policy != "fixed":
+        raise UsageError(
+            f"--frames is the setting of --policy fixed, not of --policy {policy}: give --policy fixed, or leave "
+            "--frames out"
+        )
+    n_steps = len(job.model.input_order)
+    if policy == "confidence":
+        tau = job.model.first_threshold if tau is None else tau
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and 0 <= tau <= 1):
+            raise UsageError(f"--tau must be a probability in [0, 1], got {tau!r}")
+        return PolicySetting(policy, tau=float(tau))
+    if policy == "fixed":
+        frames = n_steps if frames is None else frames
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= n_steps:
+            raise UsageError(
+                f"--frames must be a number of frames in 1..{n_steps} (the job's policy order reads {n_steps}), "
+                f"got {frames!r}"
+            )
+        return PolicySetting(policy, frames=frames)
+    return PolicySetting(policy)
+
+
+def setting_columns(job: Job, setting: PolicySetting) -> dict:
+    """The setting columns (:data:`reports.schema.SETTING_COLUMNS`) of infer's rows: the job's thresholds for
+    ``frameexit``, :func:`jobs.outputs.baseline_settings` of ``setting`` for the others."""
+    if setting.policy == "frameexit":
+        return frameexit_settings([job.model.first_threshold], [job.model.gate_threshold])
+    return baseline_settings([setting])
 
 
 @dataclass
@@ -122,7 +190,12 @@ class _Evaluated:
 
 
 def _infer_into(
-    job: Job, checkpoint: str, torch_device: torch.device, folder: str, progress: bool | None
+    job: Job,
+    checkpoint: str,
+    setting: PolicySetting,
+    torch_device: torch.device,
+    folder: str,
+    progress: bool | None,
 ) -> InferMetrics:
     """:func:`infer`'s evaluation, its files written into ``folder`` (a staging folder); ``metrics.json``."""
     data, model_cfg = job.data, job.model
@@ -131,7 +204,7 @@ def _infer_into(
     categories = load_categories(data, dataset.classes)
     model, sha256 = load_model(job, checkpoint, torch_device)  # the file read once: weights and digest
     log.info("evaluating %d videos on %s (%d skipped)", len(dataset.videos), torch_device, len(dataset.skipped))
-    done = _evaluate(job, model, dataset, torch_device, progress)
+    done = _evaluate(job, model, setting, dataset, torch_device, progress)
     if len(done.keys) + len(done.skipped) != dataset.n_listed:
         raise RuntimeError(f"accounted for {len(done.keys) + len(done.skipped)} videos of {dataset.n_listed} listed")
     done.skipped.sort(key=lambda s: s.video)
@@ -141,9 +214,12 @@ def _infer_into(
     hidden_dim = model.mlp.layers[0].out_features
     costs = step_costs(job, hidden_dim)
     name = os.path.basename(checkpoint)
-    columns = _metric_columns(job, name, done, evaluated, costs, categories)
+    settings = setting_columns(job, setting)
+    columns = _metric_columns(job, name, done, evaluated, costs, categories, settings)
     row = metric_row(columns, 0)
-    document = _document(job, (checkpoint, sha256), torch_device, costs, dataset.n_listed, done, evaluated, row)
+    document = _document(
+        job, (checkpoint, sha256), setting, torch_device, costs, dataset.n_listed, done, evaluated, row
+    )
     # no cache records the dataset files' digests: those of the bytes parsed
     digests = named_digests(data, dataset.digests)
     record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row, digests)
@@ -154,11 +230,8 @@ def _infer_into(
         "prediction": done.predictions,
         "confidence": done.confidences,
         "labels": done.labels,
-        "policy": ["frameexit"] * n,
-        "first_threshold": [model_cfg.first_threshold] * n,
-        "gate_threshold": [model_cfg.gate_threshold] * n,
-        "tau": [None] * n,
-        "frames": [None] * n,
+        # the setting's columns, its row's of sweep.parquet on every video
+        **{key: [row[key]] * n for key in SETTING_COLUMNS},
         "checkpoint": [name] * n,
     }
     sweep = sweep_columns([columns], order_name(model_cfg.input_order), n)
@@ -174,9 +247,11 @@ def _metric_columns(
     evaluated: Metrics,
     costs: StepCosts,
     categories: dict[str, tuple[int, ...]] | None,
+    settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """The metric columns of the job's setting (:func:`jobs.outputs.metric_columns`, a grid of one setting, no
-    video at risk): what ``metrics.json``, ``sweep.parquet`` and ``replay.json`` say of it."""
+    """The metric columns of infer's one setting (:func:`jobs.outputs.metric_columns`, a grid of one setting, no
+    video at risk; ``settings``: its setting columns, :func:`setting_columns`): what ``metrics.json``,
+    ``sweep.parquet`` and ``replay.json`` say of it."""
     exits = np.asarray(done.exits, dtype=np.int64)
     one = SweepMetrics(
         map=np.array([[evaluated.map]]),
@@ -188,7 +263,7 @@ def _metric_columns(
     return metric_columns(
         one,
         (np.array([0]), np.array([0])),
-        frameexit_settings([job.model.first_threshold], [job.model.gate_threshold]),
+        settings,
         checkpoint=name,
         costs=costs,
         per_frame=paper_per_step(job),
@@ -198,9 +273,15 @@ def _metric_columns(
 
 
 def _evaluate(
-    job: Job, model: FrameExit, dataset: Dataset, torch_device: torch.device, progress: bool | None
+    job: Job,
+    model: FrameExit,
+    setting: PolicySetting,
+    dataset: Dataset,
+    torch_device: torch.device,
+    progress: bool | None,
 ) -> _Evaluated:
-    """Sequential early exit on every video of ``dataset``; a video with an unreadable frame is skipped."""
+    """Sequential early exit on every video of ``dataset`` under ``setting``; a video with an unreadable frame is
+    skipped."""
     data, model_cfg = job.data, job.model
     done = _Evaluated(skipped=list(dataset.skipped))
     started = time.perf_counter()
@@ -226,6 +307,7 @@ def _evaluate(
                     first_threshold=model_cfg.first_threshold,
                     gate_threshold=model_cfg.gate_threshold,
                     device=torch_device,
+                    **_policy_arguments(setting, video.labels),
                 )
             # extract caches all sampled frames, so it skips a video with any unreadable one; decoding the
             # frames after the exit (without the backbone) makes both paths evaluate the same videos
@@ -245,9 +327,27 @@ def _evaluate(
     return done
 
 
+def _policy_arguments(setting: PolicySetting, labels: Sequence[int]) -> dict[str, Any]:
+    """:func:`frameexit.inference.infer_video`'s arguments of a baseline policy (none for frameexit's gates, which
+    keep their call as it was): its setting, and the video's labels for the oracle."""
+    if setting.policy == "frameexit":
+        return {}
+    own = {"confidence": {"tau": setting.tau}, "fixed": {"frames": setting.frames}, "oracle": {"labels": labels}}
+    return {"policy": setting.policy, **own[setting.policy]}
+
+
+def _frames_read(setting: PolicySetting, done: _Evaluated, n_steps: int) -> int:
+    """Frames run through the backbone over all videos: ``exit_step + 1`` per video, but every step of every
+    video for the oracle, which must know whether any step is right before it decides."""
+    if setting.policy == "oracle":
+        return n_steps * len(done.exits)
+    return sum(done.exits) + len(done.exits)
+
+
 def _document(
     job: Job,
     checkpoint: tuple[str, str],
+    setting: PolicySetting,
     torch_device: torch.device,
     costs: StepCosts,
     n_listed: int,
@@ -255,8 +355,9 @@ def _document(
     evaluated: Metrics,
     row: MetricRow,
 ) -> InferMetrics:
-    """``metrics.json`` of the evaluated videos: the metric row of the job's setting, per-class AP, costs,
-    provenance, units. ``checkpoint``: its path and the SHA-256 of the bytes its weights were read from."""
+    """``metrics.json`` of the evaluated videos: the metric row of infer's ``setting`` (its policy, beside the job's
+    thresholds), per-class AP, costs, provenance, units. ``checkpoint``: its path and the SHA-256 of the bytes its
+    weights were read from."""
     data, model_cfg = job.data, job.model
     return InferMetrics(
         map=row["map"],
@@ -275,6 +376,9 @@ def _document(
         skipped=[SkippedVideo(video=s.video, reason=s.reason) for s in done.skipped],
         first_threshold=model_cfg.first_threshold,
         gate_threshold=model_cfg.gate_threshold,
+        policy=setting.policy,
+        tau=setting.tau,
+        frames=setting.frames,
         input_order=list(model_cfg.input_order),
         checkpoint=InferCheckpoint(path=os.path.abspath(checkpoint[0]), sha256=checkpoint[1]),
         dataset=InferDataset(
@@ -287,13 +391,17 @@ def _document(
         ),
         backbone=model_cfg.backbone_name,
         runtime=InferRuntime(
-            **runtime(), device=str(torch_device), seconds=done.seconds, frames_read=sum(done.exits) + len(done.exits)
+            **runtime(),
+            device=str(torch_device),
+            seconds=done.seconds,
+            frames_read=_frames_read(setting, done, len(model_cfg.input_order)),
         ),
         units=InferUnits(
             map="fraction in [0, 1], mean over classes with a positive video",
             top1="fraction in [0, 1] of videos with a label",
             gflops="paper convention: per-frame GMACs of the backbone x frames read; null if the backbone has none",
             gmacs_measured="multiply-accumulates per video (backbone + head), torch FlopCounterMode; GFLOPs = 2 x GMACs",
+            frames_read=FRAMES_READ_UNIT,
         ),
     )
 
@@ -308,7 +416,7 @@ def _replay_record(
     exact = CheckpointExactness(
         checkpoint=checkpoint["name"], status="exact", n_at_risk=0, at_risk=[], **dict.fromkeys(zero, 0.0)
     )
-    return replay_record(
+    record = replay_record(
         job,
         [model_cfg.first_threshold],
         [model_cfg.gate_threshold],
@@ -337,3 +445,12 @@ def _replay_record(
             checkpoints=[exact],
         ),
     )
+    # the policy infer ran beside the job's thresholds (frameexit's, which the other policies do not use)
+    record["default_setting"] = Setting(
+        first_threshold=model_cfg.first_threshold,
+        gate_threshold=model_cfg.gate_threshold,
+        policy=document["policy"],
+        tau=document["tau"],
+        frames=document["frames"],
+    )
+    return record

@@ -148,7 +148,9 @@ class InferDataset(TypedDict):
 class InferRuntime(Runtime):
     device: str  # torch device the videos ran on, e.g. cpu or cuda:0
     seconds: float  # wall-clock seconds of the loop over the videos
-    frames_read: int  # frames decoded and run through the backbone, over all videos
+    # frames decoded and run through the backbone, over all videos: exit_step + 1 per video, but every step of
+    # every video for --policy oracle (it must know whether any step is right before it decides)
+    frames_read: int
 
 
 class InferUnits(TypedDict):
@@ -158,6 +160,7 @@ class InferUnits(TypedDict):
     top1: str
     gflops: str
     gmacs_measured: str
+    frames_read: NotRequired[str]  # runtime.frames_read: what it counts (the oracle runs every step)
 
 
 class InferMetrics(TypedDict):
@@ -177,8 +180,13 @@ class InferMetrics(TypedDict):
     n_videos_labelled: int  # of those, videos with at least one label
     n_videos_listed: int  # videos the split file lists
     skipped: list[SkippedVideo]  # listed videos not evaluated, with the reason
-    first_threshold: float  # model.first_threshold (probability)
-    gate_threshold: float  # model.gate_threshold (probability)
+    first_threshold: float  # model.first_threshold (probability); the frameexit policy's
+    gate_threshold: float  # model.gate_threshold (probability); the frameexit policy's
+    # infer --policy: the exit policy evaluated, frameexit (the gates, at the two thresholds above), confidence,
+    # fixed or oracle (frameexit.policies); absent in files written before it was recorded: frameexit
+    policy: NotRequired[str]
+    tau: NotRequired[float | None]  # --policy confidence: its threshold (probability); null for the other policies
+    frames: NotRequired[int | None]  # --policy fixed: the frames every video read; null for the other policies
     input_order: list[int]  # the policy order: sampled-frame position read at each step
     checkpoint: InferCheckpoint
     dataset: InferDataset

@@ -41,8 +41,7 @@ def render_infer_summary(result: Any) -> str:
     with_label = "" if labelled is None else f" ({labelled} with a label)"  # top-1 is over those only
     lines = [
         f"FrameExit infer: {metrics['n_videos']} videos evaluated{with_label}, "
-        f"{len(metrics['skipped'])} skipped (of {metrics['n_videos_listed']} listed); "
-        f"first_threshold={metrics['first_threshold']:g} gate_threshold={metrics['gate_threshold']:g}",
+        f"{len(metrics['skipped'])} skipped (of {metrics['n_videos_listed']} listed); {_infer_setting(metrics)}",
         f"  mAP            {number(metrics.get('map'))}",
         f"  top-1          {number(metrics.get('top1'))}"
         + (f" (of the {labelled} videos with a label)" if labelled is not None else ""),
@@ -57,6 +56,18 @@ def render_infer_summary(result: Any) -> str:
     lines += _skipped(metrics.get("skipped", []), "  skipped:", "metrics.json")
     lines.append(f"  wrote {result.videos_path}, {result.metrics_path}, {result.sweep_path}, {result.replay_path}")
     return "\n".join(lines)
+
+
+def _infer_setting(metrics: Any) -> str:
+    """The setting ``frameexit infer`` ran, in words: frameexit's thresholds, or the baseline policy's own."""
+    policy = metrics.get("policy", "frameexit")
+    if policy == "confidence":
+        return f"policy confidence tau={metrics['tau']:g}"
+    if policy == "fixed":
+        return f"policy fixed frames={metrics['frames']}"
+    if policy == "oracle":
+        return "policy oracle (exits at the earliest step whose top class is a label; every frame read)"
+    return f"first_threshold={metrics['first_threshold']:g} gate_threshold={metrics['gate_threshold']:g}"
 
 
 def render_extract_summary(result: Any) -> str:

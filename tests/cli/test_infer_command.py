@@ -181,3 +181,37 @@ def test_head_only_checkpoint_needs_imagenet_weights_on_disk(anet, tmp_path):
     assert "never downloads" in r.output
     r = invoke("infer", job, "--model.backbone.pretrained", "False", "--out", tmp_path / "o")
     assert r.exit_code == 1 and "has no backbone weights and model.backbone.pretrained is False" in r.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tau", "0.9"], "--tau is the threshold of --policy confidence, not of --policy frameexit"),
+        (["--policy", "fixed", "--tau", "0.9"], "--tau is the threshold of --policy confidence, not of --policy fixed"),
+        (["--policy", "confidence", "--frames", "3"], "--frames is the setting of --policy fixed, not of --policy "),
+        (["--policy", "oracle", "--frames", "3"], "give --policy fixed, or leave --frames out"),
+        (["--policy", "fixed", "--frames", "11"], "--frames must be a number of frames in 1..10 (the job's policy"),
+        (["--policy", "fixed", "--frames", "0"], "Invalid value for '--frames': 0 is not in the range x>=1"),
+        (["--policy", "confidence", "--tau", "1.5"], "Invalid value for '--tau': 1.5 is not in the range 0<=x<=1"),
+        (["--policy", "confidence", "--tau", "nan"], "must be a finite number, got nan"),
+        (["--policy", "gates"], "'gates' is not one of 'frameexit', 'confidence', 'fixed', 'oracle'"),
+    ],
+)
+def test_policy_options_that_contradict_each_other_are_usage_errors(options, message, tmp_path):
+    # checked before any work: the official job's dataset paths do not even exist here
+    r = invoke("infer", ANET_JOB, *options, "--out", tmp_path / "o")
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_policy_help():
+    r = invoke("infer", "--help")
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    for words in ("--policy [frameexit|confidence|fixed|oracle]", "--tau PROB", "--frames K", "oracle, the earliest"):
+        assert words in text, words
+    from cli_options import EXIT_POLICIES
+    from frameexit.policies import POLICIES
+
+    assert EXIT_POLICIES == POLICIES  # the command line's choices, without importing numpy for --help
