@@ -163,6 +163,26 @@ def resampled_map(scores: npt.ArrayLike, labels: npt.ArrayLike, weights: np.ndar
     return mean_ap(resampled_average_precision(scores, labels, weights))
 
 
+@dataclass(frozen=True)
+class Resampled:
+    """One setting's metric in every resample: ``map`` and ``top1``, shape (resamples,) float64."""
+
+    map: np.ndarray
+    top1: np.ndarray
+
+    def intervals(self, level: float) -> tuple[Interval, Interval]:
+        """The percentile intervals of mAP and top-1 at ``level``."""
+        return percentile_interval(self.map, level), percentile_interval(self.top1, level)
+
+
+def resample_setting(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> Resampled:
+    """mAP and top-1 of every resample of one setting: ``scores`` (n_videos, n_classes), each video's
+    probabilities at its exit, ``labels`` multi-hot, rows in key order; the prediction is the top class."""
+    labels = np.asarray(labels, dtype=bool)
+    hits = labels[np.arange(len(scores)), np.asarray(scores).argmax(axis=1)] if len(scores) else np.zeros(0, bool)
+    return Resampled(resampled_map(scores, labels, weights), resampled_top1(hits, labels.any(axis=1), weights))
+
+
 def paired_difference(values: npt.ArrayLike, baseline: npt.ArrayLike, level: float = DEFAULT_LEVEL) -> Interval:
     """Percentile interval of ``values - baseline``, a metric of two runs on the same resamples (the same
     :func:`resample_weights` applied to the videos both evaluated, in the same order): a paired bootstrap."""

@@ -16,6 +16,7 @@ import torch
 
 from cache.inputs import named_digests
 from frameexit.atomic import check_writable_dir
+from frameexit.bootstrap import resample_weights
 from frameexit.cost import exit_histogram
 from frameexit.errors import ConfigError, UsageError
 from frameexit.exactness import SAFETY_FACTOR
@@ -50,6 +51,7 @@ from reports.records import (
     versions,
 )
 from reports.schema import SETTING_COLUMNS
+from reports.summary import setting_of
 from reports.write import write_json
 
 from .config import Job
@@ -61,11 +63,14 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
+    NamedResult,
     baseline_settings,
+    bootstrap_record,
     checkpoint_record,
     frameexit_settings,
     metric_columns,
     metric_row,
+    named_result,
     order_name,
     out_paths,
     replay_record,
@@ -223,6 +228,7 @@ def _infer_into(
     # no cache records the dataset files' digests: those of the bytes parsed
     digests = named_digests(data, dataset.digests)
     record = _replay_record(job, checkpoint_record(name, checkpoint, sha256, hidden_dim, costs), document, row, digests)
+    record["bootstrap"] = bootstrap_record(job.replay.bootstrap, [name], [[_named(job, row, done, scores)]])
     n = len(done.keys)
     videos = {
         "video": done.keys,
@@ -238,6 +244,19 @@ def _infer_into(
     write_replay_files(folder, sweep, videos, record)
     write_json(out_paths(folder, INFER_FILES)[METRICS_FILE], document)
     return document
+
+
+def _named(job: Job, row: MetricRow, done: _Evaluated, scores: np.ndarray) -> NamedResult:
+    """The bootstrap intervals at infer's one setting, as replay computes them at its named settings: the videos in
+    key order (the resamples' order), labels and predictions together."""
+    order = np.argsort(np.asarray(done.keys, dtype=object), kind="stable")
+    labels = np.zeros((len(done.keys), job.model.num_class), dtype=bool)
+    for i, classes in enumerate(done.labels):
+        labels[i, classes] = True
+    boot = job.replay.bootstrap
+    weights = resample_weights(len(order), boot.resamples, boot.seed) if boot.resamples else None
+    steps = np.asarray(done.exits, dtype=np.int64)[order]
+    return named_result(setting_of(row), steps, scores[order], labels[order], boot, weights)
 
 
 def _metric_columns(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from frameexit.atomic import folder_lock
+from frameexit.bootstrap import Bootstrap, Interval, resample_setting
 from frameexit.metrics import category_map
 from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
@@ -27,8 +29,10 @@ from reports.records import (
     METRICS_FILE,
     REPLAY_FILE,
     SUMMARY_FILE,
+    BootstrapRecord,
     CheckpointRecord,
     MetricRow,
+    NamedInterval,
     ReplayRecord,
     Setting,
     StepCostsRecord,
@@ -175,6 +179,72 @@ def _policy_gmacs(costs: StepCosts, hist: np.ndarray, policy: str | Sequence[str
         rows = policies == name
         out[rows] = costs.mean_video_gmacs(hist[rows], name)
     return out
+
+
+@dataclass(frozen=True)
+class NamedResult:
+    """One named setting of one checkpoint (:func:`reports.summary.named_settings`): its bootstrap intervals, the
+    resampled mAP (what a later run pairs with) and every video's decision there, videos in key order."""
+
+    setting: dict[str, Any]  # policy and its thresholds (reports.summary.setting_of)
+    map: Interval | None  # None without resamples
+    top1: Interval | None
+    map_resampled: np.ndarray  # (resamples,) float64
+    exit_step: np.ndarray  # (n_videos,) int64
+    prediction: np.ndarray  # int64
+    confidence: np.ndarray  # float64 (a float32 value)
+
+
+def named_result(
+    setting: Mapping[str, Any],
+    steps: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    bootstrap: Bootstrap,
+    weights: np.ndarray | None,
+) -> NamedResult:
+    """The :class:`NamedResult` of a setting from every video's exit step and probabilities there (rows in key
+    order) and the bootstrap's ``weights`` (:func:`frameexit.bootstrap.resample_weights`; ``None``: no resamples)."""
+    prediction = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
+    intervals: tuple[Interval | None, Interval | None] = (None, None)
+    maps = np.zeros(0)
+    if weights is not None:
+        resampled = resample_setting(scores, labels, weights)
+        intervals, maps = resampled.intervals(bootstrap.level), resampled.map
+    return NamedResult(
+        setting=dict(setting),
+        map=intervals[0],
+        top1=intervals[1],
+        map_resampled=maps,
+        exit_step=np.asarray(steps, dtype=np.int64),
+        prediction=prediction.astype(np.int64),
+        confidence=scores[np.arange(len(scores)), prediction].astype(np.float64),
+    )
+
+
+def bootstrap_record(
+    bootstrap: Bootstrap, names: Sequence[str], named: Sequence[Sequence[NamedResult]]
+) -> BootstrapRecord:
+    """``replay.json``'s ``bootstrap``: the intervals at every named setting of each checkpoint (``names``), and per
+    checkpoint the resampled mAP at the job's setting (its first named), what a later run's paired comparison
+    needs."""
+
+    def bounds(interval: Interval | None) -> list[float] | None:
+        return None if interval is None else [interval.low, interval.high]
+
+    return BootstrapRecord(
+        resamples=bootstrap.resamples,
+        level=bootstrap.level,
+        seed=bootstrap.seed,
+        intervals=[
+            NamedInterval(checkpoint=name, setting=r.setting, map=bounds(r.map), top1=bounds(r.top1))
+            for name, results in zip(names, named, strict=True)
+            for r in results
+        ],
+        map_resampled={
+            name: results[0].map_resampled.tolist() for name, results in zip(names, named, strict=True) if results
+        },
+    )
 
 
 def order_name(order: Sequence[int]) -> str:

@@ -22,7 +22,6 @@ from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, file_digests
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
-from frameexit.bootstrap import Bootstrap, Interval
 from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
 from frameexit.exactness import SAFETY_FACTOR, Risk
@@ -34,12 +33,10 @@ from reports.commit import output_set
 from reports.records import (
     METRICS_FILE,
     REPLAY_FILE,
-    BootstrapRecord,
     CacheRecord,
     CheckpointExactness,
     ExactnessRecord,
     MetricRow,
-    NamedInterval,
     ReplayRecord,
     ReplayRuntime,
     runtime,
@@ -57,7 +54,9 @@ from .outputs import (
     REPORT_FILES,
     SWEEP_FILE,
     VIDEOS_FILE,
+    NamedResult,
     baseline_settings,
+    bootstrap_record,
     checkpoint_names,
     checkpoint_record,
     frameexit_settings,
@@ -70,7 +69,7 @@ from .outputs import (
     write_replay_files,
     writing,
 )
-from .replay_graph import NamedResult, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
+from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
 from .scheduling import dask_client
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
@@ -202,7 +201,7 @@ def replay_into(
         runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
         n_videos_labelled=sum(1 for labels in rows[0].labels if labels),  # the same for every checkpoint
         exactness=_exactness_record(cache, names, risks),
-        bootstrap=_bootstrap_record(job.replay.bootstrap, names, named),
+        bootstrap=bootstrap_record(job.replay.bootstrap, names, named),
     )
     write_replay_files(folder, sweep, videos, record)
     return record
@@ -216,30 +215,6 @@ def _name_settings(
     rows = outputs.rows(i, metrics, baselines)
     default = with_cost(outputs.default_row(i, metrics))
     return named_settings(rows, default, cost=cost_metric([*rows, default]), budget=budget)
-
-
-def _bootstrap_record(
-    bootstrap: Bootstrap, names: Sequence[str], named: Sequence[Sequence[NamedResult]]
-) -> BootstrapRecord:
-    """``replay.json``'s ``bootstrap``: the intervals at every named setting, and per checkpoint the resampled mAP
-    at the job's setting (the first named), what a later run's paired comparison needs."""
-
-    def bounds(interval: Interval | None) -> list[float] | None:
-        return None if interval is None else [interval.low, interval.high]
-
-    return BootstrapRecord(
-        resamples=bootstrap.resamples,
-        level=bootstrap.level,
-        seed=bootstrap.seed,
-        intervals=[
-            NamedInterval(checkpoint=name, setting=r.setting, map=bounds(r.map), top1=bounds(r.top1))
-            for name, results in zip(names, named, strict=True)
-            for r in results
-        ],
-        map_resampled={
-            name: results[0].map_resampled.tolist() for name, results in zip(names, named, strict=True) if results
-        },
-    )
 
 
 @dataclass(frozen=True)

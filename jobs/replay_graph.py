@@ -43,14 +43,7 @@ from tqdm.dask import TqdmCallback
 
 from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
-from frameexit.bootstrap import (
-    Bootstrap,
-    Interval,
-    percentile_interval,
-    resample_weights,
-    resampled_map,
-    resampled_top1,
-)
+from frameexit.bootstrap import Bootstrap, resample_weights
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -82,6 +75,7 @@ from frameexit.sweep import (
 )
 
 from .model import HeadState
+from .outputs import NamedResult, named_result
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
 
@@ -243,21 +237,6 @@ def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
     )
 
 
-@dataclass(frozen=True)
-class NamedResult:
-    """One named setting of one checkpoint (:func:`reports.summary.named_settings`): its bootstrap intervals, the
-    resampled mAP (what a later run pairs with) and every video's decision there, videos in key order."""
-
-    setting: dict[str, Any]  # policy and its thresholds (reports.summary.setting_of)
-    map: Interval | None  # None without resamples
-    top1: Interval | None
-    map_resampled: np.ndarray  # (resamples,) float64
-    top1_resampled: np.ndarray
-    exit_step: np.ndarray  # (n_videos,) int64
-    prediction: np.ndarray  # int64
-    confidence: np.ndarray  # float64 (a float32 value)
-
-
 def setting_exit_steps(tables: ExitTables, setting: dict[str, Any]) -> np.ndarray:
     """Every video's exit step in ``tables`` at one setting of any policy (frameexit's thresholds, or a
     baseline's): the sweep's own functions, so the steps are the sweep's."""
@@ -279,34 +258,12 @@ def named_bootstrap(
     videos = [v for p in parts for v in p.videos]
     order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
     labels = np.concatenate([p.labels for p in parts])[order]
-    labelled = labels.any(axis=1)
     weights = resample_weights(len(videos), bootstrap.resamples, bootstrap.seed) if bootstrap.resamples else None
     out = []
     for setting in settings:
-        steps = np.concatenate([setting_exit_steps(p, setting) for p in parts])[order]
-        scores = np.concatenate([p.probs[np.arange(len(p.videos)), setting_exit_steps(p, setting)] for p in parts])
-        scores = scores[order]
-        prediction = scores.argmax(axis=1)
-        hits = labels[np.arange(len(videos)), prediction]
-        if weights is None:
-            maps = top1s = np.zeros(0)
-            intervals = (None, None)
-        else:
-            maps = resampled_map(scores, labels, weights)
-            top1s = resampled_top1(hits, labelled, weights)
-            intervals = (percentile_interval(maps, bootstrap.level), percentile_interval(top1s, bootstrap.level))
-        out.append(
-            NamedResult(
-                setting=dict(setting),
-                map=intervals[0],
-                top1=intervals[1],
-                map_resampled=maps,
-                top1_resampled=top1s,
-                exit_step=steps,
-                prediction=prediction.astype(np.int64),
-                confidence=scores[np.arange(len(videos)), prediction].astype(np.float64),
-            )
-        )
+        steps = [setting_exit_steps(p, setting) for p in parts]
+        scores = np.concatenate([p.probs[np.arange(len(p.videos)), s] for p, s in zip(parts, steps, strict=True)])
+        out.append(named_result(setting, np.concatenate(steps)[order], scores[order], labels, bootstrap, weights))
     return out
 
 
