@@ -410,3 +410,18 @@ def frameexit_rows(rows, **thresholds):
     return [
         r for r in rows if r.get("policy", "frameexit") == "frameexit" and all(r[k] == v for k, v in thresholds.items())
     ]
+
+
+def job_setting_rows(folder) -> list[dict]:
+    """The per-video rows of a replay (or infer) output folder at its job's setting (replay.json's)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    with open(os.path.join(folder, "replay.json")) as handle:
+        setting = json.load(handle)["default_setting"]
+    rows = pq.read_table(os.path.join(folder, "videos.parquet")).to_pylist()
+    if setting.get("policy", "frameexit") != "frameexit":
+        return [r for r in rows if r["policy"] == setting["policy"]]
+    keys = ("first_threshold", "gate_threshold")
+    return frameexit_rows(rows, **{k: setting[k] for k in keys})

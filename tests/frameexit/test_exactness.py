@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import VIDEOS, activitynet_dataset, data_overrides, official_state, write_job
+from helpers import VIDEOS, activitynet_dataset, data_overrides, frameexit_rows, official_state, write_job
 
 from cache.key import cache_key, canonical_json
 from cache.manifest import read_manifest
@@ -76,7 +76,12 @@ def _step0_confidences(paths, checkpoint):
 
 
 def _rows(path):
-    return {r["video"]: r for r in pq.read_table(path).to_pylist()}
+    """The per-video rows of the job's setting (the first frameexit rows: the named settings' come after)."""
+    rows = {}
+    for r in pq.read_table(path).to_pylist():
+        if r["policy"] == "frameexit":
+            rows.setdefault(r["video"], r)
+    return rows
 
 
 def test_a_threshold_between_the_two_roundings_per_step_equals_infer_batched_names_the_video(two, tmp_path):
@@ -116,7 +121,7 @@ def test_a_threshold_between_the_two_roundings_per_step_equals_infer_batched_nam
     (checkpoint_record,) = record["checkpoints"]
     assert video in checkpoint_record["at_risk"] and checkpoint_record["n_at_risk"] == len(checkpoint_record["at_risk"])
     assert checkpoint_record["first_margin"] > abs(float(conf["batched"][v]) - float(conf["per-step"][v]))
-    (row,) = pq.read_table(tmp_path / "batched" / "sweep.parquet").to_pylist()
+    (row,) = frameexit_rows(pq.read_table(tmp_path / "batched" / "sweep.parquet").to_pylist())
     assert row["n_at_risk"] == checkpoint_record["n_at_risk"]
 
     # the shards hold what was measured: the batched features, the probed videos' per-step ones

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import copy_cache, official_head_shapes, write_job
+from helpers import copy_cache, job_setting_rows, official_head_shapes, write_job
 from oracles import exit_steps
 
 from frameexit.errors import ConfigError, DatasetError
@@ -103,10 +103,7 @@ def test_training_from_a_cache_exports_an_official_checkpoint(anet, checkpoint, 
         r["video"]: (r["exit_step"], r["prediction"], r["confidence"])
         for r in pq.read_table(inferred.videos_path).to_pylist()
     }
-    b = {
-        r["video"]: (r["exit_step"], r["prediction"], r["confidence"])
-        for r in pq.read_table(tmp_path / "replay" / "videos.parquet").to_pylist()
-    }
+    b = {r["video"]: (r["exit_step"], r["prediction"], r["confidence"]) for r in job_setting_rows(tmp_path / "replay")}
     assert a == b and len(a) == 6
 
 

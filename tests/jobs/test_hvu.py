@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import HVU_CATEGORIES, HVU_JOB, copy_cache, hvu_overrides
+from helpers import HVU_CATEGORIES, HVU_JOB, copy_cache, frameexit_rows, hvu_overrides, job_setting_rows
 
 from cli import main
 
@@ -48,7 +48,7 @@ def test_replay_equals_infer_on_multi_label_videos(runs):
     infer_dir, run_dir, _ = runs
     metrics = json.loads((infer_dir / "metrics.json").read_text())
     infer_rows = {r["video"]: r for r in pq.read_table(infer_dir / "videos.parquet").to_pylist()}
-    replay_rows = [r for r in pq.read_table(run_dir / "videos.parquet").to_pylist() if r["gate_threshold"] == 0.5]
+    replay_rows = frameexit_rows(pq.read_table(run_dir / "videos.parquet").to_pylist(), gate_threshold=0.5)
     # the job's setting (0.61, 0.5) is not on the grid: replay computes it beside the grid for replay.json
     record = json.loads((run_dir / "replay.json").read_text())
     (default,) = record["default_metrics"]
@@ -59,7 +59,8 @@ def test_replay_equals_infer_on_multi_label_videos(runs):
     assert default["map_per_category"].keys() == metrics["map_per_category"].keys()
     for name, value in metrics["map_per_category"].items():
         assert default["map_per_category"][name] == pytest.approx(value, abs=1e-12, nan_ok=True), name
-    assert sorted({r["first_threshold"] for r in replay_rows}) == pytest.approx([0.5, 0.55, 0.6, 0.65, 0.7])
+    # the grid's, and the job's setting (named: its per-video rows kept for a later run to pair with)
+    assert sorted({r["first_threshold"] for r in replay_rows}) == pytest.approx([0.5, 0.55, 0.6, 0.61, 0.65, 0.7])
     assert len(infer_rows) == 6 and {r["video"] for r in replay_rows} == set(infer_rows)
     assert sorted(infer_rows["ytcharlie_000006_000016.mp4"]["labels"]) == [3, 7, 22, 41]
 
@@ -70,7 +71,7 @@ def test_replay_at_the_job_setting_equals_infer_video_by_video(hvu, checkpoint, 
     args = [*hvu_overrides(hvu, checkpoint, 0.61), "--cache", str(run_dir.parent / "cache"), *job_setting]
     r = CliRunner().invoke(main, ["replay", HVU_JOB, *args, "--out", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
-    replayed = {r["video"]: r for r in pq.read_table(tmp_path / "r" / "videos.parquet").to_pylist()}
+    replayed = {r["video"]: r for r in job_setting_rows(tmp_path / "r")}
     inferred = {r["video"]: r for r in pq.read_table(infer_dir / "videos.parquet").to_pylist()}
     assert replayed.keys() == inferred.keys()
     steps = set()
@@ -86,7 +87,7 @@ def test_reports_show_map_per_category(runs):
     sweep = pq.read_table(run_dir / "sweep.parquet")
     kind = sweep.schema.field("map_per_category").type
     assert (str(kind.key_type), str(kind.item_type)) == ("string", "double")
-    rows = sweep.to_pylist()
+    rows = frameexit_rows(sweep.to_pylist())
     assert len(rows) == 15 and all(dict(r["map_per_category"]).keys() == set(HVU_CATEGORIES) for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["default"][0]["map_per_category"]) == set(HVU_CATEGORIES)

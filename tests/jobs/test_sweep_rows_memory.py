@@ -17,7 +17,7 @@ import os, sys, tempfile, tracemalloc, json
 import numpy as np, pyarrow as pa
 from frameexit.step_costs import StepCosts
 from frameexit.sweep import SweepMetrics
-from jobs.outputs import metric_columns, sweep_columns
+from jobs.outputs import frameexit_settings, metric_columns, sweep_columns
 from reports.schema import SWEEP
 from reports.write import write_table
 
@@ -35,7 +35,7 @@ metrics = [
     for _ in range(n_checkpoints)
 ]
 gate, first = np.divmod(np.arange(n_gate * n_first), n_first)
-settings = np.stack([np.linspace(0, 1, n_first)[first], np.linspace(0, 1, n_gate)[gate]], axis=1)
+settings = frameexit_settings(np.linspace(0, 1, n_first)[first], np.linspace(0, 1, n_gate)[gate])
 counts = rng.integers(0, 5, shape)
 parts = [
     metric_columns(m, (gate, first), settings, checkpoint=f"checkpoint_{i}.pth", costs=costs, per_frame=4.12,
