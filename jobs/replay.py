@@ -24,7 +24,7 @@ from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
 from frameexit.checkpoint import backbone_digest
 from frameexit.errors import ConfigError
-from frameexit.exactness import SAFETY_FACTOR, Risk
+from frameexit.exactness import EXACT, SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.policies import PolicySetting, policy_settings
 from frameexit.step_costs import StepCosts
@@ -383,7 +383,11 @@ class _Outputs:
     def _baseline_columns(self, i: int, baselines: SweepMetrics) -> dict[str, Any]:
         n_baseline = len(self.grid.baselines)
         at = (np.arange(n_baseline), np.zeros(n_baseline, dtype=np.int64))
-        return self._columns(i, baselines, at, baseline_settings(self.grid.baselines), None)
+        # exact features: no decision can differ from infer's, under any policy; otherwise the risk rule, written
+        # for the gates' thresholds, does not count them (null)
+        exact = self.risks is not None and self.risks[i].deviation.status == EXACT
+        at_risk = np.zeros((n_baseline, 1), dtype=np.int64) if exact else None
+        return self._columns(i, baselines, at, baseline_settings(self.grid.baselines), at_risk)
 
     def _columns(self, i: int, metrics: SweepMetrics, index: tuple, settings: dict, at_risk) -> dict[str, Any]:
         return metric_columns(

@@ -37,7 +37,7 @@ from reports.records import (
     read_record,
     versions,
 )
-from reports.schema import SWEEP, VIDEOS, column_problem
+from reports.schema import SETTING_COLUMNS, SWEEP, VIDEOS, column_problem
 from reports.summary import (
     BASELINE_CHECKS,
     CALIBRATION_CHECKS,
@@ -59,6 +59,7 @@ from reports.summary import (
     policy_of,
     policy_summary,
     replay_identity,
+    setting_of,
     significance_test,
     summary_identity,
     with_cost,
@@ -146,11 +147,14 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
     path = os.path.join(run_dir, VIDEOS_FILE)
     if not os.path.isfile(path):
         raise ReportInputError(f"{path} not found: run frameexit replay, run or infer with --out {run_dir} again")
-    setting = replay["default_setting"]
+    # the job's setting: frameexit's thresholds, or the policy infer ran (JSON 1 is 1.0 here)
+    setting = setting_of(replay["default_setting"])
     columns = ["checkpoint", "video", "exit_step", "prediction", "labels"]
 
-    def rows_at(first: float, gate: float) -> list[dict[str, Any]]:
-        filters = [("first_threshold", "==", first), ("gate_threshold", "==", gate)]
+    def rows_at(setting: Mapping[str, Any]) -> list[dict[str, Any]]:
+        filters = [
+            (k, "==", float(v) if isinstance(v, (int, float)) and k != "frames" else v) for k, v in setting.items()
+        ]
         table = pq.read_table(path, columns=columns, filters=filters)
         problem = column_problem(table, VIDEOS, columns)
         if problem:
@@ -158,16 +162,14 @@ def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], d
         return table.to_pylist()
 
     try:
-        problem = column_problem(
-            pq.read_schema(path).empty_table(), VIDEOS, [*columns, "first_threshold", "gate_threshold"]
-        )
+        problem = column_problem(pq.read_schema(path).empty_table(), VIDEOS, [*columns, *SETTING_COLUMNS])
         if problem:  # the setting's columns are filtered on: of another type, they would match nothing
             raise ReportInputError(f"{path} is not a frameexit {VIDEOS_FILE}: {problem}")
-        rows = rows_at(float(setting["first_threshold"]), float(setting["gate_threshold"]))  # JSON 1 is 1.0 here
+        rows = rows_at(setting)
         if not rows:  # every setting's rows but the job's: the videos are those of any one setting
-            first = pq.ParquetFile(path).read_row_group(0, columns=["first_threshold", "gate_threshold"])
+            first = pq.ParquetFile(path).read_row_group(0, columns=list(SETTING_COLUMNS))
             if first.num_rows:
-                rows = [dict(r, exit_step=None) for r in rows_at(*first.slice(0, 1).to_pylist()[0].values())]
+                rows = [dict(r, exit_step=None) for r in rows_at(setting_of(first.slice(0, 1).to_pylist()[0]))]
     except ReportInputError:
         raise
     except (OSError, ValueError, pa.ArrowException) as exc:

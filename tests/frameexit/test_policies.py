@@ -16,7 +16,7 @@ from frameexit.policies import (
     policy_fires,
     policy_settings,
 )
-from frameexit.sweep import policy_average_precision
+from frameexit.sweep import ExitTables, policy_average_precision, policy_metrics, video_exits
 
 # top probability of each step, 4 steps
 TOP = np.array(
@@ -113,3 +113,27 @@ def test_policy_settings_and_their_exit_steps_by_hand():
     ]
     with pytest.raises(ValueError, match="unknown baseline exit policy 'gates'"):
         policy_exit_steps([PolicySetting("gates")], TOP, hits)
+
+
+def test_policy_metrics_by_hand_with_a_multi_label_video_and_one_without_labels():
+    """3 videos, 2 steps, 2 classes. Fixed at 1 and 2 frames; exits, top-1, frames and mAP by hand."""
+    probs = np.array(
+        [
+            [[0.9, 0.1], [0.2, 0.8]],  # labels {0, 1}: right at both steps
+            [[0.3, 0.7], [0.6, 0.4]],  # label {0}: wrong at step 0, right at step 1
+            [[0.5, 0.5], [0.1, 0.9]],  # no label: not in top-1, a negative of every class
+        ],
+        dtype=np.float32,
+    )
+    labels = np.array([[True, True], [True, False], [False, False]])
+    tables = ExitTables(["a", "b", "c"], labels, probs, np.zeros((3, 1), np.float32))
+    exits = video_exits(tables)
+    steps = np.array([[0, 0, 0], [1, 1, 1]])
+    m = policy_metrics(exits, steps, [policy_average_precision(probs, labels, steps)])
+    assert m.top1[:, 0].tolist() == [0.5, 1.0]  # video b is right at step 1 only
+    assert m.mean_frames[:, 0].tolist() == [1.0, 2.0]
+    # 1 frame, class 0 ranks a (0.9, +), c (0.5), b (0.3, +): AP (1 + 2/3) / 2; class 1: b, c, a (+): 1/3
+    # 2 frames, class 0: b (0.6, +), a (0.2, +), c: AP 1; class 1: c (0.9), a (0.8, +), b: AP 1/2
+    assert m.ap[:, 0].ravel().tolist() == pytest.approx([5 / 6, 1 / 3, 1.0, 0.5], abs=1e-15)
+    assert m.map[:, 0].tolist() == pytest.approx([(5 / 6 + 1 / 3) / 2, 0.75], abs=1e-15)
+    assert oracle_exit_steps(exits.hits).tolist() == [0, 1, 0]

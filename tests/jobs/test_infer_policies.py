@@ -1,5 +1,6 @@
 """`frameexit infer --policy`: the sequential reference of each exit policy equals replay's rows of its setting."""
 
+import json
 import os
 
 import numpy as np
@@ -123,3 +124,20 @@ def test_replay_equals_infer_for_every_policy(job_file, extracted, steered, tmp_
     labels = {r["video"]: r["labels"] for r in videos}
     oracle = dict(zip(keys, exits["oracle", None], strict=True))
     assert oracle == {k: 3 if 3 in labels[k] else 6 if 7 in labels[k] else 0 for k in keys}
+
+    # each infer folder reports as a replay's: the job's setting is its policy's, with its per-video results; the
+    # oracle, which replay names in every report, has the same bootstrap interval in both, bit for bit
+    named = read_record(os.path.join(tmp_path, "replay", "replay.json"), ReplayRecord)["bootstrap"]["intervals"]
+    for (policy, value), (out, _) in done.items():
+        r = invoke("report", "--out", out)
+        assert r.exit_code == 0, r.output
+        summary = json.loads(open(os.path.join(out, "summary.json")).read())
+        assert summary["default"][0]["policy"] == policy
+        (results,) = summary["video_results"].values()
+        assert results["exit_step"] == exits[policy, value]
+    ours = read_record(os.path.join(done["oracle", None][0], "replay.json"), ReplayRecord)["bootstrap"]["intervals"]
+    (theirs,) = [i for i in named if i["setting"] == {"policy": "oracle"}]
+    assert ours[0]["setting"] == {"policy": "oracle"} and (ours[0]["map"], ours[0]["top1"]) == (
+        theirs["map"],
+        theirs["top1"],
+    )

@@ -6,6 +6,7 @@ import pytest
 
 from frameexit.bootstrap import resample_weights
 from reports.summary import (
+    baseline_gate,
     budget_matched,
     describe_setting,
     named_settings,
@@ -110,3 +111,40 @@ def test_budget_matched_reads_this_runs_best_setting_at_the_baseline_cost():
     (entry,) = budget_matched(ROWS, baseline, accuracy="top1", cost="gflops")
     assert entry["setting"] == {"policy": "frameexit", "first_threshold": 0.95, "gate_threshold": 0.5}
     assert math.isclose(entry["change"], 0.86 - 0.84)
+
+
+def _gate_summary(hits, top1):
+    videos = [f"v{i:03d}" for i in range(len(hits))]
+    row = {"checkpoint": "a.pth", "map": 0.5, "top1": top1, "gflops": 5.0}
+    boot = {"resamples": 200, "seed": 0, "level": 0.95, "map_resampled": {"a.pth": [0.5] * 200}}
+    results = {"a.pth": {"exit_step": [0] * len(hits), "hit": hits}}
+    return {"cost_metric": "gflops", "videos": videos, "default": [row], "video_results": results, "bootstrap": boot}
+
+
+@pytest.mark.parametrize(("flipped", "fails"), [(2, False), (40, True)])
+def test_significance_gates_a_drop_only_when_the_paired_interval_confirms_it(flipped, fails):
+    """100 videos, 72 right in the baseline; this run gets ``flipped`` of them wrong: a drop beyond max drop in
+    both cases, significant at 95 % only for the large one (2 videos are within what resampling moves)."""
+    base_hits = [i < 72 for i in range(100)]
+    hits = [h and i >= flipped for i, h in enumerate(base_hits)]
+    current, baseline = _gate_summary(hits, sum(hits) / 100), _gate_summary(base_hits, 0.72)
+    paired = paired_comparison(current, baseline, level=0.95)
+    test = significance_test(paired, 0.005)
+    plain = baseline_gate(current, baseline, max_drop=0.005, max_cost_rise=None)
+    gated = baseline_gate(current, baseline, max_drop=0.005, max_cost_rise=None, significant=test)
+    assert not plain["passed"] and plain["regressions"][0].startswith("a.pth: top1 fell by")
+    assert gated["passed"] is not fails
+    note = gated["checks"][0]["top1"]["significance"]
+    assert note.startswith("significant at 95 %" if fails else "not significant at 95 %")
+    assert paired["checkpoints"][0]["map"]["interval"] == [0.0, 0.0]  # the same resampled mAP: no change
+
+
+def test_significance_without_max_drop_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    r = CliRunner().invoke(main, ["report", "--out", str(tmp_path), "--significance", "0.95"])
+    assert r.exit_code == 2 and "--significance tests a drop beyond --max-drop" in r.output
+    r = CliRunner().invoke(main, ["report", "--out", str(tmp_path), "--significance", "1.5"])
+    assert r.exit_code == 2 and "--significance" in r.output
