@@ -7,7 +7,9 @@ ResNet-50-format FrameExit head, then measures in one run:
 (b) a 1,000-setting sweep (40 first thresholds x 25 gate thresholds): exit steps,
     mAP, per-class AP, top-1, histogram for every setting (dask);
 
-and prints (a), (b) and the peak resident memory.
+and prints (a), (b) and the peak resident memory; then the whole `frameexit replay` command twice, the gates
+alone without intervals (the replay before issue 22) and by default (the baseline exit policies, and 1,000-
+resample bootstrap intervals at the settings a report names), and the ratio of the two (target: at most 1.10).
 
 Both presets time the tasks ``frameexit replay`` runs (:mod:`jobs.replay_graph`,
 dask's threaded scheduler): (a) is the shard tasks (verify, read, the head in
@@ -39,6 +41,7 @@ all far below a 0.05..1 grid). Target (DESIGN.md, 2-core CPU): (a) + (b) at most
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -276,11 +279,26 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
     del m  # the benchmark's own results would otherwise stay alive during the job
-    whole_job(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [])
+    policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [])
 
 
-def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides) -> None:
-    """The whole ``frameexit replay`` command over the cache, as a user runs it, in a process of its own."""
+#: The whole command as it ran before issue 22: the gates alone, no bootstrap.
+GATES_ALONE = ["--policies", "frameexit", "--resamples", "0"]
+
+
+def policies_and_intervals(tmp, cache_dir, ckpt, job_name, first, gate, overrides) -> None:
+    """The whole command twice in one run: the gates alone without intervals (the replay before issue 22), then
+    by default (the baseline policies, and 1,000-resample bootstrap intervals at the named settings)."""
+    before = whole_job(
+        tmp, cache_dir, ckpt, job_name, first, gate, [*overrides, *GATES_ALONE], "gates alone, no intervals"
+    )
+    after = whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, "policies and intervals (default)")
+    print(f"policies and intervals: {after / before:.3f} x the gates alone ({after - before:+.1f} s; target <= 1.10)")
+
+
+def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, label="") -> float:
+    """The whole ``frameexit replay`` command over the cache, as a user runs it, in a process of its own: its
+    seconds, printed with its peak memory and the named settings' intervals it computed."""
     import subprocess
 
     script = os.path.join(os.path.dirname(sys.executable), "frameexit")
@@ -307,10 +325,13 @@ def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides) -> None:
     if done.returncode != 0:
         raise SystemExit(f"frameexit replay failed ({done.returncode}): {done.stdout}{done.stderr}")
     peak = f"{int(done.stderr.strip().splitlines()[-1]) / 1024:.0f} MiB" if measured else "n/a (no GNU time)"
+    with open(os.path.join(tmp, "out", "replay.json")) as f:
+        named = len(json.load(f).get("bootstrap", {}).get("intervals", []))
     print(
-        f"whole `frameexit replay` command ({len(first) * len(gate)} settings, checkpoint read, outputs written): "
-        f"{job_s:.1f} s, peak RSS {peak}"
+        f"whole `frameexit replay` command ({label}; {len(first) * len(gate)} settings, checkpoint read, outputs "
+        f"written; {named} named settings): {job_s:.1f} s, peak RSS {peak}"
     )
+    return job_s
 
 
 def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block) -> None:
@@ -345,7 +366,7 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block) -> None:
     with open(categories, "w") as f:
         f.write("Tag,Category\n" + "".join(f"{name},{kinds[i % 6]}\n" for i, name in enumerate(names)))
     overrides = ["--data.path_classid", classes, "--data.path_category", categories]
-    whole_job(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides)
+    policies_and_intervals(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides)
 
 
 def _gate_steps(gates: np.ndarray, gate: list[float]) -> np.ndarray:
