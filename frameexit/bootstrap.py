@@ -13,6 +13,7 @@ sorted once, and a positive video ranked after ``R`` copies, ``P`` of them posit
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,7 +147,7 @@ def resampled_metrics(
 #: (resample, positive) elements of one elementwise pass, sized to stay in the cache.
 _PRODUCT_BYTES = 64 * 2**20
 _RANKED_ENTRIES = 2**21
-_BLOCK_ELEMENTS = 2**16
+_BLOCK_ELEMENTS = 2**18
 #: Largest table of partial harmonic sums (entries); beyond it :func:`_copies_precision` loops.
 _TABLE_ENTRIES = 2**22
 
@@ -156,12 +157,16 @@ class _ResampledAP:
 
     A positive video ranked after ``R`` copies of its class's ranking, ``P`` of them positive, adds
     ``sum_{i=1..w} (P + i) / (R + i)`` for its ``w`` copies (:func:`_copies_precision`). ``R`` sums weights over
-    the videos ranked before the positive: a class's positives cut its ranking into segments (segment ``j``:
-    the videos after the ``j``-th positive, up to and including the next one), each video lies in one segment
+    the videos ranked before the positive: a class's positives cut its ranking into segments (segment ``k``:
+    the videos after the ``k``-th positive, up to and including the next one), each video lies in one segment
     of each class, so one int8 matrix product of the 0/1 segment matrix (a row per positive) with the weights
-    gives the copies in every segment and a cumulative sum over each class's segments gives ``R``; ``P`` is a
-    cumulative sum of the positives' own weights. Arrays hold a row per positive and a column per resample, so
-    the sums over positives add whole rows.
+    gives the copies in every segment, and a running sum over the class's segments gives ``R``; ``P`` is a
+    running sum of the positives' own weights.
+
+    Rows are laid out by :class:`_Layout`: classes of about as many positives side by side in slabs, the
+    ``k``-th positive of each class of a slab in one slab row, so that running sums over positives and sums
+    over a class add whole slab rows of ``classes x resamples`` contiguous values (numpy's cumulative sums
+    and segmented reductions along a matrix's first axis go one element at a time).
     """
 
     def __init__(self, labels: np.ndarray, weights: np.ndarray):
@@ -171,15 +176,23 @@ class _ResampledAP:
         self.resamples = len(weights)
         total = int(weights.sum(axis=1, dtype=np.int64).max(initial=0))
         # copies are summed in int32 when every resample's total fits, else in int64
-        self.count = np.int32 if total < 2**31 else np.int64
-        self.weights_t = np.ascontiguousarray(weights.T, dtype=self.count)  # a row per video, for gathers
+        count = np.int32 if total < 2**31 else np.int64
+        # a row per video for gathers, and a row of zeros for the slabs' padding
+        self.weights_t = np.zeros((self.n_videos + 1, self.resamples), dtype=count)
+        self.weights_t[:-1] = weights.T
         self.product = _count_product(weights, total)
         self.labels_t = np.ascontiguousarray(labels.T)
-        self.positives = self.labels_t.sum(axis=1)  # positive videos of each class
+        positives = self.labels_t.sum(axis=1)
         # copies of each class's positives in each resample (AP's denominator), (n_classes, resamples)
         self.copies = self._products(self.labels_t).astype(np.float64)
         self.table = _harmonic_table(total, int(weights.max(initial=0)))
-        self.blocks = _class_blocks(self.positives, self.n_videos)
+        # classes with a positive, most positives first, in blocks of at most _RANKED_ENTRIES (class, video)
+        classes = np.argsort(-positives, kind="stable")[: np.count_nonzero(positives)]
+        per_block = max(_RANKED_ENTRIES // max(self.n_videos, 1), 1)
+        self.layouts = [
+            _Layout(classes[i : i + per_block], positives, self.resamples, self.n_videos)
+            for i in range(0, len(classes), per_block)
+        ]
         self._segments = np.empty(0, dtype=np.int8)  # the segment matrix's memory, reused
 
     def per_class(self, scores: np.ndarray) -> np.ndarray:
@@ -187,8 +200,8 @@ class _ResampledAP:
         sums = np.zeros((self.n_classes, self.resamples))
         if not np.issubdtype(scores.dtype, np.floating):
             scores = scores.astype(np.float64)  # integers and booleans: negation must not wrap around
-        for classes in self.blocks:
-            self._add_block(scores, classes, sums)
+        for layout in self.layouts:
+            self._add_block(scores, layout, sums)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.ascontiguousarray(np.where(self.copies > 0, sums / self.copies, np.nan).T)
 
@@ -202,104 +215,135 @@ class _ResampledAP:
         """Copies of the videos of each 0/1 row of ``rows`` (k, n_videos) in each resample: (k, resamples)."""
         step = max(_PRODUCT_BYTES // max(self.n_videos, 1), 1)
         parts = [self.product(rows[i : i + step].astype(np.int8)) for i in range(0, len(rows), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.resamples), dtype=self.count)
+        return np.concatenate(parts) if parts else np.zeros((0, self.resamples), dtype=np.int32)
 
-    def _add_block(self, scores: np.ndarray, classes: np.ndarray, sums: np.ndarray) -> None:
-        """Add the precision sums of the positives of ``classes`` (one block) to ``sums[classes]``."""
+    def _add_block(self, scores: np.ndarray, layout: _Layout, sums: np.ndarray) -> None:
+        """Add the precision sums of the positives of ``layout``'s classes to ``sums``."""
         n = self.n_videos
-        counts = self.positives[classes]
-        offsets = np.concatenate([[0], np.cumsum(counts)])  # the block's positives: class by class, in rank order
-        order, ranked_labels = _ranking(scores[:, classes].T, self.labels_t[classes])
-        videos = order[ranked_labels]
-        # each (class, video) entry's segment: the class's positives ranked at or before the video; the
-        # segment after the class's last positive is the row of no positive
-        segment = np.cumsum(ranked_labels, axis=1, dtype=np.int64)
-        row = np.where(segment < counts[:, None], segment + offsets[:-1, None], -1)
-        width = int(offsets[-1])
-        chunk = max(_PRODUCT_BYTES // n, 1)
+        order, ranked_labels = _ranking(scores[:, layout.classes].T, self.labels_t[layout.classes])
+        videos = np.full(layout.rows, n)  # the video of each row (n: padding, a row of zero weights)
+        videos[layout.positive_rows] = order[ranked_labels]
+        # the row of each (class, video) entry's segment (the class's positives ranked at or before the
+        # video), looked up: the segment after the class's last positive has none (layout.rows)
+        segment = np.cumsum(ranked_labels, axis=1, dtype=np.int32)
+        segment += layout.segment_offsets[:, None]
+        row = layout.segment_rows.take(segment)
         carry = None
-        for start in range(0, width, chunk):
-            stop = min(width, start + chunk)
-            # the chunk's segment matrix: a row per positive, and a last row for the other entries
-            rows = row - start if start else row.copy()
-            rows[(rows < 0) | (rows >= stop - start)] = stop - start
-            if self._segments.size < (stop - start + 1) * n:
-                self._segments = np.empty((stop - start + 1) * n, dtype=np.int8)
-            segments = self._segments[: (stop - start + 1) * n].reshape(stop - start + 1, n)
+        for first, last, pieces in layout.chunks:
+            # the chunk's segment matrix: a row per positive (or padding), a last row for the other entries
+            height = last - first
+            if self._segments.size < (height + 1) * n:
+                self._segments = np.empty((height + 1) * n, dtype=np.int8)
+            segments = self._segments[: (height + 1) * n].reshape(height + 1, n)
             segments.fill(0)
-            segments.reshape(-1)[rows * n + order] = 1
+            if height == layout.rows:
+                rows = row
+            else:
+                rows = row - first
+                rows[(rows < 0) | (rows >= height)] = height
+            # int32 indices: (height + 1) * n_videos is at most _PRODUCT_BYTES + n_videos
+            flat = np.multiply(rows, n, dtype=np.int32)
+            flat += order
+            segments.reshape(-1)[flat] = 1
             copies = self.product(segments[:-1])
-            step = max(_BLOCK_ELEMENTS // self.resamples, 1)
-            for lo in range(start, stop, step):
-                hi = min(stop, lo + step)
-                carry = self._add_positives(
-                    copies[lo - start : hi - start], videos[lo:hi], lo, offsets, classes, carry, sums
-                )
+            for classes, top, depth, continued in pieces:
+                shape = (depth, len(classes), self.resamples)
+                span = slice(top, top + depth * len(classes))
+                before = copies[span.start - first : span.stop - first].reshape(shape)
+                weights = self.weights_t.take(videos[span], axis=0).reshape(shape)
+                carry = self._add_piece(before, weights, carry if continued else None, classes, sums)
 
-    def _add_positives(
+    def _add_piece(
         self,
         before: np.ndarray,
-        videos: np.ndarray,
-        lo: int,
-        offsets: np.ndarray,
-        classes: np.ndarray,
+        weights: np.ndarray,
         carry: tuple[np.ndarray, np.ndarray] | None,
+        classes: np.ndarray,
         sums: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Add the precision sums of the block's positives ``lo..lo + len(videos) - 1`` to ``sums[classes]``.
+        """Add the precision sums of the slab rows ``before`` and ``weights`` (positives, classes, resamples)
+        to ``sums[classes]``.
 
-        ``before`` (positives, resamples): copies in each positive's segment, overwritten; ``videos``: the
-        positives; ``offsets``: the block's first positive of each of ``classes``; ``carry``: the copies
-        before, and the positive copies up to and including, positive ``lo - 1``. Returns the carry for the
-        next positives.
+        ``before``: copies in each positive's segment (overwritten); ``weights``: each positive's copies;
+        ``carry``: the copies before, and the positive copies up to and including, the slab's previous
+        positive, when the piece continues a slab. Returns the carry for the next piece of the slab.
         """
-        hi = lo + len(videos)
-        first = int(np.searchsorted(offsets, lo, side="right")) - 1  # classes first..last-1 meet lo..hi-1
-        last = int(np.searchsorted(offsets, hi, side="left"))
-        starts = np.maximum(offsets[first:last], lo) - lo
-        continued = offsets[first] < lo
         # copies of all videos ranked before each positive: its class's segments up to its own
-        if continued:
+        if carry is not None:
             before[0] += carry[0]
-        _segmented_cumsum(before, starts)
-        # copies of the class's positives ranked before each positive (a segment ends with a positive)
-        copies = self.weights_t.take(videos, axis=0)
-        positive = np.empty_like(copies)
-        positive[1:] = copies[:-1]
-        positive[0] = carry[1] if continued else 0
-        positive[starts[1:]] = 0
-        _segmented_cumsum(positive, starts)
-        carry = before[-1].copy(), positive[-1] + copies[-1]
-        sums[classes[first:last]] += np.add.reduceat(_copies_precision(positive, before, copies, self.table), starts)
+        for k in range(1, len(before)):
+            np.add(before[k - 1], before[k], out=before[k])
+        # copies of the class's positives ranked before each positive
+        positive = np.empty_like(weights)
+        positive[0] = 0 if carry is None else carry[1]
+        for k in range(1, len(weights)):
+            np.add(positive[k - 1], weights[k - 1], out=positive[k])
+        carry = before[-1].copy(), positive[-1] + weights[-1]
+        sums[classes] += _copies_precision(positive, before, weights, self.table).sum(axis=0)
         return carry
 
 
-def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> None:
-    """Cumulative sums along axis 0, in place, restarting at each row of ``starts`` (``starts[0] == 0``).
+class _Layout:
+    """Rows of the segment matrix for one block of classes (most positives first), the same for every setting.
 
-    Each segment's first row is lowered by the previous segment's total, so that one cumulative sum restarts
-    there (every partial sum is one of the segment's own: no overflow).
+    Slabs: consecutive classes side by side, as many as fit ``_BLOCK_ELEMENTS / resamples`` rows at the depth
+    of the first (largest) class; the slab's row ``k`` holds the ``k``-th positive of each of its classes, and a
+    class with fewer positives pads the slab with rows of no video. Pieces: the slab rows that one elementwise
+    pass takes (a slab deeper than that is cut into several, which carry running sums over). Chunks: the
+    consecutive pieces whose rows one product takes, at most ``_PRODUCT_BYTES / n_videos``.
     """
-    if len(starts) > 1:
-        totals = np.add.reduceat(values, starts)
-        values[starts[1:]] -= totals[:-1]
-    # (np.cumsum would sum int32 in int64 through buffers: three times slower)
-    np.add.accumulate(values, axis=0, out=values)
+
+    def __init__(self, classes: np.ndarray, positives: np.ndarray, resamples: int, n_videos: int):
+        self.classes = classes
+        self.counts = counts = positives[classes]
+        chunk = max(_PRODUCT_BYTES // max(n_videos, 1), 1)
+        limit = max(min(_BLOCK_ELEMENTS // max(resamples, 1), chunk), 1)
+        self.base = np.empty(len(classes), dtype=np.int64)  # row of the class's first positive
+        self.stride = np.empty(len(classes), dtype=np.int64)  # rows from one of its positives to the next
+        pieces, top, i = [], 0, 0
+        while i < len(classes):
+            depth, size = int(counts[i]), 1
+            while i + size < len(classes) and depth * (size + 1) <= limit:
+                size += 1
+            self.base[i : i + size] = top + np.arange(size)
+            self.stride[i : i + size] = size
+            step = max(limit // size, 1)
+            for k in range(0, depth, step):
+                pieces.append((classes[i : i + size], top + k * size, min(step, depth - k), k > 0))
+            top += depth * size
+            i += size
+        self.rows = top
+        # the row of each positive, class by class and in rank order within a class
+        rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.positive_rows = np.repeat(self.base, counts) + rank * np.repeat(self.stride, counts)
+        # the row of each class's segments 0..count (the last, after its last positive, in no row): a table
+        # from segment_offsets[class] + segment
+        self.segment_offsets = (np.cumsum(counts + 1) - (counts + 1)).astype(np.int32)
+        self.segment_rows = np.full(int((counts + 1).sum()), self.rows, dtype=np.int32)
+        self.segment_rows[np.repeat(self.segment_offsets, counts) + rank] = self.positive_rows
+        self.chunks: list[list] = []  # [first row, last row + 1, pieces]
+        for piece in pieces:
+            stop = piece[1] + piece[2] * len(piece[0])
+            if self.chunks and stop - self.chunks[-1][0] <= chunk:
+                self.chunks[-1][1] = stop
+                self.chunks[-1][2].append(piece)
+            else:
+                self.chunks.append([piece[1], stop, [piece]])
 
 
 def _ranking(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each class's videos in rank order: descending score, equal scores by video (as
     :func:`frameexit.metrics.average_precision` ranks them, NaN last), and their labels.
 
-    ``scores`` and ``labels``: (classes, n_videos); returns the videos (int64) and the labels (bool) in rank
-    order, both (classes, n_videos).
+    ``scores`` and ``labels``: (classes, n_videos); returns the videos (int32 or int64) and the labels (bool)
+    in rank order, both (classes, n_videos).
     """
     n = scores.shape[1]
     if scores.dtype in (np.float16, np.float32) and n < 2**30 and not np.isnan(scores).any():
         # one int64 key per entry: the score, negated and mapped to an int32 of the same order (the sign bit
         # flips the others), then the video and its label; distinct keys, so numpy's default sort (SIMD,
         # several times its stable sort, and far faster than argsort) gives the rank order, labels included
-        bits = np.subtract(np.float32(0), scores, dtype=np.float32).view(np.int32)  # 0 - x: -0.0 ties 0.0
+        bits = np.subtract(np.float32(0), scores, dtype=np.float32, order="C").view(np.int32)  # -0.0 ties 0.0
         key = (bits >> 31) & 0x7FFFFFFF
         key ^= bits
         key = key.astype(np.int64)
@@ -307,7 +351,8 @@ def _ranking(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
         key |= np.arange(0, 2 * n, 2, dtype=np.int64)
         key |= labels
         key.sort(axis=1)
-        return (key >> 1) & 0x7FFFFFFF, (key & 1).astype(bool)
+        low = key.view(np.int32)[:, (0 if sys.byteorder == "little" else 1) :: 2]  # video and label
+        return low >> 1, (low & 1).astype(bool)
     keys = np.negative(scores.astype(np.float64, copy=False))
     order = np.argsort(keys, axis=1)
     if n > 1:
@@ -317,14 +362,6 @@ def _ranking(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
         for row in np.flatnonzero(unsettled):
             order[row] = np.argsort(keys[row], kind="stable")
     return order, np.take_along_axis(labels, order, axis=1)
-
-
-def _class_blocks(positives: np.ndarray, n_videos: int) -> list[np.ndarray]:
-    """Classes with a positive video, in blocks ranked together: at most ``_RANKED_ENTRIES`` (class, video)
-    entries per block, one class at least."""
-    classes = np.flatnonzero(positives)
-    per_block = max(_RANKED_ENTRIES // max(n_videos, 1), 1)
-    return [classes[i : i + per_block] for i in range(0, len(classes), per_block)]
 
 
 def _harmonic_table(total: int, most: int) -> tuple[np.ndarray, np.ndarray, int] | None:
