@@ -7,7 +7,9 @@ original rows. Labels and predictions of a video travel together (one weight per
 The AP of a resample is computed exactly, as :func:`frameexit.metrics.average_precision` of the expanded
 set (``w_v`` copies of each row, in key order) would give it, without sorting again: a class's scores are
 sorted once, and a positive video ranked after ``R`` copies, ``P`` of them positive, adds
-``sum_{i=1..w} (P + i) / (R + i)`` for its ``w`` copies.
+``sum_{i=1..w} (P + i) / (R + i)`` for its ``w`` copies. ``R`` for every positive and resample comes from one
+exact int8 matrix product per setting (:class:`_ResampledAP`); :func:`resampled_metrics` takes several
+settings (each a different exit step per video) that share the labels and the resamples.
 """
 
 from __future__ import annotations
@@ -111,11 +113,15 @@ def resampled_metrics(
     each AP exactly :func:`frameexit.metrics.average_precision` of the expanded set, as
     :func:`resampled_average_precision` gives it; ``top1`` as :func:`resampled_top1`. NaN where undefined.
 
-    Working memory, besides the inputs: about ``resamples x (n_classes x 16 + n_videos x 5)`` bytes for the
-    per-setting sums and copies of the weights, plus at most ``_PRODUCT_BYTES`` for one 0/1 operand,
-    ``resamples x (_PRODUCT_BYTES / n_videos) x 4`` for its product, ``_RANKED_ENTRIES x 40`` for the ranking
-    of a block of classes and a few ``_BLOCK_ELEMENTS x 8`` temporaries: about 1 GB at HVU scale (31,000
-    videos, 3,142 classes, 1,000 resamples), 0.2 GB at ActivityNet's.
+    Working memory, besides the inputs: the weights twice more (int32 for gathers, int8 for the products), the
+    labels transposed, four ``n_classes x resamples`` float64 arrays, one segment matrix of at most
+    ``_PRODUCT_BYTES`` (64 MiB) and its int32 product (``resamples x 4`` bytes per row), about 60 bytes per
+    entry of a ranked block of classes (at most ``_RANKED_ENTRIES`` = 2^21 (class, video) entries: 0.13 GB)
+    and a few elementwise temporaries of ``_BLOCK_ELEMENTS`` (2^18) values. At 1,000 resamples that is about
+    0.2 GB at ActivityNet scale (4,926 videos, 200 classes) and 0.5 GB at HVU scale (31,000 videos, 3,142
+    classes); the peak resident memory measured over the inputs was 0.16 and 0.44 GB (``bench/bootstrap.py``).
+    Time: one int8 product of ``resamples x n_videos x positives`` multiply-adds per setting dominates, plus
+    one sort of every class's scores.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels, dtype=bool)
@@ -157,11 +163,13 @@ class _ResampledAP:
 
     A positive video ranked after ``R`` copies of its class's ranking, ``P`` of them positive, adds
     ``sum_{i=1..w} (P + i) / (R + i)`` for its ``w`` copies (:func:`_copies_precision`). ``R`` sums weights over
-    the videos ranked before the positive: a class's positives cut its ranking into segments (segment ``k``:
-    the videos after the ``k``-th positive, up to and including the next one), each video lies in one segment
-    of each class, so one int8 matrix product of the 0/1 segment matrix (a row per positive) with the weights
-    gives the copies in every segment, and a running sum over the class's segments gives ``R``; ``P`` is a
-    running sum of the positives' own weights.
+    the videos ranked before the positive. A class's positives cut its ranking into segments (segment 0: the
+    videos before its first positive; segment ``k``: its ``k``-th positive and the videos after it, up to the
+    next positive); the videos before positive ``k`` (from 0) are segments ``0..k``. Each video lies in one
+    segment of each class, so one int8 matrix product of the 0/1 segment matrix (a row per positive) with the
+    weights gives the copies in every segment (exact integers, and the cheapest product numpy or torch offer:
+    a comparison matrix "ranked before" would have as many rows and many more ones to build), and a running
+    sum over the class's segments gives ``R``; ``P`` is a running sum of the positives' own weights.
 
     Rows are laid out by :class:`_Layout`: classes of about as many positives side by side in slabs, the
     ``k``-th positive of each class of a slab in one slab row, so that running sums over positives and sums
@@ -420,7 +428,7 @@ def _count_product(weights: np.ndarray, total: int) -> Callable[[np.ndarray], np
     if int8_product is not None and weights.size and weights.max() <= 127 and total < 2**31:
         import torch
 
-        right = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.int8)).T
+        right = torch.from_numpy(np.array(weights, dtype=np.int8, order="C")).T  # a writable copy for torch
         return lambda m: int8_product(torch.from_numpy(m), right).numpy()
     if total >= 2**53:
         raise ValueError(f"{total} copies in a resample: too many to count exactly")
