@@ -378,9 +378,11 @@ def _harmonic_table(total: int, most: int) -> tuple[np.ndarray, np.ndarray, int]
     ``most + 1``; None beyond ``_TABLE_ENTRIES`` entries.
 
     ``P * first + second`` is then ``sum_{i=1..w} (P + i) / (R + i)``, both sums of at most ``most`` positive
-    terms: right to a few units in the last place. (The closed form through harmonic numbers,
-    ``w - (R - P) (H(R + w) - H(R))``, cancels: ``H(R + w) - H(R)`` keeps about ``16 - log10(R H(R) / w)``
-    digits, under 12 from ``R`` = 1,000, and the subtraction from ``w`` loses more where precision is low.)
+    terms: right to a few units in the last place. The closed form through harmonic numbers,
+    ``w - (R - P) (H(R + w) - H(R))``, cancels twice (``H(R + w) - H(R)`` keeps about
+    ``16 - log10(R H(R) / w)`` digits, and the subtraction from ``w`` loses more where precision is low): at
+    ActivityNet scale (4,926 videos, 200 classes, one label each, random probabilities) its per-class AP was
+    off the expanded sets' by up to 1.0e-12 (3.4e-10 relative), these tables' by 1.4e-17 (4.9e-16 relative).
     """
     if (total + 1) * (most + 1) > _TABLE_ENTRIES:
         return None
