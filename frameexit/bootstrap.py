@@ -430,7 +430,9 @@ def _count_product(weights: np.ndarray, total: int) -> Callable[[np.ndarray], np
     if int8_product is not None and weights.size and weights.max() <= 127 and total < 2**31:
         import torch
 
-        right = torch.from_numpy(np.array(weights, dtype=np.int8, order="C")).T  # a writable copy for torch
+        # a C-ordered (n_videos, resamples) copy: given the transposed view of a (resamples, 1) array (strides
+        # (1, 1)), torch 2.14's _int_mm returns wrong sums
+        right = torch.from_numpy(np.ascontiguousarray(weights.T, dtype=np.int8))
         return lambda m: int8_product(torch.from_numpy(m), right).numpy()
     if total >= 2**53:
         raise ValueError(f"{total} copies in a resample: too many to count exactly")

@@ -251,3 +251,23 @@ def test_exact_at_a_larger_scale():
         expanded = _expanded(scores, labels, w)
         assert np.abs(got[b] - expanded).max() < 1e-14
         np.testing.assert_allclose(got[b], expanded, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("n", "resamples"), [(1, 7), (2, 1), (1, 1)])
+def test_a_single_video_or_resample(n, resamples):
+    # matrices with a dimension of 1 (torch's int8 product once summed a transposed (resamples, 1) view wrong)
+    rng = np.random.default_rng(n + resamples)
+    scores = rng.random((2, n, 3)).astype(np.float32)
+    labels = np.zeros((n, 3), dtype=bool)
+    labels[0, 1] = True
+    hits = labels[np.arange(n)[None, :], scores.argmax(axis=2)]
+    weights = rng.integers(0, 4, size=(resamples, n))
+    weights[0, 0] = 2
+    maps, top1 = resampled_metrics(scores, labels, hits, labels.any(axis=1), weights)
+    for setting in range(2):
+        for b, w in enumerate(weights):
+            np.testing.assert_allclose(
+                maps[setting, b], mean_ap(_expanded(scores[setting], labels, w)), rtol=1e-12, atol=0, equal_nan=True
+            )
+            expected = resampled_top1(hits[setting], labels.any(axis=1), w[None, :])[0]
+            np.testing.assert_array_equal(top1[setting, b], expected)
