@@ -508,12 +508,23 @@ class Resampled:
         return percentile_interval(self.map, level), percentile_interval(self.top1, level)
 
 
-def resample_setting(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> Resampled:
-    """mAP and top-1 of every resample of one setting: ``scores`` (n_videos, n_classes), each video's
-    probabilities at its exit, ``labels`` multi-hot, rows in key order; the prediction is the top class."""
-    labels = np.asarray(labels, dtype=bool)
-    hits = labels[np.arange(len(scores)), np.asarray(scores).argmax(axis=1)] if len(scores) else np.zeros(0, bool)
-    return Resampled(resampled_map(scores, labels, weights), resampled_top1(hits, labels.any(axis=1), weights))
+class SettingResampler:
+    """The resamples of one set of videos (``labels`` multi-hot (n_videos, n_classes), rows in key order, and
+    ``weights`` from :func:`resample_weights`), applied to one setting after another: what the resamples share
+    (the weights' copies, each class's positives) is computed once."""
+
+    def __init__(self, labels: npt.ArrayLike, weights: np.ndarray):
+        self.labels = np.asarray(labels, dtype=bool)
+        self._kernel = _ResampledAP(self.labels, np.asarray(weights))
+
+    def __call__(self, scores: np.ndarray) -> Resampled:
+        """mAP and top-1 of every resample at a setting whose probabilities at each video's exit are ``scores``
+        (n_videos, n_classes); the prediction is the top class (as :func:`resampled_metrics`)."""
+        scores = np.asarray(scores)
+        n = len(scores)
+        hits = self.labels[np.arange(n), scores.argmax(axis=1)] if n else np.zeros(0, dtype=bool)
+        top1 = self._kernel.top1(hits[None], self.labels.any(axis=1))[0]
+        return Resampled(mean_ap(self._kernel.per_class(scores)), top1)
 
 
 def paired_difference(values: npt.ArrayLike, baseline: npt.ArrayLike, level: float = DEFAULT_LEVEL) -> Interval:

@@ -16,7 +16,7 @@ import torch
 
 from cache.inputs import named_digests
 from frameexit.atomic import check_writable_dir
-from frameexit.bootstrap import resample_weights
+from frameexit.bootstrap import SettingResampler, resample_weights
 from frameexit.cost import exit_histogram
 from frameexit.errors import ConfigError, UsageError
 from frameexit.exactness import SAFETY_FACTOR
@@ -254,9 +254,11 @@ def _named(job: Job, row: MetricRow, done: _Evaluated, scores: np.ndarray) -> Na
     for i, classes in enumerate(done.labels):
         labels[i, classes] = True
     boot = job.replay.bootstrap
-    weights = resample_weights(len(order), boot.resamples, boot.seed) if boot.resamples else None
+    resampler = None
+    if boot.resamples:
+        resampler = SettingResampler(labels[order], resample_weights(len(order), boot.resamples, boot.seed))
     steps = np.asarray(done.exits, dtype=np.int64)[order]
-    return named_result(setting_of(row), steps, scores[order], labels[order], boot, weights)
+    return named_result(setting_of(row), steps, scores[order], boot, resampler)
 
 
 def _metric_columns(

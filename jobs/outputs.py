@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from frameexit.atomic import folder_lock
-from frameexit.bootstrap import Bootstrap, Interval, resample_setting
+from frameexit.bootstrap import Bootstrap, Interval, SettingResampler
 from frameexit.metrics import category_map
 from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
@@ -199,17 +199,16 @@ def named_result(
     setting: Mapping[str, Any],
     steps: np.ndarray,
     scores: np.ndarray,
-    labels: np.ndarray,
     bootstrap: Bootstrap,
-    weights: np.ndarray | None,
+    resampler: SettingResampler | None,
 ) -> NamedResult:
     """The :class:`NamedResult` of a setting from every video's exit step and probabilities there (rows in key
-    order) and the bootstrap's ``weights`` (:func:`frameexit.bootstrap.resample_weights`; ``None``: no resamples)."""
+    order) and the bootstrap's resamples of those videos (``None``: no resamples)."""
     prediction = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
     intervals: tuple[Interval | None, Interval | None] = (None, None)
     maps = np.zeros(0)
-    if weights is not None:
-        resampled = resample_setting(scores, labels, weights)
+    if resampler is not None:
+        resampled = resampler(scores)
         intervals, maps = resampled.intervals(bootstrap.level), resampled.map
     return NamedResult(
         setting=dict(setting),

@@ -43,7 +43,7 @@ from tqdm.dask import TqdmCallback
 
 from cache.manifest import CacheError, ShardMissingError, verify_shard
 from cache.shard import read_shard
-from frameexit.bootstrap import Bootstrap, resample_weights
+from frameexit.bootstrap import Bootstrap, SettingResampler, resample_weights
 from frameexit.exactness import (
     EXACT,
     MEASURED,
@@ -258,12 +258,14 @@ def named_bootstrap(
     videos = [v for p in parts for v in p.videos]
     order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
     labels = np.concatenate([p.labels for p in parts])[order]
-    weights = resample_weights(len(videos), bootstrap.resamples, bootstrap.seed) if bootstrap.resamples else None
+    resampler = None
+    if bootstrap.resamples:
+        resampler = SettingResampler(labels, resample_weights(len(videos), bootstrap.resamples, bootstrap.seed))
     out = []
     for setting in settings:
         steps = [setting_exit_steps(p, setting) for p in parts]
         scores = np.concatenate([p.probs[np.arange(len(p.videos)), s] for p, s in zip(parts, steps, strict=True)])
-        out.append(named_result(setting, np.concatenate(steps)[order], scores[order], labels, bootstrap, weights))
+        out.append(named_result(setting, np.concatenate(steps)[order], scores[order], bootstrap, resampler))
     return out
 
 

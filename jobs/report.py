@@ -60,6 +60,7 @@ from reports.summary import (
     policy_summary,
     replay_identity,
     setting_of,
+    setting_problem,
     significance_test,
     summary_identity,
     with_cost,
@@ -134,7 +135,18 @@ def read_run(run_dir: str) -> tuple[list[dict[str, Any]], ReplayRecord]:
         raise ReportInputError(f"{sweep} is not a frameexit {SWEEP_FILE}: {problem}")
     rows = [with_cost(r) for r in table.to_pylist()]
     replay = read_record(meta, ReplayRecord, error=ReportInputError, what="the replay outputs")
+    for where, found in ((sweep, rows), (meta, replay["default_metrics"])):
+        _check_settings(where, found, "row" if where == sweep else "default_metrics")
     return rows, replay
+
+
+def _check_settings(path: str, rows: list[Any], what: str) -> None:
+    """:class:`ReportInputError` naming the first row of ``path`` whose setting is not its policy's."""
+    for i, row in enumerate(rows):
+        problem = setting_problem(row)
+        if problem:
+            name = os.path.basename(path)
+            raise ReportInputError(f"{path} is not a frameexit {name}: {what} {i}: {problem}")
 
 
 def read_video_results(run_dir: str, replay: ReplayRecord) -> tuple[list[str], dict[str, VideoResults | None], int]:
@@ -225,6 +237,7 @@ def read_baseline(path: str) -> Baseline:
             f"{path} is not a frameexit {SUMMARY_FILE} of schema_version {SCHEMA_VERSION} (schema_version {version!r})"
         )
     check_record(doc, Summary, path, error=ReportInputError)  # every key of its type: what follows can index it
+    _check_settings(path, doc["default"], "default")
     videos = doc["videos"]
     for name, results in doc["video_results"].items():
         if results is not None and not len(results["exit_step"]) == len(results["hit"]) == len(videos):

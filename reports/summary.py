@@ -71,6 +71,19 @@ POLICY_SETTING_KEYS = {
 ONE_POINT = 0.01
 
 
+def setting_problem(row: Row) -> str | None:
+    """How a row's setting is not one of its policy's (an unknown policy, or a threshold it needs that is null or not
+    finite), in words; ``None`` when it is."""
+    policy = policy_of(row)
+    if policy not in POLICY_SETTING_KEYS:
+        return f"policy {policy!r} is not one of {', '.join(POLICY_SETTING_KEYS)}"
+    for key in POLICY_SETTING_KEYS[policy]:
+        value = row.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return f"policy {policy!r} needs a finite {key}, got {value!r}"
+    return None
+
+
 def policy_of(row: Row) -> str:
     """The exit policy of a row (a replay.json row written before policies were: frameexit)."""
     return row.get("policy") or "frameexit"

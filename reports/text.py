@@ -175,10 +175,13 @@ COSTS = {"gflops": "GFLOPs per video", "gflops_measured": "measured GFLOPs per v
 def policy_lines(summary: Mapping[str, Any]) -> list[str]:
     """The exit policies side by side (summary.json's ``policies``): per checkpoint and policy, its accuracy at the
     job's cost and the cheapest setting within one point of reading every frame, with intervals."""
+    entries = summary.get("policies") or []
+    if not entries:
+        return []
     acc, cost = summary["accuracy_metric"], summary["cost_metric"]
     name = {"map": "mAP", "top1": "top-1"}[acc]
     lines = []
-    for entry in summary.get("policies") or []:
+    for entry in entries:
         lines.append(
             f"  {entry['checkpoint']}: {name} by exit policy (at the job's cost | cheapest within 1 point of "
             f"{number(entry['full_t'], 3)}, every frame; {COSTS.get(cost, cost)}):"

@@ -12,7 +12,7 @@ import h5py
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import activitynet_dataset, data_overrides, invoke, official_state, x3d_s
+from helpers import activitynet_dataset, data_overrides, frameexit_rows, invoke, job_setting_rows, official_state, x3d_s
 from oracles import paper_gflops
 
 from frameexit.backbone import feature_dim, model_name, pretrained_state_dict
@@ -136,8 +136,9 @@ def test_pytorchvideo_model_zoo_checkpoint_loads_without_downloads(small_anet, t
         pretrained_state_dict("pytorchvideo.x3d_s")
 
 
-def _videos(path):
-    return {r["video"]: (r["exit_step"], r["prediction"], r["confidence"]) for r in pq.read_table(path).to_pylist()}
+def _videos(folder):
+    """Each video's decision at the job's setting of an infer or replay folder."""
+    return {r["video"]: (r["exit_step"], r["prediction"], r["confidence"]) for r in job_setting_rows(folder)}
 
 
 @pytest.mark.parametrize("job, per_step", [(X3D_JOB, 1.96), (B3_JOB, 1.8)])
@@ -154,13 +155,13 @@ def test_bundled_job_runs_end_to_end_and_replay_equals_infer(job, per_step, smal
         # frame_indices are the sampled positions (for X3D-S the middle frames of the clips)
         assert f["frame_indices"][()].tolist() == [sample_indices(23).tolist(), sample_indices(4).tolist()]
     sweep = pq.read_table(tmp_path / "run" / "sweep.parquet").to_pylist()
-    assert len(sweep) == 5
-    for row in sweep:
+    assert len(frameexit_rows(sweep)) == 5
+    for row in sweep:  # every policy's
         assert row["gflops"] == pytest.approx(row["mean_frames"] * per_step)  # paper convention, per step
     r = invoke("infer", job, *data, "--out", tmp_path / "infer", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    inferred = _videos(tmp_path / "infer" / "videos.parquet")
-    assert inferred == _videos(tmp_path / "run" / "videos.parquet")  # video by video, confidence bit for bit
+    inferred = _videos(tmp_path / "infer")
+    assert inferred == _videos(tmp_path / "run")  # video by video, confidence bit for bit
     assert set(inferred) == {"v_alpha.mp4", "v_bravo.mp4"}
 
 
@@ -178,4 +179,4 @@ def test_train_on_the_cache_and_replay_the_new_head(job, small_anet, checkpoints
     # extracted by train), without another extraction
     r = invoke("replay", job, *data[:-1], head, "--cache", cache, "--out", tmp_path / "replay")
     assert r.exit_code == 0, r.output
-    assert len(_videos(tmp_path / "replay" / "videos.parquet")) == 2 and len(list(cache.iterdir())) == 1
+    assert len(_videos(tmp_path / "replay")) == 2 and len(list(cache.iterdir())) == 1

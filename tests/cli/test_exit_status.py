@@ -14,7 +14,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import EXE, ROOT, copy_cache, invoke, write_job
+from helpers import EXE, ROOT, copy_cache, invoke, job_setting_rows, write_job
 
 UNWRITABLE = "/proc/frameexit-test/out"  # not creatable even as root, unlike a chmod 0o555 directory
 
@@ -309,7 +309,7 @@ def test_unreadable_frame_after_the_exit_point_is_skipped_by_every_path(anet, ch
     assert metrics["runtime"]["frames_read"] == len(infer_videos)  # the check runs no backbone
     r = invoke("run", job, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    replay_videos = pq.read_table(tmp_path / "run" / "videos.parquet").column("video").to_pylist()
+    replay_videos = [r["video"] for r in job_setting_rows(tmp_path / "run")]
     assert replay_videos == infer_videos
     summary = json.load(open(tmp_path / "run" / "summary.json"))
     assert summary["n_videos_evaluated"] == metrics["n_videos"]

@@ -299,9 +299,16 @@ def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, cl
     # measured GMACs of each checkpoint count its own head: the mean over exit steps of the sequential cost
     for name, hidden in ((os.path.basename(checkpoint), 4096), ("narrow.pth", 64)):
         costs = measure_step_costs("torchvision.resnet18", input_size=224, num_class=200, hidden_dim=hidden)
-        per_step = video_gmacs(costs, np.arange(10))
+        frames = (np.arange(10) + 1.0) * (costs.backbone + costs.projection)
+        per_step = {
+            "frameexit": video_gmacs(costs, np.arange(10)),
+            "confidence": frames + (np.arange(10) + 1.0) * costs.classifier,  # every step's classifier, no gate
+            "fixed": frames + costs.classifier,
+            "oracle": frames + costs.classifier,
+        }
         for r in by_name[name]:
-            assert r["gmacs_measured"] == pytest.approx(float(np.dot(r["exit_histogram"], per_step)), rel=1e-9)
+            expected = float(np.dot(r["exit_histogram"], per_step[r["policy"]]))
+            assert r["gmacs_measured"] == pytest.approx(expected, rel=1e-9), r["policy"]
 
 
 def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
