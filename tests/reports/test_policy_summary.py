@@ -148,3 +148,12 @@ def test_significance_without_max_drop_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "--significance tests a drop beyond --max-drop" in r.output
     r = CliRunner().invoke(main, ["report", "--out", str(tmp_path), "--significance", "1.5"])
     assert r.exit_code == 2 and "--significance" in r.output
+
+
+def test_the_report_knows_every_policy_and_its_threshold_columns():
+    from frameexit.policies import POLICIES
+    from reports.schema import SETTING_COLUMNS
+    from reports.summary import POLICY_SETTING_KEYS
+
+    assert tuple(POLICY_SETTING_KEYS) == POLICIES
+    assert {k for keys in POLICY_SETTING_KEYS.values() for k in keys} == set(SETTING_COLUMNS) - {"policy"}
