@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--loop-videos", type=int, default=600, help="videos timed in the sequential loop (c)")
     ap.add_argument("--class-block", type=int, default=None, help="classes per AP task [default: replay's]")
     ap.add_argument("--keep", default=None, help="build the cache here and keep it")
+    ap.add_argument("--rounds", type=int, default=2, help="whole commands each way (gates alone, default)")
     a = ap.parse_args()
     preset = PRESETS[a.preset]
     rng = np.random.default_rng(0)
@@ -228,7 +229,7 @@ def main() -> None:
         if a.preset == "activitynet":
             activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block)
         else:
-            hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block)
+            hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, a.rounds)
         print(machine_line())
     finally:
         if not a.keep:
@@ -279,7 +280,7 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
     del m  # the benchmark's own results would otherwise stay alive during the job
-    policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [])
+    policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [], a.rounds)
 
 
 #: The whole command as it ran before issue 22: the gates alone, no bootstrap.
@@ -339,7 +340,7 @@ def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, label="") 
     return job_s
 
 
-def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block) -> None:
+def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=2) -> None:
     tables, table_s, mem_a = table_pass(cache_dir, shards, head, order)
     conf0 = np.concatenate([t.confidence0 for t in tables])
     gates = np.concatenate([t.gates for t in tables])
@@ -371,7 +372,7 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block) -> None:
     with open(categories, "w") as f:
         f.write("Tag,Category\n" + "".join(f"{name},{kinds[i % 6]}\n" for i, name in enumerate(names)))
     overrides = ["--data.path_classid", classes, "--data.path_category", categories]
-    policies_and_intervals(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides)
+    policies_and_intervals(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides, rounds)
 
 
 def _gate_steps(gates: np.ndarray, gate: list[float]) -> np.ndarray:
