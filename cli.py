@@ -160,7 +160,9 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
 @main.command(
     epilog="""\b
 Exit status: 0, or 3 when the --baseline gate fails: a drop or rise beyond
---max-drop / --max-cost-rise, a baseline checkpoint missing from this run,
+--max-drop / --max-cost-rise (with --significance LEVEL, a drop only when
+the paired bootstrap's interval of it lies above --max-drop), a baseline
+checkpoint missing from this run,
 other videos evaluated than the baseline's (more than --accept-missing N),
 or nothing compared (1 for errors, 2 for usage errors). With a difference
 accepted, top-1 and cost are compared over the videos both evaluated and
@@ -173,6 +175,7 @@ Examples:
   frameexit report --out runs/anet --budget 20 --calibrate-on runs/anet-heldout
   frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --max-cost-rise 0.5
   frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --accept-missing 19
+  frameexit report --out runs/anet --baseline main/summary.json --max-drop 0.005 --significance 0.95
 """
 )
 @out_option("Directory of a replay (sweep.parquet, replay.json); the report is written there too.", exists=True)

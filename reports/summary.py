@@ -732,7 +732,7 @@ def significance_test(paired: Mapping[str, Any], max_drop: float) -> Callable[[s
         if not interval or None in interval or any(math.isnan(v) for v in interval):
             why = found.get("not_compared", "no paired interval")
             return None, f"not tested ({why}): the point estimate decides"
-        low, high = -interval[1], -interval[0]
+        low, high = -interval[1] + 0.0, -interval[0] + 0.0  # + 0.0: no -0.0 in the words
         verdict = low > max_drop
         words = "significant" if verdict else "not significant"
         return verdict, f"{words} at {level}: the drop's interval [{low:.4f}, {high:.4f}] vs max drop {max_drop}"
