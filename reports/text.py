@@ -256,9 +256,14 @@ def _default_intervals(summary: Mapping[str, Any]) -> list[str]:
 
 
 def render_run_summary(out_dir: str, report: Any) -> str:
-    """``frameexit run``, after the stages' own summaries: where the artefacts are (``report`` as for
-    :func:`render_report_summary`)."""
-    return f"FrameExit run: artefacts in {out_dir}\n" + _report_paths(report.paths)
+    """``frameexit run``, after the stages' own summaries: the job's setting with its intervals, the exit policies
+    side by side, and where the artefacts are (``report`` as for :func:`render_report_summary`)."""
+    lines = [
+        f"FrameExit run: artefacts in {out_dir}",
+        *_default_intervals(report.summary),
+        *policy_lines(report.summary),
+    ]
+    return "\n".join(lines) + "\n" + _report_paths(report.paths)
 
 
 def render_regressions(summary: Mapping[str, Any]) -> str:

@@ -392,5 +392,34 @@ def test_report_and_run_summaries():
     where = "  report: o/summary.md\n          o/summary.json\n          o/curve.png"
     assert text.render_report_summary(result) == "FrameExit report: 4 settings, 1 on the frontier\n" + where
     assert text.render_run_summary("o", result) == "FrameExit run: artefacts in o\n" + where
+    # with intervals and exit policies: the job's setting with its interval, each policy's points
+    row = {"checkpoint": "a.pth", "policy": "frameexit", "first_threshold": 0.9, "gate_threshold": 0.5, "tau": None}
+    row |= {"frames": None, "map": 0.5, "top1": 0.8, "gflops": 4.0, "map_interval": [0.4, 0.6]}
+    row |= {"top1_interval": [0.7, 0.9]}
+    fixed = {**row, "policy": "fixed", "first_threshold": None, "gate_threshold": None, "frames": 3, "top1": 0.75}
+    fixed.pop("top1_interval")
+    points = [
+        {"policy": "frameexit", "at_job_cost": row, "within_one_point": None},
+        {"policy": "fixed", "at_job_cost": fixed, "within_one_point": fixed},
+    ]
+    summary = {
+        "n_settings": 4,
+        "frontier": [1],
+        "accuracy_metric": "top1",
+        "cost_metric": "gflops",
+        "default": [row],
+        "bootstrap": {"level": 0.95, "resamples": 1000},
+        "policies": [{"checkpoint": "a.pth", "full_t": 0.76, "points": points}],
+    }
+    lines = text.render_run_summary("o", SimpleNamespace(summary=summary, paths=paths)).splitlines()
+    assert lines[:5] == [
+        "FrameExit run: artefacts in o",
+        "  a.pth at the job's setting: mAP 0.500 [0.400, 0.600], top-1 0.800 [0.700, 0.900] (95 % bootstrap "
+        "intervals, 1000 resamples)",
+        "  a.pth: top-1 by exit policy (at the job's cost | cheapest within 1 point of 0.760, every frame; GFLOPs "
+        "per video):",
+        "    frameexit  first 0.9, gate 0.5: 0.800 [0.700, 0.900] at 4.00 | none",
+        "    fixed      3 frames: 0.750 at 4.00 | 3 frames: 0.750 at 4.00",
+    ]
     regressions = {"baseline": {"regressions": ["a.pth: mAP 0.7 < 0.8", "b.pth: missing"]}}
     assert text.render_regressions(regressions) == "REGRESSION: a.pth: mAP 0.7 < 0.8\nREGRESSION: b.pth: missing"
