@@ -303,7 +303,14 @@ def _budget(summary: Mapping[str, Any]) -> list[str]:
                 others.append([b["checkpoint"], policy, "-", "-", "-", b.get("note", "")])
             else:
                 others.append(
-                    [b["checkpoint"], policy, describe_setting(b["setting"]), number(e[acc]), number(e[cost], 2), ""]
+                    [
+                        b["checkpoint"],
+                        policy,
+                        describe_setting(b["setting"]),
+                        with_interval(e, acc),
+                        number(e[cost], 2),
+                        "",
+                    ]
                 )
     if others:
         header = ["Checkpoint", "Policy", "Setting", NAMES[acc], NAMES[cost], "Note"]

@@ -249,15 +249,16 @@ def named_settings(
     rows: Sequence[Row], default: Row, *, cost: str, budget: float | None = None
 ) -> list[dict[str, Any]]:
     """The settings a report of one checkpoint's ``rows`` names, each once (:func:`setting_of`): the job's
-    setting, every :func:`policy_points` point for either accuracy metric (a report may choose either), and the
-    frameexit setting chosen at ``budget``. Replay computes their bootstrap intervals and per-video rows."""
+    setting, every :func:`policy_points` point for either accuracy metric (a report may choose either), and each
+    policy's setting chosen at ``budget``. Replay computes their bootstrap intervals and per-video rows."""
     picked = [setting_of(default)]
-    frameexit = [r for r in rows if policy_of(r) == "frameexit"]
+    # the budget's choice of each policy with a threshold to choose (the report's budget.policies; oracle has none)
+    choosing = {p: own for p, own in by_policy(rows).items() if p != "oracle"}
     for accuracy in ("map", "top1"):
         for point in policy_points(rows, default, accuracy=accuracy, cost=cost):
             picked += [setting_of(r) for r in (point["at_job_cost"], point["within_one_point"]) if r is not None]
-        if budget is not None:
-            pick = best_within_budget(frameexit, budget, accuracy=accuracy, cost=cost)
+        for own in choosing.values() if budget is not None else ():
+            pick = best_within_budget(own, budget, accuracy=accuracy, cost=cost)
             picked += [setting_of(pick)] if pick is not None else []
     out: list[dict[str, Any]] = []
     for setting in picked:

@@ -57,6 +57,10 @@ def test_named_settings_are_each_point_once_the_job_setting_first():
     assert len(named) == len({str(s) for s in named})
     assert {"policy": "oracle"} in named and {"policy": "fixed", "frames": 3} in named
     assert {"policy": "frameexit", "first_threshold": 0.95, "gate_threshold": 0.5} in named  # the budget's and close
+    # at a budget of 2.0, each policy's choice: confidence tau 0.5 (2.0), fixed 1 frame (1.0); named for it only
+    cheap = named_settings(ROWS, DEFAULT, cost="gflops", budget=2.0)
+    assert {"policy": "confidence", "tau": 0.5} in cheap and {"policy": "fixed", "frames": 1} in cheap
+    assert {"policy": "confidence", "tau": 0.5} not in named_settings(ROWS, DEFAULT, cost="gflops")
 
 
 def test_describe_setting():
