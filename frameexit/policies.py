@@ -68,7 +68,7 @@ def policy_exit_steps(settings: Sequence[PolicySetting], top_probs: npt.ArrayLik
         if policy == "confidence":
             out[rows] = confidence_exit_steps(top_probs, [settings[r].tau for r in rows])
         elif policy == "fixed":
-            out[rows] = np.array([settings[r].frames - 1 for r in rows], dtype=np.int64)[:, None]
+            out[rows] = fixed_exit_steps(n, top_probs.shape[1])[[settings[r].frames - 1 for r in rows]]
         elif policy == "oracle":
             out[rows] = oracle_exit_steps(hits)[None, :]
         else:

@@ -91,8 +91,8 @@ class ReplayOptions:
     # read the frames the steps use and refuse a cache whose manifest records other frames (another listing, or
     # other bytes: frames re-prepared under the same split file); without it no frame is read
     verify_frames: bool = False
-    # a cost budget (the report's cost metric): the frameexit setting a report would choose at it is named too,
-    # with its bootstrap intervals and per-video rows (frameexit run --budget passes the report's)
+    # a cost budget (the report's cost metric): the setting a report would choose at it, under each policy, is named
+    # too, with its bootstrap intervals and per-video rows (frameexit run --budget passes the report's)
     budget: float | None = None
 
 
@@ -342,43 +342,14 @@ class _Outputs:
     categories: dict[str, tuple[int, ...]] | None  # classes of each category (data.path_category)
     risks: Sequence[Risk] | None = None  # videos at risk over the computed grid, per checkpoint (None: not yet)
 
-    def columns(self, metrics: Sequence[SweepMetrics], gate: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
-        """Per checkpoint, :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
-        computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
-        settings = frameexit_settings(computed_first[first], computed_gate[gate])
-        return [self._columns(i, m, (gate, first), settings, self._at_risk(i)) for i, m in enumerate(metrics)]
-
     def _at_risk(self, i: int) -> np.ndarray | None:
         return self.risks[i].counts if self.risks is not None else None
 
-    def _grid_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(gate, first)`` indices of the grid's settings (gate-major) in the computed grid."""
-        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
-        return gate, first
-
-    def rows(self, i: int, metrics: SweepMetrics, baselines: SweepMetrics | None) -> list[dict[str, Any]]:
-        """Checkpoint ``i``'s rows of ``sweep.parquet`` as the report reads them (:func:`reports.summary.with_cost`)."""
-        gate, first = self._grid_index()
+    def _frameexit_columns(self, i: int, metrics: SweepMetrics, gate: np.ndarray, first: np.ndarray) -> dict:
+        """Checkpoint ``i``'s :func:`jobs.outputs.metric_columns` at entries ``[gate, first]`` of the computed grid."""
         computed_first, computed_gate = (np.asarray(t, dtype=np.float64) for t in self.grid.computed)
-        parts = [
-            self._columns(
-                i,
-                metrics,
-                (gate, first),
-                frameexit_settings(computed_first[first], computed_gate[gate]),
-                self._at_risk(i),
-            )
-        ]
-        if baselines is not None:
-            parts.append(self._baseline_columns(i, baselines))
-        return [with_cost(metric_row(part, k)) for part in parts for k in range(len(part["mean_frames"]))]
-
-    def default_row(self, i: int, metrics: SweepMetrics) -> MetricRow:
-        """Checkpoint ``i``'s metric row at the job's own setting."""
-        g, f = self.grid.default_index
-        computed_first, computed_gate = self.grid.computed
-        settings = frameexit_settings([computed_first[f]], [computed_gate[g]])
-        return metric_row(self._columns(i, metrics, (np.array([g]), np.array([f])), settings, self._at_risk(i)), 0)
+        settings = frameexit_settings(computed_first[first], computed_gate[gate])
+        return self._columns(i, metrics, (gate, first), settings, self._at_risk(i))
 
     def _baseline_columns(self, i: int, baselines: SweepMetrics) -> dict[str, Any]:
         n_baseline = len(self.grid.baselines)
@@ -401,16 +372,27 @@ class _Outputs:
             at_risk=at_risk,
         )
 
+    def parts(self, i: int, metrics: SweepMetrics, baselines: SweepMetrics | None) -> list[dict[str, Any]]:
+        """Checkpoint ``i``'s columns of ``sweep.parquet``: the grid's (gate-major), then the baseline settings'."""
+        gate, first = np.divmod(np.arange(len(self.grid.gate) * len(self.grid.first)), len(self.grid.first))
+        parts = [self._frameexit_columns(i, metrics, gate, first)]
+        return parts + ([self._baseline_columns(i, baselines)] if baselines is not None else [])
+
+    def rows(self, i: int, metrics: SweepMetrics, baselines: SweepMetrics | None) -> list[dict[str, Any]]:
+        """Checkpoint ``i``'s rows of ``sweep.parquet`` as the report reads them (:func:`reports.summary.with_cost`)."""
+        parts = self.parts(i, metrics, baselines)
+        return [with_cost(metric_row(part, k)) for part in parts for k in range(len(part["mean_frames"]))]
+
+    def default_row(self, i: int, metrics: SweepMetrics) -> MetricRow:
+        """Checkpoint ``i``'s metric row at the job's own setting."""
+        g, f = self.grid.default_index
+        return metric_row(self._frameexit_columns(i, metrics, np.array([g]), np.array([f])), 0)
+
     def sweep_columns(
         self, metrics: Sequence[SweepMetrics], baselines: Sequence[SweepMetrics | None], n_videos: int
     ) -> dict[str, Any]:
-        """The columns of ``sweep.parquet``: per checkpoint, a row per setting of the grid (gate-major), then a row
-        per baseline policy setting (their videos at risk are not counted: null)."""
-        parts = []
-        for i, part in enumerate(self.columns(metrics, *self._grid_index())):
-            parts.append(part)
-            if baselines[i] is not None:
-                parts.append(self._baseline_columns(i, baselines[i]))
+        """The columns of ``sweep.parquet``: per checkpoint, :meth:`parts`."""
+        parts = [p for i, m in enumerate(metrics) for p in self.parts(i, m, baselines[i])]
         return sweep_columns(parts, order_name(self.grid.order), n_videos)
 
     def default_metrics(self, metrics: Sequence[SweepMetrics]) -> list[MetricRow]:

@@ -237,35 +237,42 @@ def merge_video_rows(parts: Sequence[VideoRows]) -> VideoRows:
     )
 
 
-def setting_exit_steps(tables: ExitTables, setting: dict[str, Any]) -> np.ndarray:
-    """Every video's exit step in ``tables`` at one setting of any policy (frameexit's thresholds, or a
-    baseline's): the sweep's own functions, so the steps are the sweep's."""
+def setting_exit_steps(exits: VideoExits, setting: dict[str, Any]) -> np.ndarray:
+    """Every video's exit step (key order) at one setting of any policy, frameexit's thresholds or a baseline's,
+    from the merged video exits: the sweep's own functions, so the steps are the sweep's."""
     if setting["policy"] == "frameexit":
         first, gate = [setting["first_threshold"]], [setting["gate_threshold"]]
-        return exit_steps_grid(tables.confidence0, tables.gates, first, gate)[0, 0]
-    n = len(tables.videos)
-    top_probs = tables.probs.max(axis=2)
-    hits = tables.labels[np.arange(n)[:, None], tables.probs.argmax(axis=2)]
+        return exit_steps_grid(exits.confidence0, exits.gates, first, gate)[0, 0]
     baseline = PolicySetting(setting["policy"], tau=setting.get("tau"), frames=setting.get("frames"))
-    return policy_exit_steps([baseline], top_probs, hits)[0]
+    return policy_exit_steps([baseline], exits.top_probs, exits.hits)[0]
 
 
 def named_bootstrap(
-    parts: Sequence[ExitTables], settings: Sequence[dict[str, Any]], bootstrap: Bootstrap
+    parts: Sequence[ExitTables], exits: VideoExits, settings: Sequence[dict[str, Any]], bootstrap: Bootstrap
 ) -> list[NamedResult]:
     """Dask task: at each named setting, every video's decision and the bootstrap of mAP and top-1 over videos
-    (:mod:`frameexit.bootstrap`), from every shard's tables; one setting's scores (videos x classes) at a time."""
+    (:mod:`frameexit.bootstrap`): the exit steps from the merged ``exits``, the probabilities there from every
+    shard's tables; one setting's scores (videos x classes) at a time."""
     videos = [v for p in parts for v in p.videos]
     order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
+    position = np.empty(len(videos), dtype=np.int64)  # each concatenated row's place in key order
+    position[order] = np.arange(len(videos))
+    starts = np.cumsum([0, *(len(p.videos) for p in parts)])
     labels = np.concatenate([p.labels for p in parts])[order]
     resampler = None
     if bootstrap.resamples:
         resampler = SettingResampler(labels, resample_weights(len(videos), bootstrap.resamples, bootstrap.seed))
     out = []
     for setting in settings:
-        steps = [setting_exit_steps(p, setting) for p in parts]
-        scores = np.concatenate([p.probs[np.arange(len(p.videos)), s] for p, s in zip(parts, steps, strict=True)])
-        out.append(named_result(setting, np.concatenate(steps)[order], scores[order], bootstrap, resampler))
+        steps = setting_exit_steps(exits, setting)
+        shard_steps = steps[position]
+        scores = np.concatenate(
+            [
+                p.probs[np.arange(len(p.videos)), shard_steps[lo:hi]]
+                for p, lo, hi in zip(parts, starts[:-1], starts[1:], strict=True)
+            ]
+        )
+        out.append(named_result(setting, steps, scores[order], bootstrap, resampler))
     return out
 
 
@@ -388,7 +395,7 @@ def build_graph(
             )
             graph.named.append(f"named-{i}-{token}")
             graph.outputs[graph.named[i]] = dask.delayed(named_bootstrap)(
-                tables, settings, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
+                tables, merged, settings, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
             )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from frameexit.bootstrap import DEFAULT_RESAMPLES, paired_difference, resample_weights, resampled_top1
+from frameexit.bootstrap import (
+    DEFAULT_RESAMPLES,
+    common_videos,
+    paired_difference,
+    resample_weights,
+    resampled_top1,
+)
 from frameexit.step_costs import StepCosts
 
 from .records import CheckpointAtRisk, SummaryExactness
@@ -678,25 +684,24 @@ def paired_comparison(current: Mapping[str, Any], baseline: Mapping[str, Any], *
     ``change`` (point estimate over the videos compared) and ``interval`` ``[low, high]`` at ``level``."""
     ours, theirs = current.get("bootstrap") or {}, baseline.get("bootstrap") or {}
     resamples, seed = ours.get("resamples") or DEFAULT_RESAMPLES, ours.get("seed", 0)
-    common = sorted(set(current["videos"]) & set(baseline["videos"]))
-    at_ours = {v: i for i, v in enumerate(current["videos"])}
-    at_theirs = {v: i for i, v in enumerate(baseline["videos"])}
-    weights = resample_weights(len(common), resamples, seed)
+    rows, base_rows = common_videos(current["videos"], baseline["videos"])
+    weights = resample_weights(len(rows), resamples, seed)
     same = current["videos"] == baseline["videos"] and (theirs.get("resamples"), theirs.get("seed")) == (
         ours.get("resamples"),
         ours.get("seed"),
     )
     checks = []
     for name, results in current["video_results"].items():
-        base = baseline["video_results"].get(name)
         if name not in baseline["video_results"]:
             continue
+        base = baseline["video_results"][name]
         entry: dict[str, Any] = {"checkpoint": name}
         if results is not None and base is not None:
-            hits = [results["hit"][at_ours[v]] for v in common]
-            base_hits = [base["hit"][at_theirs[v]] for v in common]
-            labelled = np.array([h is not None and b is not None for h, b in zip(hits, base_hits, strict=True)])
-            a, b = (np.array([bool(h) for h in x]) for x in (hits, base_hits))
+            # a hit per video, None without a label: compared where both runs have a label
+            hits = np.asarray(results["hit"], dtype=object)[rows]
+            base_hits = np.asarray(base["hit"], dtype=object)[base_rows]
+            labelled = (hits != None) & (base_hits != None)  # noqa: E711 (elementwise on an object array)
+            a, b = hits.astype(bool), base_hits.astype(bool)
             change = (a[labelled].mean() - b[labelled].mean()) if labelled.any() else math.nan
             ia = paired_difference(resampled_top1(a, labelled, weights), resampled_top1(b, labelled, weights), level)
             entry["top1"] = {"change": change, "interval": [ia.low, ia.high], "n_videos": int(labelled.sum())}
@@ -712,9 +717,9 @@ def paired_comparison(current: Mapping[str, Any], baseline: Mapping[str, Any], *
             base_map = next((r["map"] for r in baseline["default"] if r["checkpoint"] == name), None)
             im = paired_difference(_floats(maps), _floats(base_maps), level)
             change = cur_map - base_map if _finite(cur_map) and _finite(base_map) else None
-            entry["map"] = {"change": change, "interval": [im.low, im.high], "n_videos": len(common)}
+            entry["map"] = {"change": change, "interval": [im.low, im.high], "n_videos": len(rows)}
         checks.append(entry)
-    return {"level": level, "resamples": resamples, "seed": seed, "n_videos": len(common), "checkpoints": checks}
+    return {"level": level, "resamples": resamples, "seed": seed, "n_videos": len(rows), "checkpoints": checks}
 
 
 def _floats(values: Sequence[float | None]) -> np.ndarray:
