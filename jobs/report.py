@@ -383,8 +383,10 @@ def build_summary(
     lookup = interval_lookup(replay.get("bootstrap"))
     default: list[SummaryRow] = [with_intervals(with_cost(r), lookup) for r in replay["default_metrics"]]  # type: ignore[misc]
     cost = cost_metric([*rows, *default])
+    # the job's policy: frameexit's gates, or the one an infer folder ran; its rows make the frontier and budget
+    own = policy_of(default[0]) if default else "frameexit"
     policies = by_policy(rows)
-    frameexit_rows = policies.pop("frameexit", [])
+    job_rows = policies.pop(own, [])
     skipped = replay["skipped"]
     summary = Summary(
         schema_version=SCHEMA_VERSION,
@@ -397,8 +399,8 @@ def build_summary(
         cost_label=COST_LABELS[cost],
         higher_is_better=HIGHER_IS_BETTER,
         default=default,
-        frontier=pareto_frontier(frameexit_rows, accuracy=accuracy, cost=cost),
-        n_settings=len(frameexit_rows),
+        frontier=pareto_frontier(job_rows, accuracy=accuracy, cost=cost),
+        n_settings=len(job_rows),
         budget=None,
         baseline=None,
         n_videos_listed=replay["n_videos_listed"],
@@ -431,7 +433,7 @@ def build_summary(
                 entry["evaluated"] = with_intervals(entry.get("evaluated"), lookup)
             return chosen
 
-        summary["budget"] = choose("frameexit", frameexit_rows)
+        summary["budget"] = choose(own, job_rows)
         # each baseline policy with a threshold to choose (the oracle has none)
         summary["budget"]["policies"] = {
             p: choose(p, own)["checkpoints"] for p, own in policies.items() if p in ("confidence", "fixed")

@@ -196,6 +196,9 @@ def _g(value: Any) -> str:
 
 
 def _thresholds(setting: Mapping[str, Any]) -> list[str]:
+    """The first_threshold and gate_threshold cells of a setting; another policy's (an infer run's) in words."""
+    if setting.get("policy", "frameexit") != "frameexit":
+        return [describe_setting(setting, policy=True), "-"]
     return [f"{setting['first_threshold']:.4g}", f"{setting['gate_threshold']:.4g}"]
 
 

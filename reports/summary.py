@@ -306,8 +306,8 @@ def policy_summary(
 ) -> list[dict[str, Any]]:
     """``summary.json``'s ``policies``: per checkpoint of ``default`` (its job's-setting rows), the full-T accuracy,
     each policy's :func:`policy_points` (with their intervals) and each policy's Pareto frontier; empty when
-    ``rows`` hold frameexit's alone."""
-    if all(policy_of(r) == "frameexit" for r in rows):
+    ``rows`` hold one policy's alone (the gates', or an infer run's)."""
+    if len(by_policy(rows)) < 2:  # the gates alone, or one infer run: nothing to put side by side
         return []
     out = []
     for d in default:

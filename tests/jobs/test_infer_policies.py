@@ -17,6 +17,7 @@ from jobs.config import load_job, with_options
 from jobs.infer import infer
 from jobs.replay import ReplayOptions, replay
 from reports.records import InferMetrics, ReplayRecord, read_record
+from reports.summary import setting_of
 
 METRICS = ("map", "top1", "gflops", "gmacs_measured", "mean_frames", "exit_histogram")
 SETTING = ("policy", "first_threshold", "gate_threshold", "tau", "frames")
@@ -129,7 +130,7 @@ def test_replay_equals_infer_for_every_policy(job_file, extracted, steered, tmp_
     # oracle, which replay names in every report, has the same bootstrap interval in both, bit for bit
     named = read_record(os.path.join(tmp_path, "replay", "replay.json"), ReplayRecord)["bootstrap"]["intervals"]
     for (policy, value), (out, _) in done.items():
-        r = invoke("report", "--out", out)
+        r = invoke("report", "--out", out, "--budget", "100")  # its frontier and budget: its own policy's
         assert r.exit_code == 0, r.output
         summary = json.loads(open(os.path.join(out, "summary.json")).read())
         assert summary["default"][0]["policy"] == policy
@@ -141,3 +142,8 @@ def test_replay_equals_infer_for_every_policy(job_file, extracted, steered, tmp_
         theirs["map"],
         theirs["top1"],
     )
+    # the folder's frontier and budget choice are its one setting, written in words in summary.md's tables
+    summary = json.loads(open(os.path.join(done["fixed", 4][0], "summary.json")).read())
+    assert [setting_of(r) for r in summary["frontier"]] == [{"policy": "fixed", "frames": 4}]
+    assert summary["budget"]["checkpoints"][0]["setting"] == {"policy": "fixed", "frames": 4}
+    assert "| fixed 4 frames | - |" in open(os.path.join(done["fixed", 4][0], "summary.md")).read()

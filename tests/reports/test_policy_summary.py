@@ -161,3 +161,11 @@ def test_the_report_knows_every_policy_and_its_threshold_columns():
 
     assert tuple(POLICY_SETTING_KEYS) == POLICIES
     assert {k for keys in POLICY_SETTING_KEYS.values() for k in keys} == set(SETTING_COLUMNS) - {"policy"}
+
+
+def test_one_policy_alone_has_nothing_to_put_side_by_side():
+    from reports.summary import policy_summary
+
+    confidence = [r for r in ROWS if r["policy"] == "confidence"][:1]
+    assert policy_summary(confidence, confidence, accuracy="top1", cost="gflops", lookup={}) == []
+    assert policy_summary(ROWS, [DEFAULT], accuracy="top1", cost="gflops", lookup={})[0]["checkpoint"] == "a.pth"
