@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from frameexit.backbone_names import short_name
 from frameexit.errors import ConfigError
 from frameexit.sampling import clip_indices
 
@@ -107,13 +108,10 @@ def key_inputs(
     """
     if batching not in BATCHINGS:
         raise ValueError(f"batching of a cache key must be one of {', '.join(BATCHINGS)}, got {batching!r}")
-    # here, not at the top: frameexit.backbone imports torch, which a reader of the cache does not need
-    from frameexit.backbone import model_name
-
     pre, clip_length = data.preprocessing, model.clip_length
     digests = digests if digests is not None else file_digests(data)
     return CacheKeyInputs(
-        backbone=model_name(model.backbone_name),
+        backbone=short_name(model.backbone_name),  # checked where the backbone is built
         truncate_modules=model.truncate_modules,
         backbone_digest=backbone_digest,
         resize=pre.resize,

@@ -22,6 +22,7 @@ from typing import Any
 
 from frameexit.atomic import TMP_SUFFIX, folder_lock
 
+from .exit_tables import remove_all_tables
 from .key import FORMAT_VERSION, CacheKeyInputs, cache_key
 from .manifest import CacheError, FeatureCache, Manifest, ShardEntry, read_manifest
 
@@ -150,6 +151,8 @@ def open_for_writing(
         cache = FeatureCache(cache_dir, manifest)
         checked = pending_shards(cache, check_frames)
         checked.replanned = replanned
+        if checked.pending:  # features about to change: every exit table stored from them is stale
+            remove_all_tables(cache_dir)
         if checked.pending and manifest.shard_size != shard_size:
             log.warning("resuming with the shard size the cache was started with (%d)", manifest.shard_size)
         yield cache, checked

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from . import x3d
-from .backbone_names import CLIP_PREFIX, TORCHVISION_PREFIX, is_clip_backbone
+from .backbone_names import TORCHVISION_PREFIX, is_clip_backbone, short_name
 from .errors import BackboneError
 from .weights_file import refusal_reason
 
@@ -31,11 +31,10 @@ from .weights_file import refusal_reason
 def model_name(name: str) -> str:
     """The model name in a config's ``model.backbone.name`` (``torchvision.resnet50`` -> ``resnet50``,
     ``pytorchvideo.x3d_s`` -> ``x3d_s``)."""
+    short = short_name(name)
     if is_clip_backbone(name):
-        short = name[len(CLIP_PREFIX) :]
         x3d.spec(short)
         return short
-    short = name[len(TORCHVISION_PREFIX) :] if name.startswith(TORCHVISION_PREFIX) else name
     known = torchvision.models.list_models(module=torchvision.models)
     if short not in known:
         close = difflib.get_close_matches(short, known, n=3)

@@ -14,3 +14,12 @@ CLIP_PREFIX = "pytorchvideo."
 def is_clip_backbone(name: str) -> bool:
     """Whether ``model.backbone.name`` is a 3D backbone, whose steps read clips (``pytorchvideo.<model>``)."""
     return name.startswith(CLIP_PREFIX)
+
+
+def short_name(name: str) -> str:
+    """The model name in ``model.backbone.name`` without its prefix (``torchvision.resnet50`` -> ``resnet50``,
+    ``pytorchvideo.x3d_s`` -> ``x3d_s``), unchecked (:func:`frameexit.backbone.model_name` checks it)."""
+    for prefix in (CLIP_PREFIX, TORCHVISION_PREFIX):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name

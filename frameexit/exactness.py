@@ -5,7 +5,7 @@ extracted in batches may differ from those in the last bits (the cache records
 by how much: :mod:`cache.exactness`). Run through a checkpoint's head, the
 probed videos' two versions of features (per-step and as cached) give the
 deviation of every step's class probabilities and gate outputs
-(:func:`head_deviation`); the largest over the probed videos, times
+(:func:`frameexit.head_pass.head_deviation`); the largest over the probed videos, times
 :data:`SAFETY_FACTOR`, is the margin within which a comparison may come out
 otherwise. A video is *at risk* at a setting when its decision could change:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .exit_rule import first_exit_mask, gate_exit_steps
-from .sweep import ExitTables, exit_tables
+from .sweep import ExitTables
 
 #: The margin is the largest deviation seen on the probed videos times this: the probes are a sample
 #: (two videos of each shard by default), and another video's deviation may exceed theirs.
@@ -49,29 +49,6 @@ class HeadDeviation:
     videos: tuple[str, ...] = ()
     probs: float = 0.0
     gates: float = 0.0
-
-
-def head_deviation(
-    model, reference: np.ndarray, order: Sequence[int], tables: ExitTables, videos: Sequence[str]
-) -> HeadDeviation:
-    """The head's deviation between the per-step ``reference`` features of ``videos`` and their cached ones.
-
-    ``reference``: (n_videos, n_steps, feat_dim) in temporal order, run through the head as replay runs
-    it (:func:`frameexit.sweep.exit_tables`, float64 rounded to float32); the cached ones' outputs are
-    the rows of ``videos`` in ``tables`` (those replay decides on).
-    """
-    if len(videos) == 0:
-        return HeadDeviation(MEASURED)
-    rows = [tables.videos.index(v) for v in videos]
-    labels = np.zeros((len(videos), model.num_class), dtype=bool)
-    theirs = exit_tables(model, np.asarray(reference), order, videos=videos, labels=labels)
-    probs, gates = tables.probs[rows].astype(np.float64), tables.gates[rows].astype(np.float64)
-    return HeadDeviation(
-        MEASURED,
-        tuple(videos),
-        float(np.abs(probs - theirs.probs).max()),
-        float(np.abs(gates - theirs.gates).max()) if gates.size else 0.0,
-    )
 
 
 def merge_deviations(parts: Sequence[HeadDeviation | None]) -> HeadDeviation:

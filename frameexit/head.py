@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train_config import HIDDEN_DIM
+from .train_config import HEAD_PRECISION, HIDDEN_DIM
 
 NUM_STEPS = 10
 
@@ -20,7 +20,7 @@ NUM_STEPS = 10
 #: rounding depends on how the library splits the work (one row in sequential inference, thousands
 #: in replay), so the same video would get slightly different probabilities in the two paths; the
 #: float32 rounding of a float64 result is, all but always, the same whatever the split.
-HEAD_DTYPE = torch.float64
+HEAD_DTYPE = getattr(torch, HEAD_PRECISION)
 
 
 class Projection(nn.Module):
@@ -50,8 +50,12 @@ class Gate(nn.Module):
         self.linear = nn.Linear(128, 1)
 
     def branch(self, z: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(z[:, :, None, None])))
-        return F.relu(self.bn2(self.conv2(x))).flatten(1)
+        """The branch on ``z`` (n, hidden_dim) -> (n, 64). A 1x1 convolution of a 1x1 map is a matrix product: it
+        runs as one (the convolution kernel ran the head's float64 gates at a third of the GEMM rate)."""
+        x = F.linear(z, self.conv1.weight.flatten(1), self.conv1.bias)
+        x = F.relu(self.bn1(x[:, :, None, None])).flatten(1)
+        x = F.linear(x, self.conv2.weight.flatten(1), self.conv2.bias)
+        return F.relu(self.bn2(x[:, :, None, None])).flatten(1)
 
     def forward(self, z_t: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
         """``s_t`` of shape (n,), probabilities in [0, 1]; in the released checkpoints 1 means *continue*."""
@@ -113,7 +117,12 @@ class FrameExit(nn.Module):
         (n_videos, n_steps, hidden_dim), equal to :meth:`project` and :meth:`pool` step by step (max is exact)."""
         n, steps, dim = features.shape
         h = self.project(features.reshape(n * steps, dim)).reshape(n, steps, -1)
-        return torch.cummax(h, dim=1).values
+        if torch.is_grad_enabled():  # training: cummax has a gradient
+            return torch.cummax(h, dim=1).values
+        # in place, one step after the other: cummax's strided pass and int64 indices took a third of the head pass
+        for t in range(1, steps):
+            torch.maximum(h[:, t - 1], h[:, t], out=h[:, t])
+        return h
 
     def probs(self, step: int, z: torch.Tensor) -> torch.Tensor:
         """``softmax(logits_step(z_t))`` computed in the head's dtype, rounded to float32: (n, num_class)."""
@@ -127,15 +136,27 @@ class FrameExit(nn.Module):
         """``s_t`` for ``step`` in 1..T-1 (gate ``step - 1``): probabilities of shape (n,)."""
         return self.exit_selector[step - 1](z_t, z_prev)
 
-    def exit_tables(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def exit_tables(
+        self, features: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything any exit threshold needs, of ``features`` (n_videos, n_steps, feat_dim) in policy order.
 
         Returns ``probs`` (n_videos, n_steps, num_class) float32, :meth:`probs` of every step, and ``gates``
         (n_videos, n_steps - 1) float32, ``s_t`` for steps 1..T-1 (column ``t - 1``); the last column belongs
-        to the final step, where a video always exits, and is only informative.
+        to the final step, where a video always exits, and is only informative. ``out``: float32 tensors of
+        those shapes to write them into (a view of a larger table: no copy of the tables afterwards).
         """
         z = self.pooled(features)
-        steps = z.shape[1]
-        probs = torch.stack([self.probs(t, z[:, t]) for t in range(steps)], dim=1)
-        gates = torch.stack([self.gate(t, z[:, t], z[:, t - 1]).float() for t in range(1, steps)], dim=1)
+        n, steps = z.shape[:2]
+        if out is None:
+            out = (
+                z.new_empty((n, steps, self.num_class), dtype=torch.float32),
+                z.new_empty((n, steps - 1), dtype=torch.float32),
+            )
+        probs, gates = out
+        for t in range(steps):
+            # copy_ rounds float64 to float32 as .float() does
+            probs[:, t].copy_(F.softmax(self.logits(t, z[:, t]), dim=1))
+            if t:
+                gates[:, t - 1].copy_(self.gate(t, z[:, t], z[:, t - 1]))
         return probs, gates

@@ -41,11 +41,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from . import exit_rule
 from .exit_rule import check_thresholds, first_exit_mask, gate_exit_steps
-from .head import FrameExit
 from .metrics import mean_ap
 
 #: Bytes :func:`average_precision_block` may hold at once for its working arrays: it works through the
@@ -88,37 +86,6 @@ class ExitTables:
     def confidence0(self) -> np.ndarray:
         """Top probability at step 0, shape (n_videos,), float32."""
         return self.probs[:, 0].max(axis=1)
-
-
-@torch.inference_mode()
-def exit_tables(
-    model: FrameExit,
-    features: np.ndarray,
-    order: Sequence[int],
-    *,
-    videos: Sequence[str],
-    labels: np.ndarray,
-    chunk: int = 256,
-) -> ExitTables:
-    """Exit tables of cached ``features`` (n_videos, n_frames, feat_dim; temporal order) through ``model``'s head.
-
-    ``order``: step t reads sampled frame ``order[t]``; ``videos``, ``labels``: keys (sorted) and multi-hot labels
-    of the rows; ``chunk``: videos per head evaluation (bounds memory; results do not depend on it).
-    """
-    order = list(order)
-    probs, gates = [], []
-    for start in range(0, len(features), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(features[start : start + chunk][:, order], dtype=np.float32))
-        p, g = model.exit_tables(x)
-        probs.append(p.numpy())
-        gates.append(g.numpy())
-    n_class, steps = model.num_class, len(order)
-    return ExitTables(
-        videos=list(videos),
-        labels=np.asarray(labels, dtype=bool),
-        probs=np.concatenate(probs) if probs else np.zeros((0, steps, n_class), np.float32),
-        gates=np.concatenate(gates) if gates else np.zeros((0, steps - 1), np.float32),
-    )
 
 
 def _key_order(parts: Sequence[ExitTables | VideoExits]) -> tuple[list[str], np.ndarray]:

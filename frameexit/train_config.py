@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 
 HIDDEN_DIM = 4096  # width of the projection in the released checkpoints
+#: The head's arithmetic (frameexit.head.HEAD_DTYPE), named without torch: stored exit tables record it.
+HEAD_PRECISION = "float64"
 
 LOSSES = ("softmax", "bce")
 

@@ -38,10 +38,11 @@ from frameexit.metrics import multi_hot
 from frameexit.sampling import clip_indices
 from reports.records import runtime
 
+from .cache_keys import cache_key_inputs
 from .config import Job
 from .datasets import Dataset, Video, load_job_dataset, require_videos
 from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_records, read_frame_bytes, step_input
-from .model import HeadState, LazyModel, backbone_geometry, cache_key_inputs, checkpoint_file, resolve_device
+from .model import HeadState, LazyModel, backbone_geometry, checkpoint_file, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
 from .scheduling import LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
@@ -164,7 +165,7 @@ def extract(
     inputs, dataset, state, sha256 = cache_inputs(job, options, checkpoint, checkpoint_read)
     require_videos(len(dataset.videos), dataset.skipped, job.data.path_split)
     # for a replay that follows in this process (jobs.run): the head weights and the SHA-256 of the bytes read
-    head = HeadState(checkpoint, sha256, state)
+    head = HeadState(checkpoint, sha256, state, inputs.backbone_digest)
     started = time.perf_counter()
     by_key = {v.key: v for v in dataset.videos}
 

@@ -9,16 +9,15 @@ from typing import Any
 
 import torch
 
-from cache.inputs import key_inputs
-from cache.key import CacheKeyInputs
 from frameexit.backbone import feature_dim, pretrained_state_dict
-from frameexit.checkpoint import BACKBONE, build_model, head_shape, read_checkpoint
+from frameexit.checkpoint import BACKBONE, HeadShape, backbone_digest, build_model, head_shape, read_checkpoint
 from frameexit.cost import measure_step_costs, paper_per_frame
 from frameexit.errors import CheckpointError, ConfigError
 from frameexit.head import FrameExit
 from frameexit.step_costs import StepCosts
 
 from .config import Job
+from .replay_inputs import check_head_sizes
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,38 +29,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cache_key_inputs(job: Job, backbone_digest: str, batching: str, digests: Mapping[str, str]) -> CacheKeyInputs:
-    """:func:`cache.inputs.key_inputs` of the job's features in ``batching`` mode: the key extract and replay use."""
-    settings = job.extract
-    return key_inputs(
-        job.data,
-        job.model,
-        dtype=settings.dtype,
-        precision=settings.precision,
-        channels_last=settings.channels_last,
-        backbone_digest=backbone_digest,
-        batching=batching,
-        digests=digests,
-    )
-
-
 def check_state(job: Job, state: Mapping[str, torch.Tensor], path: str) -> None:
     """Raise if the checkpoint's head does not fit the job (classes, steps, feature length)."""
     shape = head_shape(state, path=path)
-    model = job.model
-    if shape.num_class != model.num_class:
-        raise CheckpointError(
-            f"checkpoint {path} has {shape.num_class} classes but model.num_class is {model.num_class}"
-        )
-    if shape.num_steps != job.data.num_frames:
-        raise CheckpointError(
-            f"checkpoint {path} has {shape.num_steps} classifiers (steps) but data.num_frames is {job.data.num_frames}"
-        )
-    if shape.feat_dim != model.output_dim:
-        raise CheckpointError(
-            f"checkpoint {path} projects {shape.feat_dim}-d backbone features "
-            f"but model.backbone.output_dim is {model.output_dim}"
-        )
+    check_head_sizes(job, path, shape.num_class, shape.num_steps, shape.feat_dim)
 
 
 def check_backbone_dim(job: Job) -> None:
@@ -191,9 +162,12 @@ class HeadState(LazyModel):
 
     TRAVELS = ("name", "sha256", "state")
 
-    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor]):
+    def __init__(self, name: str, sha256: str, state: dict[str, torch.Tensor], digest: str | None = None):
         super().__init__()
         self.name, self.sha256 = name, sha256
+        # what the replay checks and records of the checkpoint (not needed where the head runs: they stay here)
+        self.backbone_digest: str = digest or backbone_digest(state)
+        self.shape: HeadShape = head_shape(state, path=name)
         self.state = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
 
     @property

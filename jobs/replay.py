@@ -6,24 +6,22 @@ for the memory available, and a grid that cannot fit is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from cache.exactness import BATCHED, PER_STEP, UNKNOWN, summarize
-from cache.find import frames_differences, open_cache
-from cache.inputs import check_job_files, file_digests
+from cache.exactness import BATCHED, UNKNOWN, summarize
+from cache.exit_tables import TablesCorruptError
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
-from frameexit.checkpoint import backbone_digest
-from frameexit.errors import ConfigError
 from frameexit.exactness import EXACT, SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.policies import PolicySetting, policy_settings
@@ -45,10 +43,8 @@ from reports.schema import VIDEOS
 from reports.summary import cost_metric, named_settings, setting_of, with_cost
 
 from .config import Job
-from .datasets import load_categories, load_job_dataset, read_class_list_digest
-from .frames import frames_records
+from .datasets import load_categories
 from .memory import available_memory, limit_fragmentation, memory_estimate, plan_memory
-from .model import HeadState, cache_key_inputs, checkpoint_file, paper_per_step, step_costs
 from .outputs import (
     REPLAY_FILES,
     REPORT_FILES,
@@ -69,8 +65,12 @@ from .outputs import (
     write_replay_files,
     writing,
 )
-from .replay_graph import VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
+from .replay_graph import TableSource, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
+from .replay_inputs import ReplayHead, finish_storing, refuse_tables, replay_inputs, storing
 from .scheduling import dask_client
+
+if TYPE_CHECKING:
+    from .model import HeadState
 
 #: Bytes of scores an AP task copies at most by default (its classes' columns of every video and step).
 BLOCK_BYTES = 150 * 10**6
@@ -152,16 +152,9 @@ def replay_into(
     ``replay.json``'s record. ``cache``, ``classes`` and ``first`` (the first checkpoint's head): those an
     extraction in this process just read (:mod:`jobs.run`); without them they are found from the job."""
     grid = _check_grid(job)
-    read = None
-    if cache is None:
-        # the first checkpoint is read once: its backbone digest names the cache, its head replays
-        read = checkpoint_file(job, job.checkpoints[0])
-        cache, classes = _open_cache(job, options, backbone_digest(read[0]), classes=bool(job.data.path_category))
+    cache, classes, heads = replay_inputs(job, options, cache=cache, classes=classes, first=first)
     categories = load_categories(job.data, classes)
     n_videos = cache.manifest.usable_videos()
-    heads = [first] if read is None else [_head(job, cache, job.checkpoints[0], *read)]
-    del read  # the first checkpoint's backbone weights
-    heads += [_head(job, cache, c, *checkpoint_file(job, c)) for c in job.checkpoints[1:]]
     largest_block = plan_memory(
         **grid.memory_args(job),
         n_videos=n_videos,
@@ -172,12 +165,20 @@ def replay_into(
     )
     limit_fragmentation(memory_estimate(**grid.memory_args(job), n_videos=n_videos).tables)
     names = checkpoint_names([h.name for h in heads])
-    # measured GMACs per part, by head width: the width changes the projection, gates and classifiers
-    by_width = {width: step_costs(job, width) for width in {head.hidden_dim for head in heads}}
-    costs = [by_width[h.hidden_dim] for h in heads]
-    outputs = _Outputs(grid, names, costs, paper_per_step(job), categories)
+    costs = [h.costs for h in heads]
+    outputs = _Outputs(grid, names, costs, heads[0].paper_per_step, categories)
     name = functools.partial(_name_settings, outputs, options.budget)
-    sweeps = _sweep(job, grid, heads, cache, options, largest_block, name, progress=progress)
+    while True:
+        try:
+            sweeps = _sweep(job, grid, heads, cache, options, largest_block, name, progress=progress)
+            break
+        except TablesCorruptError as exc:
+            # never read silently: the set is forgotten and its checkpoint's head runs again, its tables stored anew
+            refused = refuse_tables(heads, exc)
+            refuse = {i for i, h in enumerate(heads) if h.stored is None} | {refused}
+            cache, classes, heads = replay_inputs(
+                job, options, cache=cache, classes=classes, first=first, refuse=refuse
+            )
     metrics, rows, risks, baselines, named = sweeps
     outputs = dataclasses.replace(outputs, risks=risks)
     sweep = outputs.sweep_columns(metrics, baselines, n_videos)
@@ -265,23 +266,10 @@ class _Grid:
         )
 
 
-def _head(job: Job, cache: FeatureCache, checkpoint: str, state: dict, sha256: str) -> HeadState:
-    """A checkpoint's head; :class:`ConfigError` for a checkpoint whose backbone did not make the cache."""
-    cache_digest = cache.manifest.inputs.get("backbone_digest")
-    digest = backbone_digest(state)
-    if digest != cache_digest:
-        raise ConfigError(
-            f"checkpoint {checkpoint} has other backbone weights than the feature cache {cache.directory} "
-            f"(backbone digest {digest[:12]}..., cache {str(cache_digest)[:12]}...); its heads cannot replay over "
-            f"these features: run frameexit extract with --checkpoint.init {checkpoint}"
-        )
-    return HeadState(checkpoint, sha256, state)
-
-
 def _sweep(
     job: Job,
     grid: _Grid,
-    heads: Sequence[HeadState],
+    heads: Sequence[ReplayHead],
     cache: FeatureCache,
     options: ReplayOptions,
     largest_block: int,
@@ -292,16 +280,26 @@ def _sweep(
     """Build the graph and compute it on the scheduler of ``options``: per checkpoint, the metrics of the computed
     grid (:attr:`_Grid.computed`), the per-video rows, the videos at risk (named at the job's setting) and the
     metrics of the baseline policies' settings (``None`` without any), and the results at the named settings
-    (``name_settings``, :func:`jobs.replay_graph.build_graph`)."""
+    (``name_settings``, :func:`jobs.replay_graph.build_graph`). The exit tables of each checkpoint are read from
+    the cache when stored there, else computed and stored (:mod:`jobs.replay_inputs`)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
-    with dask_client(options.scheduler, options.workers) as client:
+    running = any(h.state is not None for h in heads)
+    with storing(cache, heads) as writers, dask_client(options.scheduler, options.workers) as client:
         block = options.class_block or default_class_block(
             n_class, len(cache.manifest.planned()), n_steps, cpu_workers(client)
         )
         block = min(block, largest_block)  # smaller blocks give the same numbers (tested), in less memory
+        sources = [
+            TableSource(
+                head=h.state,
+                stored=h.stored.files if h.stored is not None else None,
+                store=list(zip(w.paths, [h.inputs.key] * len(w.paths), strict=True)) if w is not None else None,
+            )
+            for h, w in zip(heads, writers, strict=True)
+        ]
         graph = build_graph(
-            heads,
+            sources,
             cache.shards(),
             order=grid.order,
             first=first,
@@ -316,10 +314,19 @@ def _sweep(
             name_settings=name_settings,
             bootstrap=job.replay.bootstrap,
         )
-        if client is None:
-            results = compute_local(options.scheduler, graph, progress=progress)
-        else:
-            results = compute_distributed(client, graph, progress=progress)
+        threads = contextlib.nullcontext()
+        if running and client is None and options.scheduler == "threads":
+            from .process import head_threads  # torch: only where a head runs
+
+            threads = head_threads(os.cpu_count() or 1)  # dask's threaded scheduler runs a task per core
+        with threads:
+            if client is None:
+                results = compute_local(options.scheduler, graph, progress=progress)
+            else:
+                results = compute_distributed(client, graph, progress=progress)
+        for i, writer in enumerate(writers):
+            if writer is not None:
+                finish_storing(writer, heads[i], results[graph.written[i]])
     keys = (graph.sweeps, graph.videos, graph.risks, graph.policies, graph.named)
     return tuple([results[key] for key in names] for names in keys)
 
@@ -519,47 +526,3 @@ def _exactness_record(cache: FeatureCache, names: Sequence[str], risks: Sequence
         feature_max_rel_deviation=summary["max_rel_deviation"],
         checkpoints=checkpoints,
     )
-
-
-def _open_cache(
-    job: Job, options: ReplayOptions, digest: str, *, classes: bool = False
-) -> tuple[FeatureCache, list[str] | None]:
-    """The job's cache: the directory its key (extract's, with ``digest`` of the first checkpoint's backbone) names
-    under the root, or ``--features``; the frames are read only when ``verify_frames`` asks. With ``classes``, the
-    class list too (else None). Each dataset file is read once: what is parsed is what is hashed for the key."""
-    job.require("data.path_split", "data.path_label", "data.path_classid")
-    check_job_files(job.data)
-    known: dict[str, str] = {}
-    class_list = dataset = None
-    if options.verify_frames:
-        job.require("data.path_frame")
-        if not os.path.isdir(job.data.path_frame):
-            raise ConfigError(
-                f"--verify-frames reads the frames, but data.path_frame {job.data.path_frame} is not a directory"
-            )
-        # the videos to verify, and the files' digests and the class list from the same read
-        dataset = load_job_dataset(job.data, job.model.num_class)
-        known, class_list = dict(dataset.digests), list(dataset.classes)
-    elif classes:
-        class_list, known[job.data.path_classid] = read_class_list_digest(job.data.path_classid)
-    # batching auto takes a cache of either mode, per-step first: the first directory that exists is opened
-    modes = (PER_STEP, BATCHED) if job.extract.batching == "auto" else (job.extract.batching,)
-    digests = file_digests(job.data, known)  # each file read once, whichever modes are tried
-    inputs = [cache_key_inputs(job, digest, mode, digests) for mode in modes]
-    cache = open_cache(
-        options.cache_root,
-        inputs,
-        features=options.features,
-        data=job.data,
-        hint=f" (for the backbone of {job.checkpoints[0]})",
-    )
-    if dataset is not None:
-        geometry = (job.data.num_frames, job.model.clip_length, job.model.clip_stride)
-        now = frames_records(dataset.videos, *geometry)
-        found = frames_differences(cache.manifest, [v.key for v in dataset.videos], now)
-        if found:
-            raise CacheError(
-                f"the feature cache {cache.directory} was not extracted from the frames under data.path_frame "
-                f"{job.data.path_frame}: {'; '.join(found)}. Run frameexit extract (or run) to extract them again"
-            )
-    return cache, class_list if classes else None

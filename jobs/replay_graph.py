@@ -2,8 +2,10 @@
 
 Per checkpoint head ``i``:
 
-- ``tables-i-s``, per shard: the head's exit tables; one task per shard (``shard-s``) verifies and reads the shard
-  once and runs every head (:func:`shard_exit_tables`); everything else reads these.
+- ``tables-i-s``, per shard: the head's exit tables, read from the cache's stored tables when it holds them for the
+  checkpoint (:mod:`cache.exit_tables`, verified against their checksums), else computed: one task per shard
+  (``shard-s``) verifies and reads the shard once and runs every such head (:func:`jobs.replay_head.shard_exit_tables`),
+  writing the tables to be stored (``written-i``: their checksums); everything else reads these.
 - ``exits-i-s`` and ``exits-i``: the class-independent part of each shard's tables (step-0 confidence, gates,
   top-1 hits; small), merged in key order.
 - ``pieces-i-s``: each shard's tables cut into the class blocks (views, no copy); ``ap-i-b``, one task per class
@@ -27,7 +29,6 @@ workers, the shard size or the class blocks.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import operator
@@ -35,30 +36,26 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
 from tqdm.dask import TqdmCallback
 
-from cache.manifest import CacheError, ShardMissingError, verify_shard
-from cache.shard import read_shard
+from cache.exit_tables import read_table
+from cache.manifest import CacheError, ShardMissingError
 from frameexit.bootstrap import Bootstrap, SettingResampler, resample_weights
 from frameexit.exactness import (
-    EXACT,
-    MEASURED,
     UNKNOWN,
     HeadDeviation,
     Margins,
     Risk,
     RiskTables,
-    head_deviation,
     merge_deviations,
     risk_grid,
     risk_tables,
 )
 from frameexit.exit_rule import exit_steps_grid
-from frameexit.head import FrameExit
 from frameexit.policies import PolicySetting, policy_exit_steps
 from frameexit.sweep import (
     ExitTables,
@@ -68,39 +65,28 @@ from frameexit.sweep import (
     class_block_ap,
     combine_sweep,
     concat_video_exits,
-    exit_tables,
     policy_average_precision,
     policy_metrics,
     video_exits,
 )
 
-from .model import HeadState
 from .outputs import NamedResult, named_result
 from .progress import progress as progress_bar
 from .scheduling import explaining_lost_workers
 
-
-def shard_exit_tables(path: str, sha256: str, order: tuple[int, ...], *heads: HeadState) -> tuple[ExitTables, ...]:
-    """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables
-    for each checkpoint's head, with the head's deviation on the shard's probed videos (:func:`shard_deviation`)."""
-    verify_shard(path, sha256)
-    shard = read_shard(path)
-    out = []
-    for head in heads:
-        tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-        out.append(dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables)))
-    return tuple(out)
+if TYPE_CHECKING:
+    from .model import HeadState
 
 
-def shard_deviation(model: FrameExit, shard: Any, order: tuple[int, ...], tables: ExitTables) -> HeadDeviation:
-    """How far the head's outputs on a shard's features (``tables``) may be from those on per-step features:
-    ``exact``, measured on the probed videos (against their rows of ``tables``), or ``unknown`` (no probe)."""
-    status = shard.attrs.get("exactness")
-    if status == EXACT:
-        return HeadDeviation(EXACT)
-    if status == MEASURED and shard.probe_videos is not None:
-        return head_deviation(model, shard.probe_features, order, tables, shard.probe_videos)
-    return HeadDeviation(UNKNOWN)
+@dataclass(frozen=True)
+class TableSource:
+    """Where one checkpoint's exit tables come from: ``stored``, the ``(path, sha256)`` of its stored table of each
+    shard, read after their checksums match; else its ``head`` run over the shards, each shard's tables written to
+    ``store`` (``(path, key)`` per shard) when given."""
+
+    head: HeadState | None = None
+    stored: Sequence[tuple[str, str]] | None = None
+    store: Sequence[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +275,7 @@ class Graph:
     videos: list[str] = field(default_factory=list)  # [i]: VideoRows
     risks: list[str] = field(default_factory=list)  # [i]: frameexit.exactness.Risk over the grid
     named: list[str] = field(default_factory=list)  # [i]: list of NamedResult (with name_settings)
+    written: dict[int, str] = field(default_factory=dict)  # {i: key}: SHA-256 of each table stored for checkpoint i
 
 
 def class_bounds(num_class: int, block: int) -> tuple[int, ...]:
@@ -297,7 +284,7 @@ def class_bounds(num_class: int, block: int) -> tuple[int, ...]:
 
 
 def build_graph(
-    heads: Sequence[HeadState],
+    sources: Sequence[TableSource],
     shards: Sequence[tuple[str, str]],
     *,
     order: tuple[int, ...],
@@ -314,39 +301,39 @@ def build_graph(
     name_settings: Callable[[int, SweepMetrics, SweepMetrics | None], list[dict[str, Any]]] | None = None,
     bootstrap: Bootstrap | None = None,
 ) -> Graph:
-    """Every task of a replay (see the module docstring), per checkpoint of ``heads``; ``shards``: ``(path,
-    sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep computes; ``row_settings``: ``(first, gate)``
-    of the per-video rows, then ``row_baselines`` (baseline policy settings); ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each
-    checkpoint's shard tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of
-    the settings whose videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline
-    policies' settings (:func:`frameexit.policies.policy_settings`), computed with the same class blocks;
-    ``name_settings(i, sweep, baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose
-    decisions and bootstrap intervals (``bootstrap``) are computed from the tables (``named-i``)."""
+    """Every task of a replay (see the module docstring), per checkpoint, whose exit tables come from ``sources``
+    (:class:`TableSource`); ``shards``: ``(path, sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep
+    computes; ``row_settings``: ``(first, gate)`` of the per-video rows, then ``row_baselines`` (baseline policy
+    settings); ``client``: a ``distributed.Client`` to scatter the heads to; ``tables``: each checkpoint's shard
+    tables when already computed (``bench/replay.py``); ``named``: ``(gate, first)`` indices of the settings whose
+    videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline policies' settings
+    (:func:`frameexit.policies.policy_settings`), computed with the same class blocks; ``name_settings(i, sweep,
+    baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose decisions and bootstrap
+    intervals (``bootstrap``) are computed from the tables (``named-i``)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
     graph = Graph()
-    # the head weights (tens of MB) travel once per worker, not once per task, each as one object
-    if client is not None:
-        shipped = [client.scatter(head, broadcast=True, hash=False) for head in heads]
-    else:
-        shipped = [dask.delayed(head, name=f"head-{i}-{token}", traverse=False) for i, head in enumerate(heads)]
-    # one task per shard verifies and reads it once for every head; absolute: a dask worker elsewhere resolves
-    # a relative path against its own working directory
-    read = [
-        dask.delayed(shard_exit_tables)(
-            os.path.abspath(path), digest, order, *shipped, dask_key_name=f"shard-{s}-{token}"
-        )
-        for s, (path, digest) in enumerate(shards if given is None else ())
-    ]
-    for i in range(len(heads)):
+    run = [i for i, source in enumerate(sources) if source.stored is None] if given is None else []
+    read = _head_pass(sources, run, shards, order, client, token)
+    for i in range(len(sources)):
+        if i in run:
+            graph.written[i] = f"written-{i}-{token}"
+            digests = [
+                dask.delayed(_pick)(r, 1, run.index(i), dask_key_name=f"digest-{i}-{s}-{token}")
+                for s, r in enumerate(read)
+            ]
+            graph.outputs[graph.written[i]] = dask.delayed(list)(digests, dask_key_name=graph.written[i])
         tables, exits, pieces, rows, deviations = [], [], [], [], []
         for s in range(len(shards)):
             key = f"tables-{i}-{s}-{token}"
             if given is not None:
                 tables.append(dask.delayed(given[i][s], name=key, traverse=False))
+            elif i in run:
+                tables.append(dask.delayed(_pick)(read[s], 0, run.index(i), dask_key_name=key))
             else:
-                tables.append(dask.delayed(operator.getitem)(read[s], i, dask_key_name=key))
+                path, digest = sources[i].stored[s]
+                tables.append(dask.delayed(read_table)(os.path.abspath(path), digest, dask_key_name=key))
             graph.tables[key] = tables[-1]
             exits.append(dask.delayed(video_exits)(tables[-1], dask_key_name=f"exits-{i}-{s}-{token}"))
             cut = dask.delayed(class_pieces, nout=len(bounds) - 1)
@@ -400,6 +387,42 @@ def build_graph(
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])
     return graph
+
+
+def _head_pass(
+    sources: Sequence[TableSource], run: Sequence[int], shards: Sequence[tuple[str, str]], order, client, token: str
+) -> list[Any]:
+    """One task per shard that verifies and reads it once and runs the heads of ``sources[run]`` (none without)."""
+    if not run:
+        return []
+    # torch is imported only when a head runs: a replay reading stored tables does without it
+    from .replay_head import shard_exit_tables
+
+    heads = [sources[i].head for i in run]
+    # the head weights (tens of MB) travel once per worker, not once per task, each as one object
+    if client is not None:
+        shipped = [client.scatter(head, broadcast=True, hash=False) for head in heads]
+    else:
+        shipped = [
+            dask.delayed(head, name=f"head-{i}-{token}", traverse=False) for i, head in zip(run, heads, strict=True)
+        ]
+    # absolute: a dask worker elsewhere resolves a relative path against its own working directory
+    return [
+        dask.delayed(shard_exit_tables)(
+            os.path.abspath(path),
+            digest,
+            order,
+            [sources[i].store[s] if sources[i].store else None for i in run],
+            *shipped,
+            dask_key_name=f"shard-{s}-{token}",
+        )
+        for s, (path, digest) in enumerate(shards)
+    ]
+
+
+def _pick(result: tuple, part: int, j: int) -> Any:
+    """Dask task: ``result[part][j]`` (a shard task's tables or checksum of the ``j``-th head it ran)."""
+    return result[part][j]
 
 
 def compute_local(kind: str, graph: Graph, *, progress: bool | None) -> dict[str, Any]:

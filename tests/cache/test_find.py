@@ -172,10 +172,10 @@ def test_an_incomplete_cache_is_named(job_file, extracted, tmp_path):
 def _open(job, root, **options):
     from frameexit.checkpoint import backbone_digest
     from jobs.model import checkpoint_state
-    from jobs.replay import _open_cache
+    from jobs.replay_inputs import open_job_cache
 
     digest = backbone_digest(checkpoint_state(job, job.checkpoints[0]))  # replay_into's: the first checkpoint's
-    return _open_cache(job, ReplayOptions(cache_root=str(root), **options), digest)[0]
+    return open_job_cache(job, ReplayOptions(cache_root=str(root), **options), digest)[0]
 
 
 # ---------------------------------------------------------------------------------------------- frames

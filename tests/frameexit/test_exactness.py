@@ -25,7 +25,8 @@ from frameexit.exactness import HeadDeviation, Margins, merge_deviations, risk_g
 from frameexit.exit_rule import exit_steps_grid
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices
-from frameexit.sweep import ExitTables, exit_tables
+from frameexit.head_pass import exit_tables
+from frameexit.sweep import ExitTables
 from jobs import infer as infer_module
 from jobs.config import load_job
 from jobs.extract import ExtractOptions, extract

@@ -9,7 +9,7 @@ from oracles import exit_steps
 
 from frameexit.errors import ConfigError, DatasetError
 from frameexit.sampling import COARSE_TO_FINE
-from frameexit.sweep import exit_tables
+from frameexit.head_pass import exit_tables
 from frameexit.train import TrainConfig, exit_tolerance, pseudo_exit_labels, train_head
 from jobs.config import load_job
 from jobs.extract import ExtractOptions

@@ -12,7 +12,7 @@ from oracles import concat_tables
 
 from cache.manifest import FeatureCache
 from frameexit.checkpoint import build_model, read_state_dict
-from frameexit.sweep import exit_tables
+from frameexit.head_pass import exit_tables
 from jobs.config import load_job, with_options
 from jobs.infer import infer
 from jobs.replay import ReplayOptions, replay

@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from helpers import ROOT, frameexit_rows, official_head_shapes, official_state
 from oracles import concat_tables, video_gmacs
 
+from cache.exit_tables import remove_all_tables
 from cache.manifest import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
 from frameexit.sampling import COARSE_TO_FINE
-from frameexit.sweep import exit_tables
+from frameexit.head_pass import exit_tables
 from jobs.config import load_job, with_options
 from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer
@@ -313,21 +314,24 @@ def test_cluster_replays_each_checkpoint_with_its_own_head(setup, checkpoint, cl
 
 def test_progress_bar_of_a_local_replay(setup, tmp_path, capsys):
     """--progress: tqdm's dask callback draws one bar of the graph's tasks on stderr; --no-progress and, off a
-    terminal, the default draw none."""
-    job_file, cache_root, _ = setup
+    terminal, the default draw none. The first replay of the checkpoint runs its head and stores the exit tables;
+    the next ones read them."""
+    job_file, cache_root, cache_dir = setup
+    remove_all_tables(cache_dir)
     options = ReplayOptions(cache_root=cache_root, class_block=100)
     job = with_options(load_job(job_file), dict(first_thresholds=(0.5,), gate_thresholds=(0.5,)))
-    for progress, shown in ((True, True), (False, False), (None, False)):
-        replay(job, str(tmp_path / str(progress)), options, progress=progress)
+    # per shard (2): its tables, their video exits, their 2 class blocks (3 tasks), the per-video rows, their
+    # deviation, what the risk rule reads of them and the videos at risk; then the merged exits, an AP task per class
+    # block (2) and its two results (grid and baseline policies: 4), the sweep, the merged rows, the merged deviation
+    # and the merged videos at risk; the baselines' exit steps and metrics, the named settings and their intervals.
+    # Running the head adds per shard the read (which runs it) and the checksum of the table stored, and the list of
+    # those checksums.
+    for progress, shown, tasks in ((True, True, 38), (False, False, 0), (None, False, 0), (True, True, 33)):
+        replay(job, str(tmp_path / f"{progress}-{tasks}"), options, progress=progress)
         err = capsys.readouterr().err
         assert ("replay tasks" in err) is shown, (progress, err)
         if shown:
-            # per shard (2): its read, tables, their video exits, their 2 class blocks (3 tasks), the per-video rows,
-            # their deviation, what the risk rule reads of them and the videos at risk; then the merged exits, an AP
-            # task per class block (2) and its two results (grid and baseline policies: 4), the sweep, the merged rows,
-            # the merged deviation and the merged videos at risk; the baselines' exit steps and metrics, the named
-            # settings and their intervals
-            assert "100%" in err and "35/35" in err, err
+            assert "100%" in err and f"{tasks}/{tasks}" in err, err
 
 
 def test_replay_sizes_its_exit_tables_for_the_allocator(setup, checkpoint, tmp_path, monkeypatch):

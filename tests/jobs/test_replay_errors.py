@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import jobs.replay
+from cache.exit_tables import TABLES_DIR
 from cache.shard import file_sha256
 from cli import main
 from frameexit.errors import UsageError
@@ -27,8 +28,9 @@ def setup(job_file, extracted):
 
 
 def _copy_cache(cache_dir, dest, edit=None):
-    """A copy of the cache directory; ``edit(manifest_dict)`` changes its manifest."""
-    shutil.copytree(cache_dir, dest)
+    """A copy of the cache directory's features (not the exit tables earlier replays stored there: a replay reading
+    them reads no shard); ``edit(manifest_dict)`` changes its manifest."""
+    shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(TABLES_DIR))
     if edit is not None:
         path = os.path.join(dest, "manifest.json")
         with open(path) as f:

@@ -13,7 +13,7 @@ from frameexit.bootstrap import percentile_interval, resample_weights, resampled
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.metrics import average_precision, mean_ap
 from frameexit.sampling import COARSE_TO_FINE
-from frameexit.sweep import exit_tables
+from frameexit.head_pass import exit_tables
 from jobs.config import load_job, with_options
 from jobs.replay import ReplayOptions, replay
 
