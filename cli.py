@@ -138,7 +138,9 @@ def replay(job, out_dir: str, replay_options, progress: bool | None) -> None:
 
     Reads the feature cache of JOB (written by frameexit extract), computes
     once per shard and checkpoint head everything any threshold needs
-    (projection, pooling in policy order, all classifiers and gates), then
+    (projection, pooling in policy order, all classifiers and gates: the exit
+    tables, kept in the cache for the next replay of the checkpoint, which
+    reads them instead of running its head; --exit-tables off: neither), then
     every setting of the grid FIRST_THRESHOLDS x GATE_THRESHOLDS: exit steps,
     mAP, top-1, GFLOPs (paper convention), measured GMACs, mean frames and the
     exit histogram. The cache is CACHE/<key>, the key computed from the job,

@@ -231,6 +231,10 @@ _option("--features", type=ExistingPath(file_okay=False),
 _option("--verify-frames/--no-verify-frames", default=False,
         help="Read the frame files the steps use and refuse a cache extracted from other frames (another listing "
         "or other bytes, e.g. re-prepared under the same split file); without it, the frames are not read.")
+_option("--exit-tables", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+        help="auto: read each checkpoint's exit tables (its head's outputs over the features) where the cache keeps "
+        "them (CACHE/<key>/exit-tables/), else run its head and keep them there for the next replay; off: run every "
+        "head, and read or keep nothing.")
 _option("--shard-size", type=click.IntRange(min=1), default=64, help="Videos per shard.")
 _option("--batch-videos", type=click.IntRange(min=1), default=8, help="Videos per backbone batch (x 10 frames).")
 # the options that stand for a job key (jobs.config.OPTION_KEYS) have no default of their own: the job's is theirs
@@ -349,7 +353,7 @@ JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 #: The options each `jobs` options object is built from (a command gets a plain option or an object's): how a
 #: stage runs.
 EXTRACT = ("cache_root", "shard_size", "batch_videos", "probe_videos", "device", "scheduler", "workers")
-REPLAY = ("cache_root", "features", "verify_frames", "scheduler", "workers", "budget")
+REPLAY = ("cache_root", "features", "verify_frames", "exit_tables", "scheduler", "workers", "budget")
 # run replays the cache it has just extracted (and verified), and names the budget its report is given
 RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames", "budget"))
 #: The options that stand for job keys (what a stage computes; jobs.config.OPTION_KEYS maps them to their keys).

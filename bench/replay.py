@@ -57,6 +57,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cache.exit_tables import TABLES_DIR, read_table, remove_all_tables, table_name  # noqa: E402
 from cache.key import FORMAT_VERSION  # noqa: E402
 from cache.manifest import Manifest, ShardEntry, write_manifest  # noqa: E402
 from cache.shard import write_shard  # noqa: E402
@@ -68,8 +69,10 @@ from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
 from jobs.memory import limit_fragmentation, memory_estimate  # noqa: E402
 from jobs.model import HeadState  # noqa: E402
+from jobs.process import head_threads  # noqa: E402
 from jobs.replay import BLOCK_BYTES, default_class_block  # noqa: E402
-from jobs.replay_graph import build_graph, compute_local, shard_exit_tables  # noqa: E402
+from jobs.replay_graph import TableSource, build_graph, compute_local  # noqa: E402
+from jobs.replay_head import shard_exit_tables  # noqa: E402
 
 PRESETS = {
     "activitynet": {"videos": 4926, "num_class": 200},
@@ -147,13 +150,32 @@ def write_cache(cache_dir: str, rng, keys, labels, steps: int, dim: int, shard_s
     return shards
 
 
-def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, float]:
-    """(a): every shard's exit tables, as replay's shard tasks compute them; the tables, seconds, peak MiB."""
+def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, float, list[tuple[str, str]]]:
+    """(a): every shard's exit tables, as a first replay's shard tasks compute and store them (in a folder of the
+    cache's exit-tables/); the tables, seconds, peak MiB, and each stored table's (path, SHA-256)."""
+    store = os.path.join(cache_dir, TABLES_DIR, "bench")
+    os.makedirs(store, exist_ok=True)
     head_d = dask.delayed(head, name="bench-head", traverse=False)
-    tasks = [dask.delayed(shard_exit_tables)(os.path.join(cache_dir, e.name), e.sha256, order, head_d) for e in shards]
+    tasks = [
+        dask.delayed(shard_exit_tables)(
+            os.path.join(cache_dir, e.name), e.sha256, order, [(os.path.join(store, table_name(s)), "bench")], head_d
+        )
+        for s, e in enumerate(shards)
+    ]
+    t0 = time.perf_counter()
+    with head_threads(os.cpu_count() or 1):
+        (results,) = dask.compute(tasks, scheduler="threads")
+    seconds = time.perf_counter() - t0
+    stored = [(os.path.join(store, table_name(s)), w[0]["sha256"]) for s, (_, w) in enumerate(results)]
+    return [t for ((t,), _) in results], seconds, peak_mib(), stored
+
+
+def stored_pass(stored: list[tuple[str, str]]) -> tuple[list, float, float]:
+    """(a'): every shard's exit tables read back as a second replay reads them (checksum, then the arrays)."""
+    tasks = [dask.delayed(read_table)(path, sha) for path, sha in stored]
     t0 = time.perf_counter()
     (tables,) = dask.compute(tasks, scheduler="threads")
-    return [t for (t,) in tables], time.perf_counter() - t0, peak_mib()
+    return list(tables), time.perf_counter() - t0, peak_mib()
 
 
 def gemm_rate(rows: int = 4096, inner: int = 2048, cols: int = 4096, repeat: int = 3) -> float:
@@ -187,7 +209,7 @@ def head_share(n_videos: int, steps: int, n_class: int, table_s: float) -> str:
 def sweep_pass(tables, shards, head: HeadState, order, first, gate, n_class, block) -> tuple:
     """(b): everything replay computes after the shard tasks, over the tables of (a); metrics, seconds, peak MiB."""
     graph = build_graph(
-        [head],
+        [TableSource(head=head)],
         [("", e.sha256) for e in shards],
         order=order,
         first=first,
@@ -219,7 +241,9 @@ def main() -> None:
     ap.add_argument("--loop-videos", type=int, default=600, help="videos timed in the sequential loop (c)")
     ap.add_argument("--class-block", type=int, default=None, help="classes per AP task [default: replay's]")
     ap.add_argument("--keep", default=None, help="build the cache here and keep it")
-    ap.add_argument("--rounds", type=int, default=2, help="whole commands each way (gates alone, default)")
+    ap.add_argument(
+        "--rounds", type=int, default=0, help="issue 22's comparison: whole commands each way (gates alone, default)"
+    )
     a = ap.parse_args()
     preset = PRESETS[a.preset]
     rng = np.random.default_rng(0)
@@ -268,7 +292,9 @@ def main() -> None:
 def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block) -> None:
     first = np.linspace(0.05, 1.0, 40).tolist()
     gate = np.linspace(0.0, 1.0, 25).tolist()
-    tables, table_s, mem_a = table_pass(cache_dir, shards, head, order)
+    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order)
+    del tables
+    tables, read_s, mem_r = stored_pass(stored)
     m, sweep_s, mem_b = sweep_pass(tables, shards, head, order, first, gate, 200, block)
     settings = len(first) * len(gate)
     assert m.map.size == settings
@@ -299,10 +325,7 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     loop_s = float(np.mean(per_setting))
     ratio = loop_s / ((table_s + sweep_s) / settings)
 
-    print(f"(a) exit-table pass:          {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
-    print(f"    {head_share(n, 10, 200, table_s)}")
-    print(f"(b) {settings}-setting sweep:     {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
-    print(f"(a) + (b):                    {table_s + sweep_s:7.2f} s   target <= 30 s")
+    print_passes(n, 200, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings)
     print(
         f"(c) sequential loop per setting: {loop_s:7.1f} s   (timed on {len(loop_keys)} videos x "
         f"{len(loop_settings)} settings, scaled to {n})"
@@ -310,7 +333,46 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     print(f"per-setting ratio (c) / ((a)+(b))/{settings}: {ratio:,.0f}   target >= 1,000")
 
     del m  # the benchmark's own results would otherwise stay alive during the job
-    policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [], a.rounds)
+    remove_all_tables(cache_dir)
+    second = (np.linspace(0.04, 0.99, 40).tolist(), np.linspace(0.02, 0.98, 25).tolist())
+    first_and_second(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", (first, gate), second, [], (10, 3))
+    if a.rounds:
+        policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [], a.rounds)
+
+
+def print_passes(n, n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings) -> None:
+    print(f"(a) exit-table pass, computed and stored: {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
+    print(f"    {head_share(n, 10, n_class, table_s)}")
+    print(f"(a') the stored tables read back:        {read_s:7.2f} s   (peak RSS {mem_r:.0f} MiB)")
+    print(f"(b) {settings}-setting sweep:               {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
+    print(f"first replay (a) + (b):                 {table_s + sweep_s:7.2f} s")
+    print(f"second replay (a') + (b):               {read_s + sweep_s:7.2f} s")
+
+
+def first_and_second(tmp, cache_dir, ckpt, job_name, grid, second, overrides, targets) -> None:
+    """The whole command on a cache without stored tables (the first replay of the checkpoint: its head runs, its
+    tables are stored), then with another grid (the second: reads them), then the first grid again, whose
+    sweep.parquet and videos.parquet must equal the first's byte for byte; ``targets``: seconds of the first two."""
+    runs = []
+    for label, (first, gate) in (("first replay", grid), ("second replay, another grid", second)):
+        runs.append(whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, label))
+        if label == "first replay":
+            reference = _outputs(tmp)
+    whole_job(tmp, cache_dir, ckpt, job_name, *grid, overrides, "the first grid again, from the stored tables")
+    same = "byte for byte equal" if _outputs(tmp) == reference else "DIFFERENT"
+    print(
+        f"whole commands: first {runs[0]:.1f} s (target <= {targets[0]} s), second {runs[1]:.1f} s (target <= "
+        f"{targets[1]} s); sweep.parquet and videos.parquet from the stored tables vs computed: {same}"
+    )
+
+
+def _outputs(tmp) -> dict[str, bytes]:
+    """The bytes of the last whole command's sweep.parquet and videos.parquet."""
+    out = {}
+    for name in ("sweep.parquet", "videos.parquet"):
+        with open(os.path.join(tmp, "out", name), "rb") as f:
+            out[name] = f.read()
+    return out
 
 
 #: The whole command as it ran before issue 22: the gates alone, no bootstrap.
@@ -318,13 +380,15 @@ GATES_ALONE = ["--policies", "frameexit", "--resamples", "0"]
 
 
 def policies_and_intervals(tmp, cache_dir, ckpt, job_name, first, gate, overrides, rounds=2) -> None:
-    """The whole command in one run, ``rounds`` times each way, alternating: the gates alone without intervals
-    (the replay before issue 22), then by default (the baseline policies, and 1,000-resample bootstrap intervals at
-    the named settings); the ratio of the fastest of each (this VM's noise is about +-5 % from run to run)."""
+    """Issue 22's comparison, the head run every time (``--exit-tables off``): the whole command ``rounds`` times
+    each way, alternating, the gates alone without intervals (the replay before issue 22), then by default (the
+    baseline policies, and 1,000-resample bootstrap intervals at the named settings); the ratio of the fastest of each
+    (this VM's noise is about +-5 % from run to run)."""
     before, after = [], []
+    off = [*overrides, "--exit-tables", "off"]
     for _ in range(rounds):
-        before.append(whole_job(tmp, cache_dir, ckpt, job_name, first, gate, [*overrides, *GATES_ALONE], "gates alone"))
-        after.append(whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, "policies and intervals"))
+        before.append(whole_job(tmp, cache_dir, ckpt, job_name, first, gate, [*off, *GATES_ALONE], "gates alone"))
+        after.append(whole_job(tmp, cache_dir, ckpt, job_name, first, gate, off, "policies and intervals"))
     ratio = min(after) / min(before)
     print(
         f"policies and intervals: {ratio:.3f} x the gates alone, fastest of {rounds} each "
@@ -370,14 +434,19 @@ def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, label="") 
     return job_s
 
 
-def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=2) -> None:
-    tables, table_s, mem_a = table_pass(cache_dir, shards, head, order)
+def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=0) -> None:
+    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order)
+    del tables
+    tables, read_s, mem_r = stored_pass(stored)
     conf0 = np.concatenate([t.confidence0 for t in tables])
     gates = np.concatenate([t.gates for t in tables])
     # the grid on quantiles (see the module docstring), 40 x 25 as in the ActivityNet preset
     first = np.unique(np.quantile(conf0, np.linspace(0.0, 1.0, 42)[1:-1]).astype(np.float32))
     first = first.astype(np.float64).tolist()
     gate = np.quantile(gates, np.linspace(0.0, 1.0, 25)).astype(np.float32).astype(np.float64).tolist()
+    # the second replay's grid: other quantiles
+    second = np.unique(np.quantile(conf0, np.linspace(0.0, 1.0, 43)[1:-2]).astype(np.float32)).astype(np.float64)
+    second_gate = np.quantile(gates, np.linspace(0.01, 0.99, 25)).astype(np.float32).astype(np.float64)
     m, sweep_s, mem_b = sweep_pass(tables, shards, head, order, first, gate, n_class, block)
     settings = len(first) * len(gate)
     assert m.map.size == settings and m.ap.shape == (len(gate), len(first), n_class)
@@ -387,12 +456,11 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=2) -> 
         f"{len(gate)} gate thresholds (quantiles of the gate outputs {gate[0]:.3g}..{gate[-1]:.3g}); "
         f"distinct gate exit steps per video {steps_seen:.1f}; {-(-n_class // block)} class blocks of {block}"
     )
-    print(f"(a) exit-table pass:          {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
-    print(f"    {head_share(len(conf0), 10, n_class, table_s)}")
-    print(f"(b) {settings}-setting sweep:     {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
-    print(f"(a) + (b):                    {table_s + sweep_s:7.2f} s   target <= 600 s, peak <= 12 GB")
+    print_passes(len(conf0), n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings)
+    print("targets: first (a) + (b) <= 150 s, second (a') + (b) <= 60 s, peak <= 7 GB")
     print(f"mAP over the grid: {np.nanmin(m.map):.4f}..{np.nanmax(m.map):.4f} (a random head: chance level)")
     del tables, m
+    remove_all_tables(cache_dir)
     # a class list and a Tag,Category file (tag i in category i % 6), so the command also computes the mAP of
     # each category
     classes, categories = os.path.join(tmp, "classes.txt"), os.path.join(tmp, "categories.csv")
@@ -403,7 +471,10 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=2) -> 
     with open(categories, "w") as f:
         f.write("Tag,Category\n" + "".join(f"{name},{kinds[i % 6]}\n" for i, name in enumerate(names)))
     overrides = ["--data.path_classid", classes, "--data.path_category", categories]
-    policies_and_intervals(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides, rounds)
+    grids = ((first, gate), (second.tolist(), second_gate.tolist()))
+    first_and_second(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", *grids, overrides, ("-", "-"))
+    if rounds:
+        policies_and_intervals(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", first, gate, overrides, rounds)
 
 
 def _gate_steps(gates: np.ndarray, gate: list[float]) -> np.ndarray:

@@ -430,6 +430,10 @@ def _copies_precision(
     return out
 
 
+#: Resample weights (videos x resamples) from which the bootstrap imports torch for its int8 product.
+TORCH_PRODUCT_SIZE = 10**7
+
+
 def _count_product(weights: np.ndarray, total: int) -> Callable[[np.ndarray], np.ndarray]:
     """``m @ weights.T`` for 0/1 int8 matrices ``m`` (k, n_videos), exactly: integers of shape (k, resamples).
 
@@ -437,7 +441,11 @@ def _count_product(weights: np.ndarray, total: int) -> Callable[[np.ndarray], np
     when the weights fit int8 and every resample's total int32; else numpy in float32 (exact below 2^24 copies)
     or float64 (below 2^53).
     """
-    int8_product = _torch_int8_product()
+    # torch where it is imported already, or where the products repay importing it (about 1 s): at ActivityNet
+    # scale (4,926 videos x 1,000 resamples) numpy's product costs 0.24 s a setting against torch's 0.055 s, so the
+    # 5 settings a report names cost about the same either way (a replay reading stored tables imports no torch)
+    worth = "torch" in sys.modules or weights.size >= TORCH_PRODUCT_SIZE
+    int8_product = _torch_int8_product() if worth else None
     if int8_product is not None and weights.size and weights.max() <= 127 and total < 2**31:
         import torch
 

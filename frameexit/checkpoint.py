@@ -33,20 +33,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[0]
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+def read_checkpoint(path: str | os.PathLike, content: bytes | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict stored in a checkpoint file, keys without the ``module.`` prefix, and the SHA-256 of the
-    file: both from the same bytes, read once.
+    file: both from the same bytes, read once (``content``: those bytes, when the caller has read them).
 
     Raises :class:`CheckpointError` naming the file if it is missing, unreadable, holds anything but tensors and
     containers (the message names the pickled objects and never advises loading it otherwise), is not a state
     dict, or holds NaN or infinite values (:func:`check_finite`).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if content is None and not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
+        if content is None:
+            with open(path, "rb") as handle:
+                content = handle.read()
         obj = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for bad files
         raise CheckpointError(

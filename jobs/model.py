@@ -56,15 +56,16 @@ def checkpoint_state(job: Job, checkpoint: str) -> dict[str, torch.Tensor]:
     return checkpoint_file(job, checkpoint)[0]
 
 
-def checkpoint_file(job: Job, checkpoint: str) -> tuple[dict[str, torch.Tensor], str]:
+def checkpoint_file(job: Job, checkpoint: str, content: bytes | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The checkpoint's state dict, checked against the job, with backbone weights; and the SHA-256 of the
-    checkpoint file, from the bytes the state was read from (the file is read once).
+    checkpoint file, from the bytes the state was read from (the file is read once; ``content``: its bytes, when
+    already read).
 
     The backbone comes from the checkpoint when it has one (the released ones do, fine-tuned); otherwise from
     the published weights already on disk if ``model.backbone.pretrained`` is true. Nothing is downloaded.
     """
     check_backbone_dim(job)
-    state, sha256 = read_checkpoint(checkpoint)
+    state, sha256 = read_checkpoint(checkpoint, content)
     check_state(job, state, checkpoint)
     if not any(k.startswith(BACKBONE) for k in state):
         model_cfg = job.model

@@ -66,7 +66,7 @@ from .outputs import (
     writing,
 )
 from .replay_graph import TableSource, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
-from .replay_inputs import ReplayHead, finish_storing, refuse_tables, replay_inputs, storing
+from .replay_inputs import ReplayHead, finish_storing, refuse_tables, replay_inputs, stores_tables, storing
 from .scheduling import dask_client
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ class ReplayOptions:
     # read the frames the steps use and refuse a cache whose manifest records other frames (another listing, or
     # other bytes: frames re-prepared under the same split file); without it no frame is read
     verify_frames: bool = False
+    # auto: each checkpoint's exit tables read from the cache where stored there, else computed and stored;
+    # off: computed, nothing read or stored (cache.exit_tables)
+    exit_tables: str = "auto"
     # a cost budget (the report's cost metric): the setting a report would choose at it, under each policy, is named
     # too, with its bootstrap intervals and per-video rows (frameexit run --budget passes the report's)
     budget: float | None = None
@@ -285,7 +288,10 @@ def _sweep(
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
     running = any(h.state is not None for h in heads)
-    with storing(cache, heads) as writers, dask_client(options.scheduler, options.workers) as client:
+    with (
+        storing(cache, heads, stores_tables(options)) as writers,
+        dask_client(options.scheduler, options.workers) as client,
+    ):
         block = options.class_block or default_class_block(
             n_class, len(cache.manifest.planned()), n_steps, cpu_workers(client)
         )

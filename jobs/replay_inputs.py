@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib.metadata
+import hashlib
 import logging
 import os
 from collections.abc import Collection, Iterator, Sequence
@@ -37,10 +37,10 @@ from cache.exit_tables import (
 from cache.find import frames_differences, open_cache
 from cache.inputs import check_job_files, file_digests
 from cache.manifest import CacheError, FeatureCache
-from cache.shard import file_sha256
 from frameexit.errors import CheckpointError, ConfigError, FrameExitError
 from frameexit.step_costs import StepCosts
 from frameexit.train_config import HEAD_PRECISION
+from reports.records import package_version
 
 from .cache_keys import cache_key_inputs
 from .config import Job
@@ -67,11 +67,6 @@ class ReplayHead:
     state: HeadState | None = None
 
 
-def torch_version() -> str:
-    """The installed torch's version, read without importing it."""
-    return importlib.metadata.version("torch")
-
-
 def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[int]) -> TablesInputs:
     """The inputs (and so the key) of a checkpoint's exit tables over ``cache``."""
     return TablesInputs(
@@ -80,7 +75,7 @@ def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[i
         checkpoint=checkpoint_sha256,
         order=tuple(int(t) for t in order),
         precision=HEAD_PRECISION,
-        torch=torch_version(),
+        torch=package_version("torch"),
     )
 
 
@@ -98,13 +93,20 @@ def replay_inputs(
     ``first``: the first checkpoint's head, when already read; ``refuse``: checkpoints whose stored tables must not
     be read (found corrupt): their heads run again."""
     want_classes = bool(job.data.path_category)
-    digests = [first.sha256 if i == 0 and first is not None else _file_digest(c) for i, c in enumerate(job.checkpoints)]
+    if options.exit_tables == "off":
+        refuse = range(len(job.checkpoints))
+    # each checkpoint file is read once: its SHA-256 names its stored tables, and where it has none, torch loads the
+    # same bytes
+    content = [None if i == 0 and first is not None else _file_bytes(c) for i, c in enumerate(job.checkpoints)]
+    digests = [_sha256(c) for c in content]
+    if first is not None:
+        digests[0] = first.sha256
     if cache is None and digests[0] and 0 not in refuse:
         found = _cache_of_stored_tables(job, options, digests[0], want_classes)
         if found is not None:
             cache, classes = found
     if cache is None:
-        first = read_head(job, job.checkpoints[0])
+        first = read_head(job, job.checkpoints[0], content[0])
         cache, classes = open_job_cache(job, options, first.backbone_digest, classes=want_classes)
     heads = []
     for i, checkpoint in enumerate(job.checkpoints):
@@ -113,17 +115,28 @@ def replay_inputs(
         if stored is not None and _fits(job, cache, checkpoint, stored.head):
             heads.append(_stored_head(checkpoint, inputs, stored))
         else:
-            state = first if i == 0 and first is not None else read_head(job, checkpoint)
+            state = first if i == 0 and first is not None else read_head(job, checkpoint, content[i])
             heads.append(_running_head(job, cache, checkpoint, state))
+        content[i] = None  # the bytes of a checkpoint read, or not needed
     return cache, classes, heads
 
 
-def _file_digest(path: str) -> str | None:
-    """The SHA-256 of a checkpoint file, None where it cannot be read (reading it with torch says why)."""
+def stores_tables(options: Any) -> bool:
+    """Whether a replay with ``options`` stores the exit tables it computes."""
+    return options.exit_tables != "off"
+
+
+def _file_bytes(path: str) -> bytes | None:
+    """A checkpoint file's bytes, None where it cannot be read (reading it with torch says why)."""
     try:
-        return file_sha256(path)
+        with open(path, "rb") as handle:
+            return handle.read()
     except OSError:
         return None
+
+
+def _sha256(content: bytes | None) -> str | None:
+    return hashlib.sha256(content).hexdigest() if content is not None else None
 
 
 def _cache_of_stored_tables(
@@ -212,23 +225,27 @@ def _running_head(job: Job, cache: FeatureCache, checkpoint: str, state: HeadSta
     return ReplayHead(checkpoint, state.sha256, state.hidden_dim, costs, paper, inputs, facts, state=state)
 
 
-def read_head(job: Job, checkpoint: str) -> HeadState:
-    """A checkpoint read with torch, checked against the job (:func:`jobs.model.checkpoint_file`), as a head."""
+def read_head(job: Job, checkpoint: str, content: bytes | None = None) -> HeadState:
+    """A checkpoint read with torch, checked against the job (:func:`jobs.model.checkpoint_file`; ``content``: the
+    file's bytes, when already read), as a head."""
     from .model import HeadState, checkpoint_file
 
-    state, sha256 = checkpoint_file(job, checkpoint)
+    state, sha256 = checkpoint_file(job, checkpoint, content)
     return HeadState(checkpoint, sha256, state)
 
 
 @contextmanager
-def storing(cache: FeatureCache, heads: Sequence[ReplayHead]) -> Iterator[list[TablesWriter | None]]:
-    """For each head that runs, a writer of its tables into the cache (None for the others, and where the cache
-    cannot take them: another replay is storing the same tables, or the folder is read-only: said, not fatal)."""
+def storing(
+    cache: FeatureCache, heads: Sequence[ReplayHead], store: bool = True
+) -> Iterator[list[TablesWriter | None]]:
+    """For each head that runs, a writer of its tables into the cache (None for the others, without ``store``, and
+    where the cache cannot take them: another replay is storing the same tables, or the folder is read-only: said,
+    not fatal)."""
     with ExitStack() as stack:
         writers: list[TablesWriter | None] = []
         for head in heads:
             writer = None
-            if head.state is not None:
+            if store and head.state is not None:
                 try:
                     writer = stack.enter_context(storing_tables(cache.directory, head.inputs, head.facts))
                 except (TablesBusyError, OSError, FrameExitError) as exc:

@@ -10,12 +10,17 @@ torch's ``FlopCounterMode`` (GFLOPs = 2 x GMACs); costs are per video; threshold
 written as ``null``.
 """
 
+import ast
+import contextlib
 import datetime
 import functools
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -59,16 +64,30 @@ class Runtime(Versions):
 
 def runtime() -> Runtime:
     """The date (now, UTC) and the versions of frameexit, torch, torchvision and Python."""
-    import torch  # here: reading a record needs no torch
-    import torchvision
-
     return Runtime(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         frameexit=frameexit.__version__,
-        torch=torch.__version__,
-        torchvision=torchvision.__version__,
+        torch=package_version("torch"),
+        torchvision=package_version("torchvision"),
         python=platform.python_version(),
     )
+
+
+def package_version(package: str) -> str:
+    """``package.__version__``, without importing a package not imported yet (a replay that reads stored exit tables
+    never imports torch): the ``__version__`` line of its ``version.py`` (torch's and torchvision's say
+    ``2.14.1+cu130`` where their distribution's metadata says ``2.14.1``), else the distribution's version."""
+    module = sys.modules.get(package)
+    if module is not None:
+        return str(module.__version__)
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        with contextlib.suppress(OSError), open(os.path.join(folder, "version.py"), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("__version__"):
+                    return str(ast.literal_eval(line.split("=", 1)[1].strip()))
+    return importlib.metadata.version(package)
 
 
 def versions(block: Runtime) -> Versions:

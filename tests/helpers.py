@@ -395,12 +395,15 @@ def invoke(*args):
 
 
 def copy_cache(cache_dir: str, root) -> str:
-    """A copy of the cache directory ``cache_dir`` under the cache root ``root`` (same key), without its lock:
-    what a test that writes into a cache, or holds its lock, works on instead of a shared cache."""
+    """A copy of the cache directory ``cache_dir`` under the cache root ``root`` (same key), without its lock and the
+    exit tables replays stored in it: what a test that writes into a cache, or holds its lock, works on instead of a
+    shared cache."""
     import shutil
 
+    from cache.exit_tables import TABLES_DIR
+
     dest = os.path.join(str(root), os.path.basename(cache_dir))
-    shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(cache_dir, dest, ignore=shutil.ignore_patterns(".lock", TABLES_DIR))
     return dest
 
 

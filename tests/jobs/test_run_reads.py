@@ -3,6 +3,7 @@ each shard verified once per replay, whatever the number of checkpoints (issue 2
 
 import builtins
 import collections
+import glob
 import os
 
 import pytest
@@ -10,16 +11,17 @@ import torch
 from click.testing import CliRunner
 from helpers import write_job
 
+from cache.exit_tables import TABLES_DIR
 from cli import main
 
 
 @pytest.fixture
 def reads(monkeypatch):
     """Counts, by path, the files opened for reading (``open``) and the shards read as HDF5 by replay's tasks."""
-    import jobs.replay_graph
+    import jobs.replay_head
 
     opened, hdf5 = collections.Counter(), collections.Counter()
-    real_open, real_read = builtins.open, jobs.replay_graph.read_shard
+    real_open, real_read = builtins.open, jobs.replay_head.read_shard
 
     def counting_open(file, mode="r", *args, **kwargs):
         if isinstance(file, (str, os.PathLike)) and not set(mode) & set("wax+"):
@@ -31,7 +33,7 @@ def reads(monkeypatch):
         return real_read(path)
 
     monkeypatch.setattr(builtins, "open", counting_open)
-    monkeypatch.setattr(jobs.replay_graph, "read_shard", counting_read)
+    monkeypatch.setattr(jobs.replay_head, "read_shard", counting_read)
     return opened, hdf5
 
 
@@ -58,11 +60,14 @@ def test_run_reads_every_dataset_file_and_the_checkpoint_once(hvu, checkpoint, t
             assert opened[path] == 1, (attempt, path, opened[path])
         shards = _shards(cache_dir)
         assert len(shards) == 3
-        # a shard extract writes is hashed from its bytes in memory; one it finds is checked once, and replay
-        # checks each once more before reading it (the file may have changed since)
-        expected = 1 if attempt == "extracts" else 2
-        assert {s: opened[s] for s in shards} == dict.fromkeys(shards, expected), attempt
-        assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, 1), attempt
+        # a shard extract writes is hashed from its bytes in memory, and the first replay checks it before reading
+        # it; that replay stores the exit tables, which the second reads (each checked once) instead of any shard,
+        # after extract checked each shard it found once
+        reads = 1 if attempt == "extracts" else 0
+        assert {s: opened[s] for s in shards} == dict.fromkeys(shards, 1), attempt
+        assert {s: hdf5[s] for s in shards} == dict.fromkeys(shards, reads), attempt
+        tables = glob.glob(os.path.join(cache_dir, TABLES_DIR, "*", "table-*.h5"))
+        assert len(tables) == 3 and {t: opened[os.path.realpath(t)] for t in tables} == dict.fromkeys(tables, 1 - reads)
         assert opened[os.path.realpath(os.path.join(cache_dir, "manifest.json"))] == (attempt != "extracts")
 
 
