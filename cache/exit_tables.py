@@ -4,6 +4,8 @@ same checkpoint reads it instead of running the head (and without importing torc
 Layout, inside the feature cache directory (readable with plain h5py and json)::
 
     exit-tables/<key>/tables.json       the manifest: key, inputs, per feature shard its table's SHA-256, complete
+    exit-tables/resampled/<digest>.json  a setting's bootstrap resamples (mAP and top-1), by the digest of what
+                                        they are computed from (see resampled_digest)
     exit-tables/<key>/table-NNNNN.h5    the exit tables of feature shard NNNNN:
         probs   (n_videos, n_steps, num_class) float32   softmax of every step's classifier
         gates   (n_videos, n_steps - 1) float32          s_t of steps 1..T-1
@@ -13,7 +15,7 @@ Layout, inside the feature cache directory (readable with plain h5py and json)::
 
 ``<key>`` digests everything the tables depend on (:class:`TablesInputs`): the features (the cache key and every
 shard's SHA-256, so re-extracted features get new tables), the checkpoint file's SHA-256, the policy order, the
-head's precision and the version of torch whose kernels ran it. Files are written like shards: built in memory,
+head's precision, the version of torch whose kernels ran it and the source of frameexit's modules that did. Files are written like shards: built in memory,
 written under a temporary name, fsynced and renamed; the manifest is written last, ``complete`` once every table is
 there, and a table is read only after its bytes match the SHA-256 the manifest records (:class:`TablesCorruptError`
 otherwise: a replay refuses it and computes the tables again). Removing ``exit-tables/`` is always safe.
@@ -43,6 +45,7 @@ from .manifest import CacheCorruptError, CacheError
 from .shard import file_sha256
 
 TABLES_DIR = "exit-tables"
+RESAMPLED_DIR = "resampled"
 TABLES_MANIFEST = "tables.json"
 #: Bumped whenever a table file's content or the key's inputs change: older tables are then not found.
 TABLES_FORMAT = 1
@@ -75,6 +78,7 @@ class TablesInputs:
     order: tuple[int, ...]  # policy order: step t reads sampled frame order[t]
     precision: str  # the head's arithmetic (frameexit.head.HEAD_DTYPE)
     torch: str  # torch's version: its kernels compute the head
+    code: str  # SHA-256 of the source of the modules that compute them (a change of frameexit's head pass)
     format_version: int = TABLES_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -252,3 +256,49 @@ def storing_tables(cache_dir: str, inputs: TablesInputs, head: Mapping[str, Any]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, TABLES_MANIFEST))
         yield TablesWriter(directory, inputs, dict(head))
+
+
+def resampled_dir(cache_dir: str) -> str:
+    """The folder of the bootstrap resamples kept beside a cache's exit tables."""
+    return os.path.join(cache_dir, TABLES_DIR, RESAMPLED_DIR)
+
+
+def resampled_digest(scores: np.ndarray, labels: np.ndarray, resamples: int, seed: int, code: str) -> str:
+    """SHA-256 of everything a setting's bootstrap resamples depend on: every video's class probabilities at its
+    exit (``scores``, rows in key order), the labels, the resamples and their seed, and ``code`` (the digest of the
+    bootstrap's source)."""
+    scores = np.ascontiguousarray(scores)
+    head = {"resamples": resamples, "seed": seed, "code": code, "shape": list(scores.shape), "dtype": str(scores.dtype)}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    digest.update(scores.tobytes())
+    digest.update(np.packbits(np.asarray(labels, dtype=bool), axis=None).tobytes())
+    return digest.hexdigest()
+
+
+def read_resampled(directory: str, digest: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The resampled mAP and top-1 kept under ``digest`` (float64 arrays), or None: none kept, or a file whose own
+    checksum does not match its values (never read)."""
+    try:
+        with open(os.path.join(directory, f"{digest}.json"), encoding="utf-8") as handle:
+            doc = json.load(handle)
+        values = {"map": doc["map"], "top1": doc["top1"]}
+        if doc["digest"] != digest or doc["sha256"] != _values_sha256(values):
+            return None
+        return np.asarray(values["map"], dtype=np.float64), np.asarray(values["top1"], dtype=np.float64)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def write_resampled(directory: str, digest: str, maps: np.ndarray, top1: np.ndarray) -> None:
+    """Keep a setting's resampled mAP and top-1 under ``digest``, atomically; where it cannot be written, nothing
+    is kept (the next replay computes them again)."""
+    values = {"map": [float(v) for v in maps], "top1": [float(v) for v in top1]}
+    doc = {"digest": digest, **values, "sha256": _values_sha256(values)}
+    with contextlib.suppress(OSError):
+        os.makedirs(directory, exist_ok=True)
+        with atomic_write(os.path.join(directory, f"{digest}.json"), "w") as handle:
+            json.dump(doc, handle, allow_nan=True)
+
+
+def _values_sha256(values: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, allow_nan=True).encode()).hexdigest()

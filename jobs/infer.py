@@ -258,7 +258,7 @@ def _named(job: Job, row: MetricRow, done: _Evaluated, scores: np.ndarray) -> Na
     if boot.resamples:
         resampler = SettingResampler(labels[order], resample_weights(len(order), boot.resamples, boot.seed))
     steps = np.asarray(done.exits, dtype=np.int64)[order]
-    return named_result(setting_of(row), steps, scores[order], boot, resampler)
+    return named_result(setting_of(row), steps, scores[order], boot, resampler(scores[order]) if resampler else None)
 
 
 def _metric_columns(

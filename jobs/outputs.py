@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from frameexit.atomic import folder_lock
-from frameexit.bootstrap import Bootstrap, Interval, SettingResampler
+from frameexit.bootstrap import Bootstrap, Interval, Resampled
 from frameexit.metrics import category_map
 from frameexit.sampling import COARSE_TO_FINE
 from reports.commit import settle
@@ -200,15 +200,14 @@ def named_result(
     steps: np.ndarray,
     scores: np.ndarray,
     bootstrap: Bootstrap,
-    resampler: SettingResampler | None,
+    resampled: Resampled | None,
 ) -> NamedResult:
     """The :class:`NamedResult` of a setting from every video's exit step and probabilities there (rows in key
-    order) and the bootstrap's resamples of those videos (``None``: no resamples)."""
+    order) and the setting's metrics in the bootstrap's resamples of those videos (``None``: no resamples)."""
     prediction = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
     intervals: tuple[Interval | None, Interval | None] = (None, None)
     maps = np.zeros(0)
-    if resampler is not None:
-        resampled = resampler(scores)
+    if resampled is not None:
         intervals, maps = resampled.intervals(bootstrap.level), resampled.map
     return NamedResult(
         setting=dict(setting),

@@ -66,7 +66,15 @@ from .outputs import (
     writing,
 )
 from .replay_graph import TableSource, VideoRows, build_graph, compute_distributed, compute_local, cpu_workers
-from .replay_inputs import ReplayHead, finish_storing, refuse_tables, replay_inputs, stores_tables, storing
+from .replay_inputs import (
+    ReplayHead,
+    finish_storing,
+    refuse_tables,
+    replay_inputs,
+    resampled_store,
+    stores_tables,
+    storing,
+)
 from .scheduling import dask_client
 
 if TYPE_CHECKING:
@@ -319,6 +327,7 @@ def _sweep(
             baselines=grid.baselines,
             name_settings=name_settings,
             bootstrap=job.replay.bootstrap,
+            resampled=resampled_store(cache, options),
         )
         threads = contextlib.nullcontext()
         if running and client is None and options.scheduler == "threads":

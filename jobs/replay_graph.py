@@ -42,9 +42,9 @@ import dask
 import numpy as np
 from tqdm.dask import TqdmCallback
 
-from cache.exit_tables import read_table
+from cache.exit_tables import read_resampled, read_table, resampled_digest, write_resampled
 from cache.manifest import CacheError, ShardMissingError
-from frameexit.bootstrap import Bootstrap, SettingResampler, resample_weights
+from frameexit.bootstrap import Bootstrap, Resampled, SettingResampler, resample_weights
 from frameexit.exactness import (
     UNKNOWN,
     HeadDeviation,
@@ -233,12 +233,26 @@ def setting_exit_steps(exits: VideoExits, setting: dict[str, Any]) -> np.ndarray
     return policy_exit_steps([baseline], exits.top_probs, exits.hits)[0]
 
 
+@dataclass(frozen=True)
+class ResampledStore:
+    """Where a replay keeps each named setting's bootstrap resamples (:func:`cache.exit_tables.read_resampled`), and
+    the digest of the bootstrap's code they are keyed by besides their inputs."""
+
+    directory: str
+    code: str
+
+
 def named_bootstrap(
-    parts: Sequence[ExitTables], exits: VideoExits, settings: Sequence[dict[str, Any]], bootstrap: Bootstrap
+    parts: Sequence[ExitTables],
+    exits: VideoExits,
+    settings: Sequence[dict[str, Any]],
+    bootstrap: Bootstrap,
+    store: ResampledStore | None = None,
 ) -> list[NamedResult]:
     """Dask task: at each named setting, every video's decision and the bootstrap of mAP and top-1 over videos
     (:mod:`frameexit.bootstrap`): the exit steps from the merged ``exits``, the probabilities there from every
-    shard's tables; one setting's scores (videos x classes) at a time."""
+    shard's tables; one setting's scores (videos x classes) at a time. With ``store``, a setting's resamples
+    kept there from the same probabilities, labels and resamples are read instead, and those computed are kept."""
     videos = [v for p in parts for v in p.videos]
     order = np.argsort(np.asarray(videos, dtype=object), kind="stable")
     position = np.empty(len(videos), dtype=np.int64)  # each concatenated row's place in key order
@@ -246,8 +260,6 @@ def named_bootstrap(
     starts = np.cumsum([0, *(len(p.videos) for p in parts)])
     labels = np.concatenate([p.labels for p in parts])[order]
     resampler = None
-    if bootstrap.resamples:
-        resampler = SettingResampler(labels, resample_weights(len(videos), bootstrap.resamples, bootstrap.seed))
     out = []
     for setting in settings:
         steps = setting_exit_steps(exits, setting)
@@ -257,8 +269,23 @@ def named_bootstrap(
                 p.probs[np.arange(len(p.videos)), shard_steps[lo:hi]]
                 for p, lo, hi in zip(parts, starts[:-1], starts[1:], strict=True)
             ]
-        )
-        out.append(named_result(setting, steps, scores[order], bootstrap, resampler))
+        )[order]
+        resampled = None
+        if bootstrap.resamples:
+            digest = kept = None
+            if store is not None:
+                digest = resampled_digest(scores, labels, bootstrap.resamples, bootstrap.seed, store.code)
+                kept = read_resampled(store.directory, digest)
+            if kept is not None:
+                resampled = Resampled(*kept)
+            else:
+                if resampler is None:  # what the resamples of these videos share, computed once
+                    weights = resample_weights(len(videos), bootstrap.resamples, bootstrap.seed)
+                    resampler = SettingResampler(labels, weights)
+                resampled = resampler(scores)
+                if store is not None:
+                    write_resampled(store.directory, digest, resampled.map, resampled.top1)
+        out.append(named_result(setting, steps, scores, bootstrap, resampled))
     return out
 
 
@@ -300,6 +327,7 @@ def build_graph(
     baselines: Sequence[PolicySetting] = (),
     name_settings: Callable[[int, SweepMetrics, SweepMetrics | None], list[dict[str, Any]]] | None = None,
     bootstrap: Bootstrap | None = None,
+    resampled: ResampledStore | None = None,
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint, whose exit tables come from ``sources``
     (:class:`TableSource`); ``shards``: ``(path, sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep
@@ -309,7 +337,7 @@ def build_graph(
     videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline policies' settings
     (:func:`frameexit.policies.policy_settings`), computed with the same class blocks; ``name_settings(i, sweep,
     baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose decisions and bootstrap
-    intervals (``bootstrap``) are computed from the tables (``named-i``)."""
+    intervals (``bootstrap``) are computed from the tables (``named-i``), or read from ``resampled``."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
@@ -382,7 +410,7 @@ def build_graph(
             )
             graph.named.append(f"named-{i}-{token}")
             graph.outputs[graph.named[i]] = dask.delayed(named_bootstrap)(
-                tables, merged, settings, bootstrap or Bootstrap(resamples=0), dask_key_name=graph.named[i]
+                tables, merged, settings, bootstrap or Bootstrap(resamples=0), resampled, dask_key_name=graph.named[i]
             )
         graph.videos.append(f"videos-{i}-{token}")
         graph.outputs[graph.videos[i]] = dask.delayed(merge_video_rows)(rows, dask_key_name=graph.videos[i])

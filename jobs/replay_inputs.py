@@ -11,8 +11,10 @@ messages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Collection, Iterator, Sequence
@@ -32,6 +34,7 @@ from cache.exit_tables import (
     discard_tables,
     find_tables,
     read_tables_manifest,
+    resampled_dir,
     storing_tables,
 )
 from cache.find import frames_differences, open_cache
@@ -45,6 +48,7 @@ from reports.records import package_version
 from .cache_keys import cache_key_inputs
 from .config import Job
 from .datasets import load_job_dataset, read_class_list_digest
+from .replay_graph import ResampledStore
 
 if TYPE_CHECKING:
     from .model import HeadState
@@ -67,6 +71,31 @@ class ReplayHead:
     state: HeadState | None = None
 
 
+#: The modules whose code computes the exit tables, and those that compute a setting's bootstrap resamples from its
+#: probabilities: their source is part of what is kept is keyed by, so that nothing another version of that code
+#: computed is ever read.
+HEAD_MODULES = ("frameexit.head", "frameexit.head_pass", "frameexit.checkpoint")
+BOOTSTRAP_MODULES = ("frameexit.bootstrap", "frameexit.metrics")
+
+
+@functools.cache
+def code_digest(modules: tuple[str, ...]) -> str:
+    """SHA-256 of the source files of ``modules``, read without importing them (nor torch)."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        with open(spec.origin, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def resampled_store(cache: FeatureCache, options: Any) -> ResampledStore | None:
+    """Where a replay keeps and finds its named settings' bootstrap resamples (none with ``--exit-tables off``)."""
+    if not stores_tables(options):
+        return None
+    return ResampledStore(resampled_dir(cache.directory), code_digest(BOOTSTRAP_MODULES))
+
+
 def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[int]) -> TablesInputs:
     """The inputs (and so the key) of a checkpoint's exit tables over ``cache``."""
     return TablesInputs(
@@ -76,6 +105,7 @@ def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[i
         order=tuple(int(t) for t in order),
         precision=HEAD_PRECISION,
         torch=package_version("torch"),
+        code=code_digest(HEAD_MODULES),
     )
 
 

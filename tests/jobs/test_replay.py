@@ -103,11 +103,16 @@ def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, cluster, tmp_pa
     grid = dict(first_thresholds=(0.0, 0.3, 0.57, 0.6, 1.0), gate_thresholds=(0.0, 0.02, 0.1, 0.5, 1.0))
     job = with_options(load_job(job_file), dict(grid, per_video="all"))
     tables, videos, boots = {}, {}, {}
+    # every head run on each scheduler (--exit-tables off); then a replay keeping the exit tables and resamples, one
+    # reading them, and one reading them on the cluster
     for name, options in {
-        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync"),
-        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1),
-        "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7),
-        "cluster": ReplayOptions(cache_root=cache_root, scheduler=cluster),
+        "sync": ReplayOptions(cache_root=cache_root, scheduler="sync", exit_tables="off"),
+        "threads": ReplayOptions(cache_root=cache_root, scheduler="threads", class_block=1, exit_tables="off"),
+        "blocks of 7": ReplayOptions(cache_root=cache_root, class_block=7, exit_tables="off"),
+        "cluster": ReplayOptions(cache_root=cache_root, scheduler=cluster, exit_tables="off"),
+        "kept": ReplayOptions(cache_root=cache_root),
+        "read": ReplayOptions(cache_root=cache_root, scheduler="sync"),
+        "read on the cluster": ReplayOptions(cache_root=cache_root, scheduler=cluster),
     }.items():
         replay(job, str(tmp_path / name), options)
         tables[name] = pq.read_table(tmp_path / name / "sweep.parquet")
@@ -117,7 +122,7 @@ def test_same_sweep_whatever_the_scheduler_and_shard_size(setup, cluster, tmp_pa
         root = str(tmp_path / f"cache-{size}")
         extract(load_job(job_file), ExtractOptions(cache_root=root, shard_size=size))
         out = tmp_path / f"shards-{size}"
-        replay(job, str(out), ReplayOptions(cache_root=root))
+        replay(job, str(out), ReplayOptions(cache_root=root, exit_tables="off"))
         tables[out.name], videos[out.name] = pq.read_table(out / "sweep.parquet"), pq.read_table(out / "videos.parquet")
         boots[out.name] = json.loads((out / "replay.json").read_text())["bootstrap"]
     reference, reference_videos, reference_boot = tables.pop("sync"), videos.pop("sync"), boots.pop("sync")

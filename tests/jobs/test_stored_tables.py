@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, copy_cache
 
+import jobs.replay_graph
 import jobs.replay_head
 from cache.exit_tables import (
     TABLES_DIR,
@@ -20,6 +21,7 @@ from cache.exit_tables import (
     TablesInputs,
     find_tables,
     read_table,
+    resampled_dir,
     storing_tables,
     write_table,
 )
@@ -237,7 +239,7 @@ def test_a_table_round_trips_bit_for_bit(tmp_path):
 
 
 def test_the_key_changes_with_every_input_and_an_incomplete_set_is_not_found(tmp_path):
-    inputs = TablesInputs("cachekey", ("a", "b"), "ckpt", (0, 1), "float64", "2.14.1")
+    inputs = TablesInputs("cachekey", ("a", "b"), "ckpt", (0, 1), "float64", "2.14.1", "code")
     keys = {inputs.key}
     for change in (
         dict(cache_key="other"),
@@ -246,9 +248,10 @@ def test_the_key_changes_with_every_input_and_an_incomplete_set_is_not_found(tmp
         dict(order=(1, 0)),
         dict(precision="float32"),
         dict(torch="2.15.0"),
+        dict(code="other code"),
     ):
         keys.add(TablesInputs(**{**inputs.__dict__, **change}).key)
-    assert len(keys) == 7
+    assert len(keys) == 8
     cache_dir = str(tmp_path)
     with storing_tables(cache_dir, inputs, {"hidden_dim": 8}) as writer:
         digests = [write_table(p, _tables(seed=i), inputs.key) for i, p in enumerate(writer.paths)]
@@ -261,3 +264,34 @@ def test_the_key_changes_with_every_input_and_an_incomplete_set_is_not_found(tmp
     assert found is not None and [sha for _, sha in found.files] == digests and found.head == {"hidden_dim": 8}
     other = TablesInputs(**{**inputs.__dict__, "torch": "2.15.0"})
     assert find_tables(cache_dir, other) is None
+
+
+def test_the_resamples_of_a_setting_are_kept_and_a_damaged_file_is_not_read(job_file, cache, tmp_path, monkeypatch):
+    """A setting named again (the job's own, by a replay of another grid) reads its bootstrap resamples; a file of
+    them whose values do not match its checksum is computed again, with the same intervals."""
+    root, cache_dir = cache
+    calls = []
+    real = jobs.replay_graph.SettingResampler.__call__
+
+    def counting(self, scores):
+        calls.append(len(scores))
+        return real(self, scores)
+
+    monkeypatch.setattr(jobs.replay_graph.SettingResampler, "__call__", counting)
+    _replay(job_file, root, tmp_path / "first")
+    first = json.loads((tmp_path / "first" / "replay.json").read_text())["bootstrap"]
+    # settings whose videos exit with the same probabilities share their resamples, within a replay too
+    kept = sorted(glob.glob(os.path.join(resampled_dir(cache_dir), "*.json")))
+    assert 1 <= len(kept) == len(calls) <= len(first["intervals"])
+    calls.clear()
+    _replay(job_file, root, tmp_path / "second")
+    assert calls == []  # every named setting's resamples read
+    assert json.loads((tmp_path / "second" / "replay.json").read_text())["bootstrap"] == first
+    for path in kept:  # values changed, checksum left: never read
+        doc = json.loads(open(path).read())
+        doc["map"][0] = 0.123
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    _replay(job_file, root, tmp_path / "third")
+    assert len(calls) == len(kept)
+    assert json.loads((tmp_path / "third" / "replay.json").read_text())["bootstrap"] == first
