@@ -23,9 +23,9 @@ from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.exactness import HeadDeviation, Margins, merge_deviations, risk_grid, risk_tables, top2_gaps
 from frameexit.exit_rule import exit_steps_grid
+from frameexit.head_pass import exit_tables
 from frameexit.preprocess import Preprocessing
 from frameexit.sampling import COARSE_TO_FINE, sample_indices
-from frameexit.head_pass import exit_tables
 from frameexit.sweep import ExitTables
 from jobs import infer as infer_module
 from jobs.config import load_job

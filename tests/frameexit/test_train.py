@@ -8,8 +8,8 @@ from helpers import copy_cache, job_setting_rows, official_head_shapes, write_jo
 from oracles import exit_steps
 
 from frameexit.errors import ConfigError, DatasetError
-from frameexit.sampling import COARSE_TO_FINE
 from frameexit.head_pass import exit_tables
+from frameexit.sampling import COARSE_TO_FINE
 from frameexit.train import TrainConfig, exit_tolerance, pseudo_exit_labels, train_head
 from jobs.config import load_job
 from jobs.extract import ExtractOptions

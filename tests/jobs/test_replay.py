@@ -18,8 +18,8 @@ from cache.manifest import FeatureCache
 from cli import main
 from frameexit.checkpoint import build_model, read_state_dict
 from frameexit.cost import measure_step_costs
-from frameexit.sampling import COARSE_TO_FINE
 from frameexit.head_pass import exit_tables
+from frameexit.sampling import COARSE_TO_FINE
 from jobs.config import load_job, with_options
 from jobs.extract import ExtractOptions, extract
 from jobs.infer import infer

@@ -11,9 +11,9 @@ from oracles import concat_tables
 from cache.manifest import FeatureCache
 from frameexit.bootstrap import percentile_interval, resample_weights, resampled_map, resampled_top1
 from frameexit.checkpoint import build_model, read_state_dict
+from frameexit.head_pass import exit_tables
 from frameexit.metrics import average_precision, mean_ap
 from frameexit.sampling import COARSE_TO_FINE
-from frameexit.head_pass import exit_tables
 from jobs.config import load_job, with_options
 from jobs.replay import ReplayOptions, replay
 
