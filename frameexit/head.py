@@ -24,11 +24,12 @@ HEAD_DTYPE = getattr(torch, HEAD_PRECISION)
 
 
 class Projection(nn.Module):
-    """``h = ReLU(BatchNorm1d(Linear(feat_dim -> hidden_dim)(x)))``, as ``mlp.layers.{0,1,2}``."""
+    """``h = ReLU(BatchNorm1d(Linear(feat_dim -> hidden_dim)(x)))``, as ``mlp.layers.{0,1,2}`` (the ReLU in place: one
+    fewer copy of every frame's projection)."""
 
     def __init__(self, feat_dim: int, hidden_dim: int = HIDDEN_DIM):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(feat_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU())
+        self.layers = nn.Sequential(nn.Linear(feat_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
