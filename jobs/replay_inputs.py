@@ -66,13 +66,14 @@ class ReplayHead:
     costs: StepCosts  # measured GMACs per part of the job's model with this head
     paper_per_step: float | None  # the paper's per-step cost of the job's backbone (jobs.model.paper_per_step)
     inputs: TablesInputs  # what its tables depend on (their key)
-    facts: dict[str, Any]  # what the tables' manifest records of the checkpoint (head_facts)
+    # what the tables' manifest records of the checkpoint: backbone digest, head sizes, costs, paper per-step cost
+    facts: dict[str, Any]
     stored: StoredTables | None = None
     state: HeadState | None = None
 
 
 #: The modules whose code computes the exit tables, and those that compute a setting's bootstrap resamples from its
-#: probabilities: their source is part of what is kept is keyed by, so that nothing another version of that code
+#: probabilities: their source is part of the key of what is kept, so that nothing another version of that code
 #: computed is ever read.
 HEAD_MODULES = ("frameexit.head", "frameexit.head_pass", "frameexit.checkpoint")
 BOOTSTRAP_MODULES = ("frameexit.bootstrap", "frameexit.metrics")
@@ -174,10 +175,10 @@ def _cache_of_stored_tables(
 ) -> tuple[FeatureCache, Sequence[str] | None] | None:
     """The job's cache, named by the backbone digest recorded with stored tables of the checkpoint whose file has
     SHA-256 ``digest`` (in ``--features``, or in any cache under the root); None where no such tables lead to it."""
-    bases = [options.features] if options.features else [os.path.join(glob.escape(options.cache_root), "*")]
-    pattern = [os.path.join(b if "*" in b else glob.escape(b), TABLES_DIR, "*", TABLES_MANIFEST) for b in bases]
+    # the caches to look in: --features, or every cache directory under the root
+    base = glob.escape(options.features) if options.features else os.path.join(glob.escape(options.cache_root), "*")
     backbones = set()
-    for path in (p for pat in pattern for p in glob.glob(pat)):
+    for path in glob.glob(os.path.join(base, TABLES_DIR, "*", TABLES_MANIFEST)):
         manifest = read_tables_manifest(os.path.dirname(path))
         if manifest is not None and manifest.complete and manifest.inputs.get("checkpoint") == digest:
             backbones.add(manifest.head.get("backbone_digest"))
