@@ -74,7 +74,6 @@ from frameexit.inference import infer_video  # noqa: E402
 from frameexit.sampling import COARSE_TO_FINE  # noqa: E402
 from jobs.memory import limit_fragmentation, memory_estimate  # noqa: E402
 from jobs.model import HeadState  # noqa: E402
-from jobs.process import head_threads  # noqa: E402
 from jobs.replay import BLOCK_BYTES, default_class_block  # noqa: E402
 from jobs.replay_graph import TableSource, build_graph, compute_local  # noqa: E402
 from jobs.replay_head import shard_exit_tables  # noqa: E402
@@ -163,13 +162,17 @@ def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, 
     head_d = dask.delayed(head, name="bench-head", traverse=False)
     tasks = [
         dask.delayed(shard_exit_tables)(
-            os.path.join(cache_dir, e.name), e.sha256, order, [(os.path.join(store, table_name(s)), "bench")], head_d
+            os.path.join(cache_dir, e.name),
+            e.sha256,
+            order,
+            [(os.path.join(store, table_name(s)), "bench")],
+            head_d,
+            threads=1,  # as replay on dask's threaded scheduler
         )
         for s, e in enumerate(shards)
     ]
     t0 = time.perf_counter()
-    with head_threads(os.cpu_count() or 1):
-        (results,) = dask.compute(tasks, scheduler="threads")
+    (results,) = dask.compute(tasks, scheduler="threads")
     seconds = time.perf_counter() - t0
     stored = [(os.path.join(store, table_name(s)), w[0]["sha256"]) for s, (_, w) in enumerate(results)]
     return [t for ((t,), _) in results], seconds, peak_mib(), stored

@@ -6,7 +6,6 @@ for the memory available, and a grid that cannot fit is refused.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -295,7 +294,6 @@ def _sweep(
     the cache when stored there, else computed and stored (:mod:`jobs.replay_inputs`)."""
     n_class, n_steps = job.model.num_class, len(grid.order)
     first, gate = grid.computed
-    running = any(h.state is not None for h in heads)
     with (
         storing(cache, heads, stores_tables(options)) as writers,
         dask_client(options.scheduler, options.workers) as client,
@@ -328,17 +326,13 @@ def _sweep(
             name_settings=name_settings,
             bootstrap=job.replay.bootstrap,
             resampled=resampled_store(cache, options),
+            # dask's threaded scheduler runs a task per core: torch's threads shared among the head passes
+            head_threads=1 if client is None and options.scheduler == "threads" else None,
         )
-        threads = contextlib.nullcontext()
-        if running and client is None and options.scheduler == "threads":
-            from .process import head_threads  # torch: only where a head runs
-
-            threads = head_threads(os.cpu_count() or 1)  # dask's threaded scheduler runs a task per core
-        with threads:
-            if client is None:
-                results = compute_local(options.scheduler, graph, progress=progress)
-            else:
-                results = compute_distributed(client, graph, progress=progress)
+        if client is None:
+            results = compute_local(options.scheduler, graph, progress=progress)
+        else:
+            results = compute_distributed(client, graph, progress=progress)
         for i, writer in enumerate(writers):
             if writer is not None:
                 finish_storing(writer, heads[i], results[graph.written[i]])

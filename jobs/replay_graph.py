@@ -328,6 +328,7 @@ def build_graph(
     name_settings: Callable[[int, SweepMetrics, SweepMetrics | None], list[dict[str, Any]]] | None = None,
     bootstrap: Bootstrap | None = None,
     resampled: ResampledStore | None = None,
+    head_threads: int | None = None,
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint, whose exit tables come from ``sources``
     (:class:`TableSource`); ``shards``: ``(path, sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep
@@ -337,13 +338,14 @@ def build_graph(
     videos at risk are named (:class:`frameexit.exactness.Risk`); ``baselines``: the baseline policies' settings
     (:func:`frameexit.policies.policy_settings`), computed with the same class blocks; ``name_settings(i, sweep,
     baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose decisions and bootstrap
-    intervals (``bootstrap``) are computed from the tables (``named-i``), or read from ``resampled``."""
+    intervals (``bootstrap``) are computed from the tables (``named-i``), or read from ``resampled``;
+    ``head_threads``: torch's threads while head passes run in this process (:func:`jobs.process.head_threads`)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
     graph = Graph()
     run = [i for i, source in enumerate(sources) if source.stored is None] if given is None else []
-    read = _head_pass(sources, run, shards, order, client, token)
+    read = _head_pass(sources, run, shards, order, client, token, head_threads)
     for i in range(len(sources)):
         if i in run:
             graph.written[i] = f"written-{i}-{token}"
@@ -418,7 +420,13 @@ def build_graph(
 
 
 def _head_pass(
-    sources: Sequence[TableSource], run: Sequence[int], shards: Sequence[tuple[str, str]], order, client, token: str
+    sources: Sequence[TableSource],
+    run: Sequence[int],
+    shards: Sequence[tuple[str, str]],
+    order,
+    client,
+    token: str,
+    threads: int | None,
 ) -> list[Any]:
     """One task per shard that verifies and reads it once and runs the heads of ``sources[run]`` (none without)."""
     if not run:
@@ -442,6 +450,7 @@ def _head_pass(
             order,
             [sources[i].store[s] if sources[i].store else None for i in run],
             *shipped,
+            threads=threads,
             dask_key_name=f"shard-{s}-{token}",
         )
         for s, (path, digest) in enumerate(shards)

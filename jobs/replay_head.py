@@ -18,20 +18,28 @@ from frameexit.head_pass import exit_tables, head_deviation
 from frameexit.sweep import ExitTables
 
 from .model import HeadState
+from .process import head_threads
 
 
 def shard_exit_tables(
-    path: str, sha256: str, order: tuple[int, ...], stores: Sequence[tuple[str, str] | None], *heads: HeadState
+    path: str,
+    sha256: str,
+    order: tuple[int, ...],
+    stores: Sequence[tuple[str, str] | None],
+    *heads: HeadState,
+    threads: int | None = None,
 ) -> tuple[tuple[ExitTables, ...], tuple[dict[str, str] | None, ...]]:
     """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables for
     each checkpoint's head, with the head's deviation on the shard's probed videos (:func:`shard_deviation`); and
-    where ``stores`` gives ``(path, key)`` for a head, write them there (:func:`_stored`)."""
+    where ``stores`` gives ``(path, key)`` for a head, write them there (:func:`_stored`). ``threads``: torch's
+    threads while heads run (:func:`jobs.process.head_threads`)."""
     verify_shard(path, sha256)
     shard = read_shard(path)
     out, written = [], []
     for head, store in zip(heads, stores, strict=True):
-        tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-        out.append(dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables)))
+        with head_threads(threads):
+            tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
+            out.append(dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables)))
         written.append(_stored(out[-1], store) if store is not None else None)
     return tuple(out), tuple(written)
 

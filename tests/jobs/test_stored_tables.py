@@ -295,3 +295,24 @@ def test_the_resamples_of_a_setting_are_kept_and_a_damaged_file_is_not_read(job_
     _replay(job_file, root, tmp_path / "third")
     assert len(calls) == len(kept)
     assert json.loads((tmp_path / "third" / "replay.json").read_text())["bootstrap"] == first
+
+
+def test_head_passes_share_torch_threads_and_the_last_restores_them():
+    """head_threads: torch's threads at the share while any head pass runs (passes overlap, and the first to start
+    need not end last), restored when the last ends; None leaves them."""
+    import torch
+
+    from jobs.process import head_threads
+
+    before = torch.get_num_threads()
+    share = 1 if before > 1 else 2
+    first, second = head_threads(share), head_threads(share)
+    first.__enter__()
+    second.__enter__()
+    assert torch.get_num_threads() == share
+    first.__exit__(None, None, None)  # the first ends, the second still runs
+    assert torch.get_num_threads() == share
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == before
+    with head_threads(None):
+        assert torch.get_num_threads() == before
