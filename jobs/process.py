@@ -22,7 +22,6 @@ Library code (``frameexit/``, ``cache/``) changes none of them; the jobs layer s
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 
 import torch
@@ -43,36 +42,24 @@ def configure_process(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-class _SharedThreads:
-    """The state of :func:`head_threads`: how many head passes run, and torch's thread count before the first."""
-
-    lock = threading.Lock()
-    running = 0
-    before = 0
-
-
 @contextlib.contextmanager
 def head_threads(share: int | None) -> Iterator[None]:
-    """torch's intra-op threads at ``share`` while a replay's head passes run in this process's threads (None: left
-    as they are), restored when the last one ends: each pass's float64 products on every core, beside the other
-    passes', would oversubscribe the cores (measured on 2 cores: the head pass 8 % slower). Only the head passes:
-    the tasks after them (the bootstrap's products) have the cores to themselves."""
+    """torch's intra-op threads at ``share`` in this thread while a replay's head pass runs in it (None: left as
+    they are), then this thread's count again: each pass's float64 products on every core, beside the other
+    passes', would oversubscribe the cores (measured on 2 cores: the head pass 8 % slower). The count is per thread
+    for threads that already ran torch (OpenMP's, tried with torch 2.14): a dask thread sets and restores its own,
+    and the tasks after the head passes (the bootstrap's products) have every core."""
     if share is None:
         yield
         return
-    with _SharedThreads.lock:
-        if _SharedThreads.running == 0:
-            _SharedThreads.before = torch.get_num_threads()
-            if share != _SharedThreads.before:
-                torch.set_num_threads(share)
-        _SharedThreads.running += 1
+    before = torch.get_num_threads()
+    if share != before:
+        torch.set_num_threads(share)
     try:
         yield
     finally:
-        with _SharedThreads.lock:
-            _SharedThreads.running -= 1
-            if _SharedThreads.running == 0 and torch.get_num_threads() != _SharedThreads.before:
-                torch.set_num_threads(_SharedThreads.before)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def dataloader_worker_init(worker_id: int) -> None:

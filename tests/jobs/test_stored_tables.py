@@ -297,22 +297,32 @@ def test_the_resamples_of_a_setting_are_kept_and_a_damaged_file_is_not_read(job_
     assert json.loads((tmp_path / "third" / "replay.json").read_text())["bootstrap"] == first
 
 
-def test_head_passes_share_torch_threads_and_the_last_restores_them():
-    """head_threads: torch's threads at the share while any head pass runs (passes overlap, and the first to start
-    need not end last), restored when the last ends; None leaves them."""
+def test_a_head_pass_sets_and_restores_its_own_threads_torch_threads():
+    """head_threads: torch's threads at the share in the thread that runs a head pass, restored there after it,
+    while another thread's count stays as it was; None leaves them."""
+    import threading
+
     import torch
 
     from jobs.process import head_threads
 
     before = torch.get_num_threads()
     share = 1 if before > 1 else 2
-    first, second = head_threads(share), head_threads(share)
-    first.__enter__()
-    second.__enter__()
-    assert torch.get_num_threads() == share
-    first.__exit__(None, None, None)  # the first ends, the second still runs
-    assert torch.get_num_threads() == share
-    second.__exit__(None, None, None)
-    assert torch.get_num_threads() == before
+    seen = []
+
+    def head_pass():
+        torch.get_num_threads()  # a thread that already ran torch, as dask's are
+        with head_threads(share):
+            seen.append(torch.get_num_threads())
+            seen.append(main_count.wait(10) and counts[0])
+        seen.append(torch.get_num_threads())
+
+    counts, main_count = [], threading.Event()
+    worker = threading.Thread(target=head_pass)
+    worker.start()
+    counts.append(torch.get_num_threads())  # this thread's count while the pass runs
+    main_count.set()
+    worker.join(10)
+    assert seen == [share, before, before] and torch.get_num_threads() == before
     with head_threads(None):
         assert torch.get_num_threads() == before
