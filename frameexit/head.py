@@ -51,8 +51,12 @@ class Gate(nn.Module):
         self.linear = nn.Linear(128, 1)
 
     def branch(self, z: torch.Tensor) -> torch.Tensor:
-        """The branch on ``z`` (n, hidden_dim) -> (n, 64). A 1x1 convolution of a 1x1 map is a matrix product: it
-        runs as one (the convolution kernel ran the head's float64 gates at a third of the GEMM rate)."""
+        """The branch on ``z`` (n, hidden_dim) -> (n, 64). Training runs the official 1x1 convolutions (its gradients
+        and rounding, as the heads trained so far); inference and replay run them as the matrix products they are
+        (the convolution kernel ran the head's float64 gates at a third of the GEMM rate), one path for both."""
+        if torch.is_grad_enabled():
+            x = F.relu(self.bn1(self.conv1(z[:, :, None, None])))
+            return F.relu(self.bn2(self.conv2(x))).flatten(1)
         x = F.linear(z, self.conv1.weight.flatten(1), self.conv1.bias)
         x = F.relu(self.bn1(x[:, :, None, None])).flatten(1)
         x = F.linear(x, self.conv2.weight.flatten(1), self.conv2.bias)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from helpers import official_state
 
 from frameexit.checkpoint import build_model
+from frameexit.head import Gate
 
 
 def _bn(x, state, p):
@@ -63,3 +64,19 @@ def test_batchnorm_runs_in_eval_mode():
     assert not model.training and not any(m.training for m in model.modules())
     one = model.exit_tables(torch.rand(1, 10, 512))[0]  # a batch of one works only with running statistics
     assert torch.isfinite(one).all()
+
+
+def test_training_runs_the_official_gate_convolutions_and_inference_their_products():
+    """Gate.branch: with gradients (training) the official 1x1 convolutions, bit for bit, so that training rounds as
+    before; without (inference, replay) the same weights as matrix products, equal to within float64 rounding."""
+    torch.manual_seed(0)
+    gate = Gate(hidden_dim=32).double().eval()
+    for bn in (gate.bn1, gate.bn2):
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 2.0)
+    z = torch.rand(5, 32, dtype=torch.float64)
+    official = F.relu(gate.bn2(gate.conv2(F.relu(gate.bn1(gate.conv1(z[:, :, None, None])))))).flatten(1)
+    assert torch.equal(gate.branch(z), official)
+    with torch.no_grad():
+        products = gate.branch(z)
+    torch.testing.assert_close(products, official.detach(), rtol=1e-12, atol=1e-14)
