@@ -4,21 +4,22 @@ same checkpoint reads it instead of running the head (and without importing torc
 Layout, inside the feature cache directory (readable with plain h5py and json)::
 
     exit-tables/<key>/tables.json       the manifest: key, inputs, per feature shard its table's SHA-256, complete
-    exit-tables/resampled/<digest>.json  a setting's bootstrap resamples (mAP and top-1), by the digest of what
-                                        they are computed from (see resampled_digest)
     exit-tables/<key>/table-NNNNN.h5    the exit tables of feature shard NNNNN:
         probs   (n_videos, n_steps, num_class) float32   softmax of every step's classifier
         gates   (n_videos, n_steps - 1) float32          s_t of steps 1..T-1
         videos  (n_videos,) UTF-8 strings                keys, as in the feature shard
         labels  (n_videos, num_class) uint8              multi-hot ground truth
         attrs: key, format_version, deviation (JSON: the head's deviation on the shard's probe)
+    exit-tables/resampled/<digest>.json  a setting's bootstrap resamples (mAP and top-1), by the digest of what
+                                         they are computed from (:func:`resampled_digest`)
 
 ``<key>`` digests everything the tables depend on (:class:`TablesInputs`): the features (the cache key and every
 shard's SHA-256, so re-extracted features get new tables), the checkpoint file's SHA-256, the policy order, the
-head's precision, the version of torch whose kernels ran it and the source of frameexit's modules that did. Files are written like shards: built in memory,
-written under a temporary name, fsynced and renamed; the manifest is written last, ``complete`` once every table is
-there, and a table is read only after its bytes match the SHA-256 the manifest records (:class:`TablesCorruptError`
-otherwise: a replay refuses it and computes the tables again). Removing ``exit-tables/`` is always safe.
+head's precision, the version of torch whose kernels ran it and the source of frameexit's modules that did. Files
+are written like shards: built in memory, written under a temporary name, fsynced and renamed; the manifest is
+written last, ``complete`` once every table is there, and a table is read only after its bytes match the SHA-256
+the manifest records (:class:`TablesCorruptError` otherwise: a replay refuses it and computes the tables again).
+Removing ``exit-tables/`` is always safe.
 """
 
 from __future__ import annotations

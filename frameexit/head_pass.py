@@ -52,7 +52,7 @@ def head_deviation(
     """The head's deviation between the per-step ``reference`` features of ``videos`` and their cached ones.
 
     ``reference``: (n_videos, n_steps, feat_dim) in temporal order, run through the head as replay runs
-    it (:func:`frameexit.sweep.exit_tables`, float64 rounded to float32); the cached ones' outputs are
+    it (:func:`exit_tables`, float64 rounded to float32); the cached ones' outputs are
     the rows of ``videos`` in ``tables`` (those replay decides on).
     """
     if len(videos) == 0:

@@ -139,7 +139,7 @@ def replay_inputs(
     if cache is None:
         first = read_head(job, job.checkpoints[0], content[0])
         cache, classes = open_job_cache(job, options, first.backbone_digest, classes=want_classes)
-    heads = []
+    heads, costs = [], {}  # costs: measured once per head width (the FLOP count builds the backbone)
     for i, checkpoint in enumerate(job.checkpoints):
         inputs = tables_inputs(cache, digests[i], job.model.input_order) if digests[i] else None
         stored = find_tables(cache.directory, inputs) if inputs is not None and i not in refuse else None
@@ -147,7 +147,7 @@ def replay_inputs(
             heads.append(_stored_head(checkpoint, inputs, stored))
         else:
             state = first if i == 0 and first is not None else read_head(job, checkpoint, content[i])
-            heads.append(_running_head(job, cache, checkpoint, state))
+            heads.append(_running_head(job, cache, checkpoint, state, costs))
         content[i] = None  # the bytes of a checkpoint read, or not needed
     return cache, classes, heads
 
@@ -234,8 +234,11 @@ def _stored_head(checkpoint: str, inputs: TablesInputs, stored: StoredTables) ->
     )
 
 
-def _running_head(job: Job, cache: FeatureCache, checkpoint: str, state: HeadState) -> ReplayHead:
-    """A checkpoint whose head runs: :class:`ConfigError` for one whose backbone did not make the cache."""
+def _running_head(
+    job: Job, cache: FeatureCache, checkpoint: str, state: HeadState, by_width: dict[int, StepCosts]
+) -> ReplayHead:
+    """A checkpoint whose head runs: :class:`ConfigError` for one whose backbone did not make the cache. ``by_width``:
+    the measured costs of each head width met so far (added to)."""
     from .model import paper_per_step, step_costs
 
     cache_digest = cache.manifest.inputs.get("backbone_digest")
@@ -245,7 +248,9 @@ def _running_head(job: Job, cache: FeatureCache, checkpoint: str, state: HeadSta
             f"(backbone digest {state.backbone_digest[:12]}..., cache {str(cache_digest)[:12]}...); its heads cannot "
             f"replay over these features: run frameexit extract with --checkpoint.init {checkpoint}"
         )
-    costs, paper = step_costs(job, state.hidden_dim), paper_per_step(job)
+    if state.hidden_dim not in by_width:
+        by_width[state.hidden_dim] = step_costs(job, state.hidden_dim)
+    costs, paper = by_width[state.hidden_dim], paper_per_step(job)
     facts = {
         "backbone_digest": state.backbone_digest,
         **dataclasses.asdict(state.shape),

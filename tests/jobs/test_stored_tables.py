@@ -326,3 +326,21 @@ def test_a_head_pass_sets_and_restores_its_own_threads_torch_threads():
     assert seen == [share, before, before] and torch.get_num_threads() == before
     with head_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_costs_are_measured_once_per_head_width(job_file, cache, checkpoint, tmp_path, monkeypatch):
+    """Two checkpoints whose heads run, of one width: the FLOP count (which builds the backbone) runs once."""
+    import torch
+
+    import jobs.model
+
+    root, _ = cache
+    state = torch.load(checkpoint, weights_only=True)
+    other = str(tmp_path / "other.pth")
+    torch.save({k: (v * 1.5 if k.startswith("module.classifiers") else v) for k, v in state.items()}, other)
+    calls = []
+    real = jobs.model.step_costs
+    monkeypatch.setattr(jobs.model, "step_costs", lambda job, width: calls.append(width) or real(job, width))
+    job = with_options(load_job(job_file, ["--checkpoint.init", f"[{checkpoint}, {other}]"]), GRID)
+    replay(job, str(tmp_path / "both"), ReplayOptions(cache_root=root, exit_tables="off"))
+    assert calls == [4096]
