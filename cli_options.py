@@ -235,6 +235,10 @@ _option("--exit-tables", type=click.Choice(["auto", "off"]), default="auto", sho
         help="auto: read each checkpoint's exit tables (its head's outputs over the features) where the cache keeps "
         "them (CACHE/<key>/exit-tables/), else run its head and keep them there for the next replay; off: run every "
         "head, and read or keep nothing.")
+_option("--head-device", default="auto", callback=_device,
+        help="Where the checkpoints' heads run over the cached features: auto (CUDA when available, as infer's "
+        "--device), cpu, cuda or cuda:N. float64 either way; a GPU's kernels may round the last bits otherwise than "
+        "a CPU's, so its exit tables are kept apart in the cache and replay.json names the device.")
 _option("--shard-size", type=click.IntRange(min=1), default=64, help="Videos per shard.")
 _option("--batch-videos", type=click.IntRange(min=1), default=8, help="Videos per backbone batch (x 10 frames).")
 # the options that stand for a job key (jobs.config.OPTION_KEYS) have no default of their own: the job's is theirs
@@ -291,9 +295,11 @@ _option("--resamples", type=click.IntRange(min=0), metavar="N",
 _option("--level", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), metavar="FRACTION",
         help="Level of the bootstrap's percentile intervals: sets replay.bootstrap_level [default: 0.95].")
 _option("--seed", type=int, help="Seed of the bootstrap's resamples: sets replay.bootstrap_seed [default: 0].")
-_option("--scheduler", default="threads", metavar="threads|sync|ADDRESS", callback=_not_with("workers", SCHEDULER_OR_WORKERS),
+_option("--scheduler", default="threads", metavar="threads|sync|cuda|ADDRESS",
+        callback=_not_with("workers", SCHEDULER_OR_WORKERS),
         help="Where the dask tasks run: threads or sync, dask's local threaded or synchronous scheduler "
-        "(extraction: on this machine), or a dask.distributed scheduler address (tcp://HOST:PORT).")
+        "(extraction: on this machine), cuda (extraction: dask-cuda's LocalCUDACluster, one worker per GPU, even "
+        "one; pip install '.[gpu]'), or a dask.distributed scheduler address (tcp://HOST:PORT).")
 _option("--workers", type=click.IntRange(min=1), callback=_not_with("scheduler", SCHEDULER_OR_WORKERS),
         help="Run the tasks on a local dask cluster of N processes.")
 _option("--budget", type=click.FloatRange(min=0), callback=_finite, metavar="GFLOPS",
@@ -353,7 +359,7 @@ JOB_ARGUMENT = click.argument("job", metavar="JOB", callback=_job_first)
 #: The options each `jobs` options object is built from (a command gets a plain option or an object's): how a
 #: stage runs.
 EXTRACT = ("cache_root", "shard_size", "batch_videos", "probe_videos", "device", "scheduler", "workers")
-REPLAY = ("cache_root", "features", "verify_frames", "exit_tables", "scheduler", "workers", "budget")
+REPLAY = ("cache_root", "features", "verify_frames", "exit_tables", "head_device", "scheduler", "workers", "budget")
 # run replays the cache it has just extracted (and verified), and names the budget its report is given
 RUN_REPLAY = tuple(n for n in REPLAY if n not in ("features", "verify_frames", "budget"))
 #: The options that stand for job keys (what a stage computes; jobs.config.OPTION_KEYS maps them to their keys).

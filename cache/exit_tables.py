@@ -79,6 +79,7 @@ class TablesInputs:
     order: tuple[int, ...]  # policy order: step t reads sampled frame order[t]
     precision: str  # the head's arithmetic (frameexit.head.HEAD_DTYPE)
     torch: str  # torch's version: its kernels compute the head
+    device: str  # where the head ran: "cpu", or "cuda (<GPU name>)" (other kernels, other last bits)
     code: str  # SHA-256 of the source of the modules that compute them (a change of frameexit's head pass)
     format_version: int = TABLES_FORMAT
 

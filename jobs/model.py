@@ -20,12 +20,12 @@ from .config import Job
 from .replay_inputs import check_head_sizes
 
 
-def resolve_device(device: str) -> torch.device:
-    """``'auto'`` is CUDA when available, else CPU; ``'cuda'`` without a GPU is an error."""
+def resolve_device(device: str, *, option_name: str = "--device") -> torch.device:
+    """``'auto'`` is CUDA when available, else CPU; ``'cuda'`` without a GPU is an error (naming ``option_name``)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA device")
+        raise ConfigError(f"{option_name} {device} was asked for, but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -176,12 +176,13 @@ class HeadState(LazyModel):
         """Width of the projection (4096 in the released checkpoints)."""
         return int(self.state["mlp.layers.0.weight"].shape[0])
 
-    def model(self) -> FrameExit:
-        """The head in eval mode (float64), built on first use; threads of one process share it."""
-        return self.built()
+    def model(self, device: str = "cpu") -> FrameExit:
+        """The head in eval mode (float64) on ``device`` (``cpu``, ``cuda:N``), built on first use; threads of one
+        process share it."""
+        return self.built(device)
 
     def build(self, key: str) -> FrameExit:
-        return build_model(self.state, backbone_name=None, path=self.name)
+        return build_model(self.state, backbone_name=None, path=self.name).to(torch.device(key or "cpu"))
 
     def __repr__(self) -> str:
         return f"HeadState({self.name!r}, sha256={self.sha256[:12]}...)"

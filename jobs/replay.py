@@ -21,6 +21,7 @@ from cache.exactness import BATCHED, UNKNOWN, summarize
 from cache.exit_tables import TablesCorruptError
 from cache.manifest import CacheError, FeatureCache
 from frameexit.atomic import check_writable_dir
+from frameexit.errors import ConfigError
 from frameexit.exactness import EXACT, SAFETY_FACTOR, Risk
 from frameexit.exit_rule import check_thresholds
 from frameexit.policies import PolicySetting, policy_settings
@@ -68,13 +69,14 @@ from .replay_graph import TableSource, VideoRows, build_graph, compute_distribut
 from .replay_inputs import (
     ReplayHead,
     finish_storing,
+    head_device,
     refuse_tables,
     replay_inputs,
     resampled_store,
     stores_tables,
     storing,
 )
-from .scheduling import dask_client
+from .scheduling import CUDA_SCHEDULER, dask_client
 
 if TYPE_CHECKING:
     from .model import HeadState
@@ -101,6 +103,9 @@ class ReplayOptions:
     # auto: each checkpoint's exit tables read from the cache where stored there, else computed and stored;
     # off: computed, nothing read or stored (cache.exit_tables)
     exit_tables: str = "auto"
+    # where the heads run: auto (CUDA when available, as infer's --device), cpu, cuda or cuda:N (float64 on a GPU:
+    # other kernels, so the last bits of the tables may differ from the CPU's; kept apart, named in replay.json)
+    head_device: str = "auto"
     # a cost budget (the report's cost metric): the setting a report would choose at it, under each policy, is named
     # too, with its bootstrap intervals and per-video rows (frameexit run --budget passes the report's)
     budget: float | None = None
@@ -120,12 +125,24 @@ def replay(job: Job, out_dir: str, options: ReplayOptions, *, progress: bool | N
     ``videos.parquet`` and ``replay.json`` into ``out_dir``, as one set that replaces an earlier replay's and
     removes its report (:mod:`jobs.outputs`). Everything that needs no computation is checked first."""
     _check_grid(job)
+    check_replay_options(options)
     check_writable_dir(out_dir, "--out")
     stale = (METRICS_FILE, *REPORT_FILES)
     with writing(out_dir), output_set(out_dir, REPLAY_FILES, seals=(REPLAY_FILE,), stale=stale) as stage:
         record = replay_into(job, stage, options, progress=progress)
     paths = out_paths(out_dir, REPLAY_FILES)
     return ReplayResult(out_dir, paths[SWEEP_FILE], paths[VIDEOS_FILE], paths[REPLAY_FILE], record)
+
+
+def check_replay_options(options: ReplayOptions) -> None:
+    """Refuse a ``--head-device`` that is not there, and ``--scheduler cuda`` (extraction's dask-cuda cluster: a
+    replay's heads reach a GPU by ``--head-device``)."""
+    head_device(options.head_device)
+    if options.scheduler == CUDA_SCHEDULER:
+        raise ConfigError(
+            "--scheduler cuda is for extraction (one dask-cuda worker per GPU); a replay runs its heads on a GPU with "
+            "--head-device cuda, on dask's threads or a cluster"
+        )
 
 
 def _check_grid(job: Job) -> _Grid:
@@ -209,7 +226,7 @@ def replay_into(
         n_videos_listed=manifest.n_listed,
         skipped=manifest.all_skipped(),
         gflops_per_frame=outputs.per_frame,
-        runtime=ReplayRuntime(**runtime(), scheduler=scheduler),
+        runtime=ReplayRuntime(**runtime(), scheduler=scheduler, head_device=head_device(options.head_device)[1]),
         n_videos_labelled=sum(1 for labels in rows[0].labels if labels),  # the same for every checkpoint
         exactness=_exactness_record(cache, names, risks),
         bootstrap=bootstrap_record(job.replay.bootstrap, names, named),
@@ -328,6 +345,7 @@ def _sweep(
             resampled=resampled_store(cache, options),
             # dask's threaded scheduler runs a task per core: torch's threads shared among the head passes
             head_threads=1 if client is None and options.scheduler == "threads" else None,
+            head_device=head_device(options.head_device)[0],
         )
         if client is None:
             results = compute_local(options.scheduler, graph, progress=progress)

@@ -329,6 +329,7 @@ def build_graph(
     bootstrap: Bootstrap | None = None,
     resampled: ResampledStore | None = None,
     head_threads: int | None = None,
+    head_device: str = "cpu",
 ) -> Graph:
     """Every task of a replay (see the module docstring), per checkpoint, whose exit tables come from ``sources``
     (:class:`TableSource`); ``shards``: ``(path, sha256)`` of each; ``first`` x ``gate``: the thresholds the sweep
@@ -339,13 +340,14 @@ def build_graph(
     (:func:`frameexit.policies.policy_settings`), computed with the same class blocks; ``name_settings(i, sweep,
     baselines)``: the settings of checkpoint ``i`` a report names, from its metrics, whose decisions and bootstrap
     intervals (``bootstrap``) are computed from the tables (``named-i``), or read from ``resampled``;
-    ``head_threads``: torch's threads while head passes run in this process (:func:`jobs.process.head_threads`)."""
+    ``head_threads``: torch's threads while head passes run in this process (:func:`jobs.process.head_threads`);
+    ``head_device``: the torch device the heads run on (``cpu``, ``cuda:N``)."""
     token = uuid.uuid4().hex[:12]
     bounds = class_bounds(num_class, class_block_size)
     given = tables
     graph = Graph()
     run = [i for i, source in enumerate(sources) if source.stored is None] if given is None else []
-    read = _head_pass(sources, run, shards, order, client, token, head_threads)
+    read = _head_pass(sources, run, shards, order, client, token, head_threads, head_device)
     for i in range(len(sources)):
         if i in run:
             graph.written[i] = f"written-{i}-{token}"
@@ -427,8 +429,10 @@ def _head_pass(
     client,
     token: str,
     threads: int | None,
+    device: str,
 ) -> list[Any]:
-    """One task per shard that verifies and reads it once and runs the heads of ``sources[run]`` (none without)."""
+    """One task per shard that verifies and reads it once and runs the heads of ``sources[run]`` (none without) on
+    ``device``."""
     if not run:
         return []
     # torch is imported only when a head runs: a replay reading stored tables does without it
@@ -451,6 +455,7 @@ def _head_pass(
             [sources[i].store[s] if sources[i].store else None for i in run],
             *shipped,
             threads=threads,
+            device=device,
             dask_key_name=f"shard-{s}-{token}",
         )
         for s, (path, digest) in enumerate(shards)

@@ -28,18 +28,21 @@ def shard_exit_tables(
     stores: Sequence[tuple[str, str] | None],
     *heads: HeadState,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> tuple[tuple[ExitTables, ...], tuple[dict[str, str] | None, ...]]:
     """Dask task: verify and read one shard (once, whatever the number of checkpoints), return its exit tables for
     each checkpoint's head, with the head's deviation on the shard's probed videos (:func:`shard_deviation`); and
     where ``stores`` gives ``(path, key)`` for a head, write them there (:func:`_stored`). ``threads``: torch's
-    threads while heads run (:func:`jobs.process.head_threads`)."""
+    threads while heads run (:func:`jobs.process.head_threads`); ``device``: where the heads run (``cpu``,
+    ``cuda:N``)."""
     verify_shard(path, sha256)
     shard = read_shard(path)
     out, written = [], []
     for head, store in zip(heads, stores, strict=True):
         with head_threads(threads):
-            tables = exit_tables(head.model(), shard.features, order, videos=shard.videos, labels=shard.labels)
-            out.append(dataclasses.replace(tables, deviation=shard_deviation(head.model(), shard, order, tables)))
+            model = head.model(device)
+            tables = exit_tables(model, shard.features, order, videos=shard.videos, labels=shard.labels)
+            out.append(dataclasses.replace(tables, deviation=shard_deviation(model, shard, order, tables)))
         written.append(_stored(out[-1], store) if store is not None else None)
     return tuple(out), tuple(written)
 

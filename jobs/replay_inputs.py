@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -97,8 +98,41 @@ def resampled_store(cache: FeatureCache, options: Any) -> ResampledStore | None:
     return ResampledStore(resampled_dir(cache.directory), code_digest(BOOTSTRAP_MODULES))
 
 
-def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[int]) -> TablesInputs:
-    """The inputs (and so the key) of a checkpoint's exit tables over ``cache``."""
+def head_device(option: str) -> tuple[str, str]:
+    """Where a replay's heads run for ``--head-device`` ``option`` (``cpu``, ``auto``, ``cuda``, ``cuda:N``): the
+    torch device (``cpu`` or ``cuda:N``) and its label in the exit tables' key and in ``replay.json`` (``cpu`` or
+    ``cuda (<GPU name>)``: another GPU's kernels may round otherwise). ``cpu``, and ``auto`` on a machine without
+    a GPU, import no torch (:func:`_gpu_may_be_present`)."""
+    if option == "cpu" or (option == "auto" and not _gpu_may_be_present()):
+        return "cpu", "cpu"
+    import torch
+
+    from .model import resolve_device
+
+    device = resolve_device(option, option_name="--head-device")
+    if device.type != "cuda":
+        return "cpu", "cpu"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--head-device {option} was asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return f"cuda:{index}", f"cuda ({torch.cuda.get_device_name(index)})"
+
+
+def _gpu_may_be_present() -> bool:
+    """False where torch cannot see a CUDA device: on Linux, no device file of an NVIDIA driver (or of ROCm's,
+    which ``torch.cuda`` also drives). Where one exists (or elsewhere than Linux) torch is asked."""
+    if sys.platform != "linux":
+        return True
+    return any(os.path.exists(f"/dev/{name}") for name in ("nvidiactl", "kfd", "dxg")) or bool(
+        glob.glob("/dev/nvidia[0-9]*")
+    )
+
+
+def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[int], device: str) -> TablesInputs:
+    """The inputs (and so the key) of a checkpoint's exit tables over ``cache``, its head run on ``device`` (the
+    label of :func:`head_device`)."""
     return TablesInputs(
         cache_key=cache.manifest.key,
         shards=tuple(sha or "" for _, sha in cache.shards()),
@@ -106,6 +140,7 @@ def tables_inputs(cache: FeatureCache, checkpoint_sha256: str, order: Sequence[i
         order=tuple(int(t) for t in order),
         precision=HEAD_PRECISION,
         torch=package_version("torch"),
+        device=device,
         code=code_digest(HEAD_MODULES),
     )
 
@@ -124,6 +159,7 @@ def replay_inputs(
     ``first``: the first checkpoint's head, when already read; ``refuse``: checkpoints whose stored tables must not
     be read (found corrupt): their heads run again."""
     want_classes = bool(job.data.path_category)
+    _, device = head_device(options.head_device)
     if options.exit_tables == "off":
         refuse = range(len(job.checkpoints))
     # each checkpoint file is read once: its SHA-256 names its stored tables, and where it has none, torch loads the
@@ -141,13 +177,13 @@ def replay_inputs(
         cache, classes = open_job_cache(job, options, first.backbone_digest, classes=want_classes)
     heads, costs = [], {}  # costs: measured once per head width (the FLOP count builds the backbone)
     for i, checkpoint in enumerate(job.checkpoints):
-        inputs = tables_inputs(cache, digests[i], job.model.input_order) if digests[i] else None
+        inputs = tables_inputs(cache, digests[i], job.model.input_order, device) if digests[i] else None
         stored = find_tables(cache.directory, inputs) if inputs is not None and i not in refuse else None
         if stored is not None and _fits(job, cache, checkpoint, stored.head):
             heads.append(_stored_head(checkpoint, inputs, stored))
         else:
             state = first if i == 0 and first is not None else read_head(job, checkpoint, content[i])
-            heads.append(_running_head(job, cache, checkpoint, state, costs))
+            heads.append(_running_head(job, cache, checkpoint, state, costs, device))
         content[i] = None  # the bytes of a checkpoint read, or not needed
     return cache, classes, heads
 
@@ -235,10 +271,10 @@ def _stored_head(checkpoint: str, inputs: TablesInputs, stored: StoredTables) ->
 
 
 def _running_head(
-    job: Job, cache: FeatureCache, checkpoint: str, state: HeadState, by_width: dict[int, StepCosts]
+    job: Job, cache: FeatureCache, checkpoint: str, state: HeadState, by_width: dict[int, StepCosts], device: str
 ) -> ReplayHead:
-    """A checkpoint whose head runs: :class:`ConfigError` for one whose backbone did not make the cache. ``by_width``:
-    the measured costs of each head width met so far (added to)."""
+    """A checkpoint whose head runs (on ``device``, a :func:`head_device` label): :class:`ConfigError` for one whose
+    backbone did not make the cache. ``by_width``: the measured costs of each head width met so far (added to)."""
     from .model import paper_per_step, step_costs
 
     cache_digest = cache.manifest.inputs.get("backbone_digest")
@@ -257,7 +293,7 @@ def _running_head(
         "costs": dataclasses.asdict(costs),
         "paper_per_step": paper,
     }
-    inputs = tables_inputs(cache, state.sha256, job.model.input_order)
+    inputs = tables_inputs(cache, state.sha256, job.model.input_order, device)
     return ReplayHead(checkpoint, state.sha256, state.hidden_dim, costs, paper, inputs, facts, state=state)
 
 

@@ -16,8 +16,9 @@ from .config import Job
 from .extract import ExtractOptions, ExtractResult, extract
 from .model import checkpoint_file
 from .outputs import REPLAY_FILES, REPORT_FILES, SUMMARY_JSON, SWEEP_FILE, VIDEOS_FILE, out_paths, writing
-from .replay import ReplayOptions, ReplayResult, replay_into
+from .replay import ReplayOptions, ReplayResult, check_replay_options, replay_into
 from .report import ReportOptions, ReportResult, check_job_comparable, check_report_options, report_into
+from .scheduling import CUDA_SCHEDULER
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ def run(
     report's files as one set (:mod:`jobs.outputs`); ``on_stage(name, result)`` after each stage (the CLI prints a
     line). Every option is checked before any work: a report option's mistake must not surface after an hour."""
     check_writable_dir(out_dir, "--out")
+    if replay_options.scheduler == CUDA_SCHEDULER:  # extraction's dask-cuda cluster; the heads go by --head-device
+        replay_options = dataclasses.replace(replay_options, scheduler="threads")
+    check_replay_options(replay_options)
     # the baseline is read here, before anything runs: it may be OUT/summary.json, which this run replaces
     report_options = check_report_options(out_dir, report_options or ReportOptions())
     # the checks need the checkpoint's SHA-256: read it once, for them and for extraction

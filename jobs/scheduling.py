@@ -11,6 +11,8 @@ from frameexit.errors import ConfigError, FrameExitError, WorkerLostError, excep
 
 #: dask's local schedulers, run in this process: no client.
 LOCAL_SCHEDULERS = ("threads", "sync")
+#: ``--scheduler cuda``: extraction on a ``dask_cuda.LocalCUDACluster``, one worker per visible GPU (even one).
+CUDA_SCHEDULER = "cuda"
 #: Seconds to wait for a remote scheduler before giving up with an error naming it.
 CONNECT_TIMEOUT = 30
 #: A local cluster's scheduler without a dashboard; its HTTP server (started even then) on a free local port, not
@@ -22,10 +24,16 @@ NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashbo
 def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) -> Iterator[object | None]:
     """A ``distributed.Client`` for the tasks, closed (with its cluster) on exit; ``None`` for a local scheduler.
 
-    ``scheduler``: ``threads``, ``sync`` or ``None`` (dask's local schedulers), else a running scheduler's address;
-    ``workers``: start a local cluster of this many single-threaded worker processes instead; ``gpus`` visible
-    here: more than one, with neither of the above, starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
+    ``scheduler``: ``threads``, ``sync`` or ``None`` (dask's local schedulers), ``cuda`` (:data:`CUDA_SCHEDULER`)
+    or a running scheduler's address; ``workers``: start a local cluster of this many single-threaded worker
+    processes instead; ``gpus`` the stage can use here: ``cuda``, or more than one with neither of the above,
+    starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
     """
+    if scheduler == CUDA_SCHEDULER and gpus < 1:
+        raise ConfigError(
+            "--scheduler cuda starts one dask-cuda worker per GPU, but this extraction has none: torch sees no CUDA "
+            "device, or --device names the CPU or one GPU (cuda:N)"
+        )
     if workers:
         from distributed import Client, LocalCluster
 
@@ -35,7 +43,7 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, **NO_DASHBOARD)
         with cluster, Client(cluster) as client:
             yield client
-    elif scheduler and scheduler not in LOCAL_SCHEDULERS:
+    elif scheduler and scheduler not in (*LOCAL_SCHEDULERS, CUDA_SCHEDULER):
         from distributed import Client
 
         try:
@@ -44,17 +52,23 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
             raise ConfigError(f"cannot reach the dask scheduler {scheduler!r}: {exc}") from None
         with client:
             yield client
-    elif gpus > 1:
+    elif gpus > 1 or scheduler == CUDA_SCHEDULER:
         from distributed import Client
 
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
+            why = "--scheduler cuda" if scheduler == CUDA_SCHEDULER else f"{gpus} GPUs are visible: spreading shards"
             raise FrameExitError(
-                f"{gpus} GPUs are visible: spreading shards over them needs dask-cuda "
-                "(pip install '.[gpu]'); or pass --device cuda:0 to use one"
+                f"{why} needs dask-cuda (pip install '.[gpu]'); or pass --device cuda:0 to use one GPU without it"
             ) from None
-        with LocalCUDACluster(**NO_DASHBOARD) as cluster, Client(cluster) as client:
+        import dask
+
+        # each GPU's worker decodes JPEGs in DataLoader processes (data.num_workers), which a daemonic process cannot
+        # start: its workers are started as ordinary processes (the nanny still ends them with the cluster)
+        with dask.config.set({"distributed.worker.daemon": False}):
+            cluster = LocalCUDACluster(**NO_DASHBOARD)
+        with cluster, Client(cluster) as client:
             yield client
     else:
         yield None

@@ -283,6 +283,8 @@ class ExactnessRecord(TypedDict):
 class ReplayRuntime(Runtime):
     # the dask scheduler: threads, sync, an address, or "local cluster of N processes"; INFER_SCHEDULER for infer's
     scheduler: str
+    # where the heads ran: "cpu" or "cuda (<GPU name>)" (replay --head-device; absent before it existed)
+    head_device: NotRequired[str]
 
 
 class NamedInterval(TypedDict):

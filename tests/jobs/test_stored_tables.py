@@ -239,7 +239,7 @@ def test_a_table_round_trips_bit_for_bit(tmp_path):
 
 
 def test_the_key_changes_with_every_input_and_an_incomplete_set_is_not_found(tmp_path):
-    inputs = TablesInputs("cachekey", ("a", "b"), "ckpt", (0, 1), "float64", "2.14.1", "code")
+    inputs = TablesInputs("cachekey", ("a", "b"), "ckpt", (0, 1), "float64", "2.14.1", "cpu", "code")
     keys = {inputs.key}
     for change in (
         dict(cache_key="other"),
@@ -248,10 +248,11 @@ def test_the_key_changes_with_every_input_and_an_incomplete_set_is_not_found(tmp
         dict(order=(1, 0)),
         dict(precision="float32"),
         dict(torch="2.15.0"),
+        dict(device="cuda (NVIDIA H100 80GB HBM3)"),
         dict(code="other code"),
     ):
         keys.add(TablesInputs(**{**inputs.__dict__, **change}).key)
-    assert len(keys) == 8
+    assert len(keys) == 9
     cache_dir = str(tmp_path)
     with storing_tables(cache_dir, inputs, {"hidden_dim": 8}) as writer:
         digests = [write_table(p, _tables(seed=i), inputs.key) for i, p in enumerate(writer.paths)]
