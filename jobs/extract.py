@@ -433,6 +433,32 @@ def _collate(items):
     return items
 
 
+def frames_loader(
+    videos: Sequence[Video], job: Job, batches: Sequence[Sequence[int]], *, num_workers: int, device: torch.device
+) -> DataLoader:
+    """The DataLoader of extraction's inputs: batch ``b`` is the list of :class:`ClipDataset` items of the
+    positions ``batches[b]`` in ``videos``, decoded by ``num_workers`` processes (0: this one), pinned for CUDA.
+    Also timed alone by ``bench/extract.py``."""
+    return DataLoader(
+        ClipDataset(videos, job),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        worker_init_fn=dataloader_worker_init,
+        # the loader draws its workers' base seed from this generator, not from torch's global one (left as it
+        # was); decoding draws no random numbers
+        generator=torch.Generator(),
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def batch_input(items: Sequence[tuple], device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+    """The backbone input of a batch's readable :class:`ClipDataset` items: their steps concatenated, on
+    ``device`` in ``memory_format``."""
+    x = torch.cat([item[1] for item in items]).to(device, non_blocking=True)
+    return x.contiguous(memory_format=memory_format)
+
+
 def compute_shards(
     tasks: Sequence[ShardTask],
     backbone: nn.Module,
@@ -458,17 +484,7 @@ def compute_shards(
     last_batch = {t: max((b for b, o in enumerate(owner) if o == t), default=-1) for t in range(len(tasks))}
     options, settings = tasks[0].options, tasks[0].job.extract
     job = tasks[0].job
-    loader = DataLoader(
-        ClipDataset(videos, job),
-        batch_sampler=batches,
-        num_workers=num_workers,
-        worker_init_fn=dataloader_worker_init,
-        # the loader draws its workers' base seed from this generator, not from torch's global one (left as it
-        # was); decoding draws no random numbers
-        generator=torch.Generator(),
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
+    loader = frames_loader(videos, job, batches, num_workers=num_workers, device=device)
     memory_format = _memory_format(settings.channels_last, job.model.clips)
     dtype = np.dtype(settings.dtype)
     feat_dim = job.model.output_dim
@@ -488,8 +504,7 @@ def compute_shards(
         good = [item for item in items if item[1] is not None]
         rows: dict[int, np.ndarray] = {}
         if good:
-            x = torch.cat([item[1] for item in good]).to(device, non_blocking=True)
-            x = x.contiguous(memory_format=memory_format)
+            x = batch_input(good, device, memory_format)
             with torch.inference_mode():
                 with backbone_precision(settings.precision, device):
                     out = _forward(backbone, x, effective == exactness.PER_STEP, memory_format)
