@@ -40,7 +40,14 @@ all far below a 0.05..1 grid); the second replay's grid on other quantiles.
 Targets (issue 23): first (a) + (b) at most 150 s, second (a') + (b) at most 60 s,
 at most 7 GB.
 
+``--device cuda`` runs the heads on a GPU (the passes above and the whole commands' ``--head-device``);
+``--head-only`` measures the head pass alone: (a) computed and stored, (a0) computed only, (a') read back, its
+share of the device's float64 GEMM rate, and (on a GPU) the tables against the CPU's on ``--compare-shards``
+shards: entries that differ, by how many float32 ulps, and the exit steps at 25 settings (issue 24; target on
+a GPU: HVU's head pass under 10 s).
+
     .venv/bin/python bench/replay.py [--preset activitynet|hvu] [--videos N] [--keep DIR] [--rounds N]
+                                     [--device cpu|cuda] [--head-only] [--compare-shards N]
 """
 
 from __future__ import annotations
@@ -154,28 +161,66 @@ def write_cache(cache_dir: str, rng, keys, labels, steps: int, dim: int, shard_s
     return shards
 
 
-def table_pass(cache_dir, shards, head: HeadState, order) -> tuple[list, float, float, list[tuple[str, str]]]:
+def table_pass(
+    cache_dir, shards, head: HeadState, order, device: str = "cpu", store: bool = True
+) -> tuple[list, float, float, list[tuple[str, str]]]:
     """(a): every shard's exit tables, as a first replay's shard tasks compute and store them (in a folder of the
-    cache's exit-tables/); the tables, seconds, peak MiB, and each stored table's (path, SHA-256)."""
-    store = os.path.join(cache_dir, TABLES_DIR, "bench")
-    os.makedirs(store, exist_ok=True)
+    cache's exit-tables/; not with ``store=False``), the heads on ``device``; the tables, seconds, peak MiB, and each
+    stored table's (path, SHA-256)."""
+    folder = os.path.join(cache_dir, TABLES_DIR, "bench")
+    os.makedirs(folder, exist_ok=True)
     head_d = dask.delayed(head, name="bench-head", traverse=False)
     tasks = [
         dask.delayed(shard_exit_tables)(
             os.path.join(cache_dir, e.name),
             e.sha256,
             order,
-            [(os.path.join(store, table_name(s)), "bench")],
+            [(os.path.join(folder, table_name(s)), "bench") if store else None],
             head_d,
             threads=1,  # as replay on dask's threaded scheduler
+            device=device,
         )
         for s, e in enumerate(shards)
     ]
     t0 = time.perf_counter()
     (results,) = dask.compute(tasks, scheduler="threads")
+    _sync(device)
     seconds = time.perf_counter() - t0
-    stored = [(os.path.join(store, table_name(s)), w[0]["sha256"]) for s, (_, w) in enumerate(results)]
+    stored = [(os.path.join(folder, table_name(s)), w[0]["sha256"]) for s, (_, w) in enumerate(results) if store]
     return [t for ((t,), _) in results], seconds, peak_mib(), stored
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def compare_devices(tables, cache_dir, shards, head: HeadState, order, device: str, n_shards: int) -> str:
+    """The head's tables on ``device`` against the CPU's on the first ``n_shards`` shards: how many entries differ,
+    by how much (absolute, and in float32 ulps), and whether every exit step at a 5 x 5 grid is the same."""
+    from frameexit.exit_rule import exit_steps_grid
+
+    n_shards = min(n_shards, len(shards))
+    cpu, _, _, _ = table_pass(cache_dir, shards[:n_shards], head, order, "cpu", store=False)
+    differ, total, worst, ulps, steps = 0, 0, 0.0, 0, []
+    for name in ("probs", "gates"):
+        a, b = (np.concatenate([getattr(t, name) for t in ts]) for ts in (tables[:n_shards], cpu))
+        differ, total = differ + int((a != b).sum()), total + a.size
+        worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+        ulps = max(ulps, int(np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32)).max()))
+    for ts in (tables[:n_shards], cpu):
+        conf0 = np.concatenate([t.probs[:, 0].max(axis=1) for t in ts])
+        gates = np.concatenate([t.gates for t in ts])
+        if not steps:  # the grid on the CPU's quantiles
+            grid = np.quantile(conf0, np.linspace(0.1, 0.9, 5)), np.quantile(gates, np.linspace(0.1, 0.9, 5))
+        steps.append(exit_steps_grid(conf0, gates, *grid))
+    same = np.array_equal(*steps)
+    n = sum(len(t.videos) for t in cpu)
+    return (
+        f"{device} against the CPU on {n} videos ({n_shards} shards): {differ} of {total} table entries differ, at "
+        f"most {worst:.3g} ({ulps} float32 ulp); exit steps at 25 settings {'all equal' if same else 'DIFFERENT'}; "
+        f"bit for bit: {'yes' if differ == 0 else 'no'}"
+    )
 
 
 def stored_pass(stored: list[tuple[str, str]]) -> tuple[list, float, float]:
@@ -186,30 +231,33 @@ def stored_pass(stored: list[tuple[str, str]]) -> tuple[list, float, float]:
     return list(tables), time.perf_counter() - t0, peak_mib()
 
 
-def gemm_rate(rows: int = 4096, inner: int = 2048, cols: int = 4096, repeat: int = 3) -> float:
-    """A plain float64 matrix product through torch on this process's threads, in the shape of the head's
-    projection (features x 2,048 by 2,048 x 4,096): GMAC/s, the fastest of ``repeat``."""
-    a = torch.randn(rows, inner, dtype=torch.float64)
-    b = torch.randn(inner, cols, dtype=torch.float64)
+def gemm_rate(rows: int = 4096, inner: int = 2048, cols: int = 4096, repeat: int = 3, device: str = "cpu") -> float:
+    """A plain float64 matrix product through torch on this process's threads (or ``device``), in the shape of the
+    head's projection (features x 2,048 by 2,048 x 4,096): GMAC/s, the fastest of ``repeat``."""
+    a = torch.randn(rows, inner, dtype=torch.float64, device=device)
+    b = torch.randn(inner, cols, dtype=torch.float64, device=device)
     torch.matmul(a, b)  # warm up: the first call allocates and picks the kernel
+    _sync(device)
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return rows * inner * cols / best / 1e9
 
 
-def head_share(n_videos: int, steps: int, n_class: int, table_s: float) -> str:
+def head_share(n_videos: int, steps: int, n_class: int, table_s: float, device: str = "cpu") -> str:
     """(a) against the machine's float64 GEMM rate (issue 23): the head pass's multiply-adds (torch's FLOP counter:
     every step's projection and classifier, the gates of steps 1..T-1), the least time the rate allows, the share."""
     costs = measure_step_costs("torchvision.resnet50", input_size=224, num_class=n_class)
     per_video = steps * (costs.projection + costs.classifier) + (steps - 1) * costs.gate
     gmacs = n_videos * per_video
-    rate = gemm_rate()
+    rate = gemm_rate(device=device)
     least = gmacs / rate
+    where = f"on {torch.get_num_threads()} threads" if device == "cpu" else f"on {device}"
     return (
-        f"head pass: {gmacs:,.0f} GMACs; float64 GEMM {rate:.1f} GMAC/s on {torch.get_num_threads()} threads: at "
+        f"head pass: {gmacs:,.0f} GMACs; float64 GEMM {rate:.1f} GMAC/s {where}: at "
         f"least {least:.1f} s; (a) runs at {least / table_s:.0%} of that rate"
     )
 
@@ -252,7 +300,19 @@ def main() -> None:
     ap.add_argument(
         "--rounds", type=int, default=0, help="issue 22's comparison: whole commands each way (gates alone, default)"
     )
+    ap.add_argument("--device", default="cpu", help="where the heads run: cpu, cuda or cuda:N (replay --head-device)")
+    ap.add_argument(
+        "--head-only",
+        action="store_true",
+        help="only the head pass: (a) computed and stored, (a0) computed only, (a') read back, and the tables on "
+        "--device against the CPU's",
+    )
+    ap.add_argument(
+        "--compare-shards", type=int, default=16, help="shards compared with the CPU's (--head-only; 0: none)"
+    )
     a = ap.parse_args()
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {a.device}: torch sees no CUDA device")
     preset = PRESETS[a.preset]
     rng = np.random.default_rng(0)
     n, steps, dim, n_class = a.videos or preset["videos"], 10, 2048, preset["num_class"]
@@ -287,20 +347,44 @@ def main() -> None:
         head = HeadState("bench", "bench", head_state)
         block = a.class_block or default_class_block(n_class, n, steps, os.cpu_count() or 1)
         print(f"class blocks of {block} classes (default: at most {BLOCK_BYTES / 1e6:.0f} MB of scores per task)")
-        if a.preset == "activitynet":
+        if a.head_only:
+            head_only(a, cache_dir, shards, head, order, n_class)
+        elif a.preset == "activitynet":
             activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block)
         else:
-            hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, a.rounds)
+            hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, a.rounds, a.device)
         print(machine_line())
     finally:
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def head_only(a, cache_dir, shards, head, order, n_class) -> None:
+    """The head pass alone on ``a.device``: stored, not stored, read back; then against the CPU's tables."""
+    n = sum(len(e.videos) for e in shards)
+    table_pass(cache_dir, shards[:2], head, order, a.device, store=False)  # warm up: the head built, kernels chosen
+    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order, a.device)
+    del tables
+    tables, plain_s, _, _ = table_pass(cache_dir, shards, head, order, a.device, store=False)
+    _, read_s, mem_r = stored_pass(stored)
+    print(f"(a) exit-table pass on {a.device}, computed and stored: {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
+    print(f"(a0) the same, computed only (nothing written):   {plain_s:7.2f} s")
+    print(f"    {head_share(n, 10, n_class, plain_s, a.device)}")
+    print(f"(a') the stored tables read back:                  {read_s:7.2f} s   (peak RSS {mem_r:.0f} MiB)")
+    if a.device != "cpu":
+        print(
+            f"    {torch.cuda.get_device_name(a.device)}: peak {torch.cuda.max_memory_allocated(a.device) / 2**20:.0f} "
+            "MiB of GPU memory allocated"
+        )
+    if a.compare_shards:  # on the CPU: the pass against itself, run again (repeatable to the bit)
+        print(compare_devices(tables, cache_dir, shards, head, order, a.device, a.compare_shards))
+    remove_all_tables(cache_dir)
+
+
 def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, block) -> None:
     first = np.linspace(0.05, 1.0, 40).tolist()
     gate = np.linspace(0.0, 1.0, 25).tolist()
-    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order)
+    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order, a.device)
     del tables
     tables, read_s, mem_r = stored_pass(stored)
     m, sweep_s, mem_b = sweep_pass(tables, shards, head, order, first, gate, 200, block)
@@ -333,7 +417,7 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     loop_s = float(np.mean(per_setting))
     ratio = loop_s / ((table_s + sweep_s) / settings)
 
-    print_passes(n, 200, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings)
+    print_passes(n, 200, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings, a.device)
     print(
         f"(c) sequential loop per setting: {loop_s:7.1f} s   (timed on {len(loop_keys)} videos x "
         f"{len(loop_settings)} settings, scaled to {n})"
@@ -343,14 +427,15 @@ def activitynet(a, tmp, cache_dir, shards, head, head_state, ckpt, order, n, blo
     del m  # the benchmark's own results would otherwise stay alive during the job
     remove_all_tables(cache_dir)
     second = (np.linspace(0.04, 0.99, 40).tolist(), np.linspace(0.02, 0.98, 25).tolist())
-    first_and_second(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", (first, gate), second, [], (10, 3))
+    device = ["--head-device", a.device]
+    first_and_second(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", (first, gate), second, device, (10, 3))
     if a.rounds:
         policies_and_intervals(tmp, cache_dir, ckpt, "activitynet_inference_2d.yml", first, gate, [], a.rounds)
 
 
-def print_passes(n, n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings) -> None:
+def print_passes(n, n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings, device="cpu") -> None:
     print(f"(a) exit-table pass, computed and stored: {table_s:7.2f} s   (peak RSS {mem_a:.0f} MiB)")
-    print(f"    {head_share(n, 10, n_class, table_s)}")
+    print(f"    {head_share(n, 10, n_class, table_s, device)}")
     print(f"(a') the stored tables read back:        {read_s:7.2f} s   (peak RSS {mem_r:.0f} MiB)")
     print(f"(b) {settings}-setting sweep:               {sweep_s:7.2f} s   (peak RSS {mem_b:.0f} MiB)")
     print(f"first replay (a) + (b):                 {table_s + sweep_s:7.2f} s")
@@ -442,8 +527,8 @@ def whole_job(tmp, cache_dir, ckpt, job_name, first, gate, overrides, label="") 
     return job_s
 
 
-def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=0) -> None:
-    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order)
+def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=0, device="cpu") -> None:
+    tables, table_s, mem_a, stored = table_pass(cache_dir, shards, head, order, device)
     del tables
     tables, read_s, mem_r = stored_pass(stored)
     conf0 = np.concatenate([t.confidence0 for t in tables])
@@ -464,7 +549,7 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=0) -> 
         f"{len(gate)} gate thresholds (quantiles of the gate outputs {gate[0]:.3g}..{gate[-1]:.3g}); "
         f"distinct gate exit steps per video {steps_seen:.1f}; {-(-n_class // block)} class blocks of {block}"
     )
-    print_passes(len(conf0), n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings)
+    print_passes(len(conf0), n_class, table_s, mem_a, read_s, mem_r, sweep_s, mem_b, settings, device)
     print("targets: first (a) + (b) <= 150 s, second (a') + (b) <= 60 s, peak <= 7 GB")
     print(f"mAP over the grid: {np.nanmin(m.map):.4f}..{np.nanmax(m.map):.4f} (a random head: chance level)")
     del tables, m
@@ -478,7 +563,7 @@ def hvu(tmp, cache_dir, shards, head, ckpt, order, n_class, block, rounds=0) -> 
     kinds = ("scene", "object", "action", "event", "attribute", "concept")
     with open(categories, "w") as f:
         f.write("Tag,Category\n" + "".join(f"{name},{kinds[i % 6]}\n" for i, name in enumerate(names)))
-    overrides = ["--data.path_classid", classes, "--data.path_category", categories]
+    overrides = ["--data.path_classid", classes, "--data.path_category", categories, "--head-device", device]
     grids = ((first, gate), (second.tolist(), second_gate.tolist()))
     first_and_second(tmp, cache_dir, ckpt, "hvu_inference_2d.yml", *grids, overrides, ("-", "-"))
     if rounds:

@@ -455,7 +455,10 @@ def frames_loader(
 def batch_input(items: Sequence[tuple], device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
     """The backbone input of a batch's readable :class:`ClipDataset` items: their steps concatenated, on
     ``device`` in ``memory_format``."""
-    x = torch.cat([item[1] for item in items]).to(device, non_blocking=True)
+    # each item's steps are pinned on their own (the loader's pin_memory on CUDA): each is copied as it is,
+    # asynchronously, and they are joined on the device; joined on the host first, they would make a new unpinned
+    # tensor, copied synchronously (on the CPU ``.to`` returns the item itself: the same tensor as before)
+    x = torch.cat([item[1].to(device, non_blocking=True) for item in items])
     return x.contiguous(memory_format=memory_format)
 
 
