@@ -144,12 +144,14 @@ def test_scheduler_cuda_without_dask_cuda_says_how_to_install_it(job_file, tmp_p
     assert "--scheduler cuda needs dask-cuda (pip install '.[gpu]')" in r.output
 
 
+@pytest.mark.parametrize("command", ["extract", "run"])
 def test_scheduler_cuda_extracts_through_a_local_cuda_cluster_the_same_cache(
-    job_file, extracted, tmp_path, monkeypatch
+    job_file, extracted, tmp_path, monkeypatch, command
 ):
     """The dask-cuda path's wiring, with a stand-in LocalCUDACluster (a local cluster of one worker process, as
     dask-cuda starts for one GPU; the worker runs on its CPU): the same shards, byte for byte, as the plain path,
-    and the worker started as an ordinary process so that it can start DataLoader processes."""
+    and the worker started as an ordinary process so that it can start DataLoader processes. ``run`` then
+    replays on dask's threads."""
     from distributed import LocalCluster
 
     started = []
@@ -161,8 +163,11 @@ def test_scheduler_cuda_extracts_through_a_local_cuda_cluster_the_same_cache(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU seen here; the worker uses its CPU
     monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=local_cuda_cluster))
     root = tmp_path / "cache"
-    r = invoke("extract", job_file, "--cache", root, "--shard-size", 4, "--batch-videos", 3, "--scheduler", "cuda")
+    out = ["--out", tmp_path / "out"] if command == "run" else []
+    r = invoke(command, job_file, "--cache", root, *out, "--shard-size", 4, "--batch-videos", 3, "--scheduler", "cuda")
     assert r.exit_code == 0, r.output
     assert started == [False]
+    if command == "run":
+        assert json.loads((tmp_path / "out" / "replay.json").read_text())["runtime"]["scheduler"] == "threads"
     mine = {e.name: e.sha256 for e in read_manifest(str(root / extracted.key)).shards}
     assert mine == {e.name: e.sha256 for e in read_manifest(extracted.cache_dir).shards}

@@ -63,7 +63,7 @@ def test_every_document_reads_back_through_its_record(outputs):
     assert set(metrics["runtime"]) == set(Runtime.__annotations__) | {"device", "seconds", "frames_read"}
     rec = read_record(os.path.join(run, "replay.json"), ReplayRecord)
     assert set(rec) == set(ReplayRecord.__annotations__) - {"dataset_digests"}  # infer's only
-    assert set(rec["runtime"]) == set(Runtime.__annotations__) | {"scheduler"}
+    assert set(rec["runtime"]) == set(Runtime.__annotations__) | {"scheduler", "head_device"}
     assert [set(r) for r in rec["default_metrics"]] == [set(MetricRow.__annotations__)]
     summary = read_record(os.path.join(run, "summary.json"), Summary)
     assert set(summary) == set(Summary.__annotations__)
