@@ -7,11 +7,11 @@ asking for a GPU that is not there fails with a message naming the option.
 
 import glob
 import json
+import multiprocessing
 import os
 import sys
 import types
 
-import dask
 import numpy as np
 import pytest
 import torch
@@ -152,13 +152,15 @@ def test_scheduler_cuda_extracts_through_a_local_cuda_cluster_the_same_cache(
     dask-cuda starts for one GPU; the worker runs on its CPU): the same shards, byte for byte, as the plain path,
     and the worker started as an ordinary process so that it can start DataLoader processes. ``run`` then
     replays on dask's threads."""
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     started = []
 
     def local_cuda_cluster(**kwargs):
-        started.append(dask.config.get("distributed.worker.daemon"))
-        return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, **kwargs)
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, **kwargs)
+        with Client(cluster) as client:
+            started.extend(client.run(lambda: multiprocessing.current_process().daemon).values())
+        return cluster
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU seen here; the worker uses its CPU
     monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=local_cuda_cluster))
