@@ -45,7 +45,7 @@ from .frames import FrameReadError, FrameUnreadableError, decode_frame, frames_r
 from .model import HeadState, LazyModel, backbone_geometry, checkpoint_file, resolve_device
 from .process import backbone_precision, dask_worker_setup, dataloader_worker_init, exact_fp32
 from .progress import progress as progress_bar
-from .scheduling import CUDA_SCHEDULER, LOCAL_SCHEDULERS, dask_client, explaining_lost_workers
+from .scheduling import LOCAL_SCHEDULERS, check_scheduler, dask_client, explaining_lost_workers
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,7 @@ def _check_options(options: ExtractOptions) -> None:
             raise ConfigError(f"{name} must be at least 1, got {getattr(options, name)}")
     if options.scheduler not in (None, *LOCAL_SCHEDULERS) and options.workers:
         raise UsageError("give either --scheduler or --workers, not both")
-    if options.scheduler == CUDA_SCHEDULER and _gpus(options) < 1:
-        with dask_client(options.scheduler, None, gpus=0):  # raises the error that names why
-            pass
+    check_scheduler(options.scheduler, _gpus(options))
 
 
 def _gpus(options: ExtractOptions) -> int:

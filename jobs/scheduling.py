@@ -29,11 +29,7 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
     processes instead; ``gpus`` the stage can use here: ``cuda``, or more than one with neither of the above,
     starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
     """
-    if scheduler == CUDA_SCHEDULER and gpus < 1:
-        raise ConfigError(
-            "--scheduler cuda starts one dask-cuda worker per GPU, but this extraction has none: torch sees no CUDA "
-            "device, or --device names the CPU or one GPU (cuda:N)"
-        )
+    check_scheduler(scheduler, gpus)
     if workers:
         from distributed import Client, LocalCluster
 
@@ -72,6 +68,15 @@ def dask_client(scheduler: str | None, workers: int | None, *, gpus: int = 0) ->
             yield client
     else:
         yield None
+
+
+def check_scheduler(scheduler: str | None, gpus: int) -> None:
+    """Refuse ``--scheduler cuda`` (:data:`CUDA_SCHEDULER`) for a stage that has no GPU to use (``gpus``)."""
+    if scheduler == CUDA_SCHEDULER and gpus < 1:
+        raise ConfigError(
+            "--scheduler cuda starts one dask-cuda worker per GPU, but this extraction has none: torch sees no CUDA "
+            "device, or --device names the CPU or one GPU (cuda:N)"
+        )
 
 
 # torch's DataLoader: "DataLoader worker (pid 123) is killed by signal: Killed.", then, as the error raised
