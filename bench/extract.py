@@ -71,7 +71,7 @@ from frameexit.head import FrameExit  # noqa: E402
 from jobs.config import Job, load_job, with_options  # noqa: E402
 from jobs.datasets import Video, load_dataset  # noqa: E402
 from jobs.demo import CLASSES, make_dataset  # noqa: E402
-from jobs.extract import ExtractOptions, batch_input, extract, frames_loader  # noqa: E402
+from jobs.extract import ExtractOptions, batch_input, extract, frames_loader, shard_batches  # noqa: E402
 from jobs.model import resolve_device  # noqa: E402
 from jobs.process import ARITHMETIC, backbone_precision  # noqa: E402
 
@@ -205,15 +205,6 @@ def load_videos(job: Job) -> tuple[Video, ...]:
         num_class=len(CLASSES),
     )
     return ds.videos
-
-
-def shard_batches(n_videos: int, shard_size: int, batch_videos: int) -> list[list[int]]:
-    """Extraction's batches of video positions: ``batch_videos`` at a time, never across a shard boundary."""
-    batches = []
-    for start in range(0, n_videos, shard_size):
-        end = min(start + shard_size, n_videos)
-        batches += [list(range(b, min(b + batch_videos, end))) for b in range(start, end, batch_videos)]
-    return batches
 
 
 def predecoded(videos: Sequence[Video], job: Job, n_frames: int, workers: int, device: torch.device) -> torch.Tensor:
@@ -533,7 +524,9 @@ def print_header(a: argparse.Namespace, n_videos: int, n_frames: int, built: flo
 
 def measure_loader(videos, job, a, device) -> dict[int, Timing]:
     """Loader-only timing per worker count (independent of the mode and batching: the same batches)."""
-    batches = shard_batches(len(videos), a.shard_size, a.batch_videos)
+    n = len(videos)
+    sizes = [min(a.shard_size, n - start) for start in range(0, n, a.shard_size)]
+    batches, _ = shard_batches(sizes, a.batch_videos)
     timings = {}
     for workers in a.num_workers:
         timings[workers] = loader_only(videos, job, batches, workers, device, a.max_seconds)

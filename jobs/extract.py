@@ -450,6 +450,18 @@ def frames_loader(
     )
 
 
+def shard_batches(sizes: Sequence[int], batch_videos: int) -> tuple[list[list[int]], list[int]]:
+    """Extraction's batches over shards of ``sizes`` videos laid end to end: each batch's video positions
+    (``batch_videos`` at a time, never across a shard boundary) and the shard it belongs to."""
+    batches, owner, start = [], [], 0
+    for shard, size in enumerate(sizes):
+        for b in range(0, size, batch_videos):
+            batches.append(list(range(start + b, start + min(b + batch_videos, size))))
+            owner.append(shard)
+        start += size
+    return batches, owner
+
+
 def batch_input(items: Sequence[tuple], device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
     """The backbone input of a batch's readable :class:`ClipDataset` items: their steps concatenated, on
     ``device`` in ``memory_format``."""
@@ -476,12 +488,7 @@ def compute_shards(
     again as sequential inference runs them (:class:`cache.exactness.ShardProbe`).
     """
     videos = [v for task in tasks for v in task.videos]
-    batches, owner, start = [], [], 0
-    for t, task in enumerate(tasks):
-        for b in range(0, len(task.videos), task.options.batch_videos):
-            batches.append(list(range(start + b, start + min(b + task.options.batch_videos, len(task.videos)))))
-            owner.append(t)
-        start += len(task.videos)
+    batches, owner = shard_batches([len(task.videos) for task in tasks], tasks[0].options.batch_videos)
     last_batch = {t: max((b for b, o in enumerate(owner) if o == t), default=-1) for t in range(len(tasks))}
     options, settings = tasks[0].options, tasks[0].job.extract
     job = tasks[0].job
