@@ -113,21 +113,23 @@ XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && [ "$(nproc)" -ge 8 ] && XDIST="-n 4"
 
 # 1. the CUDA tests (skipped on a CPU), then the device options' CPU-side tests
-step pytest 120 "$OUT/pytest.log" bash -c "'$PY' -m pytest -p no:cacheprovider -s -q -m cuda tests/jobs/test_cuda.py; \
-  '$PY' -m pytest -p no:cacheprovider -q $XDIST tests/jobs/test_devices.py"
+export PY DEVICE XDIST  # for the steps run by `bash -c` under `timeout`
+step pytest 120 "$OUT/pytest.log" bash -c '"$PY" -m pytest -p no:cacheprovider -s -q -m cuda tests/jobs/test_cuda.py
+  "$PY" -m pytest -p no:cacheprovider -q $XDIST tests/jobs/test_devices.py'
 
 # 2. extraction throughput
 step extract 170 "$OUT/extract.log" "$PY" bench/extract.py --device "$DEVICE" "${EXTRACT[@]}" --json "$OUT/extract.json"
 
 # 3. replay's head pass on the device, against the CPU
-step replay 110 "$OUT/replay.log" bash -c "for size in $(printf "'%s' " "${REPLAY_SIZES[@]}"); do \
-  echo \"== bench/replay.py --head-only --device $DEVICE \$size\"; '$PY' bench/replay.py --head-only --device $DEVICE \$size || exit; done"
+step replay 110 "$OUT/replay.log" bash -c 'for size in "$@"; do
+  echo "== bench/replay.py --head-only --device $DEVICE $size"; "$PY" bench/replay.py --head-only --device "$DEVICE" $size || exit
+done' replay "${REPLAY_SIZES[@]}"
 
 # 4. the golden fixture's decisions with infer on the device
 if [ -d .device/golden ] && [ -d .device/golden-frames ]; then
   step golden "$GOLDEN_LIMIT" "$OUT/golden.log" "$PY" bench/golden_device.py .device/golden --frames .device/golden-frames --device "$DEVICE"
 else
-  echo "[golden] not run: .device/golden and .device/golden-frames are missing (bench/device.sh --prepare)" | tee -a "$SUMMARY"
+  echo "[golden] not run: .device/golden and .device/golden-frames are missing (bench/device.sh --prepare)" >>"$SUMMARY"
 fi
 
 {
